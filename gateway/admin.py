@@ -1,0 +1,343 @@
+"""What the administrative commands do: each opens the store, acts, prints."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Any, BinaryIO, TextIO
+
+from gateway.config import Config
+from gateway.policy import MessageClass, Rules, decide, scopes_for
+from suppression.address import identity, normalize, normalize_domain
+from suppression.errors import InvalidAddress, OptgateError
+from suppression.formats import ExportRecord, read_rows, write_records
+from suppression.importing import Summary, import_consents, import_suppressions
+from suppression.model import Consent, ImportItem, Reason, Source, check_name, now, parse_scope
+from suppression.store import Store, open_store
+
+EXPORT_PAGE = 5000
+
+
+@contextlib.asynccontextmanager
+async def _store(config: Config) -> AsyncIterator[Store]:
+    store = await open_store(config.store.url)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@contextlib.contextmanager
+def _input(name: str) -> Iterator[BinaryIO]:
+    if name == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        handle = Path(name).open("rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise OptgateError(f"cannot read {name}: {exc.strerror}") from None
+    with handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def _output(name: str | None) -> Iterator[TextIO]:
+    if name is None:
+        yield sys.stdout
+        return
+    try:
+        handle = Path(name).open("w", encoding="utf-8", newline="")  # noqa: SIM115
+    except OSError as exc:
+        raise OptgateError(f"cannot write {name}: {exc.strerror}") from None
+    with handle:
+        yield handle
+
+
+def _target(text: str, keep: bool) -> ImportItem:
+    """An address or @domain given on the command line, as a suppression item."""
+    if text.strip().startswith("@"):
+        domain = "@" + normalize_domain(text)
+        return ImportItem(identity(domain), "domain", domain, Reason.MANUAL)
+    address = normalize(text)
+    return ImportItem(address.sha256, "sha256", address.normalized if keep else None, Reason.MANUAL)
+
+
+def _progress(stream: IO[str]) -> Any:
+    if not stream.isatty():
+        return None
+
+    def show(summary: Summary) -> None:
+        stream.write(f"\r{summary.read:,} rows read, {summary.added:,} added")
+        stream.flush()
+
+    return show
+
+
+async def suppress_add(args: argparse.Namespace, config: Config) -> int:
+    """optgate suppress add."""
+    scope = parse_scope(args.scope)
+    reason = Reason(args.reason)
+    keep = config.store.keep_addresses
+    items = [
+        ImportItem(t.key, t.kind, t.address, reason)
+        for t in (_target(a, keep) for a in args.addresses)
+    ]
+    async with _store(config) as store:
+        result = await store.suppress(items, scope=scope, source=Source.CLI, actor=args.actor)
+    print(f"suppressed {result.added} new, {result.present + result.duplicates} already ({scope})")
+    return 0
+
+
+async def suppress_remove(args: argparse.Namespace, config: Config) -> int:
+    """optgate suppress remove."""
+    scope = parse_scope(args.scope)
+    keys = [_target(a, False).key for a in args.addresses]
+    async with _store(config) as store:
+        removed = await store.unsuppress(keys, scope=scope, actor=args.actor)
+    print(f"lifted {removed} suppression(s) in {scope}; {len(set(keys)) - removed} had none")
+    return 0
+
+
+async def suppress_check(args: argparse.Namespace, config: Config) -> int:
+    """optgate suppress check: one line per address; 1 if any is suppressed."""
+    addresses = [normalize(a) for a in args.addresses]
+    found = False
+    async with _store(config) as store:
+        for given, address in zip(args.addresses, addresses, strict=True):
+            records = (await store.subject(address)).suppressions
+            found = found or bool(records)
+            for record in records:
+                via = "domain " if record.kind == "domain" else ""
+                print(
+                    f"{given}\tsuppressed\t{via}{record.scope}\t{record.reason.value}"
+                    f"\tsince {record.created:%Y-%m-%dT%H:%M:%SZ}"
+                )
+            if not records:
+                print(f"{given}\tnot suppressed")
+    return 1 if found else 0
+
+
+async def suppress_import(args: argparse.Namespace, config: Config) -> int:
+    """optgate suppress import."""
+    scope = parse_scope(args.scope)
+    reason = Reason(args.reason) if args.reason else None
+    name = "<stdin>" if args.file == "-" else args.file
+    evidence = json.dumps({"file": Path(name).name, "run": uuid.uuid4().hex})
+    with _input(args.file) as handle:
+        async with _store(config) as store:
+            summary = await import_suppressions(
+                store,
+                read_rows(handle, args.format, name),
+                scope=scope,
+                reason=reason,
+                actor=args.actor,
+                evidence=evidence,
+                keep_addresses=config.store.keep_addresses,
+                progress=_progress(sys.stderr),
+            )
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    print(summary)
+    return 0
+
+
+async def suppress_export(args: argparse.Namespace, config: Config) -> int:
+    """optgate suppress export (streams)."""
+    scope = parse_scope(args.scope) if args.scope else None
+    async with _store(config) as store:
+        with _output(args.output) as out:
+            written, skipped = await _export_stream(store, scope, args.format, out)
+    print(f"exported {written}, skipped {skipped}", file=sys.stderr)
+    return 0
+
+
+async def _export_stream(store: Store, scope: str | None, fmt: str, out: TextIO) -> tuple[int, int]:
+    """Write suppressions page by page, so memory stays flat; (written, skipped)."""
+    written = skipped = 0
+    page: list[ExportRecord] = []
+
+    def flush() -> None:
+        nonlocal written, skipped
+        result = write_records(page, fmt, out)
+        written, skipped = written + result.written, skipped + result.skipped
+        page.clear()
+
+    async for s in store.iter_suppressions(scope):
+        page.append(
+            ExportRecord(s.key, s.address, s.scope, s.reason.value, s.source, s.created, s.kind)
+        )
+        if len(page) == EXPORT_PAGE:
+            flush()
+    flush()
+    return written, skipped
+
+
+async def _consent(args: argparse.Namespace, config: Config, granted: bool) -> int:
+    purpose = check_name(args.purpose, "purpose")
+    keep = config.store.keep_addresses
+    records = [
+        Consent(
+            sha256=a.sha256,
+            purpose=purpose,
+            granted=granted,
+            source=args.source,
+            created=now(),
+            policy_version=args.policy_version,
+            address=a.normalized if keep else None,
+        )
+        for a in (normalize(text) for text in args.addresses)
+    ]
+    async with _store(config) as store:
+        count = await store.record_consents(records, actor=args.actor)
+    print(f"recorded {count} {'consent' if granted else 'revocation'}(s) for {purpose}")
+    return 0
+
+
+async def consent_add(args: argparse.Namespace, config: Config) -> int:
+    """optgate consent add."""
+    return await _consent(args, config, True)
+
+
+async def consent_revoke(args: argparse.Namespace, config: Config) -> int:
+    """optgate consent revoke."""
+    return await _consent(args, config, False)
+
+
+async def consent_import(args: argparse.Namespace, config: Config) -> int:
+    """optgate consent import."""
+    purpose = check_name(args.purpose, "purpose")
+    name = "<stdin>" if args.file == "-" else args.file
+    with _input(args.file) as handle:
+        async with _store(config) as store:
+            summary = await import_consents(
+                store,
+                read_rows(handle, args.format, name),
+                purpose=purpose,
+                source=args.source,
+                version=args.policy_version,
+                actor=args.actor,
+                keep_addresses=config.store.keep_addresses,
+            )
+    print(
+        f"read {summary.read}, recorded {summary.added}, invalid {summary.invalid}"
+        + (f" (lines {', '.join(map(str, summary.invalid_lines))})" if summary.invalid else "")
+    )
+    return 0
+
+
+def _consent_row(c: Consent) -> dict[str, Any]:
+    return {
+        "email": c.address or "",
+        "sha256": c.sha256,
+        "purpose": c.purpose,
+        "state": "granted" if c.granted else "revoked",
+        "source": c.source,
+        "policy_version": c.policy_version or "",
+        "created": c.created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "evidence": c.evidence or "",
+    }
+
+
+async def consent_export(args: argparse.Namespace, config: Config) -> int:
+    """optgate consent export: every record, in order (csv or jsonl)."""
+    import csv
+
+    purpose = check_name(args.purpose, "purpose") if args.purpose else None
+    async with _store(config) as store:
+        with _output(args.output) as out:
+            writer: Any = None
+            async for consent in store.iter_consents(purpose):
+                row = _consent_row(consent)
+                if args.format == "jsonl":
+                    out.write(json.dumps(row) + "\n")
+                    continue
+                if writer is None:
+                    writer = csv.DictWriter(out, fieldnames=list(row), lineterminator="\n")
+                    writer.writeheader()
+                writer.writerow(row)
+    return 0
+
+
+def _jsonable(record: Any) -> dict[str, Any]:
+    data = asdict(record)
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in data.items()}
+
+
+async def subject_show(args: argparse.Namespace, config: Config) -> int:
+    """optgate subject show: every record about an address, as JSON."""
+    address = normalize(args.address)
+    async with _store(config) as store:
+        record = await store.subject(address)
+        await store.audit(actor=args.actor, action="subject-access", subject=address.sha256)
+    print(
+        json.dumps(
+            {
+                "address": address.normalized,
+                "sha256": address.sha256,
+                "suppressions": [_jsonable(s) for s in record.suppressions],
+                "consents": [_jsonable(c) for c in record.consents],
+                "events": [
+                    {"seq": e.seq, "at": e.at.isoformat(), **json.loads(e.body)}
+                    for e in record.events
+                ],
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    return 0
+
+
+async def subject_erase(args: argparse.Namespace, config: Config) -> int:
+    """optgate subject erase."""
+    address = normalize(args.address)
+    async with _store(config) as store:
+        changed = await store.erase(address, actor=args.actor)
+    print(
+        f"erased plaintext and evidence from {changed} record(s); "
+        f"suppressions stay keyed by {address.sha256[:12]}…"
+    )
+    return 0
+
+
+async def explain(args: argparse.Namespace, config: Config) -> int:
+    """optgate explain: the verdict for a marketing message and the reason, in words."""
+    try:
+        address = normalize(args.address)
+    except InvalidAddress as exc:
+        print(f"would NOT be sent: {exc}")
+        return 1
+    topic = check_name(args.topic or config.policy.default_topic, "topic")
+    rules = Rules(config.policy.require_consent, config.policy.consent_versions)
+    scopes = scopes_for(MessageClass.MARKETING, topic)
+    async with _store(config) as store:
+        facts = (await store.lookup_many([address], scopes, topic))[address.sha256]
+    verdict = decide(facts, MessageClass.MARKETING, topic, rules)
+    state = "would be sent" if verdict.keep else "would NOT be sent"
+    print(f"marketing mail on topic {topic!r} to {args.address} {state}: {verdict.explanation}")
+    return 0 if verdict.keep else 1
+
+
+async def store_verify(args: argparse.Namespace, config: Config) -> int:
+    """optgate store verify."""
+    async with _store(config) as store:
+        report = await store.verify_chain()
+    if report.broken_at is not None:
+        print(f"audit log BROKEN at event {report.broken_at}: {report.problem}")
+        return 1
+    print(f"audit log intact: {report.events} events, head {report.head}")
+    return 0
+
+
+async def store_migrate(args: argparse.Namespace, config: Config) -> int:
+    """optgate store migrate: opening the store runs pending migrations."""
+    async with _store(config):
+        pass
+    print(f"store {config.store.url} is at the current schema")
+    return 0

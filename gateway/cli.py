@@ -1,0 +1,147 @@
+"""The ``optgate`` command: parses, calls, prints. Errors become exit codes here only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from importlib.metadata import version
+
+from gateway import admin
+from gateway.config import Config, load
+from suppression.errors import OptgateError
+from suppression.formats import READ_FORMATS, WRITE_FORMATS, FormatError
+from suppression.model import Reason
+
+EXIT_OK, EXIT_FOUND, EXIT_ERROR, EXIT_USAGE = 0, 1, 2, 64
+
+Handler = Callable[[argparse.Namespace, Config], Awaitable[int]]
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="TOML configuration (default: $OPTGATE_CONFIG, else built-in defaults)",
+    )
+
+
+def _scope(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scope", default="global", help="global, topic:NAME or partner:NAME")
+
+
+def _command(
+    group: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    handler: Handler,
+    help_text: str,
+) -> argparse.ArgumentParser:
+    parser = group.add_parser(name, help=help_text, description=help_text)
+    _config_option(parser)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _suppress_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    top = group.add_parser("suppress", help="manage the suppression list")
+    sub = top.add_subparsers(dest="action", required=True, metavar="ACTION")
+    reasons = [r.value for r in Reason]
+    add = _command(sub, "add", admin.suppress_add, "suppress addresses or @domains")
+    add.add_argument("addresses", nargs="+", metavar="ADDR")
+    _scope(add)
+    add.add_argument("--reason", choices=reasons, default="manual")
+    remove = _command(sub, "remove", admin.suppress_remove, "lift suppressions (audited)")
+    remove.add_argument("addresses", nargs="+", metavar="ADDR")
+    _scope(remove)
+    check = _command(
+        sub, "check", admin.suppress_check, "show suppressions; exit 1 if any is suppressed"
+    )
+    check.add_argument("addresses", nargs="+", metavar="ADDR")
+    imp = _command(sub, "import", admin.suppress_import, "bulk import a file ('-' is stdin)")
+    imp.add_argument("file", metavar="FILE")
+    imp.add_argument("--format", choices=READ_FORMATS, default="auto")
+    _scope(imp)
+    imp.add_argument("--reason", choices=reasons, help="override the reason rows carry")
+    exp = _command(sub, "export", admin.suppress_export, "bulk export")
+    exp.add_argument("--format", choices=WRITE_FORMATS, default="csv")
+    exp.add_argument("--scope", help="only this scope (default: all)")
+    exp.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+
+
+def _consent_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    top = group.add_parser("consent", help="manage consent records")
+    sub = top.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, handler, text in (
+        ("add", admin.consent_add, "record consent"),
+        ("revoke", admin.consent_revoke, "record a revocation"),
+    ):
+        cmd = _command(sub, name, handler, text)
+        cmd.add_argument("addresses", nargs="+", metavar="ADDR")
+        cmd.add_argument("--purpose", required=True, help="a topic name or partner-offers")
+        cmd.add_argument("--source", default="cli")
+        cmd.add_argument("--policy-version", metavar="V")
+    imp = _command(sub, "import", admin.consent_import, "bulk import consents")
+    imp.add_argument("file", metavar="FILE")
+    imp.add_argument("--purpose", required=True)
+    imp.add_argument("--format", choices=("auto", "csv", "jsonl", "plain"), default="auto")
+    imp.add_argument("--source", default="import")
+    imp.add_argument("--policy-version", metavar="V")
+    exp = _command(sub, "export", admin.consent_export, "export consent records")
+    exp.add_argument("--purpose", help="only this purpose")
+    exp.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    exp.add_argument("-o", "--output", metavar="FILE")
+
+
+def _other_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    subject = group.add_parser("subject", help="data-subject access and erasure")
+    sub = subject.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = _command(sub, "show", admin.subject_show, "print every record about ADDR as JSON")
+    show.add_argument("address", metavar="ADDR")
+    erase = _command(sub, "erase", admin.subject_erase, "erase ADDR, keeping only its hash")
+    erase.add_argument("address", metavar="ADDR")
+    explain = _command(
+        group, "explain", admin.explain, "would marketing mail to ADDR be sent, and why"
+    )
+    explain.add_argument("address", metavar="ADDR")
+    explain.add_argument("--topic", help="the topic (default: [policy] default_topic)")
+    store = group.add_parser("store", help="store maintenance")
+    sub = store.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _command(sub, "verify", admin.store_verify, "prove the audit log's hash chain unbroken")
+    _command(sub, "migrate", admin.store_migrate, "create or upgrade the store's schema")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree."""
+    parser = argparse.ArgumentParser(
+        prog="optgate", description="Gatekeeper for outbound marketing e-mail."
+    )
+    parser.add_argument("--version", action="version", version=f"optgate {version('optgate')}")
+    _config_option(parser)
+    group = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _suppress_commands(group)
+    _consent_commands(group)
+    _other_commands(group)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    args.actor = f"cli:{getpass.getuser()}"
+    try:
+        config = load(getattr(args, "config", None))
+        handler: Handler = args.handler
+        return asyncio.run(handler(args, config))
+    except (OptgateError, FormatError) as exc:
+        print(f"optgate: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("optgate: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Pure decisions: (recipient facts, class, topic, rules) -> Keep or Drop with a reason."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from suppression.model import HARD_REASONS, Facts, Suppression
+
+
+class MessageClass(StrEnum):
+    """What kind of mail a message is (``X-Optgate-Class``)."""
+
+    MARKETING = "marketing"
+    TRANSACTIONAL = "transactional"
+    PARTNER = "partner"
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The part of the configuration decisions depend on."""
+
+    require_consent: bool
+    consent_versions: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Keep or drop one recipient, with a machine reason and words for people."""
+
+    keep: bool
+    reason: str
+    explanation: str
+
+
+def scopes_for(kind: MessageClass, topic: str, partner: str | None = None) -> tuple[str, ...]:
+    """The suppression scopes that apply to a message."""
+    if kind is MessageClass.TRANSACTIONAL:
+        return ("global",)
+    scopes = ("global", f"topic:{topic}")
+    return (*scopes, f"partner:{partner}") if partner else scopes
+
+
+def version_key(version: str) -> tuple[tuple[int, str], ...]:
+    """Order policy versions naturally: 2 < 10, 2024-05 < 2024-11."""
+    return tuple(
+        (int(part), "") if part.isdigit() else (-1, part)
+        for part in re.findall(r"\d+|[^\d]+", version)
+    )
+
+
+def _blocking(facts: Facts, kind: MessageClass) -> Suppression | None:
+    for record in facts.suppressions:
+        if kind is not MessageClass.TRANSACTIONAL or record.reason in HARD_REASONS:
+            return record
+    return None
+
+
+def decide(facts: Facts, kind: MessageClass, purpose: str, rules: Rules) -> Verdict:
+    """Decide one recipient of one message."""
+    blocked = _blocking(facts, kind)
+    if blocked is not None:
+        since = blocked.created.strftime("%Y-%m-%d %H:%M UTC")
+        what = "its domain is" if blocked.kind == "domain" else "the address is"
+        return Verdict(
+            False,
+            blocked.reason.value,
+            f"{what} suppressed ({blocked.scope}, {blocked.reason.value}, via {blocked.source}) "
+            f"since {since}",
+        )
+    if kind is MessageClass.TRANSACTIONAL:
+        return Verdict(True, "transactional", "transactional mail is exempt from opt-outs")
+    consent = facts.consent
+    if consent is not None and not consent.granted:
+        return Verdict(
+            False,
+            "consent-revoked",
+            f"consent for {purpose} was revoked on {consent.created:%Y-%m-%d} via {consent.source}",
+        )
+    if consent is None:
+        if rules.require_consent:
+            return Verdict(False, "no-consent", f"there is no consent for {purpose} on record")
+        return Verdict(True, "not-suppressed", "not suppressed, and consent is not required")
+    minimum = rules.consent_versions.get(purpose)
+    given = consent.policy_version
+    if minimum and (given is None or version_key(given) < version_key(minimum)):
+        return Verdict(
+            False,
+            "consent-outdated",
+            f"consent for {purpose} was given under policy version {given or 'unknown'}, "
+            f"but version {minimum} or later is required",
+        )
+    return Verdict(
+        True,
+        "consented",
+        f"consent for {purpose} given on {consent.created:%Y-%m-%d} via {consent.source}"
+        + (f" under policy version {given}" if given else ""),
+    )

@@ -1,0 +1,92 @@
+"""Address normalisation and the identity hash that keys every record.
+
+The identity of an address is the lowercase hex SHA-256 of the address
+trimmed and lower-cased as a whole: the form hashed suppression lists use
+when companies share them. MD5 of the same form exists for import and export
+only. A whole-domain suppression is keyed by the identity of ``@domain``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from email_validator import EmailNotValidError, validate_email
+
+from suppression.errors import InvalidAddress
+
+# A strict subset of what email-validator accepts: dot-atom ASCII local part,
+# LDH labels, an alphabetic TLD. Anything else goes through email-validator.
+_SIMPLE = re.compile(
+    r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@((?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63})"
+)
+# Special-use names email-validator refuses (RFC 6761 and friends).
+_SPECIAL_TLDS = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def identity(address: str) -> str:
+    """SHA-256 identity of an address (or of ``@domain``)."""
+    return hashlib.sha256(address.strip().lower().encode()).hexdigest()
+
+
+def md5_identity(address: str) -> str:
+    """MD5 of the same form, for partners who exchange MD5 lists."""
+    return hashlib.md5(address.strip().lower().encode(), usedforsecurity=False).hexdigest()
+
+
+def is_digest(value: str, length: int) -> bool:
+    """True when value is lowercase hex of the given length."""
+    return len(value) == length and _HEX.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A valid, normalised address with the keys it is looked up by."""
+
+    normalized: str
+    sha256: str
+    md5: str
+    domain_key: str
+
+    @property
+    def domain(self) -> str:
+        """The domain part."""
+        return self.normalized.rpartition("@")[2]
+
+
+def _simple(lowered: str) -> str | None:
+    match = _SIMPLE.fullmatch(lowered)
+    if match is None or len(lowered) > 254 or lowered.index("@") > 64:
+        return None
+    if match.group(1).rpartition(".")[2] in _SPECIAL_TLDS:
+        return None
+    return lowered
+
+
+def normalize(raw: str) -> Address:
+    """Validate and normalise an address; raise InvalidAddress with the reason."""
+    text = raw.strip()
+    lowered = text.lower()
+    normalized = _simple(lowered)
+    if normalized is None:
+        try:
+            info = validate_email(text, check_deliverability=False, allow_smtputf8=True)
+        except EmailNotValidError as exc:
+            raise InvalidAddress(f"{text!r} is not a valid address: {exc}") from None
+        normalized = info.normalized.lower()
+    domain = normalized.rpartition("@")[2]
+    return Address(
+        normalized, identity(normalized), md5_identity(normalized), identity("@" + domain)
+    )
+
+
+def normalize_domain(raw: str) -> str:
+    """Validate ``@domain`` (or ``domain``) and return the normalised domain."""
+    domain = raw.strip().lstrip("@")
+    try:
+        return normalize("postmaster@" + domain).domain
+    except InvalidAddress:
+        raise InvalidAddress(f"{raw.strip()!r} is not a valid domain") from None

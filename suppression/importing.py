@@ -1,0 +1,148 @@
+"""Bulk import: validated rows from a reader, written in all-or-nothing batches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from suppression.address import Address, identity, is_digest, normalize, normalize_domain
+from suppression.errors import InvalidAddress
+from suppression.formats import Row
+from suppression.model import Consent, ImportItem, Reason, now
+from suppression.store import Store
+
+BATCH = 20000
+SHOWN_INVALID = 5
+
+
+@dataclass
+class Summary:
+    """What an import read and did."""
+
+    read: int = 0
+    added: int = 0
+    present: int = 0
+    invalid: int = 0
+    duplicates: int = 0
+    invalid_lines: list[int] = field(default_factory=list)
+
+    def note_invalid(self, line: int) -> None:
+        """Count an invalid row and remember the first few line numbers."""
+        self.invalid += 1
+        if len(self.invalid_lines) < SHOWN_INVALID:
+            self.invalid_lines.append(line)
+
+    def __str__(self) -> str:
+        lines = ", ".join(map(str, self.invalid_lines))
+        more = ", ..." if self.invalid > len(self.invalid_lines) else ""
+        where = f" (lines {lines}{more})" if self.invalid else ""
+        return (
+            f"read {self.read}, added {self.added}, already present {self.present}, "
+            f"invalid {self.invalid}{where}, duplicates {self.duplicates}"
+        )
+
+
+def to_item(row: Row, reason: Reason | None, keep_addresses: bool) -> ImportItem:
+    """Turn one reader row into a suppression item; InvalidAddress if it is not valid."""
+    chosen = reason or (Reason(row.reason) if row.reason else Reason.IMPORTED)
+    if row.kind == "sha256" or row.kind == "md5":
+        length = 64 if row.kind == "sha256" else 32
+        if not is_digest(row.value, length):
+            raise InvalidAddress(f"not a {row.kind} digest")
+        return ImportItem(row.value, row.kind, None, chosen, row.created)
+    if row.value.startswith("@"):
+        domain = "@" + normalize_domain(row.value)
+        return ImportItem(identity(domain), "domain", domain, chosen, row.created)
+    address = normalize(row.value)
+    plain = address.normalized if keep_addresses else None
+    return ImportItem(address.sha256, "sha256", plain, chosen, row.created)
+
+
+def _batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
+    batch: list[Row] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+async def import_suppressions(
+    store: Store,
+    rows: Iterable[Row],
+    *,
+    scope: str,
+    reason: Reason | None,
+    actor: str,
+    evidence: str,
+    keep_addresses: bool = True,
+    progress: Callable[[Summary], None] | None = None,
+) -> Summary:
+    """Validate and write rows batch by batch; a reader error stops after the last good batch."""
+    summary = Summary()
+    for batch in _batches(rows, BATCH):
+        items = []
+        for row in batch:
+            try:
+                items.append(to_item(row, reason, keep_addresses))
+            except InvalidAddress:
+                summary.note_invalid(row.line)
+        summary.read += len(batch)
+        if items:
+            result = await store.suppress(
+                items, scope=scope, source="import", actor=actor, evidence=evidence
+            )
+            summary.added += result.added
+            summary.present += result.present
+            summary.duplicates += result.duplicates
+        if progress:
+            progress(summary)
+    return summary
+
+
+def to_consent(
+    row: Row, address: Address, purpose: str, source: str, version: str | None, keep: bool
+) -> Consent:
+    """A consent record from an import row: its own time, version and evidence when given."""
+    extra = dict(row.extra)
+    return Consent(
+        sha256=address.sha256,
+        purpose=purpose,
+        granted=True,
+        source=extra.pop("source", "") or source,
+        created=row.created or now(),
+        policy_version=extra.pop("policy_version", "") or version,
+        address=address.normalized if keep else None,
+        evidence=json.dumps(extra, sort_keys=True) if extra else None,
+    )
+
+
+async def import_consents(
+    store: Store,
+    rows: Iterable[Row],
+    *,
+    purpose: str,
+    source: str,
+    version: str | None,
+    actor: str,
+    keep_addresses: bool = True,
+) -> Summary:
+    """Record a consent for every valid address row, batch by batch."""
+    summary = Summary()
+    for batch in _batches(rows, BATCH):
+        records = []
+        for row in batch:
+            try:
+                if row.kind != "address":
+                    raise InvalidAddress("consent needs an address, not a digest")
+                address = normalize(row.value)
+            except InvalidAddress:
+                summary.note_invalid(row.line)
+                continue
+            records.append(to_consent(row, address, purpose, source, version, keep_addresses))
+        summary.read += len(batch)
+        summary.added += await store.record_consents(records, actor=actor)
+    return summary

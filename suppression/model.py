@@ -1,0 +1,142 @@
+"""The records the store keeps: suppressions, consents, audit events."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from suppression.errors import OptgateError
+
+KeyKind = Literal["sha256", "md5", "domain"]
+
+
+class Reason(StrEnum):
+    """Why an address is suppressed."""
+
+    UNSUBSCRIBED = "unsubscribed"
+    COMPLAINED = "complained"
+    BOUNCED = "bounced"
+    MANUAL = "manual"
+    IMPORTED = "imported"
+    INVALID = "invalid"
+
+
+# Suppressions that stop transactional mail too: the address cannot or must not receive.
+HARD_REASONS = frozenset({Reason.BOUNCED, Reason.COMPLAINED, Reason.INVALID})
+
+
+class Source(StrEnum):
+    """The channel a record came through."""
+
+    ONE_CLICK = "one-click"
+    WEB = "web"
+    MAILBOX = "mailbox"
+    BOUNCE = "bounce"
+    COMPLAINT = "complaint"
+    IMPORT = "import"
+    CLI = "cli"
+    API = "api"
+
+
+PARTNER_OFFERS = "partner-offers"
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def check_name(name: str, what: str) -> str:
+    """Validate a topic, partner or purpose name."""
+    if _NAME.fullmatch(name) is None:
+        raise OptgateError(
+            f"{what} {name!r} is not valid: "
+            "use 1-64 of a-z 0-9 . _ - starting with a letter or digit"
+        )
+    return name
+
+
+def parse_scope(text: str) -> str:
+    """Validate a scope: ``global``, ``topic:NAME`` or ``partner:NAME``."""
+    if text == "global":
+        return text
+    kind, sep, name = text.partition(":")
+    if not sep or kind not in ("topic", "partner"):
+        raise OptgateError(f"scope {text!r} is not valid: use global, topic:NAME or partner:NAME")
+    return f"{kind}:{check_name(name, kind)}"
+
+
+def now() -> datetime:
+    """The current time, aware UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """One suppression: a key (address hash, MD5 or domain) in a scope."""
+
+    key: str
+    kind: KeyKind
+    scope: str
+    reason: Reason
+    source: str
+    created: datetime
+    address: str | None = None
+    evidence: str | None = None
+    event: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    """One consent record; a revocation is a record with granted=False."""
+
+    sha256: str
+    purpose: str
+    granted: bool
+    source: str
+    created: datetime
+    policy_version: str | None = None
+    address: str | None = None
+    evidence: str | None = None
+    event: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One link of the hash-chained audit log."""
+
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str | None
+    body: str
+    prev: str
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the store knows about one recipient for one decision."""
+
+    suppressions: tuple[Suppression, ...]
+    consent: Consent | None
+
+
+@dataclass(frozen=True, slots=True)
+class ImportItem:
+    """One validated row of a bulk suppression import."""
+
+    key: str
+    kind: KeyKind
+    address: str | None
+    reason: Reason
+    created: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one import batch changed."""
+
+    added: int
+    present: int
+    duplicates: int

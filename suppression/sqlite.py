@@ -1,0 +1,446 @@
+"""The embedded default store: one SQLite file (WAL) through aiosqlite."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import aiosqlite
+
+from suppression.address import Address
+from suppression.audit import GENESIS, ChainWalk, event_body, link
+from suppression.errors import StoreError
+from suppression.model import (
+    AuditEvent,
+    BatchResult,
+    Consent,
+    Facts,
+    ImportItem,
+    Reason,
+    Suppression,
+    now,
+)
+from suppression.store import ChainReport, SubjectRecord
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE suppression (
+        key TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        address TEXT,
+        reason TEXT NOT NULL,
+        source TEXT NOT NULL,
+        evidence TEXT,
+        created TEXT NOT NULL,
+        event INTEGER NOT NULL,
+        PRIMARY KEY (key, scope)
+    ) WITHOUT ROWID;
+    CREATE TABLE consent (
+        id INTEGER PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        granted INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        policy_version TEXT,
+        address TEXT,
+        evidence TEXT,
+        created TEXT NOT NULL,
+        event INTEGER NOT NULL
+    );
+    CREATE INDEX consent_by_subject ON consent (sha256, purpose, id);
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT,
+        body TEXT NOT NULL,
+        prev TEXT NOT NULL,
+        digest TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_subject ON audit (subject);
+    """,
+)
+
+_SUPPRESSION_COLUMNS = "key, kind, scope, reason, source, created, address, evidence, event"
+_CONSENT_COLUMNS = (
+    "sha256, purpose, granted, source, created, policy_version, address, evidence, event"
+)
+_PAGE = 5000
+
+
+def _time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def _suppression(row: sqlite3.Row | tuple[Any, ...]) -> Suppression:
+    key, kind, scope, reason, source, created, address, evidence, event = row
+    return Suppression(
+        key, kind, scope, Reason(reason), source, _parse_time(created), address, evidence, event
+    )
+
+
+def _consent(row: sqlite3.Row | tuple[Any, ...]) -> Consent:
+    sha256, purpose, granted, source, created, version, address, evidence, event = row
+    return Consent(
+        sha256,
+        purpose,
+        bool(granted),
+        source,
+        _parse_time(created),
+        version,
+        address,
+        evidence,
+        event,
+    )
+
+
+def _event(row: sqlite3.Row | tuple[Any, ...]) -> AuditEvent:
+    seq, at, actor, action, subject, body, prev, digest = row
+    return AuditEvent(seq, _parse_time(at), actor, action, subject, body, prev, digest)
+
+
+def _marks(count: int) -> str:
+    return ",".join("?" * count)
+
+
+def _keys_digest(keys: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for key in keys:
+        digest.update(key.encode() + b"\n")
+    return digest.hexdigest()
+
+
+class SQLiteStore:
+    """Store on one SQLite database file."""
+
+    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+        self._db = db
+        self._path = path
+
+    @classmethod
+    async def open(cls, path: str) -> SQLiteStore:
+        """Open the file, switch to WAL and run pending migrations."""
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store {path}: {exc}") from None
+        store = cls(db, path)
+        try:
+            await store._prepare()
+        except sqlite3.Error as exc:
+            await db.close()
+            raise StoreError(f"cannot use SQLite store {path}: {exc}") from None
+        except StoreError:
+            await db.close()
+            raise
+        return store
+
+    async def _prepare(self) -> None:
+        await self._db.execute("PRAGMA busy_timeout = 5000")
+        await self._db.execute("PRAGMA journal_mode = WAL")
+        await self._db.execute("PRAGMA synchronous = NORMAL")
+        async with self._db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"store {self._path} has schema {version}, newer than this optgate "
+                f"({len(MIGRATIONS)}): upgrade optgate"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await self._db.executescript(
+                f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
+            )
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self._db.close()
+
+    async def _write(self, work: Any) -> Any:
+        """Run an async write function inside one IMMEDIATE transaction."""
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"cannot write to SQLite store {self._path}: {exc}") from None
+        try:
+            result = await work()
+        except BaseException:
+            await self._db.rollback()
+            raise
+        await self._db.commit()
+        return result
+
+    async def _audit(
+        self, actor: str, action: str, subject: str | None, detail: Mapping[str, object]
+    ) -> int:
+        """Append one chained audit event (inside the caller's transaction)."""
+        async with self._db.execute(
+            "SELECT seq, digest FROM audit ORDER BY seq DESC LIMIT 1"
+        ) as cursor:
+            last = await cursor.fetchone()
+        seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+        at = now()
+        body = event_body(seq, at, actor, action, subject, detail)
+        await self._db.execute(
+            "INSERT INTO audit (seq, at, actor, action, subject, body, prev, digest) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (seq, _time(at), actor, action, subject, body, prev, link(prev, body)),
+        )
+        return seq
+
+    async def suppress(
+        self,
+        items: Sequence[ImportItem],
+        *,
+        scope: str,
+        source: str,
+        actor: str,
+        evidence: str | None = None,
+    ) -> BatchResult:
+        """Add suppressions in one transaction with one audit event."""
+        unique = {item.key: item for item in items}
+
+        async def work() -> BatchResult:
+            subject = next(iter(unique)) if len(unique) == 1 else None
+            detail = {
+                "scope": scope,
+                "source": source,
+                "count": len(unique),
+                "keys_sha256": _keys_digest(unique),
+            }
+            event = await self._audit(actor, "suppress", subject, detail)
+            created = _time(now())
+            before = self._db.total_changes
+            await self._db.executemany(
+                "INSERT OR IGNORE INTO suppression "
+                "(key, scope, kind, address, reason, source, evidence, created, event) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        item.key,
+                        scope,
+                        item.kind,
+                        item.address,
+                        item.reason.value,
+                        source,
+                        evidence,
+                        _time(item.created) if item.created else created,
+                        event,
+                    )
+                    for item in unique.values()
+                ],
+            )
+            added = self._db.total_changes - before
+            earlier = await self._same_run(list(unique), scope, evidence, added)
+            return BatchResult(
+                added=added,
+                present=len(unique) - added - earlier,
+                duplicates=len(items) - len(unique) + earlier,
+            )
+
+        result: BatchResult = await self._write(work)
+        return result
+
+    async def _same_run(self, keys: list[str], scope: str, evidence: str | None, added: int) -> int:
+        """Keys ignored because an earlier batch of the same run added them.
+
+        A run's batches share one evidence string (the importer names the
+        file and the run in it), so an ignored key whose row carries it is a
+        duplicate within the file, not an address that was already there.
+        """
+        if added == len(keys) or evidence is None:
+            return 0
+        same = 0
+        for start in range(0, len(keys), _PAGE):
+            chunk = keys[start : start + _PAGE]
+            async with self._db.execute(
+                f"SELECT count(*) FROM suppression WHERE scope = ? AND evidence = ? "
+                f"AND key IN ({_marks(len(chunk))})",
+                (scope, evidence, *chunk),
+            ) as cursor:
+                row = await cursor.fetchone()
+            same += int(row[0]) if row else 0
+        return same - added
+
+    async def unsuppress(self, keys: Sequence[str], *, scope: str, actor: str) -> int:
+        """Delete suppressions of a scope; audited per key."""
+
+        async def work() -> int:
+            removed = 0
+            for key in dict.fromkeys(keys):
+                cursor = await self._db.execute(
+                    "DELETE FROM suppression WHERE key = ? AND scope = ?", (key, scope)
+                )
+                if cursor.rowcount:
+                    removed += 1
+                    await self._audit(actor, "unsuppress", key, {"scope": scope})
+            return removed
+
+        result: int = await self._write(work)
+        return result
+
+    async def record_consents(self, consents: Sequence[Consent], *, actor: str) -> int:
+        """Append consent records with one audit event."""
+
+        async def work() -> int:
+            subject = consents[0].sha256 if len({c.sha256 for c in consents}) == 1 else None
+            detail = {
+                "count": len(consents),
+                "granted": sum(c.granted for c in consents),
+                "revoked": sum(not c.granted for c in consents),
+                "purposes": sorted({c.purpose for c in consents}),
+                "keys_sha256": _keys_digest(c.sha256 for c in consents),
+            }
+            event = await self._audit(actor, "consent", subject, detail)
+            await self._db.executemany(
+                f"INSERT INTO consent ({_CONSENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        c.sha256,
+                        c.purpose,
+                        int(c.granted),
+                        c.source,
+                        _time(c.created),
+                        c.policy_version,
+                        c.address,
+                        c.evidence,
+                        event,
+                    )
+                    for c in consents
+                ],
+            )
+            return len(consents)
+
+        if not consents:
+            return 0
+        result: int = await self._write(work)
+        return result
+
+    async def lookup_many(
+        self, recipients: Sequence[Address], scopes: Sequence[str], purpose: str | None
+    ) -> dict[str, Facts]:
+        """Suppressions in the given scopes and the latest consent for purpose."""
+        owners: dict[str, list[str]] = {}
+        for address in recipients:
+            for key in (address.sha256, address.md5, address.domain_key):
+                owners.setdefault(key, []).append(address.sha256)
+        found: dict[str, list[Suppression]] = {a.sha256: [] for a in recipients}
+        async with self._db.execute(
+            f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression "
+            f"WHERE key IN ({_marks(len(owners))}) AND scope IN ({_marks(len(scopes))})",
+            (*owners, *scopes),
+        ) as cursor:
+            async for row in cursor:
+                record = _suppression(row)
+                for owner in owners[record.key]:
+                    found[owner].append(record)
+        consents: dict[str, Consent] = {}
+        if purpose is not None:
+            async with self._db.execute(
+                f"SELECT {_CONSENT_COLUMNS} FROM consent "
+                f"WHERE sha256 IN ({_marks(len(found))}) AND purpose = ? ORDER BY id",
+                (*found, purpose),
+            ) as cursor:
+                async for row in cursor:
+                    consent = _consent(row)
+                    consents[consent.sha256] = consent
+        return {key: Facts(tuple(found[key]), consents.get(key)) for key in found}
+
+    async def audit(
+        self, *, actor: str, action: str, subject: str | None, detail: Mapping[str, object] = {}
+    ) -> int:
+        """Append a stand-alone audit event."""
+
+        async def work() -> int:
+            return await self._audit(actor, action, subject, detail)
+
+        result: int = await self._write(work)
+        return result
+
+    async def subject(self, address: Address) -> SubjectRecord:
+        """Every suppression, consent and audit event about an address."""
+        keys = (address.sha256, address.md5, address.domain_key)
+        suppressions = await self._all(
+            f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression WHERE key IN (?, ?, ?) "
+            "ORDER BY created",
+            keys,
+            _suppression,
+        )
+        consents = await self._all(
+            f"SELECT {_CONSENT_COLUMNS} FROM consent WHERE sha256 = ? ORDER BY id",
+            (address.sha256,),
+            _consent,
+        )
+        seqs = {s.event for s in suppressions} | {c.event for c in consents}
+        events = await self._all(
+            f"SELECT seq, at, actor, action, subject, body, prev, digest FROM audit "
+            f"WHERE subject IN (?, ?, ?) OR seq IN ({_marks(len(seqs))}) ORDER BY seq",
+            (*keys, *seqs),
+            _event,
+        )
+        return SubjectRecord(tuple(suppressions), tuple(consents), tuple(events))
+
+    async def _all(self, sql: str, params: Sequence[object], convert: Any) -> list[Any]:
+        async with self._db.execute(sql, params) as cursor:
+            return [convert(row) for row in await cursor.fetchall()]
+
+    async def erase(self, address: Address, *, actor: str) -> int:
+        """Forget the plaintext and consent evidence; the hashes stay."""
+
+        async def work() -> int:
+            first = await self._db.execute(
+                "UPDATE suppression SET address = NULL, evidence = NULL "
+                "WHERE key IN (?, ?) AND (address IS NOT NULL OR evidence IS NOT NULL)",
+                (address.sha256, address.md5),
+            )
+            second = await self._db.execute(
+                "UPDATE consent SET address = NULL, evidence = NULL "
+                "WHERE sha256 = ? AND (address IS NOT NULL OR evidence IS NOT NULL)",
+                (address.sha256,),
+            )
+            changed = first.rowcount + second.rowcount
+            await self._audit(actor, "erase", address.sha256, {"records": changed})
+            return changed
+
+        result: int = await self._write(work)
+        return result
+
+    async def iter_suppressions(self, scope: str | None) -> AsyncIterator[Suppression]:
+        """Stream suppressions in key order, a page at a time."""
+        where, params = ("WHERE scope = ?", (scope,)) if scope else ("", ())
+        async with self._db.execute(
+            f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression {where}", params
+        ) as cursor:
+            while rows := await cursor.fetchmany(_PAGE):
+                for row in rows:
+                    yield _suppression(row)
+
+    async def iter_consents(self, purpose: str | None) -> AsyncIterator[Consent]:
+        """Stream consent records in the order they were made."""
+        where, params = ("WHERE purpose = ?", (purpose,)) if purpose else ("", ())
+        async with self._db.execute(
+            f"SELECT {_CONSENT_COLUMNS} FROM consent {where} ORDER BY id", params
+        ) as cursor:
+            while rows := await cursor.fetchmany(_PAGE):
+                for row in rows:
+                    yield _consent(row)
+
+    async def verify_chain(self) -> ChainReport:
+        """Walk the whole audit log in sequence order."""
+        walk = ChainWalk()
+        async with self._db.execute(
+            "SELECT seq, at, actor, action, subject, body, prev, digest FROM audit ORDER BY seq"
+        ) as cursor:
+            while rows := await cursor.fetchmany(_PAGE):
+                if not all(walk.step(_event(row)) for row in rows):
+                    break
+        return ChainReport(walk.count, walk.head, walk.broken_at, walk.problem)

@@ -1,0 +1,88 @@
+"""The Store interface every backend passes, and the URL that picks one."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from suppression.address import Address
+from suppression.errors import StoreError
+from suppression.model import AuditEvent, BatchResult, Consent, Facts, ImportItem, Suppression
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectRecord:
+    """Everything the store holds about one address."""
+
+    suppressions: tuple[Suppression, ...]
+    consents: tuple[Consent, ...]
+    events: tuple[AuditEvent, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    """The result of walking the audit chain."""
+
+    events: int
+    head: str
+    broken_at: int | None = None
+    problem: str | None = None
+
+
+class Store(Protocol):
+    """Suppressions, consents and the audit log, behind one async interface."""
+
+    async def suppress(
+        self,
+        items: Sequence[ImportItem],
+        *,
+        scope: str,
+        source: str,
+        actor: str,
+        evidence: str | None = None,
+    ) -> BatchResult:
+        """Add suppressions in one transaction with one audit event; existing ones stay."""
+
+    async def unsuppress(self, keys: Sequence[str], *, scope: str, actor: str) -> int:
+        """Lift suppressions (audited); return how many existed."""
+
+    async def record_consents(self, consents: Sequence[Consent], *, actor: str) -> int:
+        """Append consent or revocation records in one transaction; return how many."""
+
+    async def lookup_many(
+        self, recipients: Sequence[Address], scopes: Sequence[str], purpose: str | None
+    ) -> dict[str, Facts]:
+        """Facts for every recipient (keyed by sha256) in one round trip."""
+
+    async def audit(
+        self, *, actor: str, action: str, subject: str | None, detail: Mapping[str, object] = {}
+    ) -> int:
+        """Append an audit event that goes with no other change (e.g. a subject access)."""
+
+    async def subject(self, address: Address) -> SubjectRecord:
+        """Every record about one address."""
+
+    async def erase(self, address: Address, *, actor: str) -> int:
+        """Delete plaintext and consent evidence, keep hash-keyed records; audited."""
+
+    def iter_suppressions(self, scope: str | None) -> AsyncIterator[Suppression]:
+        """Stream suppressions (of one scope, or all)."""
+
+    def iter_consents(self, purpose: str | None) -> AsyncIterator[Consent]:
+        """Stream consent records (of one purpose, or all)."""
+
+    async def verify_chain(self) -> ChainReport:
+        """Walk the audit log and check every link."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+async def open_store(url: str) -> Store:
+    """Open (and migrate) the store a URL names."""
+    if url.startswith("sqlite://"):
+        from suppression.sqlite import SQLiteStore
+
+        return await SQLiteStore.open(url.removeprefix("sqlite://").removeprefix("/") or ":memory:")
+    raise StoreError(f"store url {url!r} is not supported: use sqlite:///PATH")

@@ -1,0 +1,267 @@
+"""The Store contract: one suite, run against every implementation."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from suppression.address import identity, normalize
+from suppression.errors import StoreError
+from suppression.model import Consent, ImportItem, Reason, now
+from suppression.store import Store, open_store
+
+
+@dataclass
+class Backend:
+    """A store under test and a way to reach behind its back."""
+
+    store: Store
+    raw_sql: Callable[[str], None]
+
+
+@pytest.fixture(params=["sqlite"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    path = tmp_path / "store.db"
+    store = await open_store(f"sqlite:///{path}")
+
+    def raw_sql(sql: str) -> None:
+        with sqlite3.connect(path) as db:
+            db.execute(sql)
+
+    yield Backend(store, raw_sql)
+    await store.close()
+
+
+def item(text: str, reason: Reason = Reason.MANUAL) -> ImportItem:
+    address = normalize(text)
+    return ImportItem(address.sha256, "sha256", address.normalized, reason)
+
+
+async def test_suppressed_address_is_found_in_its_scope_only(backend: Backend) -> None:
+    store = backend.store
+    await store.suppress([item("a@example.com")], scope="topic:news", source="cli", actor="t")
+    a, b = normalize("A@Example.com"), normalize("b@example.com")
+
+    facts = await store.lookup_many([a, b], ["global", "topic:news"], None)
+    assert [s.scope for s in facts[a.sha256].suppressions] == ["topic:news"]
+    assert facts[b.sha256].suppressions == ()
+    other = await store.lookup_many([a], ["global", "topic:deals"], None)
+    assert other[a.sha256].suppressions == ()
+
+
+async def test_domain_and_md5_suppressions_match_addresses(backend: Backend) -> None:
+    store = backend.store
+    domain = ImportItem(identity("@blocked.example"), "domain", "@blocked.example", Reason.MANUAL)
+    md5 = ImportItem(normalize("m@example.org").md5, "md5", None, Reason.IMPORTED)
+    await store.suppress([domain, md5], scope="global", source="import", actor="t")
+    x, m, ok = (normalize(a) for a in ("x@blocked.example", "M@example.org", "ok@example.org"))
+
+    facts = await store.lookup_many([x, m, ok], ["global"], None)
+    assert facts[x.sha256].suppressions[0].kind == "domain"
+    assert facts[m.sha256].suppressions[0].kind == "md5"
+    assert facts[ok.sha256].suppressions == ()
+
+
+async def test_resuppressing_counts_present_and_duplicates(backend: Backend) -> None:
+    store = backend.store
+    first = await store.suppress(
+        [item("a@example.com"), item("a@example.com"), item("b@example.com")],
+        scope="global",
+        source="import",
+        actor="t",
+        evidence="run-1",
+    )
+    assert (first.added, first.present, first.duplicates) == (2, 0, 1)
+    # a later batch of the same run: duplicates; another run: already present
+    same_run = await store.suppress(
+        [item("a@example.com"), item("c@example.com")],
+        scope="global",
+        source="import",
+        actor="t",
+        evidence="run-1",
+    )
+    assert (same_run.added, same_run.present, same_run.duplicates) == (1, 0, 1)
+    other_run = await store.suppress(
+        [item("a@example.com")], scope="global", source="import", actor="t", evidence="run-2"
+    )
+    assert (other_run.added, other_run.present, other_run.duplicates) == (0, 1, 0)
+
+
+async def test_existing_suppression_keeps_its_original_reason(backend: Backend) -> None:
+    store = backend.store
+    await store.suppress(
+        [item("a@example.com", Reason.COMPLAINED)], scope="global", source="complaint", actor="t"
+    )
+    await store.suppress(
+        [item("a@example.com", Reason.IMPORTED)], scope="global", source="import", actor="t"
+    )
+    a = normalize("a@example.com")
+    facts = await store.lookup_many([a], ["global"], None)
+    assert facts[a.sha256].suppressions[0].reason is Reason.COMPLAINED
+
+
+async def test_unsuppress_lifts_and_is_audited(backend: Backend) -> None:
+    store = backend.store
+    a = normalize("a@example.com")
+    await store.suppress([item("a@example.com")], scope="global", source="cli", actor="t")
+    assert await store.unsuppress([a.sha256, a.sha256], scope="global", actor="alice") == 1
+    assert await store.unsuppress([a.sha256], scope="global", actor="alice") == 0
+    facts = await store.lookup_many([a], ["global"], None)
+    assert facts[a.sha256].suppressions == ()
+    actions = [(e.action, e.actor) for e in (await store.subject(a)).events]
+    assert ("unsuppress", "alice") in actions
+
+
+def consent(
+    text: str,
+    purpose: str,
+    granted: bool = True,
+    version: str | None = None,
+    when: datetime | None = None,
+) -> Consent:
+    address = normalize(text)
+    return Consent(
+        address.sha256,
+        purpose,
+        granted,
+        "test",
+        when or now(),
+        version,
+        address.normalized,
+        '{"ip": "192.0.2.1"}',
+    )
+
+
+async def test_latest_consent_record_wins_and_revocation_is_kept(backend: Backend) -> None:
+    store = backend.store
+    a = normalize("a@example.com")
+    await store.record_consents([consent("a@example.com", "news", version="1")], actor="t")
+    await store.record_consents([consent("a@example.com", "news", granted=False)], actor="t")
+    facts = await store.lookup_many([a], ["global"], "news")
+    assert facts[a.sha256].consent is not None
+    assert facts[a.sha256].consent.granted is False
+    assert len((await store.subject(a)).consents) == 2
+    other = await store.lookup_many([a], ["global"], "deals")
+    assert other[a.sha256].consent is None
+
+
+async def test_erase_keeps_the_hash_and_the_suppression(backend: Backend) -> None:
+    store = backend.store
+    a = normalize("a@example.com")
+    await store.suppress(
+        [item("a@example.com", Reason.UNSUBSCRIBED)],
+        scope="global",
+        source="one-click",
+        actor="t",
+        evidence='{"ip": "192.0.2.9"}',
+    )
+    await store.record_consents([consent("a@example.com", "news")], actor="t")
+
+    assert await store.erase(a, actor="dpo") == 2
+    record = await store.subject(a)
+    assert record.suppressions[0].address is None
+    assert record.suppressions[0].evidence is None
+    assert record.consents[0].address is None
+    assert record.consents[0].evidence is None
+    facts = await store.lookup_many([a], ["global"], "news")
+    assert facts[a.sha256].suppressions[0].reason is Reason.UNSUBSCRIBED
+    assert any(e.action == "erase" and e.actor == "dpo" for e in record.events)
+    assert all("a@example.com" not in e.body for e in record.events)
+
+
+async def test_audit_chain_verifies_and_detects_tampering(backend: Backend) -> None:
+    store = backend.store
+    for n in range(5):
+        await store.suppress([item(f"u{n}@example.com")], scope="global", source="cli", actor="t")
+    report = await store.verify_chain()
+    assert (report.events, report.broken_at) == (5, None)
+
+    backend.raw_sql("UPDATE audit SET body = replace(body, '\"t\"', '\"mallory\"') WHERE seq = 3")
+    broken = await store.verify_chain()
+    assert broken.broken_at == 3
+    assert broken.problem is not None
+
+
+async def test_audit_chain_detects_a_removed_event(backend: Backend) -> None:
+    store = backend.store
+    for n in range(4):
+        await store.suppress([item(f"u{n}@example.com")], scope="global", source="cli", actor="t")
+    backend.raw_sql("DELETE FROM audit WHERE seq = 2")
+    assert (await store.verify_chain()).broken_at == 3
+
+
+async def test_subject_lists_the_batch_event_that_suppressed_it(backend: Backend) -> None:
+    store = backend.store
+    items = [item(f"u{n}@example.com") for n in range(3)]
+    await store.suppress(
+        items, scope="global", source="import", actor="importer", evidence="file.csv"
+    )
+    record = await store.subject(normalize("u1@example.com"))
+    assert [e.actor for e in record.events] == ["importer"]
+    assert record.suppressions[0].event == record.events[0].seq
+
+
+async def test_iter_suppressions_streams_every_row_of_a_scope(backend: Backend) -> None:
+    store = backend.store
+    await store.suppress(
+        [item(f"u{n}@example.com") for n in range(12000)],
+        scope="global",
+        source="import",
+        actor="t",
+    )
+    await store.suppress([item("t@example.com")], scope="topic:x", source="cli", actor="t")
+    assert len([s async for s in store.iter_suppressions("global")]) == 12000
+    assert len([s async for s in store.iter_suppressions(None)]) == 12001
+
+
+async def test_times_are_kept_in_utc(backend: Backend) -> None:
+    store = backend.store
+    when = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+    await store.suppress(
+        [ImportItem(normalize("a@example.com").sha256, "sha256", None, Reason.BOUNCED, when)],
+        scope="global",
+        source="import",
+        actor="t",
+    )
+    [record] = [s async for s in store.iter_suppressions(None)]
+    assert record.created == when
+
+
+async def test_reopening_keeps_data_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    store = await open_store(url)
+    await store.suppress([item("a@example.com")], scope="global", source="cli", actor="t")
+    await store.close()
+    store = await open_store(url)
+    assert len([s async for s in store.iter_suppressions(None)]) == 1
+    await store.close()
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="newer than this optgate"):
+        await open_store(url)
+
+
+async def test_unwritable_store_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="cannot"):
+        await open_store(f"sqlite:///{tmp_path / 'missing' / 'dir' / 's.db'}")
+
+
+async def test_locked_store_is_a_clear_error_and_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = await open_store(f"sqlite:///{path}")
+    locker = sqlite3.connect(path, timeout=0)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        await store._db.execute("PRAGMA busy_timeout = 100")  # type: ignore[attr-defined]
+        with pytest.raises(StoreError, match="cannot write"):
+            await store.suppress([item("a@example.com")], scope="global", source="cli", actor="t")
+    finally:
+        locker.rollback()
+        locker.close()
+    assert [s async for s in store.iter_suppressions(None)] == []
+    await store.close()
