@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO
 
+from gateway import logs, service
 from gateway.config import Config
 from gateway.policy import MessageClass, Rules, decide, scopes_for
 from suppression.address import identity, normalize, normalize_domain
@@ -322,6 +323,13 @@ async def explain(args: argparse.Namespace, config: Config) -> int:
     state = "would be sent" if verdict.keep else "would NOT be sent"
     print(f"marketing mail on topic {topic!r} to {args.address} {state}: {verdict.explanation}")
     return 0 if verdict.keep else 1
+
+
+async def serve(args: argparse.Namespace, config: Config) -> int:
+    """optgate serve: runs until SIGTERM or SIGINT."""
+    logs.configure()
+    await service.serve(config)
+    return 0
 
 
 async def store_verify(args: argparse.Namespace, config: Config) -> int:

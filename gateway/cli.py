@@ -6,8 +6,9 @@ import argparse
 import asyncio
 import getpass
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from importlib.metadata import version
+from typing import Any
 
 from gateway import admin
 from gateway.config import Config, load
@@ -17,7 +18,7 @@ from suppression.model import Reason
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR, EXIT_USAGE = 0, 1, 2, 64
 
-Handler = Callable[[argparse.Namespace, Config], Awaitable[int]]
+Handler = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, int]]
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +97,7 @@ def _consent_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _other_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _command(group, "serve", admin.serve, "run the gatekeeper (SMTP in, relay out)")
     subject = group.add_parser("subject", help="data-subject access and erasure")
     sub = subject.add_subparsers(dest="action", required=True, metavar="ACTION")
     show = _command(sub, "show", admin.subject_show, "print every record about ADDR as JSON")

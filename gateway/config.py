@@ -224,8 +224,8 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
 
 
 def host_port(value: str, name: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[v6]:port`` too)."""
+    """Split ``host:port`` (``[v6]:port`` too); port 0 picks a free port."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"{name}: {value!r} is not host:port")
     return host.strip("[]") or "127.0.0.1", int(port)

@@ -48,13 +48,21 @@ class Address:
 
     normalized: str
     sha256: str
-    md5: str
-    domain_key: str
 
     @property
     def domain(self) -> str:
         """The domain part."""
         return self.normalized.rpartition("@")[2]
+
+    @property
+    def md5(self) -> str:
+        """The MD5 form partners' hash lists use."""
+        return md5_identity(self.normalized)
+
+    @property
+    def domain_key(self) -> str:
+        """The key of a whole-domain suppression covering this address."""
+        return identity("@" + self.domain)
 
 
 def _simple(lowered: str) -> str | None:
@@ -77,10 +85,7 @@ def normalize(raw: str) -> Address:
         except EmailNotValidError as exc:
             raise InvalidAddress(f"{text!r} is not a valid address: {exc}") from None
         normalized = info.normalized.lower()
-    domain = normalized.rpartition("@")[2]
-    return Address(
-        normalized, identity(normalized), md5_identity(normalized), identity("@" + domain)
-    )
+    return Address(normalized, identity(normalized))
 
 
 def normalize_domain(raw: str) -> str:

@@ -140,3 +140,14 @@ class BatchResult:
     added: int
     present: int
     duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """One copy the next hop accepted: the send ledger's row."""
+
+    message: str
+    sha256: str
+    topic: str
+    kind: str
+    at: datetime

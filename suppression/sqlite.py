@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +22,7 @@ from suppression.model import (
     Facts,
     ImportItem,
     Reason,
+    Send,
     Suppression,
     now,
 )
@@ -64,6 +67,17 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX audit_by_subject ON audit (subject);
     """,
+    """
+    CREATE TABLE send (
+        message TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        class TEXT NOT NULL,
+        at TEXT NOT NULL,
+        PRIMARY KEY (message, sha256)
+    ) WITHOUT ROWID;
+    CREATE INDEX send_by_subject ON send (sha256, at);
+    """,
 )
 
 _SUPPRESSION_COLUMNS = "key, kind, scope, reason, source, created, address, evidence, event"
@@ -71,6 +85,8 @@ _CONSENT_COLUMNS = (
     "sha256, purpose, granted, source, created, policy_version, address, evidence, event"
 )
 _PAGE = 5000
+MMAP_BYTES = 1 << 36
+CACHE_KIB = 32768
 
 
 def _time(value: datetime) -> str:
@@ -78,13 +94,34 @@ def _time(value: datetime) -> str:
 
 
 def _parse_time(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return datetime.fromisoformat(text)
+
+
+# MD5 and domain keys are stored with a prefix so that they sort together in a
+# small corner of the primary key: looking them up touches a few cached pages.
+_PREFIX: dict[str, str] = {"sha256": "", "md5": "#", "domain": "@"}
+
+
+def _stored(key: str, kind: str) -> str:
+    return _PREFIX[kind] + key
+
+
+def _stored_keys(address: Address) -> tuple[str, str, str]:
+    return (address.sha256, "#" + address.md5, "@" + address.domain_key)
 
 
 def _suppression(row: sqlite3.Row | tuple[Any, ...]) -> Suppression:
     key, kind, scope, reason, source, created, address, evidence, event = row
     return Suppression(
-        key, kind, scope, Reason(reason), source, _parse_time(created), address, evidence, event
+        key.lstrip("#@"),
+        kind,
+        scope,
+        Reason(reason),
+        source,
+        _parse_time(created),
+        address,
+        evidence,
+        event,
     )
 
 
@@ -125,6 +162,11 @@ class SQLiteStore:
     def __init__(self, db: aiosqlite.Connection, path: str) -> None:
         self._db = db
         self._path = path
+        # lookups get a connection and a thread of their own (WAL: readers never wait)
+        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._reader.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
+        self._reader.execute("PRAGMA query_only = 1")
+        self._reads = ThreadPoolExecutor(1, thread_name_prefix="optgate-lookup")
 
     @classmethod
     async def open(cls, path: str) -> SQLiteStore:
@@ -133,21 +175,24 @@ class SQLiteStore:
             db = await aiosqlite.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {path}: {exc}") from None
-        store = cls(db, path)
+        store = None
         try:
+            store = cls(db, path)
             await store._prepare()
-        except sqlite3.Error as exc:
-            await db.close()
+        except (sqlite3.Error, StoreError) as exc:
+            await (store.close() if store else db.close())
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"cannot use SQLite store {path}: {exc}") from None
-        except StoreError:
-            await db.close()
-            raise
         return store
 
     async def _prepare(self) -> None:
         await self._db.execute("PRAGMA busy_timeout = 5000")
         await self._db.execute("PRAGMA journal_mode = WAL")
         await self._db.execute("PRAGMA synchronous = NORMAL")
+        # reads of a large store go through the page cache without a syscall each
+        await self._db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
+        await self._db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         async with self._db.execute("PRAGMA user_version") as cursor:
             row = await cursor.fetchone()
         version = int(row[0]) if row else 0
@@ -162,7 +207,9 @@ class SQLiteStore:
             )
 
     async def close(self) -> None:
-        """Close the connection."""
+        """Close the connections."""
+        self._reads.shutdown()
+        self._reader.close()
         await self._db.close()
 
     async def _write(self, work: Any) -> Any:
@@ -207,10 +254,10 @@ class SQLiteStore:
         evidence: str | None = None,
     ) -> BatchResult:
         """Add suppressions in one transaction with one audit event."""
-        unique = {item.key: item for item in items}
+        unique = {_stored(item.key, item.kind): item for item in items}
 
         async def work() -> BatchResult:
-            subject = next(iter(unique)) if len(unique) == 1 else None
+            subject = next(iter(unique.values())).key if len(unique) == 1 else None
             detail = {
                 "scope": scope,
                 "source": source,
@@ -226,7 +273,7 @@ class SQLiteStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        item.key,
+                        key,
                         scope,
                         item.kind,
                         item.address,
@@ -236,7 +283,7 @@ class SQLiteStore:
                         _time(item.created) if item.created else created,
                         event,
                     )
-                    for item in unique.values()
+                    for key, item in unique.items()
                 ],
             )
             added = self._db.total_changes - before
@@ -277,8 +324,10 @@ class SQLiteStore:
         async def work() -> int:
             removed = 0
             for key in dict.fromkeys(keys):
+                forms = (key, "@" + key) if len(key) == 64 else ("#" + key,)
                 cursor = await self._db.execute(
-                    "DELETE FROM suppression WHERE key = ? AND scope = ?", (key, scope)
+                    f"DELETE FROM suppression WHERE key IN ({_marks(len(forms))}) AND scope = ?",
+                    (*forms, scope),
                 )
                 if cursor.rowcount:
                     removed += 1
@@ -328,31 +377,43 @@ class SQLiteStore:
     async def lookup_many(
         self, recipients: Sequence[Address], scopes: Sequence[str], purpose: str | None
     ) -> dict[str, Facts]:
-        """Suppressions in the given scopes and the latest consent for purpose."""
+        """Suppressions in the given scopes and the latest consent for purpose.
+
+        The hot path of every message: it runs whole on the reader thread, so
+        a lookup costs one thread hop however many queries it makes.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._reads, self._lookup, list(recipients), frozenset(scopes), purpose
+        )
+
+    def _lookup(
+        self, recipients: list[Address], scopes: frozenset[str], purpose: str | None
+    ) -> dict[str, Facts]:
         owners: dict[str, list[str]] = {}
         for address in recipients:
-            for key in (address.sha256, address.md5, address.domain_key):
+            for key in _stored_keys(address):
                 owners.setdefault(key, []).append(address.sha256)
         found: dict[str, list[Suppression]] = {a.sha256: [] for a in recipients}
-        async with self._db.execute(
-            f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression "
-            f"WHERE key IN ({_marks(len(owners))}) AND scope IN ({_marks(len(scopes))})",
-            (*owners, *scopes),
-        ) as cursor:
-            async for row in cursor:
+        rows = self._reader.execute(
+            f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression WHERE key IN ({_marks(len(owners))})",
+            tuple(owners),
+        ).fetchall()
+        for row in rows:
+            if row[2] in scopes:
                 record = _suppression(row)
-                for owner in owners[record.key]:
+                for owner in owners[row[0]]:
                     found[owner].append(record)
         consents: dict[str, Consent] = {}
         if purpose is not None:
-            async with self._db.execute(
+            rows = self._reader.execute(
                 f"SELECT {_CONSENT_COLUMNS} FROM consent "
                 f"WHERE sha256 IN ({_marks(len(found))}) AND purpose = ? ORDER BY id",
                 (*found, purpose),
-            ) as cursor:
-                async for row in cursor:
-                    consent = _consent(row)
-                    consents[consent.sha256] = consent
+            ).fetchall()
+            for row in rows:
+                consent = _consent(row)
+                consents[consent.sha256] = consent
         return {key: Facts(tuple(found[key]), consents.get(key)) for key in found}
 
     async def audit(
@@ -366,9 +427,32 @@ class SQLiteStore:
         result: int = await self._write(work)
         return result
 
+    async def delivered(self, message: str, recipients: Sequence[str], since: datetime) -> set[str]:
+        """Recipients (sha256) the next hop already accepted this message for."""
+        rows = await self._db.execute_fetchall(
+            f"SELECT sha256 FROM send WHERE message = ? AND at >= ? "
+            f"AND sha256 IN ({_marks(len(recipients))})",
+            (message, _time(since), *recipients),
+        )
+        return {row[0] for row in rows}
+
+    async def record_sends(self, sends: Sequence[Send]) -> None:
+        """Remember delivered copies (the send ledger)."""
+        if not sends:
+            return
+
+        async def work() -> None:
+            await self._db.executemany(
+                "INSERT OR REPLACE INTO send (message, sha256, topic, class, at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(s.message, s.sha256, s.topic, s.kind, _time(s.at)) for s in sends],
+            )
+
+        await self._write(work)
+
     async def subject(self, address: Address) -> SubjectRecord:
         """Every suppression, consent and audit event about an address."""
-        keys = (address.sha256, address.md5, address.domain_key)
+        keys = _stored_keys(address)
         suppressions = await self._all(
             f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression WHERE key IN (?, ?, ?) "
             "ORDER BY created",
@@ -384,7 +468,7 @@ class SQLiteStore:
         events = await self._all(
             f"SELECT seq, at, actor, action, subject, body, prev, digest FROM audit "
             f"WHERE subject IN (?, ?, ?) OR seq IN ({_marks(len(seqs))}) ORDER BY seq",
-            (*keys, *seqs),
+            (address.sha256, address.md5, address.domain_key, *seqs),
             _event,
         )
         return SubjectRecord(tuple(suppressions), tuple(consents), tuple(events))
@@ -400,7 +484,7 @@ class SQLiteStore:
             first = await self._db.execute(
                 "UPDATE suppression SET address = NULL, evidence = NULL "
                 "WHERE key IN (?, ?) AND (address IS NOT NULL OR evidence IS NOT NULL)",
-                (address.sha256, address.md5),
+                (address.sha256, "#" + address.md5),
             )
             second = await self._db.execute(
                 "UPDATE consent SET address = NULL, evidence = NULL "

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from suppression.address import Address
 from suppression.errors import StoreError
-from suppression.model import AuditEvent, BatchResult, Consent, Facts, ImportItem, Suppression
+from suppression.model import (
+    AuditEvent,
+    BatchResult,
+    Consent,
+    Facts,
+    ImportItem,
+    Send,
+    Suppression,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +69,12 @@ class Store(Protocol):
     ) -> int:
         """Append an audit event that goes with no other change (e.g. a subject access)."""
 
+    async def delivered(self, message: str, recipients: Sequence[str], since: datetime) -> set[str]:
+        """Recipients (sha256) already delivered this message since a time."""
+
+    async def record_sends(self, sends: Sequence[Send]) -> None:
+        """Append to the send ledger."""
+
     async def subject(self, address: Address) -> SubjectRecord:
         """Every record about one address."""
 
@@ -84,5 +99,8 @@ async def open_store(url: str) -> Store:
     if url.startswith("sqlite://"):
         from suppression.sqlite import SQLiteStore
 
-        return await SQLiteStore.open(url.removeprefix("sqlite://").removeprefix("/") or ":memory:")
+        path = url.removeprefix("sqlite://").removeprefix("/")
+        if not path or path == ":memory:":
+            raise StoreError("sqlite store url needs a file: sqlite:///PATH")
+        return await SQLiteStore.open(path)
     raise StoreError(f"store url {url!r} is not supported: use sqlite:///PATH")

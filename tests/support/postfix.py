@@ -27,6 +27,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -133,7 +134,7 @@ def postfix_available() -> bool:
 
 def daemon_directory() -> Path:
     """Where Postfix's daemons (master, smtpd, ...) are installed."""
-    result = subprocess.run(
+    result = subprocess.run(  # noqa: S603 (a fixed Postfix program, our own arguments)
         [str(POSTCONF_COMMAND), "-h", "-d", "daemon_directory"],
         capture_output=True,
         text=True,
@@ -246,8 +247,47 @@ maillog_file_prefixes = {directory}
 # --- processes ---------------------------------------------------------------
 
 
-def _process_group_members(pgid: int, *, zombies: bool = False) -> list[int]:
-    """Processes in process group ``pgid`` (Linux /proc); zombies only if asked."""
+# Runs the master as its child and is a "child subreaper" (prctl), so the
+# daemons the master leaves behind when it exits are re-parented to it and
+# reaped at once; it exits (with the master's status) when all of them are
+# gone.  SIGTERM is passed on to the master, and so is the death of the test
+# process (no orphaned Postfix after a killed pytest).  SIGINT (^C in pytest's
+# terminal) is ignored: the test's clean-up stops the instance.
+_REAPER = """\
+import contextlib, ctypes, os, signal, sys, time
+PR_SET_CHILD_SUBREAPER = 36
+ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+parent = os.getppid()
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+master = os.fork()
+if master == 0:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    os.execv(sys.argv[1], sys.argv[1:])
+def stop_master(*_):
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(master, signal.SIGTERM)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, stop_master)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+status = 1
+while True:
+    try:
+        pid, wait_status = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        break
+    if pid == master:
+        status = os.waitstatus_to_exitcode(wait_status)
+    elif pid == 0:
+        if os.getppid() != parent:
+            parent = os.getppid()
+            stop_master()
+        time.sleep(0.02)
+sys.exit(status if status >= 0 else 128 - status)
+"""
+
+
+def _process_group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid`` (Linux /proc)."""
     members = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -258,7 +298,7 @@ def _process_group_members(pgid: int, *, zombies: bool = False) -> list[int]:
             continue  # exited meanwhile
         # "pid (comm) state ppid pgrp ...": comm may contain spaces and parens
         fields = stat_line[stat_line.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid and (zombies or fields[0] not in ("Z", "X")):
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
             members.append(int(entry.name))
     return members
 
@@ -347,7 +387,7 @@ class PostfixInstance:
 
     def postqueue(self, *args: str) -> str:
         """Output of ``postqueue -c CONFIG ARGS`` (default ``-p``, the queue listing)."""
-        result = subprocess.run(
+        result = subprocess.run(  # noqa: S603 (a fixed Postfix program, our own arguments)
             [str(POSTQUEUE_COMMAND), "-c", str(self.config_dir), *(args or ("-p",))],
             capture_output=True,
             text=True,
@@ -372,8 +412,13 @@ class PostfixInstance:
         main_cf = render_main_cf(self.ports, self.directory, daemons=daemons, extra=extra_main)
         (self.config_dir / "main.cf").write_text(main_cf)
         (self.config_dir / "master.cf").write_text(render_master_cf(self.ports))
+        # Postfix re-reads a config file until it is older than the current
+        # second (~2 s of sleeping for a freshly written file): backdate them.
+        past = time.time() - 60
+        for name in ("main.cf", "master.cf"):
+            os.utime(self.config_dir / name, (past, past))
         # creates the queue directories with Postfix's own ownership rules
-        check = subprocess.run(
+        check = subprocess.run(  # noqa: S603 (a fixed Postfix program, our own arguments)
             [str(POSTFIX_COMMAND), "-c", str(self.config_dir), "check"],
             capture_output=True,
             text=True,
@@ -386,10 +431,18 @@ class PostfixInstance:
     def _start(self, daemons: Path, timeout: float) -> None:
         with self.master_log_path.open("wb") as master_log:
             # Without -w the master stays in the foreground (what `postfix
-            # start-fg` runs when not PID 1); it makes itself a session leader,
-            # so its daemons share its process group.
-            self._process = subprocess.Popen(
-                [str(daemons / "master"), "-c", str(self.config_dir), "-s"],
+            # start-fg` runs when not PID 1).  It makes itself a session
+            # leader, so its daemons share its process group.
+            self._process = subprocess.Popen(  # noqa: S603 (a fixed Postfix program, our own arguments)
+                [
+                    sys.executable,
+                    "-c",
+                    _REAPER,
+                    str(daemons / "master"),
+                    "-c",
+                    str(self.config_dir),
+                    "-s",
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=master_log,
                 stderr=subprocess.STDOUT,
@@ -409,38 +462,42 @@ class PostfixInstance:
                     f"{timeout}s:\n{_tail(self.maillog_path)}"
                 )
             time.sleep(0.05)
-        pgid = os.getpgid(self._process.pid)
+        master_pid = int((self.queue_dir / "pid" / "master.pid").read_text().split()[0])
         # never signal our own group (should the master not have called setsid)
-        self._pgid = pgid if pgid != os.getpgrp() else None
+        if os.getpgid(master_pid) == master_pid != os.getpgrp():
+            self._pgid = master_pid
 
     def _stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the master (it passes the signal on), then SIGKILL stragglers."""
         process = self._process
-        if process is not None and process.poll() is None:
-            process.terminate()
+        if process is not None:
+            process.terminate()  # the reaper passes it on to the master
             try:
+                # the reaper exits once the master and every daemon are gone
                 process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
                 process.kill()
                 process.wait()
         if self._pgid is None:
             return
+        # Only if the reaper died early (SIGKILL) can postfix processes remain.
         deadline = time.monotonic() + timeout
+        self._signal_group(signal.SIGTERM)
         killed = False
         while members := _process_group_members(self._pgid):
             if time.monotonic() > deadline:
                 if killed:
                     raise PostfixError(f"postfix processes survived SIGKILL: {members}")
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self._pgid, signal.SIGKILL)
+                self._signal_group(signal.SIGKILL)
                 killed = True
                 deadline = time.monotonic() + timeout
             time.sleep(0.05)
-        # The daemons were re-parented to init; give it a moment to reap them
-        # so that no <defunct> postfix process lingers in `ps` after a test.
-        deadline = time.monotonic() + 3.0
-        while _process_group_members(self._pgid, zombies=True) and time.monotonic() < deadline:
-            time.sleep(0.05)
+
+    def _signal_group(self, signum: signal.Signals) -> None:
+        if self._pgid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._pgid, signum)
 
 
 @contextlib.contextmanager
@@ -469,7 +526,7 @@ def private_postfix(
     directory = Path(
         tempfile.mkdtemp(prefix="postfix.", dir=workdir)
         if in_workdir
-        else tempfile.mkdtemp(prefix="optgate-postfix.", dir="/tmp")  # noqa: S108
+        else tempfile.mkdtemp(prefix="optgate-postfix.", dir="/tmp")
     )
     instance = PostfixInstance(directory, ports)
     daemons = daemon_directory()

@@ -1,0 +1,298 @@
+"""The message's way through optgate, one visible sequence of steps.
+
+parse -> classify -> look up (one store round trip) -> decide per recipient
+-> skip copies a retry already delivered -> rewrite -> relay -> record.
+Only the store and relay steps do I/O, through the objects passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+import structlog
+
+from gateway.policy import MessageClass, Rules, Verdict, decide, scopes_for
+from gateway.relay import Outcome, Relay
+from gateway.rewrite import FooterTemplates, Links, Prepared, prepare
+from gateway.tokens import Claims, TokenSigner
+from suppression.address import Address, normalize
+from suppression.errors import InvalidAddress, OptgateError
+from suppression.model import Send, check_name, now
+from suppression.store import Store
+
+log = structlog.get_logger("optgate.relay")
+_HEADERS = BytesHeaderParser(policy=compat32)
+CONTROL_HEADERS = ("x-optgate-class", "x-optgate-topic")
+# Rewriting a message this large runs in a worker thread, off the event loop.
+OFFLOAD_BYTES = 256 * 1024
+
+
+class BadControlHeader(OptgateError):
+    """An X-Optgate-* header with a value optgate cannot honour."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What the SMTP session received."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    content: bytes
+    mail_options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    """A message's class, topic and identity, from its control headers."""
+
+    kind: MessageClass
+    topic: str
+    message_id: str
+    ledger_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The one SMTP reply for a DATA transaction."""
+
+    code: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+
+@dataclass(frozen=True, slots=True)
+class Branding:
+    """What each kept copy is given: links, List-Id, Feedback-ID, footer."""
+
+    base_url: str
+    mailto: str
+    list_domain: str
+    feedback_id: str
+    footer_text: str
+    footer_html: str
+    postal_address: str
+
+    def links(self, token: str) -> Links:
+        """Personal unsubscribe links for one token."""
+        local, _, domain = self.mailto.partition("@")
+        return Links(f"{self.base_url.rstrip('/')}/u/{token}", f"{local}+{token}@{domain}")
+
+    def footer(self, topic: str) -> FooterTemplates:
+        """Footer templates for one topic."""
+        return FooterTemplates(
+            self.footer_text.replace("{topic}", topic),
+            self.footer_html.replace("{topic}", topic),
+            self.postal_address,
+        )
+
+
+def classify(
+    content: bytes, mail_from: str, default_topic: str, sender_topics: Mapping[str, str]
+) -> Classified:
+    """Class and topic from X-Optgate-* headers, else the sender rules, else the default."""
+    end = content.find(b"\n\n")
+    crlf = content.find(b"\r\n\r\n")
+    cut = min(p for p in (end, crlf, len(content)) if p >= 0)
+    headers = _HEADERS.parsebytes(content[:cut])
+    raw_class = (headers.get("X-Optgate-Class") or "marketing").strip().lower()
+    try:
+        kind = MessageClass(raw_class)
+    except ValueError:
+        raise BadControlHeader(
+            f"X-Optgate-Class {raw_class!r} is not one of "
+            f"{', '.join(c.value for c in MessageClass)}"
+        ) from None
+    topic = (headers.get("X-Optgate-Topic") or "").strip().lower() or sender_topic(
+        mail_from, sender_topics, default_topic
+    )
+    try:
+        check_name(topic, "X-Optgate-Topic")
+    except OptgateError as exc:
+        raise BadControlHeader(str(exc)) from None
+    message_id = (headers.get("Message-ID") or "").strip()
+    key = message_id or hashlib.sha256(content).hexdigest()
+    return Classified(kind, topic, message_id, hashlib.sha256(key.encode()).hexdigest()[:32])
+
+
+def sender_topic(mail_from: str, rules: Mapping[str, str], default: str) -> str:
+    """The topic configured for an envelope sender (address first, then @domain)."""
+    sender = mail_from.strip().lower()
+    return rules.get(sender) or rules.get("@" + sender.rpartition("@")[2]) or default
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One envelope recipient: as given, parsed, and decided."""
+
+    raw: str
+    address: Address | None
+    verdict: Verdict
+
+    @property
+    def sha256(self) -> str:
+        """The recipient's identity ('' when the address is invalid)."""
+        return self.address.sha256 if self.address else ""
+
+
+INVALID = Verdict(False, "invalid", "the address is not valid")
+
+
+def _parse(rcpt: str) -> Address | None:
+    try:
+        return normalize(rcpt)
+    except InvalidAddress:
+        return None
+
+
+class Pipeline:
+    """Runs one message through every step and returns the SMTP reply."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        relay: Relay,
+        signer: TokenSigner,
+        rules: Rules,
+        branding: Branding,
+        default_topic: str,
+        sender_topics: Mapping[str, str],
+        ledger_window: timedelta,
+    ) -> None:
+        self._store, self._relay, self._signer = store, relay, signer
+        self._rules, self._branding = rules, branding
+        self._default_topic, self._sender_topics = default_topic, sender_topics
+        self._window = ledger_window
+
+    def classify(self, envelope: Envelope) -> Classified:
+        """Classify a message with the configured defaults."""
+        return classify(
+            envelope.content, envelope.mail_from, self._default_topic, self._sender_topics
+        )
+
+    def sender_topic(self, mail_from: str) -> str:
+        """The topic a message from this envelope sender has without a header."""
+        return sender_topic(mail_from, self._sender_topics, self._default_topic)
+
+    async def verdicts(
+        self, recipients: Sequence[str], kind: MessageClass, topic: str
+    ) -> list[Decision]:
+        """Decide every recipient with one store round trip."""
+        parsed = [(raw, _parse(raw)) for raw in recipients]
+        valid = [a for _, a in parsed if a is not None]
+        purpose = "partner-offers" if kind is MessageClass.PARTNER else topic
+        facts = await self._store.lookup_many(valid, scopes_for(kind, topic), purpose)
+        return [
+            Decision(raw, a, decide(facts[a.sha256], kind, purpose, self._rules))
+            if a is not None
+            else Decision(raw, None, INVALID)
+            for raw, a in parsed
+        ]
+
+    async def process(self, envelope: Envelope) -> Reply:
+        """Decide, rewrite, relay and record one message."""
+        try:
+            message = self.classify(envelope)
+        except BadControlHeader as exc:
+            log.warning("message_refused", problem=str(exc))
+            return Reply(550, f"5.6.0 {exc}")
+        started = time.perf_counter()
+        decided = await self.verdicts(envelope.rcpt_tos, message.kind, message.topic)
+        kept = list({d.address.sha256: d for d in decided if d.address and d.verdict.keep}.values())
+        done = await self._store.delivered(
+            message.ledger_key, [d.sha256 for d in kept], now() - self._window
+        )
+        for d in decided:
+            log.info(
+                "recipient",
+                verdict="keep" if d.verdict.keep else "drop",
+                reason="already-delivered" if d.sha256 in done else d.verdict.reason,
+                topic=message.topic,
+                kind=message.kind.value,
+                message_id=message.message_id,
+                rcpt=d.sha256[:16] or None,
+            )
+        todo = [d for d in kept if d.sha256 not in done]
+        reply = await self._deliver(envelope, message, todo) if todo else None
+        log.info(
+            "message",
+            message_id=message.message_id,
+            recipients=len(decided),
+            kept=len(kept),
+            relayed=len(todo),
+            reply=reply.code if reply else 250,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return reply or Reply(250, "2.0.0 OK: nothing left to relay")
+
+    async def _deliver(
+        self, envelope: Envelope, message: Classified, todo: list[Decision]
+    ) -> Reply:
+        footer = self._branding.footer(message.topic)
+        list_id = f"{message.topic} <{message.topic}.{self._branding.list_domain}>"
+        feedback = f"{message.topic}:{message.kind.value}:{self._branding.feedback_id}"
+        work = functools.partial(
+            prepare,
+            envelope.content,
+            footer=footer,
+            list_id=list_id,
+            feedback_id=feedback,
+            remove_headers=CONTROL_HEADERS,
+        )
+        big = len(envelope.content) > OFFLOAD_BYTES
+        prepared = await asyncio.to_thread(work) if big else work()
+        if prepared.skipped_parts:
+            log.warning(
+                "footer_skipped", message_id=message.message_id, parts=list(prepared.skipped_parts)
+            )
+        outcomes = await asyncio.gather(
+            *(self._send_one(envelope, message, prepared, d) for d in todo)
+        )
+        at = now()
+        await self._store.record_sends(
+            [
+                Send(message.ledger_key, d.sha256, message.topic, message.kind.value, at)
+                for d, o in zip(todo, outcomes, strict=True)
+                if o.delivered
+            ]
+        )
+        return summarize(outcomes)
+
+    async def _send_one(
+        self, envelope: Envelope, message: Classified, prepared: Prepared, rcpt: Decision
+    ) -> Outcome:
+        scope = "global" if message.kind is MessageClass.TRANSACTIONAL else f"topic:{message.topic}"
+        token = self._signer.issue(Claims(rcpt.sha256, scope, int(time.time())))
+        data = prepared.render(self._branding.links(token))
+        outcome = await self._relay.send(envelope.mail_from, rcpt.raw, data, envelope.mail_options)
+        if not outcome.delivered:
+            log.warning(
+                "relay_failed",
+                code=outcome.code,
+                rcpt=rcpt.sha256[:16],
+                message_id=message.message_id,
+            )
+        return outcome
+
+
+def summarize(outcomes: Sequence[Outcome]) -> Reply:
+    """One reply for many copies: any temporary failure asks for a retry."""
+    temporary = [o for o in outcomes if o.temporary]
+    if temporary:
+        return Reply(451, f"4.4.0 next hop: {temporary[0].code} {temporary[0].message}"[:400])
+    refused = [o for o in outcomes if not o.delivered]
+    if refused:
+        return Reply(554, f"5.0.0 next hop: {refused[0].code} {refused[0].message}"[:400])
+    return Reply(
+        250, f"2.0.0 OK: relayed {len(outcomes)} cop{'y' if len(outcomes) == 1 else 'ies'}"
+    )

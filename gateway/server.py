@@ -1,0 +1,140 @@
+"""The aiosmtpd side: admission, limits, and a thin handler that calls the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.pipeline import Envelope as Message
+from gateway.pipeline import Pipeline
+from gateway.policy import MessageClass
+
+log = structlog.get_logger("optgate.smtp")
+
+OK = "250 OK"
+DENIED_CONNECT = "554 5.7.1 Access denied: this client may not relay through optgate"
+BUSY = "421 4.7.0 Too many sessions, try again later"
+TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
+OPTED_OUT = "550 5.7.1 Recipient has opted out"
+BAD_ADDRESS = "550 5.1.3 Recipient address is not valid"
+INTERNAL = "451 4.3.0 Temporary local problem, try again later"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Admission:
+    """Who may connect, and how many at once."""
+
+    def __init__(self, networks: Sequence[str], max_sessions: int) -> None:
+        self.networks: tuple[Network, ...] = tuple(
+            ipaddress.ip_network(n, strict=False) for n in networks
+        )
+        self.max_sessions = max_sessions
+        self.sessions = 0
+
+    def refusal(self, peer: Any) -> str | None:
+        """The reply that refuses a new connection, or None to admit it."""
+        try:
+            ip = ipaddress.ip_address(peer[0]) if peer else None
+        except ValueError:
+            ip = None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        if ip is None or not any(ip in net for net in self.networks):
+            return DENIED_CONNECT
+        if self.sessions >= self.max_sessions:
+            return BUSY
+        return None
+
+
+class GateSMTP(SMTP):
+    """aiosmtpd's SMTP that refuses clients outside the allowed networks at connect."""
+
+    def __init__(self, handler: Handler, admission: Admission, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._admission = admission
+        self._admitted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Greet admitted clients; refuse the others with one line and close."""
+        refusal = self._admission.refusal(transport.get_extra_info("peername"))
+        if refusal is not None:
+            log.warning("connection_refused", reply=refusal[:3])
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(f"{refusal}\r\n".encode())
+            transport.close()
+            return
+        self._admitted = True
+        self._admission.sessions += 1
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        """Forget the session (refused connections were never started)."""
+        if self._admitted:
+            self._admitted = False
+            self._admission.sessions -= 1
+            super().connection_lost(error)
+
+
+class Handler:
+    """SMTP events in, pipeline call, reply out."""
+
+    def __init__(self, pipeline: Pipeline, *, max_recipients: int, reject: bool) -> None:
+        self._pipeline = pipeline
+        self._max_recipients = max_recipients
+        self._reject = reject
+        self.in_flight: set[asyncio.Task[Any]] = set()
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        """Count recipients; in reject mode, refuse opted-out ones here."""
+        if len(envelope.rcpt_tos) >= self._max_recipients:
+            return TOO_MANY_RCPTS
+        if self._reject:
+            topic = self._pipeline.sender_topic(envelope.mail_from or "")
+            [decision] = await self._pipeline.verdicts([address], MessageClass.MARKETING, topic)
+            if not decision.verdict.keep:
+                log.info(
+                    "recipient",
+                    verdict="reject",
+                    reason=decision.verdict.reason,
+                    topic=topic,
+                    rcpt=decision.sha256[:16] or None,
+                )
+                return BAD_ADDRESS if decision.address is None else OPTED_OUT
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return OK
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """Run the pipeline; the reply is the pipeline's."""
+        content = envelope.original_content or b""
+        message = Message(
+            envelope.mail_from or "",
+            tuple(envelope.rcpt_tos),
+            content,
+            tuple(o for o in envelope.mail_options if o.upper().startswith(("SMTPUTF8", "BODY="))),
+        )
+        task = asyncio.current_task()
+        if task is not None:
+            self.in_flight.add(task)
+        try:
+            return str(await self._pipeline.process(message))
+        finally:
+            if task is not None:
+                self.in_flight.discard(task)
+
+    async def handle_exception(self, error: Exception) -> str:
+        """Log and ask the client to retry; never crash the server."""
+        frames = traceback.extract_tb(error.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+        # the message itself may quote an address: log the type and place only
+        log.error("session_error", error=type(error).__name__, where=where)
+        return INTERNAL

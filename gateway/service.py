@@ -1,0 +1,140 @@
+"""One server object: start up, serve until asked to stop, drain, shut down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import structlog
+
+from gateway.config import Config, host_port
+from gateway.pipeline import Branding, Pipeline
+from gateway.policy import Rules
+from gateway.relay import Relay
+from gateway.server import Admission, GateSMTP, Handler
+from gateway.tokens import TokenSigner
+from suppression.errors import ConfigError
+from suppression.store import Store, open_store
+
+log = structlog.get_logger("optgate.service")
+DRAIN_SECONDS = 30.0
+
+
+def load_keys(path: Path) -> list[bytes]:
+    """Token keys from a file (hex, one per line, first signs); created (0600) if missing."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32) + "\n")
+        log.info("token_key_created", path=str(path))
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines()]
+        keys = [bytes.fromhex(line) for line in lines if line and not line.startswith("#")]
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"[unsubscribe] key_file {path}: {exc}") from None
+    if not keys or any(len(k) < 16 for k in keys):
+        raise ConfigError(f"[unsubscribe] key_file {path}: needs hex keys of 16 bytes or more")
+    return keys
+
+
+def build_pipeline(config: Config, store: Store, relay: Relay) -> Pipeline:
+    """Wire the pipeline from the configuration."""
+    u = config.unsubscribe
+    return Pipeline(
+        store=store,
+        relay=relay,
+        signer=TokenSigner(load_keys(Path(u.key_file))),
+        rules=Rules(config.policy.require_consent, config.policy.consent_versions),
+        branding=Branding(
+            u.base_url,
+            u.mailto,
+            u.list_domain,
+            u.feedback_id,
+            u.footer_text,
+            u.footer_html,
+            u.postal_address,
+        ),
+        default_topic=config.policy.default_topic,
+        sender_topics=config.policy.sender_topics,
+        ledger_window=timedelta(hours=config.relay.ledger_hours),
+    )
+
+
+@dataclass
+class Running:
+    """A started gateway: where it listens, and how to stop it."""
+
+    smtp_port: int
+    stop: asyncio.Event
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Running]:
+    """Start the gateway, yield while it serves, then drain and shut down."""
+    host, port = host_port(config.smtp.listen, "[smtp] listen")
+    next_host, next_port = host_port(config.relay.next_hop, "[relay] next_hop")
+    store = await open_store(config.store.url)
+    relay = Relay(
+        next_host,
+        next_port,
+        size=config.relay.pool_size,
+        timeout=config.relay.timeout,
+        starttls=config.relay.starttls,
+        local_hostname=config.smtp.hostname or None,
+    )
+    handler = Handler(
+        build_pipeline(config, store, relay),
+        max_recipients=config.smtp.max_recipients,
+        reject=config.policy.action == "reject",
+    )
+    admission = Admission(config.smtp.allowed_clients, config.smtp.max_sessions)
+    hostname = config.smtp.hostname or socket.getfqdn()
+    loop = asyncio.get_running_loop()
+    try:
+        server = await loop.create_server(
+            lambda: GateSMTP(
+                handler,
+                admission,
+                hostname=hostname,
+                ident="optgate",
+                data_size_limit=config.smtp.max_message_size,
+                enable_SMTPUTF8=True,
+                timeout=config.smtp.timeout,
+            ),
+            host,
+            port,
+            reuse_address=True,
+        )
+    except OSError as exc:
+        await store.close()
+        raise ConfigError(f"[smtp] listen {config.smtp.listen}: {exc.strerror}") from None
+    bound = server.sockets[0].getsockname()[1]
+    log.info("smtp_listening", host=host, port=bound, next_hop=config.relay.next_hop)
+    stop = asyncio.Event()
+    try:
+        yield Running(bound, stop)
+    finally:
+        server.close()
+        if handler.in_flight:
+            log.info("draining", messages=len(handler.in_flight))
+            await asyncio.wait(handler.in_flight, timeout=DRAIN_SECONDS)
+        await relay.close()
+        await store.close()
+        log.info("stopped")
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT."""
+    async with running(config) as gate:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, gate.stop.set)
+        await gate.stop.wait()

@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Store benchmark: CSV import against the sqlite3 shell, memory, and lookup_many latency.
+
+    .venv/bin/python scripts/bench_store.py [--rows 1000000] [--flat-rows 10000000]
+                                            [--lookup-rows 10000000]
+
+1. Import ``--rows`` addresses from CSV with ``optgate suppress import`` into an
+   empty SQLite store, and, in the same run, the sqlite3 shell's ``.import`` of
+   the very rows optgate writes (hashed, same table, same primary key). Prints
+   both times and the ratio (bar: <= 3.0).
+2. Peak RSS of the import at ``--rows`` and at ``--flat-rows`` (bar: < 200 MB,
+   and no more for the larger file).
+3. ``lookup_many`` of 100 recipients against ``--lookup-rows`` suppressions:
+   median and p99 in ms (bar: median < 2 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import hashlib
+import os
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from suppression.address import normalize
+from suppression.sqlite import MIGRATIONS, SQLiteStore
+
+OPTGATE = Path(sys.executable).with_name("optgate")
+CREATED = "2026-01-01T00:00:00.000000Z"
+
+
+def address(n: int) -> str:
+    """A distinct, valid, realistic-looking address."""
+    return f"user.{n:08d}@example{n % 997}.com"
+
+
+def write_csv(path: Path, rows: int) -> None:
+    """The input file: a header and one address per row."""
+    with path.open("w", encoding="utf-8") as out:
+        out.write("email,first_name\n")
+        for n in range(rows):
+            out.write(f"{address(n)},Name{n % 100}\n")
+
+
+def write_hashed(path: Path, rows: int) -> None:
+    """The baseline's input: the rows optgate stores, already hashed, as CSV."""
+    with path.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out, lineterminator="\n")
+        for n in range(rows):
+            text = address(n)
+            key = hashlib.sha256(text.encode()).hexdigest()
+            writer.writerow((key, "global", "sha256", text, "imported", "import", "x", CREATED, 1))
+
+
+def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+    """Run a command; (wall seconds, peak RSS in bytes of that child)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # noqa: S603
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    out, err = proc.communicate()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd[0]} failed: {err.decode()}")
+    if out.strip():
+        print("   ", out.decode().strip())
+    return elapsed, usage.ru_maxrss * 1024
+
+
+def optgate_import(work: Path, source: Path) -> tuple[float, int]:
+    """Time optgate's import of a CSV into an empty store."""
+    db = work / "optgate.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    env = {**os.environ, "OPTGATE_STORE_URL": f"sqlite:///{db}"}
+    return run_child([str(OPTGATE), "suppress", "import", str(source), "--format", "csv"], env)
+
+
+def shell_import(work: Path, hashed: Path) -> float:
+    """Time the sqlite3 shell importing the same rows into the same table."""
+    db = work / "shell.db"
+    db.unlink(missing_ok=True)
+    table = MIGRATIONS[0].split(";")[0]
+    script = f"{table};\n.mode csv\n.import {hashed} suppression\n"
+    start = time.perf_counter()
+    subprocess.run(["sqlite3", str(db)], input=script.encode(), check=True)  # noqa: S603, S607
+    return time.perf_counter() - start
+
+
+def build_lookup_store(path: Path, rows: int) -> None:
+    """A store with `rows` suppressions, written directly (this measures lookups only)."""
+    with sqlite3.connect(path) as db:
+        db.executescript(MIGRATIONS[0] + f"; PRAGMA user_version = {len(MIGRATIONS)};")
+        db.execute("PRAGMA journal_mode = WAL")
+        batch = 200_000
+        for start in range(0, rows, batch):
+            db.executemany(
+                "INSERT INTO suppression VALUES (?, 'global', 'sha256', NULL, 'imported', "
+                "'import', NULL, ?, 1)",
+                (
+                    (hashlib.sha256(address(n).encode()).hexdigest(), CREATED)
+                    for n in range(start, min(rows, start + batch))
+                ),
+            )
+
+
+async def lookups(path: Path, rows: int, rounds: int = 300) -> list[float]:
+    """Milliseconds per lookup_many of 100 recipients, half of them suppressed."""
+    store = await SQLiteStore.open(str(path))
+    rng = random.Random(7)
+    times = []
+    try:
+        for _ in range(rounds):
+            batch = [normalize(address(rng.randrange(rows))) for _ in range(50)]
+            batch += [normalize(f"absent{rng.randrange(10**9)}@example.net") for _ in range(50)]
+            start = time.perf_counter()
+            facts = await store.lookup_many(batch, ("global", "topic:marketing"), "marketing")
+            times.append((time.perf_counter() - start) * 1000)
+            assert sum(bool(f.suppressions) for f in facts.values()) == 50
+    finally:
+        await store.close()
+    return times
+
+
+def main() -> None:
+    """Run the three measurements and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--flat-rows", type=int, default=3_000_000)
+    parser.add_argument("--lookup-rows", type=int, default=10_000_000)
+    args = parser.parse_args()
+    if shutil.which("sqlite3") is None:
+        raise SystemExit("the sqlite3 shell is needed: apt-get install sqlite3")
+    with tempfile.TemporaryDirectory(prefix="optgate-bench-") as tmp:
+        work = Path(tmp)
+        source, hashed = work / "in.csv", work / "hashed.csv"
+        write_csv(source, args.rows)
+        write_hashed(hashed, args.rows)
+        shell = shell_import(work, hashed)
+        ours, rss = optgate_import(work, source)
+        print(f"import {args.rows:,} rows: optgate {ours:.2f} s, sqlite3 shell {shell:.2f} s, "
+              f"ratio {ours / shell:.2f} (bar <= 3.0)")
+        print(f"peak RSS at {args.rows:,} rows: {rss / 2**20:.0f} MB (bar < 200 MB)")
+        hashed.unlink()
+        if args.flat_rows:
+            big = work / "big.csv"
+            write_csv(big, args.flat_rows)
+            _, big_rss = optgate_import(work, big)
+            big.unlink()
+            print(f"peak RSS at {args.flat_rows:,} rows: {big_rss / 2**20:.0f} MB "
+                  f"({big_rss / rss:.2f}x the smaller file)")
+        store = work / "lookup.db"
+        build_lookup_store(store, args.lookup_rows)
+        times = asyncio.run(lookups(store, args.lookup_rows))
+        times.sort()
+        print(f"lookup_many(100) over {args.lookup_rows:,} suppressions: median "
+              f"{statistics.median(times):.3f} ms, p99 {times[int(len(times) * 0.99)]:.3f} ms "
+              f"(bar: median < 2 ms)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Real sockets for end-to-end tests: a recording sink, a running gateway, a client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import smtplib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.config import Config, load
+
+
+@dataclass
+class Received:
+    """One message as the sink got it."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    mail_options: list[str]
+
+
+@dataclass
+class Sink:
+    """A next hop that records what arrives; it can be told to fail."""
+
+    port: int = 0
+    messages: list[Received] = field(default_factory=list)
+    # replies for the next DATA commands, or per recipient (checked first)
+    fail_next: list[str] = field(default_factory=list)
+    fail_rcpt: dict[str, list[str]] = field(default_factory=dict)
+
+    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        """Record the message, or answer with a queued failure."""
+        for rcpt in envelope.rcpt_tos:
+            queued = self.fail_rcpt.get(rcpt)
+            if queued:
+                return queued.pop(0)
+        if self.fail_next:
+            return self.fail_next.pop(0)
+        self.messages.append(
+            Received(
+                envelope.mail_from or "",
+                list(envelope.rcpt_tos),
+                envelope.original_content or b"",
+                list(envelope.mail_options),
+            )
+        )
+        return "250 2.0.0 queued"
+
+    def to(self, rcpt: str) -> list[Received]:
+        """Messages delivered to one recipient."""
+        return [m for m in self.messages if rcpt in m.rcpt_tos]
+
+
+@contextlib.asynccontextmanager
+async def sink() -> AsyncIterator[Sink]:
+    """A recording SMTP server on a free loopback port, in this event loop."""
+    recorder = Sink()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(recorder, enable_SMTPUTF8=True, hostname="sink.test"), "127.0.0.1", 0
+    )
+    recorder.port = server.sockets[0].getsockname()[1]
+    try:
+        yield recorder
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def gateway_config(tmp_path: Path, next_port: int, **settings: str) -> Config:
+    """A configuration for tests: free port, store and key in tmp_path; overrides as env."""
+    env = {
+        "OPTGATE_SMTP_LISTEN": "127.0.0.1:0",
+        "OPTGATE_RELAY_NEXT_HOP": f"127.0.0.1:{next_port}",
+        "OPTGATE_RELAY_TIMEOUT": "5",
+        "OPTGATE_STORE_URL": f"sqlite:///{tmp_path / 'optgate.db'}",
+        "OPTGATE_UNSUBSCRIBE_KEY_FILE": str(tmp_path / "optgate.key"),
+        "OPTGATE_UNSUBSCRIBE_BASE_URL": "https://unsub.example.com",
+        "OPTGATE_UNSUBSCRIBE_MAILTO": "unsubscribe@example.com",
+    }
+    env.update({f"OPTGATE_{k.upper()}": v for k, v in settings.items()})
+    return load(None, env)
+
+
+@dataclass
+class Sent:
+    """What the client saw."""
+
+    refused: Mapping[str, tuple[int, bytes]]
+    code: int
+    reply: str
+
+
+async def send(
+    port: int,
+    mail_from: str,
+    rcpts: Sequence[str],
+    data: bytes,
+    mail_options: Sequence[str] = (),
+) -> Sent:
+    """Submit one message with smtplib (in a thread); SMTP errors come back as Sent."""
+
+    def work() -> Sent:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.ehlo("client.test")
+            try:
+                refused: Any = client.sendmail(mail_from, list(rcpts), data, list(mail_options))
+            except smtplib.SMTPRecipientsRefused as exc:
+                return Sent(exc.recipients, 550, "all recipients refused")
+            except smtplib.SMTPResponseException as exc:
+                return Sent({}, exc.smtp_code, exc.smtp_error.decode(errors="replace"))
+            return Sent(refused, 250, "")
+
+    return await asyncio.to_thread(work)
+
+
+def message(
+    *,
+    subject: str = "Hello",
+    body: str = "Our news.\n",
+    headers: Mapping[str, str] | None = None,
+    message_id: str = "<m1@sender.example>",
+) -> bytes:
+    """A small plain-text message with CRLF line ends."""
+    lines = [
+        "From: News <news@sender.example>",
+        "To: someone@example.com",
+        f"Subject: {subject}",
+        f"Message-ID: {message_id}",
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=utf-8",
+        *(f"{k}: {v}" for k, v in (headers or {}).items()),
+        "",
+        *body.splitlines(),
+        "",
+    ]
+    return "\r\n".join(lines).encode()

@@ -1,0 +1,554 @@
+"""Bulk import readers and export writers: every layout, every way a file can be wrong."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tracemalloc
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from suppression.formats import (
+    READ_FORMATS,
+    WRITE_FORMATS,
+    ExportRecord,
+    FormatError,
+    Row,
+    WriteSummary,
+    read_rows,
+    write_records,
+)
+
+SHA = hashlib.sha256(b"jane@example.com").hexdigest()
+MD5 = hashlib.md5(b"jane@example.com", usedforsecurity=False).hexdigest()
+T0 = datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)  # unix 1700000000
+
+PLAIN = b"# exported from the old list\nalice@example.com\n\n  Bob@Example.org  \nnot-an-address\n"
+CSV = (
+    b"Name,E-Mail,Reason,Created,Source,Policy_Version\n"
+    b'"Doe, Jane",jane@example.com,Unsubscribe,2023-11-14T22:13:20Z,web-form,v2\n'
+    b"Roe,rick@example.com,spam,1700000000,,\n"
+    b"Nobody,,bounce,,,\n"
+)
+JSONL = (
+    b'{"email": "jane@example.com", "reason": "complaint", "created_at": 1700000000,'
+    b' "source": "shop", "consent": {"checkbox": true}}\n'
+    b"\n"
+    b'"rick@example.com"\n'
+)
+SHA256_LIST = b"sha256\n" + SHA.upper().encode() + b"\n# trailing comment\n"
+MD5_LIST = b"email_hash,updated\n" + MD5.encode() + b",2024-01-01\n"
+
+# SendGrid suppression downloads (Suppressions > Export CSV).
+SENDGRID_BOUNCES = (
+    b"email,created,status,reason\n"
+    b'gone@example.com,1700000000,5.1.1,"550 5.1.1 The email account that you tried to reach'
+    b' does not exist"\n'
+)
+SENDGRID_SPAM = b"email,created,ip\nspam@example.com,2023-11-14 22:13:20,192.0.2.7\n"
+SENDGRID_UNSUBSCRIBES = b"email,created\nunsub@example.com,1700000000\n"
+SENDGRID_INVALID = (
+    b"email,created,reason\nnope@example,1700000000,Mail domain mentioned in email address is"
+    b" unknown\n"
+)
+
+# Mailchimp audience export: the unsubscribed_members and cleaned_members files.
+MAILCHIMP_COMMON = (
+    b'"Email Address","First Name","Last Name",MEMBER_RATING,OPTIN_TIME,OPTIN_IP,'
+    b"CONFIRM_TIME,CONFIRM_IP,LATITUDE,LONGITUDE,GMTOFF,DSTOFF,TIMEZONE,CC,REGION,"
+)
+MAILCHIMP_UNSUBSCRIBED = (
+    MAILCHIMP_COMMON + b"UNSUB_TIME,UNSUB_CAMPAIGN_TITLE,UNSUB_CAMPAIGN_ID,UNSUB_REASON,"
+    b"UNSUB_REASON_OTHER,LEID,EUID,NOTES,TAGS\r\n"
+    b"jane@example.com,Jane,Doe,2,\"2021-02-03 04:05:06\",,\"2021-02-03 04:06:00\","
+    b'198.51.100.4,,,,,,,,"2023-11-14 22:13:20","Spring sale",abc123,NORMAL,,111,222,,\r\n'
+    b"rick@example.com,Rick,Roe,1,,,,,,,,,,,,\"2023-11-14 22:13:20\",\"Spring sale\","
+    b"abc123,SPAM,,112,223,,\r\n"
+)
+MAILCHIMP_CLEANED = (
+    MAILCHIMP_COMMON + b"CLEAN_TIME,CLEAN_CAMPAIGN_TITLE,CLEAN_CAMPAIGN_ID,LEID,EUID,NOTES,TAGS\n"
+    b'gone@example.com,,,1,,,,,,,,,,,,"2023-11-14 22:13:20","Spring sale",abc123,113,224,,\n'
+)
+MAILCHIMP_SUBSCRIBED = (
+    MAILCHIMP_COMMON + b"LAST_CHANGED,LEID,EUID,NOTES,TAGS\n"
+    b'jane@example.com,Jane,Doe,2,"2023-11-14 22:13:20",203.0.113.9,,,,,,,,,,'
+    b'"2023-11-14 22:13:20",111,222,,\n'
+)
+
+# Amazon SES: bulk import CSV and JSON lines, and `aws sesv2 list-suppressed-destinations`.
+SES_CSV = b"recipient1@example.com,BOUNCE\nrecipient2@example.com, COMPLAINT\n"
+SES_CSV_HEADER = b"emailAddress,reason\nrecipient1@example.com,BOUNCE\n"
+SES_JSONL = (
+    b'{"emailAddress": "recipient1@example.com", "reason": "BOUNCE"}\n'
+    b'{"EmailAddress": "recipient2@example.com", "Reason": "COMPLAINT",'
+    b' "LastUpdateTime": "2023-11-14T14:13:20-08:00"}\n'
+)
+SES_CLI = b"""{
+    "SuppressedDestinationSummaries": [
+        {
+            "EmailAddress": "recipient1@example.com",
+            "Reason": "BOUNCE",
+            "LastUpdateTime": "2023-11-14T22:13:20.000000+00:00"
+        },
+        {
+            "EmailAddress": "recipient2@example.com",
+            "Reason": "COMPLAINT",
+            "LastUpdateTime": 1700000000
+        }
+    ],
+    "NextToken": "AAAAexampleToken"
+}
+"""
+
+
+def rows(data: bytes, fmt: str = "auto", source: str = "list.txt") -> list[Row]:
+    return list(read_rows(io.BytesIO(data), fmt, source))
+
+
+def values(data: bytes, fmt: str = "auto") -> list[tuple[int, str, str]]:
+    return [(row.line, row.value, row.kind) for row in rows(data, fmt)]
+
+
+def reasons(data: bytes, fmt: str = "auto") -> list[tuple[str, str | None]]:
+    return [(row.value, row.reason) for row in rows(data, fmt)]
+
+
+def test_plain_skips_comments_and_blank_lines_and_keeps_invalid_addresses() -> None:
+    assert values(PLAIN, "plain") == [
+        (2, "alice@example.com", "address"),
+        (4, "Bob@Example.org", "address"),
+        (5, "not-an-address", "address"),
+    ]
+
+
+def test_csv_header_gives_address_reason_time_and_extra() -> None:
+    jane, rick = rows(CSV, "csv")
+    assert (jane.line, jane.value, jane.kind, jane.reason, jane.created) == (
+        2,
+        "jane@example.com",
+        "address",
+        "unsubscribed",
+        T0,
+    )
+    assert jane.extra["name"] == "Doe, Jane"
+    assert jane.extra["source"] == "web-form"
+    assert jane.extra["policy_version"] == "v2"
+    assert (rick.reason, rick.created) == ("complained", T0)
+
+
+def test_csv_without_header_reads_the_first_column() -> None:
+    assert values(b"jane@example.com,2023-01-01\nrick@example.com\n", "csv") == [
+        (1, "jane@example.com", "address"),
+        (2, "rick@example.com", "address"),
+    ]
+
+
+@pytest.mark.parametrize("delimiter", [b";", b"\t"])
+def test_csv_delimiter_is_sniffed(delimiter: bytes) -> None:
+    data = b"email%breason\njane@example.com%bhard_bounce\n".replace(b"%b", delimiter)
+    assert reasons(data, "csv") == [("jane@example.com", "bounced")]
+
+
+def test_csv_quoted_newlines_keep_line_numbers() -> None:
+    data = (
+        b'email,note\njane@example.com,"first\nsecond\nthird"\n\nrick@example.com,"a\r\nb"\r\n'
+        b"anna@example.com,x\n"
+    )
+    assert [(row.line, row.value) for row in rows(data, "csv")] == [
+        (2, "jane@example.com"),
+        (6, "rick@example.com"),
+        (8, "anna@example.com"),
+    ]
+    assert rows(data, "csv")[0].extra["note"] == "first\nsecond\nthird"
+
+
+def test_csv_reads_hash_only_rows() -> None:
+    data = f"email,sha256\n,{SHA}\n,{MD5}\n,\n".encode()
+    assert values(data, "csv") == [(2, SHA, "sha256"), (3, MD5, "md5")]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "data"),
+    [
+        ("plain", b"jane@example.com\nrick@example.com\n"),
+        ("csv", b"email,reason\njane@example.com,spam\nrick@example.com,spam\n"),
+        ("jsonl", b'{"email": "jane@example.com"}\n"rick@example.com"\n'),
+        ("sha256", f"{SHA}\n{SHA}\n".encode()),
+    ],
+)
+def test_crlf_and_bom_change_nothing(fmt: str, data: bytes) -> None:
+    expected = values(data, fmt)
+    assert values(b"\xef\xbb\xbf" + data.replace(b"\n", b"\r\n"), fmt) == expected
+    assert values(b"\xef\xbb\xbf" + data.replace(b"\n", b"\r\n"), "auto") == expected
+
+
+def test_jsonl_objects_and_strings() -> None:
+    jane, rick = rows(JSONL, "jsonl")
+    assert (jane.line, jane.value, jane.reason, jane.created) == (
+        1,
+        "jane@example.com",
+        "complained",
+        T0,
+    )
+    assert jane.extra == {
+        "reason": "complaint",
+        "created_at": "1700000000",
+        "source": "shop",
+        "consent": '{"checkbox": true}',
+    }
+    assert (rick.line, rick.value, rick.reason, rick.extra) == (3, "rick@example.com", None, {})
+
+
+def test_jsonl_object_without_address_is_an_error() -> None:
+    with pytest.raises(FormatError, match=r"^list\.txt:2: no address field"):
+        rows(b'{"email": "jane@example.com"}\n{"name": "Jane"}\n', "jsonl")
+
+
+def test_jsonl_empty_address_is_skipped() -> None:
+    assert values(b'{"email": ""}\n{"email": null}\n"  "\n', "jsonl") == []
+
+
+@pytest.mark.parametrize(
+    ("data", "fmt", "expected"),
+    [
+        (SHA256_LIST, "sha256", [(2, SHA, "sha256")]),
+        (MD5_LIST, "md5", [(2, MD5, "md5")]),
+        (f"{MD5}\n".encode(), "md5", [(1, MD5, "md5")]),
+    ],
+)
+def test_digest_lists(data: bytes, fmt: str, expected: list[tuple[int, str, str]]) -> None:
+    assert values(data, fmt) == expected
+    assert values(data) == expected
+
+
+def test_detected_digest_list_leaves_bad_lines_to_the_importer() -> None:
+    assert values(f"{SHA}\nnot-a-digest\n".encode()) == [
+        (1, SHA, "sha256"),
+        (2, "not-a-digest", "sha256"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (SENDGRID_BOUNCES, [("gone@example.com", "bounced")]),
+        (SENDGRID_SPAM, [("spam@example.com", "complained")]),
+        (SENDGRID_UNSUBSCRIBES, [("unsub@example.com", "unsubscribed")]),
+        (SENDGRID_INVALID, [("nope@example", "invalid")]),
+    ],
+)
+def test_sendgrid_list_follows_from_columns(
+    data: bytes, expected: list[tuple[str, str | None]]
+) -> None:
+    assert reasons(data, "sendgrid") == expected
+    assert rows(data, "sendgrid")[0].created == T0
+
+
+def test_sendgrid_bounce_keeps_the_smtp_reason_as_extra() -> None:
+    (row,) = rows(SENDGRID_BOUNCES, "sendgrid")
+    assert row.extra["status"] == "5.1.1"
+    assert row.extra["reason"].startswith("550 5.1.1")
+
+
+def test_mailchimp_unsubscribed_export() -> None:
+    jane, rick = rows(MAILCHIMP_UNSUBSCRIBED, "mailchimp")
+    assert (jane.line, jane.value, jane.reason, jane.created) == (
+        2,
+        "jane@example.com",
+        "unsubscribed",
+        T0,
+    )
+    assert jane.extra["unsub_campaign_title"] == "Spring sale"
+    assert jane.extra["confirm_ip"] == "198.51.100.4"
+    assert (rick.reason, rick.created) == ("complained", T0)
+
+
+def test_mailchimp_cleaned_export_is_bounced() -> None:
+    assert [(r.value, r.reason, r.created) for r in rows(MAILCHIMP_CLEANED, "mailchimp")] == [
+        ("gone@example.com", "bounced", T0)
+    ]
+
+
+def test_mailchimp_subscribed_export_carries_opt_in_time() -> None:
+    (row,) = rows(MAILCHIMP_SUBSCRIBED, "mailchimp")
+    assert (row.reason, row.created, row.extra["optin_ip"]) == (None, T0, "203.0.113.9")
+
+
+@pytest.mark.parametrize("data", [SES_CSV, SES_CSV_HEADER + b"recipient2@example.com,COMPLAINT\n"])
+def test_ses_csv(data: bytes) -> None:
+    assert reasons(data, "ses") == [
+        ("recipient1@example.com", "bounced"),
+        ("recipient2@example.com", "complained"),
+    ]
+
+
+def test_ses_json_lines() -> None:
+    first, second = rows(SES_JSONL, "ses")
+    assert (first.value, first.reason, first.created) == ("recipient1@example.com", "bounced", None)
+    assert (second.value, second.reason, second.created) == (
+        "recipient2@example.com",
+        "complained",
+        T0,
+    )
+
+
+def test_ses_cli_output() -> None:
+    assert [(r.line, r.value, r.reason, r.created) for r in rows(SES_CLI, "ses")] == [
+        (3, "recipient1@example.com", "bounced", T0),
+        (8, "recipient2@example.com", "complained", T0),
+    ]
+
+
+def test_ses_pages_one_after_another_and_bare_arrays() -> None:
+    data = SES_CLI + SES_CLI.replace(b"recipient", b"other") + b'["x@example.com"]\n'
+    assert [row.value for row in rows(data, "ses")] == [
+        "recipient1@example.com",
+        "recipient2@example.com",
+        "other1@example.com",
+        "other2@example.com",
+        "x@example.com",
+    ]
+
+
+def test_ses_document_on_one_long_line_is_read_in_pieces() -> None:
+    summaries = [
+        {"EmailAddress": f"user{i}@example.com", "Reason": "BOUNCE", "LastUpdateTime": 1700000000}
+        for i in range(30_000)
+    ]
+    data = json.dumps({"NextToken": "t", "SuppressedDestinationSummaries": summaries}).encode()
+    assert len(data) > 2 << 20
+    read = rows(data, "auto")
+    assert len(read) == 30_000
+    assert read[-1] == Row(1, "user29999@example.com", "address", "bounced", T0, read[-1].extra)
+
+
+@pytest.mark.parametrize(
+    ("data", "fmt"),
+    [
+        (PLAIN, "plain"),
+        (CSV, "csv"),
+        (b"jane@example.com;x\n", "csv"),
+        (JSONL, "jsonl"),
+        (SHA256_LIST, "sha256"),
+        (MD5_LIST, "md5"),
+        (SENDGRID_BOUNCES, "sendgrid"),
+        (SENDGRID_SPAM, "sendgrid"),
+        (SENDGRID_UNSUBSCRIBES, "sendgrid"),
+        (MAILCHIMP_UNSUBSCRIBED, "mailchimp"),
+        (MAILCHIMP_CLEANED, "mailchimp"),
+        (MAILCHIMP_SUBSCRIBED, "mailchimp"),
+        (SES_CSV, "ses"),
+        (SES_CSV_HEADER, "ses"),
+        (SES_JSONL, "ses"),
+        (SES_CLI, "ses"),
+        (b"", "plain"),
+    ],
+)
+def test_auto_detection_matches_the_explicit_format(data: bytes, fmt: str) -> None:
+    assert rows(data, "auto") == rows(data, fmt)
+
+
+def test_auto_leaves_generic_csv_with_reason_to_the_csv_reader() -> None:
+    assert reasons(SENDGRID_INVALID) == [("nope@example", None)]
+    assert reasons(b"email,created,reason\njane@example.com,1700000000,spam\n") == [
+        ("jane@example.com", "complained")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "fmt", "line", "message"),
+    [
+        (b"jane@example.com\n\x00\x01\x02PK\x03\x04\n", "plain", 2, "binary data"),
+        (b"jane@example.com\n\x89PNG\r\n\x1a\n\x00\x00", "auto", 2, "not valid UTF-8"),
+        (b"jane@example.com\n\x1b\xff\n", "auto", 2, "binary data"),
+        (b"a@example.com\nb@example.com\nc\xff@example.com\n", "plain", 3, "not valid UTF-8"),
+        (b"a@example.com\nb\xc3", "auto", 2, "not valid UTF-8"),
+        (b"\xff\xfej\x00a\x00n\x00e\x00", "auto", 1, "UTF-16"),
+        (b"x" * (1 << 20) + b"@example.com\n", "plain", 1, "line longer than 1024 KiB"),
+        (b'email,note\njane@example.com,"unterminated\nmore\n', "csv", 2, "unterminated quoted"),
+        (b'email,note\njane@example.com,"Doe"x\n', "csv", 2, "malformed CSV"),
+        (b'{"email": "a@example.com"}\n{"email": "b@exa', "jsonl", 2, "truncated line"),
+        (b'{"email": "a@example.com"}\n{email: 1}\n{}\n', "jsonl", 2, "not a JSON line"),
+        (b"[1, 2]\n", "jsonl", 1, "expected a JSON object or string"),
+        (CSV, "jsonl", 1, "not a JSON line"),
+        (PLAIN, "sha256", 2, "not a sha256 digest"),
+        (SHA256_LIST, "md5", 2, "not a md5 digest"),
+        (f"{SHA}\n{SHA[:-1]}\n".encode(), "sha256", 2, "not a sha256 digest"),
+        (CSV, "plain", 1, "use --format csv"),
+        (JSONL, "plain", 1, "use --format jsonl"),
+        (JSONL, "csv", 1, "use --format jsonl"),
+        (f"{SHA}\n".encode(), "csv", 1, "use --format sha256"),
+        (PLAIN, "sendgrid", 2, "not a SendGrid export"),
+        (SENDGRID_BOUNCES, "mailchimp", 1, "not a Mailchimp export"),
+        (MAILCHIMP_CLEANED, "ses", 1, "not an SES list"),
+        (SES_CLI[:200], "ses", 3, "truncated JSON"),
+        (b'{\n  "Summaries": []\n}\n', "ses", 1, "no SuppressedDestinationSummaries"),
+        (b'{"SuppressedDestinationSummaries": [\n"a@example.com" "b@example.com"]}', "ses", 2, ", ]"),
+    ],
+)
+def test_errors_name_source_and_line(data: bytes, fmt: str, line: int, message: str) -> None:
+    with pytest.raises(FormatError) as caught:
+        rows(data, fmt, source="upload.csv")
+    assert str(caught.value).startswith(f"upload.csv:{line}: ")
+    assert (caught.value.source, caught.value.line) == ("upload.csv", line)
+    assert message in caught.value.message
+
+
+def test_format_error_comes_while_iterating() -> None:
+    found = read_rows(io.BytesIO(b"\x00"), "plain", "x")
+    with pytest.raises(FormatError):
+        next(found)
+
+
+@pytest.mark.parametrize("fmt", ["xml", "", "CSV"])
+def test_unknown_format_names_the_choices(fmt: str) -> None:
+    with pytest.raises(ValueError, match="auto, csv, jsonl, plain, sha256, md5, sendgrid"):
+        read_rows(io.BytesIO(b""), fmt, "x")
+    with pytest.raises(ValueError, match="csv, jsonl, sha256, md5"):
+        write_records([], fmt, io.StringIO())
+
+
+def test_format_lists() -> None:
+    assert READ_FORMATS[0] == "auto"
+    assert set(WRITE_FORMATS) < set(READ_FORMATS)
+
+
+# Writers --------------------------------------------------------------------
+
+RECORDS = [
+    ExportRecord(SHA, "jane@example.com", "global", "unsubscribed", "web", T0),
+    ExportRecord(
+        hashlib.sha256(b"erased@example.com").hexdigest(),
+        None,
+        "topic:news",
+        "complained",
+        "import",
+        datetime(2024, 1, 2, 3, 4, 5, 600000, tzinfo=UTC),
+    ),
+    ExportRecord(MD5, None, "global", "imported", "partner", T0, "md5"),
+    ExportRecord(
+        hashlib.sha256(b"@example.net").hexdigest(),
+        "@example.net",
+        "global",
+        "manual",
+        "cli",
+        T0,
+        "domain",
+    ),
+]
+
+
+def written(fmt: str, records: list[ExportRecord] = RECORDS) -> tuple[str, WriteSummary]:
+    out = io.StringIO()
+    summary = write_records(iter(records), fmt, out)
+    return out.getvalue(), summary
+
+
+def test_csv_writer() -> None:
+    text, summary = written("csv")
+    assert summary == WriteSummary(4, 0)
+    assert text.splitlines()[:3] == [
+        "email,sha256,scope,reason,source,created",
+        f"jane@example.com,{SHA},global,unsubscribed,web,2023-11-14T22:13:20Z",
+        f",{RECORDS[1].sha256},topic:news,complained,import,2024-01-02T03:04:05.600000Z",
+    ]
+
+
+def test_csv_writer_can_continue_without_header() -> None:
+    out = io.StringIO()
+    write_records(RECORDS[:1], "csv", out)
+    write_records(RECORDS[1:], "csv", out, header=False)
+    assert out.getvalue() == written("csv")[0]
+
+
+def test_csv_round_trip() -> None:
+    text, _ = written("csv")
+    read = rows(text.encode(), "csv")
+    assert [(row.value, row.kind, row.reason, row.created) for row in read] == [
+        ("jane@example.com", "address", "unsubscribed", T0),
+        (RECORDS[1].sha256, "sha256", "complained", RECORDS[1].created),
+        (MD5, "md5", "imported", T0),
+        ("@example.net", "address", "manual", T0),
+    ]
+    assert read[1].extra["scope"] == "topic:news"
+    assert rows(text.encode()) == read
+
+
+def test_jsonl_writer_and_round_trip() -> None:
+    text, summary = written("jsonl")
+    assert summary == WriteSummary(4, 0)
+    assert json.loads(text.splitlines()[1]) == {
+        "email": None,
+        "sha256": RECORDS[1].sha256,
+        "scope": "topic:news",
+        "reason": "complained",
+        "source": "import",
+        "created": "2024-01-02T03:04:05.600000Z",
+    }
+    assert [row.value for row in rows(text.encode(), "jsonl")] == [
+        row.value for row in rows(written("csv")[0].encode(), "csv")
+    ]
+
+
+def test_sha256_writer_skips_md5_and_domain_records() -> None:
+    text, summary = written("sha256")
+    assert summary == WriteSummary(2, 2)
+    assert text == f"{SHA}\n{RECORDS[1].sha256}\n"
+    assert [row.value for row in rows(text.encode(), "sha256")] == [SHA, RECORDS[1].sha256]
+
+
+def test_md5_writer_hashes_known_addresses_and_keeps_md5_records() -> None:
+    records = [*RECORDS, ExportRecord(SHA, "  Jane@Example.COM ", "global", "manual", "cli", T0)]
+    text, summary = written("md5", records)
+    assert summary == WriteSummary(3, 2)
+    assert text == f"{MD5}\n{MD5}\n{MD5}\n"
+
+
+def test_naive_times_are_taken_as_utc() -> None:
+    naive = ExportRecord(SHA, None, "global", "manual", "cli", datetime(2023, 11, 14, 22, 13, 20))
+    assert written("csv", [naive])[0].endswith(",2023-11-14T22:13:20Z\n")
+
+
+# Memory ---------------------------------------------------------------------
+
+
+class _Lines(io.RawIOBase):
+    """A byte stream of ``count`` addresses, generated as it is read."""
+
+    def __init__(self, count: int) -> None:
+        self._chunks = self._generate(count)
+        self._pending = b""
+
+    @staticmethod
+    def _generate(count: int) -> Iterator[bytes]:
+        for start in range(0, count, 10_000):
+            stop = min(count, start + 10_000)
+            yield b"".join(b"user%d@example.com\n" % i for i in range(start, stop))
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if not self._pending:
+            self._pending = next(self._chunks, b"")
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+def test_reading_two_million_lines_keeps_memory_flat() -> None:
+    lines = 2_000_000
+    tracemalloc.start()
+    try:
+        last = None
+        for last in read_rows(_Lines(lines), "auto", "stdin"):  # noqa: B007
+            pass
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert last == Row(lines, f"user{lines - 1}@example.com", "address")
+    assert peak < 20 * 1024 * 1024

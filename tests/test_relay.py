@@ -1,0 +1,233 @@
+"""The gatekeeper end to end: smtplib client -> optgate -> recording sink, real sockets."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from gateway.config import Config
+from gateway.service import Running, load_keys, running
+from gateway.tokens import TokenSigner
+from suppression.address import normalize
+from suppression.model import Consent, ImportItem, Reason, now
+from suppression.store import open_store
+from tests.support.smtp import Sink, gateway_config, message, send, sink
+
+SENDER = "news@sender.example"
+FAN = "fan@example.com"  # consented to "marketing"
+GONE = "gone@example.com"  # consented, then unsubscribed (global)
+STRANGER = "stranger@example.com"  # no consent
+BOUNCED = "bounced@example.com"  # hard bounce
+
+
+async def seed(config: Config) -> None:
+    """Consent for FAN and GONE; GONE unsubscribed; BOUNCED bounced."""
+    store = await open_store(config.store.url)
+    try:
+        records = [
+            Consent(normalize(a).sha256, "marketing", True, "test", now())
+            for a in (FAN, GONE, BOUNCED)
+        ]
+        await store.record_consents(records, actor="test")
+        for address, reason in ((GONE, Reason.UNSUBSCRIBED), (BOUNCED, Reason.BOUNCED)):
+            a = normalize(address)
+            item = ImportItem(a.sha256, "sha256", a.normalized, reason)
+            await store.suppress([item], scope="global", source="test", actor="test")
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def next_hop() -> AsyncIterator[Sink]:
+    async with sink() as recorder:
+        yield recorder
+
+
+@pytest.fixture
+def config(tmp_path: Path, next_hop: Sink) -> Config:
+    return gateway_config(tmp_path, next_hop.port)
+
+
+@pytest.fixture
+async def gate(config: Config) -> AsyncIterator[Running]:
+    await seed(config)
+    async with running(config) as running_gate:
+        yield running_gate
+
+
+def parsed(data: bytes) -> email.message.EmailMessage:
+    result = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(result, email.message.EmailMessage)
+    return result
+
+
+async def test_consented_recipient_gets_a_personal_copy_others_are_dropped(
+    gate: Running, next_hop: Sink, config: Config
+) -> None:
+    sent = await send(gate.smtp_port, SENDER, [FAN, GONE, STRANGER, BOUNCED], message())
+
+    assert sent.code == 250
+    assert [m.rcpt_tos for m in next_hop.messages] == [[FAN]]
+    copy = parsed(next_hop.messages[0].data)
+    unsubscribe = copy["List-Unsubscribe"]
+    assert copy["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    match = re.fullmatch(
+        r"<https://unsub\.example\.com/u/([A-Za-z0-9_-]+)>,\s*"
+        r"<mailto:unsubscribe\+([A-Za-z0-9_-]+)@example\.com>",
+        unsubscribe,
+    )
+    assert match is not None, unsubscribe
+    claims = TokenSigner(load_keys(Path(config.unsubscribe.key_file))).verify(match.group(1))
+    assert claims.recipient == normalize(FAN).sha256
+    assert claims.scope == "topic:marketing"
+    assert f"https://unsub.example.com/u/{match.group(1)}" in copy.get_content()
+    assert copy["List-Id"] == "marketing <marketing.lists.example.com>"
+    assert FAN not in unsubscribe
+
+
+async def consent_to(config: Config, address: str, purpose: str = "marketing") -> None:
+    store = await open_store(config.store.url)
+    try:
+        record = Consent(normalize(address).sha256, purpose, True, "test", now())
+        await store.record_consents([record], actor="test")
+    finally:
+        await store.close()
+
+
+async def test_each_recipient_gets_its_own_token(
+    gate: Running, next_hop: Sink, config: Config
+) -> None:
+    await consent_to(config, "two@example.com")
+    await send(gate.smtp_port, SENDER, [FAN, "two@example.com"], message())
+    links = {parsed(m.data)["List-Unsubscribe"] for m in next_hop.messages}
+    assert len(next_hop.messages) == 2
+    assert len(links) == 2
+
+
+async def test_control_headers_are_removed_and_topic_is_honoured(
+    gate: Running, next_hop: Sink
+) -> None:
+    headers = {"X-Optgate-Topic": "deals", "X-Optgate-Class": "marketing"}
+    sent = await send(gate.smtp_port, SENDER, [FAN], message(headers=headers))
+    assert sent.code == 250
+    # FAN consented to "marketing", not "deals": dropped
+    assert next_hop.messages == []
+
+
+async def test_transactional_mail_ignores_opt_outs_but_not_hard_bounces(
+    gate: Running, next_hop: Sink
+) -> None:
+    data = message(headers={"X-Optgate-Class": "transactional"})
+    sent = await send(gate.smtp_port, SENDER, [GONE, STRANGER, BOUNCED], data)
+    assert sent.code == 250
+    assert sorted(r for m in next_hop.messages for r in m.rcpt_tos) == [GONE, STRANGER]
+    for received in next_hop.messages:
+        assert b"X-Optgate-Class" not in received.data
+
+
+async def test_unknown_class_is_refused_with_a_clear_reply(gate: Running, next_hop: Sink) -> None:
+    sent = await send(gate.smtp_port, SENDER, [FAN], message(headers={"X-Optgate-Class": "spam"}))
+    assert sent.code == 550
+    assert "X-Optgate-Class" in sent.reply
+    assert next_hop.messages == []
+
+
+async def test_temporary_next_hop_failure_gives_451_and_retry_never_duplicates(
+    gate: Running, next_hop: Sink, config: Config
+) -> None:
+    await consent_to(config, "two@example.com")
+    next_hop.fail_rcpt["two@example.com"] = ["451 4.3.0 try later"]
+    data = message(message_id="<retry@sender.example>")
+
+    first = await send(gate.smtp_port, SENDER, [FAN, "two@example.com"], data)
+    assert first.code == 451
+    assert [m.rcpt_tos for m in next_hop.messages] == [[FAN]]
+
+    second = await send(gate.smtp_port, SENDER, [FAN, "two@example.com"], data)
+    assert second.code == 250
+    assert len(next_hop.to(FAN)) == 1
+    assert len(next_hop.to("two@example.com")) == 1
+
+
+async def test_permanent_next_hop_refusal_carries_its_reason(gate: Running, next_hop: Sink) -> None:
+    next_hop.fail_next.append("554 5.7.1 relay says no")
+    sent = await send(gate.smtp_port, SENDER, [FAN], message())
+    assert sent.code == 554
+    assert "relay says no" in sent.reply
+
+
+async def test_next_hop_down_gives_451(tmp_path: Path) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead_port = unused.getsockname()[1]
+    config = gateway_config(tmp_path, dead_port)
+    await seed(config)
+    async with running(config) as gate:
+        sent = await send(gate.smtp_port, SENDER, [FAN], message())
+    assert sent.code == 451
+
+
+async def test_reject_mode_refuses_opted_out_recipients_at_rcpt(
+    tmp_path: Path, next_hop: Sink
+) -> None:
+    config = gateway_config(tmp_path, next_hop.port, policy_action="reject")
+    await seed(config)
+    async with running(config) as gate:
+        sent = await send(gate.smtp_port, SENDER, [FAN, GONE, "not an address"], message())
+    assert sent.code == 250
+    assert sent.refused[GONE][0] == 550
+    assert b"opted out" in sent.refused[GONE][1]
+    assert b"unsubscribed" not in sent.refused[GONE][1]
+    assert [m.rcpt_tos for m in next_hop.messages] == [[FAN]]
+
+
+async def test_clients_outside_allowed_networks_are_refused_at_connect(
+    tmp_path: Path, next_hop: Sink
+) -> None:
+    config = gateway_config(tmp_path, next_hop.port, smtp_allowed_clients="192.0.2.0/24")
+    async with running(config) as gate:
+        with pytest.raises(Exception, match="554"):
+            await send(gate.smtp_port, SENDER, [FAN], message())
+    assert next_hop.messages == []
+
+
+async def test_size_and_recipient_limits(tmp_path: Path, next_hop: Sink) -> None:
+    config = gateway_config(
+        tmp_path, next_hop.port, smtp_max_message_size="2000", smtp_max_recipients="2"
+    )
+    await seed(config)
+    async with running(config) as gate:
+        big = await send(gate.smtp_port, SENDER, [FAN], message(body="x" * 3000))
+        many = await send(gate.smtp_port, SENDER, [FAN, GONE, STRANGER], message())
+    assert big.code == 552
+    assert many.refused[STRANGER][0] == 452
+
+
+async def test_smtputf8_recipient_passes_intact(
+    gate: Running, next_hop: Sink, config: Config
+) -> None:
+    rcpt = "jörg@exämple.de"
+    await consent_to(config, rcpt)
+    sent = await send(gate.smtp_port, SENDER, [rcpt], message(), ["SMTPUTF8"])
+    assert sent.code == 250
+    assert next_hop.messages[0].rcpt_tos == [rcpt]
+    assert "SMTPUTF8" in next_hop.messages[0].mail_options
+
+
+async def test_logs_name_recipients_only_by_hash(gate: Running, next_hop: Sink) -> None:
+    with structlog.testing.capture_logs() as logs:
+        await send(gate.smtp_port, SENDER, [FAN, GONE, STRANGER], message())
+    decisions = [e for e in logs if e["event"] == "recipient"]
+    assert {e["verdict"] for e in decisions} == {"keep", "drop"}
+    assert {e["reason"] for e in decisions} == {"consented", "unsubscribed", "no-consent"}
+    text = repr(logs)
+    for address in (FAN, GONE, STRANGER):
+        assert address not in text
+        assert address.split("@")[0] not in text
