@@ -34,8 +34,11 @@ _SIGNED_TYPES = frozenset({"multipart/signed", "multipart/encrypted"})
 # or a continuation. The header block ends at the first other line.
 # Lines end in CRLF, LF or a lone CR, as for the stdlib parser.
 _HEADER_LINES = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*:|[\t ])[^\r\n]*(?:\r\n|\r|\n)?)*")
-# One field: a line and its continuation lines.
-_FIELD = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)?(?:[\t ][^\r\n]*(?:\r\n|\r|\n)?)*")
+# One field: a line and its continuation lines; group 1 is the name ("From " lines and
+# continuations with nothing to continue have none).
+_FIELD = re.compile(
+    rb"(?:From |([\x21-\x39\x3b-\x7e]*):)?[^\r\n]*(?:\r\n|\r|\n)?(?:[\t ][^\r\n]*(?:\r\n|\r|\n)?)*"
+)
 # What may follow "--boundary" on a boundary line: "--" for the close delimiter, padding.
 _DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*(\r\n|\r|\n|\Z)")
 _MODERN = BytesHeaderParser(policy=policy.default)
@@ -97,22 +100,15 @@ def split_headers(buf: bytes, start: int, end: int) -> HeaderBlock:
     """Split ``buf[start:end]`` into its header fields and the start of its body."""
     fields_end = _HEADER_LINES.match(buf, start, end).end()  # type: ignore[union-attr]
     fields = tuple(
-        Field(_field_name(buf, match.start(), match.end()), match.start(), match.end())
+        Field("" if name is None else name.lower().decode("latin-1"), *match.span())
         for match in _FIELD.finditer(buf, start, fields_end)
-        if match.end() > match.start()
+        if (name := match.group(1)) is not None or match.end() > match.start()
     )
     if buf.startswith(b"\r\n", fields_end, end):
         return HeaderBlock(fields, fields_end, fields_end + 2)
     if buf.startswith((b"\n", b"\r"), fields_end, end):
         return HeaderBlock(fields, fields_end, fields_end + 1)
     return HeaderBlock(fields, fields_end, fields_end)
-
-
-def _field_name(buf: bytes, start: int, end: int) -> str:
-    if buf[start] in b" \t" or buf.startswith(b"From ", start, end):
-        return ""  # a unix "From " line, or a continuation with nothing to continue
-    colon = buf.find(b":", start, end)
-    return buf[start:colon].decode("ascii", "replace").lower()
 
 
 def parse_header_block(buf: bytes, block: HeaderBlock, default_type: str) -> Message:

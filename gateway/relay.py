@@ -39,7 +39,7 @@ class Relay:
         size: int,
         timeout: float,
         starttls: str,
-        local_hostname: str | None = None,
+        local_hostname: str,
     ) -> None:
         self._host, self._port, self._timeout = host, port, timeout
         self._starttls = starttls

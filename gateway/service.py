@@ -81,6 +81,7 @@ async def running(config: Config) -> AsyncIterator[Running]:
     """Start the gateway, yield while it serves, then drain and shut down."""
     host, port = host_port(config.smtp.listen, "[smtp] listen")
     next_host, next_port = host_port(config.relay.next_hop, "[relay] next_hop")
+    hostname = config.smtp.hostname or socket.getfqdn()
     store = await open_store(config.store.url)
     relay = Relay(
         next_host,
@@ -88,7 +89,7 @@ async def running(config: Config) -> AsyncIterator[Running]:
         size=config.relay.pool_size,
         timeout=config.relay.timeout,
         starttls=config.relay.starttls,
-        local_hostname=config.smtp.hostname or None,
+        local_hostname=hostname,
     )
     handler = Handler(
         build_pipeline(config, store, relay),
@@ -96,7 +97,6 @@ async def running(config: Config) -> AsyncIterator[Running]:
         reject=config.policy.action == "reject",
     )
     admission = Admission(config.smtp.allowed_clients, config.smtp.max_sessions)
-    hostname = config.smtp.hostname or socket.getfqdn()
     loop = asyncio.get_running_loop()
     try:
         server = await loop.create_server(

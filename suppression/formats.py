@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from itertools import chain, count
+from itertools import chain
+from types import MappingProxyType
 from typing import BinaryIO, Literal, NamedTuple, TextIO
 
 from suppression.address import md5_identity
@@ -84,6 +84,7 @@ _FIELD_END = re.compile(r"[,;\t]")
 _UNIX_TIME = re.compile(r"\d+(?:\.\d+)?")
 _NOT_SPACE = re.compile(r"\S")
 _SES_SUMMARIES = "SuppressedDestinationSummaries"
+_NO_EXTRA: Mapping[str, str] = MappingProxyType({})  # shared by rows without columns
 # SendGrid's suppression downloads: columns -> what the list means. Auto-detection
 # leaves email,created,reason (invalid emails) to the csv reader: too generic.
 _SENDGRID_LAYOUTS = {
@@ -161,8 +162,6 @@ def read_rows(stream: BinaryIO, fmt: str, source: str) -> Iterator[Row]:
     """Rows of ``stream`` in format ``fmt``; FormatError while iterating if it does not fit."""
     if fmt not in READ_FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(READ_FORMATS)}")
-    if isinstance(stream, io.RawIOBase):
-        stream = io.BufferedReader(stream)
     return _rows(stream, fmt, source)
 
 
@@ -228,19 +227,16 @@ def _decode(
 
 def _numbered(blocks: _Blocks, source: str) -> Iterator[tuple[int, str]]:
     """Lines with their numbers; a line longer than _MAX_LINE raises FormatError."""
+    whole = (enumerate(block.lines, block.line) for block in _whole(blocks, source))
+    return chain.from_iterable(whole)
+
+
+def _whole(blocks: _Blocks, source: str) -> _Blocks:
     for block in blocks:
         if block.partial:
             at = block.line + len(block.lines) - 1
             raise FormatError(source, at, f"line longer than {_MAX_LINE >> 10} KiB")
-        yield from zip(count(block.line), block.lines)
-
-
-def _values(blocks: _Blocks, source: str) -> Iterator[tuple[int, str]]:
-    """Stripped lines that are neither blank nor ``#`` comments, with their numbers."""
-    for line, text in _numbered(blocks, source):
-        value = text.strip()
-        if value and value[0] != "#":
-            yield line, value
+        yield block
 
 
 def _significant(text: str) -> bool:
@@ -344,13 +340,14 @@ def _digest_of(value: str) -> DigestKind | None:
 
 
 def _read_plain(blocks: _Blocks, source: str) -> Iterator[Row]:
-    values = _values(blocks, source)
-    first = next(values, None)
-    if first is None:
-        return
-    _check_plain(*first, source)
-    for line, value in chain([first], values):
-        yield Row(line, value, "address")
+    checked = False
+    for line, text in _numbered(blocks, source):
+        value = text.strip()
+        if value and value[0] != "#":
+            if not checked:
+                _check_plain(line, value, source)
+                checked = True
+            yield Row(line, value, "address", extra=_NO_EXTRA)
 
 
 def _check_plain(line: int, value: str, source: str) -> None:
@@ -363,16 +360,18 @@ def _check_plain(line: int, value: str, source: str) -> None:
 def _read_digests(blocks: _Blocks, source: str, kind: DigestKind, strict: bool) -> Iterator[Row]:
     """One digest per line (first field of a CSV line); a header word first is skipped."""
     pattern = _DIGEST[kind]
-    values: Iterator[tuple[int, str]]
-    values = ((line, _first_field(text).lower()) for line, text in _values(blocks, source))
-    first = next(values, None)
-    if first and not _HEADER_WORD.fullmatch(first[1]):
-        values = chain([first], values)
-    for line, value in values:
+    header_allowed = True
+    for line, text in _numbered(blocks, source):
+        value = _first_field(text).lower()
+        if not value or value[0] == "#":
+            continue
+        if header_allowed:
+            header_allowed = False
+            if _HEADER_WORD.fullmatch(value):
+                continue
         if strict and not pattern.fullmatch(value):
             raise FormatError(source, line, f"not a {kind} digest")
-        if value:
-            yield Row(line, value, kind)
+        yield Row(line, value, kind, extra=_NO_EXTRA)
 
 
 def _first_field(text: str) -> str:

@@ -162,6 +162,7 @@ class SQLiteStore:
     def __init__(self, db: aiosqlite.Connection, path: str) -> None:
         self._db = db
         self._path = path
+        self._writing = asyncio.Lock()
         # lookups get a connection and a thread of their own (WAL: readers never wait)
         self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._reader.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
@@ -213,18 +214,23 @@ class SQLiteStore:
         await self._db.close()
 
     async def _write(self, work: Any) -> Any:
-        """Run an async write function inside one IMMEDIATE transaction."""
-        try:
-            await self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"cannot write to SQLite store {self._path}: {exc}") from None
-        try:
-            result = await work()
-        except BaseException:
-            await self._db.rollback()
-            raise
-        await self._db.commit()
-        return result
+        """Run an async write function inside one IMMEDIATE transaction.
+
+        Transactions of concurrent sessions share one connection, so they
+        take turns; other processes wait on SQLite's own lock (busy_timeout).
+        """
+        async with self._writing:
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"cannot write to SQLite store {self._path}: {exc}") from None
+            try:
+                result = await work()
+            except BaseException:
+                await self._db.rollback()
+                raise
+            await self._db.commit()
+            return result
 
     async def _audit(
         self, actor: str, action: str, subject: str | None, detail: Mapping[str, object]

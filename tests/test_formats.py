@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import tracemalloc
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -63,9 +62,9 @@ MAILCHIMP_COMMON = (
 MAILCHIMP_UNSUBSCRIBED = (
     MAILCHIMP_COMMON + b"UNSUB_TIME,UNSUB_CAMPAIGN_TITLE,UNSUB_CAMPAIGN_ID,UNSUB_REASON,"
     b"UNSUB_REASON_OTHER,LEID,EUID,NOTES,TAGS\r\n"
-    b"jane@example.com,Jane,Doe,2,\"2021-02-03 04:05:06\",,\"2021-02-03 04:06:00\","
+    b'jane@example.com,Jane,Doe,2,"2021-02-03 04:05:06",,"2021-02-03 04:06:00",'
     b'198.51.100.4,,,,,,,,"2023-11-14 22:13:20","Spring sale",abc123,NORMAL,,111,222,,\r\n'
-    b"rick@example.com,Rick,Roe,1,,,,,,,,,,,,\"2023-11-14 22:13:20\",\"Spring sale\","
+    b'rick@example.com,Rick,Roe,1,,,,,,,,,,,,"2023-11-14 22:13:20","Spring sale",'
     b"abc123,SPAM,,112,223,,\r\n"
 )
 MAILCHIMP_CLEANED = (
@@ -386,7 +385,12 @@ def test_auto_leaves_generic_csv_with_reason_to_the_csv_reader() -> None:
         (MAILCHIMP_CLEANED, "ses", 1, "not an SES list"),
         (SES_CLI[:200], "ses", 3, "truncated JSON"),
         (b'{\n  "Summaries": []\n}\n', "ses", 1, "no SuppressedDestinationSummaries"),
-        (b'{"SuppressedDestinationSummaries": [\n"a@example.com" "b@example.com"]}', "ses", 2, ", ]"),
+        (
+            b'{"SuppressedDestinationSummaries": [\n"a@example.com" "b@example.com"]}',
+            "ses",
+            2,
+            ", ]",
+        ),
     ],
 )
 def test_errors_name_source_and_line(data: bytes, fmt: str, line: int, message: str) -> None:
@@ -516,17 +520,12 @@ def test_naive_times_are_taken_as_utc() -> None:
 
 
 class _Lines(io.RawIOBase):
-    """A byte stream of ``count`` addresses, generated as it is read."""
+    """A byte stream of distinct addresses, made 10,000 lines at a time as it is read."""
 
-    def __init__(self, count: int) -> None:
-        self._chunks = self._generate(count)
+    def __init__(self, batches: int) -> None:
+        template = b"".join(b"userBATCH%05d@example.com\n" % i for i in range(10_000))
+        self._chunks = (template.replace(b"BATCH", b"%04d" % n) for n in range(batches))
         self._pending = b""
-
-    @staticmethod
-    def _generate(count: int) -> Iterator[bytes]:
-        for start in range(0, count, 10_000):
-            stop = min(count, start + 10_000)
-            yield b"".join(b"user%d@example.com\n" % i for i in range(start, stop))
 
     def readable(self) -> bool:
         return True
@@ -541,14 +540,13 @@ class _Lines(io.RawIOBase):
 
 
 def test_reading_two_million_lines_keeps_memory_flat() -> None:
-    lines = 2_000_000
     tracemalloc.start()
     try:
         last = None
-        for last in read_rows(_Lines(lines), "auto", "stdin"):  # noqa: B007
+        for last in read_rows(io.BufferedReader(_Lines(200)), "auto", "stdin"):  # noqa: B007
             pass
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert last == Row(lines, f"user{lines - 1}@example.com", "address")
+    assert last == Row(2_000_000, "user019909999@example.com", "address")
     assert peak < 20 * 1024 * 1024

@@ -231,3 +231,12 @@ async def test_logs_name_recipients_only_by_hash(gate: Running, next_hop: Sink) 
     for address in (FAN, GONE, STRANGER):
         assert address not in text
         assert address.split("@")[0] not in text
+
+
+async def test_parallel_sessions_all_get_through(gate: Running, next_hop: Sink) -> None:
+    import asyncio
+
+    data = [message(message_id=f"<p{n}@sender.example>") for n in range(20)]
+    sent = await asyncio.gather(*(send(gate.smtp_port, SENDER, [FAN], d) for d in data))
+    assert [s.code for s in sent] == [250] * 20
+    assert len(next_hop.to(FAN)) == 20

@@ -802,9 +802,45 @@ def test_corpus_message(path: Path) -> None:
     original = path.read_bytes()
     prepared, out = rewrite(original)
     check_rewrite(original, prepared, out)
+    check_bytes(original, prepared, out)
     expected = path.with_suffix(".json")
     if path.parent.parent.name == "stalwart-mail-parser" and expected.exists():
         check_against_stalwart(original, prepared, json.loads(expected.read_text()))
+
+
+_CLEAN_HEADER = re.compile(rb"(?:[!-9;-~]+:[^\r\n]*\r?\n(?:[ \t][^\r\n]*\r?\n)*)+(?=\r?\n)")
+
+
+def check_bytes(original: bytes, prepared: Prepared, out: bytes) -> None:
+    """Byte for byte: the output is the input plus our header lines and footers, no more.
+
+    Checked where every change is a plain insertion (7bit, 8bit or binary parts, no
+    placeholder) and the header block is well-formed; header fields are told apart
+    here with a regular expression, independently of the code under test.
+    """
+    parsed = parse(original)
+    texts = body_text_parts(parsed)
+    for path in prepared.footer_paths:
+        cte = str(texts[path].get("content-transfer-encoding", "7bit")).strip().lower()
+        if cte not in ("7bit", "8bit", "binary") or "optgate_unsubscribe_url" in content(
+            texts[path]
+        ):
+            return
+    block = _CLEAN_HEADER.match(original)
+    if block is None:
+        return
+    fields = re.findall(rb"[^ \t\r\n][^\r\n]*\r?\n(?:[ \t][^\r\n]*\r?\n)*", block.group())
+    kept = b"".join(f for f in fields if f.split(b":")[0].lower().decode() not in REMOVED)
+    nl = b"\r\n" if block.group().endswith(b"\r\n") else b"\n"
+    ours = out.split(nl + b"Feedback-ID: " + FEEDBACK_ID.encode() + nl, 1)[1]
+    variants = [f.replace("\n", "\r\n").encode() for f in (TEXT_FOOTER, HTML_FOOTER)]
+    variants += [f.encode() for f in (TEXT_FOOTER, HTML_FOOTER)]
+    plain = with_newline = ours
+    for variant in variants:
+        plain = plain.replace(variant, b"")
+        # An empty part without an empty line after its header gets one before the footer.
+        with_newline = with_newline.replace(nl + variant, b"").replace(variant, b"")
+    assert kept + original[block.end() :] in (plain, with_newline)
 
 
 def check_against_stalwart(original: bytes, prepared: Prepared, expected: Any) -> None:

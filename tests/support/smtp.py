@@ -59,14 +59,20 @@ class Sink:
         """Messages delivered to one recipient."""
         return [m for m in self.messages if rcpt in m.rcpt_tos]
 
+    async def wait_for(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until at least `count` messages arrived."""
+        async with asyncio.timeout(timeout):
+            while len(self.messages) < count:
+                await asyncio.sleep(0.05)
+
 
 @contextlib.asynccontextmanager
-async def sink() -> AsyncIterator[Sink]:
-    """A recording SMTP server on a free loopback port, in this event loop."""
+async def sink(port: int = 0) -> AsyncIterator[Sink]:
+    """A recording SMTP server on a loopback port (default: a free one), in this event loop."""
     recorder = Sink()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(recorder, enable_SMTPUTF8=True, hostname="sink.test"), "127.0.0.1", 0
+        lambda: SMTP(recorder, enable_SMTPUTF8=True, hostname="sink.test"), "127.0.0.1", port
     )
     recorder.port = server.sockets[0].getsockname()[1]
     try:
@@ -76,10 +82,10 @@ async def sink() -> AsyncIterator[Sink]:
         await server.wait_closed()
 
 
-def gateway_config(tmp_path: Path, next_port: int, **settings: str) -> Config:
-    """A configuration for tests: free port, store and key in tmp_path; overrides as env."""
+def gateway_config(tmp_path: Path, next_port: int, listen_port: int = 0, **settings: str) -> Config:
+    """A configuration for tests: store and key in tmp_path; other settings as env overrides."""
     env = {
-        "OPTGATE_SMTP_LISTEN": "127.0.0.1:0",
+        "OPTGATE_SMTP_LISTEN": f"127.0.0.1:{listen_port}",
         "OPTGATE_RELAY_NEXT_HOP": f"127.0.0.1:{next_port}",
         "OPTGATE_RELAY_TIMEOUT": "5",
         "OPTGATE_STORE_URL": f"sqlite:///{tmp_path / 'optgate.db'}",

@@ -1,0 +1,65 @@
+"""optgate as Postfix's after-queue content filter, end to end with a real Postfix.
+
+    smtplib -> Postfix smtpd -> queue -> optgate -> Postfix reinjection -> queue -> sink
+
+The Postfix configuration is the one deploy/postfix/ documents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import os
+from pathlib import Path
+
+import pytest
+
+from gateway.service import running
+from tests.support.postfix import PostfixPorts, postfix_available, private_postfix
+from tests.support.smtp import gateway_config, message, send, sink
+from tests.test_relay import BOUNCED, FAN, GONE, SENDER, STRANGER, seed
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix needs root")
+
+
+@pytest.fixture(autouse=True)
+def _postfix_installed() -> None:
+    assert postfix_available(), "Postfix is not installed: see .ci/run"
+
+
+async def test_postfix_content_filter_delivers_only_consented_copies(tmp_path: Path) -> None:
+    ports = PostfixPorts.pick()
+    config = gateway_config(tmp_path, ports.reinject, ports.filter_port)
+    await seed(config)
+    async with sink(ports.relayhost) as final, running(config):
+        with private_postfix(ports, tmp_path / "postfix") as postfix:
+            sent = await send(ports.smtpd, SENDER, [FAN, GONE, STRANGER, BOUNCED], message())
+            assert sent.code == 250  # Postfix queued it
+            await final.wait_for(1)
+            await asyncio.to_thread(postfix.wait_queue_empty, 30)
+            log = postfix.maillog()
+    assert [m.rcpt_tos for m in final.messages] == [[FAN]]
+    copy = email.message_from_bytes(final.messages[0].data, policy=email.policy.default)
+    assert copy["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "/u/" in str(copy["List-Unsubscribe"])
+    assert "smtp-optgate" in log  # it went through the filter transport
+    assert "reinject" in log
+
+
+async def test_postfix_keeps_mail_queued_while_optgate_is_down(tmp_path: Path) -> None:
+    ports = PostfixPorts.pick()
+    config = gateway_config(tmp_path, ports.reinject, ports.filter_port)
+    await seed(config)
+    async with sink(ports.relayhost) as final:
+        with private_postfix(ports, tmp_path / "postfix") as postfix:
+            sent = await send(ports.smtpd, SENDER, [FAN], message())
+            assert sent.code == 250
+            await asyncio.sleep(1.5)
+            assert final.messages == []
+            assert not postfix.queue_empty()  # deferred, not lost
+            async with running(config):
+                postfix.flush()
+                await final.wait_for(1)
+                await asyncio.to_thread(postfix.wait_queue_empty, 30)
+    assert [m.rcpt_tos for m in final.messages] == [[FAN]]
