@@ -165,7 +165,7 @@ async def _export_stream(store: Store, scope: str | None, fmt: str, out: TextIO)
 
     def flush() -> None:
         nonlocal written, skipped
-        result = write_records(page, fmt, out)
+        result = write_records(page, fmt, out, header=written + skipped == 0)
         written, skipped = written + result.written, skipped + result.skipped
         page.clear()
 

@@ -146,8 +146,10 @@ def main() -> None:
         write_hashed(hashed, args.rows)
         shell = shell_import(work, hashed)
         ours, rss = optgate_import(work, source)
-        print(f"import {args.rows:,} rows: optgate {ours:.2f} s, sqlite3 shell {shell:.2f} s, "
-              f"ratio {ours / shell:.2f} (bar <= 3.0)")
+        print(
+            f"import {args.rows:,} rows: optgate {ours:.2f} s, sqlite3 shell {shell:.2f} s, "
+            f"ratio {ours / shell:.2f} (bar <= 3.0)"
+        )
         print(f"peak RSS at {args.rows:,} rows: {rss / 2**20:.0f} MB (bar < 200 MB)")
         hashed.unlink()
         if args.flat_rows:
@@ -155,15 +157,19 @@ def main() -> None:
             write_csv(big, args.flat_rows)
             _, big_rss = optgate_import(work, big)
             big.unlink()
-            print(f"peak RSS at {args.flat_rows:,} rows: {big_rss / 2**20:.0f} MB "
-                  f"({big_rss / rss:.2f}x the smaller file)")
+            print(
+                f"peak RSS at {args.flat_rows:,} rows: {big_rss / 2**20:.0f} MB "
+                f"({big_rss / rss:.2f}x the smaller file)"
+            )
         store = work / "lookup.db"
         build_lookup_store(store, args.lookup_rows)
         times = asyncio.run(lookups(store, args.lookup_rows))
         times.sort()
-        print(f"lookup_many(100) over {args.lookup_rows:,} suppressions: median "
-              f"{statistics.median(times):.3f} ms, p99 {times[int(len(times) * 0.99)]:.3f} ms "
-              f"(bar: median < 2 ms)")
+        print(
+            f"lookup_many(100) over {args.lookup_rows:,} suppressions: median "
+            f"{statistics.median(times):.3f} ms, p99 {times[int(len(times) * 0.99)]:.3f} ms "
+            f"(bar: median < 2 ms)"
+        )
 
 
 if __name__ == "__main__":

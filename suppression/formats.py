@@ -166,6 +166,7 @@ def read_rows(stream: BinaryIO, fmt: str, source: str) -> Iterator[Row]:
 
 
 def _rows(stream: BinaryIO, fmt: str, source: str) -> Iterator[Row]:
+    """The reader for ``fmt``: detected from the content for auto and ses."""
     blocks = _blocks(stream, source)
     if fmt == "auto":
         reader, blocks = _detect(blocks)
@@ -232,6 +233,7 @@ def _numbered(blocks: _Blocks, source: str) -> Iterator[tuple[int, str]]:
 
 
 def _whole(blocks: _Blocks, source: str) -> _Blocks:
+    """Blocks of whole lines; the first line longer than _MAX_LINE raises FormatError."""
     for block in blocks:
         if block.partial:
             at = block.line + len(block.lines) - 1

@@ -36,7 +36,7 @@ async def test_postfix_content_filter_delivers_only_consented_copies(tmp_path: P
         with private_postfix(ports, tmp_path / "postfix") as postfix:
             sent = await send(ports.smtpd, SENDER, [FAN, GONE, STRANGER, BOUNCED], message())
             assert sent.code == 250  # Postfix queued it
-            await final.wait_for(1)
+            await asyncio.wait_for(final.wait_for(1), 30)
             await asyncio.to_thread(postfix.wait_queue_empty, 30)
             log = postfix.maillog()
     assert [m.rcpt_tos for m in final.messages] == [[FAN]]
@@ -60,6 +60,6 @@ async def test_postfix_keeps_mail_queued_while_optgate_is_down(tmp_path: Path) -
             assert not postfix.queue_empty()  # deferred, not lost
             async with running(config):
                 postfix.flush()
-                await final.wait_for(1)
+                await asyncio.wait_for(final.wait_for(1), 30)
                 await asyncio.to_thread(postfix.wait_queue_empty, 30)
     assert [m.rcpt_tos for m in final.messages] == [[FAN]]

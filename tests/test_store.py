@@ -143,8 +143,9 @@ async def test_latest_consent_record_wins_and_revocation_is_kept(backend: Backen
     await store.record_consents([consent("a@example.com", "news", version="1")], actor="t")
     await store.record_consents([consent("a@example.com", "news", granted=False)], actor="t")
     facts = await store.lookup_many([a], ["global"], "news")
-    assert facts[a.sha256].consent is not None
-    assert facts[a.sha256].consent.granted is False
+    latest = facts[a.sha256].consent
+    assert latest is not None
+    assert latest.granted is False
     assert len((await store.subject(a)).consents) == 2
     other = await store.lookup_many([a], ["global"], "deals")
     assert other[a.sha256].consent is None

@@ -34,10 +34,9 @@ class Sink:
     # replies for the next DATA commands, or per recipient (checked first)
     fail_next: list[str] = field(default_factory=list)
     fail_rcpt: dict[str, list[str]] = field(default_factory=dict)
+    arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
 
-    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
-        self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         """Record the message, or answer with a queued failure."""
         for rcpt in envelope.rcpt_tos:
             queued = self.fail_rcpt.get(rcpt)
@@ -53,17 +52,18 @@ class Sink:
                 list(envelope.mail_options),
             )
         )
+        async with self.arrived:
+            self.arrived.notify_all()
         return "250 2.0.0 queued"
 
     def to(self, rcpt: str) -> list[Received]:
         """Messages delivered to one recipient."""
         return [m for m in self.messages if rcpt in m.rcpt_tos]
 
-    async def wait_for(self, count: int, timeout: float = 30.0) -> None:
-        """Wait until at least `count` messages arrived."""
-        async with asyncio.timeout(timeout):
-            while len(self.messages) < count:
-                await asyncio.sleep(0.05)
+    async def wait_for(self, count: int) -> None:
+        """Wait until at least `count` messages arrived (callers bound it with a timeout)."""
+        async with self.arrived:
+            await self.arrived.wait_for(lambda: len(self.messages) >= count)
 
 
 @contextlib.asynccontextmanager
@@ -123,7 +123,9 @@ async def send(
             except smtplib.SMTPRecipientsRefused as exc:
                 return Sent(exc.recipients, 550, "all recipients refused")
             except smtplib.SMTPResponseException as exc:
-                return Sent({}, exc.smtp_code, exc.smtp_error.decode(errors="replace"))
+                error = exc.smtp_error
+                text = error.decode(errors="replace") if isinstance(error, bytes) else error
+                return Sent({}, exc.smtp_code, text)
             return Sent(refused, 250, "")
 
     return await asyncio.to_thread(work)
