@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import IO, Any, BinaryIO, TextIO
 from gateway import logs, service
 from gateway.config import Config
 from gateway.policy import MessageClass, Rules, decide, scopes_for
-from suppression.address import identity, normalize, normalize_domain
+from suppression.address import identity, md5_identity, normalize, normalize_domain
 from suppression.errors import InvalidAddress, OptgateError
 from suppression.formats import ExportRecord, read_rows, write_records
 from suppression.importing import Summary, import_consents, import_suppressions
@@ -98,10 +97,16 @@ async def suppress_add(args: argparse.Namespace, config: Config) -> int:
 async def suppress_remove(args: argparse.Namespace, config: Config) -> int:
     """optgate suppress remove."""
     scope = parse_scope(args.scope)
-    keys = [_target(a, False).key for a in args.addresses]
+    # an address may be suppressed by its SHA-256 and by an MD5 list entry: lift both
+    targets = dict.fromkeys(
+        (t.key,) if t.kind == "domain" else (t.key, md5_identity(t.address or ""))
+        for t in (_target(a, True) for a in args.addresses)
+    )
+    removed = 0
     async with _store(config) as store:
-        removed = await store.unsuppress(keys, scope=scope, actor=args.actor)
-    print(f"lifted {removed} suppression(s) in {scope}; {len(set(keys)) - removed} had none")
+        for keys in targets:
+            removed += await store.unsuppress(keys, scope=scope, actor=args.actor) > 0
+    print(f"lifted {removed} suppression(s) in {scope}; {len(targets) - removed} had none")
     return 0
 
 
@@ -129,7 +134,7 @@ async def suppress_import(args: argparse.Namespace, config: Config) -> int:
     scope = parse_scope(args.scope)
     reason = Reason(args.reason) if args.reason else None
     name = "<stdin>" if args.file == "-" else args.file
-    evidence = json.dumps({"file": Path(name).name, "run": uuid.uuid4().hex})
+    note = {"file": Path(name).name, "format": args.format}
     with _input(args.file) as handle:
         async with _store(config) as store:
             summary = await import_suppressions(
@@ -138,7 +143,7 @@ async def suppress_import(args: argparse.Namespace, config: Config) -> int:
                 scope=scope,
                 reason=reason,
                 actor=args.actor,
-                evidence=evidence,
+                note=note,
                 keep_addresses=config.store.keep_addresses,
                 progress=_progress(sys.stderr),
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from importlib.metadata import version
@@ -129,10 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user() -> str:
+    """The login name, or uid-N when the uid has no passwd entry (containers)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # KeyError up to Python 3.12, OSError from 3.13
+        return f"uid-{os.getuid()}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
-    args.actor = f"cli:{getpass.getuser()}"
+    args.actor = f"cli:{_user()}"
     try:
         config = load(getattr(args, "config", None))
         handler: Handler = args.handler

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -151,8 +150,9 @@ def _check(name: str, value: Any, kind: Any) -> Any:
 
 
 def _describe(kind: Any) -> str:
-    if isinstance(kind, types.GenericAlias):
-        return "a list of strings" if typing.get_origin(kind) is list else "a table of strings"
+    base = typing.get_origin(kind) or kind  # _from_env passes the bare list / dict
+    if base is list or base is dict:
+        return "a list of strings" if base is list else "a table of strings"
     return {bool: "true or false", int: "a non-negative integer", str: "a string"}[kind]
 
 

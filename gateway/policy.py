@@ -80,7 +80,8 @@ def decide(facts: Facts, kind: MessageClass, purpose: str, rules: Rules) -> Verd
             f"consent for {purpose} was revoked on {consent.created:%Y-%m-%d} via {consent.source}",
         )
     if consent is None:
-        if rules.require_consent:
+        # require_consent is about marketing mail; partner offers only ever go to consenters
+        if rules.require_consent or kind is MessageClass.PARTNER:
             return Verdict(False, "no-consent", f"there is no consent for {purpose} on record")
         return Verdict(True, "not-suppressed", "not suppressed, and consent is not required")
     minimum = rules.consent_versions.get(purpose)

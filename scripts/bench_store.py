@@ -161,6 +161,8 @@ def main() -> None:
                 f"peak RSS at {args.flat_rows:,} rows: {big_rss / 2**20:.0f} MB "
                 f"({big_rss / rss:.2f}x the smaller file)"
             )
+        if not args.lookup_rows:
+            return
         store = work / "lookup.db"
         build_lookup_store(store, args.lookup_rows)
         times = asyncio.run(lookups(store, args.lookup_rows))

@@ -69,7 +69,10 @@ def _simple(lowered: str) -> str | None:
     match = _SIMPLE.fullmatch(lowered)
     if match is None or len(lowered) > 254 or lowered.index("@") > 64:
         return None
-    if match.group(1).rpartition(".")[2] in _SPECIAL_TLDS:
+    domain = match.group(1)
+    # "--" marks Punycode (xn--, which email-validator turns into Unicode) or a
+    # reserved label it refuses (ab--c): leave both to email-validator
+    if domain.rpartition(".")[2] in _SPECIAL_TLDS or "--" in domain:
         return None
     return lowered
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from suppression.address import Address, identity, is_digest, normalize, normalize_domain
 from suppression.errors import InvalidAddress
@@ -12,7 +13,9 @@ from suppression.formats import Row
 from suppression.model import Consent, ImportItem, Reason, now
 from suppression.store import Store
 
-BATCH = 20000
+T = TypeVar("T")
+
+BATCH = 100_000
 SHOWN_INVALID = 5
 
 
@@ -59,11 +62,18 @@ def to_item(row: Row, reason: Reason | None, keep_addresses: bool) -> ImportItem
     return ImportItem(address.sha256, "sha256", plain, chosen, row.created)
 
 
-def _batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
-    batch: list[Row] = []
+def _batches(
+    rows: Iterable[Row], convert: Callable[[Row], T], summary: Summary
+) -> Iterator[list[T]]:
+    """Convert rows as they are read (invalid ones are noted) and group them in batches."""
+    batch: list[T] = []
     for row in rows:
-        batch.append(row)
-        if len(batch) == size:
+        summary.read += 1
+        try:
+            batch.append(convert(row))
+        except InvalidAddress:
+            summary.note_invalid(row.line)
+        if len(batch) == BATCH:
             yield batch
             batch = []
     if batch:
@@ -77,27 +87,21 @@ async def import_suppressions(
     scope: str,
     reason: Reason | None,
     actor: str,
-    evidence: str,
+    note: Mapping[str, object],
     keep_addresses: bool = True,
     progress: Callable[[Summary], None] | None = None,
 ) -> Summary:
     """Validate and write rows batch by batch; a reader error stops after the last good batch."""
     summary = Summary()
-    for batch in _batches(rows, BATCH):
-        items = []
-        for row in batch:
-            try:
-                items.append(to_item(row, reason, keep_addresses))
-            except InvalidAddress:
-                summary.note_invalid(row.line)
-        summary.read += len(batch)
-        if items:
-            result = await store.suppress(
-                items, scope=scope, source="import", actor=actor, evidence=evidence
-            )
-            summary.added += result.added
-            summary.present += result.present
-            summary.duplicates += result.duplicates
+    run_since: int | None = None
+    for items in _batches(rows, lambda row: to_item(row, reason, keep_addresses), summary):
+        result = await store.suppress(
+            items, scope=scope, source="import", actor=actor, note=note, run_since=run_since
+        )
+        run_since = result.event if run_since is None else run_since
+        summary.added += result.added
+        summary.present += result.present
+        summary.duplicates += result.duplicates
         if progress:
             progress(summary)
     return summary
@@ -106,12 +110,16 @@ async def import_suppressions(
 def to_consent(
     row: Row, address: Address, purpose: str, source: str, version: str | None, keep: bool
 ) -> Consent:
-    """A consent record from an import row: its own time, version and evidence when given."""
+    """A consent record from an import row: its own time, version and evidence when given.
+
+    A ``state`` of ``revoked`` (what ``optgate consent export`` writes for a
+    revocation) is imported as a revocation, never as a consent.
+    """
     extra = dict(row.extra)
     return Consent(
         sha256=address.sha256,
         purpose=purpose,
-        granted=True,
+        granted=extra.pop("state", "").strip().lower() != "revoked",
         source=extra.pop("source", "") or source,
         created=row.created or now(),
         policy_version=extra.pop("policy_version", "") or version,
@@ -132,17 +140,12 @@ async def import_consents(
 ) -> Summary:
     """Record a consent for every valid address row, batch by batch."""
     summary = Summary()
-    for batch in _batches(rows, BATCH):
-        records = []
-        for row in batch:
-            try:
-                if row.kind != "address":
-                    raise InvalidAddress("consent needs an address, not a digest")
-                address = normalize(row.value)
-            except InvalidAddress:
-                summary.note_invalid(row.line)
-                continue
-            records.append(to_consent(row, address, purpose, source, version, keep_addresses))
-        summary.read += len(batch)
+
+    def convert(row: Row) -> Consent:
+        if row.kind != "address":
+            raise InvalidAddress("consent needs an address, not a digest")
+        return to_consent(row, normalize(row.value), purpose, source, version, keep_addresses)
+
+    for records in _batches(rows, convert, summary):
         summary.added += await store.record_consents(records, actor=actor)
     return summary

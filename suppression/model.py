@@ -140,6 +140,7 @@ class BatchResult:
     added: int
     present: int
     duplicates: int
+    event: int = 0  # the audit event (sequence number) the new rows point to
 
 
 @dataclass(frozen=True, slots=True)

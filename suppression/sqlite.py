@@ -165,6 +165,7 @@ class SQLiteStore:
         self._writing = asyncio.Lock()
         # lookups get a connection and a thread of their own (WAL: readers never wait)
         self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # lookups of a large store read pages without a syscall each
         self._reader.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
         self._reader.execute("PRAGMA query_only = 1")
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="optgate-lookup")
@@ -191,8 +192,6 @@ class SQLiteStore:
         await self._db.execute("PRAGMA busy_timeout = 5000")
         await self._db.execute("PRAGMA journal_mode = WAL")
         await self._db.execute("PRAGMA synchronous = NORMAL")
-        # reads of a large store go through the page cache without a syscall each
-        await self._db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
         await self._db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         async with self._db.execute("PRAGMA user_version") as cursor:
             row = await cursor.fetchone()
@@ -232,15 +231,19 @@ class SQLiteStore:
             await self._db.commit()
             return result
 
-    async def _audit(
-        self, actor: str, action: str, subject: str | None, detail: Mapping[str, object]
-    ) -> int:
-        """Append one chained audit event (inside the caller's transaction)."""
+    async def _head(self) -> tuple[int, str]:
+        """The next event's sequence number and the digest it links to."""
         async with self._db.execute(
             "SELECT seq, digest FROM audit ORDER BY seq DESC LIMIT 1"
         ) as cursor:
             last = await cursor.fetchone()
-        seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+        return (last[0] + 1, last[1]) if last else (1, GENESIS)
+
+    async def _audit(
+        self, actor: str, action: str, subject: str | None, detail: Mapping[str, object]
+    ) -> int:
+        """Append one chained audit event (inside the caller's transaction)."""
+        seq, prev = await self._head()
         at = now()
         body = event_body(seq, at, actor, action, subject, detail)
         await self._db.execute(
@@ -258,19 +261,14 @@ class SQLiteStore:
         source: str,
         actor: str,
         evidence: str | None = None,
+        note: Mapping[str, object] | None = None,
+        run_since: int | None = None,
     ) -> BatchResult:
-        """Add suppressions in one transaction with one audit event."""
-        unique = {_stored(item.key, item.kind): item for item in items}
+        """Add suppressions in one transaction with one audit event (none if nothing is new)."""
+        unique = dict(sorted((_stored(item.key, item.kind), item) for item in items))
 
         async def work() -> BatchResult:
-            subject = next(iter(unique.values())).key if len(unique) == 1 else None
-            detail = {
-                "scope": scope,
-                "source": source,
-                "count": len(unique),
-                "keys_sha256": _keys_digest(unique),
-            }
-            event = await self._audit(actor, "suppress", subject, detail)
+            seq, _ = await self._head()
             created = _time(now())
             before = self._db.total_changes
             await self._db.executemany(
@@ -287,38 +285,51 @@ class SQLiteStore:
                         source,
                         evidence,
                         _time(item.created) if item.created else created,
-                        event,
+                        seq,
                     )
                     for key, item in unique.items()
                 ],
             )
             added = self._db.total_changes - before
-            earlier = await self._same_run(list(unique), scope, evidence, added)
+            if added:
+                subject = next(iter(unique.values())).key if len(unique) == 1 else None
+                detail = {
+                    **(note or {}),
+                    "scope": scope,
+                    "source": source,
+                    "added": added,
+                    "keys_sha256": _keys_digest(unique),
+                }
+                await self._audit(actor, "suppress", subject, detail)
+            earlier = await self._same_run(list(unique), scope, run_since, added)
             return BatchResult(
                 added=added,
                 present=len(unique) - added - earlier,
                 duplicates=len(items) - len(unique) + earlier,
+                event=seq,
             )
 
         result: BatchResult = await self._write(work)
         return result
 
-    async def _same_run(self, keys: list[str], scope: str, evidence: str | None, added: int) -> int:
+    async def _same_run(
+        self, keys: list[str], scope: str, run_since: int | None, added: int
+    ) -> int:
         """Keys ignored because an earlier batch of the same run added them.
 
-        A run's batches share one evidence string (the importer names the
-        file and the run in it), so an ignored key whose row carries it is a
-        duplicate within the file, not an address that was already there.
+        Rows carry the audit event that added them; an ignored key whose row
+        was added by an event of this run is a duplicate within the input,
+        not an address that was there before.
         """
-        if added == len(keys) or evidence is None:
+        if added == len(keys) or run_since is None:
             return 0
         same = 0
         for start in range(0, len(keys), _PAGE):
             chunk = keys[start : start + _PAGE]
             async with self._db.execute(
-                f"SELECT count(*) FROM suppression WHERE scope = ? AND evidence = ? "
+                f"SELECT count(*) FROM suppression WHERE scope = ? AND event >= ? "
                 f"AND key IN ({_marks(len(chunk))})",
-                (scope, evidence, *chunk),
+                (scope, run_since, *chunk),
             ) as cursor:
                 row = await cursor.fetchone()
             same += int(row[0]) if row else 0

@@ -50,8 +50,15 @@ class Store(Protocol):
         source: str,
         actor: str,
         evidence: str | None = None,
+        note: Mapping[str, object] | None = None,
+        run_since: int | None = None,
     ) -> BatchResult:
-        """Add suppressions in one transaction with one audit event; existing ones stay."""
+        """Add suppressions in one transaction with one audit event; existing ones stay.
+
+        ``evidence`` is kept on each new row, ``note`` only in the audit event.
+        ``run_since`` (the ``event`` of a run's first batch) lets later batches
+        of one import tell duplicates within the input from earlier rows.
+        """
 
     async def unsuppress(self, keys: Sequence[str], *, scope: str, actor: str) -> int:
         """Lift suppressions (audited); return how many existed."""

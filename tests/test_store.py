@@ -74,7 +74,6 @@ async def test_resuppressing_counts_present_and_duplicates(backend: Backend) -> 
         scope="global",
         source="import",
         actor="t",
-        evidence="run-1",
     )
     assert (first.added, first.present, first.duplicates) == (2, 0, 1)
     # a later batch of the same run: duplicates; another run: already present
@@ -83,13 +82,21 @@ async def test_resuppressing_counts_present_and_duplicates(backend: Backend) -> 
         scope="global",
         source="import",
         actor="t",
-        evidence="run-1",
+        run_since=first.event,
     )
     assert (same_run.added, same_run.present, same_run.duplicates) == (1, 0, 1)
     other_run = await store.suppress(
-        [item("a@example.com")], scope="global", source="import", actor="t", evidence="run-2"
+        [item("a@example.com")], scope="global", source="import", actor="t"
     )
     assert (other_run.added, other_run.present, other_run.duplicates) == (0, 1, 0)
+
+
+async def test_a_batch_that_adds_nothing_leaves_no_audit_event(backend: Backend) -> None:
+    store = backend.store
+    await store.suppress([item("a@example.com")], scope="global", source="cli", actor="t")
+    again = await store.suppress([item("a@example.com")], scope="global", source="cli", actor="t")
+    assert again.added == 0
+    assert (await store.verify_chain()).events == 1
 
 
 async def test_existing_suppression_keeps_its_original_reason(backend: Backend) -> None:
