@@ -265,7 +265,8 @@ class SQLiteStore:
         run_since: int | None = None,
     ) -> BatchResult:
         """Add suppressions in one transaction with one audit event (none if nothing is new)."""
-        unique = dict(sorted((_stored(item.key, item.kind), item) for item in items))
+        # key order: each page of the primary key is written once per batch
+        unique = dict(sorted({_stored(item.key, item.kind): item for item in items}.items()))
 
         async def work() -> BatchResult:
             seq, _ = await self._head()
