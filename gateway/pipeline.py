@@ -21,7 +21,7 @@ import structlog
 
 from gateway.policy import MessageClass, Rules, Verdict, decide, scopes_for
 from gateway.relay import Outcome, Relay
-from gateway.rewrite import FooterTemplates, Links, Prepared, prepare
+from gateway.rewrite import FooterTemplates, Links, Prepared, prepare, strip_headers
 from gateway.tokens import Claims, TokenSigner
 from suppression.address import Address, normalize
 from suppression.errors import InvalidAddress, OptgateError
@@ -30,7 +30,6 @@ from suppression.store import Store
 
 log = structlog.get_logger("optgate.relay")
 _HEADERS = BytesHeaderParser(policy=compat32)
-CONTROL_HEADERS = ("x-optgate-class", "x-optgate-topic")
 # Rewriting a message this large runs in a worker thread, off the event loop.
 OFFLOAD_BYTES = 256 * 1024
 
@@ -238,26 +237,20 @@ class Pipeline:
     async def _deliver(
         self, envelope: Envelope, message: Classified, todo: list[Decision]
     ) -> Reply:
-        footer = self._branding.footer(message.topic)
-        list_id = f"{message.topic} <{message.topic}.{self._branding.list_domain}>"
-        feedback = f"{message.topic}:{message.kind.value}:{self._branding.feedback_id}"
-        work = functools.partial(
-            prepare,
-            envelope.content,
-            footer=footer,
-            list_id=list_id,
-            feedback_id=feedback,
-            remove_headers=CONTROL_HEADERS,
-        )
-        big = len(envelope.content) > OFFLOAD_BYTES
-        prepared = await asyncio.to_thread(work) if big else work()
-        if prepared.skipped_parts:
-            log.warning(
-                "footer_skipped", message_id=message.message_id, parts=list(prepared.skipped_parts)
+        if message.kind is MessageClass.TRANSACTIONAL:
+            # exempt from opt-outs, so no unsubscribe links: only our control headers go
+            plain = strip_headers(envelope.content)
+            outcomes = await asyncio.gather(
+                *(self._relay_copy(envelope, message, d, plain) for d in todo)
             )
-        outcomes = await asyncio.gather(
-            *(self._send_one(envelope, message, prepared, d) for d in todo)
-        )
+        else:
+            prepared = await self._prepare(envelope, message)
+            outcomes = await asyncio.gather(
+                *(
+                    self._relay_copy(envelope, message, d, self._personal(prepared, message, d))
+                    for d in todo
+                )
+            )
         at = now()
         await self._store.record_sends(
             [
@@ -268,12 +261,31 @@ class Pipeline:
         )
         return summarize(outcomes)
 
-    async def _send_one(
-        self, envelope: Envelope, message: Classified, prepared: Prepared, rcpt: Decision
+    async def _prepare(self, envelope: Envelope, message: Classified) -> Prepared:
+        """Plan the rewrite once per message (in a thread when the message is large)."""
+        work = functools.partial(
+            prepare,
+            envelope.content,
+            footer=self._branding.footer(message.topic),
+            list_id=f"{message.topic} <{message.topic}.{self._branding.list_domain}>",
+            feedback_id=f"{message.topic}:{message.kind.value}:{self._branding.feedback_id}",
+        )
+        big = len(envelope.content) > OFFLOAD_BYTES
+        prepared = await asyncio.to_thread(work) if big else work()
+        if prepared.skipped_parts:
+            log.warning(
+                "footer_skipped", message_id=message.message_id, parts=list(prepared.skipped_parts)
+            )
+        return prepared
+
+    def _personal(self, prepared: Prepared, message: Classified, rcpt: Decision) -> bytes:
+        """The copy for one recipient, with links carrying its own token."""
+        token = self._signer.issue(Claims(rcpt.sha256, f"topic:{message.topic}", int(time.time())))
+        return prepared.render(self._branding.links(token))
+
+    async def _relay_copy(
+        self, envelope: Envelope, message: Classified, rcpt: Decision, data: bytes
     ) -> Outcome:
-        scope = "global" if message.kind is MessageClass.TRANSACTIONAL else f"topic:{message.topic}"
-        token = self._signer.issue(Claims(rcpt.sha256, scope, int(time.time())))
-        data = prepared.render(self._branding.links(token))
         outcome = await self._relay.send(envelope.mail_from, rcpt.raw, data, envelope.mail_options)
         if not outcome.delivered:
             log.warning(

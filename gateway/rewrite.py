@@ -123,6 +123,14 @@ def prepare(
         return builder.finish(0, [reason], [])
 
 
+def strip_headers(message: bytes, names: Collection[str] = CONTROL_HEADERS) -> bytes:
+    """The message without the named header fields; every other byte stays as it was."""
+    remove = {name.lower() for name in names}
+    top = mime.split_headers(message, 0, len(message))
+    kept = [message[f.start : f.end] for f in top.fields if f.name not in remove]
+    return b"".join(kept) + message[top.end :]
+
+
 def _prepare(
     message: bytes,
     eol: bytes,

@@ -130,6 +130,8 @@ async def test_transactional_mail_ignores_opt_outs_but_not_hard_bounces(
     assert sorted(r for m in next_hop.messages for r in m.rcpt_tos) == [GONE, STRANGER]
     for received in next_hop.messages:
         assert b"X-Optgate-Class" not in received.data
+        assert b"List-Unsubscribe" not in received.data  # exempt: no opt-out links
+        assert received.data == message()  # byte for byte, less the control header
 
 
 async def test_unknown_class_is_refused_with_a_clear_reply(gate: Running, next_hop: Sink) -> None:
