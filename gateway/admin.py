@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO
 
@@ -354,3 +355,32 @@ async def store_migrate(args: argparse.Namespace, config: Config) -> int:
         pass
     print(f"store {config.store.url} is at the current schema")
     return 0
+
+
+async def report_compliance(args: argparse.Namespace, config: Config) -> int:
+    """optgate report compliance: was marketing mail relayed to anyone after they opted out?"""
+    total = late = 0
+    worst = timedelta(0)
+    async with _store(config) as store:
+        async for check in store.compliance():
+            total += 1
+            if check.sends_after == 0 or check.last_send_after is None:
+                continue
+            late += 1
+            delay = check.last_send_after - check.at
+            worst = max(worst, delay)
+            print(
+                f"VIOLATION {check.sha256[:16]} {check.scope} {check.reason.value} "
+                f"opted out {check.at:%Y-%m-%dT%H:%M:%SZ} via {check.source}: "
+                f"{check.sends_after} message(s) after, the last {_hours(delay)} later"
+            )
+    print(
+        f"{total} opt-out(s), {late} with marketing mail relayed after the opt-out; "
+        f"longest delay {_hours(worst)} (Gmail allows 48 h, Yahoo 2 days, "
+        "CAN-SPAM 10 business days; optgate's own bar is zero)"
+    )
+    return 1 if late else 0
+
+
+def _hours(delay: timedelta) -> str:
+    return f"{delay.total_seconds() / 3600:.1f} h"

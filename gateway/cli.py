@@ -110,6 +110,14 @@ def _other_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     explain.add_argument("address", metavar="ADDR")
     explain.add_argument("--topic", help="the topic (default: [policy] default_topic)")
+    report = group.add_parser("report", help="reports from the records")
+    sub = report.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _command(
+        sub,
+        "compliance",
+        admin.report_compliance,
+        "list opt-outs that were followed by marketing mail; exit 1 if any",
+    )
     store = group.add_parser("store", help="store maintenance")
     sub = store.add_subparsers(dest="action", required=True, metavar="ACTION")
     _command(sub, "verify", admin.store_verify, "prove the audit log's hash chain unbroken")

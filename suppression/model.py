@@ -152,3 +152,16 @@ class Send:
     topic: str
     kind: str
     at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OptOutCheck:
+    """One opt-out and the marketing mail relayed to that recipient after it."""
+
+    sha256: str
+    scope: str
+    reason: Reason
+    source: str
+    at: datetime
+    sends_after: int
+    last_send_after: datetime | None

@@ -21,6 +21,7 @@ from suppression.model import (
     Consent,
     Facts,
     ImportItem,
+    OptOutCheck,
     Reason,
     Send,
     Suppression,
@@ -467,6 +468,27 @@ class SQLiteStore:
             )
 
         await self._write(work)
+
+    async def compliance(self) -> AsyncIterator[OptOutCheck]:
+        """Opt-outs (address keys) joined with the non-transactional sends after them."""
+        async with self._db.execute(
+            "SELECT s.key, s.scope, s.reason, s.source, s.created, count(d.sha256), max(d.at) "
+            "FROM suppression s LEFT JOIN send d ON d.sha256 = s.key AND d.at > s.created "
+            "AND d.class != 'transactional' "
+            "AND (s.scope = 'global' OR s.scope = 'topic:' || d.topic) "
+            "WHERE s.kind = 'sha256' GROUP BY s.key, s.scope ORDER BY s.created"
+        ) as cursor:
+            while rows := await cursor.fetchmany(_PAGE):
+                for key, scope, reason, source, created, count, last in rows:
+                    yield OptOutCheck(
+                        key,
+                        scope,
+                        Reason(reason),
+                        source,
+                        _parse_time(created),
+                        count,
+                        _parse_time(last) if last else None,
+                    )
 
     async def subject(self, address: Address) -> SubjectRecord:
         """Every suppression, consent and audit event about an address."""

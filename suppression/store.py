@@ -15,6 +15,7 @@ from suppression.model import (
     Consent,
     Facts,
     ImportItem,
+    OptOutCheck,
     Send,
     Suppression,
 )
@@ -81,6 +82,9 @@ class Store(Protocol):
 
     async def record_sends(self, sends: Sequence[Send]) -> None:
         """Append to the send ledger."""
+
+    def compliance(self) -> AsyncIterator[OptOutCheck]:
+        """Every address opt-out with the count and last time of mail relayed after it."""
 
     async def subject(self, address: Address) -> SubjectRecord:
         """Every record about one address."""

@@ -242,3 +242,33 @@ async def test_parallel_sessions_all_get_through(gate: Running, next_hop: Sink) 
     sent = await asyncio.gather(*(send(gate.smtp_port, SENDER, [FAN], d) for d in data))
     assert [s.code for s in sent] == [250] * 20
     assert len(next_hop.to(FAN)) == 20
+
+
+async def test_compliance_report_finds_mail_relayed_after_an_opt_out(
+    gate: Running,
+    next_hop: Sink,
+    config: Config,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+    from datetime import timedelta
+
+    from gateway.cli import main
+
+    monkeypatch.setenv("OPTGATE_STORE_URL", config.store.url)
+    await send(gate.smtp_port, SENDER, [FAN], message())
+    assert await asyncio.to_thread(main, ["report", "compliance"]) == 0
+    assert "2 opt-out(s), 0 with marketing mail relayed after" in capsys.readouterr().out
+
+    # an opt-out dated an hour before that delivery: the report must flag it
+    store = await open_store(config.store.url)
+    fan = normalize(FAN)
+    before = ImportItem(fan.sha256, "sha256", None, Reason.UNSUBSCRIBED, now() - timedelta(hours=1))
+    await store.suppress([before], scope="topic:marketing", source="import", actor="test")
+    await store.close()
+    assert await asyncio.to_thread(main, ["report", "compliance"]) == 1
+    out = capsys.readouterr().out
+    assert f"VIOLATION {fan.sha256[:16]} topic:marketing unsubscribed" in out
+    assert "1 message(s) after, the last 1.0 h later" in out
+    assert FAN not in out
