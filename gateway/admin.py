@@ -14,7 +14,9 @@ from typing import IO, Any, BinaryIO, TextIO
 
 from gateway import logs, service
 from gateway.config import Config
-from gateway.policy import MessageClass, Rules, decide, scopes_for
+from gateway.demo import run_demo
+from gateway.pipeline import verdict
+from gateway.policy import MessageClass, Rules
 from suppression.address import identity, md5_identity, normalize, normalize_domain
 from suppression.errors import InvalidAddress, OptgateError
 from suppression.formats import ExportRecord, read_rows, write_records
@@ -322,13 +324,17 @@ async def explain(args: argparse.Namespace, config: Config) -> int:
         return 1
     topic = check_name(args.topic or config.policy.default_topic, "topic")
     rules = Rules(config.policy.require_consent, config.policy.consent_versions)
-    scopes = scopes_for(MessageClass.MARKETING, topic)
     async with _store(config) as store:
-        facts = (await store.lookup_many([address], scopes, topic))[address.sha256]
-    verdict = decide(facts, MessageClass.MARKETING, topic, rules)
-    state = "would be sent" if verdict.keep else "would NOT be sent"
-    print(f"marketing mail on topic {topic!r} to {args.address} {state}: {verdict.explanation}")
-    return 0 if verdict.keep else 1
+        decided = await verdict(store, address, MessageClass.MARKETING, topic, rules)
+    state = "would be sent" if decided.keep else "would NOT be sent"
+    print(f"marketing mail on topic {topic!r} to {args.address} {state}: {decided.explanation}")
+    return 0 if decided.keep else 1
+
+
+async def demo(args: argparse.Namespace, config: Config) -> int:
+    """optgate demo: a temporary store, a local sink, and a handful of messages."""
+    await run_demo()
+    return 0
 
 
 async def serve(args: argparse.Namespace, config: Config) -> int:

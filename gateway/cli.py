@@ -99,6 +99,7 @@ def _consent_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def _other_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _command(group, "serve", admin.serve, "run the gatekeeper (SMTP in, relay out)")
+    _command(group, "demo", admin.demo, "show what optgate does, on a temporary store")
     subject = group.add_parser("subject", help="data-subject access and erasure")
     sub = subject.add_subparsers(dest="action", required=True, metavar="ACTION")
     show = _command(sub, "show", admin.subject_show, "print every record about ADDR as JSON")

@@ -146,6 +146,20 @@ class Decision:
 INVALID = Verdict(False, "invalid", "the address is not valid")
 
 
+def purpose_of(kind: MessageClass, topic: str) -> str:
+    """The consent a message needs: its topic, or partner-offers for partner mail."""
+    return "partner-offers" if kind is MessageClass.PARTNER else topic
+
+
+async def verdict(
+    store: Store, address: Address, kind: MessageClass, topic: str, rules: Rules
+) -> Verdict:
+    """One recipient's verdict straight from the store (for explain and the demo)."""
+    purpose = purpose_of(kind, topic)
+    facts = await store.lookup_many([address], scopes_for(kind, topic), purpose)
+    return decide(facts[address.sha256], kind, purpose, rules)
+
+
 def _parse(rcpt: str) -> Address | None:
     try:
         return normalize(rcpt)
@@ -189,7 +203,7 @@ class Pipeline:
         """Decide every recipient with one store round trip."""
         parsed = [(raw, _parse(raw)) for raw in recipients]
         valid = [a for _, a in parsed if a is not None]
-        purpose = "partner-offers" if kind is MessageClass.PARTNER else topic
+        purpose = purpose_of(kind, topic)
         facts = await self._store.lookup_many(valid, scopes_for(kind, topic), purpose)
         return [
             Decision(raw, a, decide(facts[a.sha256], kind, purpose, self._rules))
