@@ -160,30 +160,30 @@ def _keys_digest(keys: Iterable[str]) -> str:
 class SQLiteStore:
     """Store on one SQLite database file."""
 
-    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+    def __init__(self, db: aiosqlite.Connection, reader: sqlite3.Connection, path: str) -> None:
         self._db = db
         self._path = path
         self._writing = asyncio.Lock()
         # lookups get a connection and a thread of their own (WAL: readers never wait)
-        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        # lookups of a large store read pages without a syscall each
-        self._reader.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
-        self._reader.execute("PRAGMA query_only = 1")
+        self._reader = reader
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="optgate-lookup")
 
     @classmethod
     async def open(cls, path: str) -> SQLiteStore:
         """Open the file, switch to WAL and run pending migrations."""
         try:
-            db = await aiosqlite.connect(path, isolation_level=None)
+            reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            reader.execute("PRAGMA query_only = 1")
+            # lookups of a large store read pages without a syscall each
+            reader.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {path}: {exc}") from None
-        store = None
+        db = await aiosqlite.connect(path, isolation_level=None)
+        store = cls(db, reader, path)
         try:
-            store = cls(db, path)
             await store._prepare()
         except (sqlite3.Error, StoreError) as exc:
-            await (store.close() if store else db.close())
+            await store.close()
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"cannot use SQLite store {path}: {exc}") from None
@@ -193,6 +193,8 @@ class SQLiteStore:
         await self._db.execute("PRAGMA busy_timeout = 5000")
         await self._db.execute("PRAGMA journal_mode = WAL")
         await self._db.execute("PRAGMA synchronous = NORMAL")
+        # erased plaintext must not linger in free pages
+        await self._db.execute("PRAGMA secure_delete = ON")
         await self._db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         async with self._db.execute("PRAGMA user_version") as cursor:
             row = await cursor.fetchone()
@@ -226,10 +228,13 @@ class SQLiteStore:
                 raise StoreError(f"cannot write to SQLite store {self._path}: {exc}") from None
             try:
                 result = await work()
+                await self._db.commit()
+            except sqlite3.Error as exc:
+                await self._db.rollback()
+                raise StoreError(f"cannot write to SQLite store {self._path}: {exc}") from None
             except BaseException:
                 await self._db.rollback()
                 raise
-            await self._db.commit()
             return result
 
     async def _head(self) -> tuple[int, str]:
@@ -267,7 +272,10 @@ class SQLiteStore:
     ) -> BatchResult:
         """Add suppressions in one transaction with one audit event (none if nothing is new)."""
         # key order: each page of the primary key is written once per batch
-        unique = dict(sorted({_stored(item.key, item.kind): item for item in items}.items()))
+        first: dict[str, ImportItem] = {}
+        for item in items:
+            first.setdefault(_stored(item.key, item.kind), item)
+        unique = dict(sorted(first.items()))
 
         async def work() -> BatchResult:
             seq, _ = await self._head()
@@ -427,7 +435,7 @@ class SQLiteStore:
         if purpose is not None:
             rows = self._reader.execute(
                 f"SELECT {_CONSENT_COLUMNS} FROM consent "
-                f"WHERE sha256 IN ({_marks(len(found))}) AND purpose = ? ORDER BY id",
+                f"WHERE sha256 IN ({_marks(len(found))}) AND purpose = ? ORDER BY created, id",
                 (*found, purpose),
             ).fetchall()
             for row in rows:
