@@ -25,7 +25,7 @@ from gateway.rewrite import FooterTemplates, Links, Prepared, prepare, strip_hea
 from gateway.tokens import Claims, TokenSigner
 from suppression.address import Address, normalize
 from suppression.errors import InvalidAddress, OptgateError
-from suppression.model import Send, check_name, now
+from suppression.model import Ledger, Send, check_name, now
 from suppression.store import Store
 
 log = structlog.get_logger("optgate.relay")
@@ -136,6 +136,7 @@ class Decision:
     raw: str
     address: Address | None
     verdict: Verdict
+    delivered: bool = False  # a retry: the next hop already accepted this copy
 
     @property
     def sha256(self) -> str:
@@ -198,15 +199,25 @@ class Pipeline:
         return sender_topic(mail_from, self._sender_topics, self._default_topic)
 
     async def verdicts(
-        self, recipients: Sequence[str], kind: MessageClass, topic: str
+        self,
+        recipients: Sequence[str],
+        kind: MessageClass,
+        topic: str,
+        ledger_key: str | None = None,
     ) -> list[Decision]:
-        """Decide every recipient with one store round trip."""
+        """Decide every recipient with one store round trip (which also reads the ledger)."""
         parsed = [(raw, _parse(raw)) for raw in recipients]
         valid = [a for _, a in parsed if a is not None]
         purpose = purpose_of(kind, topic)
-        facts = await self._store.lookup_many(valid, scopes_for(kind, topic), purpose)
+        ledger = Ledger(ledger_key, now() - self._window) if ledger_key else None
+        facts = await self._store.lookup_many(valid, scopes_for(kind, topic), purpose, ledger)
         return [
-            Decision(raw, a, decide(facts[a.sha256], kind, purpose, self._rules))
+            Decision(
+                raw,
+                a,
+                decide(facts[a.sha256], kind, purpose, self._rules),
+                facts[a.sha256].delivered,
+            )
             if a is not None
             else Decision(raw, None, INVALID)
             for raw, a in parsed
@@ -220,22 +231,21 @@ class Pipeline:
             log.warning("message_refused", problem=str(exc))
             return Reply(550, f"5.6.0 {exc}")
         started = time.perf_counter()
-        decided = await self.verdicts(envelope.rcpt_tos, message.kind, message.topic)
-        kept = list({d.address.sha256: d for d in decided if d.address and d.verdict.keep}.values())
-        done = await self._store.delivered(
-            message.ledger_key, [d.sha256 for d in kept], now() - self._window
+        decided = await self.verdicts(
+            envelope.rcpt_tos, message.kind, message.topic, message.ledger_key
         )
+        kept = list({d.address.sha256: d for d in decided if d.address and d.verdict.keep}.values())
         for d in decided:
             log.info(
                 "recipient",
                 verdict="keep" if d.verdict.keep else "drop",
-                reason="already-delivered" if d.sha256 in done else d.verdict.reason,
+                reason="already-delivered" if d.delivered else d.verdict.reason,
                 topic=message.topic,
                 kind=message.kind.value,
                 message_id=message.message_id,
                 rcpt=d.sha256[:16] or None,
             )
-        todo = [d for d in kept if d.sha256 not in done]
+        todo = [d for d in kept if not d.delivered]
         reply = await self._deliver(envelope, message, todo) if todo else None
         log.info(
             "message",

@@ -72,7 +72,7 @@ import json, statistics, sys
 rates: dict[str, list[float]] = {}
 for line in open(sys.argv[1]):
     row = json.loads(line)
-    if row["mode"] == "relay" and row["ok"]:
+    if row["mode"] != "direct" and row["ok"]:
         rates.setdefault(row["label"], []).append(float(row["msgs_per_s"]))
 print({k: round(statistics.median(v), 1) for k, v in rates.items()})
 base, ours = statistics.median(rates["passthrough"]), statistics.median(rates["optgate"])

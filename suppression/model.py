@@ -120,6 +120,7 @@ class Facts:
 
     suppressions: tuple[Suppression, ...]
     consent: Consent | None
+    delivered: bool = False  # the ledger holds this message for this recipient
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,3 +166,11 @@ class OptOutCheck:
     at: datetime
     sends_after: int
     last_send_after: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """Which message a lookup also checks the send ledger for, and how far back."""
+
+    message: str
+    since: datetime

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Protocol
 
 from suppression.address import Address
@@ -15,6 +14,7 @@ from suppression.model import (
     Consent,
     Facts,
     ImportItem,
+    Ledger,
     OptOutCheck,
     Send,
     Suppression,
@@ -68,7 +68,11 @@ class Store(Protocol):
         """Append consent or revocation records in one transaction; return how many."""
 
     async def lookup_many(
-        self, recipients: Sequence[Address], scopes: Sequence[str], purpose: str | None
+        self,
+        recipients: Sequence[Address],
+        scopes: Sequence[str],
+        purpose: str | None,
+        ledger: Ledger | None = None,
     ) -> dict[str, Facts]:
         """Facts for every recipient (keyed by sha256) in one round trip."""
 
@@ -76,9 +80,6 @@ class Store(Protocol):
         self, *, actor: str, action: str, subject: str | None, detail: Mapping[str, object] = {}
     ) -> int:
         """Append an audit event that goes with no other change (e.g. a subject access)."""
-
-    async def delivered(self, message: str, recipients: Sequence[str], since: datetime) -> set[str]:
-        """Recipients (sha256) already delivered this message since a time."""
 
     async def record_sends(self, sends: Sequence[Send]) -> None:
         """Append to the send ledger."""
