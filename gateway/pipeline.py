@@ -11,14 +11,13 @@ import asyncio
 import functools
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 
 import structlog
 
+from gateway import mime
 from gateway.policy import MessageClass, Rules, Verdict, decide, scopes_for
 from gateway.relay import Outcome, Relay
 from gateway.rewrite import FooterTemplates, Links, Prepared, prepare, strip_headers
@@ -29,7 +28,6 @@ from suppression.model import Ledger, Send, check_name, now
 from suppression.store import Store
 
 log = structlog.get_logger("optgate.relay")
-_HEADERS = BytesHeaderParser(policy=compat32)
 # Rewriting a message this large runs in a worker thread, off the event loop.
 OFFLOAD_BYTES = 256 * 1024
 
@@ -95,15 +93,23 @@ class Branding:
         )
 
 
+def header_values(content: bytes, names: Collection[str]) -> dict[str, str]:
+    """The first value of each named header field (lower-case names), unfolded."""
+    block = mime.split_headers(content, 0, len(content))
+    values: dict[str, str] = {}
+    for field in block.fields:
+        if field.name in names and field.name not in values:
+            raw = content[field.start : field.end].partition(b":")[2]
+            values[field.name] = b" ".join(raw.split()).decode("utf-8", "replace")
+    return values
+
+
 def classify(
     content: bytes, mail_from: str, default_topic: str, sender_topics: Mapping[str, str]
 ) -> Classified:
     """Class and topic from X-Optgate-* headers, else the sender rules, else the default."""
-    end = content.find(b"\n\n")
-    crlf = content.find(b"\r\n\r\n")
-    cut = min(p for p in (end, crlf, len(content)) if p >= 0)
-    headers = _HEADERS.parsebytes(content[:cut])
-    raw_class = (headers.get("X-Optgate-Class") or "marketing").strip().lower()
+    headers = header_values(content, ("x-optgate-class", "x-optgate-topic", "message-id"))
+    raw_class = headers.get("x-optgate-class", "").lower() or "marketing"
     try:
         kind = MessageClass(raw_class)
     except ValueError:
@@ -111,14 +117,14 @@ def classify(
             f"X-Optgate-Class {raw_class!r} is not one of "
             f"{', '.join(c.value for c in MessageClass)}"
         ) from None
-    topic = (headers.get("X-Optgate-Topic") or "").strip().lower() or sender_topic(
+    topic = headers.get("x-optgate-topic", "").lower() or sender_topic(
         mail_from, sender_topics, default_topic
     )
     try:
         check_name(topic, "X-Optgate-Topic")
     except OptgateError as exc:
         raise BadControlHeader(str(exc)) from None
-    message_id = (headers.get("Message-ID") or "").strip()
+    message_id = headers.get("message-id", "")
     key = message_id or hashlib.sha256(content).hexdigest()
     return Classified(kind, topic, message_id, hashlib.sha256(key.encode()).hexdigest()[:32])
 
@@ -264,17 +270,14 @@ class Pipeline:
         if message.kind is MessageClass.TRANSACTIONAL:
             # exempt from opt-outs, so no unsubscribe links: only our control headers go
             plain = strip_headers(envelope.content)
-            outcomes = await asyncio.gather(
-                *(self._relay_copy(envelope, message, d, plain) for d in todo)
-            )
+            copies = [self._relay_copy(envelope, message, d, plain) for d in todo]
         else:
             prepared = await self._prepare(envelope, message)
-            outcomes = await asyncio.gather(
-                *(
-                    self._relay_copy(envelope, message, d, self._personal(prepared, message, d))
-                    for d in todo
-                )
-            )
+            copies = [
+                self._relay_copy(envelope, message, d, self._personal(prepared, message, d))
+                for d in todo
+            ]
+        outcomes = [await copies[0]] if len(copies) == 1 else await asyncio.gather(*copies)
         at = now()
         await self._store.record_sends(
             [
