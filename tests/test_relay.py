@@ -272,3 +272,53 @@ async def test_compliance_report_finds_mail_relayed_after_an_opt_out(
     assert f"VIOLATION {fan.sha256[:16]} topic:marketing unsubscribed" in out
     assert "1 message(s) after, the last 1.0 h later" in out
     assert FAN not in out
+
+
+async def test_sessions_beyond_the_limit_get_421_and_a_freed_slot_is_reused(
+    tmp_path: Path, next_hop: Sink
+) -> None:
+    import asyncio
+
+    config = gateway_config(tmp_path, next_hop.port, smtp_max_sessions="1")
+    async with running(config) as gate:
+        first_reader, first_writer = await asyncio.open_connection("127.0.0.1", gate.smtp_port)
+        assert (await first_reader.readline()).startswith(b"220")
+        second_reader, second_writer = await asyncio.open_connection("127.0.0.1", gate.smtp_port)
+        assert (await second_reader.readline()).startswith(b"421 4.7.0")
+        assert await second_reader.read() == b""  # and closed
+        second_writer.close()
+        first_writer.write(b"QUIT\r\n")
+        await first_writer.drain()
+        assert (await first_reader.readline()).startswith(b"221")
+        first_writer.close()
+        await first_writer.wait_closed()
+        await asyncio.sleep(0.05)
+        third_reader, third_writer = await asyncio.open_connection("127.0.0.1", gate.smtp_port)
+        assert (await third_reader.readline()).startswith(b"220")
+        third_writer.close()
+
+
+async def test_relay_uses_starttls_when_the_next_hop_offers_it(tmp_path: Path) -> None:
+    from tests.support.smtp import self_signed
+
+    async with sink(tls=self_signed(tmp_path)) as secure:
+        config = gateway_config(tmp_path, secure.port)
+        await seed(config)
+        async with running(config) as gate:
+            sent = await send(gate.smtp_port, SENDER, [FAN], message())
+    assert sent.code == 250
+    assert [m.tls for m in secure.messages] == [True]
+
+
+async def test_with_starttls_never_a_hop_that_requires_tls_refuses_and_the_sender_is_told(
+    tmp_path: Path,
+) -> None:
+    from tests.support.smtp import self_signed
+
+    async with sink(tls=self_signed(tmp_path)) as secure:
+        config = gateway_config(tmp_path, secure.port, relay_starttls="never")
+        await seed(config)
+        async with running(config) as gate:
+            sent = await send(gate.smtp_port, SENDER, [FAN], message())
+    assert sent.code in (451, 554)  # the hop refuses plaintext; the sender is told
+    assert secure.messages == []

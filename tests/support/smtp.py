@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import smtplib
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ class Received:
     rcpt_tos: list[str]
     data: bytes
     mail_options: list[str]
+    tls: bool = False
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Sink:
                 list(envelope.rcpt_tos),
                 envelope.original_content or b"",
                 list(envelope.mail_options),
+                session.ssl is not None,
             )
         )
         async with self.arrived:
@@ -67,12 +71,23 @@ class Sink:
 
 
 @contextlib.asynccontextmanager
-async def sink(port: int = 0) -> AsyncIterator[Sink]:
-    """A recording SMTP server on a loopback port (default: a free one), in this event loop."""
+async def sink(port: int = 0, tls: ssl.SSLContext | None = None) -> AsyncIterator[Sink]:
+    """A recording SMTP server on a loopback port (default: a free one), in this event loop.
+
+    With ``tls`` it offers STARTTLS and refuses mail without it.
+    """
     recorder = Sink()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(recorder, enable_SMTPUTF8=True, hostname="sink.test"), "127.0.0.1", port
+        lambda: SMTP(
+            recorder,
+            enable_SMTPUTF8=True,
+            hostname="sink.test",
+            tls_context=tls,
+            require_starttls=tls is not None,
+        ),
+        "127.0.0.1",
+        port,
     )
     recorder.port = server.sockets[0].getsockname()[1]
     try:
@@ -152,3 +167,31 @@ def message(
         "",
     ]
     return "\r\n".join(lines).encode()
+
+
+def self_signed(tmp_path: Path) -> ssl.SSLContext:
+    """A server TLS context with a throw-away self-signed certificate (openssl)."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(  # noqa: S603
+        [
+            "/usr/bin/openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=sink.test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
