@@ -212,15 +212,20 @@ async def test_size_and_recipient_limits(tmp_path: Path, next_hop: Sink) -> None
     assert many.refused[STRANGER][0] == 452
 
 
-async def test_smtputf8_recipient_passes_intact(
+async def test_smtputf8_and_8bit_bodies_pass_intact(
     gate: Running, next_hop: Sink, config: Config
 ) -> None:
     rcpt = "jörg@exämple.de"
     await consent_to(config, rcpt)
-    sent = await send(gate.smtp_port, SENDER, [rcpt], message(), ["SMTPUTF8"])
+    body = "Grüße aus Köln: 8-bit UTF-8, not encoded.\n"
+    data = message(body=body)
+    sent = await send(gate.smtp_port, SENDER, [rcpt], data, ["SMTPUTF8", "BODY=8BITMIME"])
     assert sent.code == 250
-    assert next_hop.messages[0].rcpt_tos == [rcpt]
-    assert "SMTPUTF8" in next_hop.messages[0].mail_options
+    received = next_hop.messages[0]
+    assert received.rcpt_tos == [rcpt]
+    assert "SMTPUTF8" in received.mail_options
+    assert "BODY=8BITMIME" in received.mail_options
+    assert body.rstrip().encode() in received.data
 
 
 async def test_logs_name_recipients_only_by_hash(gate: Running, next_hop: Sink) -> None:
