@@ -18,6 +18,7 @@ from datetime import timedelta
 import structlog
 
 from gateway import mime
+from gateway.metrics import Metrics
 from gateway.policy import MessageClass, Rules, Verdict, decide, scopes_for
 from gateway.relay import Outcome, Relay
 from gateway.rewrite import FooterTemplates, Links, Prepared, prepare, strip_headers
@@ -188,11 +189,13 @@ class Pipeline:
         default_topic: str,
         sender_topics: Mapping[str, str],
         ledger_window: timedelta,
+        metrics: Metrics,
     ) -> None:
         self._store, self._relay, self._signer = store, relay, signer
         self._rules, self._branding = rules, branding
         self._default_topic, self._sender_topics = default_topic, sender_topics
         self._window = ledger_window
+        self._metrics = metrics
 
     def classify(self, envelope: Envelope) -> Classified:
         """Classify a message with the configured defaults."""
@@ -231,21 +234,26 @@ class Pipeline:
 
     async def process(self, envelope: Envelope) -> Reply:
         """Decide, rewrite, relay and record one message."""
+        started = time.perf_counter()
         try:
             message = self.classify(envelope)
         except BadControlHeader as exc:
             log.warning("message_refused", problem=str(exc))
+            self._metrics.messages.labels("5xx").inc()
             return Reply(550, f"5.6.0 {exc}")
-        started = time.perf_counter()
-        decided = await self.verdicts(
-            envelope.rcpt_tos, message.kind, message.topic, message.ledger_key
-        )
+        with self._metrics.lookup_seconds.time():
+            decided = await self.verdicts(
+                envelope.rcpt_tos, message.kind, message.topic, message.ledger_key
+            )
         kept = list({d.address.sha256: d for d in decided if d.address and d.verdict.keep}.values())
         for d in decided:
+            verdict = "keep" if d.verdict.keep else "drop"
+            reason = "already-delivered" if d.delivered else d.verdict.reason
+            self._metrics.recipients.labels(verdict, reason).inc()
             log.info(
                 "recipient",
-                verdict="keep" if d.verdict.keep else "drop",
-                reason="already-delivered" if d.delivered else d.verdict.reason,
+                verdict=verdict,
+                reason=reason,
                 topic=message.topic,
                 kind=message.kind.value,
                 message_id=message.message_id,
@@ -253,6 +261,9 @@ class Pipeline:
             )
         todo = [d for d in kept if not d.delivered]
         reply = await self._deliver(envelope, message, todo) if todo else None
+        elapsed = time.perf_counter() - started
+        self._metrics.smtp_seconds.observe(elapsed)
+        self._metrics.messages.labels(f"{reply.code // 100 if reply else 2}xx").inc()
         log.info(
             "message",
             message_id=message.message_id,
@@ -260,7 +271,7 @@ class Pipeline:
             kept=len(kept),
             relayed=len(todo),
             reply=reply.code if reply else 250,
-            ms=round((time.perf_counter() - started) * 1000, 2),
+            ms=round(elapsed * 1000, 2),
         )
         return reply or Reply(250, "2.0.0 OK: nothing left to relay")
 
@@ -315,6 +326,9 @@ class Pipeline:
     ) -> Outcome:
         outcome = await self._relay.send(envelope.mail_from, rcpt.raw, data, envelope.mail_options)
         if not outcome.delivered:
+            self._metrics.relay_errors.labels(
+                "temporary" if outcome.temporary else "permanent"
+            ).inc()
             log.warning(
                 "relay_failed",
                 code=outcome.code,

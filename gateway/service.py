@@ -16,6 +16,7 @@ from pathlib import Path
 import structlog
 
 from gateway.config import Config, host_port
+from gateway.metrics import Metrics
 from gateway.pipeline import Branding, Pipeline
 from gateway.policy import Rules
 from gateway.relay import Relay
@@ -45,7 +46,7 @@ def load_keys(path: Path) -> list[bytes]:
     return keys
 
 
-def build_pipeline(config: Config, store: Store, relay: Relay) -> Pipeline:
+def build_pipeline(config: Config, store: Store, relay: Relay, metrics: Metrics) -> Pipeline:
     """Wire the pipeline from the configuration."""
     u = config.unsubscribe
     return Pipeline(
@@ -65,6 +66,7 @@ def build_pipeline(config: Config, store: Store, relay: Relay) -> Pipeline:
         default_topic=config.policy.default_topic,
         sender_topics=config.policy.sender_topics,
         ledger_window=timedelta(hours=config.relay.ledger_hours),
+        metrics=metrics,
     )
 
 
@@ -74,6 +76,7 @@ class Running:
 
     smtp_port: int
     stop: asyncio.Event
+    metrics: Metrics
 
 
 @contextlib.asynccontextmanager
@@ -91,8 +94,9 @@ async def running(config: Config) -> AsyncIterator[Running]:
         starttls=config.relay.starttls,
         local_hostname=hostname,
     )
+    metrics = Metrics()
     handler = Handler(
-        build_pipeline(config, store, relay),
+        build_pipeline(config, store, relay, metrics),
         max_recipients=config.smtp.max_recipients,
         reject=config.policy.action == "reject",
     )
@@ -120,7 +124,7 @@ async def running(config: Config) -> AsyncIterator[Running]:
     log.info("smtp_listening", host=host, port=bound, next_hop=config.relay.next_hop)
     stop = asyncio.Event()
     try:
-        yield Running(bound, stop)
+        yield Running(bound, stop, metrics)
     finally:
         server.close()
         if handler.in_flight:

@@ -9,7 +9,7 @@ padding::
     key id    4 bytes  first bytes of sha256(key): finds the key without trying all
     recipient 32 bytes raw identity hash
     issued    4 bytes  unix seconds, big-endian unsigned (good until 2106)
-    kind      1 byte   0 global, 1 topic, 2 partner
+    kind      1 byte   0 global, 1 topic, 2 partner, 3 confirm (a double opt-in)
     name      rest     utf-8 topic or partner name (empty for global)
     tag       16 bytes HMAC-SHA256 over everything before it, truncated
 
@@ -36,7 +36,8 @@ MAX_TOKEN_CHARS = 512  # far above any real token; refuse to decode more
 
 _HEAD = struct.Struct(">B4s32sIB")  # version, key id, recipient, issued, kind
 _MIN_PAYLOAD = _HEAD.size + TAG_BYTES
-_KINDS = {"global": 0, "topic": 1, "partner": 2}
+# "confirm:PURPOSE" is not an opt-out: it confirms a double opt-in request
+_KINDS = {"global": 0, "topic": 1, "partner": 2, "confirm": 3}
 _KIND_NAMES = {number: name for name, number in _KINDS.items()}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
@@ -140,8 +141,11 @@ def _split_scope(scope: str) -> tuple[int, bytes]:
     if scope == "global":
         return _KINDS["global"], b""
     kind, sep, name = scope.partition(":")
-    if not sep or kind not in ("topic", "partner") or not name:
-        raise ValueError(f"scope must be 'global', 'topic:NAME' or 'partner:NAME', not {scope!r}")
+    if not sep or kind not in ("topic", "partner", "confirm") or not name:
+        raise ValueError(
+            f"scope must be 'global', 'topic:NAME', 'partner:NAME' or 'confirm:PURPOSE', "
+            f"not {scope!r}"
+        )
     return _KINDS[kind], name.encode("utf-8")
 
 

@@ -327,3 +327,16 @@ async def test_with_starttls_never_a_hop_that_requires_tls_refuses_and_the_sende
             sent = await send(gate.smtp_port, SENDER, [FAN], message())
     assert sent.code in (451, 554)  # the hop refuses plaintext; the sender is told
     assert secure.messages == []
+
+
+async def test_metrics_count_messages_and_decisions_without_addresses(
+    gate: Running, next_hop: Sink
+) -> None:
+    await send(gate.smtp_port, SENDER, [FAN, GONE, STRANGER], message())
+    text = gate.metrics.exposition().decode()
+    assert 'optgate_messages_total{reply="2xx"} 1.0' in text
+    assert 'optgate_recipients_total{reason="consented",verdict="keep"} 1.0' in text
+    assert 'optgate_recipients_total{reason="unsubscribed",verdict="drop"} 1.0' in text
+    assert 'optgate_recipients_total{reason="no-consent",verdict="drop"} 1.0' in text
+    assert "optgate_store_lookup_seconds_count 1.0" in text
+    assert "@" not in text

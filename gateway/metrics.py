@@ -1,0 +1,46 @@
+"""Prometheus metrics: one registry that the SMTP side and the web side report into.
+
+Labels carry verdicts, reasons and channels, never an address or its hash.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+_LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """The gateway's counters and histograms, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            "optgate_messages", "SMTP transactions by reply class", ["reply"], registry=r
+        )
+        self.recipients = Counter(
+            "optgate_recipients", "Recipient decisions", ["verdict", "reason"], registry=r
+        )
+        self.unsubscribes = Counter(
+            "optgate_unsubscribes", "Opt-outs recorded, by channel", ["channel"], registry=r
+        )
+        self.relay_errors = Counter(
+            "optgate_relay_errors", "Copies the next hop did not accept", ["kind"], registry=r
+        )
+        self.smtp_seconds = Histogram(
+            "optgate_smtp_transaction_seconds",
+            "Time from end of DATA to the reply",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.lookup_seconds = Histogram(
+            "optgate_store_lookup_seconds",
+            "Time of one lookup_many (all recipients of a message)",
+            buckets=_LATENCY,
+            registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
