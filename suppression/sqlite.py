@@ -28,7 +28,7 @@ from suppression.model import (
     Suppression,
     now,
 )
-from suppression.store import ChainReport, SubjectRecord
+from suppression.store import ChainReport, Holder, SubjectRecord
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -561,6 +561,23 @@ class SQLiteStore:
                         count,
                         _parse_time(last) if last else None,
                     )
+
+    async def holder(self, sha256: str) -> Holder:
+        """Suppressions and latest consent per purpose of one identity hash."""
+        suppressions = await self._all(
+            f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression WHERE key = ? ORDER BY scope",
+            (sha256,),
+            _suppression,
+        )
+        records = await self._all(
+            f"SELECT {_CONSENT_COLUMNS} FROM consent WHERE sha256 = ? ORDER BY created, id",
+            (sha256,),
+            _consent,
+        )
+        latest = {c.purpose: c for c in records}
+        known = [s.address for s in suppressions] + [c.address for c in records]
+        address = next((a for a in known if a and not a.startswith("@")), None)
+        return Holder(address, tuple(suppressions), tuple(latest[p] for p in sorted(latest)))
 
     async def subject(self, address: Address) -> SubjectRecord:
         """Every suppression, consent and audit event about an address."""

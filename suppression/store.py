@@ -31,6 +31,19 @@ class SubjectRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Holder:
+    """What a token's recipient hash leads to: for pages that must not see more."""
+
+    address: str | None  # plaintext if the store keeps it
+    suppressions: tuple[Suppression, ...]  # keyed by this hash (not domain or MD5 rows)
+    consents: tuple[Consent, ...]  # the latest record per purpose
+
+    def consented(self) -> tuple[str, ...]:
+        """Purposes whose latest record is a grant."""
+        return tuple(c.purpose for c in self.consents if c.granted)
+
+
+@dataclass(frozen=True, slots=True)
 class ChainReport:
     """The result of walking the audit chain."""
 
@@ -86,6 +99,9 @@ class Store(Protocol):
 
     def compliance(self) -> AsyncIterator[OptOutCheck]:
         """Every address opt-out with the count and last time of mail relayed after it."""
+
+    async def holder(self, sha256: str) -> Holder:
+        """Suppressions and current consents of one identity hash."""
 
     async def subject(self, address: Address) -> SubjectRecord:
         """Every record about one address."""

@@ -273,3 +273,19 @@ async def test_locked_store_is_a_clear_error_and_changes_nothing(tmp_path: Path)
         locker.close()
     assert [s async for s in store.iter_suppressions(None)] == []
     await store.close()
+
+
+async def test_holder_shows_a_hash_its_suppressions_and_current_consents(backend: Backend) -> None:
+    store = backend.store
+    a = normalize("a@example.com")
+    await store.record_consents([consent("a@example.com", "news")], actor="t")
+    await store.record_consents([consent("a@example.com", "deals")], actor="t")
+    await store.record_consents([consent("a@example.com", "deals", granted=False)], actor="t")
+    await store.suppress([item("a@example.com")], scope="topic:news", source="web", actor="t")
+    holder = await store.holder(a.sha256)
+    assert holder.address == "a@example.com"
+    assert holder.consented() == ("news",)
+    assert [c.purpose for c in holder.consents] == ["deals", "news"]
+    assert [s.scope for s in holder.suppressions] == ["topic:news"]
+    nobody = await store.holder(normalize("b@example.com").sha256)
+    assert (nobody.address, nobody.suppressions, nobody.consents) == (None, (), ())
