@@ -15,6 +15,7 @@ from typing import IO, Any, BinaryIO, TextIO
 from gateway import logs, service
 from gateway.config import Config
 from gateway.demo import run_demo
+from gateway.optin import request_consent
 from gateway.pipeline import verdict
 from gateway.policy import MessageClass, Rules
 from suppression.address import identity, md5_identity, normalize, normalize_domain
@@ -218,6 +219,19 @@ async def consent_add(args: argparse.Namespace, config: Config) -> int:
 async def consent_revoke(args: argparse.Namespace, config: Config) -> int:
     """optgate consent revoke."""
     return await _consent(args, config, False)
+
+
+async def consent_request(args: argparse.Namespace, config: Config) -> int:
+    """optgate consent request: mail a double opt-in confirmation link."""
+    purpose = check_name(args.purpose, "purpose")
+    failed = 0
+    async with _store(config) as store:
+        for text in args.addresses:
+            outcome = await request_consent(config, store, normalize(text), purpose, args.actor)
+            failed += not outcome.delivered
+            state = "sent" if outcome.delivered else f"NOT sent ({outcome.code} {outcome.message})"
+            print(f"{text}\tconfirmation request {state}")
+    return 1 if failed else 0
 
 
 async def consent_import(args: argparse.Namespace, config: Config) -> int:

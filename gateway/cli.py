@@ -87,6 +87,11 @@ def _consent_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]
         cmd.add_argument("--purpose", required=True, help="a topic name or partner-offers")
         cmd.add_argument("--source", default="cli")
         cmd.add_argument("--policy-version", metavar="V")
+    request = _command(
+        sub, "request", admin.consent_request, "mail a double opt-in confirmation link"
+    )
+    request.add_argument("addresses", nargs="+", metavar="ADDR")
+    request.add_argument("--purpose", required=True, help="a topic name or partner-offers")
     imp = _command(sub, "import", admin.consent_import, "bulk import consents")
     imp.add_argument("file", metavar="FILE")
     imp.add_argument("--purpose", required=True)

@@ -86,6 +86,9 @@ class Unsubscribe:
     list_domain: str = _opt("lists.example.com", "domain of List-Id values (topic.DOMAIN)")
     feedback_id: str = _opt("optgate", "sender id part of the Feedback-ID header")
     company: str = _opt("Example Ltd", "company name shown in the footer and pages")
+    confirm_from: str = _opt(
+        "subscriptions@example.com", "sender of double opt-in confirmation requests"
+    )
     postal_address: str = _opt(
         "Example Ltd, 1 Example Street, Example City", "postal address (CAN-SPAM)"
     )

@@ -1,0 +1,81 @@
+"""Double opt-in: a confirmation request mailed through the relay with a signed link.
+
+Nothing is recorded as consent until the recipient confirms on the web page
+(``POST /c/TOKEN``); the request itself is only an audit event.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+
+from gateway.config import Config, host_port
+from gateway.pipeline import verdict
+from gateway.policy import MessageClass, Rules
+from gateway.relay import Outcome, Relay
+from gateway.service import load_keys
+from gateway.tokens import Claims, TokenSigner
+from suppression.address import Address
+from suppression.model import now
+from suppression.store import Store
+
+
+def confirmation(config: Config, address: Address, purpose: str, link: str) -> bytes:
+    """The request message: who asks, for what, and the link to confirm."""
+    u = config.unsubscribe
+    msg = EmailMessage()
+    msg["From"] = f"{u.company} <{u.confirm_from}>"
+    msg["To"] = address.normalized
+    msg["Subject"] = f"Please confirm your subscription to {purpose}"
+    msg["Date"] = format_datetime(now())
+    msg["Message-ID"] = make_msgid(domain=u.confirm_from.rpartition("@")[2])
+    msg["Auto-Submitted"] = "auto-generated"
+    msg.set_content(
+        f"Someone, hopefully you, asked {u.company} to send you {purpose} e-mail.\n\n"
+        f"To confirm, open this link and press the button:\n{link}\n\n"
+        "If it was not you, ignore this message: nothing will be sent.\n\n"
+        f"{u.postal_address}\n"
+    )
+    return msg.as_bytes()
+
+
+async def request_consent(
+    config: Config, store: Store, address: Address, purpose: str, actor: str
+) -> Outcome:
+    """Mail a confirmation link to the address (via the next hop) and audit the request.
+
+    The request is transactional: it goes to anyone who may get transactional
+    mail, and not to addresses that bounced, complained or are invalid.
+    """
+    rules = Rules(config.policy.require_consent, config.policy.consent_versions)
+    allowed = await verdict(store, address, MessageClass.TRANSACTIONAL, purpose, rules)
+    if not allowed.keep:
+        return Outcome(550, f"5.7.1 not sent: {allowed.explanation}")
+    signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
+    token = signer.issue(Claims(address.sha256, f"confirm:{purpose}", int(time.time())))
+    link = f"{config.unsubscribe.base_url.rstrip('/')}/c/{token}"
+    host, port = host_port(config.relay.next_hop, "[relay] next_hop")
+    relay = Relay(
+        host,
+        port,
+        size=1,
+        timeout=config.relay.timeout,
+        starttls=config.relay.starttls,
+        local_hostname=config.smtp.hostname or socket.getfqdn(),
+    )
+    try:
+        outcome = await relay.send(
+            config.unsubscribe.confirm_from,
+            address.normalized,
+            confirmation(config, address, purpose, link),
+        )
+    finally:
+        await relay.close()
+    detail = {"purpose": purpose, "relayed": outcome.code}
+    await store.audit(
+        actor=actor, action="consent-requested", subject=address.sha256, detail=detail
+    )
+    return outcome

@@ -1,0 +1,79 @@
+"""`optgate consent request`: a confirmation link mailed through the next hop."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import re
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.service import load_keys
+from gateway.tokens import TokenSigner
+from suppression.address import normalize
+from suppression.model import ImportItem, Reason
+from suppression.store import open_store
+from tests.support.smtp import gateway_config, sink
+
+
+async def test_request_mails_a_signed_confirm_link_and_records_no_consent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with sink() as hop:
+        config = gateway_config(tmp_path, hop.port)
+        for name, value in {
+            "OPTGATE_RELAY_NEXT_HOP": config.relay.next_hop,
+            "OPTGATE_STORE_URL": config.store.url,
+            "OPTGATE_UNSUBSCRIBE_KEY_FILE": config.unsubscribe.key_file,
+            "OPTGATE_UNSUBSCRIBE_BASE_URL": "https://unsub.example.com",
+        }.items():
+            monkeypatch.setenv(name, value)
+        code = await asyncio.to_thread(
+            main, ["consent", "request", "new@example.com", "--purpose", "news"]
+        )
+        assert code == 0
+    assert "new@example.com\tconfirmation request sent" in capsys.readouterr().out
+    [received] = hop.messages
+    assert received.rcpt_tos == ["new@example.com"]
+    body = email.message_from_bytes(received.data, policy=email.policy.default).get_body()
+    assert body is not None
+    match = re.search(r"https://unsub\.example\.com/c/([A-Za-z0-9_-]+)", body.get_content())
+    assert match is not None
+    claims = TokenSigner(load_keys(Path(config.unsubscribe.key_file))).verify(match.group(1))
+    assert claims.scope == "confirm:news"
+    assert claims.recipient == normalize("new@example.com").sha256
+    store = await open_store(config.store.url)
+    try:
+        holder = await store.holder(claims.recipient)
+        assert holder.consents == ()  # requested is not consented
+        record = await store.subject(normalize("new@example.com"))
+        assert [e.action for e in record.events] == ["consent-requested"]
+    finally:
+        await store.close()
+
+
+async def test_no_request_to_an_address_that_bounced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with sink() as hop:
+        config = gateway_config(tmp_path, hop.port)
+        store = await open_store(config.store.url)
+        a = normalize("gone@example.com")
+        await store.suppress(
+            [ImportItem(a.sha256, "sha256", None, Reason.BOUNCED)],
+            scope="global",
+            source="bounce",
+            actor="t",
+        )
+        await store.close()
+        monkeypatch.setenv("OPTGATE_RELAY_NEXT_HOP", config.relay.next_hop)
+        monkeypatch.setenv("OPTGATE_STORE_URL", config.store.url)
+        monkeypatch.setenv("OPTGATE_UNSUBSCRIBE_KEY_FILE", config.unsubscribe.key_file)
+        code = await asyncio.to_thread(
+            main, ["consent", "request", "gone@example.com", "--purpose", "news"]
+        )
+    assert code == 1
+    assert hop.messages == []
