@@ -356,7 +356,7 @@ async def demo(args: argparse.Namespace, config: Config) -> int:
 async def serve(args: argparse.Namespace, config: Config) -> int:
     """optgate serve: runs until SIGTERM or SIGINT."""
     logs.configure()
-    await service.serve(config)
+    await service.serve(config, [args.only] if args.only else service.PARTS)
     return 0
 
 

@@ -105,7 +105,12 @@ def _consent_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _other_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    _command(group, "serve", admin.serve, "run the gatekeeper (SMTP in, relay out)")
+    serve = _command(
+        group, "serve", admin.serve, "run the gatekeeper: SMTP in, relay out, and the web endpoint"
+    )
+    serve.add_argument(
+        "--only", choices=("smtp", "web"), help="run one part (e.g. web behind a reverse proxy)"
+    )
     _command(group, "demo", admin.demo, "show what optgate does, on a temporary store")
     subject = group.add_parser("subject", help="data-subject access and erasure")
     sub = subject.add_subparsers(dest="action", required=True, metavar="ACTION")

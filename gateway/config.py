@@ -109,6 +109,13 @@ class Web:
     """The one-click and confirmation web endpoint."""
 
     listen: str = _opt("127.0.0.1:8080", "host:port of the web endpoint")
+    rate_limit: int = _opt(
+        60, "requests per minute per client IP on the link pages (bursts up to it); 0: no limit"
+    )
+    trusted_proxies: list[str] = _opt(
+        [], "networks of reverse proxies whose X-Forwarded-For names the client"
+    )
+    accent_color: str = _opt("#0b57d0", "colour of buttons and headings, #rgb or #rrggbb")
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,13 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import structlog
+from aiohttp import web
 
 from gateway.config import Config, host_port
 from gateway.metrics import Metrics
@@ -22,6 +23,7 @@ from gateway.policy import Rules
 from gateway.relay import Relay
 from gateway.server import Admission, GateSMTP, Handler
 from gateway.tokens import TokenSigner
+from gateway.web import WebSettings, make_app
 from suppression.errors import ConfigError
 from suppression.store import Store, open_store
 
@@ -46,13 +48,15 @@ def load_keys(path: Path) -> list[bytes]:
     return keys
 
 
-def build_pipeline(config: Config, store: Store, relay: Relay, metrics: Metrics) -> Pipeline:
+def build_pipeline(
+    config: Config, store: Store, relay: Relay, signer: TokenSigner, metrics: Metrics
+) -> Pipeline:
     """Wire the pipeline from the configuration."""
     u = config.unsubscribe
     return Pipeline(
         store=store,
         relay=relay,
-        signer=TokenSigner(load_keys(Path(u.key_file))),
+        signer=signer,
         rules=Rules(config.policy.require_consent, config.policy.consent_versions),
         branding=Branding(
             u.base_url,
@@ -70,22 +74,44 @@ def build_pipeline(config: Config, store: Store, relay: Relay, metrics: Metrics)
     )
 
 
+PARTS = ("smtp", "web")
+
+
 @dataclass
 class Running:
-    """A started gateway: where it listens, and how to stop it."""
+    """A started gateway: where it listens (0: that part is not running), how to stop it."""
 
     smtp_port: int
+    web_port: int
     stop: asyncio.Event
     metrics: Metrics
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Running]:
-    """Start the gateway, yield while it serves, then drain and shut down."""
+async def running(config: Config, parts: Collection[str] = PARTS) -> AsyncIterator[Running]:
+    """Start the SMTP gateway and the web endpoint; on exit drain and shut down."""
+    metrics = Metrics()
+    signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
+    async with contextlib.AsyncExitStack() as stack:
+        store = await open_store(config.store.url)
+        stack.push_async_callback(store.close)
+        smtp_port = web_port = 0
+        if "smtp" in parts:
+            smtp_port = await stack.enter_async_context(_smtp(config, store, signer, metrics))
+        if "web" in parts:
+            web_port = await stack.enter_async_context(_web(config, store, signer, metrics))
+        yield Running(smtp_port, web_port, asyncio.Event(), metrics)
+    log.info("stopped")
+
+
+@contextlib.asynccontextmanager
+async def _smtp(
+    config: Config, store: Store, signer: TokenSigner, metrics: Metrics
+) -> AsyncIterator[int]:
+    """The SMTP listener and its relay pool; yields the bound port."""
     host, port = host_port(config.smtp.listen, "[smtp] listen")
     next_host, next_port = host_port(config.relay.next_hop, "[relay] next_hop")
     hostname = config.smtp.hostname or socket.getfqdn()
-    store = await open_store(config.store.url)
     relay = Relay(
         next_host,
         next_port,
@@ -94,9 +120,8 @@ async def running(config: Config) -> AsyncIterator[Running]:
         starttls=config.relay.starttls,
         local_hostname=hostname,
     )
-    metrics = Metrics()
     handler = Handler(
-        build_pipeline(config, store, relay, metrics),
+        build_pipeline(config, store, relay, signer, metrics),
         max_recipients=config.smtp.max_recipients,
         reject=config.policy.action == "reject",
     )
@@ -118,26 +143,47 @@ async def running(config: Config) -> AsyncIterator[Running]:
             reuse_address=True,
         )
     except OSError as exc:
-        await store.close()
         raise ConfigError(f"[smtp] listen {config.smtp.listen}: {exc.strerror}") from None
     bound = server.sockets[0].getsockname()[1]
     log.info("smtp_listening", host=host, port=bound, next_hop=config.relay.next_hop)
-    stop = asyncio.Event()
     try:
-        yield Running(bound, stop, metrics)
+        yield bound
     finally:
         server.close()
         if handler.in_flight:
             log.info("draining", messages=len(handler.in_flight))
             await asyncio.wait(handler.in_flight, timeout=DRAIN_SECONDS)
         await relay.close()
-        await store.close()
-        log.info("stopped")
 
 
-async def serve(config: Config) -> None:
+@contextlib.asynccontextmanager
+async def _web(
+    config: Config, store: Store, signer: TokenSigner, metrics: Metrics
+) -> AsyncIterator[int]:
+    """The web endpoint (one-click, pages, /healthz, /metrics); yields the bound port."""
+    host, port = host_port(config.web.listen, "[web] listen")
+    app = make_app(
+        store=store, signer=signer, metrics=metrics, settings=WebSettings.from_config(config)
+    )
+    runner = web.AppRunner(app, access_log=None)  # an access log would hold IPs and tokens
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"[web] listen {config.web.listen}: {exc.strerror}") from None
+    bound = int(runner.addresses[0][1])
+    log.info("web_listening", host=host, port=bound)
+    try:
+        yield bound
+    finally:
+        await runner.cleanup()
+
+
+async def serve(config: Config, parts: Collection[str] = PARTS) -> None:
     """Run until SIGTERM or SIGINT."""
-    async with running(config) as gate:
+    async with running(config, parts) as gate:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, gate.stop.set)

@@ -57,7 +57,7 @@ cp "$WORK/bench.db" "$WORK/pristine.db"
 OPTGATE_CMD="cp $WORK/pristine.db $WORK/bench.db && rm -f $WORK/bench.db-wal $WORK/bench.db-shm && \
 OPTGATE_SMTP_LISTEN=127.0.0.1:{RELAY_PORT} OPTGATE_RELAY_NEXT_HOP=127.0.0.1:{SINK_PORT} \
 OPTGATE_STORE_URL=sqlite:///$WORK/bench.db OPTGATE_POLICY_REQUIRE_CONSENT=false \
-OPTGATE_UNSUBSCRIBE_KEY_FILE=$WORK/key exec $REPO/.venv/bin/optgate serve"
+OPTGATE_UNSUBSCRIBE_KEY_FILE=$WORK/key exec $REPO/.venv/bin/optgate serve --only smtp"
 PASS_CMD="exec $REPO/.venv/bin/python $BENCH/passthrough_relay.py --listen-port {RELAY_PORT} --next-port {SINK_PORT}"
 
 for variant in passthrough optgate; do

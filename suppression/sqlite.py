@@ -563,17 +563,27 @@ class SQLiteStore:
                     )
 
     async def holder(self, sha256: str) -> Holder:
-        """Suppressions and latest consent per purpose of one identity hash."""
-        suppressions = await self._all(
-            f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression WHERE key = ? ORDER BY scope",
-            (sha256,),
-            _suppression,
-        )
-        records = await self._all(
-            f"SELECT {_CONSENT_COLUMNS} FROM consent WHERE sha256 = ? ORDER BY created, id",
-            (sha256,),
-            _consent,
-        )
+        """Suppressions and latest consent per purpose of one identity hash.
+
+        Read on the hot-path connection, which only ever sees committed rows.
+        """
+        try:
+            suppressions = [
+                _suppression(row)
+                for row in self._hot.execute(
+                    f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression WHERE key = ? ORDER BY scope",
+                    (sha256,),
+                )
+            ]
+            records = [
+                _consent(row)
+                for row in self._hot.execute(
+                    f"SELECT {_CONSENT_COLUMNS} FROM consent WHERE sha256 = ? ORDER BY created, id",
+                    (sha256,),
+                )
+            ]
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: the store was closed
+            raise StoreError(f"cannot read SQLite store {self._path}: {exc}") from None
         latest = {c.purpose: c for c in records}
         known = [s.address for s in suppressions] + [c.address for c in records]
         address = next((a for a in known if a and not a.startswith("@")), None)

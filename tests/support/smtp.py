@@ -101,6 +101,7 @@ def gateway_config(tmp_path: Path, next_port: int, listen_port: int = 0, **setti
     """A configuration for tests: store and key in tmp_path; other settings as env overrides."""
     env = {
         "OPTGATE_SMTP_LISTEN": f"127.0.0.1:{listen_port}",
+        "OPTGATE_WEB_LISTEN": "127.0.0.1:0",
         "OPTGATE_RELAY_NEXT_HOP": f"127.0.0.1:{next_port}",
         "OPTGATE_RELAY_TIMEOUT": "5",
         "OPTGATE_STORE_URL": f"sqlite:///{tmp_path / 'optgate.db'}",

@@ -1,0 +1,523 @@
+"""The web endpoint that the links in every marketing copy reach.
+
+Link routes live under the path of ``[unsubscribe] base_url`` (as in the mail):
+
+    POST /u/TOKEN   RFC 8058 one-click (``List-Unsubscribe=One-Click``) or the page's button
+    GET  /u/TOKEN   a page with that button; changes nothing (scanners open every link)
+    GET  /p/TOKEN   the preference page; POST acts, then 303 back to it
+    GET  /c/TOKEN   confirm a double opt-in; POST records the consent
+    GET  /healthz   200 while the store answers;  GET /metrics  Prometheus text
+
+The token is the only credential. Errors become pages in one place (the error
+middleware); every answer carries the security headers. The client's IP is
+evidence kept with the record it caused, never logged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+from aiohttp import web
+from yarl import URL
+
+from gateway import pages
+from gateway.config import Config
+from gateway.metrics import Metrics
+from gateway.tokens import Claims, InvalidToken, TokenSigner
+from suppression.errors import ConfigError, OptgateError, StoreError
+from suppression.model import Consent, ImportItem, Reason, Source, Suppression, check_name, now
+from suppression.store import Holder, Store
+
+log = structlog.get_logger("optgate.web")
+
+ACTOR = "web"
+MAX_BODY = 64 * 1024  # a one-click or page form is a few dozen bytes
+MAX_CLIENTS = 100_000  # rate-limit buckets kept; the least recently seen go first
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+UNLIMITED = frozenset({"/healthz", "/metrics"})  # monitoring is not rate-limited
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+_COLOR = re.compile(r"#[0-9a-fA-F]{3}(?:[0-9a-fA-F]{3})?")
+_DONE = {  # ?done= after a preference change -> the status line (fixed words only)
+    "unsubscribed": "You are unsubscribed from “{topic}”.",
+    "resubscribed": "You are subscribed to “{topic}” again.",
+    "unsubscribed-all": "You are unsubscribed from all our e-mail.",
+    "resubscribed-all": "You receive the e-mail you subscribed to again.",
+}
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BadRequest(OptgateError):
+    """A form the endpoint cannot act on; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """What the web endpoint takes from the configuration."""
+
+    base_url: str
+    company: str
+    accent_color: str
+    rate_limit: int  # requests per minute per client IP; 0: no limit
+    trusted_proxies: tuple[str, ...]
+    consent_versions: Mapping[str, str]
+
+    def __post_init__(self) -> None:
+        if not _COLOR.fullmatch(self.accent_color):
+            raise ConfigError(f"[web] accent_color: {self.accent_color!r} is not #rgb or #rrggbb")
+        networks(self.trusted_proxies)
+
+    @classmethod
+    def from_config(cls, config: Config) -> WebSettings:
+        """The web endpoint's part of the whole configuration."""
+        return cls(
+            base_url=config.unsubscribe.base_url,
+            company=config.unsubscribe.company,
+            accent_color=config.web.accent_color,
+            rate_limit=config.web.rate_limit,
+            trusted_proxies=tuple(config.web.trusted_proxies),
+            consent_versions=dict(config.policy.consent_versions),
+        )
+
+
+def networks(texts: Sequence[str]) -> tuple[Network, ...]:
+    """Parse ``[web] trusted_proxies``."""
+    try:
+        return tuple(ipaddress.ip_network(text, strict=False) for text in texts)
+    except ValueError as exc:
+        raise ConfigError(f"[web] trusted_proxies: {exc}") from None
+
+
+def client_ip(peer: str | None, forwarded_for: str | None, proxies: Sequence[Network]) -> str:
+    """The peer, or behind trusted proxies the nearest X-Forwarded-For hop that is not one."""
+    client = peer or "unknown"
+    hops = [hop.strip() for hop in (forwarded_for or "").split(",") if hop.strip()]
+    while hops and _trusted(client, proxies):
+        client = hops.pop()
+    return client
+
+
+def _trusted(host: str, proxies: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in proxies)
+
+
+class RateLimiter:
+    """A token bucket per client: ``per_minute`` a minute, in bursts of up to that many."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._capacity = float(per_minute)
+        self._rate = per_minute / 60.0
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, when)
+
+    def wait(self, client: str) -> float:
+        """Take a token: 0.0 when there was one, else the seconds until there is."""
+        at = self._clock()
+        tokens, then = self._buckets.pop(client, (self._capacity, at))
+        tokens = min(self._capacity, tokens + (at - then) * self._rate)
+        delay = 0.0 if tokens >= 1 else (1 - tokens) / self._rate
+        self._buckets[client] = (tokens - 1 if not delay else tokens, at)  # now the newest
+        if len(self._buckets) > MAX_CLIENTS:
+            del self._buckets[next(iter(self._buckets))]
+        return delay
+
+
+def standing(holder: Holder, topic: str | None) -> pages.Standing:
+    """What the pages tell a recipient: their lists, and whether everything is off."""
+    stopped = {s.scope: s for s in holder.suppressions}
+    revoked = {c.purpose for c in holder.consents if not c.granted}
+    names = set(holder.consented()) | {
+        scope.removeprefix("topic:") for scope in stopped if scope.startswith("topic:")
+    }
+    if topic:
+        names.add(topic)
+    topics = tuple(
+        pages.Topic(
+            name,
+            f"topic:{name}" not in stopped and name not in revoked,
+            _own(stopped.get(f"topic:{name}")),
+        )
+        for name in sorted(names)
+    )
+    everything = stopped.get("global")
+    return pages.Standing(
+        pages.mask(holder.address), topics, everything is not None, _own(everything)
+    )
+
+
+def _own(record: Suppression | None) -> bool:
+    """A suppression the recipient made, and so may undo."""
+    return record is not None and record.reason == Reason.UNSUBSCRIBED
+
+
+def _iso(unix: int) -> str:
+    return datetime.fromtimestamp(unix, UTC).isoformat()
+
+
+def _text(form: Mapping[str, object], name: str) -> str:
+    value = form.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _topic(text: str) -> str:
+    try:
+        return check_name(text, "topic")
+    except OptgateError:
+        raise BadRequest("no valid list was chosen") from None
+
+
+def _status(query: Mapping[str, str]) -> str | None:
+    template = _DONE.get(query.get("done", ""))
+    if template is None:
+        return None
+    topic = query.get("topic", "")
+    try:
+        return template.format(topic=check_name(topic, "topic")) if "{" in template else template
+    except OptgateError:
+        return None
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+
+
+def _route(request: web.Request) -> str | None:
+    return request.match_info.route.name
+
+
+class _Endpoint:
+    """The handlers and middlewares, sharing the store, the signer and the settings."""
+
+    def __init__(
+        self, store: Store, signer: TokenSigner, metrics: Metrics, settings: WebSettings
+    ) -> None:
+        self.store, self.signer, self.metrics = store, signer, metrics
+        self.versions = settings.consent_versions
+        self.look = pages.Look(settings.company, settings.accent_color)
+        self.prefix = URL(settings.base_url).path.rstrip("/")
+        self.proxies = networks(settings.trusted_proxies)
+        self.limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
+
+    # --- tokens, addresses, evidence ---------------------------------------------------
+
+    def claims(self, request: web.Request, *, confirm: bool) -> Claims:
+        """The token's claims; a confirmation link works only on /c, an opt-out link not there."""
+        claims = self.signer.verify(request.match_info["token"])
+        if claims.scope.startswith("confirm:") != confirm:
+            raise InvalidToken(
+                "an opt-out link used to confirm"
+                if confirm
+                else "a confirmation link used as an opt-out link"
+            )
+        return claims
+
+    def url(self, kind: str, request: web.Request) -> str:
+        """The path of the /u, /p or /c page of this request's token."""
+        return f"{self.prefix}/{kind}/{request.match_info['token']}"
+
+    def ip(self, request: web.Request) -> str:
+        """The client's IP (evidence only)."""
+        return client_ip(request.remote, request.headers.get("X-Forwarded-For"), self.proxies)
+
+    async def standing(self, claims: Claims) -> pages.Standing:
+        """The recipient's lists as the pages show them."""
+        topic = claims.scope.removeprefix("topic:") if claims.scope.startswith("topic:") else None
+        return standing(await self.store.holder(claims.recipient), topic)
+
+    # --- /u: one-click and the unsubscribe page -----------------------------------------
+
+    async def unsubscribe_page(self, request: web.Request) -> web.Response:
+        """GET /u/TOKEN: the question and the button; changes nothing."""
+        claims = self.claims(request, confirm=False)
+        button = pages.Form(self.url("u", request), (("via", "page"),), "Unsubscribe")
+        page = pages.unsubscribe(
+            self.look, claims.scope, await self.standing(claims), button, self.url("p", request)
+        )
+        return _html(page)
+
+    async def unsubscribe(self, request: web.Request) -> web.Response:
+        """POST /u/TOKEN: RFC 8058 one-click (text answer) or the page's button (a page)."""
+        claims = self.claims(request, confirm=False)
+        form = await request.post()
+        by_page = _text(form, "via") == "page"
+        if not by_page and _text(form, "List-Unsubscribe") != "One-Click":
+            raise BadRequest("a one-click unsubscribe sends List-Unsubscribe=One-Click")
+        await self.opt_out(
+            request, claims, claims.scope, Source.WEB if by_page else Source.ONE_CLICK
+        )
+        if not by_page:
+            return web.Response(text="You are unsubscribed.\n")
+        after, prefs = await self.standing(claims), self.url("p", request)
+        undo = self.undo(claims.scope, after, prefs)
+        return _html(pages.unsubscribed(self.look, claims.scope, after, undo, prefs))
+
+    @staticmethod
+    def undo(scope: str, standing: pages.Standing, action: str) -> pages.Form | None:
+        """The resubscribe button for an unsubscribe the recipient may take back."""
+        kind, _, name = scope.partition(":")
+        if kind == "global" and standing.can_resume_all:
+            return pages.Form(action, (("action", "resubscribe-all"),), "Resubscribe", quiet=True)
+        if kind == "topic" and any(t.name == name and t.can_resubscribe for t in standing.topics):
+            fields = (("action", "resubscribe"), ("topic", name))
+            return pages.Form(action, fields, "Resubscribe", quiet=True)
+        return None
+
+    async def opt_out(
+        self, request: web.Request, claims: Claims, scope: str, channel: Source
+    ) -> None:
+        """Suppress the token's recipient in a scope; committed before the answer is sent."""
+        issued = _iso(claims.issued)
+        evidence = {"channel": channel, "ip": self.ip(request), "token_issued": issued}
+        result = await self.store.suppress(
+            [ImportItem(claims.recipient, "sha256", None, Reason.UNSUBSCRIBED)],
+            scope=scope,
+            source=channel,
+            actor=ACTOR,
+            evidence=json.dumps(evidence),
+            note={"channel": channel, "token_issued": issued},
+        )
+        if result.added:
+            self.metrics.unsubscribes.labels(channel).inc()
+        log.info(
+            "web_unsubscribe",
+            channel=channel,
+            scope=scope,
+            added=result.added,
+            rcpt=claims.recipient[:16],
+        )
+
+    # --- /p: preferences ------------------------------------------------------------------
+
+    async def preferences_page(self, request: web.Request) -> web.Response:
+        """GET /p/TOKEN: the lists with a button each; changes nothing."""
+        claims = self.claims(request, confirm=False)
+        page = pages.preferences(
+            self.look,
+            await self.standing(claims),
+            self.url("p", request),
+            _status(request.query),
+        )
+        return _html(page)
+
+    async def preferences(self, request: web.Request) -> web.Response:
+        """POST /p/TOKEN: act, then send the browser back to the page (POST/redirect/GET)."""
+        claims = self.claims(request, confirm=False)
+        form = await request.post()
+        action, topic = _text(form, "action"), _text(form, "topic")
+        match action:
+            case "unsubscribe":
+                await self.opt_out(request, claims, f"topic:{_topic(topic)}", Source.WEB)
+            case "unsubscribe-all":
+                await self.opt_out(request, claims, "global", Source.WEB)
+            case "resubscribe":
+                await self.resubscribe(request, claims, _topic(topic))
+            case "resubscribe-all":
+                if await self.liftable(claims, "global"):
+                    await self.store.unsuppress([claims.recipient], scope="global", actor=ACTOR)
+            case _:
+                raise BadRequest("the form asked for no known change")
+        done = action.replace("subscribe", "subscribed")
+        query = {"done": done, "topic": topic} if topic else {"done": done}
+        location = str(request.rel_url.with_query(query))
+        return web.Response(status=303, headers={"Location": location})
+
+    async def resubscribe(self, request: web.Request, claims: Claims, topic: str) -> None:
+        """Take back the recipient's own unsubscribe from a list: a new consent, then the lift."""
+        scope = f"topic:{topic}"
+        if await self.liftable(claims, scope):
+            # consent first: if the lift then fails, the recipient is still not mailed
+            await self.store.record_consents(
+                [self.consent(request, claims.recipient, topic)], actor=ACTOR
+            )
+            await self.store.unsuppress([claims.recipient], scope=scope, actor=ACTOR)
+
+    async def liftable(self, claims: Claims, scope: str) -> bool:
+        """Whether there is an unsubscribe to lift; a bounce or a block is not the recipient's."""
+        holder = await self.store.holder(claims.recipient)
+        found = next((s for s in holder.suppressions if s.scope == scope), None)
+        if found is not None and not _own(found):
+            raise BadRequest("this subscription was stopped for another reason")
+        return found is not None
+
+    def consent(
+        self, request: web.Request, sha256: str, purpose: str, requested: int | None = None
+    ) -> Consent:
+        """A consent given on a page now, with the request as evidence."""
+        at = now()
+        proof = {"channel": Source.WEB, "ip": self.ip(request)}
+        if requested is not None:
+            proof |= {"requested_at": _iso(requested), "confirmed_at": at.isoformat()}
+        return Consent(
+            sha256,
+            purpose,
+            True,
+            Source.WEB,
+            at,
+            policy_version=self.versions.get(purpose),
+            evidence=json.dumps(proof),
+        )
+
+    # --- /c: double opt-in ----------------------------------------------------------------
+
+    async def confirm_page(self, request: web.Request) -> web.Response:
+        """GET /c/TOKEN: the question and the button; changes nothing."""
+        claims = self.claims(request, confirm=True)
+        purpose = claims.scope.removeprefix("confirm:")
+        holder = await self.store.holder(claims.recipient)
+        answered = _answered(holder, purpose, claims.issued)
+        if answered is not None and not answered.granted:
+            return _html(pages.confirmed(self.look, purpose, current=False))
+        button = pages.Form(self.url("c", request), (), f"Yes, send me “{purpose}” e-mail")
+        page = pages.confirm(
+            self.look, purpose, pages.mask(holder.address), None if answered else button
+        )
+        return _html(page)
+
+    async def confirm(self, request: web.Request) -> web.Response:
+        """POST /c/TOKEN: record the consent once; lift the same list's older unsubscribe."""
+        claims = self.claims(request, confirm=True)
+        purpose = claims.scope.removeprefix("confirm:")
+        holder = await self.store.holder(claims.recipient)
+        answered = _answered(holder, purpose, claims.issued)
+        if answered is None:
+            consent = self.consent(request, claims.recipient, purpose, claims.issued)
+            await self.store.record_consents([consent], actor=ACTOR)
+            await self.lift_older(holder, f"topic:{purpose}", claims.issued)
+        current = answered is None or answered.granted
+        return _html(pages.confirmed(self.look, purpose, current=current))
+
+    async def lift_older(self, holder: Holder, scope: str, issued: int) -> None:
+        """Lift the recipient's own unsubscribe from a list they asked for again since."""
+        for record in holder.suppressions:
+            if record.scope == scope and _own(record) and record.created.timestamp() < issued:
+                await self.store.unsuppress([record.key], scope=scope, actor=ACTOR)
+
+    # --- monitoring -----------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        """GET /healthz: 200 while the store answers a read, else 503."""
+        try:
+            await self.store.holder("0" * 64)
+        except Exception as exc:  # whatever the failure, the store does not answer
+            log.error("web_unhealthy", error=type(exc).__name__)
+            return web.Response(status=503, text="store unavailable")
+        return web.Response(text="ok")
+
+    async def exposition(self, request: web.Request) -> web.Response:
+        """GET /metrics: the shared registry in Prometheus text format."""
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": PROMETHEUS})
+
+    # --- middlewares ----------------------------------------------------------------------
+
+    @web.middleware
+    async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every error becomes a page here, and only here."""
+        try:
+            return await handler(request)
+        except InvalidToken as exc:
+            log.warning("web_bad_token", reason=str(exc), route=_route(request))
+            return _html(pages.problem(self.look, "Link not valid", pages.INVALID_LINK), 400)
+        except BadRequest as exc:
+            log.warning("web_bad_request", problem=str(exc), route=_route(request))
+            text = f"This request was not understood ({exc}). Nothing was changed."
+            return _html(pages.problem(self.look, "Request not understood", text), 400)
+        except StoreError as exc:
+            log.error("web_store_error", error=type(exc).__name__, route=_route(request))
+            text = "Please try again in a few minutes. Nothing was changed."
+            return _html(pages.problem(self.look, "Temporarily unavailable", text), 503)
+        except web.HTTPException as exc:
+            return self.http_error(exc)
+        except Exception as exc:  # a bug: aiohttp would log the client's IP with it
+            log.error("web_error", error=type(exc).__name__, route=_route(request))
+            text = "Something went wrong on our side. Please try again later."
+            return _html(pages.problem(self.look, "Something went wrong", text), 500)
+
+    def http_error(self, exc: web.HTTPException) -> web.Response:
+        """aiohttp's own errors (404, 405, 413) as pages."""
+        text = (
+            "There is no page at this address."
+            if exc.status == 404
+            else "This request was not understood. Nothing was changed."
+        )
+        response = _html(pages.problem(self.look, exc.reason, text), exc.status)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+
+    @web.middleware
+    async def limit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """429 and Retry-After once a client's bucket is empty; genuine one-clicks pass."""
+        assert self.limiter is not None  # installed only with a limit
+        if request.path in UNLIMITED:
+            return await handler(request)
+        delay = self.limiter.wait(self.ip(request))
+        if delay and not self.genuine_one_click(request):
+            log.warning("web_rate_limited", route=_route(request))
+            text = "Too many requests from your network. Please wait a minute and try again."
+            response = _html(pages.problem(self.look, "Too many requests", text), 429)
+            response.headers["Retry-After"] = str(math.ceil(delay))
+            return response
+        return await handler(request)
+
+    def genuine_one_click(self, request: web.Request) -> bool:
+        """A POST to /u with a genuine opt-out token: mail providers send many from few IPs."""
+        if request.method != "POST" or _route(request) != "u":
+            return False
+        try:
+            self.claims(request, confirm=False)
+        except InvalidToken:
+            return False
+        return True
+
+
+def _answered(holder: Holder, purpose: str, issued: int) -> Consent | None:
+    """The recipient's latest choice on a purpose, if made since the link was issued."""
+    latest = next((c for c in holder.consents if c.purpose == purpose), None)
+    return latest if latest is not None and latest.created.timestamp() >= issued else None
+
+
+async def _secure(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
+
+
+def make_app(
+    *, store: Store, signer: TokenSigner, metrics: Metrics, settings: WebSettings
+) -> web.Application:
+    """The web endpoint as an aiohttp application; run it without an access log (IPs, tokens)."""
+    endpoint = _Endpoint(store, signer, metrics, settings)
+    middlewares = [endpoint.limit, endpoint.errors] if endpoint.limiter else [endpoint.errors]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
+    app.on_response_prepare.append(_secure)
+    prefix = endpoint.prefix
+    for name, page, act in (
+        ("u", endpoint.unsubscribe_page, endpoint.unsubscribe),
+        ("p", endpoint.preferences_page, endpoint.preferences),
+        ("c", endpoint.confirm_page, endpoint.confirm),
+    ):
+        app.router.add_get(f"{prefix}/{name}/{{token}}", page, name=name)
+        app.router.add_post(f"{prefix}/{name}/{{token}}", act, name=name)
+    app.router.add_get("/healthz", endpoint.health)
+    app.router.add_get("/metrics", endpoint.exposition)
+    return app
