@@ -116,6 +116,10 @@ class Web:
         [], "networks of reverse proxies whose X-Forwarded-For names the client"
     )
     accent_color: str = _opt("#0b57d0", "colour of buttons and headings, #rgb or #rrggbb")
+    page_note: str = _opt(
+        "Questions about your data? Write to privacy@example.com.",
+        "a sentence at the foot of every page, above the postal address",
+    )
 
 
 @dataclass(frozen=True)

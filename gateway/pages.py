@@ -13,10 +13,12 @@ from html import escape
 
 @dataclass(frozen=True, slots=True)
 class Look:
-    """What every page is dressed in: the company's name and accent colour."""
+    """What every page is dressed in: the company's name, accent colour and closing words."""
 
     company: str
     accent: str  # a checked #rgb / #rrggbb value: it goes into the style sheet
+    note: str = ""
+    postal_address: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +216,7 @@ padding:.5rem 0;border-bottom:1px solid #e3e3e3}
 .topics span{font-weight:600;flex:1 1 8rem}
 .topics form{margin:0}
 .status{background:#eef6ee;border-left:4px solid #1e7e34;padding:.5rem .75rem}
+footer{max-width:36rem;margin:0 auto 2rem;padding:0 1.25rem;color:#555;font-size:.875rem}
 """
 
 
@@ -226,5 +229,6 @@ def _page(look: Look, title: str, body: str) -> str:
         '<meta name="robots" content="noindex">'
         f"<title>{_e(title)} · {company}</title><style>{style}</style></head>"
         f"<body><header>{company}</header><main>{body}</main>"
+        f"<footer><p>{_e(look.note)}</p><p>{_e(look.postal_address)}</p></footer>"
         "</body></html>"
     )

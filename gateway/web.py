@@ -77,6 +77,8 @@ class WebSettings:
     rate_limit: int  # requests per minute per client IP; 0: no limit
     trusted_proxies: tuple[str, ...]
     consent_versions: Mapping[str, str]
+    page_note: str = ""
+    postal_address: str = ""
 
     def __post_init__(self) -> None:
         if not _COLOR.fullmatch(self.accent_color):
@@ -93,6 +95,8 @@ class WebSettings:
             rate_limit=config.web.rate_limit,
             trusted_proxies=tuple(config.web.trusted_proxies),
             consent_versions=dict(config.policy.consent_versions),
+            page_note=config.web.page_note,
+            postal_address=config.unsubscribe.postal_address,
         )
 
 
@@ -215,7 +219,9 @@ class _Endpoint:
     ) -> None:
         self.store, self.signer, self.metrics = store, signer, metrics
         self.versions = settings.consent_versions
-        self.look = pages.Look(settings.company, settings.accent_color)
+        self.look = pages.Look(
+            settings.company, settings.accent_color, settings.page_note, settings.postal_address
+        )
         self.prefix = URL(settings.base_url).path.rstrip("/")
         self.proxies = networks(settings.trusted_proxies)
         self.limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +20,14 @@ from gateway.service import Running, running
 from tests.support.smtp import Sink, gateway_config, message, send, sink
 from tests.test_relay import FAN, SENDER, seed
 from tests.test_web_browser import browser, chromium  # noqa: F401 - fixtures
+
+# screenshots a person can look at after a run (CI keeps the folder as an artefact)
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _artifacts() -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
 
 
 @pytest.fixture
@@ -82,6 +91,7 @@ async def test_footer_link_in_chromium_stops_the_next_message(
     response = await page.goto(local(footer, gate))
     assert response is not None
     assert response.status == 200
+    await page.screenshot(path=ARTIFACTS / "unsubscribe-page.png", full_page=True)
     await send(gate.smtp_port, SENDER, [FAN], message(message_id="<two@sender.example>"))
     assert len(next_hop.to(FAN)) == 2  # opening the page alone changes nothing
     await page.get_by_role("button", name="Unsubscribe").click()

@@ -699,6 +699,8 @@ def test_settings_come_from_the_config() -> None:
         rate_limit=30,
         trusted_proxies=("10.0.0.0/8", "::1/128"),
         consent_versions={"news": "4"},
+        page_note=config.web.page_note,
+        postal_address=config.unsubscribe.postal_address,
     )
     defaults = WebSettings.from_config(load(None, {}))
     assert (defaults.rate_limit, defaults.trusted_proxies, defaults.accent_color) == (
@@ -726,3 +728,26 @@ async def test_the_company_name_is_escaped(store: Store) -> None:
     assert "&lt;i&gt;Shop&lt;/i&gt; &amp; Co" in page
     assert "<i>" not in page
     assert not re.search(r"<(script|img|iframe|link rel=\"stylesheet\")", page)
+
+
+async def test_pages_carry_the_configured_note_and_postal_address(tmp_path: Path) -> None:
+    from gateway.config import load
+    from gateway.web import WebSettings
+
+    config = load(
+        None,
+        {
+            "OPTGATE_WEB_PAGE_NOTE": "Fragen? datenschutz@shop.example",
+            "OPTGATE_UNSUBSCRIBE_POSTAL_ADDRESS": "Shop GmbH, Hauptstr. 1 <Berlin>",
+        },
+    )
+    settings = WebSettings.from_config(config)
+    assert settings.page_note == "Fragen? datenschutz@shop.example"
+    store = await open_store(f"sqlite:///{tmp_path / 'note.db'}")
+    try:
+        async with site_for(store, settings) as site:
+            _, text = await site.call("GET", f"/u/{site.token(JANE)}")
+    finally:
+        await store.close()
+    assert "Fragen? datenschutz@shop.example" in text
+    assert "Shop GmbH, Hauptstr. 1 &lt;Berlin&gt;" in text
