@@ -116,6 +116,9 @@ class Web:
         [], "networks of reverse proxies whose X-Forwarded-For names the client"
     )
     accent_color: str = _opt("#0b57d0", "colour of buttons and headings, #rgb or #rrggbb")
+    api_keys: list[str] = _opt(
+        [], "bearer keys for POST /api/consent-requests; none: the API is off"
+    )
     page_note: str = _opt(
         "Questions about your data? Write to privacy@example.com.",
         "a sentence at the foot of every page, above the postal address",

@@ -13,10 +13,10 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
 from gateway.config import Config, host_port
+from gateway.keys import load_keys
 from gateway.pipeline import verdict
 from gateway.policy import MessageClass, Rules
 from gateway.relay import Outcome, Relay
-from gateway.service import load_keys
 from gateway.tokens import Claims, TokenSigner
 from suppression.address import Address
 from suppression.model import now

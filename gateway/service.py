@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import secrets
+import functools
 import signal
 import socket
 from collections.abc import AsyncIterator, Collection
@@ -16,8 +15,11 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from gateway.api import add_consent_api
 from gateway.config import Config, host_port
+from gateway.keys import load_keys
 from gateway.metrics import Metrics
+from gateway.optin import request_consent
 from gateway.pipeline import Branding, Pipeline
 from gateway.policy import Rules
 from gateway.relay import Relay
@@ -29,23 +31,6 @@ from suppression.store import Store, open_store
 
 log = structlog.get_logger("optgate.service")
 DRAIN_SECONDS = 30.0
-
-
-def load_keys(path: Path) -> list[bytes]:
-    """Token keys from a file (hex, one per line, first signs); created (0600) if missing."""
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_hex(32) + "\n")
-        log.info("token_key_created", path=str(path))
-    try:
-        lines = [line.strip() for line in path.read_text().splitlines()]
-        keys = [bytes.fromhex(line) for line in lines if line and not line.startswith("#")]
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"[unsubscribe] key_file {path}: {exc}") from None
-    if not keys or any(len(k) < 16 for k in keys):
-        raise ConfigError(f"[unsubscribe] key_file {path}: needs hex keys of 16 bytes or more")
-    return keys
 
 
 def build_pipeline(
@@ -165,6 +150,9 @@ async def _web(
     app = make_app(
         store=store, signer=signer, metrics=metrics, settings=WebSettings.from_config(config)
     )
+    if config.web.api_keys:
+        requester = functools.partial(request_consent, config, store, actor="api")
+        add_consent_api(app, requester, config.web.api_keys)
     runner = web.AppRunner(app, access_log=None)  # an access log would hold IPs and tokens
     await runner.setup()
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.service import load_keys
+from gateway.keys import load_keys
 from gateway.tokens import TokenSigner
 from suppression.address import normalize
 from suppression.model import ImportItem, Reason
@@ -76,4 +76,47 @@ async def test_no_request_to_an_address_that_bounced(
             main, ["consent", "request", "gone@example.com", "--purpose", "news"]
         )
     assert code == 1
+    assert hop.messages == []
+
+
+async def test_web_api_requests_consent_for_key_holders_only(tmp_path: Path) -> None:
+    import aiohttp
+
+    from gateway.service import running
+
+    async with sink() as hop:
+        config = gateway_config(tmp_path, hop.port, web_api_keys="k-one, k-two")
+        async with running(config, ["web"]) as gate, aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{gate.web_port}/api/consent-requests"
+            body = {"address": "new@example.com", "purpose": "news"}
+            refused = await http.post(url, json=body, headers={"Authorization": "Bearer nope"})
+            assert refused.status == 401
+            bad = await http.post(
+                url,
+                json={"address": "not an address", "purpose": "news"},
+                headers={"Authorization": "Bearer k-two"},
+            )
+            assert bad.status == 400
+            sent = await http.post(url, json=body, headers={"Authorization": "Bearer k-two"})
+            assert sent.status == 202
+            assert await sent.json() == {"status": "sent"}
+    assert [m.rcpt_tos for m in hop.messages] == [["new@example.com"]]
+    assert b"/c/" in hop.messages[0].data
+
+
+async def test_web_api_is_off_without_keys(tmp_path: Path) -> None:
+    import aiohttp
+
+    from gateway.service import running
+
+    async with sink() as hop:
+        config = gateway_config(tmp_path, hop.port)
+        async with running(config, ["web"]) as gate, aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{gate.web_port}/api/consent-requests"
+            response = await http.post(
+                url,
+                json={"address": "a@example.com", "purpose": "news"},
+                headers={"Authorization": "Bearer anything"},
+            )
+            assert response.status in (404, 405)
     assert hop.messages == []

@@ -13,7 +13,8 @@ import pytest
 import structlog
 
 from gateway.config import Config
-from gateway.service import Running, load_keys, running
+from gateway.keys import load_keys
+from gateway.service import Running, running
 from gateway.tokens import TokenSigner
 from suppression.address import normalize
 from suppression.model import Consent, ImportItem, Reason, now

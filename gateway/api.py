@@ -1,0 +1,57 @@
+"""The web API: what a sign-up form's back end calls. Bearer keys from ``[web] api_keys``.
+
+``POST /api/consent-requests`` with ``{"address": ..., "purpose": ...}`` mails a
+double opt-in confirmation link (see gateway/optin.py); nothing counts as
+consent until the recipient confirms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable, Sequence
+
+import structlog
+from aiohttp import web
+
+from gateway.relay import Outcome
+from suppression.address import Address, normalize
+from suppression.errors import OptgateError
+from suppression.model import check_name
+
+log = structlog.get_logger("optgate.api")
+Requester = Callable[[Address, str], Awaitable[Outcome]]
+
+
+def add_consent_api(app: web.Application, requester: Requester, keys: Sequence[str]) -> None:
+    """Route the consent-request API on app, for callers holding one of the keys."""
+    digests = [hashlib.sha256(key.encode()).digest() for key in keys]
+
+    def authorized(request: web.Request) -> bool:
+        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        given = hashlib.sha256(key.encode()).digest()
+        found = [hmac.compare_digest(given, digest) for digest in digests]
+        return scheme == "Bearer" and any(found)
+
+    async def consent_request(request: web.Request) -> web.Response:
+        if not authorized(request):
+            return web.json_response({"error": "a valid API key is required"}, status=401)
+        try:
+            body = await request.json()
+            address = normalize(str(body["address"]))
+            purpose = check_name(str(body["purpose"]), "purpose")
+        except (ValueError, KeyError, TypeError, OptgateError) as exc:
+            reason = (
+                str(exc)
+                if isinstance(exc, OptgateError)
+                else "expected JSON with address and purpose"
+            )
+            return web.json_response({"error": reason}, status=400)
+        outcome = await requester(address, purpose)
+        log.info("consent_requested", purpose=purpose, rcpt=address.sha256[:16], code=outcome.code)
+        if outcome.delivered:
+            return web.json_response({"status": "sent"}, status=202)
+        status = 503 if outcome.temporary else 422
+        return web.json_response({"status": "not sent", "detail": outcome.message}, status=status)
+
+    app.router.add_post("/api/consent-requests", consent_request)
