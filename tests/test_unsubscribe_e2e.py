@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import os
 import re
 from collections.abc import AsyncIterator
@@ -17,6 +18,9 @@ from playwright.async_api import Browser
 
 from gateway.config import Config
 from gateway.service import Running, running
+from suppression.address import normalize
+from suppression.model import Reason
+from suppression.store import open_store
 from tests.support.smtp import Sink, gateway_config, message, send, sink
 from tests.test_relay import FAN, SENDER, seed
 from tests.test_web_browser import browser, chromium  # noqa: F401 - fixtures
@@ -37,8 +41,12 @@ async def next_hop() -> AsyncIterator[Sink]:
 
 
 @pytest.fixture
-async def gate(tmp_path: Path, next_hop: Sink) -> AsyncIterator[Running]:
-    config: Config = gateway_config(tmp_path, next_hop.port)
+def config(tmp_path: Path, next_hop: Sink) -> Config:
+    return gateway_config(tmp_path, next_hop.port)
+
+
+@pytest.fixture
+async def gate(config: Config) -> AsyncIterator[Running]:
     await seed(config)
     async with running(config) as started:
         yield started
@@ -62,7 +70,7 @@ def local(url: str, gate: Running) -> str:
 
 
 async def test_one_click_post_from_the_header_stops_the_next_message(
-    gate: Running, next_hop: Sink
+    gate: Running, next_hop: Sink, config: Config
 ) -> None:
     await send(gate.smtp_port, SENDER, [FAN], message(message_id="<one@sender.example>"))
     one_click, _ = links(next_hop.to(FAN)[0].data)
@@ -76,6 +84,20 @@ async def test_one_click_post_from_the_header_stops_the_next_message(
     again = await send(gate.smtp_port, SENDER, [FAN], message(message_id="<two@sender.example>"))
     assert again.code == 250
     assert len(next_hop.to(FAN)) == 1  # the second one was dropped
+    store = await open_store(config.store.url)
+    try:
+        record = await store.subject(normalize(FAN))
+    finally:
+        await store.close()
+    [opt_out] = [s for s in record.suppressions if s.reason is Reason.UNSUBSCRIBED]
+    assert (opt_out.scope, opt_out.source) == ("topic:marketing", "one-click")
+    evidence = json.loads(opt_out.evidence or "{}")
+    assert evidence["ip"] == "127.0.0.1"
+    assert evidence["channel"] == "one-click"
+    assert "token_issued" in evidence
+    [event] = [e for e in record.events if e.seq == opt_out.event]
+    assert event.action == "suppress"
+    assert json.loads(event.body)["detail"]["channel"] == "one-click"
     metrics = gate.metrics.exposition().decode()
     assert 'optgate_unsubscribes_total{channel="one-click"} 1.0' in metrics
 
