@@ -126,6 +126,20 @@ class Web:
 
 
 @dataclass(frozen=True)
+class Dkim:
+    """DKIM signing of every relayed copy, after the rewrite."""
+
+    keys: list[str] = _opt(
+        [],
+        "DOMAIN:SELECTOR:ALGORITHM:KEYFILE entries (ALGORITHM rsa or ed25519); the key whose "
+        "domain is the From domain (or its parent) signs, both when there are two (dual signing); "
+        "none: no signing",
+    )
+    canonicalization: str = _opt("relaxed/relaxed", "header/body: relaxed or simple each")
+    extra_headers: list[str] = _opt([], "headers signed besides the standard set")
+
+
+@dataclass(frozen=True)
 class Config:
     """All settings."""
 
@@ -135,9 +149,16 @@ class Config:
     policy: Policy = field(default_factory=Policy)
     unsubscribe: Unsubscribe = field(default_factory=Unsubscribe)
     web: Web = field(default_factory=Web)
+    dkim: Dkim = field(default_factory=Dkim)
 
 
 _CHOICES = {
+    ("dkim", "canonicalization"): (
+        "relaxed/relaxed",
+        "relaxed/simple",
+        "simple/relaxed",
+        "simple/simple",
+    ),
     ("relay", "starttls"): ("opportunistic", "required", "never"),
     ("policy", "action"): ("drop", "reject"),
 }

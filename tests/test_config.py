@@ -134,7 +134,11 @@ def sample(kind: Any) -> tuple[str, Any]:
     }
 
 
-CHOICES = {("relay", "starttls"): "never", ("policy", "action"): "reject"}
+CHOICES = {
+    ("relay", "starttls"): "never",
+    ("policy", "action"): "reject",
+    ("dkim", "canonicalization"): "simple/simple",
+}
 
 
 @pytest.mark.parametrize(("section", "key", "kind"), keys(), ids=lambda v: str(v))
