@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import sys
@@ -15,6 +16,8 @@ from typing import IO, Any, BinaryIO, TextIO
 from gateway import logs, service
 from gateway.config import Config
 from gateway.demo import run_demo
+from gateway.doctor import failed, run_checks
+from gateway.keygen import config_line, keygen
 from gateway.optin import request_consent
 from gateway.pipeline import verdict
 from gateway.policy import MessageClass, Rules
@@ -358,6 +361,26 @@ async def serve(args: argparse.Namespace, config: Config) -> int:
     logs.configure()
     await service.serve(config, [args.only] if args.only else service.PARTS)
     return 0
+
+
+async def dkim_keygen(args: argparse.Namespace, config: Config) -> int:
+    """optgate dkim keygen: write the private key 0600, print the record and the config line."""
+    out = Path(args.out) if args.out else None
+    key = await asyncio.to_thread(
+        keygen, args.domain, args.selector, args.algorithm, args.bits, out
+    )
+    print(f"wrote the private key to {key.path} (mode 0600)")
+    print(f"\npublish this TXT record:\n{key.record}")
+    print(f"\nand add the key to the configuration:\n[dkim]\n{config_line(key.entry)}")
+    return 0
+
+
+async def doctor(args: argparse.Namespace, config: Config) -> int:
+    """optgate doctor: one line per check; 1 if any failed."""
+    checks = await run_checks(config)
+    for check in checks:
+        print(check.line())
+    return 1 if failed(checks) else 0
 
 
 async def store_verify(args: argparse.Namespace, config: Config) -> int:

@@ -104,6 +104,21 @@ def _consent_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]
     exp.add_argument("-o", "--output", metavar="FILE")
 
 
+def _dkim_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    top = group.add_parser("dkim", help="DKIM keys")
+    sub = top.add_subparsers(dest="action", required=True, metavar="ACTION")
+    keygen = _command(
+        sub, "keygen", admin.dkim_keygen, "make a key (0600) and print the DNS record to publish"
+    )
+    keygen.add_argument("--domain", required=True, help="the signing domain (d=)")
+    keygen.add_argument("--selector", required=True, help="the selector (s=)")
+    keygen.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa")
+    keygen.add_argument("--bits", type=int, help="RSA key size (default 2048, at least 2048)")
+    keygen.add_argument(
+        "--out", metavar="FILE", help="private key file (default SELECTOR._domainkey.DOMAIN.pem)"
+    )
+
+
 def _other_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = _command(
         group, "serve", admin.serve, "run the gatekeeper: SMTP in, relay out, and the web endpoint"
@@ -130,6 +145,13 @@ def _other_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "compliance",
         admin.report_compliance,
         "list opt-outs that were followed by marketing mail; exit 1 if any",
+    )
+    _dkim_commands(group)
+    _command(
+        group,
+        "doctor",
+        admin.doctor,
+        "check the configuration and the sending domains' DNS; exit 1 on any FAIL",
     )
     store = group.add_parser("store", help="store maintenance")
     sub = store.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -24,6 +24,7 @@ from gateway.pipeline import Branding, Pipeline
 from gateway.policy import Rules
 from gateway.relay import Relay
 from gateway.server import Admission, GateSMTP, Handler
+from gateway.signing import Signer
 from gateway.tokens import TokenSigner
 from gateway.web import WebSettings, make_app
 from suppression.errors import ConfigError
@@ -56,6 +57,7 @@ def build_pipeline(
         sender_topics=config.policy.sender_topics,
         ledger_window=timedelta(hours=config.relay.ledger_hours),
         metrics=metrics,
+        dkim=Signer.from_config(config.dkim),
     )
 
 
@@ -105,8 +107,9 @@ async def _smtp(
         starttls=config.relay.starttls,
         local_hostname=hostname,
     )
+    pipeline = build_pipeline(config, store, relay, signer, metrics)
     handler = Handler(
-        build_pipeline(config, store, relay, signer, metrics),
+        pipeline,
         max_recipients=config.smtp.max_recipients,
         reject=config.policy.action == "reject",
     )
@@ -139,6 +142,7 @@ async def _smtp(
             log.info("draining", messages=len(handler.in_flight))
             await asyncio.wait(handler.in_flight, timeout=DRAIN_SECONDS)
         await relay.close()
+        pipeline.close()
 
 
 @contextlib.asynccontextmanager

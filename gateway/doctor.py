@@ -1,0 +1,566 @@
+"""optgate doctor: is this configuration ready to run, and is the sending domains' DNS?
+
+Each check is a small function giving one :class:`Check`. Nothing is changed:
+a missing store or key file is reported, not created, and an older store is
+not migrated. The only network traffic goes to the configured things: the
+listen addresses (bound for a moment; probed if taken), the next hop (EHLO),
+and the resolver (SPF, DKIM, DMARC, MX).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import errno
+import ipaddress
+import os
+import socket
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import cast
+from urllib.parse import urlsplit
+
+import aiohttp
+import aiosmtplib
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+from cryptography.hazmat.primitives.asymmetric import rsa
+from dns.rdtypes.ANY.MX import MX
+from dns.rdtypes.ANY.TXT import TXT
+from yarl import URL
+
+from gateway.config import Config, host_port
+from gateway.keygen import PrivateKey, public_key_bytes, zone_line
+from gateway.keys import load_keys
+from gateway.signing import load_private_key, parse_key_entry
+from gateway.web import SECURITY_HEADERS
+from suppression.errors import ConfigError, StoreError
+from suppression.sqlite import MIGRATIONS
+from suppression.store import open_store
+
+PROBE_SECONDS = 5.0  # the next hop's greeting and EHLO
+HOLDER_SECONDS = 2.0  # whatever holds a listen port: optgate greets or answers at once
+DNS_SECONDS = 5.0  # one DNS lookup, retries included
+SECRET_MODE = 0o077  # permission bits a private file must not have
+
+
+class Status(StrEnum):
+    """How a check came out."""
+
+    PASS = "PASS"  # noqa: S105 - a status word, not a password
+    WARN = "WARN"
+    FAIL = "FAIL"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report."""
+
+    status: Status
+    name: str
+    detail: str  # what was found, and what to do about it
+
+    def line(self) -> str:
+        """``STATUS  name: detail``."""
+        return f"{self.status}  {self.name}: {self.detail}"
+
+
+Found = tuple[Status, str]
+
+
+def failed(checks: Sequence[Check]) -> bool:
+    """Whether any check failed."""
+    return any(c.status is Status.FAIL for c in checks)
+
+
+def system_resolver() -> dns.asyncresolver.Resolver:
+    """The system's resolver (/etc/resolv.conf) with a short lifetime per lookup."""
+    resolver = dns.asyncresolver.Resolver()
+    resolver.lifetime = DNS_SECONDS
+    return resolver
+
+
+async def run_checks(
+    config: Config, *, resolver: dns.asyncresolver.Resolver | None = None
+) -> list[Check]:
+    """Every check, in report order: configuration first, then DNS per sending domain."""
+    keys = [_load_key(entry) for entry in config.dkim.keys]
+    local = await asyncio.gather(
+        asyncio.to_thread(_token_keys, Path(config.unsubscribe.key_file)),
+        _listen("smtp", config.smtp.listen, _smtp_is_optgate),
+        _listen("web", config.web.listen, _web_is_optgate),
+        _store(config.store.url),
+        _next_hop(config),
+    )
+    dkim = [check for check, _ in keys] or [_no_dkim()]
+    loaded = [key for _, key in keys if key is not None]
+    remote = await _dns_checks(config, loaded, resolver)
+    return [*dkim, *local, _base_url(config.unsubscribe.base_url), *remote]
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def _missing(name: str, path: Path, later: str) -> Check:
+    """A file that is made on first start: fine if its directory lets it be made."""
+    parent = path.absolute().parent
+    if os.access(parent, os.W_OK | os.X_OK):
+        return Check(Status.PASS, name, f"{path} not there yet: {later}")
+    state = "is not writable by this user" if parent.is_dir() else "does not exist"
+    return Check(
+        Status.WARN,
+        name,
+        f"{path} is missing and {parent} {state}: the service's user must be able to create it",
+    )
+
+
+def _private_mode(name: str, path: Path, found: str) -> Check:
+    """PASS with what was found, or WARN when group or others may read the file."""
+    mode = path.stat().st_mode & 0o777
+    if mode & SECRET_MODE:
+        return Check(
+            Status.WARN, name, f"{found}, but mode {mode:04o} lets others read it: chmod 600 {path}"
+        )
+    return Check(Status.PASS, name, f"{found}, mode {mode:04o}")
+
+
+def _token_keys(path: Path) -> Check:
+    """[unsubscribe] key_file: parses, private; or missing and creatable."""
+    name = "token keys"
+    if not path.exists():
+        return _missing(name, path, "created (0600) on first start")
+    try:
+        keys = load_keys(path)
+    except ConfigError as exc:
+        return Check(
+            Status.FAIL, name, f"{exc}: fix it (a new file would void every link already sent)"
+        )
+    return _private_mode(name, path, f"{path}: {len(keys)} key(s)")
+
+
+@dataclass(frozen=True)
+class _Key:
+    """A [dkim] keys entry, checked by the signer's parser, with its private key loaded."""
+
+    domain: str
+    selector: str
+    algorithm: str
+    path: Path
+    private_key: PrivateKey
+
+
+def _parse_key_entry(entry: str) -> _Key:
+    """The entry as the signer reads it; ConfigError naming the entry."""
+    key = parse_key_entry(entry)
+    path = Path(entry.split(":", 3)[3].strip())
+    # the signer's loader knows every form a key file may take (PEM, Ed25519 seeds)
+    private = load_private_key(key)
+    return _Key(key.domain, key.selector, key.algorithm, path, private)
+
+
+def _load_key(entry: str) -> tuple[Check, _Key | None]:
+    """One [dkim] keys entry: its key file reads and parses."""
+    name = "dkim key " + ":".join(entry.split(":", 2)[:2])
+    try:
+        key = _parse_key_entry(entry)
+    except ConfigError as exc:
+        return Check(Status.FAIL, name, str(exc)), None
+    size = (
+        f"{key.private_key.key_size}-bit " if isinstance(key.private_key, rsa.RSAPrivateKey) else ""
+    )
+    return _private_mode(name, key.path, f"{size}{key.algorithm} key in {key.path}"), key
+
+
+def _no_dkim() -> Check:
+    return Check(
+        Status.WARN,
+        "dkim",
+        "no [dkim] keys: mail leaves unsigned, and Gmail and Yahoo require DKIM of bulk "
+        "senders: make a key with optgate dkim keygen",
+    )
+
+
+# --- sockets ----------------------------------------------------------------------------------
+
+
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why binding host:port (as the server would, SO_REUSEADDR) fails, or None."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in infos:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+    except OSError as exc:
+        return exc
+    return None
+
+
+def _probe_host(host: str) -> str:
+    """Where to connect to reach a server listening on host (a wildcard: loopback)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104
+
+
+async def _listen(section: str, value: str, probe: Callable[[str, int], Awaitable[bool]]) -> Check:
+    """A listen address is free to bind; taken by optgate itself is a WARN."""
+    name = f"{section} listen"
+    try:
+        host, port = host_port(value, f"[{section}] listen")
+    except ConfigError as exc:
+        return Check(Status.FAIL, name, str(exc))
+    if port == 0:
+        return Check(Status.PASS, name, f"{value}: a free port is picked at start")
+    error = await asyncio.to_thread(_bind_error, host, port)
+    if error is None:
+        return Check(Status.PASS, name, f"{value} is free")
+    if error.errno != errno.EADDRINUSE:
+        return Check(Status.FAIL, name, f"cannot listen on {value}: {error.strerror or error}")
+    if await probe(_probe_host(host), port):
+        return Check(
+            Status.WARN, name, f"{value} is taken by optgate itself, already running: stop it first"
+        )
+    return Check(
+        Status.FAIL,
+        name,
+        f"{value} is in use by another process: stop it or choose another [{section}] listen",
+    )
+
+
+async def _smtp_is_optgate(host: str, port: int) -> bool:
+    """Whether the server on host:port greets as optgate (or refuses us as optgate)."""
+    try:
+        async with asyncio.timeout(HOLDER_SECONDS):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                greeting = await reader.readline()
+                writer.write(b"QUIT\r\n")
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError):
+        return False
+    return _is_optgate(greeting.decode("utf-8", "replace"))
+
+
+def _is_optgate(greeting: str) -> bool:
+    """optgate greets "220 HOST optgate" and refuses with "... relay through optgate"."""
+    return greeting.rstrip().lower().endswith("optgate")
+
+
+async def _web_is_optgate(host: str, port: int) -> bool:
+    """Whether the server on host:port answers /healthz as optgate's web endpoint does."""
+    url = URL.build(scheme="http", host=host, port=port, path="/healthz")
+    timeout = aiohttp.ClientTimeout(total=HOLDER_SECONDS)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.get(url, allow_redirects=False) as answer,
+        ):
+            policy = answer.headers.get("Content-Security-Policy")
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return False
+    return policy == SECURITY_HEADERS["Content-Security-Policy"]
+
+
+async def _next_hop(config: Config) -> Check:
+    """The next hop answers EHLO (and offers STARTTLS if that is required); it is not us."""
+    name, where = "next hop", config.relay.next_hop
+    try:
+        host, port = host_port(where, "[relay] next_hop")
+    except ConfigError as exc:
+        return Check(Status.FAIL, name, str(exc))
+    client = aiosmtplib.SMTP(
+        hostname=host,
+        port=port,
+        timeout=PROBE_SECONDS,
+        start_tls=False,
+        local_hostname=config.smtp.hostname or socket.gethostname(),
+    )
+    try:
+        greeting = await client.connect()
+        reply = await client.ehlo()
+        starttls = client.supports_extension("starttls")
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+            await client.quit()
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        why = str(exc) or type(exc).__name__
+        return Check(
+            Status.FAIL, name, f"{where} does not answer ({why}): start it or fix [relay] next_hop"
+        )
+    finally:
+        client.close()
+    if _is_optgate(greeting.message):
+        return Check(Status.FAIL, name, f"{where} is optgate itself: mail would loop")
+    if config.relay.starttls == "required" and not starttls:
+        return Check(
+            Status.FAIL, name, f"{where} offers no STARTTLS, and [relay] starttls = required"
+        )
+    server = reply.message.splitlines()[0] if reply.message else "?"
+    return Check(Status.PASS, name, f"{where} answers EHLO ({server})")
+
+
+# --- the store --------------------------------------------------------------------------------
+
+
+def _sqlite_schema(path: Path) -> int:
+    """The schema version of a SQLite store, read without changing anything."""
+    uri = path.absolute().as_uri() + "?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _sqlite_first(url: str) -> Check | None:
+    """A missing or older SQLite store is reported here: opening it would create or migrate it."""
+    text = url.removeprefix("sqlite://").removeprefix("/")
+    if not text or text == ":memory:":
+        return None  # open_store says what is wrong
+    path = Path(text)
+    if not path.exists():
+        return _missing("store", path, "created on first start (or by optgate store migrate)")
+    try:
+        version = _sqlite_schema(path)
+    except sqlite3.Error as exc:
+        return Check(Status.FAIL, "store", f"cannot read SQLite store {path}: {exc}")
+    if version < len(MIGRATIONS):
+        return Check(
+            Status.WARN,
+            "store",
+            f"{path} has schema {version}, this optgate {len(MIGRATIONS)}: "
+            "it is migrated on the next start, or run optgate store migrate",
+        )
+    return None
+
+
+async def _store(url: str) -> Check:
+    """The store opens and is at this optgate's schema."""
+    if url.startswith("sqlite://"):
+        early = await asyncio.to_thread(_sqlite_first, url)
+        if early is not None:
+            return early
+    try:
+        store = await open_store(url)
+    except StoreError as exc:
+        return Check(Status.FAIL, "store", str(exc))
+    await store.close()
+    return Check(Status.PASS, "store", f"{url} opens, schema current")
+
+
+def _base_url(url: str) -> Check:
+    """Unsubscribe links must be https for one-click (RFC 8058) to count."""
+    name = "base_url"
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "https" and host:
+        return Check(Status.PASS, name, f"{url} is https")
+    if parts.scheme != "http" or not host:
+        return Check(Status.FAIL, name, f"[unsubscribe] base_url {url!r} is not an https URL")
+    if _loopback(host):
+        return Check(
+            Status.WARN,
+            name,
+            f"{url} is http on a loopback host: fine for a trial; recipients need a public "
+            "https URL",
+        )
+    return Check(
+        Status.FAIL,
+        name,
+        f"{url} is http: one-click unsubscribe (RFC 8058) needs https: put a TLS proxy in "
+        "front of [web] listen and set an https base_url",
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# --- DNS --------------------------------------------------------------------------------------
+
+
+class DnsFailure(Exception):
+    """A lookup that got no answer at all (timeout, SERVFAIL): nothing can be said."""
+
+
+async def _records(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -> list[object]:
+    """The records of a type at a name; [] for NXDOMAIN or no data."""
+    try:
+        answer = await resolver.resolve(name, rdtype, search=False, raise_on_no_answer=False)
+    except dns.resolver.NXDOMAIN:
+        return []
+    except dns.exception.DNSException as exc:
+        raise DnsFailure(f"cannot look up {rdtype} {name}: {exc}") from None
+    return list(answer.rrset or ())
+
+
+async def _texts(resolver: dns.asyncresolver.Resolver, name: str) -> list[str]:
+    """The TXT records at a name, each one's strings joined (RFC 6376 3.6.2.2, RFC 7208 3.3)."""
+    return [
+        b"".join(cast(TXT, r).strings).decode("utf-8", "replace")
+        for r in await _records(resolver, name, "TXT")
+    ]
+
+
+def _tags(text: str) -> dict[str, str]:
+    """tag=value; pairs (DKIM key records, DMARC)."""
+    pairs = (part.partition("=") for part in text.split(";"))
+    return {k.strip(): v.strip() for k, sep, v in pairs if sep}
+
+
+async def _guard(name: str, work: Awaitable[Found]) -> Check:
+    """A DNS check as a Check; a failed lookup fails it."""
+    try:
+        status, detail = await work
+    except DnsFailure as exc:
+        return Check(Status.FAIL, name, f"{exc}: check the resolver")
+    return Check(status, name, detail)
+
+
+def _domain_of(address: str) -> str:
+    return address.rpartition("@")[2].strip().lower().rstrip(".")
+
+
+def _sending_domains(config: Config, keys: Sequence[_Key]) -> list[str]:
+    """The domains of the DKIM keys and of [unsubscribe] mailto, in that order, once each."""
+    return list(dict.fromkeys([k.domain for k in keys] + [_domain_of(config.unsubscribe.mailto)]))
+
+
+async def _dns_checks(
+    config: Config, keys: Sequence[_Key], resolver: dns.asyncresolver.Resolver | None
+) -> list[Check]:
+    """SPF, DKIM and DMARC per sending domain; MX for the mailto domain."""
+    if resolver is None:
+        try:
+            resolver = system_resolver()
+        except dns.exception.DNSException as exc:
+            return [Check(Status.FAIL, "dns", f"no resolver to ask ({exc}): fix /etc/resolv.conf")]
+    mailto = config.unsubscribe.mailto
+    work: list[Awaitable[Check]] = []
+    for domain in _sending_domains(config, keys):
+        work.append(_guard(f"spf {domain}", _spf(resolver, domain)))
+        for key in (k for k in keys if k.domain == domain):
+            name = f"dkim record {key.selector}._domainkey.{domain}"
+            work.append(_guard(name, _dkim_record(resolver, key)))
+        work.append(_guard(f"dmarc {domain}", _dmarc(resolver, domain)))
+        if domain == _domain_of(mailto):
+            work.append(_guard(f"mx {domain}", _mx(resolver, domain, mailto)))
+    return list(await asyncio.gather(*work))
+
+
+def _is_spf(text: str) -> bool:
+    return text.lower() == "v=spf1" or text.lower().startswith("v=spf1 ")
+
+
+async def _spf(resolver: dns.asyncresolver.Resolver, domain: str) -> Found:
+    """One SPF record that names some sender and does not end in +all or ?all."""
+    records = [t for t in await _texts(resolver, domain) if _is_spf(t)]
+    if not records:
+        return Status.FAIL, (
+            f'no SPF record: publish TXT "v=spf1 mx -all" at {domain}, or one naming the '
+            "servers that send for it (ip4:, ip6:, include:)"
+        )
+    if len(records) > 1:
+        return Status.FAIL, f"{len(records)} SPF records (an error, RFC 7208): merge them into one"
+    return _judge_spf(records[0])
+
+
+def _judge_spf(record: str) -> Found:
+    terms = [t.lower() for t in record.split()[1:]]
+    alls = [t[0] if t[0] in "+-~?" else "+" for t in terms if t.lstrip("+-~?") == "all"]
+    senders = [t for t in terms if t.lstrip("+-~?") != "all" and not t.startswith("exp=")]
+    if not senders:
+        return Status.FAIL, f"{record!r} names no server: add ip4:, ip6:, mx or include:"
+    if not alls and not any(t.startswith("redirect=") for t in senders):
+        return Status.WARN, f"{record!r} has no all term (other servers are neutral): end with -all"
+    if alls and alls[0] in "+?":
+        what = "lets any server send" if alls[0] == "+" else "says nothing of other servers"
+        return Status.WARN, f"{record!r}: {alls[0]}all {what}: end with -all or ~all"
+    return Status.PASS, record
+
+
+async def _dkim_record(resolver: dns.asyncresolver.Resolver, key: _Key) -> Found:
+    """The selector's record carries the public half of the configured key."""
+    name = f"{key.selector}._domainkey.{key.domain}"
+    publish = f"publish {zone_line(key.domain, key.selector, key.private_key)}"
+    found = [_tags(t) for t in await _texts(resolver, name)]
+    records = [t for t in found if t.get("v", "DKIM1") == "DKIM1" and "p" in t]
+    if not records:
+        return Status.FAIL, f"no DKIM key record: {publish}"
+    if len(records) > 1:
+        return Status.FAIL, f"{len(records)} DKIM key records: keep one; {publish}"
+    tags = records[0]
+    if tags.get("k", "rsa") != key.algorithm:
+        return Status.FAIL, f"k={tags.get('k', 'rsa')} but the key is {key.algorithm}: {publish}"
+    p = "".join(tags["p"].split())
+    if not p:
+        return Status.FAIL, f"empty p= (the key is revoked): {publish}"
+    if _b64(p) != public_key_bytes(key.private_key):
+        return Status.FAIL, f"p= is not the public half of {key.path}: {publish}"
+    return Status.PASS, f"matches the {key.algorithm} key in {key.path}"
+
+
+def _b64(text: str) -> bytes | None:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _organizational(domain: str) -> str:
+    """The organizational domain, approximated as the last two labels (no public suffix list)."""
+    return ".".join(domain.split(".")[-2:])
+
+
+async def _dmarc_at(resolver: dns.asyncresolver.Resolver, domain: str) -> list[dict[str, str]]:
+    texts = await _texts(resolver, f"_dmarc.{domain}")
+    return [_tags(t) for t in texts if t.replace(" ", "").upper().startswith("V=DMARC1")]
+
+
+async def _dmarc(resolver: dns.asyncresolver.Resolver, domain: str) -> Found:
+    """A DMARC record with a policy, at the domain or (sp=, else p=) its organizational domain."""
+    where, records, policy_tag = domain, await _dmarc_at(resolver, domain), "p"
+    organizational = _organizational(domain)
+    if not records and organizational != domain:
+        where, records = organizational, await _dmarc_at(resolver, organizational)
+        policy_tag = "sp" if records and "sp" in records[0] else "p"
+    if not records:
+        return Status.FAIL, (
+            f'no DMARC record: publish TXT "v=DMARC1; p=none; rua=mailto:dmarc@{domain}" at '
+            f"_dmarc.{domain} (Gmail and Yahoo require one), then move to quarantine or reject"
+        )
+    if len(records) > 1:
+        return Status.FAIL, f"{len(records)} DMARC records at _dmarc.{where}: keep one"
+    policy = records[0].get(policy_tag, "").lower()
+    shown = f"_dmarc.{where} {policy_tag}={policy}"
+    if policy not in ("none", "quarantine", "reject"):
+        return Status.FAIL, f"_dmarc.{where} has no valid p= (none, quarantine or reject)"
+    if policy == "none":
+        return Status.WARN, (
+            f"{shown} only monitors: move to p=quarantine or p=reject once the reports "
+            "show your mail aligned"
+        )
+    return Status.PASS, shown
+
+
+async def _mx(resolver: dns.asyncresolver.Resolver, domain: str, mailto: str) -> Found:
+    """Mail to [unsubscribe] mailto (unsubscribes, bounces, complaints) can arrive."""
+    hosts = sorted(
+        (mx.preference, mx.exchange.to_text())
+        for mx in (cast(MX, r) for r in await _records(resolver, domain, "MX"))
+    )
+    lost = f"mail to {mailto} (unsubscribes, bounces) cannot arrive"
+    if not hosts:
+        return Status.FAIL, f"no MX record: {lost}: publish one"
+    if hosts == [(0, ".")]:
+        return Status.FAIL, f"null MX (the domain takes no mail): {lost}"
+    return Status.PASS, ", ".join(f"{preference} {host}" for preference, host in hosts)
