@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from gateway.service import running
+from tests.support.people import BOUNCED, FAN, GONE, SENDER, STRANGER, seed
 from tests.support.postfix import PostfixPorts, postfix_available, private_postfix
 from tests.support.smtp import gateway_config, message, send, sink
-from tests.test_relay import BOUNCED, FAN, GONE, SENDER, STRANGER, seed
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix needs root")
 

@@ -6,7 +6,6 @@ import email
 import email.policy
 import re
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,48 +18,8 @@ from gateway.tokens import TokenSigner
 from suppression.address import normalize
 from suppression.model import Consent, ImportItem, Reason, now
 from suppression.store import open_store
+from tests.support.people import BOUNCED, FAN, GONE, SENDER, STRANGER, seed
 from tests.support.smtp import Sink, gateway_config, message, send, sink
-
-SENDER = "news@sender.example"
-FAN = "fan@example.com"  # consented to "marketing"
-GONE = "gone@example.com"  # consented, then unsubscribed (global)
-STRANGER = "stranger@example.com"  # no consent
-BOUNCED = "bounced@example.com"  # hard bounce
-
-
-async def seed(config: Config) -> None:
-    """Consent for FAN and GONE; GONE unsubscribed; BOUNCED bounced."""
-    store = await open_store(config.store.url)
-    try:
-        records = [
-            Consent(normalize(a).sha256, "marketing", True, "test", now())
-            for a in (FAN, GONE, BOUNCED)
-        ]
-        await store.record_consents(records, actor="test")
-        for address, reason in ((GONE, Reason.UNSUBSCRIBED), (BOUNCED, Reason.BOUNCED)):
-            a = normalize(address)
-            item = ImportItem(a.sha256, "sha256", a.normalized, reason)
-            await store.suppress([item], scope="global", source="test", actor="test")
-    finally:
-        await store.close()
-
-
-@pytest.fixture
-async def next_hop() -> AsyncIterator[Sink]:
-    async with sink() as recorder:
-        yield recorder
-
-
-@pytest.fixture
-def config(tmp_path: Path, next_hop: Sink) -> Config:
-    return gateway_config(tmp_path, next_hop.port)
-
-
-@pytest.fixture
-async def gate(config: Config) -> AsyncIterator[Running]:
-    await seed(config)
-    async with running(config) as running_gate:
-        yield running_gate
 
 
 def parsed(data: bytes) -> email.message.EmailMessage:

@@ -10,16 +10,10 @@ import pytest
 
 from gateway.keygen import generate, private_pem, record_value, write_private
 from gateway.service import Running, running
-from tests.support.smtp import Sink, gateway_config, message, send, sink
-from tests.test_relay import FAN, SENDER, seed
+from tests.support.people import FAN, SENDER, seed
+from tests.support.smtp import Sink, gateway_config, message, send
 
 DOMAIN, SELECTOR = "sender.example", "s1"
-
-
-@pytest.fixture
-async def next_hop() -> AsyncIterator[Sink]:
-    async with sink() as recorder:
-        yield recorder
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import email.policy
 import json
 import os
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -17,12 +16,12 @@ import pytest
 from playwright.async_api import Browser
 
 from gateway.config import Config
-from gateway.service import Running, running
+from gateway.service import Running
 from suppression.address import normalize
 from suppression.model import Reason
 from suppression.store import open_store
-from tests.support.smtp import Sink, gateway_config, message, send, sink
-from tests.test_relay import FAN, SENDER, seed
+from tests.support.people import FAN, SENDER
+from tests.support.smtp import Sink, message, send
 from tests.test_web_browser import browser, chromium  # noqa: F401 - fixtures
 
 # screenshots a person can look at after a run (CI keeps the folder as an artefact)
@@ -32,24 +31,6 @@ ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).parents[1] / "t
 @pytest.fixture(scope="module", autouse=True)
 def _artifacts() -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-
-
-@pytest.fixture
-async def next_hop() -> AsyncIterator[Sink]:
-    async with sink() as recorder:
-        yield recorder
-
-
-@pytest.fixture
-def config(tmp_path: Path, next_hop: Sink) -> Config:
-    return gateway_config(tmp_path, next_hop.port)
-
-
-@pytest.fixture
-async def gate(config: Config) -> AsyncIterator[Running]:
-    await seed(config)
-    async with running(config) as started:
-        yield started
 
 
 def links(data: bytes) -> tuple[str, str]:
