@@ -37,6 +37,7 @@ from suppression.model import Consent, ImportItem, Reason, Source, Suppression, 
 from suppression.store import Holder, Store
 
 log = structlog.get_logger("optgate.web")
+CONFIRM_MAX_AGE = 7 * 24 * 3600  # seconds a double opt-in link stays valid
 
 ACTOR = "web"
 MAX_BODY = 64 * 1024  # a one-click or page form is a few dozen bytes
@@ -230,7 +231,10 @@ class _Endpoint:
 
     def claims(self, request: web.Request, *, confirm: bool) -> Claims:
         """The token's claims; a confirmation link works only on /c, an opt-out link not there."""
-        claims = self.signer.verify(request.match_info["token"])
+        # an opt-out link must work for as long as the mail is read; a sign-up
+        # confirmation must not be usable for ever
+        max_age = CONFIRM_MAX_AGE if confirm else None
+        claims = self.signer.verify(request.match_info["token"], max_age=max_age)
         if claims.scope.startswith("confirm:") != confirm:
             raise InvalidToken(
                 "an opt-out link used to confirm"

@@ -751,3 +751,22 @@ async def test_pages_carry_the_configured_note_and_postal_address(tmp_path: Path
         await store.close()
     assert "Fragen? datenschutz@shop.example" in text
     assert "Shop GmbH, Hauptstr. 1 &lt;Berlin&gt;" in text
+
+
+async def test_a_confirmation_link_expires_after_a_week_but_opt_out_links_do_not(
+    site: Site,
+) -> None:
+    from gateway.web import CONFIRM_MAX_AGE
+
+    old = int(time.time()) - CONFIRM_MAX_AGE - 60
+    events = await site.events()
+    for method in ("GET", "POST"):
+        response, page = await site.call(method, f"/c/{site.token(NEW, 'confirm:news', old)}")
+        assert response.status == 400
+        assert "Nothing was changed" in page
+    assert not await site.keeps(NEW, "news")
+    assert await site.events() == events
+
+    response, _ = await site.call("POST", f"/u/{site.token(JANE, 'topic:news', old)}", ONE_CLICK)
+    assert response.status == 200
+    assert not await site.keeps(JANE, "news")
