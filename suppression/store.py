@@ -131,4 +131,10 @@ async def open_store(url: str) -> Store:
         if not path or path == ":memory:":
             raise StoreError("sqlite store url needs a file: sqlite:///PATH")
         return await SQLiteStore.open(path)
-    raise StoreError(f"store url {url!r} is not supported: use sqlite:///PATH")
+    if url.startswith(("postgresql://", "postgres://")):
+        from suppression.postgres import PostgresStore
+
+        return await PostgresStore.open(url)
+    raise StoreError(
+        f"store url {url!r} is not supported: use sqlite:///PATH or postgresql://HOST/DATABASE"
+    )

@@ -1,0 +1,657 @@
+"""The shared store for several nodes: PostgreSQL through an asyncpg pool."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from suppression.address import Address
+from suppression.audit import GENESIS, ChainWalk, event_body, link
+from suppression.errors import StoreError
+from suppression.model import (
+    AuditEvent,
+    BatchResult,
+    Consent,
+    Facts,
+    ImportItem,
+    Ledger,
+    OptOutCheck,
+    Reason,
+    Send,
+    Suppression,
+    now,
+)
+from suppression.store import ChainReport, Holder, SubjectRecord
+
+# The same tables as the SQLite store (and the same `#`/`@` key prefixes), with
+# timestamps as timestamptz. Each entry is one schema version.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE suppression (
+        key TEXT COLLATE "C" NOT NULL,
+        scope TEXT COLLATE "C" NOT NULL,
+        kind TEXT NOT NULL,
+        address TEXT,
+        reason TEXT NOT NULL,
+        source TEXT NOT NULL,
+        evidence TEXT,
+        created TIMESTAMPTZ NOT NULL,
+        event BIGINT NOT NULL,
+        PRIMARY KEY (key, scope)
+    );
+    CREATE TABLE consent (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        sha256 TEXT COLLATE "C" NOT NULL,
+        purpose TEXT COLLATE "C" NOT NULL,
+        granted BOOLEAN NOT NULL,
+        source TEXT NOT NULL,
+        policy_version TEXT,
+        address TEXT,
+        evidence TEXT,
+        created TIMESTAMPTZ NOT NULL,
+        event BIGINT NOT NULL
+    );
+    CREATE INDEX consent_by_subject ON consent (sha256, purpose, id);
+    CREATE TABLE audit (
+        seq BIGINT PRIMARY KEY,
+        at TIMESTAMPTZ NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT COLLATE "C",
+        body TEXT NOT NULL,
+        prev TEXT NOT NULL,
+        digest TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_subject ON audit (subject);
+    """,
+    """
+    CREATE TABLE send (
+        message TEXT COLLATE "C" NOT NULL,
+        sha256 TEXT COLLATE "C" NOT NULL,
+        topic TEXT NOT NULL,
+        class TEXT NOT NULL,
+        at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (message, sha256)
+    );
+    CREATE INDEX send_by_subject ON send (sha256, at);
+    """,
+)
+
+# advisory lock keys (any constants, unique to optgate): one serialises schema
+# migrations of nodes starting at once, one every append to the audit chain
+MIGRATE_LOCK = 0x6F707467_00000001
+AUDIT_LOCK = 0x6F707467_00000002
+
+_SUPPRESSION_COLUMNS = "key, kind, scope, reason, source, created, address, evidence, event"
+_CONSENT_COLUMNS = (
+    "sha256, purpose, granted, source, created, policy_version, address, evidence, event"
+)
+_EVENT_COLUMNS = "seq, at, actor, action, subject, body, prev, digest"
+_PAGE = 5000
+# batches at least this big go through COPY into a temporary table
+COPY_THRESHOLD = 1000
+POOL_SIZE = 10
+CONNECT_TIMEOUT = 10.0
+
+_PREFIX: dict[str, str] = {"sha256": "", "md5": "#", "domain": "@"}
+
+# Suppressions (in the given scopes), the latest consent per recipient for the
+# purpose, and the ledger check, in one statement: one round trip per message.
+_LOOKUP = f"""
+SELECT 's', {_SUPPRESSION_COLUMNS}, NULL::boolean
+FROM suppression WHERE key = ANY($1::text[]) AND scope = ANY($2::text[])
+UNION ALL
+SELECT 'c', sha256, purpose, policy_version, NULL, source, created, address, evidence, event,
+       granted
+FROM (
+    SELECT DISTINCT ON (sha256) * FROM consent
+    WHERE sha256 = ANY($3::text[]) AND purpose = $4::text
+    ORDER BY sha256, created DESC, id DESC
+) latest
+UNION ALL
+SELECT 'd', sha256, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM send WHERE message = $5::text AND at >= $6::timestamptz AND sha256 = ANY($3::text[])
+"""
+
+
+def _utc(value: datetime) -> datetime:
+    """Aware UTC (a naive time is local time, as in the SQLite store)."""
+    return value.astimezone(UTC)
+
+
+def _stored(key: str, kind: str) -> str:
+    return _PREFIX[kind] + key
+
+
+def _stored_keys(address: Address) -> tuple[str, str, str]:
+    return (address.sha256, "#" + address.md5, "@" + address.domain_key)
+
+
+def _suppression(row: Sequence[Any]) -> Suppression:
+    key, kind, scope, reason, source, created, address, evidence, event = row
+    return Suppression(
+        key.lstrip("#@"), kind, scope, Reason(reason), source, created, address, evidence, event
+    )
+
+
+def _consent(row: Sequence[Any]) -> Consent:
+    sha256, purpose, granted, source, created, version, address, evidence, event = row
+    return Consent(
+        sha256, purpose, bool(granted), source, created, version, address, evidence, event
+    )
+
+
+def _event(row: Sequence[Any]) -> AuditEvent:
+    seq, at, actor, action, subject, body, prev, digest = row
+    return AuditEvent(seq, at, actor, action, subject, body, prev, digest)
+
+
+def _keys_digest(keys: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for key in keys:
+        digest.update(key.encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _count(status: str) -> int:
+    """Rows a command changed, from its status ("INSERT 0 5", "DELETE 2")."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username}@{host}" if parts.username else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "postgresql://…"
+
+
+_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+class PostgresStore:
+    """Store on one PostgreSQL database, shared by any number of nodes."""
+
+    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
+        self._pool = pool
+        self._url = safe_url(url)
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except _FAILURES as exc:
+            raise StoreError(
+                f"cannot {doing} PostgreSQL store {self._url}: {_one_line(exc)}"
+            ) from None
+
+    @classmethod
+    async def open(cls, url: str, *, pool_size: int = POOL_SIZE) -> PostgresStore:
+        """Connect a pool and run pending migrations."""
+        try:
+            pool = await asyncpg.create_pool(
+                url,
+                min_size=1,
+                max_size=pool_size,
+                timeout=CONNECT_TIMEOUT,
+                server_settings={"timezone": "UTC", "application_name": "optgate"},
+            )
+        except (*_FAILURES, ValueError) as exc:
+            raise StoreError(
+                f"cannot open PostgreSQL store {safe_url(url)}: {_one_line(exc)}"
+            ) from None
+        store = cls(pool, url)
+        try:
+            with store._errors("open"):
+                await store._migrate()
+        except BaseException:
+            await pool.close()
+            raise
+        return store
+
+    async def _migrate(self) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # nodes starting at once migrate one after another
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)
+            # (a role that may only read can open a migrated store)
+            if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+                await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            version = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
+            if version > len(MIGRATIONS):
+                raise StoreError(
+                    f"store {self._url} has schema {version}, newer than this optgate "
+                    f"({len(MIGRATIONS)}): upgrade optgate"
+                )
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                await conn.execute(script)
+                await conn.execute("DELETE FROM schema_version")
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
+
+    async def close(self) -> None:
+        """Close every connection of the pool."""
+        await self._pool.close()
+
+    async def _write(self, work: Any) -> Any:
+        """Run ``work(conn)`` in one transaction holding the audit chain lock.
+
+        The lock is taken before the chain's head is read, so two writers (on
+        this node or another) never link two events to the same predecessor.
+        """
+        with self._errors("write to"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
+                return await work(conn)
+
+    @staticmethod
+    async def _head(conn: Any) -> tuple[int, str]:
+        last = await conn.fetchrow("SELECT seq, digest FROM audit ORDER BY seq DESC LIMIT 1")
+        return (last[0] + 1, last[1]) if last else (1, GENESIS)
+
+    async def _audit(
+        self,
+        conn: Any,
+        actor: str,
+        action: str,
+        subject: str | None,
+        detail: Mapping[str, object],
+    ) -> int:
+        """Append one chained audit event (inside the caller's locked transaction)."""
+        seq, prev = await self._head(conn)
+        at = now()
+        body = event_body(seq, at, actor, action, subject, detail)
+        await conn.execute(
+            f"INSERT INTO audit ({_EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            seq,
+            at,
+            actor,
+            action,
+            subject,
+            body,
+            prev,
+            link(prev, body),
+        )
+        return seq
+
+    async def suppress(
+        self,
+        items: Sequence[ImportItem],
+        *,
+        scope: str,
+        source: str,
+        actor: str,
+        evidence: str | None = None,
+        note: Mapping[str, object] | None = None,
+        run_since: int | None = None,
+    ) -> BatchResult:
+        """Add suppressions in one transaction with one audit event (none if nothing is new)."""
+        first: dict[str, ImportItem] = {}
+        for item in items:
+            first.setdefault(_stored(item.key, item.kind), item)
+        unique = dict(sorted(first.items()))
+
+        async def work(conn: Any) -> BatchResult:
+            seq, _ = await self._head(conn)
+            created = now()
+            rows = [
+                (
+                    key,
+                    scope,
+                    item.kind,
+                    item.address,
+                    item.reason.value,
+                    source,
+                    evidence,
+                    _utc(item.created) if item.created else created,
+                    seq,
+                )
+                for key, item in unique.items()
+            ]
+            added = await self._insert_suppressions(conn, rows)
+            if added:
+                subject = next(iter(unique.values())).key if len(unique) == 1 else None
+                detail = {
+                    **(note or {}),
+                    "scope": scope,
+                    "source": source,
+                    "added": added,
+                    "keys_sha256": _keys_digest(unique),
+                }
+                await self._audit(conn, actor, "suppress", subject, detail)
+            earlier = 0
+            if run_since is not None and added != len(unique):
+                same = await conn.fetchval(
+                    "SELECT count(*) FROM suppression "
+                    "WHERE scope = $1 AND event >= $2 AND key = ANY($3::text[])",
+                    scope,
+                    run_since,
+                    list(unique),
+                )
+                earlier = int(same) - added
+            return BatchResult(
+                added=added,
+                present=len(unique) - added - earlier,
+                duplicates=len(items) - len(unique) + earlier,
+                event=seq,
+            )
+
+        result: BatchResult = await self._write(work)
+        return result
+
+    @staticmethod
+    async def _insert_suppressions(conn: Any, rows: list[tuple[Any, ...]]) -> int:
+        """Insert rows that are not there yet; return how many were new."""
+        columns = "key, scope, kind, address, reason, source, evidence, created, event"
+        if not rows:
+            return 0
+        if len(rows) < COPY_THRESHOLD:
+            status = await conn.execute(
+                f"INSERT INTO suppression ({columns}) "
+                "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+                "$5::text[], $6::text[], $7::text[], $8::timestamptz[], $9::bigint[]) "
+                "ON CONFLICT DO NOTHING",
+                *(list(column) for column in zip(*rows, strict=True)),
+            )
+            return _count(status)
+        await conn.execute(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS suppression_in "
+            "(LIKE suppression INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        await conn.execute("TRUNCATE suppression_in")
+        await conn.copy_records_to_table(
+            "suppression_in", records=rows, columns=columns.split(", ")
+        )
+        status = await conn.execute(
+            f"INSERT INTO suppression ({columns}) SELECT {columns} FROM suppression_in "
+            "ON CONFLICT DO NOTHING"
+        )
+        return _count(status)
+
+    async def unsuppress(self, keys: Sequence[str], *, scope: str, actor: str) -> int:
+        """Delete suppressions of a scope; audited per key."""
+
+        async def work(conn: Any) -> int:
+            removed = 0
+            for key in dict.fromkeys(keys):
+                forms = [key, "@" + key] if len(key) == 64 else ["#" + key]
+                status = await conn.execute(
+                    "DELETE FROM suppression WHERE key = ANY($1::text[]) AND scope = $2",
+                    forms,
+                    scope,
+                )
+                if _count(status):
+                    removed += 1
+                    await self._audit(conn, actor, "unsuppress", key, {"scope": scope})
+            return removed
+
+        result: int = await self._write(work)
+        return result
+
+    async def record_consents(self, consents: Sequence[Consent], *, actor: str) -> int:
+        """Append consent records with one audit event."""
+        if not consents:
+            return 0
+
+        async def work(conn: Any) -> int:
+            subject = consents[0].sha256 if len({c.sha256 for c in consents}) == 1 else None
+            detail = {
+                "count": len(consents),
+                "granted": sum(c.granted for c in consents),
+                "revoked": sum(not c.granted for c in consents),
+                "purposes": sorted({c.purpose for c in consents}),
+                "keys_sha256": _keys_digest(c.sha256 for c in consents),
+            }
+            event = await self._audit(conn, actor, "consent", subject, detail)
+            rows = [
+                (
+                    c.sha256,
+                    c.purpose,
+                    c.granted,
+                    c.source,
+                    _utc(c.created),
+                    c.policy_version,
+                    c.address,
+                    c.evidence,
+                    event,
+                )
+                for c in consents
+            ]
+            # WITH ORDINALITY: ids follow the order of the input
+            await conn.execute(
+                f"INSERT INTO consent ({_CONSENT_COLUMNS}) "
+                f"SELECT {_CONSENT_COLUMNS} FROM unnest($1::text[], $2::text[], "
+                "$3::boolean[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], "
+                "$8::text[], $9::bigint[]) WITH ORDINALITY "
+                f"AS t({_CONSENT_COLUMNS}, n) ORDER BY n",
+                *(list(column) for column in zip(*rows, strict=True)),
+            )
+            return len(consents)
+
+        result: int = await self._write(work)
+        return result
+
+    async def lookup_many(
+        self,
+        recipients: Sequence[Address],
+        scopes: Sequence[str],
+        purpose: str | None,
+        ledger: Ledger | None = None,
+    ) -> dict[str, Facts]:
+        """Suppressions in the given scopes, the latest consent for purpose, earlier delivery.
+
+        One statement, so one round trip per message.
+        """
+        owners: dict[str, list[str]] = {}
+        for address in recipients:
+            for key in _stored_keys(address):
+                owners.setdefault(key, []).append(address.sha256)
+        found: dict[str, list[Suppression]] = {a.sha256: [] for a in recipients}
+        if not found:
+            return {}
+        with self._errors("read"):
+            rows = await self._pool.fetch(
+                _LOOKUP,
+                list(owners),
+                list(scopes),
+                list(found),
+                purpose,
+                ledger.message if ledger else None,
+                _utc(ledger.since) if ledger else None,
+            )
+        consents: dict[str, Consent] = {}
+        done: set[str] = set()
+        for row in rows:
+            tag = row[0]
+            if tag == "s":
+                record = _suppression(row[1:10])
+                for owner in owners[row[1]]:
+                    found[owner].append(record)
+            elif tag == "c":
+                # tag, sha256, purpose, policy_version, -, source, created, address, evidence,
+                # event, granted
+                consent = _consent(tuple(row[i] for i in (1, 2, 10, 5, 6, 3, 7, 8, 9)))
+                consents[consent.sha256] = consent
+            else:
+                done.add(row[1])
+        return {key: Facts(tuple(found[key]), consents.get(key), key in done) for key in found}
+
+    async def audit(
+        self, *, actor: str, action: str, subject: str | None, detail: Mapping[str, object] = {}
+    ) -> int:
+        """Append a stand-alone audit event."""
+
+        async def work(conn: Any) -> int:
+            return await self._audit(conn, actor, action, subject, detail)
+
+        result: int = await self._write(work)
+        return result
+
+    async def record_sends(self, sends: Sequence[Send]) -> None:
+        """Remember delivered copies (the send ledger) in one statement."""
+        if not sends:
+            return
+        # one row per (message, recipient), the last one wins (as INSERT OR REPLACE)
+        latest = {(s.message, s.sha256): s for s in sends}
+        rows = [(s.message, s.sha256, s.topic, s.kind, _utc(s.at)) for s in latest.values()]
+        with self._errors("write to"):
+            await self._pool.execute(
+                "INSERT INTO send (message, sha256, topic, class, at) "
+                "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+                "$5::timestamptz[]) "
+                "ON CONFLICT (message, sha256) DO UPDATE SET at = excluded.at",
+                *(list(column) for column in zip(*rows, strict=True)),
+            )
+
+    async def _stream(self, sql: str, *args: Any) -> AsyncGenerator[Any, None]:
+        """Rows of a query through a server-side cursor, a page at a time."""
+        with self._errors("read"):
+            async with (
+                self._pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                async for row in conn.cursor(sql, *args, prefetch=_PAGE):
+                    yield row
+
+    async def compliance(self) -> AsyncIterator[OptOutCheck]:
+        """Opt-outs (address keys) joined with the non-transactional sends after them."""
+        async for key, scope, reason, source, created, count, last in self._stream(
+            "SELECT s.key, s.scope, s.reason, s.source, s.created, count(d.sha256), max(d.at) "
+            "FROM suppression s LEFT JOIN send d ON d.sha256 = s.key AND d.at > s.created "
+            "AND d.class != 'transactional' "
+            "AND (s.scope = 'global' OR s.scope = 'topic:' || d.topic) "
+            "WHERE s.kind = 'sha256' GROUP BY s.key, s.scope ORDER BY s.created"
+        ):
+            yield OptOutCheck(key, scope, Reason(reason), source, created, count, last)
+
+    async def holder(self, sha256: str) -> Holder:
+        """Suppressions and latest consent per purpose of one identity hash."""
+        with self._errors("read"):
+            async with self._pool.acquire() as conn:
+                suppressions = [
+                    _suppression(row)
+                    for row in await conn.fetch(
+                        f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression WHERE key = $1 "
+                        "ORDER BY scope",
+                        sha256,
+                    )
+                ]
+                records = [
+                    _consent(row)
+                    for row in await conn.fetch(
+                        f"SELECT {_CONSENT_COLUMNS} FROM consent WHERE sha256 = $1 "
+                        "ORDER BY created, id",
+                        sha256,
+                    )
+                ]
+        latest = {c.purpose: c for c in records}
+        known = [s.address for s in suppressions] + [c.address for c in records]
+        address = next((a for a in known if a and not a.startswith("@")), None)
+        return Holder(address, tuple(suppressions), tuple(latest[p] for p in sorted(latest)))
+
+    async def subject(self, address: Address) -> SubjectRecord:
+        """Every suppression, consent and audit event about an address."""
+        with self._errors("read"):
+            async with self._pool.acquire() as conn:
+                suppressions = [
+                    _suppression(row)
+                    for row in await conn.fetch(
+                        f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression "
+                        "WHERE key = ANY($1::text[]) ORDER BY created",
+                        list(_stored_keys(address)),
+                    )
+                ]
+                consents = [
+                    _consent(row)
+                    for row in await conn.fetch(
+                        f"SELECT {_CONSENT_COLUMNS} FROM consent WHERE sha256 = $1 ORDER BY id",
+                        address.sha256,
+                    )
+                ]
+                seqs = sorted(
+                    {s.event for s in suppressions if s.event is not None}
+                    | {c.event for c in consents if c.event is not None}
+                )
+                events = [
+                    _event(row)
+                    for row in await conn.fetch(
+                        f"SELECT {_EVENT_COLUMNS} FROM audit "
+                        "WHERE subject = ANY($1::text[]) OR seq = ANY($2::bigint[]) ORDER BY seq",
+                        [address.sha256, address.md5, address.domain_key],
+                        seqs,
+                    )
+                ]
+        return SubjectRecord(tuple(suppressions), tuple(consents), tuple(events))
+
+    async def erase(self, address: Address, *, actor: str) -> int:
+        """Forget the plaintext and consent evidence; the hashes stay."""
+
+        async def work(conn: Any) -> int:
+            first = await conn.execute(
+                "UPDATE suppression SET address = NULL, evidence = NULL "
+                "WHERE key = ANY($1::text[]) AND (address IS NOT NULL OR evidence IS NOT NULL)",
+                [address.sha256, "#" + address.md5],
+            )
+            second = await conn.execute(
+                "UPDATE consent SET address = NULL, evidence = NULL "
+                "WHERE sha256 = $1 AND (address IS NOT NULL OR evidence IS NOT NULL)",
+                address.sha256,
+            )
+            changed = _count(first) + _count(second)
+            await self._audit(conn, actor, "erase", address.sha256, {"records": changed})
+            return changed
+
+        result: int = await self._write(work)
+        return result
+
+    async def iter_suppressions(self, scope: str | None) -> AsyncIterator[Suppression]:
+        """Stream suppressions in key order through a server-side cursor."""
+        if scope:
+            rows = self._stream(
+                f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression WHERE scope = $1", scope
+            )
+        else:
+            rows = self._stream(f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression")
+        async for row in rows:
+            yield _suppression(row)
+
+    async def iter_consents(self, purpose: str | None) -> AsyncIterator[Consent]:
+        """Stream consent records in the order they were made."""
+        if purpose:
+            rows = self._stream(
+                f"SELECT {_CONSENT_COLUMNS} FROM consent WHERE purpose = $1 ORDER BY id", purpose
+            )
+        else:
+            rows = self._stream(f"SELECT {_CONSENT_COLUMNS} FROM consent ORDER BY id")
+        async for row in rows:
+            yield _consent(row)
+
+    async def verify_chain(self) -> ChainReport:
+        """Walk the whole audit log in sequence order."""
+        walk = ChainWalk()
+        rows = self._stream(f"SELECT {_EVENT_COLUMNS} FROM audit ORDER BY seq")
+        try:
+            async for row in rows:
+                if not walk.step(_event(row)):
+                    break
+        finally:
+            await rows.aclose()
+        return ChainReport(walk.count, walk.head, walk.broken_at, walk.problem)
