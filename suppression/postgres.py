@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +14,6 @@ from suppression.address import Address
 from suppression.audit import GENESIS, ChainWalk, event_body, link
 from suppression.errors import StoreError
 from suppression.model import (
-    AuditEvent,
     BatchResult,
     Consent,
     Facts,
@@ -26,6 +24,21 @@ from suppression.model import (
     Send,
     Suppression,
     now,
+)
+from suppression.rows import (
+    CONSENT_COLUMNS,
+    EVENT_COLUMNS,
+    PAGE,
+    SUPPRESSION_COLUMNS,
+    batch_result,
+    consent_event,
+    stored_keys,
+    suppress_event,
+    suppression_rows,
+    to_consent,
+    to_event,
+    to_suppression,
+    unique_items,
 )
 from suppression.store import ChainReport, Holder, SubjectRecord
 
@@ -88,23 +101,15 @@ MIGRATIONS: tuple[str, ...] = (
 MIGRATE_LOCK = 0x6F707467_00000001
 AUDIT_LOCK = 0x6F707467_00000002
 
-_SUPPRESSION_COLUMNS = "key, kind, scope, reason, source, created, address, evidence, event"
-_CONSENT_COLUMNS = (
-    "sha256, purpose, granted, source, created, policy_version, address, evidence, event"
-)
-_EVENT_COLUMNS = "seq, at, actor, action, subject, body, prev, digest"
-_PAGE = 5000
 # batches at least this big go through COPY into a temporary table
 COPY_THRESHOLD = 1000
 POOL_SIZE = 10
 CONNECT_TIMEOUT = 10.0
 
-_PREFIX: dict[str, str] = {"sha256": "", "md5": "#", "domain": "@"}
-
 # Suppressions (in the given scopes), the latest consent per recipient for the
 # purpose, and the ledger check, in one statement: one round trip per message.
 _LOOKUP = f"""
-SELECT 's', {_SUPPRESSION_COLUMNS}, NULL::boolean
+SELECT 's', {SUPPRESSION_COLUMNS}, NULL::boolean
 FROM suppression WHERE key = ANY($1::text[]) AND scope = ANY($2::text[])
 UNION ALL
 SELECT 'c', sha256, purpose, policy_version, NULL, source, created, address, evidence, event,
@@ -123,40 +128,6 @@ FROM send WHERE message = $5::text AND at >= $6::timestamptz AND sha256 = ANY($3
 def _utc(value: datetime) -> datetime:
     """Aware UTC (a naive time is local time, as in the SQLite store)."""
     return value.astimezone(UTC)
-
-
-def _stored(key: str, kind: str) -> str:
-    return _PREFIX[kind] + key
-
-
-def _stored_keys(address: Address) -> tuple[str, str, str]:
-    return (address.sha256, "#" + address.md5, "@" + address.domain_key)
-
-
-def _suppression(row: Sequence[Any]) -> Suppression:
-    key, kind, scope, reason, source, created, address, evidence, event = row
-    return Suppression(
-        key.lstrip("#@"), kind, scope, Reason(reason), source, created, address, evidence, event
-    )
-
-
-def _consent(row: Sequence[Any]) -> Consent:
-    sha256, purpose, granted, source, created, version, address, evidence, event = row
-    return Consent(
-        sha256, purpose, bool(granted), source, created, version, address, evidence, event
-    )
-
-
-def _event(row: Sequence[Any]) -> AuditEvent:
-    seq, at, actor, action, subject, body, prev, digest = row
-    return AuditEvent(seq, at, actor, action, subject, body, prev, digest)
-
-
-def _keys_digest(keys: Iterable[str]) -> str:
-    digest = hashlib.sha256()
-    for key in keys:
-        digest.update(key.encode() + b"\n")
-    return digest.hexdigest()
 
 
 def _count(status: str) -> int:
@@ -280,7 +251,7 @@ class PostgresStore:
         at = now()
         body = event_body(seq, at, actor, action, subject, detail)
         await conn.execute(
-            f"INSERT INTO audit ({_EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            f"INSERT INTO audit ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             seq,
             at,
             actor,
@@ -304,38 +275,22 @@ class PostgresStore:
         run_since: int | None = None,
     ) -> BatchResult:
         """Add suppressions in one transaction with one audit event (none if nothing is new)."""
-        first: dict[str, ImportItem] = {}
-        for item in items:
-            first.setdefault(_stored(item.key, item.kind), item)
-        unique = dict(sorted(first.items()))
+        unique = unique_items(items)
 
         async def work(conn: Any) -> BatchResult:
             seq, _ = await self._head(conn)
-            created = now()
-            rows = [
-                (
-                    key,
-                    scope,
-                    item.kind,
-                    item.address,
-                    item.reason.value,
-                    source,
-                    evidence,
-                    _utc(item.created) if item.created else created,
-                    seq,
-                )
-                for key, item in unique.items()
-            ]
+            at = now()
+            rows = suppression_rows(
+                unique,
+                scope=scope,
+                source=source,
+                evidence=evidence,
+                event=seq,
+                created=lambda when: _utc(when) if when else at,
+            )
             added = await self._insert_suppressions(conn, rows)
             if added:
-                subject = next(iter(unique.values())).key if len(unique) == 1 else None
-                detail = {
-                    **(note or {}),
-                    "scope": scope,
-                    "source": source,
-                    "added": added,
-                    "keys_sha256": _keys_digest(unique),
-                }
+                subject, detail = suppress_event(unique, note, scope, source, added)
                 await self._audit(conn, actor, "suppress", subject, detail)
             earlier = 0
             if run_since is not None and added != len(unique):
@@ -347,12 +302,7 @@ class PostgresStore:
                     list(unique),
                 )
                 earlier = int(same) - added
-            return BatchResult(
-                added=added,
-                present=len(unique) - added - earlier,
-                duplicates=len(items) - len(unique) + earlier,
-                event=seq,
-            )
+            return batch_result(len(items), len(unique), added, earlier, seq)
 
         result: BatchResult = await self._write(work)
         return result
@@ -412,14 +362,7 @@ class PostgresStore:
             return 0
 
         async def work(conn: Any) -> int:
-            subject = consents[0].sha256 if len({c.sha256 for c in consents}) == 1 else None
-            detail = {
-                "count": len(consents),
-                "granted": sum(c.granted for c in consents),
-                "revoked": sum(not c.granted for c in consents),
-                "purposes": sorted({c.purpose for c in consents}),
-                "keys_sha256": _keys_digest(c.sha256 for c in consents),
-            }
+            subject, detail = consent_event(consents)
             event = await self._audit(conn, actor, "consent", subject, detail)
             rows = [
                 (
@@ -437,11 +380,11 @@ class PostgresStore:
             ]
             # WITH ORDINALITY: ids follow the order of the input
             await conn.execute(
-                f"INSERT INTO consent ({_CONSENT_COLUMNS}) "
-                f"SELECT {_CONSENT_COLUMNS} FROM unnest($1::text[], $2::text[], "
+                f"INSERT INTO consent ({CONSENT_COLUMNS}) "
+                f"SELECT {CONSENT_COLUMNS} FROM unnest($1::text[], $2::text[], "
                 "$3::boolean[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], "
                 "$8::text[], $9::bigint[]) WITH ORDINALITY "
-                f"AS t({_CONSENT_COLUMNS}, n) ORDER BY n",
+                f"AS t({CONSENT_COLUMNS}, n) ORDER BY n",
                 *(list(column) for column in zip(*rows, strict=True)),
             )
             return len(consents)
@@ -462,7 +405,7 @@ class PostgresStore:
         """
         owners: dict[str, list[str]] = {}
         for address in recipients:
-            for key in _stored_keys(address):
+            for key in stored_keys(address):
                 owners.setdefault(key, []).append(address.sha256)
         found: dict[str, list[Suppression]] = {a.sha256: [] for a in recipients}
         if not found:
@@ -482,13 +425,13 @@ class PostgresStore:
         for row in rows:
             tag = row[0]
             if tag == "s":
-                record = _suppression(row[1:10])
+                record = to_suppression(row[1:10])
                 for owner in owners[row[1]]:
                     found[owner].append(record)
             elif tag == "c":
                 # tag, sha256, purpose, policy_version, -, source, created, address, evidence,
                 # event, granted
-                consent = _consent(tuple(row[i] for i in (1, 2, 10, 5, 6, 3, 7, 8, 9)))
+                consent = to_consent(tuple(row[i] for i in (1, 2, 10, 5, 6, 3, 7, 8, 9)))
                 consents[consent.sha256] = consent
             else:
                 done.add(row[1])
@@ -528,7 +471,7 @@ class PostgresStore:
                 self._pool.acquire() as conn,
                 conn.transaction(isolation="repeatable_read", readonly=True),
             ):
-                async for row in conn.cursor(sql, *args, prefetch=_PAGE):
+                async for row in conn.cursor(sql, *args, prefetch=PAGE):
                     yield row
 
     async def compliance(self) -> AsyncIterator[OptOutCheck]:
@@ -547,42 +490,39 @@ class PostgresStore:
         with self._errors("read"):
             async with self._pool.acquire() as conn:
                 suppressions = [
-                    _suppression(row)
+                    to_suppression(row)
                     for row in await conn.fetch(
-                        f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression WHERE key = $1 "
+                        f"SELECT {SUPPRESSION_COLUMNS} FROM suppression WHERE key = $1 "
                         "ORDER BY scope",
                         sha256,
                     )
                 ]
                 records = [
-                    _consent(row)
+                    to_consent(row)
                     for row in await conn.fetch(
-                        f"SELECT {_CONSENT_COLUMNS} FROM consent WHERE sha256 = $1 "
+                        f"SELECT {CONSENT_COLUMNS} FROM consent WHERE sha256 = $1 "
                         "ORDER BY created, id",
                         sha256,
                     )
                 ]
-        latest = {c.purpose: c for c in records}
-        known = [s.address for s in suppressions] + [c.address for c in records]
-        address = next((a for a in known if a and not a.startswith("@")), None)
-        return Holder(address, tuple(suppressions), tuple(latest[p] for p in sorted(latest)))
+        return Holder.of(suppressions, records)
 
     async def subject(self, address: Address) -> SubjectRecord:
         """Every suppression, consent and audit event about an address."""
         with self._errors("read"):
             async with self._pool.acquire() as conn:
                 suppressions = [
-                    _suppression(row)
+                    to_suppression(row)
                     for row in await conn.fetch(
-                        f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression "
+                        f"SELECT {SUPPRESSION_COLUMNS} FROM suppression "
                         "WHERE key = ANY($1::text[]) ORDER BY created",
-                        list(_stored_keys(address)),
+                        list(stored_keys(address)),
                     )
                 ]
                 consents = [
-                    _consent(row)
+                    to_consent(row)
                     for row in await conn.fetch(
-                        f"SELECT {_CONSENT_COLUMNS} FROM consent WHERE sha256 = $1 ORDER BY id",
+                        f"SELECT {CONSENT_COLUMNS} FROM consent WHERE sha256 = $1 ORDER BY id",
                         address.sha256,
                     )
                 ]
@@ -591,9 +531,9 @@ class PostgresStore:
                     | {c.event for c in consents if c.event is not None}
                 )
                 events = [
-                    _event(row)
+                    to_event(row)
                     for row in await conn.fetch(
-                        f"SELECT {_EVENT_COLUMNS} FROM audit "
+                        f"SELECT {EVENT_COLUMNS} FROM audit "
                         "WHERE subject = ANY($1::text[]) OR seq = ANY($2::bigint[]) ORDER BY seq",
                         [address.sha256, address.md5, address.domain_key],
                         seqs,
@@ -626,31 +566,31 @@ class PostgresStore:
         """Stream suppressions in key order through a server-side cursor."""
         if scope:
             rows = self._stream(
-                f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression WHERE scope = $1", scope
+                f"SELECT {SUPPRESSION_COLUMNS} FROM suppression WHERE scope = $1", scope
             )
         else:
-            rows = self._stream(f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression")
+            rows = self._stream(f"SELECT {SUPPRESSION_COLUMNS} FROM suppression")
         async for row in rows:
-            yield _suppression(row)
+            yield to_suppression(row)
 
     async def iter_consents(self, purpose: str | None) -> AsyncIterator[Consent]:
         """Stream consent records in the order they were made."""
         if purpose:
             rows = self._stream(
-                f"SELECT {_CONSENT_COLUMNS} FROM consent WHERE purpose = $1 ORDER BY id", purpose
+                f"SELECT {CONSENT_COLUMNS} FROM consent WHERE purpose = $1 ORDER BY id", purpose
             )
         else:
-            rows = self._stream(f"SELECT {_CONSENT_COLUMNS} FROM consent ORDER BY id")
+            rows = self._stream(f"SELECT {CONSENT_COLUMNS} FROM consent ORDER BY id")
         async for row in rows:
-            yield _consent(row)
+            yield to_consent(row)
 
     async def verify_chain(self) -> ChainReport:
         """Walk the whole audit log in sequence order."""
         walk = ChainWalk()
-        rows = self._stream(f"SELECT {_EVENT_COLUMNS} FROM audit ORDER BY seq")
+        rows = self._stream(f"SELECT {EVENT_COLUMNS} FROM audit ORDER BY seq")
         try:
             async for row in rows:
-                if not walk.step(_event(row)):
+                if not walk.step(to_event(row)):
                     break
         finally:
             await rows.aclose()

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +26,21 @@ from suppression.model import (
     Send,
     Suppression,
     now,
+)
+from suppression.rows import (
+    CONSENT_COLUMNS,
+    EVENT_COLUMNS,
+    PAGE,
+    SUPPRESSION_COLUMNS,
+    batch_result,
+    consent_event,
+    stored_keys,
+    suppress_event,
+    suppression_rows,
+    to_consent,
+    to_event,
+    to_suppression,
+    unique_items,
 )
 from suppression.store import ChainReport, Holder, SubjectRecord
 
@@ -82,11 +96,6 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-_SUPPRESSION_COLUMNS = "key, kind, scope, reason, source, created, address, evidence, event"
-_CONSENT_COLUMNS = (
-    "sha256, purpose, granted, source, created, policy_version, address, evidence, event"
-)
-_PAGE = 5000
 MMAP_BYTES = 1 << 36
 CACHE_KIB = 32768
 
@@ -99,63 +108,20 @@ def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-# MD5 and domain keys are stored with a prefix so that they sort together in a
-# small corner of the primary key: looking them up touches a few cached pages.
-_PREFIX: dict[str, str] = {"sha256": "", "md5": "#", "domain": "@"}
+def _suppression(row: Sequence[Any]) -> Suppression:
+    return to_suppression(row, _parse_time)
 
 
-def _stored(key: str, kind: str) -> str:
-    return _PREFIX[kind] + key
+def _consent(row: Sequence[Any]) -> Consent:
+    return to_consent(row, _parse_time)
 
 
-def _stored_keys(address: Address) -> tuple[str, str, str]:
-    return (address.sha256, "#" + address.md5, "@" + address.domain_key)
-
-
-def _suppression(row: sqlite3.Row | tuple[Any, ...]) -> Suppression:
-    key, kind, scope, reason, source, created, address, evidence, event = row
-    return Suppression(
-        key.lstrip("#@"),
-        kind,
-        scope,
-        Reason(reason),
-        source,
-        _parse_time(created),
-        address,
-        evidence,
-        event,
-    )
-
-
-def _consent(row: sqlite3.Row | tuple[Any, ...]) -> Consent:
-    sha256, purpose, granted, source, created, version, address, evidence, event = row
-    return Consent(
-        sha256,
-        purpose,
-        bool(granted),
-        source,
-        _parse_time(created),
-        version,
-        address,
-        evidence,
-        event,
-    )
-
-
-def _event(row: sqlite3.Row | tuple[Any, ...]) -> AuditEvent:
-    seq, at, actor, action, subject, body, prev, digest = row
-    return AuditEvent(seq, _parse_time(at), actor, action, subject, body, prev, digest)
+def _event(row: Sequence[Any]) -> AuditEvent:
+    return to_event(row, _parse_time)
 
 
 def _marks(count: int) -> str:
     return ",".join("?" * count)
-
-
-def _keys_digest(keys: Iterable[str]) -> str:
-    digest = hashlib.sha256()
-    for key in keys:
-        digest.update(key.encode() + b"\n")
-    return digest.hexdigest()
 
 
 def _connect(path: str, synchronous: str) -> sqlite3.Connection:
@@ -324,53 +290,31 @@ class SQLiteStore:
         run_since: int | None = None,
     ) -> BatchResult:
         """Add suppressions in one transaction with one audit event (none if nothing is new)."""
-        # key order: each page of the primary key is written once per batch
-        first: dict[str, ImportItem] = {}
-        for item in items:
-            first.setdefault(_stored(item.key, item.kind), item)
-        unique = dict(sorted(first.items()))
+        unique = unique_items(items)
 
         async def work() -> BatchResult:
             seq, _ = await self._head()
-            created = _time(now())
+            now_text = _time(now())
             before = self._db.total_changes
             await self._db.executemany(
                 "INSERT OR IGNORE INTO suppression "
                 "(key, scope, kind, address, reason, source, evidence, created, event) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        key,
-                        scope,
-                        item.kind,
-                        item.address,
-                        item.reason.value,
-                        source,
-                        evidence,
-                        _time(item.created) if item.created else created,
-                        seq,
-                    )
-                    for key, item in unique.items()
-                ],
+                suppression_rows(
+                    unique,
+                    scope=scope,
+                    source=source,
+                    evidence=evidence,
+                    event=seq,
+                    created=lambda when: _time(when) if when else now_text,
+                ),
             )
             added = self._db.total_changes - before
             if added:
-                subject = next(iter(unique.values())).key if len(unique) == 1 else None
-                detail = {
-                    **(note or {}),
-                    "scope": scope,
-                    "source": source,
-                    "added": added,
-                    "keys_sha256": _keys_digest(unique),
-                }
+                subject, detail = suppress_event(unique, note, scope, source, added)
                 await self._audit(actor, "suppress", subject, detail)
             earlier = await self._same_run(list(unique), scope, run_since, added)
-            return BatchResult(
-                added=added,
-                present=len(unique) - added - earlier,
-                duplicates=len(items) - len(unique) + earlier,
-                event=seq,
-            )
+            return batch_result(len(items), len(unique), added, earlier, seq)
 
         result: BatchResult = await self._write(work)
         return result
@@ -387,8 +331,8 @@ class SQLiteStore:
         if added == len(keys) or run_since is None:
             return 0
         same = 0
-        for start in range(0, len(keys), _PAGE):
-            chunk = keys[start : start + _PAGE]
+        for start in range(0, len(keys), PAGE):
+            chunk = keys[start : start + PAGE]
             async with self._db.execute(
                 f"SELECT count(*) FROM suppression WHERE scope = ? AND event >= ? "
                 f"AND key IN ({_marks(len(chunk))})",
@@ -421,17 +365,10 @@ class SQLiteStore:
         """Append consent records with one audit event."""
 
         async def work() -> int:
-            subject = consents[0].sha256 if len({c.sha256 for c in consents}) == 1 else None
-            detail = {
-                "count": len(consents),
-                "granted": sum(c.granted for c in consents),
-                "revoked": sum(not c.granted for c in consents),
-                "purposes": sorted({c.purpose for c in consents}),
-                "keys_sha256": _keys_digest(c.sha256 for c in consents),
-            }
+            subject, detail = consent_event(consents)
             event = await self._audit(actor, "consent", subject, detail)
             await self._db.executemany(
-                f"INSERT INTO consent ({_CONSENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO consent ({CONSENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         c.sha256,
@@ -479,11 +416,11 @@ class SQLiteStore:
     ) -> dict[str, Facts]:
         owners: dict[str, list[str]] = {}
         for address in recipients:
-            for key in _stored_keys(address):
+            for key in stored_keys(address):
                 owners.setdefault(key, []).append(address.sha256)
         found: dict[str, list[Suppression]] = {a.sha256: [] for a in recipients}
         rows = self._hot.execute(
-            f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression WHERE key IN ({_marks(len(owners))})",
+            f"SELECT {SUPPRESSION_COLUMNS} FROM suppression WHERE key IN ({_marks(len(owners))})",
             tuple(owners),
         ).fetchall()
         for row in rows:
@@ -494,7 +431,7 @@ class SQLiteStore:
         consents: dict[str, Consent] = {}
         if purpose is not None:
             rows = self._hot.execute(
-                f"SELECT {_CONSENT_COLUMNS} FROM consent "
+                f"SELECT {CONSENT_COLUMNS} FROM consent "
                 f"WHERE sha256 IN ({_marks(len(found))}) AND purpose = ? ORDER BY created, id",
                 (*found, purpose),
             ).fetchall()
@@ -550,7 +487,7 @@ class SQLiteStore:
             "AND (s.scope = 'global' OR s.scope = 'topic:' || d.topic) "
             "WHERE s.kind = 'sha256' GROUP BY s.key, s.scope ORDER BY s.created"
         ) as cursor:
-            while rows := await cursor.fetchmany(_PAGE):
+            while rows := await cursor.fetchmany(PAGE):
                 for key, scope, reason, source, created, count, last in rows:
                     yield OptOutCheck(
                         key,
@@ -571,41 +508,38 @@ class SQLiteStore:
             suppressions = [
                 _suppression(row)
                 for row in self._hot.execute(
-                    f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression WHERE key = ? ORDER BY scope",
+                    f"SELECT {SUPPRESSION_COLUMNS} FROM suppression WHERE key = ? ORDER BY scope",
                     (sha256,),
                 )
             ]
             records = [
                 _consent(row)
                 for row in self._hot.execute(
-                    f"SELECT {_CONSENT_COLUMNS} FROM consent WHERE sha256 = ? ORDER BY created, id",
+                    f"SELECT {CONSENT_COLUMNS} FROM consent WHERE sha256 = ? ORDER BY created, id",
                     (sha256,),
                 )
             ]
         except (sqlite3.Error, ValueError) as exc:  # ValueError: the store was closed
             raise StoreError(f"cannot read SQLite store {self._path}: {exc}") from None
-        latest = {c.purpose: c for c in records}
-        known = [s.address for s in suppressions] + [c.address for c in records]
-        address = next((a for a in known if a and not a.startswith("@")), None)
-        return Holder(address, tuple(suppressions), tuple(latest[p] for p in sorted(latest)))
+        return Holder.of(suppressions, records)
 
     async def subject(self, address: Address) -> SubjectRecord:
         """Every suppression, consent and audit event about an address."""
-        keys = _stored_keys(address)
+        keys = stored_keys(address)
         suppressions = await self._all(
-            f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression WHERE key IN (?, ?, ?) "
+            f"SELECT {SUPPRESSION_COLUMNS} FROM suppression WHERE key IN (?, ?, ?) "
             "ORDER BY created",
             keys,
             _suppression,
         )
         consents = await self._all(
-            f"SELECT {_CONSENT_COLUMNS} FROM consent WHERE sha256 = ? ORDER BY id",
+            f"SELECT {CONSENT_COLUMNS} FROM consent WHERE sha256 = ? ORDER BY id",
             (address.sha256,),
             _consent,
         )
         seqs = {s.event for s in suppressions} | {c.event for c in consents}
         events = await self._all(
-            f"SELECT seq, at, actor, action, subject, body, prev, digest FROM audit "
+            f"SELECT {EVENT_COLUMNS} FROM audit "
             f"WHERE subject IN (?, ?, ?) OR seq IN ({_marks(len(seqs))}) ORDER BY seq",
             (address.sha256, address.md5, address.domain_key, *seqs),
             _event,
@@ -641,9 +575,9 @@ class SQLiteStore:
         """Stream suppressions in key order, a page at a time."""
         where, params = ("WHERE scope = ?", (scope,)) if scope else ("", ())
         async with self._db.execute(
-            f"SELECT {_SUPPRESSION_COLUMNS} FROM suppression {where}", params
+            f"SELECT {SUPPRESSION_COLUMNS} FROM suppression {where}", params
         ) as cursor:
-            while rows := await cursor.fetchmany(_PAGE):
+            while rows := await cursor.fetchmany(PAGE):
                 for row in rows:
                     yield _suppression(row)
 
@@ -651,19 +585,17 @@ class SQLiteStore:
         """Stream consent records in the order they were made."""
         where, params = ("WHERE purpose = ?", (purpose,)) if purpose else ("", ())
         async with self._db.execute(
-            f"SELECT {_CONSENT_COLUMNS} FROM consent {where} ORDER BY id", params
+            f"SELECT {CONSENT_COLUMNS} FROM consent {where} ORDER BY id", params
         ) as cursor:
-            while rows := await cursor.fetchmany(_PAGE):
+            while rows := await cursor.fetchmany(PAGE):
                 for row in rows:
                     yield _consent(row)
 
     async def verify_chain(self) -> ChainReport:
         """Walk the whole audit log in sequence order."""
         walk = ChainWalk()
-        async with self._db.execute(
-            "SELECT seq, at, actor, action, subject, body, prev, digest FROM audit ORDER BY seq"
-        ) as cursor:
-            while rows := await cursor.fetchmany(_PAGE):
+        async with self._db.execute(f"SELECT {EVENT_COLUMNS} FROM audit ORDER BY seq") as cursor:
+            while rows := await cursor.fetchmany(PAGE):
                 if not all(walk.step(_event(row)) for row in rows):
                     break
         return ChainReport(walk.count, walk.head, walk.broken_at, walk.problem)

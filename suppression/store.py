@@ -38,6 +38,14 @@ class Holder:
     suppressions: tuple[Suppression, ...]  # keyed by this hash (not domain or MD5 rows)
     consents: tuple[Consent, ...]  # the latest record per purpose
 
+    @classmethod
+    def of(cls, suppressions: Sequence[Suppression], consents: Sequence[Consent]) -> Holder:
+        """From a hash's suppressions and all its consent records, oldest first."""
+        latest = {c.purpose: c for c in consents}
+        known = [s.address for s in suppressions] + [c.address for c in consents]
+        address = next((a for a in known if a and not a.startswith("@")), None)
+        return cls(address, tuple(suppressions), tuple(latest[p] for p in sorted(latest)))
+
     def consented(self) -> tuple[str, ...]:
         """Purposes whose latest record is a grant."""
         return tuple(c.purpose for c in self.consents if c.granted)

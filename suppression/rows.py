@@ -1,0 +1,153 @@
+"""What the SQL stores share: how keys are stored, the columns they select, rows to records.
+
+MD5 and domain keys are stored with a prefix so that they sort together in a
+small corner of the primary key: looking them up touches a few cached pages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from suppression.address import Address
+from suppression.model import AuditEvent, BatchResult, Consent, ImportItem, Reason, Suppression
+
+SUPPRESSION_COLUMNS = "key, kind, scope, reason, source, created, address, evidence, event"
+CONSENT_COLUMNS = (
+    "sha256, purpose, granted, source, created, policy_version, address, evidence, event"
+)
+EVENT_COLUMNS = "seq, at, actor, action, subject, body, prev, digest"
+PAGE = 5000  # rows a stream fetches at a time
+_PREFIX: dict[str, str] = {"sha256": "", "md5": "#", "domain": "@"}
+
+Time = Callable[[Any], datetime]  # a stored time as the driver returns it -> datetime
+
+
+def stored(key: str, kind: str) -> str:
+    """A key as the suppression table holds it."""
+    return _PREFIX[kind] + key
+
+
+def stored_keys(address: Address) -> tuple[str, str, str]:
+    """Every stored key that can suppress an address: its hash, its MD5, its domain."""
+    return (address.sha256, "#" + address.md5, "@" + address.domain_key)
+
+
+def _same(value: Any) -> datetime:
+    return value  # type: ignore[no-any-return]
+
+
+def to_suppression(row: Sequence[Any], time: Time = _same) -> Suppression:
+    """A suppression from a row of SUPPRESSION_COLUMNS."""
+    key, kind, scope, reason, source, created, address, evidence, event = row
+    return Suppression(
+        key.lstrip("#@"),
+        kind,
+        scope,
+        Reason(reason),
+        source,
+        time(created),
+        address,
+        evidence,
+        event,
+    )
+
+
+def to_consent(row: Sequence[Any], time: Time = _same) -> Consent:
+    """A consent record from a row of CONSENT_COLUMNS."""
+    sha256, purpose, granted, source, created, version, address, evidence, event = row
+    return Consent(
+        sha256, purpose, bool(granted), source, time(created), version, address, evidence, event
+    )
+
+
+def to_event(row: Sequence[Any], time: Time = _same) -> AuditEvent:
+    """An audit event from a row of EVENT_COLUMNS."""
+    seq, at, actor, action, subject, body, prev, digest = row
+    return AuditEvent(seq, time(at), actor, action, subject, body, prev, digest)
+
+
+def keys_digest(keys: Iterable[str]) -> str:
+    """The digest of a batch's keys, for its audit event."""
+    digest = hashlib.sha256()
+    for key in keys:
+        digest.update(key.encode() + b"\n")
+    return digest.hexdigest()
+
+
+def unique_items(items: Sequence[ImportItem]) -> dict[str, ImportItem]:
+    """A batch by stored key, in key order (each index page written once); first row wins."""
+    first: dict[str, ImportItem] = {}
+    for item in items:
+        first.setdefault(stored(item.key, item.kind), item)
+    return dict(sorted(first.items()))
+
+
+def suppression_rows(
+    unique: Mapping[str, ImportItem],
+    *,
+    scope: str,
+    source: str,
+    evidence: str | None,
+    event: int,
+    created: Callable[[datetime | None], Any],
+) -> list[tuple[Any, ...]]:
+    """Rows for the suppression table, in insert order of its columns."""
+    return [
+        (
+            key,
+            scope,
+            item.kind,
+            item.address,
+            item.reason.value,
+            source,
+            evidence,
+            created(item.created),
+            event,
+        )
+        for key, item in unique.items()
+    ]
+
+
+def suppress_event(
+    unique: Mapping[str, ImportItem],
+    note: Mapping[str, object] | None,
+    scope: str,
+    source: str,
+    added: int,
+) -> tuple[str | None, dict[str, object]]:
+    """The subject and detail of a suppress batch's audit event (no address in either)."""
+    subject = next(iter(unique.values())).key if len(unique) == 1 else None
+    detail = {
+        **(note or {}),
+        "scope": scope,
+        "source": source,
+        "added": added,
+        "keys_sha256": keys_digest(unique),
+    }
+    return subject, detail
+
+
+def batch_result(given: int, unique: int, added: int, earlier: int, event: int) -> BatchResult:
+    """Counts of a batch: ``earlier`` rows were added by a previous batch of the same run."""
+    return BatchResult(
+        added=added,
+        present=unique - added - earlier,
+        duplicates=given - unique + earlier,
+        event=event,
+    )
+
+
+def consent_event(consents: Sequence[Consent]) -> tuple[str | None, dict[str, object]]:
+    """The subject and detail of a consent batch's audit event (no address in either)."""
+    subject = consents[0].sha256 if len({c.sha256 for c in consents}) == 1 else None
+    detail = {
+        "count": len(consents),
+        "granted": sum(c.granted for c in consents),
+        "revoked": sum(not c.granted for c in consents),
+        "purposes": sorted({c.purpose for c in consents}),
+        "keys_sha256": keys_digest(c.sha256 for c in consents),
+    }
+    return subject, detail
