@@ -23,7 +23,9 @@ def configure(level: int = logging.INFO) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # one write per line: the lines of several worker processes sharing stdout
+        # never interleave (print() writes the newline apart when unbuffered)
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
     # aiosmtpd logs peers and envelope addresses at INFO: keep it to warnings

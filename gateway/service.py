@@ -7,7 +7,7 @@ import contextlib
 import functools
 import signal
 import socket
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -75,25 +75,39 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config, parts: Collection[str] = PARTS) -> AsyncIterator[Running]:
-    """Start the SMTP gateway and the web endpoint; on exit drain and shut down."""
-    metrics = Metrics()
+async def running(
+    config: Config,
+    parts: Collection[str] = PARTS,
+    *,
+    reuse_port: bool = False,
+    metrics: Metrics | None = None,
+) -> AsyncIterator[Running]:
+    """Start the SMTP gateway and the web endpoint; on exit drain and shut down.
+
+    ``reuse_port``: listen with SO_REUSEPORT beside the other workers of
+    ``optgate serve --workers`` (the kernel spreads connections over them).
+    """
+    metrics = metrics or Metrics()
     signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
     async with contextlib.AsyncExitStack() as stack:
         store = await open_store(config.store.url)
         stack.push_async_callback(store.close)
         smtp_port = web_port = 0
         if "smtp" in parts:
-            smtp_port = await stack.enter_async_context(_smtp(config, store, signer, metrics))
+            smtp_port = await stack.enter_async_context(
+                _smtp(config, store, signer, metrics, reuse_port)
+            )
         if "web" in parts:
-            web_port = await stack.enter_async_context(_web(config, store, signer, metrics))
+            web_port = await stack.enter_async_context(
+                _web(config, store, signer, metrics, reuse_port)
+            )
         yield Running(smtp_port, web_port, asyncio.Event(), metrics)
     log.info("stopped")
 
 
 @contextlib.asynccontextmanager
 async def _smtp(
-    config: Config, store: Store, signer: TokenSigner, metrics: Metrics
+    config: Config, store: Store, signer: TokenSigner, metrics: Metrics, reuse_port: bool
 ) -> AsyncIterator[int]:
     """The SMTP listener and its relay pool; yields the bound port."""
     host, port = host_port(config.smtp.listen, "[smtp] listen")
@@ -129,6 +143,7 @@ async def _smtp(
             host,
             port,
             reuse_address=True,
+            reuse_port=reuse_port,
         )
     except OSError as exc:
         raise ConfigError(f"[smtp] listen {config.smtp.listen}: {exc.strerror}") from None
@@ -147,7 +162,7 @@ async def _smtp(
 
 @contextlib.asynccontextmanager
 async def _web(
-    config: Config, store: Store, signer: TokenSigner, metrics: Metrics
+    config: Config, store: Store, signer: TokenSigner, metrics: Metrics, reuse_port: bool
 ) -> AsyncIterator[int]:
     """The web endpoint (one-click, pages, /healthz, /metrics); yields the bound port."""
     host, port = host_port(config.web.listen, "[web] listen")
@@ -160,7 +175,7 @@ async def _web(
     runner = web.AppRunner(app, access_log=None)  # an access log would hold IPs and tokens
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port)
         await site.start()
     except OSError as exc:
         await runner.cleanup()
@@ -173,10 +188,19 @@ async def _web(
         await runner.cleanup()
 
 
-async def serve(config: Config, parts: Collection[str] = PARTS) -> None:
-    """Run until SIGTERM or SIGINT."""
-    async with running(config, parts) as gate:
+async def serve(
+    config: Config,
+    parts: Collection[str] = PARTS,
+    *,
+    reuse_port: bool = False,
+    metrics: Metrics | None = None,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT; ``ready`` is called once every part listens."""
+    async with running(config, parts, reuse_port=reuse_port, metrics=metrics) as gate:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, gate.stop.set)
+        if ready is not None:
+            ready()
         await gate.stop.wait()
