@@ -13,7 +13,7 @@ from typing import Any
 
 import uvloop
 
-from gateway import admin, workers
+from gateway import admin, storecopy, workers
 from gateway.config import Config, load
 from gateway.workers import default_count
 from suppression.errors import OptgateError
@@ -175,6 +175,14 @@ def _other_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) 
     sub = store.add_subparsers(dest="action", required=True, metavar="ACTION")
     _command(sub, "verify", admin.store_verify, "prove the audit log's hash chain unbroken")
     _command(sub, "migrate", admin.store_migrate, "create or upgrade the store's schema")
+    copy = _command(
+        sub,
+        "copy",
+        storecopy.store_copy,
+        "copy every record into a new, empty store (e.g. SQLite to PostgreSQL), verified",
+    )
+    copy.add_argument("source", metavar="SRC_URL", help="sqlite:///PATH or postgresql://...")
+    copy.add_argument("destination", metavar="DST_URL", help="an empty store's URL")
 
 
 def build_parser() -> argparse.ArgumentParser:
