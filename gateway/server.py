@@ -28,6 +28,11 @@ INTERNAL = "451 4.3.0 Temporary local problem, try again later"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def null_to_empty(mail_from: str | None) -> str:
+    """The envelope sender, with the null sender ``<>`` as an empty string."""
+    return "" if mail_from in (None, "<>") else mail_from
+
+
 class Admission:
     """Who may connect, and how many at once."""
 
@@ -117,7 +122,7 @@ class Handler:
         """Run the pipeline; the reply is the pipeline's."""
         content = envelope.original_content or b""
         message = Message(
-            envelope.mail_from or "",
+            null_to_empty(envelope.mail_from),
             tuple(envelope.rcpt_tos),
             content,
             tuple(o for o in envelope.mail_options if o.upper().startswith(("SMTPUTF8", "BODY="))),

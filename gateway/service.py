@@ -17,10 +17,11 @@ from aiohttp import web
 
 from gateway.api import add_consent_api
 from gateway.config import Config, host_port
+from gateway.inbound.mailboxes import Mailboxes
 from gateway.keys import load_keys
 from gateway.metrics import Metrics
 from gateway.optin import request_consent
-from gateway.pipeline import Branding, Pipeline
+from gateway.pipeline import Branding, Pipeline, Verp
 from gateway.policy import Rules
 from gateway.relay import Relay
 from gateway.server import Admission, GateSMTP, Handler
@@ -39,6 +40,7 @@ def build_pipeline(
 ) -> Pipeline:
     """Wire the pipeline from the configuration."""
     u = config.unsubscribe
+    mailboxes = Mailboxes.from_config(config.inbound)
     return Pipeline(
         store=store,
         relay=relay,
@@ -58,6 +60,9 @@ def build_pipeline(
         ledger_window=timedelta(hours=config.relay.ledger_hours),
         metrics=metrics,
         dkim=Signer.from_config(config.dkim),
+        verp=Verp(mailboxes.bounce_local, mailboxes.domains[0], config.inbound.verp_transactional)
+        if mailboxes
+        else None,
     )
 
 
