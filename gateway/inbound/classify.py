@@ -160,7 +160,8 @@ def _dsn(mail: _Mail) -> list[Finding]:
         if report.recipient in seen:
             continue
         seen.add(report.recipient)
-        text = report.diagnostic or ("" if report.status else _context(notice, report.recipient))
+        unspecific = report.status in ("", "5.0.0", "4.0.0")  # then the notice may say more
+        text = report.diagnostic or (_context(notice, report.recipient) if unspecific else "")
         status = diagnosis.status_of(report.status, text)
         verdict = diagnosis.judge(report.action, status, text)
         reason = f"dsn {verdict.status or report.action or 'unknown'} {verdict.why}"

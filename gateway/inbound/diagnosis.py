@@ -8,6 +8,8 @@ The rules, in order (the corpus test in tests/test_classify.py measures them):
   receiver refused *our* mail, which says nothing about the address (IGNORED), be it
   4.x.x (greylisting, "sender not pre-approved") or 5.x.x.
 - 4.x.x or Action delayed: temporary (SOFT_BOUNCE).
+- The sender's own address (X.1.7, X.1.8, "Sender address rejected", no permission to
+  post to a group): about our mail, not the address (IGNORED).
 - 5.x.x whose text says the user, mailbox or domain does not exist: HARD_BOUNCE, even
   under 5.7.x, which some MTAs (Gmail once, qmail's badrcptto) use for unknown users,
   unless the text names a spam or policy reason first. The reason a text names first
@@ -16,9 +18,8 @@ The rules, in order (the corpus test in tests/test_classify.py measures them):
   one that stays full keeps bouncing and is suppressed after N soft bounces (config).
 - Message too big or content refused (5.2.3, 5.3.4, 5.6.x): about this message (IGNORED).
 - Other 5.x.x: by the status subject: mail system and network trouble (5.3.x, 5.4.x but
-  5.4.4, a domain that cannot be routed to) are SOFT_BOUNCE; the sender's own address
-  (5.1.7, 5.1.8) is IGNORED; everything else (5.0.0, 5.1.x, 5.2.x, 5.4.4, 5.5.x) is
-  HARD_BOUNCE.
+  5.4.4, a domain that cannot be routed to) are SOFT_BOUNCE; everything else (5.0.0,
+  5.1.x, 5.2.x, 5.4.4, 5.5.x) is HARD_BOUNCE.
 """
 
 from __future__ import annotations
@@ -64,10 +65,17 @@ _POLICY = re.compile(
     r"|listed (?:at|in|on|by)|\bblock(?:ed)? by",
     re.IGNORECASE,
 )
+_SENDER = re.compile(
+    r"sender address rejected|sender (?:address |domain )?(?:is )?(?:rejected|unknown|invalid"
+    r"|denied|not allowed|blocked)|sender verif|unverifiable sender|domain of sender"
+    r"|provide a valid from|purported responsible address|envelope sender|permission to post",
+    re.IGNORECASE,
+)
 _FULL = re.compile(
     r"mailbox (?:is )?full|full mailbox|mailbox full|quota|over ?quota|insufficient (?:storage"
     r"|space|disk)|storage (?:space|limit|allocation)|exceeded (?:the )?(?:storage|mailbox)"
-    r"|mailbox (?:size|space)|too much mail|disk (?:is )?full|out of (?:disk|storage)",
+    r"|mailbox (?:size|space)|mailbox exceeds|too much mail|disk (?:is )?full"
+    r"|out of (?:disk|storage)",
     re.IGNORECASE,
 )
 _MESSAGE = re.compile(
@@ -81,12 +89,14 @@ _TEMPORARY = re.compile(
     r"|resources|not yet been delivered|will (?:be )?retr|system (?:is )?(?:busy|overloaded)"
     r"|rcpthosts|(?:unable|could not|couldn.t|failed) to connect|requests to connect"
     r"|socket error|unreachable|expired|retry time|could not be delivered within"
-    r"|giving up after|gave up after|has been delayed|for the last \d+ (?:seconds|hours|days)",
+    r"|giving up after|gave up after|has been delayed|for the last \d+ (?:seconds|hours|days)"
+    r"|failing for a long time|\d+ attempts|retry timeout|timeout exceeded",
     re.IGNORECASE,
 )
 
 
 _TEXTS = (
+    ("sender", _SENDER),
     ("user-unknown", _UNKNOWN),
     ("policy", _POLICY),
     ("mailbox-full", _FULL),
@@ -94,6 +104,7 @@ _TEXTS = (
     ("temporary", _TEMPORARY),
 )
 _SAID = {
+    "sender": Kind.IGNORED,
     "user-unknown": Kind.HARD_BOUNCE,
     "policy": Kind.IGNORED,
     "mailbox-full": Kind.SOFT_BOUNCE,
@@ -101,6 +112,11 @@ _SAID = {
     "temporary": Kind.SOFT_BOUNCE,
 }
 _ADDRESS = re.compile(r"\S+@\S+")
+
+
+def _status_in(text: str) -> str | None:
+    match = _STATUS.search(text) or _QMAIL_STATUS.search(text)
+    return ".".join(match.groups()) if match else None
 
 
 @dataclass(frozen=True)
@@ -113,12 +129,15 @@ class Verdict:
 
 
 def status_of(field: str, text: str) -> str | None:
-    """The enhanced status: the DSN Status field, else one in the text, else the SMTP
-    reply code's class ("5.0.0", "4.0.0")."""
-    for source in (field, text):
-        match = _STATUS.search(source) or _QMAIL_STATUS.search(source)
-        if match:
-            return ".".join(match.groups())
+    """The enhanced status: the DSN Status field (unless it is an unspecific X.0.0 and the
+    text has a specific one), else one in the text, else the SMTP reply code's class
+    ("5.0.0", "4.0.0")."""
+    found = [_status_in(source) for source in (field, text)]
+    given, written = found
+    if given and written and given.endswith(".0.0") and given[0] == written[0]:
+        return written
+    if given or written:
+        return given or written
     reply = _REPLY.search(text)
     if reply:
         return f"{reply.group(1)[0]}.0.0"
@@ -143,6 +162,8 @@ def judge(action: str, status: str | None, text: str) -> Verdict:
         return Verdict(Kind.IGNORED, status, "no failure")
     said = _said(text)
     subject, detail = status.split(".")[1:]
+    if said == "sender" or (subject, detail) in (("1", "7"), ("1", "8")):
+        return Verdict(Kind.IGNORED, status, "sender")
     if said == "policy" or (subject == "7" and said != "user-unknown"):
         return Verdict(Kind.IGNORED, status, "policy")
     if action.startswith("delayed") or status[0] == "4":
@@ -153,8 +174,6 @@ def judge(action: str, status: str | None, text: str) -> Verdict:
         return Verdict(Kind.SOFT_BOUNCE, status, "mailbox-full")
     if (subject, detail) in (("2", "3"), ("3", "4")) or subject == "6":
         return Verdict(Kind.IGNORED, status, "message")
-    if (subject, detail) in (("1", "7"), ("1", "8")):
-        return Verdict(Kind.IGNORED, status, "sender")
     if subject in ("3", "4") and (subject, detail) != ("4", "4"):
         return Verdict(Kind.SOFT_BOUNCE, status, "system")
     return Verdict(Kind.HARD_BOUNCE, status, "permanent")
