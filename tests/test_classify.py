@@ -529,14 +529,23 @@ def test_a_bounce_of_a_bounce_is_a_loop() -> None:
     assert (finding.kind, finding.reason) == (Kind.IGNORED, "loop: bounce of a bounce")
 
 
-def test_a_verp_bounce_without_an_address_names_the_token() -> None:
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        ("The mailbox does not exist.\n550 5.1.1 rejected\n", Kind.HARD_BOUNCE),
+        ("The mailbox does not exist.\n", Kind.HARD_BOUNCE),
+        ("Your mailbox quota was exceeded.\n", Kind.SOFT_BOUNCE),
+        ("We will keep trying for 5 days.\n", Kind.IGNORED),
+    ],
+)
+def test_a_verp_bounce_without_an_address_names_the_token(body: str, kind: Kind) -> None:
     raw = mail(
         "From: Mail Delivery Subsystem <MAILER-DAEMON@mx.example.org>",
         "Subject: Returned mail: see transcript",
-        body="The mailbox does not exist.\n550 5.1.1 rejected\n",
+        body=body,
     )
     finding = only(classify(raw, mail_from="", rcpt_to=f"bounce+{TOKEN}@news.example.com"))
-    assert (finding.kind, finding.recipient, finding.tokens) == (Kind.HARD_BOUNCE, None, (TOKEN,))
+    assert (finding.kind, finding.recipient, finding.tokens) == (kind, None, (TOKEN,))
 
 
 def test_an_arf_report_with_a_redacted_recipient_names_the_token() -> None:

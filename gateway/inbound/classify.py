@@ -245,10 +245,11 @@ def _verp(mail: _Mail) -> list[Finding]:
         return []
     text = _notice(mail.message)
     status = diagnosis.status_of("", text)
-    verdict = diagnosis.judge("failed" if status else "", status, text)
-    return [
-        mail.finding(verdict.kind, None, f"verp {verdict.status} {verdict.why}", verdict.status)
-    ]
+    verdict = diagnosis.judge("failed", status, text)
+    if status is None and verdict.why == "permanent":  # neither a code nor a reason
+        return [mail.finding(Kind.IGNORED, None, "verp: no failure stated")]
+    reason = f"verp {verdict.status} {verdict.why}"
+    return [mail.finding(verdict.kind, None, reason, verdict.status)]
 
 
 _RULES: tuple[Callable[[_Mail], list[Finding]], ...] = (
