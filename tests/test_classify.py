@@ -618,6 +618,12 @@ def test_truncated_and_garbled_corpus_files_never_raise() -> None:
         b"Content-Type: multipart/mixed; boundary=a\n\n" * 300,
         b"Subject: =?utf-8?b?" + b"A" * 100_000 + b"?=\n\n",
         b"From: <>\nContent-Type: text/plain; charset=nonexistent-charset\n\n\xff\xfe unknown",
+        # long runs without spaces: address and status scans must stay linear
+        b"From: MAILER-DAEMON@x\nSubject: Undelivered\nTo: "
+        + b"a" * 4000
+        + b"\n\n"
+        + b"a" * 60_000,
+        b"From: MAILER-DAEMON@x\nSubject: Undelivered\n\nuser " + b"5." * 30_000 + b"-" * 60_000,
     ],
     ids=[
         "empty",
@@ -628,6 +634,8 @@ def test_truncated_and_garbled_corpus_files_never_raise() -> None:
         "multipart-nest",
         "long-header",
         "charset",
+        "long-word",
+        "long-status",
     ],
 )
 def test_hostile_input_is_classified(raw: bytes) -> None:

@@ -53,8 +53,9 @@ _QUOTED = re.compile(
     r"|message headers? follow|headers? of the original|forwarded message)",
     re.IGNORECASE | re.MULTILINE,
 )
-_ENTRY = re.compile(r"[ \t]*<?([^\s<>()\[\]\\,;:\"'@]+@[A-Za-z0-9.-]+[A-Za-z0-9])")
-_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"'@]+@[A-Za-z0-9.-]+[A-Za-z0-9]")
+_ENTRY = re.compile(r"[ \t]*<?([^\s<>()\[\]\\,;:\"'@]{1,64}@[A-Za-z0-9.-]{1,252}[A-Za-z0-9])")
+# bounded repeats keep the scans linear on long runs of non-space text
+_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"'@]{1,64}@[A-Za-z0-9.-]{1,252}[A-Za-z0-9]")
 
 
 @dataclass(frozen=True)

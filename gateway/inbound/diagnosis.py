@@ -8,12 +8,15 @@ The rules, in order (the corpus test in tests/test_classify.py measures them):
   receiver refused *our* mail, which says nothing about the address (IGNORED), be it
   4.x.x (greylisting, "sender not pre-approved") or 5.x.x.
 - 4.x.x or Action delayed: temporary (SOFT_BOUNCE).
-- The sender's own address (X.1.7, X.1.8, "Sender address rejected", no permission to
-  post to a group): about our mail, not the address (IGNORED).
+- The sender's own address or host (X.1.7, X.1.8, "Sender address rejected", a refusal
+  after EHLO or MAIL FROM, before any recipient was named, no permission to post to a
+  group): about our mail, not the address (IGNORED).
 - 5.x.x whose text says the user, mailbox or domain does not exist: HARD_BOUNCE, even
   under 5.7.x, which some MTAs (Gmail once, qmail's badrcptto) use for unknown users,
   unless the text names a spam or policy reason first. The reason a text names first
   wins (a Postfix "Recipient address rejected: Mailbox full" is a full mailbox).
+- A mailbox that exists but is frozen, locked, suspended or on hold, and a receiver that
+  gave up retrying: SOFT_BOUNCE (disabled, discontinued or closed accounts are hard).
 - Mailbox full (5.2.2 included): SOFT_BOUNCE. A full mailbox is usually emptied again;
   one that stays full keeps bouncing and is suppressed after N soft bounces (config).
 - Message too big or content refused (5.2.3, 5.3.4, 5.6.x): about this message (IGNORED).
@@ -37,8 +40,8 @@ _QMAIL_STATUS = re.compile(r"#([245])\.([0-7])\.(\d{1,3})")
 _UNKNOWN = re.compile(
     r"user unknown|unknown user|unknown (?:recipient|address|local[- ]part|mailbox|account)"
     r"|no such (?:user|mailbox|recipient|address|account|person|local user)"
-    r"|(?:user|mailbox|recipient|address|account|addressee)(?: name)? (?:\S+ )?(?:does not|doesn't"
-    r"|did not|no longer) exist|does not exist|doesn't exist|not exist"
+    r"|(?:user|mailbox|recipient|address|account|addressee)(?: name)? (?:\S{1,64} )?"
+    r"(?:does not|doesn't|did not|no longer) exist|does not exist|doesn't exist|not exist"
     r"|invalid (?:recipient|mailbox|address|user|account)|bad (?:recipient|destination mailbox)"
     r"|(?:mailbox|user|recipient|account) (?:unavailable|not found|not available|is unavailable)"
     r"|mailbox (?:not found|is disabled|disabled)|no mailbox|mail ?box not found"
@@ -62,13 +65,15 @@ _POLICY = re.compile(
     r"|virus|malware|phish|requires confirmation|whitelist|challenge|content rejected"
     r"|not permitted|prohibited|refused to accept|access denied|client host rejected"
     r"|message (?:was )?(?:rejected|refused|filtered)|filtered|bulk mail|suspicious"
-    r"|listed (?:at|in|on|by)|\bblock(?:ed)? by",
+    r"|listed (?:at|in|on|by)|\bblock(?:ed)? by|invalid ip",
     re.IGNORECASE,
 )
 _SENDER = re.compile(
     r"sender address rejected|sender (?:address |domain )?(?:is )?(?:rejected|unknown|invalid"
     r"|denied|not allowed|blocked)|sender verif|unverifiable sender|domain of sender"
-    r"|provide a valid from|purported responsible address|envelope sender|permission to post",
+    r"|provide a valid from|purported responsible address|envelope sender|permission to post"
+    r"|(?:in reply to|after) (?:mail from|ehlo|helo|the greeting|initial connection)"
+    r"|my name was rejected",
     re.IGNORECASE,
 )
 _FULL = re.compile(
@@ -90,7 +95,9 @@ _TEMPORARY = re.compile(
     r"|rcpthosts|(?:unable|could not|couldn.t|failed) to connect|requests to connect"
     r"|socket error|unreachable|expired|retry time|could not be delivered within"
     r"|giving up after|gave up after|has been delayed|for the last \d+ (?:seconds|hours|days)"
-    r"|failing for a long time|\d+ attempts|retry timeout|timeout exceeded",
+    r"|failing for a long time|\d+ attempts|retry timeout|timeout exceeded|retries"
+    r"|service (?:is )?(?:currently |temporarily )?unavailable|(?:is|been) (?:frozen|locked"
+    r"|suspended)|on hold",
     re.IGNORECASE,
 )
 
@@ -111,7 +118,7 @@ _SAID = {
     "message": Kind.IGNORED,
     "temporary": Kind.SOFT_BOUNCE,
 }
-_ADDRESS = re.compile(r"\S+@\S+")
+_ADDRESS = re.compile(r"\S{1,64}@\S{1,255}")  # bounded: linear on long non-space runs
 
 
 def _status_in(text: str) -> str | None:

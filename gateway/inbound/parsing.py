@@ -19,7 +19,10 @@ MAX_DEPTH = 6
 MAX_TEXT = 64 * 1024
 MAX_HEADER = 4096  # characters of one header field looked at
 
-_ADDR_SPEC = re.compile(r"[^\s<>()\[\]\\,;:\"@]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+# bounded repeats (RFC 5321 lengths) keep searches linear on long runs of non-space text
+_ADDR_SPEC = re.compile(
+    r"[^\s<>()\[\]\\,;:\"@]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?"
+)
 _ADDRESS_FIELDS = frozenset(
     {"from", "to", "cc", "sender", "reply-to", "return-path", "delivered-to", "x-original-to"}
     | {"x-failed-recipients", "x-hmxmroriginalrecipient"}
