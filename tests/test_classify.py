@@ -460,6 +460,13 @@ def test_mail_from_our_own_addresses_is_a_loop(sender: str) -> None:
     assert (finding.kind, finding.reason) == (Kind.IGNORED, "loop: from an optgate address")
 
 
+def test_a_daemon_named_bounce_is_no_loop() -> None:
+    raw = dsn("failed", "5.1.1", "550 5.1.1 User unknown").replace(
+        b"From: MAILER-DAEMON@mx.example.org", b"From: bounce@mx.example.org"
+    )
+    assert only(classify(raw, mail_from="")).kind is Kind.HARD_BOUNCE
+
+
 def dsn(action: str, status: str, diagnostic: str, original: str = "") -> bytes:
     return mail(
         "From: MAILER-DAEMON@mx.example.org",

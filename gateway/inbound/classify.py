@@ -10,8 +10,8 @@ recognises the message decides:
     unsubscribe  mail to unsubscribe@ / unsubscribe+TOKEN@ written by a person
     automatic    auto-replies, out-of-office notices, list traffic
     bounce text  non-standard bounces: flufl.bounce (Mailman's detectors) finds the
-                 addresses, the text next to each says hard or soft
-    verp         a bounce to bounce+TOKEN@ whose text names no address
+                 addresses, the text next to each says hard or soft; a bounce to
+                 bounce+TOKEN@ whose text names no address gives one finding with the token
 
 Tokens are candidates only, never verified here.
 """
@@ -86,14 +86,15 @@ class _Mail:
     ) -> Finding:
         return Finding(kind, recipient, self.tokens(), status, reason)
 
+    def path(self) -> list[str]:
+        """The envelope sender as given, else the Return-Path fields."""
+        if self.mail_from is not None:
+            return [self.mail_from]
+        return parsing.headers(self.message, "Return-Path")
+
     def senders(self) -> list[str]:
         """The envelope sender (else Return-Path), then the From addresses."""
-        path = (
-            [self.mail_from]
-            if self.mail_from is not None
-            else parsing.headers(self.message, "Return-Path")
-        )
-        return parsing.addresses([*path, *parsing.headers(self.message, "From")])
+        return parsing.addresses([*self.path(), *parsing.headers(self.message, "From")])
 
 
 def classify(
@@ -110,9 +111,11 @@ def classify(
     try:
         message = parsing.parse(raw)
         message_id = parsing.header(message, "Message-ID") or None
-        recipients = [rcpt_to] if rcpt_to is not None else []
-        for name in _ENVELOPE_HEADERS if rcpt_to is None else ():
-            recipients.extend(parsing.addresses(parsing.headers(message, name)))
+        if rcpt_to is not None:
+            recipients = [rcpt_to]
+        else:
+            fields = [parsing.headers(message, name) for name in _ENVELOPE_HEADERS]
+            recipients = parsing.addresses([value for field in fields for value in field])
         mail = _Mail(
             message,
             parsing.returned(message) or _inline_original(message),
@@ -133,7 +136,13 @@ def classify(
 
 
 def _loop(mail: _Mail) -> list[Finding]:
-    if any(addressing.ours(address, mail.locals_) for address in mail.senders()):
+    """Mail from optgate's own addresses: the envelope sender in any form, or a From with a
+    token (a plain bounce@ in From may be another system's daemon)."""
+    envelope = parsing.addresses(mail.path())
+    tagged = parsing.addresses(parsing.headers(mail.message, "From"))
+    if any(addressing.ours(address, mail.locals_) for address in envelope) or any(
+        addressing.tokens([address], mail.locals_) for address in tagged
+    ):
         return [mail.finding(Kind.IGNORED, None, "loop: from an optgate address")]
     return []
 
@@ -216,35 +225,34 @@ def _bounce_text(mail: _Mail) -> list[Finding]:
         failed = _plausible(parsing.headers(mail.message, "X-Failed-Recipients"), mail, exclude)
     if not soft and not failed:
         failed = _named(notice, mail, exclude)
+    if not soft and not failed:
+        return _verp(mail, notice) or [mail.finding(Kind.IGNORED, None, "bounce naming no one")]
     findings: list[Finding] = []
-    for address in soft:
-        status = diagnosis.status_of("", _context(notice, address))
-        findings.append(mail.finding(Kind.SOFT_BOUNCE, address, "bounce text temporary", status))
-    for address in failed:
-        verdict = _text_verdict(notice, address)
-        reason = f"bounce text {verdict.status} {verdict.why}"
-        findings.append(mail.finding(verdict.kind, address, reason, verdict.status))
+    for action, addresses in (("delayed", soft), ("failed", failed)):
+        for address in addresses:
+            verdict = _text_verdict(action, notice, address)
+            reason = f"bounce text {verdict.status} {verdict.why}"
+            findings.append(mail.finding(verdict.kind, address, reason, verdict.status))
     return findings
 
 
-def _text_verdict(notice: str, address: str) -> diagnosis.Verdict:
+def _text_verdict(action: str, notice: str, address: str) -> diagnosis.Verdict:
     """The verdict of a text bounce for one address: from the lines about it, else from the
     whole notice (many bounces give the reason once for all, or before the address)."""
     text = _context(notice, address)
-    verdict = diagnosis.judge("failed", diagnosis.status_of("", text), text)
+    verdict = diagnosis.judge(action, diagnosis.status_of("", text), text)
     if verdict.why == "permanent" and text != notice:
         status = verdict.status if verdict.status != "5.0.0" else None
-        whole = diagnosis.judge("failed", status or diagnosis.status_of("", notice), notice)
+        whole = diagnosis.judge(action, status or diagnosis.status_of("", notice), notice)
         if whole.why != "permanent":
             return whole
     return verdict
 
 
-def _verp(mail: _Mail) -> list[Finding]:
-    tokens = addressing.tokens(mail.rcpt_to, (mail.bounce_local,))
-    if not tokens or not _looks_like_bounce(mail):
+def _verp(mail: _Mail, text: str) -> list[Finding]:
+    """A bounce to bounce+TOKEN@ that names no address: one finding with the token only."""
+    if not addressing.tokens(mail.rcpt_to, (mail.bounce_local,)):
         return []
-    text = _notice(mail.message)
     status = diagnosis.status_of("", text)
     verdict = diagnosis.judge("failed", status, text)
     if status is None and verdict.why == "permanent":  # neither a code nor a reason
@@ -260,7 +268,6 @@ _RULES: tuple[Callable[[_Mail], list[Finding]], ...] = (
     _unsubscribe,
     _automatic,
     _bounce_text,
-    _verp,
 )
 
 

@@ -165,6 +165,8 @@ def judge(action: str, status: str | None, text: str) -> Verdict:
         return Verdict(Kind.IGNORED, status, action)
     if status is None and action.startswith(("failed", "error")):
         status = "5.0.0"  # failed is permanent by definition
+    if status is None and action.startswith("delayed"):
+        status = "4.0.0"
     if status is None or status[0] not in "45":
         return Verdict(Kind.IGNORED, status, "no failure")
     said = _said(text)
