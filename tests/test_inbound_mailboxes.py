@@ -51,7 +51,7 @@ def test_custom_local_parts_and_several_domains() -> None:
     assert boxes.role("return+x@b.example") is Role.BOUNCE
     assert boxes.role("abuse-fbl@a.example") is Role.FEEDBACK
     assert boxes.role("bounce@a.example") is None
-    assert (boxes.domains[0], boxes.bounce_local, boxes.unsubscribe_local) == (
+    assert (boxes.domains[0], boxes.local(Role.BOUNCE), boxes.local(Role.UNSUBSCRIBE)) == (
         "a.example",
         "return",
         "unsubscribe",

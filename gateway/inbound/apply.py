@@ -51,6 +51,10 @@ class Applied:
     forged: int = 0  # findings whose tokens were all not genuine: nothing was changed
     suppressed: int = 0  # suppressions that were new
 
+    def counts(self) -> dict[str, int]:
+        """Every count by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
     def __add__(self, other: Applied) -> Applied:
         return Applied(
             *(getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self))

@@ -8,11 +8,12 @@ from enum import StrEnum
 
 from gateway.config import Inbound
 from gateway.tokens import SHORT_TOKEN_CHARS
-from suppression.address import normalize_domain
-from suppression.errors import ConfigError, InvalidAddress
+from suppression.errors import ConfigError
 
 MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
 _LOCAL = re.compile(r"[a-z0-9][a-z0-9._-]*")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN = re.compile(rf"(?=.{{1,253}}$)(?:{_LABEL}\.)+{_LABEL}")
 
 
 class Role(StrEnum):
@@ -35,10 +36,7 @@ class Mailboxes:
         """The configured mailboxes, or None when inbound mail is off (no domains)."""
         if not inbound.domains:
             return None
-        try:
-            domains = tuple(dict.fromkeys(normalize_domain(d) for d in inbound.domains))
-        except InvalidAddress as exc:
-            raise ConfigError(f"[inbound] domains: {exc}") from None
+        domains = tuple(dict.fromkeys(_domain(d) for d in inbound.domains))
         locals_ = {
             _local(inbound.unsubscribe_local, "unsubscribe_local"): Role.UNSUBSCRIBE,
             _local(inbound.bounce_local, "bounce_local"): Role.BOUNCE,
@@ -55,15 +53,20 @@ class Mailboxes:
             return None
         return self.locals.get(local.partition("+")[0].lower())
 
-    @property
-    def bounce_local(self) -> str:
-        """The local part of VERP envelope senders."""
-        return next(local for local, role in self.locals.items() if role is Role.BOUNCE)
+    def local(self, role: Role) -> str:
+        """The local part of a role."""
+        return next(local for local, known in self.locals.items() if known is role)
 
-    @property
-    def unsubscribe_local(self) -> str:
-        """The local part of unsubscribe@."""
-        return next(local for local, role in self.locals.items() if role is Role.UNSUBSCRIBE)
+
+def _domain(value: str) -> str:
+    """A domain as an MTA writes it in RCPT: lower-case, IDNA (A-labels)."""
+    try:
+        domain = value.strip().rstrip(".").encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        domain = ""
+    if not _DOMAIN.fullmatch(domain):
+        raise ConfigError(f"[inbound] domains: {value!r} is not a domain name")
+    return domain
 
 
 def _local(value: str, key: str) -> str:
