@@ -151,24 +151,27 @@ class Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         """Run the pipeline (or the receiver, for inbound addresses); the reply is theirs."""
-        content = envelope.original_content or b""
-        if self._receiver is not None and self._inbound(envelope.rcpt_tos[0]):
-            mail_from = null_to_empty(envelope.mail_from)
-            return one_reply(await self._receiver.receive(content, mail_from, envelope.rcpt_tos))
-        message = Message(
-            null_to_empty(envelope.mail_from),
-            tuple(envelope.rcpt_tos),
-            content,
-            tuple(o for o in envelope.mail_options if o.upper().startswith(("SMTPUTF8", "BODY="))),
-        )
         task = asyncio.current_task()
         if task is not None:
             self.in_flight.add(task)
         try:
-            return str(await self._pipeline.process(message))
+            return await self._data(envelope)
         finally:
             if task is not None:
                 self.in_flight.discard(task)
+
+    async def _data(self, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        mail_from = null_to_empty(envelope.mail_from)
+        if self._receiver is not None and self._inbound(envelope.rcpt_tos[0]):
+            return one_reply(await self._receiver.receive(content, mail_from, envelope.rcpt_tos))
+        message = Message(
+            mail_from,
+            tuple(envelope.rcpt_tos),
+            content,
+            tuple(o for o in envelope.mail_options if o.upper().startswith(("SMTPUTF8", "BODY="))),
+        )
+        return str(await self._pipeline.process(message))
 
     async def handle_exception(self, error: Exception) -> str:
         """Log and ask the client to retry; never crash the server."""

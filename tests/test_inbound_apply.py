@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from gateway.tokens import Claims, TokenSigner
 from suppression.address import normalize
 from suppression.model import Reason, Send, now
 from suppression.store import Store, open_store
+from tests.test_store import postgres_database
 
 JANE = "jane@example.com"  # the recipient a token names
 REPORTED = "someone-else@example.net"  # what a report writes, when it is not Jane
@@ -60,21 +62,33 @@ class Rig:
         return (await self.store.verify_chain()).events
 
 
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    config = load(
-        None,
-        {
-            "OPTGATE_STORE_URL": f"sqlite:///{tmp_path / 'optgate.db'}",
-            "OPTGATE_UNSUBSCRIBE_KEY_FILE": str(tmp_path / "optgate.key"),
-            "OPTGATE_INBOUND_DOMAINS": "example.com",
-            "OPTGATE_INBOUND_SOFT_BOUNCE_LIMIT": "3",
-        },
-    )
-    store = await open_store(config.store.url)
-    signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
-    yield Rig(store, config, signer)
-    await store.close()
+@asynccontextmanager
+async def store_url(kind: str, tmp_path: Path) -> AsyncIterator[str]:
+    if kind == "postgres":
+        async with postgres_database() as url:
+            yield url
+    else:
+        yield f"sqlite:///{tmp_path / 'optgate.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
+    async with store_url(request.param, tmp_path) as url:
+        config = load(
+            None,
+            {
+                "OPTGATE_STORE_URL": url,
+                "OPTGATE_UNSUBSCRIBE_KEY_FILE": str(tmp_path / "optgate.key"),
+                "OPTGATE_INBOUND_DOMAINS": "example.com",
+                "OPTGATE_INBOUND_SOFT_BOUNCE_LIMIT": "3",
+            },
+        )
+        store = await open_store(config.store.url)
+        signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
+        try:
+            yield Rig(store, config, signer)
+        finally:
+            await store.close()
 
 
 def message(
