@@ -20,7 +20,7 @@ Short tokens go where an address's local part must hold them
 octets there and MTAs may lower-case it. 25 bytes as lower-case base32, 40
 characters::
 
-    version   1 byte   0x20 | kind (0 global, 1 topic)
+    version   1 byte   0x20 | kind (0 global, 1 topic, 2 partner)
     key id    2 bytes  first bytes of sha256(key)
     recipient 8 bytes  prefix of the identity hash
     scope     4 bytes  prefix of sha256(scope)
@@ -68,7 +68,7 @@ SHORT_RECIPIENT_BYTES = 8
 SHORT_TAG_BYTES = 8
 SHORT_TOKEN_CHARS = 40
 _SHORT = struct.Struct(">B2s8s4sH")  # version|kind, key id, recipient prefix, scope, day
-_SHORT_KINDS = {"global": 0, "topic": 1}
+_SHORT_KINDS = {"global": 0, "topic": 1, "partner": 2}
 _SHORT_KIND_NAMES = {number: name for name, number in _SHORT_KINDS.items()}
 _BASE32 = re.compile(r"[a-z2-7]{40}")
 DAY = 86400
@@ -92,12 +92,18 @@ class ShortClaims:
     """What a short token asserts; the recipient is known by a hash prefix only."""
 
     prefix: str  # 16-char lowercase hex: the identity hash's first 8 bytes
-    kind: str  # "global" or "topic"
+    kind: str  # "global", "topic" or "partner"
     scope_digest: bytes  # sha256(scope)[:4]
     issued: int  # unix seconds at the start of the issue day
 
     def scope_for(self, topic: str) -> str | None:
-        """The token's scope if a copy mailed in ``topic`` could have carried it."""
+        """The scope to honour if a copy mailed in ``topic`` could have carried the token.
+
+        A partner's name is not in the ledger, so a partner token matches any copy and
+        its opt-out by mail is honoured globally (more than asked, never less).
+        """
+        if self.kind == "partner":
+            return "global"
         scope = "global" if self.kind == "global" else f"topic:{topic}"
         return scope if scope_digest(scope) == self.scope_digest else None
 
@@ -161,11 +167,13 @@ class TokenSigner:
         return claims
 
     def issue_short(self, claims: Claims) -> str:
-        """The 40-character, case-insensitive token for a local part (global or topic scope)."""
+        """The 40-character, case-insensitive token for a local part (not for confirm: scopes)."""
         recipient = _recipient_bytes(claims.recipient)
-        kind, _, _ = claims.scope.partition(":")
-        if kind not in _SHORT_KINDS:
-            raise ValueError(f"a short token's scope is global or topic:NAME, not {claims.scope!r}")
+        kind, _, name = claims.scope.partition(":")
+        if kind not in _SHORT_KINDS or (kind == "global") == bool(name):
+            raise ValueError(
+                f"a short token's scope is global, topic:NAME or partner:NAME, not {claims.scope!r}"
+            )
         body = _SHORT.pack(
             SHORT_VERSION | _SHORT_KINDS[kind],
             self._signing_id[:SHORT_KEY_ID_BYTES],
