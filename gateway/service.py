@@ -94,7 +94,7 @@ async def running(config: Config, parts: Collection[str] = PARTS) -> AsyncIterat
         store = await open_store(config.store.url)
         stack.push_async_callback(store.close)
         smtp_port = web_port = inbound_port = 0
-        receiver = _receiver(config, store, signer)
+        receiver = _receiver(config, store, signer, metrics)
         if "smtp" in parts:
             # the [smtp] listener takes inbound mail too (Postfix's content filter hands it
             # over there); [inbound] listen adds a listener for inbound mail only
@@ -109,12 +109,14 @@ async def running(config: Config, parts: Collection[str] = PARTS) -> AsyncIterat
     log.info("stopped")
 
 
-def _receiver(config: Config, store: Store, signer: TokenSigner) -> Receiver | None:
+def _receiver(
+    config: Config, store: Store, signer: TokenSigner, metrics: Metrics
+) -> Receiver | None:
     """The inbound receiver, when [inbound] domains are configured."""
     mailboxes = Mailboxes.from_config(config.inbound)
     if mailboxes is None:
         return None
-    return Receiver(store=store, config=config, signer=signer, mailboxes=mailboxes)
+    return Receiver(store=store, config=config, signer=signer, mailboxes=mailboxes, metrics=metrics)
 
 
 async def _listen(protocol: Callable[[], SMTP], listen: str, name: str) -> Server:

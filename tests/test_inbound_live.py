@@ -128,6 +128,9 @@ async def test_a_dsn_to_the_verp_address_suppresses_the_right_recipient(live: Li
     assert await live.inbound("", verp, bounce) == 250
     assert await live.suppressions(FAN) == {"global": Reason.BOUNCED}
     assert await live.suppressions(FORWARD) == {}
+    metrics = live.gate.metrics.exposition().decode()
+    assert 'optgate_inbound_total{outcome="hard_bounces"} 1.0' in metrics
+    assert 'optgate_inbound_total{outcome="suppressed"} 1.0' in metrics
     after = message(message_id="<after@sender.example>")
     assert (await send(live.gate.smtp_port, SENDER, [FAN], after)).code == 250
     assert len(live.next_hop.to(FAN)) == 1  # the next one was dropped

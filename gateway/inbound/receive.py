@@ -19,6 +19,7 @@ from gateway.config import Config
 from gateway.inbound.apply import apply
 from gateway.inbound.classify import classify
 from gateway.inbound.mailboxes import Mailboxes, Role
+from gateway.metrics import Metrics
 from gateway.tokens import TokenSigner
 from suppression.store import Store
 
@@ -35,10 +36,16 @@ class Receiver:
     """Takes messages for the inbound addresses; one reply per envelope recipient."""
 
     def __init__(
-        self, *, store: Store, config: Config, signer: TokenSigner, mailboxes: Mailboxes
+        self,
+        *,
+        store: Store,
+        config: Config,
+        signer: TokenSigner,
+        mailboxes: Mailboxes,
+        metrics: Metrics,
     ) -> None:
         self._store, self._config, self._signer = store, config, signer
-        self._mailboxes = mailboxes
+        self._mailboxes, self._metrics = mailboxes, metrics
         self._keep = Path(config.inbound.keep_raw) if config.inbound.keep_raw else None
 
     def takes(self, address: str) -> bool:
@@ -74,13 +81,16 @@ class Receiver:
         except Exception as exc:  # the store failed: the sender retries, nothing is lost
             log.error("inbound_failed", error=type(exc).__name__, role=boxes.role(rcpt))
             return FAILED
+        counts = {name: count for name, count in applied.counts().items() if count}
+        for name, count in counts.items():
+            self._metrics.inbound.labels(name).inc(count)
         log.info(
             "inbound_message",
             role=boxes.role(rcpt),
             message_id=classification.message_id,
             digest=classification.digest[:16],
             null_sender=not mail_from,
-            **{name: count for name, count in applied.counts().items() if count},
+            **counts,
         )
         return ACCEPTED
 
