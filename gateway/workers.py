@@ -282,6 +282,11 @@ def serve(args: argparse.Namespace, config: Config) -> int:
         if "smtp" in parts:
             smtp = stack.enter_context(reserved(config.smtp.listen, "[smtp] listen"))
             config = dataclasses.replace(config, smtp=dataclasses.replace(config.smtp, listen=smtp))
+        if "smtp" in parts and config.inbound.listen and config.inbound.domains:
+            inbound = stack.enter_context(reserved(config.inbound.listen, "[inbound] listen"))
+            config = dataclasses.replace(
+                config, inbound=dataclasses.replace(config.inbound, listen=inbound)
+            )
         if "web" in parts:
             web = stack.enter_context(reserved(config.web.listen, "[web] listen"))
             config = dataclasses.replace(config, web=dataclasses.replace(config.web, listen=web))
@@ -291,6 +296,7 @@ def serve(args: argparse.Namespace, config: Config) -> int:
             workers=count,
             smtp=config.smtp.listen if "smtp" in parts else None,
             web=config.web.listen if "web" in parts else None,
+            inbound=config.inbound.listen or None,
         )
         status = Supervisor(config, parts, count, metrics_dir).run()
     return status

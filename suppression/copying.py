@@ -111,6 +111,11 @@ TABLES: tuple[Table, ...] = (
         ),
         "message, sha256",
     ),
+    Table(
+        "soft_bounce",
+        (("sha256", "text"), ("message", "text"), ("at", "time")),
+        "sha256, message",
+    ),
 )
 # bookkeeping of the schema itself (each store makes its own), not data
 NOT_COPIED = frozenset({"schema_version"})

@@ -10,6 +10,7 @@ import re
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,9 @@ async def fill(url: str) -> None:
         )
         sent = Send("<m1@shop.example>", ANN.sha256, "news", "marketing", now())
         await store.record_sends([sent])
+        await store.record_soft_bounce(
+            ANN.sha256, "<dsn1@mx.example>", at=now(), actor="test", detail={"status": "4.2.2"}
+        )
         await store.erase(BOB, actor="test")
         await store.audit(actor="test", action="subject-access", subject=ANN.sha256)
     finally:
@@ -102,6 +106,7 @@ async def snapshot(url: str) -> dict[str, Any]:
             "ann": await store.subject(ANN),
             "bob": await store.subject(BOB),
             "compliance": [c async for c in store.compliance()],
+            "soft_bounces": await store.soft_bounces(ANN.sha256, datetime(2000, 1, 1, tzinfo=UTC)),
             "chain": await store.verify_chain(),
         }
     finally:
@@ -121,14 +126,15 @@ async def test_sqlite_to_postgres_and_back_keeps_every_record(tmp_path: Path) ->
     back = f"sqlite:///{tmp_path / 'back.db'}"
     await fill(source)
     before = await snapshot(source)
-    assert before["chain"].events == 6
+    assert before["chain"].events == 7
+    assert before["soft_bounces"] == {"<dsn1@mx.example>"}
     assert len(before["suppressions"]) == 3
     async with postgres_database() as pg:
         there = await store_copy(source, pg)
         assert there.code == 0, there.err
         assert set(there.digests()) == {t.name for t in TABLES}
         assert {match for _, _, match in there.digests().values()} == {"match"}
-        assert f"audit log at the destination intact: 6 events, head {before['chain'].head}" in (
+        assert f"audit log at the destination intact: 7 events, head {before['chain'].head}" in (
             there.out
         )
         assert await snapshot(pg) == before
@@ -142,7 +148,7 @@ async def test_sqlite_to_postgres_and_back_keeps_every_record(tmp_path: Path) ->
                 [Consent(ANN.sha256, "news", False, "web", now())], actor="test"
             )
             assert not (await store.holder(ANN.sha256)).consented()
-            assert (await store.verify_chain()).events == 7
+            assert (await store.verify_chain()).events == 8
         finally:
             await store.close()
     assert await snapshot(back) == before
