@@ -4,7 +4,7 @@
 # (../shared/bench/smtp_relay_bench.sh: smtp-source -> relay -> smtp-sink).
 #
 #   scripts/bench_relay.sh [-n N] [-s SESSIONS] [-r RCPTS] [-k 4k|50k] [--runs R] [--dkim rsa|ed25519]
-#                          [--workers 1,2]
+#                          [--workers 1,2] [--store postgresql://...] [--nodes 1,2]
 #
 # Defaults: N=5000 messages, 20 sessions, 1 recipient, 4 KB, 3 runs. Each run
 # of each relay gets a fresh sink; the harness prints the median msgs/s of
@@ -19,6 +19,13 @@
 # with optgate's CPU per message and the whole machine's: smtp-source and
 # smtp-sink share the cores, which caps what a second worker can add.
 #
+# --store URL puts the store in that (empty) PostgreSQL database instead of a
+# SQLite file. --nodes 1,2 compares K separate `optgate serve` nodes sharing
+# that store: K harness instances at once, each with its own source, node
+# (one worker) and sink, N/K messages and S/K sessions each; the K nodes'
+# rate is all N messages over the slowest instance's time.
+# (scripts/bench_backends.py runs --store URL --nodes 1,2.)
+#
 # optgate runs with its real pipeline: a SQLite store holding 100,000
 # suppressions (of other addresses), per-recipient lookup, policy, rewrite
 # (personal List-Unsubscribe headers and footer), token signing, the send
@@ -30,13 +37,14 @@ REPO=$(pwd)
 BENCH=${BENCH:-$REPO/../shared/bench}
 [ -x "$BENCH/smtp_relay_bench.sh" ] || { echo "harness not found: set BENCH=DIR" >&2; exit 2; }
 
-N=5000 S=20 M=1 K=4k RUNS=3 DKIM="" WORKERS=""
+N=5000 S=20 M=1 K=4k RUNS=3 DKIM="" WORKERS="" STORE="" NODES=""
 while [ $# -gt 0 ]; do
     case $1 in
         -n) N=$2; shift 2;; -s) S=$2; shift 2;; -r) M=$2; shift 2;;
         -k) K=$2; shift 2;; --runs) RUNS=$2; shift 2;; --dkim) DKIM=$2; shift 2;;
-        --workers) WORKERS=$2; shift 2;;
-        *) sed -n '2,25p' "$0"; exit 2;;
+        --workers) WORKERS=$2; shift 2;; --store) STORE=$2; shift 2;;
+        --nodes) NODES=$2; shift 2;;
+        *) sed -n '2,33p' "$0"; exit 2;;
     esac
 done
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
@@ -46,14 +54,15 @@ WORK=$(mktemp -d /tmp/optgate-bench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 RESULTS=$WORK/results.jsonl
 
-.venv/bin/python - "$WORK/bench.db" <<'EOF'
+[ -n "$STORE" ] || STORE=sqlite:///$WORK/bench.db
+.venv/bin/python - "$STORE" <<'EOF'
 import asyncio, sys
 from suppression.address import normalize
 from suppression.model import ImportItem, Reason
 from suppression.store import open_store
 
-async def seed(path: str) -> None:
-    store = await open_store(f"sqlite:///{path}")
+async def seed(url: str) -> None:
+    store = await open_store(url)
     items = []
     for n in range(100_000):
         a = normalize(f"someone{n}@elsewhere.example")
@@ -63,7 +72,12 @@ async def seed(path: str) -> None:
 
 asyncio.run(seed(sys.argv[1]))
 EOF
-cp "$WORK/bench.db" "$WORK/pristine.db"
+# a SQLite store starts each run as seeded; PostgreSQL keeps the ledger of earlier runs
+FRESH=""
+if [ "$STORE" = "sqlite:///$WORK/bench.db" ]; then
+    cp "$WORK/bench.db" "$WORK/pristine.db"
+    FRESH="cp $WORK/pristine.db $WORK/bench.db && rm -f $WORK/bench.db-wal $WORK/bench.db-shm &&"
+fi
 DKIM_ENV=""
 if [ -n "$DKIM" ]; then
     .venv/bin/python -c "import sys; from pathlib import Path; from gateway.keygen import generate, private_pem, write_private; write_private(Path(sys.argv[2]), private_pem(generate(sys.argv[1])))" "$DKIM" "$WORK/dkim.pem"
@@ -72,21 +86,35 @@ fi
 
 # optgate_cmd K: the harness's relay command for optgate with K workers
 optgate_cmd() {
-    echo "cp $WORK/pristine.db $WORK/bench.db && rm -f $WORK/bench.db-wal $WORK/bench.db-shm && \
-OPTGATE_SMTP_LISTEN=127.0.0.1:{RELAY_PORT} OPTGATE_RELAY_NEXT_HOP=127.0.0.1:{SINK_PORT} \
-OPTGATE_STORE_URL=sqlite:///$WORK/bench.db OPTGATE_POLICY_REQUIRE_CONSENT=false $DKIM_ENV \
+    echo "$FRESH OPTGATE_SMTP_LISTEN=127.0.0.1:{RELAY_PORT} OPTGATE_RELAY_NEXT_HOP=127.0.0.1:{SINK_PORT} \
+OPTGATE_STORE_URL=$STORE OPTGATE_POLICY_REQUIRE_CONSENT=false $DKIM_ENV \
 OPTGATE_UNSUBSCRIBE_KEY_FILE=$WORK/key exec $REPO/.venv/bin/optgate serve --only smtp --workers $1"
 }
 PASS_CMD="exec $REPO/.venv/bin/python $BENCH/passthrough_relay.py --listen-port {RELAY_PORT} --next-port {SINK_PORT}"
 
-# harness LABEL CMD RUNS SKIP_DIRECT: one harness invocation, its runs appended to RESULTS
+# harness LABEL CMD RUNS SKIP_DIRECT [N S PORT]: one harness invocation, runs appended to RESULTS
 harness() {
-    RELAY_CMD=$2 LABEL=$1 RESULTS=$RESULTS SKIP_DIRECT=$4 \
-        "$BENCH/smtp_relay_bench.sh" -n "$N" -s "$S" -r "$M" -k "$K" --runs "$3" | grep -v '^RUN ' \
+    RELAY_CMD=$2 LABEL=$1 RESULTS=$RESULTS SKIP_DIRECT=$4 RELAY_PORT=${7:-2525} \
+        SINK_PORT=$((${7:-2525} + 1)) "$BENCH/smtp_relay_bench.sh" -n "${5:-$N}" -s "${6:-$S}" \
+        -r "$M" -k "$K" --runs "$3" | grep -v '^RUN ' \
         || true  # with -r > 1 the harness counts optgate's per-recipient copies as a failure
 }
 
-if [ -z "$WORKERS" ]; then
+if [ -n "$NODES" ]; then
+    LABELS=""
+    for k in ${NODES//,/ }; do LABELS="$LABELS nodes-$k"; done
+    for run in $(seq 1 "$RUNS"); do
+        for k in ${NODES//,/ }; do
+            echo "=== $k optgate node(s) on $STORE: run $run of $RUNS, N=$N S=$S M=$M K=$K"
+            for node in $(seq 1 "$k"); do
+                harness "nodes-$k-run$run" "$(optgate_cmd 1)" 1 1 $((N / k)) $((S / k)) \
+                    $((2515 + 10 * node)) > "$WORK/node-$node.out" &
+            done
+            wait
+            cat "$WORK"/node-*.out && rm -f "$WORK"/node-*.out
+        done
+    done
+elif [ -z "$WORKERS" ]; then
     echo "=== passthrough: N=$N S=$S M=$M K=$K runs=$RUNS"
     harness passthrough "$PASS_CMD" "$RUNS" 0
     echo "=== optgate (1 worker): N=$N S=$S M=$M K=$K runs=$RUNS"
@@ -114,10 +142,19 @@ echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 import json, statistics, sys
 path, rcpts, base, *others = sys.argv[1:]
 runs: dict[str, list[dict[str, float]]] = {}
+together: dict[str, list[dict[str, float]]] = {}  # nodes-K-runR: K instances of one run
 for line in open(path):
     row = json.loads(line)
     if row["mode"] != "direct" and row["rc"] == 0 and row["delivered"] >= row["n"]:
-        runs.setdefault(row["label"], []).append(row)
+        together.setdefault(row["label"], []).append(row)
+for label, rows in together.items():  # K instances at once: all messages over the slowest
+    n, wall = sum(r["n"] for r in rows), max(r["n"] / r["accept_msgs_per_s"] for r in rows)
+    merged = {
+        "accept_msgs_per_s": n / wall,
+        "relay_cpu_us_per_msg": sum(r["relay_cpu_s"] for r in rows) / n * 1e6,
+        "machine_cpu_us_per_msg": max(r["machine_busy_s"] for r in rows) / n * 1e6,
+    }
+    runs.setdefault(label.split("-run")[0], []).append(merged)
 
 def median(label: str, field: str) -> float:
     return statistics.median(float(r[field]) for r in runs[label])

@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 from suppression.address import normalize
-from suppression.sqlite import MIGRATIONS, SQLiteStore
+from suppression.sqlite import MIGRATIONS
+from suppression.store import open_store
 
 OPTGATE = Path(sys.executable).with_name("optgate")
 CREATED = "2026-01-01T00:00:00.000000Z"
@@ -80,7 +81,12 @@ def optgate_import(work: Path, source: Path) -> tuple[float, int]:
     db = work / "optgate.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
-    env = {**os.environ, "OPTGATE_STORE_URL": f"sqlite:///{db}"}
+    return store_import(f"sqlite:///{db}", source)
+
+
+def store_import(url: str, source: Path) -> tuple[float, int]:
+    """Time `optgate suppress import` of a CSV into the store at ``url``; (seconds, peak RSS)."""
+    env = {**os.environ, "OPTGATE_STORE_URL": url}
     return run_child([str(OPTGATE), "suppress", "import", str(source), "--format", "csv"], env)
 
 
@@ -109,14 +115,14 @@ def build_lookup_store(path: Path, rows: int) -> None:
         )
 
 
-async def lookups(path: Path, rows: int, rounds: int = 300) -> list[float]:
+async def lookups(url: str, rows: int, rounds: int = 300) -> list[float]:
     """Milliseconds per lookup_many of 100 recipients, half of them suppressed."""
-    store = await SQLiteStore.open(str(path))
+    store = await open_store(url)
     rng = random.Random(7)
     times = []
     try:
         for _ in range(rounds):
-            batch = [normalize(address(rng.randrange(rows))) for _ in range(50)]
+            batch = [normalize(address(n)) for n in rng.sample(range(rows), 50)]
             batch += [normalize(f"absent{rng.randrange(10**9)}@example.net") for _ in range(50)]
             start = time.perf_counter()
             facts = await store.lookup_many(batch, ("global", "topic:marketing"), "marketing")
@@ -144,7 +150,7 @@ def main() -> None:
             return
         store = work / "lookup.db"
         build_lookup_store(store, args.lookup_rows)
-        times = asyncio.run(lookups(store, args.lookup_rows))
+        times = asyncio.run(lookups(f"sqlite:///{store}", args.lookup_rows))
         times.sort()
         print(
             f"lookup_many(100) over {args.lookup_rows:,} suppressions: median "

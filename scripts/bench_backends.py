@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""SQLite against PostgreSQL in one run: imports, lookups, store copy, the relay on 1 and 2 nodes.
+
+    .venv/bin/python scripts/bench_backends.py [--rows 200000] [--relay-n 4000] [--runs 3]
+                                               [--postgres postgresql://postgres@127.0.0.1/postgres]
+
+1. ``optgate suppress import`` of ``--rows`` CSV addresses into an empty store
+   of each backend: rows per second, and PostgreSQL / SQLite.
+2. ``lookup_many`` of 100 recipients (half suppressed) against that store:
+   lookups per second, and PostgreSQL / SQLite (scripts/bench_store.py's).
+3. ``optgate store copy`` of the SQLite store into a new PostgreSQL database,
+   at a quarter of ``--rows`` and at ``--rows``: seconds and peak RSS (flat:
+   the copy streams).
+4. The relay on PostgreSQL with 1 and 2 nodes (``scripts/bench_relay.sh
+   --store URL --nodes 1,2``): messages per second and their ratio.
+
+Each part makes its own databases on the ``--postgres`` server and drops them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_store import OPTGATE, lookups, run_child, store_import, write_csv
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+async def _admin(server: str, sql: str) -> None:
+    conn = await asyncpg.connect(server)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextlib.contextmanager
+def database(server: str) -> Iterator[str]:
+    """A fresh PostgreSQL database on ``server``; its URL. Dropped afterwards."""
+    name = f"optgate_bench_{secrets.token_hex(4)}"
+    asyncio.run(_admin(server, f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.rsplit("/", 1)[0] + "/" + name
+    finally:
+        asyncio.run(_admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def per_second(times_ms: list[float]) -> float:
+    """Lookups per second from the time of each."""
+    return 1000 / statistics.mean(times_ms)
+
+
+def store_figures(work: Path, rows: int, server: str) -> None:
+    """Import and lookups on both backends, then the copy's time and memory."""
+    source = work / "in.csv"
+    write_csv(source, rows)
+    sqlite_url = f"sqlite:///{work / 'import.db'}"
+    with database(server) as pg_url:
+        figures = {}
+        for name, url in (("sqlite", sqlite_url), ("postgresql", pg_url)):
+            seconds, _ = store_import(url, source)
+            figures[name] = (rows / seconds, per_second(asyncio.run(lookups(url, rows))))
+            print(
+                f"{name}: import {rows / seconds:,.0f} rows/s, "
+                f"lookup_many(100) {figures[name][1]:,.0f} lookups/s"
+            )
+    (pg_import, pg_lookup), (lite_import, lite_lookup) = figures["postgresql"], figures["sqlite"]
+    print(
+        f"postgresql / sqlite: import {pg_import / lite_import:.2f}, "
+        f"lookups {pg_lookup / lite_lookup:.2f}"
+    )
+    small = work / "small.csv"
+    write_csv(small, rows // 4)
+    small_url = f"sqlite:///{work / 'small.db'}"
+    store_import(small_url, small)
+    for label, url, count in (("small", small_url, rows // 4), ("large", sqlite_url, rows)):
+        with database(server) as destination:
+            started = time.perf_counter()
+            _, rss = run_child([str(OPTGATE), "store", "copy", url, destination])
+            seconds = time.perf_counter() - started
+        print(
+            f"store copy sqlite -> postgresql, {count:,} suppressions ({label}): "
+            f"{seconds:.1f} s, peak RSS {rss / 2**20:.0f} MB"
+        )
+
+
+def relay_figures(n: int, runs: int, server: str) -> None:
+    """The relay on PostgreSQL with one node and with two (scripts/bench_relay.sh)."""
+    with database(server) as url:
+        subprocess.run(  # noqa: S603 - our own script
+            [
+                str(REPO / "scripts" / "bench_relay.sh"),
+                "--store",
+                url,
+                "--nodes",
+                "1,2",
+                "-n",
+                str(n),
+                "--runs",
+                str(runs),
+            ],
+            check=True,
+        )
+
+
+def main() -> None:
+    """Run the parts and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--relay-n", type=int, default=4000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="optgate-bench-") as tmp:
+        if args.rows:
+            store_figures(Path(tmp), args.rows, args.postgres)
+    if args.relay_n:
+        relay_figures(args.relay_n, args.runs, args.postgres)
+
+
+if __name__ == "__main__":
+    main()
