@@ -32,7 +32,7 @@ from suppression.postgres import safe_url
 from suppression.sqlite import _parse_time, _time
 from suppression.store import open_store, sqlite_path
 
-Kind = Literal["text", "int", "bool", "time"]
+Kind = Literal["text", "int", "bool", "time", "bytes"]  # bytes: a BLOB / BYTEA column
 _FAILURES = (OSError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError)
 Row = tuple[Any, ...]
 BATCH = 5000
@@ -145,11 +145,14 @@ class Mismatch(Exception):
 
 
 def _canonical(value: Any) -> Any:
-    return _time(value) if isinstance(value, datetime) else value
+    if isinstance(value, datetime):
+        return _time(value)
+    return value.hex() if isinstance(value, bytes) else value
 
 
 class Digest:
-    """SHA-256 over a table's rows in order, each as canonical JSON (times as UTC text)."""
+    """SHA-256 over a table's rows in order, each as canonical JSON (times as UTC text,
+    bytes as hex)."""
 
     def __init__(self) -> None:
         self.rows = 0

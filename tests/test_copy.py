@@ -10,14 +10,14 @@ import re
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from suppression.address import identity, normalize
-from suppression.copying import TABLES
+from suppression.copying import TABLES, Digest
 from suppression.model import Consent, ImportItem, Reason, Send, now
 from suppression.store import open_store
 from tests.support.serving import OPTGATE
@@ -246,3 +246,15 @@ async def test_tables_name_every_table_and_column_of_both_schemas(tmp_path: Path
     for table, column in rows:
         columns.setdefault(table, set()).add(column)
     assert columns == expected
+
+
+def test_the_digest_is_one_form_for_both_backends_values() -> None:
+    """Times (any zone) as UTC text, bytes as hex: equal values, equal digests."""
+    utc = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    ahead = utc.astimezone(timezone(timedelta(hours=2)))
+    one, two, other = Digest(), Digest(), Digest()
+    one.add([("k", 1, True, utc, b"\x00\xff", None)])
+    two.add([("k", 1, True, ahead, b"\x00\xff", None)])
+    other.add([("k", 1, True, utc, b"\x00\xfe", None)])
+    assert one.hexdigest() == two.hexdigest() != other.hexdigest()
+    assert one.rows == 1
