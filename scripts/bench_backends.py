@@ -64,37 +64,44 @@ def per_second(times_ms: list[float]) -> float:
 
 
 def store_figures(work: Path, rows: int, server: str) -> None:
-    """Import and lookups on both backends, then the copy's time and memory."""
-    source = work / "in.csv"
+    """Import on both backends, the copy's time and memory, then lookups on both.
+
+    The copies run before this process's own lookups: a child's peak RSS
+    counts what it shared with this process when it was forked.
+    """
+    source, small = work / "in.csv", work / "small.csv"
     write_csv(source, rows)
-    sqlite_url = f"sqlite:///{work / 'import.db'}"
-    with database(server) as pg_url:
-        figures = {}
-        for name, url in (("sqlite", sqlite_url), ("postgresql", pg_url)):
-            seconds, _ = store_import(url, source)
-            figures[name] = (rows / seconds, per_second(asyncio.run(lookups(url, rows))))
-            print(
-                f"{name}: import {rows / seconds:,.0f} rows/s, "
-                f"lookup_many(100) {figures[name][1]:,.0f} lookups/s"
-            )
-    (pg_import, pg_lookup), (lite_import, lite_lookup) = figures["postgresql"], figures["sqlite"]
-    print(
-        f"postgresql / sqlite: import {pg_import / lite_import:.2f}, "
-        f"lookups {pg_lookup / lite_lookup:.2f}"
-    )
-    small = work / "small.csv"
     write_csv(small, rows // 4)
-    small_url = f"sqlite:///{work / 'small.db'}"
-    store_import(small_url, small)
-    for label, url, count in (("small", small_url, rows // 4), ("large", sqlite_url, rows)):
-        with database(server) as destination:
-            started = time.perf_counter()
-            _, rss = run_child([str(OPTGATE), "store", "copy", url, destination])
-            seconds = time.perf_counter() - started
-        print(
-            f"store copy sqlite -> postgresql, {count:,} suppressions ({label}): "
-            f"{seconds:.1f} s, peak RSS {rss / 2**20:.0f} MB"
-        )
+    sqlite_url, small_url = f"sqlite:///{work / 'import.db'}", f"sqlite:///{work / 'small.db'}"
+    with database(server) as pg_url:
+        imports = {
+            name: rows / store_import(url, source)[0] for name, url in backends(sqlite_url, pg_url)
+        }
+        store_import(small_url, small)
+        for label, url, count in (("small", small_url, rows // 4), ("large", sqlite_url, rows)):
+            with database(server) as destination:
+                started = time.perf_counter()
+                _, rss = run_child([str(OPTGATE), "store", "copy", url, destination])
+                seconds = time.perf_counter() - started
+            print(
+                f"store copy sqlite -> postgresql, {count:,} suppressions ({label}): "
+                f"{seconds:.1f} s, peak RSS {rss / 2**20:.0f} MB"
+            )
+        found = {
+            name: per_second(asyncio.run(lookups(url, rows)))
+            for name, url in backends(sqlite_url, pg_url)
+        }
+    for name in imports:
+        print(f"{name}: import {imports[name]:,.0f} rows/s, lookup_many(100) {found[name]:,.0f}/s")
+    print(
+        f"postgresql / sqlite: import {imports['postgresql'] / imports['sqlite']:.2f}, "
+        f"lookups {found['postgresql'] / found['sqlite']:.2f}"
+    )
+
+
+def backends(sqlite_url: str, pg_url: str) -> tuple[tuple[str, str], ...]:
+    """The two stores compared, by name."""
+    return (("sqlite", sqlite_url), ("postgresql", pg_url))
 
 
 def relay_figures(n: int, runs: int, server: str) -> None:
