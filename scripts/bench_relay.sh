@@ -145,8 +145,12 @@ runs: dict[str, list[dict[str, float]]] = {}
 together: dict[str, list[dict[str, float]]] = {}  # nodes-K-runR: K instances of one run
 for line in open(path):
     row = json.loads(line)
-    if row["mode"] != "direct" and row["rc"] == 0 and row["delivered"] >= row["n"]:
+    if row["mode"] == "direct" or row["rc"] != 0 or row["delivered"] < row["n"]:
+        continue
+    if "-run" in row["label"]:
         together.setdefault(row["label"], []).append(row)
+    else:
+        runs.setdefault(row["label"], []).append(row)
 for label, rows in together.items():  # K instances at once: all messages over the slowest
     n, wall = sum(r["n"] for r in rows), max(r["n"] / r["accept_msgs_per_s"] for r in rows)
     merged = {
