@@ -13,7 +13,7 @@ from typing import Any
 
 import uvloop
 
-from gateway import admin
+from gateway import admin, partner_admin
 from gateway.config import Config, load
 from suppression.errors import OptgateError
 from suppression.formats import READ_FORMATS, WRITE_FORMATS, FormatError
@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     _suppress_commands(group)
     _consent_commands(group)
     _other_commands(group)
+    partner_admin.register(group, _command)
     return parser
 
 
