@@ -133,8 +133,13 @@ class Handler:
 
     async def handle_exception(self, error: Exception) -> str:
         """Log and ask the client to retry; never crash the server."""
-        frames = traceback.extract_tb(error.__traceback__)
-        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-        # the message itself may quote an address: log the type and place only
-        log.error("session_error", error=type(error).__name__, where=where)
-        return INTERNAL
+        return internal_error(error)
+
+
+def internal_error(error: Exception) -> str:
+    """Log an exception's type and place (never its text) and give the 451 reply."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+    # the message itself may quote an address: log the type and place only
+    log.error("session_error", error=type(error).__name__, where=where)
+    return INTERNAL

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway.api import add_consent_api
 from gateway.config import Config, host_port
+from gateway.fanout import FanOut
 from gateway.keys import load_keys
 from gateway.metrics import Metrics
 from gateway.optin import request_consent
@@ -25,6 +26,7 @@ from gateway.policy import Rules
 from gateway.relay import Relay
 from gateway.server import Admission, GateSMTP, Handler
 from gateway.signing import Signer
+from gateway.submission import listening
 from gateway.tokens import TokenSigner
 from gateway.web import WebSettings, make_app
 from suppression.errors import ConfigError
@@ -72,6 +74,7 @@ class Running:
     web_port: int
     stop: asyncio.Event
     metrics: Metrics
+    partners_port: int = 0
 
 
 @contextlib.asynccontextmanager
@@ -87,7 +90,12 @@ async def running(config: Config, parts: Collection[str] = PARTS) -> AsyncIterat
             smtp_port = await stack.enter_async_context(_smtp(config, store, signer, metrics))
         if "web" in parts:
             web_port = await stack.enter_async_context(_web(config, store, signer, metrics))
-        yield Running(smtp_port, web_port, asyncio.Event(), metrics)
+        partners_port = 0
+        if "smtp" in parts and config.partners.listen:
+            partners_port = await stack.enter_async_context(
+                _partners(config, store, signer, metrics)
+            )
+        yield Running(smtp_port, web_port, asyncio.Event(), metrics, partners_port)
     log.info("stopped")
 
 
@@ -97,16 +105,8 @@ async def _smtp(
 ) -> AsyncIterator[int]:
     """The SMTP listener and its relay pool; yields the bound port."""
     host, port = host_port(config.smtp.listen, "[smtp] listen")
-    next_host, next_port = host_port(config.relay.next_hop, "[relay] next_hop")
     hostname = config.smtp.hostname or socket.getfqdn()
-    relay = Relay(
-        next_host,
-        next_port,
-        size=config.relay.pool_size,
-        timeout=config.relay.timeout,
-        starttls=config.relay.starttls,
-        local_hostname=hostname,
-    )
+    relay = _relay(config, hostname)
     pipeline = build_pipeline(config, store, relay, signer, metrics)
     handler = Handler(
         pipeline,
@@ -143,6 +143,53 @@ async def _smtp(
             await asyncio.wait(handler.in_flight, timeout=DRAIN_SECONDS)
         await relay.close()
         pipeline.close()
+
+
+def _relay(config: Config, hostname: str) -> Relay:
+    """A connection pool to the next hop."""
+    next_host, next_port = host_port(config.relay.next_hop, "[relay] next_hop")
+    return Relay(
+        next_host,
+        next_port,
+        size=config.relay.pool_size,
+        timeout=config.relay.timeout,
+        starttls=config.relay.starttls,
+        local_hostname=hostname,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _partners(
+    config: Config, store: Store, signer: TokenSigner, metrics: Metrics
+) -> AsyncIterator[int]:
+    """The partner submission listener and this node's fan-out worker; yields the port."""
+    hostname = config.smtp.hostname or socket.getfqdn()
+    relay = _relay(config, hostname)
+    pipeline = build_pipeline(config, store, relay, signer, metrics)
+    u = config.unsubscribe
+    worker = FanOut(
+        store=store,
+        relay=relay,
+        pipeline=pipeline,
+        settings=config.partners,
+        company=u.company,
+        postal_address=u.postal_address,
+        list_domain=u.list_domain,
+        feedback_id=u.feedback_id,
+        metrics=metrics,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        async with listening(config.partners, store, hostname, config.smtp.timeout) as (port, _):
+            yield port
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, DRAIN_SECONDS)
+        finally:
+            await relay.close()
+            pipeline.close()
 
 
 @contextlib.asynccontextmanager

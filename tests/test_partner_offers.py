@@ -1,0 +1,164 @@
+"""Partner offers end to end: SMTP AUTH + STARTTLS in, fan-out to consenting recipients out."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from email import message_from_bytes
+from email.policy import default
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Config
+from gateway.keys import load_keys
+from gateway.service import Running, running
+from gateway.tokens import TokenSigner
+from suppression.address import normalize
+from suppression.model import ImportItem, Reason
+from suppression.store import open_store
+from tests.support.partners import add_partner, consenting, submit, until_done
+from tests.support.smtp import Sink, gateway_config
+
+FANS = ["ann@example.com", "bob@example.com", "cy@example.com"]
+GONE = "gone@example.com"  # consented, then unsubscribed from everything
+NOT_ACME = "listed@example.com"  # on acme's own md5 suppression list
+NO_PARTNERS = "enough@example.com"  # said "no more partner offers"
+MARKETING_ONLY = "news-only@example.com"  # consented to marketing, not to partner offers
+
+
+def offer(subject: str = "A fine offer", extra: str = "") -> bytes:
+    return (
+        "From: Acme Deals <deals@acme.example>\r\n"
+        "To: someone@acme.example\r\n"
+        "Reply-To: crm@acme.example\r\n"
+        f"Subject: {subject}\r\n"
+        "Message-ID: <campaign-7@acme.example>\r\n"
+        "X-Acme-Tracking: visitor-4711\r\n"
+        "List-Unsubscribe: <https://acme.example/unsub?u={{email}}>\r\n"
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        f"{extra}"
+        "\r\n"
+        "Dear {{email}}, *|EMAIL|* see https://acme.example/p.gif?to={{email}}\r\n"
+    ).encode()
+
+
+@pytest.fixture
+def config(tmp_path: Path, next_hop: Sink) -> Config:
+    return gateway_config(
+        tmp_path,
+        next_hop.port,
+        partners_listen="127.0.0.1:0",
+        partners_audience_domain="partners.example.com",
+        partners_sender="offers@example.com",
+        partners_rate_per_hour="3",
+        partners_max_message_size="20000",
+    )
+
+
+@pytest.fixture
+async def gate(config: Config) -> AsyncIterator[Running]:
+    async with running(config) as started:
+        yield started
+
+
+async def seed(config: Config) -> str:
+    secret = await add_partner(config)
+    await consenting(config, [*FANS, GONE, NOT_ACME, NO_PARTNERS])
+    await consenting(config, [MARKETING_ONLY], "marketing")
+    store = await open_store(config.store.url)
+    try:
+        gone, enough = normalize(GONE), normalize(NO_PARTNERS)
+        for address, scope in ((gone, "global"), (enough, "topic:partner-offers")):
+            item = ImportItem(address.sha256, "sha256", None, Reason.UNSUBSCRIBED)
+            await store.suppress([item], scope=scope, source="web", actor="test")
+        listed = ImportItem(normalize(NOT_ACME).md5, "md5", None, Reason.IMPORTED)
+        await store.suppress([listed], scope="partner:acme", source="import", actor="test")
+    finally:
+        await store.close()
+    return secret
+
+
+async def test_an_offer_reaches_each_consenting_unsuppressed_recipient_once(
+    config: Config, gate: Running, next_hop: Sink
+) -> None:
+    secret = await seed(config)
+    sent = await submit(gate.partners_port, "acme", secret, offer())
+    assert sent.code == 250
+    assert re.fullmatch(r"2\.0\.0 Offer \d+ accepted", sent.reply)
+    [status] = await until_done(config)
+    assert (status.audience, status.sent, status.suppressed) == (6, 3, 3)
+    assert sorted(r for m in next_hop.messages for r in m.rcpt_tos) == sorted(FANS)
+    signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
+    for received in next_hop.messages:
+        assert received.mail_from == "offers@example.com"
+        copy = message_from_bytes(received.data, policy=default)
+        assert copy["From"] == "acme via Example Ltd <offers@example.com>"
+        assert copy["Subject"] == "A fine offer"
+        for gone in ("Reply-To", "X-Acme-Tracking"):
+            assert copy[gone] is None
+        assert "acme.example" not in str(copy["List-Unsubscribe"])
+        assert "acme.example" not in received.data.decode().split("\r\n\r\n")[0]
+        token = re.search(r"/u/([A-Za-z0-9_-]+)>", str(copy["List-Unsubscribe"]))
+        assert token is not None
+        claims = signer.verify(token.group(1))
+        assert claims.scope == "partner:acme"
+        assert claims.recipient == normalize(received.rcpt_tos[0]).sha256
+        body = received.data.decode()
+        assert "Dear {{email}}, *|EMAIL|*" in body  # placeholders never filled in
+        assert received.rcpt_tos[0] not in body
+        assert "An offer from acme, sent by Example Ltd" in body
+
+
+async def test_the_audience_topic_narrows_the_audience(
+    config: Config, gate: Running, next_hop: Sink
+) -> None:
+    secret = await seed(config)
+    await consenting(config, FANS[:2], "travel")
+    by_address = await submit(
+        gate.partners_port, "acme", secret, offer(), rcpt="offer+travel@partners.example.com"
+    )
+    assert by_address.code == 250
+    by_header = await submit(
+        gate.partners_port, "acme", secret, offer(extra="X-Optgate-Audience: travel\r\n")
+    )
+    assert by_header.code == 250
+    first, second = await until_done(config)
+    assert (first.topic, first.sent, second.topic, second.sent) == ("travel", 2, "travel", 2)
+    assert sorted(r for m in next_hop.messages for r in m.rcpt_tos) == sorted(FANS[:2] * 2)
+
+
+async def test_bad_submissions_are_refused_and_store_nothing(
+    config: Config, gate: Running, next_hop: Sink
+) -> None:
+    secret = await seed(config)
+    port = gate.partners_port
+    plain = await submit(port, "acme", secret, offer(), tls=False)
+    assert plain.code in (0, 530, 538)  # AUTH is not even offered before STARTTLS
+    wrong = await submit(port, "acme", secret + "x", offer())
+    assert (wrong.code, wrong.reply) == (535, "5.7.8 Authentication credentials invalid")
+    nobody = await submit(port, "nobody", secret, offer())
+    assert nobody.code == 535
+    elsewhere = await submit(port, "acme", secret, offer(), rcpt="ann@example.com")
+    assert elsewhere.code == 550
+    assert elsewhere.reply.startswith("5.7.1 Partners send to offer@partners.example.com")
+    big = await submit(port, "acme", secret, offer(extra="X-Pad: x\r\n" * 3000))
+    assert big.code == 552
+    bad_topic = await submit(port, "acme", secret, offer(extra="X-Optgate-Audience: No!\r\n"))
+    assert bad_topic.code == 550
+    store = await open_store(config.store.url)
+    try:
+        assert await store.offer_statuses("acme") == []
+        await store.disable_partner("acme", actor="test")
+    finally:
+        await store.close()
+    disabled = await submit(port, "acme", secret, offer())
+    assert disabled.code == 535
+    assert next_hop.messages == []
+
+
+async def test_a_partner_over_its_rate_gets_450(config: Config, gate: Running) -> None:
+    secret = await seed(config)
+    codes = [(await submit(gate.partners_port, "acme", secret, offer())).code for _ in range(4)]
+    assert codes == [250, 250, 250, 450]
