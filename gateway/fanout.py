@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from email.utils import formataddr
 
@@ -36,6 +37,7 @@ from suppression.partners import Claim, CopyState, Offer, OfferState
 from suppression.store import Store
 
 log = structlog.get_logger("optgate.fanout")
+Finish = Callable[[], None]
 
 IDLE_SECONDS = 1.0  # between polls when there is nothing to do
 RETRY = timedelta(minutes=1)  # a copy the next hop deferred (4xx) is tried again after this
@@ -69,13 +71,14 @@ class Commits:
 
     def __init__(self, store: Store, owner: str) -> None:
         self._store, self._owner = store, owner
-        self._waiting: dict[tuple[int, str], asyncio.Future[bool]] = {}
+        self._waiting: dict[tuple[int, str], tuple[asyncio.Future[bool], Finish]] = {}
         self._flusher: asyncio.Task[None] | None = None
 
-    async def commit(self, offer: int, sha256: str) -> bool:
-        """True once the copy is marked sent; False when another node has taken it over."""
+    async def commit(self, offer: int, sha256: str, finish: Finish) -> bool:
+        """Mark the copy sent and call ``finish`` as soon as the store has it (in the step
+        that learns it, before any other task runs); False when another node took it over."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting[offer, sha256] = future
+        self._waiting[offer, sha256] = future, finish
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -86,19 +89,25 @@ class Commits:
             by_offer: dict[int, list[str]] = {}
             for offer, sha in batch:
                 by_offer.setdefault(offer, []).append(sha)
-            try:
-                moved = {
-                    (offer, sha)
-                    for offer, hashes in by_offer.items()
-                    for sha in await self._store.settle_copies(
-                        self._owner, offer, hashes, CopyState.SENT
-                    )
-                }
-            except OptgateError as exc:
-                log.error("fanout_commit_failed", error=str(exc))
-                moved = set()
-            for key, future in batch.items():
+            moved: set[tuple[int, str]] = set()
+            for offer, hashes in by_offer.items():
+                ends = functools.partial(_end_all, batch, offer)
+                try:
+                    done = await self._store.mark_sent(self._owner, offer, hashes, ends)
+                except OptgateError as exc:
+                    log.error("fanout_commit_failed", error=str(exc))
+                    continue
+                moved |= {(offer, sha) for sha in done}
+            for key, (future, _) in batch.items():
                 future.set_result(key in moved)
+
+
+def _end_all(
+    batch: dict[tuple[int, str], tuple[asyncio.Future[bool], Finish]], offer: int, done: set[str]
+) -> None:
+    """Write the final "." of every copy the store has just marked sent."""
+    for sha in done:
+        batch[offer, sha][1]()
 
 
 class FanOut:
@@ -180,12 +189,10 @@ class FanOut:
             return
         prepared = await self._prepare(offer)
         outcomes = await asyncio.gather(*(self._copy(offer, prepared, c) for c in kept))
-        temporary = [c.sha256 for c, o in zip(kept, outcomes, strict=True) if o and o.temporary]
-        refused = [
-            c.sha256
-            for c, o in zip(kept, outcomes, strict=True)
-            if o and not o.delivered and not o.temporary and not o.uncertain
-        ]
+        # an uncertain copy (no reply after the end of data) stays sent: never twice
+        failed = [(c, o) for c, o in zip(kept, outcomes, strict=True) if o and not o.uncertain]
+        temporary = [c.sha256 for c, o in failed if o.temporary]
+        refused = [c.sha256 for c, o in failed if not o.delivered and not o.temporary]
         await self._settle(offer_id, temporary, CopyState.TODO, retry=RETRY)
         await self._settle(offer_id, refused, CopyState.FAILED)
         log.info(
@@ -227,8 +234,8 @@ class FanOut:
         data = self._pipeline.personal(prepared, claim.sha256, f"partner:{offer.partner}")
         data = await self._pipeline.sign(data, f"offer-{offer.id}")
 
-        async def commit() -> bool:
-            return await self._commits.commit(offer.id, claim.sha256)
+        async def commit(finish: Finish) -> bool:
+            return await self._commits.commit(offer.id, claim.sha256, finish)
 
         outcome = await self._relay.send_committed(
             self._settings.sender, claim.address or "", data, commit

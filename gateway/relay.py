@@ -31,6 +31,11 @@ class Outcome:
         return 400 <= self.code < 500
 
 
+# commit(finish): store that the copy is sent, call finish() at once; False: another
+# node owns the copy now (finish is not called)
+Commit = Callable[[Callable[[], None]], Awaitable[bool]]
+
+
 class Relay:
     """A bounded pool of persistent connections to one next hop."""
 
@@ -105,16 +110,18 @@ class Relay:
         return Outcome(250, reply)
 
     async def send_committed(
-        self, mail_from: str, rcpt: str, data: bytes, commit: Callable[[], Awaitable[bool]]
+        self, mail_from: str, rcpt: str, data: bytes, commit: Commit
     ) -> Outcome | None:
-        """Relay one copy with a commit point: ``commit()`` runs after the content went out
-        and before the final "." that makes the next hop take it.
+        """Relay one copy with a commit point: ``commit(finish)`` runs after the content
+        went out; it stores that the copy is sent and calls ``finish()`` straight after,
+        in the same step (no other task runs between the two). ``finish`` writes the
+        final "." that makes the next hop take the copy.
 
-        When ``commit()`` says False the transaction is abandoned (the connection
+        When ``commit`` says False the transaction is abandoned (the connection
         closes without the ".", so the next hop discards it) and None comes back.
-        A copy that crashes before its commit was never delivered; one whose
+        A copy whose node dies before its commit was never delivered; one whose
         commit is stored is never sent again: each copy goes out at most once,
-        and the only window for a loss is a crash between the commit and the
+        and the only window for a loss is a death between the commit and the
         write of five bytes. Never raises for SMTP or network errors.
         """
         async with self._slots:
@@ -143,7 +150,7 @@ class Relay:
         client: aiosmtplib.SMTP,
         rcpt: str,
         data: bytes,
-        commit: Callable[[], Awaitable[bool]],
+        commit: Commit,
     ) -> Outcome | None:
         await client.rcpt(rcpt)
         start = await client.execute_command(b"DATA")
@@ -154,12 +161,29 @@ class Relay:
             raise aiosmtplib.SMTPServerDisconnected("connection lost")
         content = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data))
         protocol.write(content if content.endswith(b"\r\n") else content + b"\r\n")
-        if not await commit():
+        # waiting for the reply before the "." is written: it cannot arrive unexpected
+        pending = asyncio.ensure_future(protocol.read_response(timeout=self._timeout))
+        ended = False
+
+        def finish() -> None:
+            nonlocal ended
+            with contextlib.suppress(aiosmtplib.SMTPServerDisconnected):
+                protocol.write(b".\r\n")
+                ended = True
+
+        try:
+            stored = await commit(finish)
+        finally:
+            if not ended:
+                pending.cancel()
+        if not stored:
             client.close()
             return None
-        protocol.write(b".\r\n")
+        if not ended:  # the connection was lost before the end: the next hop has nothing
+            client.close()
+            return Outcome(451, "next hop lost the connection before the end of data")
         try:
-            reply = await protocol.read_response(timeout=self._timeout)
+            reply = await pending
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             client.close()
             return Outcome(451, f"no reply after the end of data ({type(exc).__name__})", True)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+import asyncio
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -850,6 +858,36 @@ class PostgresStore:
                 list(sha256s),
             )
         return {r["sha256"] for r in rows}
+
+    async def mark_sent(
+        self, owner: str, offer: int, sha256s: Sequence[str], then: Callable[[set[str]], None]
+    ) -> set[str]:
+        """The commit point. The UPDATE runs in a transaction; ``then`` runs right after the
+        COMMIT is written to the server, not after its answer: once the server has the
+        COMMIT, the death of this process no longer stops it, and until then the copies
+        stay claimed (so a death in between costs nothing). The window left is one turn
+        of the event loop, where waiting for the answer would be a round trip."""
+        with self._errors("write to"):
+            async with self._pool.acquire() as conn:
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    rows = await conn.fetch(
+                        "UPDATE offer_copy SET state = 'sent' WHERE offer = $1 AND owner = $2 "
+                        "AND state = 'claimed' AND sha256 = ANY($3::text[]) RETURNING sha256",
+                        offer,
+                        owner,
+                        list(sha256s),
+                    )
+                except BaseException:
+                    await transaction.rollback()
+                    raise
+                moved = {r["sha256"] for r in rows}
+                committing = asyncio.ensure_future(transaction.commit())
+                await asyncio.sleep(0)  # the commit's task writes COMMIT in its first step
+                then(moved)
+                await committing
+        return moved
 
     async def finish_offers(self) -> int:
         """Mark running offers with no open copy done; how many."""

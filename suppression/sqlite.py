@@ -148,6 +148,8 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 MMAP_BYTES = 1 << 36
+# how long the commit point may wait for another process's write lock (it blocks the loop)
+COMMIT_POINT_WAIT_MS = 500
 CACHE_KIB = 32768
 
 
@@ -248,6 +250,10 @@ class SQLiteStore:
         # the send ledger: a power cut may lose its last commits, which costs at
         # most a duplicate copy on a retry; no fsync per message
         self._ledger_db = _connect(path, "NORMAL")
+        # the fan-out's commit point: committed on the event loop's own thread, so that
+        # nothing runs between the commit and the final "." it allows (see mark_sent)
+        self._commit_db = _connect(path, "FULL")
+        self._commit_db.execute(f"PRAGMA busy_timeout = {COMMIT_POINT_WAIT_MS}")
         self._ledger_thread = ThreadPoolExecutor(1, thread_name_prefix="optgate-ledger")
         self._ledger = GroupCommit(self._record_sends, self._ledger_thread)
 
@@ -295,6 +301,7 @@ class SQLiteStore:
         """Close the connections."""
         self._ledger_thread.shutdown()
         self._ledger_db.close()
+        self._commit_db.close()
         self._hot.close()
         await self._db.close()
 
@@ -862,6 +869,17 @@ class SQLiteStore:
         retry_at: datetime | None = None,
     ) -> set[str]:
         """Move this owner's copies to a state; the hashes that moved (others were taken over)."""
+        return await self._move(owner, offer, sha256s, state, ("claimed", "sent"), retry_at)
+
+    async def _move(
+        self,
+        owner: str,
+        offer: int,
+        sha256s: Sequence[str],
+        state: CopyState,
+        old: tuple[str, ...],
+        retry_at: datetime | None,
+    ) -> set[str]:
         if not sha256s:
             return set()
 
@@ -872,13 +890,14 @@ class SQLiteStore:
                 until = ", until = ?" if retry_at else ""
                 async with self._db.execute(
                     f"UPDATE offer_copy SET state = ?{until} WHERE offer = ? AND owner = ? "
-                    f"AND state IN ('claimed', 'sent') AND sha256 IN ({_marks(len(chunk))}) "
+                    f"AND state IN ({_marks(len(old))}) AND sha256 IN ({_marks(len(chunk))}) "
                     "RETURNING sha256",
                     (
                         state.value,
                         *((_time(retry_at),) if retry_at else ()),
                         offer,
                         owner,
+                        *old,
                         *chunk,
                     ),
                 ) as cursor:
@@ -887,6 +906,37 @@ class SQLiteStore:
 
         result: set[str] = await self._write(work)
         return result
+
+    async def mark_sent(
+        self, owner: str, offer: int, sha256s: Sequence[str], then: Callable[[set[str]], None]
+    ) -> set[str]:
+        """The commit point: one transaction on the event loop's thread (an fsync, a few
+        ms, while this process's other writers wait their turn), then ``then(moved)``
+        with nothing in between. Another process's lock held longer than
+        COMMIT_POINT_WAIT_MS is an error: the copies stay claimed and are tried again."""
+        async with self._writing:
+            db = self._commit_db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    moved = {
+                        str(row[0])
+                        for start in range(0, len(sha256s), PAGE)
+                        for row in db.execute(
+                            "UPDATE offer_copy SET state = 'sent' WHERE offer = ? AND owner = ? "
+                            "AND state = 'claimed' AND sha256 IN "
+                            f"({_marks(len(sha256s[start : start + PAGE]))}) RETURNING sha256",
+                            (offer, owner, *sha256s[start : start + PAGE]),
+                        ).fetchall()
+                    }
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write to SQLite store {self._path}: {exc}") from None
+            then(moved)
+        return moved
 
     async def finish_offers(self) -> int:
         """Mark running offers with no open copy done; how many."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -178,6 +178,13 @@ class Store(Protocol):
         retry_at: datetime | None = None,
     ) -> set[str]:
         """Move this owner's claimed or sent copies to a state; the hashes that moved."""
+
+    async def mark_sent(
+        self, owner: str, offer: int, sha256s: Sequence[str], then: Callable[[set[str]], None]
+    ) -> set[str]:
+        """The commit point: mark this owner's claimed copies sent and call ``then(moved)``
+        as soon as the change can no longer be lost with this process (SQLite: committed;
+        PostgreSQL: the COMMIT is on its way to the server), before anything else runs."""
 
     async def finish_offers(self) -> int:
         """Mark running offers without open copies done."""

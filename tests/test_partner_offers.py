@@ -8,6 +8,7 @@ from email import message_from_bytes
 from email.policy import default
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from gateway.config import Config
@@ -162,3 +163,40 @@ async def test_a_partner_over_its_rate_gets_450(config: Config, gate: Running) -
     secret = await seed(config)
     codes = [(await submit(gate.partners_port, "acme", secret, offer())).code for _ in range(4)]
     assert codes == [250, 250, 250, 450]
+
+
+def unsubscribe_path(received: bytes) -> str:
+    copy = message_from_bytes(received, policy=default)
+    link = re.search(r"<https://unsub\.example\.com(/u/[^>]+)>", str(copy["List-Unsubscribe"]))
+    assert link is not None
+    return link.group(1)
+
+
+async def test_the_two_unsubscribe_choices_stop_the_next_offer(
+    config: Config, gate: Running, next_hop: Sink
+) -> None:
+    secret = await seed(config)
+    assert (await submit(gate.partners_port, "acme", secret, offer())).code == 250
+    await until_done(config)
+    ann, bob = (unsubscribe_path(next_hop.to(a)[0].data) for a in FANS[:2])
+    web = f"http://127.0.0.1:{gate.web_port}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(web + ann) as page:
+            text = await page.text()
+        assert "offers Example Ltd sends on behalf of acme" in text
+        assert "No more offers from any partner" in text
+        # ann: no more offers from any partner (the page's second button)
+        async with http.post(
+            web + ann.replace("/u/", "/p/"),
+            data={"action": "unsubscribe", "topic": "partner-offers"},
+        ) as response:
+            assert response.status == 200
+        # bob: one-click from the List-Unsubscribe header, no more from acme
+        async with http.post(web + bob, data={"List-Unsubscribe": "One-Click"}) as response:
+            assert response.status == 200
+    assert (await submit(gate.partners_port, "acme", secret, offer("Again"))).code == 250
+    _, second = await until_done(config)
+    assert (second.sent, second.unsubscribed) == (1, 0)
+    assert [len(next_hop.to(a)) for a in FANS] == [1, 1, 2]
+    first, _ = await until_done(config)
+    assert first.unsubscribed == 1  # bob, from acme; ann left all partners, not acme alone

@@ -188,3 +188,21 @@ async def test_partner_optouts_and_unsubscribed_counts(store: Store) -> None:
     assert await store.partner_optouts("other") == []
     [status] = await store.offer_statuses("acme")
     assert status.unsubscribed == 1
+
+
+async def test_mark_sent_calls_then_with_the_copies_it_moved(store: Store) -> None:
+    await store.add_partner(acme(), actor="t")
+    await consent(store, ["one@example.com", "two@example.com"], PARTNER_OFFERS)
+    offer = await store.add_offer("acme", None, b"x", actor="t")
+    await store.plan_offers()
+    mine = await store.claim_copies("me", 1, LEASE)
+    theirs = await store.claim_copies("them", 1, LEASE)
+    seen: list[set[str]] = []
+    hashes = [mine[0].sha256, theirs[0].sha256]
+    moved = await store.mark_sent("me", offer, hashes, seen.append)
+    assert moved == {mine[0].sha256}
+    assert seen == [moved]
+    # sent is final: a second commit point moves nothing
+    assert await store.mark_sent("me", offer, hashes, seen.append) == set()
+    [status] = await store.offer_statuses("acme")
+    assert (status.sent, status.pending) == (1, 1)

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
+import signal
 import smtplib
+import socket
 import ssl
-from collections.abc import Callable, Sequence
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from gateway.config import Config
@@ -164,3 +172,115 @@ async def until_done(
             if found and all(s.state.value == "done" for s in found):
                 return found
             await asyncio.sleep(0.2)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class ServeProcess:
+    """``optgate serve`` as a real process (so a test can SIGKILL it), its log in a file."""
+
+    def __init__(self, env: Mapping[str, str], log: Path) -> None:
+        self._env = {k: v for k, v in os.environ.items() if not k.startswith("OPTGATE_")}
+        self._env.update(env)
+        self._log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self, port: int) -> None:
+        """Start and wait until ``port`` (the partner listener) accepts connections."""
+        self._spawn()
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    await asyncio.sleep(0.1)
+                    continue
+                writer.close()
+                return
+
+    def _spawn(self) -> None:
+        with self._log.open("ab") as out:
+            self.process = subprocess.Popen(  # noqa: S603 - our own console script
+                [str(Path(sys.prefix) / "bin" / "optgate"), "serve"],
+                env=self._env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        """Send a signal and wait for the end."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signum)
+            self.process.wait(30)
+
+    def log(self) -> str:
+        """Everything the process printed (JSON lines)."""
+        return self._log.read_text(encoding="utf-8", errors="replace")
+
+
+class DumpSink:
+    """Postfix's smtp-sink as the next hop, one file per completed transaction.
+
+    Like a real MTA, and unlike aiosmtpd, it keeps a message whose final "."
+    arrived even when the connection closes right after it, and it keeps
+    nothing of a transaction cut off before the ".": what a crash test needs.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> DumpSink:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._process = subprocess.Popen(  # noqa: S603 - Postfix's own test tool
+            [
+                "/usr/sbin/smtp-sink",
+                "-u",
+                pwd.getpwuid(os.getuid()).pw_name,
+                "-d",
+                f"{self.folder}/%H%M%S.",
+                f"127.0.0.1:{self.port}",
+                "256",
+            ]
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def __exit__(self, *_: object) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(10)
+
+    def recipients(self) -> list[str]:
+        """The envelope recipient of every message received, one entry per copy."""
+        found = []
+        for dump in self.folder.iterdir():
+            try:
+                content = dump.read_bytes()
+            except FileNotFoundError:  # a transaction cut off before its ".": removed
+                continue
+            for line in content.split(b"\n"):
+                if line.startswith(b"X-Rcpt-Args: <"):
+                    found.append(line.split(b"<", 1)[1].split(b">", 1)[0].decode())
+        return found
+
+    async def wait_for(self, count: int, seconds: float = 60) -> None:
+        """Until at least ``count`` copies arrived."""
+        async with asyncio.timeout(seconds):
+            while True:
+                if len(list(self.folder.iterdir())) >= count:
+                    return
+                await asyncio.sleep(0.02)
