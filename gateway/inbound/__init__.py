@@ -1,0 +1,1 @@
+"""Inbound mail: unsubscribe requests, bounces and complaint reports sent back to optgate."""
