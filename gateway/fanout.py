@@ -32,7 +32,7 @@ from gateway.policy import MessageClass
 from gateway.relay import Outcome, Relay
 from gateway.rewrite import FooterTemplates, Prepared
 from suppression.errors import OptgateError
-from suppression.model import PARTNER_OFFERS, now
+from suppression.model import PARTNER_OFFERS, Send, now
 from suppression.partners import Claim, CopyState, Offer, OfferState
 from suppression.store import Store
 
@@ -137,6 +137,7 @@ class FanOut:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set; a store failure waits and tries again."""
+        log.info("fanout_started", owner=self.owner)
         while not stop.is_set():
             try:
                 busy = await self.step()
@@ -193,6 +194,14 @@ class FanOut:
         failed = [(c, o) for c, o in zip(kept, outcomes, strict=True) if o and not o.uncertain]
         temporary = [c.sha256 for c, o in failed if o.temporary]
         refused = [c.sha256 for c, o in failed if not o.delivered and not o.temporary]
+        at = now()
+        await self._store.record_sends(
+            [
+                Send(f"offer-{offer.id}", c.sha256, offer.topic or PARTNER_OFFERS, "partner", at)
+                for c, o in zip(kept, outcomes, strict=True)
+                if o and (o.delivered or o.uncertain)
+            ]
+        )
         await self._settle(offer_id, temporary, CopyState.TODO, retry=RETRY)
         await self._settle(offer_id, refused, CopyState.FAILED)
         log.info(

@@ -167,9 +167,11 @@ class Relay:
 
         def finish() -> None:
             nonlocal ended
-            with contextlib.suppress(aiosmtplib.SMTPServerDisconnected):
+            try:
                 protocol.write(b".\r\n")
-                ended = True
+            except aiosmtplib.SMTPServerDisconnected:
+                return
+            ended = True
 
         try:
             stored = await commit(finish)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import ssl
 import tempfile
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,6 +217,30 @@ class Intake:
         return internal_error(error)
 
 
+def _session(
+    intake: Intake, settings: Partners, context: ssl.SSLContext, hostname: str, idle: int
+) -> SMTP:
+    """One partner connection's SMTP protocol."""
+    implicit = settings.tls == "implicit"
+    with warnings.catch_warnings():
+        # aiosmtpd cannot see TLS that began at connect, and warns of AUTH without it
+        warnings.simplefilter("ignore", UserWarning)
+        return SMTP(
+            intake,
+            hostname=hostname,
+            ident="optgate partners",
+            data_size_limit=settings.max_message_size,
+            enable_SMTPUTF8=True,
+            timeout=idle,
+            tls_context=None if implicit else context,
+            require_starttls=not implicit,
+            auth_required=True,
+            auth_require_tls=not implicit,
+            authenticator=_pass_credentials,
+            auth_exclude_mechanism=["CRAM-MD5"],
+        )
+
+
 @contextlib.asynccontextmanager
 async def listening(
     settings: Partners, store: Store, hostname: str, idle_seconds: int
@@ -227,21 +253,7 @@ async def listening(
     loop = asyncio.get_running_loop()
     try:
         server = await loop.create_server(
-            lambda: SMTP(
-                intake,
-                hostname=hostname,
-                ident="optgate partners",
-                data_size_limit=settings.max_message_size,
-                enable_SMTPUTF8=True,
-                timeout=idle_seconds,
-                tls_context=None if implicit else context,
-                require_starttls=not implicit,
-                auth_required=True,
-                # with implicit TLS every byte is already encrypted
-                auth_require_tls=not implicit,
-                authenticator=_pass_credentials,
-                auth_exclude_mechanism=["CRAM-MD5"],
-            ),
+            functools.partial(_session, intake, settings, context, hostname, idle_seconds),
             host,
             port,
             ssl=context if implicit else None,

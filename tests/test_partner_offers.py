@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import re
+import smtplib
+import socket
+import ssl
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from email import message_from_bytes
 from email.policy import default
 from pathlib import Path
@@ -16,16 +22,18 @@ from gateway.keys import load_keys
 from gateway.service import Running, running
 from gateway.tokens import TokenSigner
 from suppression.address import normalize
-from suppression.model import ImportItem, Reason
+from suppression.errors import ConfigError
+from suppression.model import ImportItem, Ledger, Reason, now
 from suppression.store import open_store
 from tests.support.partners import add_partner, consenting, submit, until_done
-from tests.support.smtp import Sink, gateway_config
+from tests.support.smtp import Sink, gateway_config, self_signed
 
 FANS = ["ann@example.com", "bob@example.com", "cy@example.com"]
 GONE = "gone@example.com"  # consented, then unsubscribed from everything
 NOT_ACME = "listed@example.com"  # on acme's own md5 suppression list
 NO_PARTNERS = "enough@example.com"  # said "no more partner offers"
 MARKETING_ONLY = "news-only@example.com"  # consented to marketing, not to partner offers
+AUDIENCE = b"offer@partners.example.com"
 
 
 def offer(subject: str = "A fine offer", extra: str = "") -> bytes:
@@ -110,6 +118,15 @@ async def test_an_offer_reaches_each_consenting_unsuppressed_recipient_once(
         assert "Dear {{email}}, *|EMAIL|*" in body  # placeholders never filled in
         assert received.rcpt_tos[0] not in body
         assert "An offer from acme, sent by Example Ltd" in body
+    # the send ledger has each copy (so `optgate report compliance` sees partner mail too)
+    store = await open_store(config.store.url)
+    try:
+        people = [normalize(a) for a in [*FANS, GONE]]
+        ledger = Ledger(f"offer-{status.id}", now() - timedelta(hours=1))
+        facts = await store.lookup_many(people, ["global"], None, ledger)
+    finally:
+        await store.close()
+    assert [facts[p.sha256].delivered for p in people] == [True, True, True, False]
 
 
 async def test_the_audience_topic_narrows_the_audience(
@@ -136,7 +153,7 @@ async def test_bad_submissions_are_refused_and_store_nothing(
     secret = await seed(config)
     port = gate.partners_port
     plain = await submit(port, "acme", secret, offer(), tls=False)
-    assert plain.code in (0, 530, 538)  # AUTH is not even offered before STARTTLS
+    assert plain.code == 0  # AUTH is not even offered before STARTTLS
     wrong = await submit(port, "acme", secret + "x", offer())
     assert (wrong.code, wrong.reply) == (535, "5.7.8 Authentication credentials invalid")
     nobody = await submit(port, "nobody", secret, offer())
@@ -200,3 +217,80 @@ async def test_the_two_unsubscribe_choices_stop_the_next_offer(
     assert [len(next_hop.to(a)) for a in FANS] == [1, 1, 2]
     first, _ = await until_done(config)
     assert first.unsubscribed == 1  # bob, from acme; ann left all partners, not acme alone
+
+
+def raw_exchange(port: int, lines: list[bytes]) -> list[bytes]:
+    """Plain-text SMTP, one reply line per command (after the greeting and EHLO)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        replies = conn.makefile("rb")
+        replies.readline()
+        conn.sendall(b"EHLO partner.test\r\n")
+        while replies.readline()[3:4] == b"-":
+            pass
+        answers = []
+        for line in lines:
+            conn.sendall(line + b"\r\n")
+            answers.append(replies.readline().rstrip())
+        return answers
+
+
+async def test_nothing_but_starttls_before_tls(config: Config, gate: Running) -> None:
+    secret = await seed(config)
+    plain = base64.b64encode(f"\0acme\0{secret}".encode())
+    answers = await asyncio.to_thread(
+        raw_exchange,
+        gate.partners_port,
+        [b"AUTH PLAIN " + plain, b"MAIL FROM:<p@acme.example>", b"RCPT TO:<" + AUDIENCE + b">"],
+    )
+    assert all(a.startswith(b"530") for a in answers), answers
+
+
+async def test_implicit_tls_and_a_configured_certificate(tmp_path: Path, next_hop: Sink) -> None:
+    self_signed(tmp_path)  # writes cert.pem and key.pem (CN sink.test)
+    config = gateway_config(
+        tmp_path,
+        next_hop.port,
+        partners_listen="127.0.0.1:0",
+        partners_tls="implicit",
+        partners_tls_cert=str(tmp_path / "cert.pem"),
+        partners_tls_key=str(tmp_path / "key.pem"),
+    )
+    secret = await seed(config)
+
+    def work(port: int) -> tuple[str, tuple[int, bytes]]:
+        context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        context.check_hostname = False
+        with smtplib.SMTP_SSL("127.0.0.1", port, context=context, timeout=10) as client:
+            client.login("acme", secret)
+            assert isinstance(client.sock, ssl.SSLSocket)
+            peer = client.sock.getpeercert()
+            assert peer is not None
+            client.mail("p@acme.example")
+            client.rcpt(AUDIENCE.decode())
+            return str(peer["subject"]), client.data(offer())
+
+    async with running(config) as gate:
+        subject, (code, reply) = await asyncio.to_thread(work, gate.partners_port)
+        assert "sink.test" in subject
+        assert (code, reply.split()[0]) == (250, b"2.0.0")
+        await until_done(config)
+    assert len(next_hop.messages) == len(FANS)
+
+
+async def test_a_missing_certificate_is_a_config_error(tmp_path: Path, next_hop: Sink) -> None:
+    config = gateway_config(
+        tmp_path,
+        next_hop.port,
+        partners_listen="127.0.0.1:0",
+        partners_tls_cert=str(tmp_path / "nope.pem"),
+        partners_tls_key=str(tmp_path / "nope.key"),
+    )
+    with pytest.raises(ConfigError, match=r"\[partners\] tls_cert / tls_key"):
+        async with running(config):
+            pass
+    half = gateway_config(
+        tmp_path, next_hop.port, partners_listen="127.0.0.1:0", partners_tls_cert="x.pem"
+    )
+    with pytest.raises(ConfigError, match="set both or neither"):
+        async with running(half):
+            pass
