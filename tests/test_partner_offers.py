@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
 import smtplib
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from email import message_from_bytes
@@ -82,11 +85,27 @@ async def seed(config: Config) -> str:
         for address, scope in ((gone, "global"), (enough, "topic:partner-offers")):
             item = ImportItem(address.sha256, "sha256", None, Reason.UNSUBSCRIBED)
             await store.suppress([item], scope=scope, source="web", actor="test")
-        listed = ImportItem(normalize(NOT_ACME).md5, "md5", None, Reason.IMPORTED)
-        await store.suppress([listed], scope="partner:acme", source="import", actor="test")
     finally:
         await store.close()
+    await import_partner_list(config, [NOT_ACME])
     return secret
+
+
+async def import_partner_list(config: Config, addresses: list[str]) -> None:
+    """acme's own suppression list, as the MD5 file affiliate networks exchange,
+    imported the way an operator does it."""
+    listing = Path(config.unsubscribe.key_file).with_name("acme.md5")
+    listing.write_text("".join(f"{normalize(a).md5}\n" for a in addresses))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTGATE_")}
+    env["OPTGATE_STORE_URL"] = config.store.url
+    command = [str(Path(sys.prefix) / "bin" / "optgate"), "suppress", "import", str(listing)]
+    await asyncio.to_thread(
+        subprocess.run,
+        [*command, "--format", "md5", "--scope", "partner:acme"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
 
 
 async def test_an_offer_reaches_each_consenting_unsuppressed_recipient_once(
