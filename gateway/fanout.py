@@ -155,6 +155,7 @@ class FanOut:
         claims = await self._store.claim_copies(self.owner, self._settings.batch, lease)
         if not claims:
             await self._store.finish_offers()
+            self._prepared.clear()  # idle: plans are cheap to make again
             return False
         by_offer: dict[int, list[Claim]] = {}
         for claim in claims:

@@ -181,7 +181,7 @@ async def _partners(
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
-        async with listening(config.partners, store, hostname, config.smtp.timeout) as (port, _):
+        async with listening(config.partners, store, hostname, config.smtp.timeout) as port:
             yield port
     finally:
         stop.set()

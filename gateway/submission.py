@@ -244,8 +244,8 @@ def _session(
 @contextlib.asynccontextmanager
 async def listening(
     settings: Partners, store: Store, hostname: str, idle_seconds: int
-) -> AsyncIterator[tuple[int, Intake]]:
-    """The submission listener; yields the bound port and the handler (for draining)."""
+) -> AsyncIterator[int]:
+    """The submission listener; yields the bound port; on exit drains offers in flight."""
     host, port = host_port(settings.listen, "[partners] listen")
     context = tls_context(settings, hostname)
     intake = Intake(store, settings)
@@ -264,7 +264,7 @@ async def listening(
     bound = server.sockets[0].getsockname()[1]
     log.info("partners_listening", host=host, port=bound, tls=settings.tls)
     try:
-        yield bound, intake
+        yield bound
     finally:
         server.close()
         if intake.in_flight:
