@@ -14,7 +14,6 @@ taken over when the lease ends) or delivered and marked sent (never resent).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import secrets
 import socket
@@ -134,6 +133,11 @@ class FanOut:
         self.owner = owner or owner_name()
         self._commits = Commits(store, self.owner)
         self._prepared: dict[int, Prepared] = {}
+        self._news = asyncio.Event()
+
+    def wake(self) -> None:
+        """An offer was just accepted here: start now rather than at the next poll."""
+        self._news.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set; a store failure waits and tries again."""
@@ -145,8 +149,17 @@ class FanOut:
                 log.error("fanout_failed", error=str(exc))
                 busy = False
             if not busy:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), IDLE_SECONDS)
+                await self._idle(stop)
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        """Until stopped, woken, or IDLE_SECONDS passed (offers accepted by other nodes)."""
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._news.wait())]
+        try:
+            await asyncio.wait(waits, timeout=IDLE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        self._news.clear()
 
     async def step(self) -> bool:
         """One batch; False when there was nothing to do."""

@@ -181,7 +181,9 @@ async def _partners(
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
-        async with listening(config.partners, store, hostname, config.smtp.timeout) as port:
+        async with listening(
+            config.partners, store, hostname, config.smtp.timeout, worker.wake
+        ) as port:
             yield port
     finally:
         stop.set()

@@ -15,7 +15,7 @@ import functools
 import ssl
 import tempfile
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,8 +128,8 @@ def _pass_credentials(
 class Intake:
     """The handler: authenticates partners, admits audience recipients, stores offers."""
 
-    def __init__(self, store: Store, settings: Partners) -> None:
-        self._store, self._settings = store, settings
+    def __init__(self, store: Store, settings: Partners, accepted: Callable[[], None]) -> None:
+        self._store, self._settings, self._accepted = store, settings, accepted
         self.in_flight: set[asyncio.Task[Any]] = set()
 
     async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
@@ -203,6 +203,7 @@ class Intake:
             topic = header
         offer = await self._store.add_offer(name, topic, content, actor=f"partner:{name}")
         log.info("offer_accepted", partner=name, offer=offer, topic=topic, size=len(content))
+        self._accepted()
         return f"250 2.0.0 Offer {offer} accepted"
 
     def limits(self, partner: Partner) -> Limits:
@@ -243,12 +244,17 @@ def _session(
 
 @contextlib.asynccontextmanager
 async def listening(
-    settings: Partners, store: Store, hostname: str, idle_seconds: int
+    settings: Partners,
+    store: Store,
+    hostname: str,
+    idle_seconds: int,
+    accepted: Callable[[], None],
 ) -> AsyncIterator[int]:
-    """The submission listener; yields the bound port; on exit drains offers in flight."""
+    """The submission listener (``accepted()`` after each stored offer); yields the bound
+    port; on exit drains offers in flight."""
     host, port = host_port(settings.listen, "[partners] listen")
     context = tls_context(settings, hostname)
-    intake = Intake(store, settings)
+    intake = Intake(store, settings, accepted)
     implicit = settings.tls == "implicit"
     loop = asyncio.get_running_loop()
     try:
