@@ -17,6 +17,7 @@ import asyncio
 import functools
 import secrets
 import socket
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from email.utils import formataddr
@@ -30,6 +31,7 @@ from gateway.pipeline import Pipeline
 from gateway.policy import MessageClass
 from gateway.relay import Outcome, Relay
 from gateway.rewrite import FooterTemplates, Prepared
+from gateway.tokens import Claims
 from suppression.errors import OptgateError
 from suppression.model import PARTNER_OFFERS, Send, now
 from suppression.partners import Claim, CopyState, Offer, OfferState
@@ -253,16 +255,16 @@ class FanOut:
         return self._prepared[offer.id]
 
     async def _copy(self, offer: Offer, prepared: Prepared, claim: Claim) -> Outcome | None:
-        """One recipient's copy: token, rewrite, DKIM, relay with the commit point."""
-        data = self._pipeline.personal(prepared, claim.sha256, f"partner:{offer.partner}")
+        """One recipient's copy: tokens, rewrite, DKIM, relay (from the VERP address when
+        [inbound] has domains, else [partners] sender) with the commit point."""
+        claims = Claims(claim.sha256, f"partner:{offer.partner}", int(time.time()))
+        data, sender = self._pipeline.personal(prepared, claims, self._settings.sender)
         data = await self._pipeline.sign(data, f"offer-{offer.id}")
 
         async def commit(finish: Finish) -> bool:
             return await self._commits.commit(offer.id, claim.sha256, finish)
 
-        outcome = await self._relay.send_committed(
-            self._settings.sender, claim.address or "", data, commit
-        )
+        outcome = await self._relay.send_committed(sender, claim.address or "", data, commit)
         if outcome is None:
             log.warning("fanout_taken_over", offer=offer.id, rcpt=claim.sha256[:16])
         elif outcome.uncertain:

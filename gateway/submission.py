@@ -29,7 +29,7 @@ from cryptography.x509.oid import NameOID
 from gateway import keygen
 from gateway.config import Partners, host_port
 from gateway.pipeline import header_values
-from gateway.server import internal_error
+from gateway.server import session_error
 from suppression.errors import ConfigError, OptgateError
 from suppression.model import check_name, now
 from suppression.partners import Partner, check_credential, hash_credential
@@ -215,7 +215,7 @@ class Intake:
 
     async def handle_exception(self, error: Exception) -> str:
         """Log the type and place, answer 451 (the gateway's rule)."""
-        return internal_error(error)
+        return session_error(error)
 
 
 def _session(

@@ -131,6 +131,25 @@ class Store(Protocol):
     async def close(self) -> None:
         """Release connections."""
 
+    # --- inbound: short tokens resolve through the ledger; soft bounces are counted ---
+
+    async def sent_to(self, prefix: str) -> list[tuple[str, str]]:
+        """(recipient hash, topic) pairs of the send ledger whose hash starts with ``prefix``."""
+
+    async def record_soft_bounce(
+        self,
+        sha256: str,
+        message: str,
+        *,
+        at: datetime,
+        actor: str,
+        detail: Mapping[str, object],
+    ) -> bool:
+        """Count one soft bounce per (recipient, reporting message), audited; False if known."""
+
+    async def soft_bounces(self, sha256: str, since: datetime) -> frozenset[str]:
+        """The reporting messages of a recipient's soft bounces since ``since``."""
+
     # --- partners, offers and their fan-out (suppression/partners.py) ---
 
     async def add_partner(self, partner: Partner, *, actor: str) -> None:

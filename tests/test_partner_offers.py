@@ -66,6 +66,7 @@ def config(tmp_path: Path, next_hop: Sink) -> Config:
         partners_sender="offers@example.com",
         partners_rate_per_hour="3",
         partners_max_message_size="20000",
+        inbound_domains="example.com",  # VERP: bounces come back to optgate
     )
 
 
@@ -120,7 +121,10 @@ async def test_an_offer_reaches_each_consenting_unsuppressed_recipient_once(
     assert sorted(r for m in next_hop.messages for r in m.rcpt_tos) == sorted(FANS)
     signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
     for received in next_hop.messages:
-        assert received.mail_from == "offers@example.com"
+        # bounces go to optgate (VERP, a short token of the partner scope), never the partner
+        verp = re.fullmatch(r"bounce\+([a-z2-7]{40})@example\.com", received.mail_from)
+        assert verp is not None
+        assert signer.verify_short(verp.group(1)).kind == "partner"
         copy = message_from_bytes(received.data, policy=default)
         assert copy["From"] == "acme via Example Ltd <offers@example.com>"
         assert copy["Subject"] == "A fine offer"
@@ -294,6 +298,8 @@ async def test_implicit_tls_and_a_configured_certificate(tmp_path: Path, next_ho
         assert (code, reply.split()[0]) == (250, b"2.0.0")
         await until_done(config)
     assert len(next_hop.messages) == len(FANS)
+    # without [inbound] domains there is no VERP: the envelope sender is [partners] sender
+    assert {m.mail_from for m in next_hop.messages} == {"offers@example.com"}
 
 
 async def test_a_missing_certificate_is_a_config_error(tmp_path: Path, next_hop: Sink) -> None:
