@@ -260,9 +260,15 @@ class SQLiteStore:
         # most a duplicate copy on a retry; no fsync per message
         self._ledger_db = _connect(path, "NORMAL")
         # the fan-out's commit point: committed on the event loop's own thread, so that
-        # nothing runs between the commit and the final "." it allows (see mark_sent)
-        self._commit_db = _connect(path, "FULL")
+        # nothing runs between the commit and the final "." it allows (see mark_sent).
+        # NORMAL and no checkpoints here: a COMMIT is then one write to the WAL, which
+        # a killed process cannot take back, with no fsync after it for a kill to land
+        # in (an fsync there would be a window of milliseconds in which the copies are
+        # marked sent but their "." not written). A power cut may lose the last marks:
+        # those copies go out once more after the restart, never zero times.
+        self._commit_db = _connect(path, "NORMAL")
         self._commit_db.execute(f"PRAGMA busy_timeout = {COMMIT_POINT_WAIT_MS}")
+        self._commit_db.execute("PRAGMA wal_autocheckpoint = 0")
         self._ledger_thread = ThreadPoolExecutor(1, thread_name_prefix="optgate-ledger")
         self._ledger = GroupCommit(self._record_sends, self._ledger_thread)
 
