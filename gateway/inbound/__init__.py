@@ -1,0 +1,1 @@
+"""Inbound mail: unsubscribe requests, bounces and complaints."""
