@@ -1,1 +1,1 @@
-"""Inbound mail: unsubscribe requests, bounces and complaints."""
+"""Inbound mail: unsubscribe requests, bounces and complaint reports sent back to optgate."""
