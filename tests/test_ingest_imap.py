@@ -73,6 +73,16 @@ def test_read_and_mark(trusted: Dovecot, folder: str, tls: bool) -> None:
     assert all(f == PROCESSED for f in trusted.flags(folder).values())
 
 
+def test_a_folder_name_with_a_space(trusted: Dovecot) -> None:
+    trusted.create('"Bounces In"')
+    trusted.deliver(corpus_sample()[:1], '"Bounces In"')
+    imap = Imap(parse_url(trusted.url("Bounces%20In")), trusted.password, None)
+    [pending] = imap.pending()
+    imap.mark(pending.key)
+    imap.close()
+    assert trusted.flags('"Bounces In"') == {1: PROCESSED}
+
+
 def test_a_message_read_by_a_person_is_still_processed(trusted: Dovecot, folder: str) -> None:
     with trusted.client() as conn:
         conn.select(folder)

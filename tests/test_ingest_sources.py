@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import mailbox
+import os
+import pwd
+import stat
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -93,6 +96,26 @@ def test_mbox_marking_twice_changes_nothing(tmp_path: Path) -> None:
     assert list(idle.pending()) == []
     idle.close()
     assert path.read_bytes() == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root gives files away")
+def test_mbox_rewrite_keeps_owner_and_mode(tmp_path: Path) -> None:
+    path = tmp_path / "unsubscribe"
+    make_mbox(path, corpus_sample()[:2])
+    mail_user = pwd.getpwnam("nobody")
+    os.chown(path, mail_user.pw_uid, mail_user.pw_gid)
+    path.chmod(0o660)
+    source = open_local(path)
+    for p in source.pending():
+        source.mark(p.key)
+    source.close()
+    info = path.stat()
+    assert b"Status: RO" in path.read_bytes()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (
+        mail_user.pw_uid,
+        mail_user.pw_gid,
+        0o660,
+    )
 
 
 def test_status_header_keeps_existing_flags() -> None:

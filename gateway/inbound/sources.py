@@ -9,7 +9,7 @@ mark mail read:
   Status holds ``R`` counts as processed.  The file stays locked (dot-lock and
   ``flock``, as delivery agents expect) for the whole run; the marks are written
   at the end in one rewrite of the file (stdlib ``mailbox``), the other
-  messages byte for byte.
+  messages byte for byte, owner and mode kept.
 - Maildir: the message moves from ``new/`` to ``cur/`` with the ``S`` (seen)
   flag in its info part; messages in ``new/``, and in ``cur/`` without ``S``,
   are unprocessed.  Python 3.11's ``mailbox.Maildir`` can set flags only by
@@ -19,6 +19,7 @@ mark mail read:
 
 from __future__ import annotations
 
+import contextlib
 import mailbox
 import os
 import re
@@ -86,6 +87,8 @@ class Mbox:
 
     def __init__(self, path: Path) -> None:
         self.description = f"mbox {path.name}"
+        self._path = path
+        self._owner = path.stat()
         self._box = mailbox.mbox(path, create=False)
         try:
             self._box.lock()
@@ -122,9 +125,20 @@ class Mbox:
             for key in map(self._keys.__getitem__, self._marked):
                 self._box[key] = mark_status(self._box.get_bytes(key, from_=True))
             self._box.flush()
+            self._keep_owner()
         finally:
             self._box.unlock()
             self._box.close()
+
+    def _keep_owner(self) -> None:
+        """A rewrite makes a new file: give it back to the mailbox's owner and group.
+
+        Root can; another user can keep a group they belong to (``mail``), else it stays.
+        """
+        now = self._path.stat()
+        if (now.st_uid, now.st_gid) != (self._owner.st_uid, self._owner.st_gid):
+            with contextlib.suppress(PermissionError):
+                os.chown(self._path, self._owner.st_uid, self._owner.st_gid)
 
 
 _INFO = ":2,"
