@@ -221,6 +221,16 @@ def test_maildir_message_taken_by_another_client(tmp_path: Path) -> None:
         source.mark(pending.key)
 
 
+def test_maildir_gone_while_open(tmp_path: Path) -> None:
+    path = tmp_path / "Maildir"
+    make_maildir(path)
+    source = open_local(path)
+    (path / "new").rmdir()
+    (path / "new").write_bytes(b"")
+    with pytest.raises(SourceError, match=r"cannot list .*/new: Not a directory"):
+        list(source.pending())
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

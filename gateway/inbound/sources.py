@@ -99,20 +99,27 @@ class Mbox:
         self._marked: list[str] = []
 
     def pending(self) -> Iterator[Pending]:
-        for key in self._box.iterkeys():
-            with self._box.get_file(key) as handle:
-                status = b""
-                for line in handle:
-                    match = _STATUS.match(line)
-                    if match:
-                        status = match.group(1)
-                    if not line.strip():
-                        break
-                handle.seek(0, os.SEEK_END)
-                size = handle.tell()
-            if b"R" not in status:
-                self._keys[str(key)] = key
-                yield Pending(str(key), size)
+        try:
+            for key in self._box.iterkeys():
+                status, size = self._peek(key)
+                if b"R" not in status:
+                    self._keys[str(key)] = key
+                    yield Pending(str(key), size)
+        except OSError as exc:
+            raise SourceError(f"cannot read {self._path}: {exc.strerror}") from None
+
+    def _peek(self, key: str) -> tuple[bytes, int]:
+        """A message's Status flags and size, from its header alone."""
+        status = b""
+        with self._box.get_file(key) as handle:
+            for line in handle:
+                match = _STATUS.match(line)
+                if match:
+                    status = match.group(1)
+                if not line.strip():
+                    break
+            handle.seek(0, os.SEEK_END)
+            return status, handle.tell()
 
     def read(self, key: str) -> bytes:
         return self._box.get_bytes(self._keys[key])
@@ -154,14 +161,15 @@ class Maildir:
     def pending(self) -> Iterator[Pending]:
         found: list[tuple[str, str]] = []
         for sub in ("new", "cur"):
-            with os.scandir(self._path / sub) as entries:
-                for entry in entries:
-                    name = entry.name
-                    if name.startswith(".") or not entry.is_file():
-                        continue
-                    flags = name.partition(_INFO)[2] if sub == "cur" else ""
-                    if "S" not in flags:
-                        found.append((name.partition(_INFO)[0], f"{sub}/{name}"))
+            try:
+                with os.scandir(self._path / sub) as entries:
+                    names = [e.name for e in entries if e.is_file() and not e.name.startswith(".")]
+            except OSError as exc:
+                raise SourceError(f"cannot list {self._path / sub}: {exc.strerror}") from None
+            for name in names:
+                flags = name.partition(_INFO)[2] if sub == "cur" else ""
+                if "S" not in flags:
+                    found.append((name.partition(_INFO)[0], f"{sub}/{name}"))
         for _unique, key in sorted(found):
             try:
                 size = (self._path / key).stat().st_size
