@@ -140,6 +140,38 @@ class Dkim:
 
 
 @dataclass(frozen=True)
+class Inbound:
+    """Mail to optgate itself: unsubscribe@, VERP bounces, feedback-loop complaints."""
+
+    domains: list[str] = _opt(
+        [],
+        "domains whose unsubscribe, bounce and feedback addresses optgate accepts mail for; "
+        "the first is the VERP bounce domain; none: inbound mail and VERP are off",
+    )
+    unsubscribe_local: str = _opt("unsubscribe", "local part of unsubscribe@ (and +TOKEN)")
+    bounce_local: str = _opt("bounce", "local part of the VERP envelope sender bounce+TOKEN@")
+    feedback_local: str = _opt("fbl", "local part of the feedback-loop (ARF complaint) address")
+    soft_bounce_limit: int = _opt(
+        5, "soft bounces of one address within soft_bounce_days that suppress it as bounced"
+    )
+    soft_bounce_days: int = _opt(14, "the window soft bounces are counted in, in days")
+    keep_raw: str = _opt(
+        "", "directory that keeps each inbound message as DIGEST.eml (0600); empty: not kept"
+    )
+    max_message_size: int = _opt(10485760, "largest inbound message in bytes; 552 beyond it")
+    listen: str = _opt(
+        "", "host:port of a listener for inbound mail only; empty: the [smtp] listener takes it"
+    )
+    lmtp: bool = _opt(False, "the inbound listener speaks LMTP (Postfix lmtp: transport)")
+    allowed_clients: list[str] = _opt(
+        ["127.0.0.0/8", "::1/128"], "networks that may connect to the inbound listener"
+    )
+    verp_transactional: bool = _opt(
+        False, "transactional mail gets a VERP envelope sender too (else it keeps its own)"
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """All settings."""
 
@@ -150,6 +182,7 @@ class Config:
     unsubscribe: Unsubscribe = field(default_factory=Unsubscribe)
     web: Web = field(default_factory=Web)
     dkim: Dkim = field(default_factory=Dkim)
+    inbound: Inbound = field(default_factory=Inbound)
 
 
 _CHOICES = {

@@ -36,9 +36,11 @@ from dns.rdtypes.ANY.TXT import TXT
 from yarl import URL
 
 from gateway.config import Config, host_port
+from gateway.inbound.mailboxes import MAX_LOCAL_PART, Mailboxes, Role
 from gateway.keygen import PrivateKey, public_key_bytes, zone_line
 from gateway.keys import load_keys
 from gateway.signing import load_private_key, parse_key_entry
+from gateway.tokens import SHORT_TOKEN_CHARS
 from gateway.web import SECURITY_HEADERS
 from suppression.errors import ConfigError, StoreError
 from suppression.sqlite import MIGRATIONS
@@ -101,7 +103,7 @@ async def run_checks(
     dkim = [check for check, _ in keys] or [_no_dkim()]
     loaded = [key for _, key in keys if key is not None]
     remote = await _dns_checks(config, loaded, resolver)
-    return [*dkim, *local, _base_url(config.unsubscribe.base_url), *remote]
+    return [*dkim, *local, _base_url(config.unsubscribe.base_url), _inbound(config), *remote]
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -373,6 +375,44 @@ def _base_url(url: str) -> Check:
         name,
         f"{url} is http: one-click unsubscribe (RFC 8058) needs https: put a TLS proxy in "
         "front of [web] listen and set an https base_url",
+    )
+
+
+def _inbound(config: Config) -> Check:
+    """[inbound] addresses are valid, and [unsubscribe] mailto reaches optgate with a token."""
+    name = "inbound"
+    mailto = config.unsubscribe.mailto
+    local = mailto.rpartition("@")[0]
+    if len(local) + 1 + SHORT_TOKEN_CHARS > MAX_LOCAL_PART:
+        return Check(
+            Status.FAIL,
+            name,
+            f"[unsubscribe] mailto {mailto}: {local}+TOKEN exceeds {MAX_LOCAL_PART} characters "
+            f"(RFC 5321): use a local part of at most {MAX_LOCAL_PART - 1 - SHORT_TOKEN_CHARS}",
+        )
+    try:
+        boxes = Mailboxes.from_config(config.inbound)
+    except ConfigError as exc:
+        return Check(Status.FAIL, name, str(exc))
+    if boxes is None:
+        return Check(
+            Status.WARN,
+            name,
+            "no [inbound] domains: bounces, complaints and mail to [unsubscribe] mailto are not "
+            "taken live; set them, or run optgate ingest on that mailbox",
+        )
+    if boxes.role(mailto) is not Role.UNSUBSCRIBE:
+        return Check(
+            Status.WARN,
+            name,
+            f"[unsubscribe] mailto {mailto} is not {boxes.local(Role.UNSUBSCRIBE)}@ an [inbound] "
+            "domain: mailto unsubscribes do not reach optgate",
+        )
+    return Check(
+        Status.PASS,
+        name,
+        f"{boxes.local(Role.UNSUBSCRIBE)}@, {boxes.local(Role.BOUNCE)}+TOKEN@ and "
+        f"{boxes.local(Role.FEEDBACK)}@ at {', '.join(boxes.domains)}",
     )
 
 

@@ -28,6 +28,12 @@ class Metrics:
         self.relay_errors = Counter(
             "optgate_relay_errors", "Copies the next hop did not accept", ["kind"], registry=r
         )
+        self.inbound = Counter(
+            "optgate_inbound",
+            "Findings of mail to the inbound addresses, by what was done (suppressed: new)",
+            ["outcome"],
+            registry=r,
+        )
         self.smtp_seconds = Histogram(
             "optgate_smtp_transaction_seconds",
             "Time from end of DATA to the reply",

@@ -83,10 +83,10 @@ class Branding:
     footer_html: str
     postal_address: str
 
-    def links(self, token: str) -> Links:
-        """Personal unsubscribe links for one token."""
+    def links(self, token: str, short: str) -> Links:
+        """Personal unsubscribe links: the web link's token, the mailto's short token."""
         local, _, domain = self.mailto.partition("@")
-        return Links(f"{self.base_url.rstrip('/')}/u/{token}", f"{local}+{token}@{domain}")
+        return Links(f"{self.base_url.rstrip('/')}/u/{token}", f"{local}+{short}@{domain}")
 
     def footer(self, topic: str) -> FooterTemplates:
         """Footer templates for one topic."""
@@ -95,6 +95,19 @@ class Branding:
             self.footer_html.replace("{topic}", topic),
             self.postal_address,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Verp:
+    """The per-recipient envelope sender ``bounce+TOKEN@domain`` (the token is short)."""
+
+    local: str
+    domain: str
+    transactional: bool  # transactional mail gets one too
+
+    def sender(self, token: str) -> str:
+        """The envelope sender of one copy."""
+        return f"{self.local}+{token}@{self.domain}"
 
 
 def header_values(content: bytes, names: Collection[str]) -> dict[str, str]:
@@ -194,6 +207,7 @@ class Pipeline:
         ledger_window: timedelta,
         metrics: Metrics,
         dkim: Signer | None = None,
+        verp: Verp | None = None,
     ) -> None:
         self._store, self._relay, self._signer = store, relay, signer
         self._rules, self._branding = rules, branding
@@ -201,6 +215,7 @@ class Pipeline:
         self._window = ledger_window
         self._metrics = metrics
         self._dkim = dkim
+        self._verp = verp
         # cryptography releases the GIL while it signs: one thread per core
         self._signing = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="optgate-dkim")
 
@@ -288,11 +303,16 @@ class Pipeline:
         if message.kind is MessageClass.TRANSACTIONAL:
             # exempt from opt-outs, so no unsubscribe links: only our control headers go
             plain = strip_headers(envelope.content)
-            copies = [self._relay_copy(envelope, message, d, plain) for d in todo]
+            copies = [
+                self._relay_copy(envelope, message, d, plain, self._sender(envelope, message, d))
+                for d in todo
+            ]
         else:
             prepared = await self._prepare(envelope, message)
             copies = [
-                self._relay_copy(envelope, message, d, self._personal(prepared, message, d))
+                self._relay_copy(
+                    envelope, message, d, *self._personal(prepared, envelope, message, d)
+                )
                 for d in todo
             ]
         outcomes = [await copies[0]] if len(copies) == 1 else await asyncio.gather(*copies)
@@ -323,10 +343,25 @@ class Pipeline:
             )
         return prepared
 
-    def _personal(self, prepared: Prepared, message: Classified, rcpt: Decision) -> bytes:
-        """The copy for one recipient, with links carrying its own token."""
-        token = self._signer.issue(Claims(rcpt.sha256, f"topic:{message.topic}", int(time.time())))
-        return prepared.render(self._branding.links(token))
+    def _claims(self, message: Classified, rcpt: Decision) -> Claims:
+        return Claims(rcpt.sha256, f"topic:{message.topic}", int(time.time()))
+
+    def _personal(
+        self, prepared: Prepared, envelope: Envelope, message: Classified, rcpt: Decision
+    ) -> tuple[bytes, str]:
+        """The copy for one recipient, with links carrying its own tokens; its envelope sender."""
+        claims = self._claims(message, rcpt)
+        short = self._signer.issue_short(claims)
+        data = prepared.render(self._branding.links(self._signer.issue(claims), short))
+        if self._verp is None or not envelope.mail_from:  # a null sender stays null
+            return data, envelope.mail_from
+        return data, self._verp.sender(short)
+
+    def _sender(self, envelope: Envelope, message: Classified, rcpt: Decision) -> str:
+        """A transactional copy's envelope sender: its own, or VERP when configured."""
+        if self._verp is None or not self._verp.transactional or not envelope.mail_from:
+            return envelope.mail_from
+        return self._verp.sender(self._signer.issue_short(self._claims(message, rcpt)))
 
     async def _sign(self, data: bytes, message: Classified) -> bytes:
         """DKIM-sign a copy after its rewrite (in a thread: RSA takes about a millisecond)."""
@@ -343,10 +378,10 @@ class Pipeline:
         self._signing.shutdown()
 
     async def _relay_copy(
-        self, envelope: Envelope, message: Classified, rcpt: Decision, data: bytes
+        self, envelope: Envelope, message: Classified, rcpt: Decision, data: bytes, sender: str
     ) -> Outcome:
         data = await self._sign(data, message)
-        outcome = await self._relay.send(envelope.mail_from, rcpt.raw, data, envelope.mail_options)
+        outcome = await self._relay.send(sender, rcpt.raw, data, envelope.mail_options)
         if not outcome.delivered:
             self._metrics.relay_errors.labels(
                 "temporary" if outcome.temporary else "permanent"

@@ -9,8 +9,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
+from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from gateway.inbound.receive import MIXED, NOT_INBOUND, Receiver, one_reply
 from gateway.pipeline import Envelope as Message
 from gateway.pipeline import Pipeline
 from gateway.policy import MessageClass
@@ -26,6 +28,11 @@ BAD_ADDRESS = "550 5.1.3 Recipient address is not valid"
 INTERNAL = "451 4.3.0 Temporary local problem, try again later"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def null_to_empty(mail_from: str | None) -> str:
+    """The envelope sender, with the null sender ``<>`` as an empty string."""
+    return mail_from if mail_from and mail_from != "<>" else ""
 
 
 class Admission:
@@ -56,7 +63,9 @@ class Admission:
 class GateSMTP(SMTP):
     """aiosmtpd's SMTP that refuses clients outside the allowed networks at connect."""
 
-    def __init__(self, handler: Handler, admission: Admission, **kwargs: Any) -> None:
+    def __init__(
+        self, handler: Handler | InboundHandler, admission: Admission, **kwargs: Any
+    ) -> None:
         super().__init__(handler, **kwargs)
         self._admission = admission
         self._admitted = False
@@ -82,22 +91,49 @@ class GateSMTP(SMTP):
             super().connection_lost(error)
 
 
-class Handler:
-    """SMTP events in, pipeline call, reply out."""
+class GateLMTP(GateSMTP, LMTP):
+    """The same admission in front of LMTP (LHLO, one reply per recipient after DATA)."""
 
-    def __init__(self, pipeline: Pipeline, *, max_recipients: int, reject: bool) -> None:
+
+def session_error(error: Exception) -> str:
+    """Log an unexpected error (type and place, never its message) and ask for a retry."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+    # the message itself may quote an address: log the type and place only
+    log.error("session_error", error=type(error).__name__, where=where)
+    return INTERNAL
+
+
+class Handler:
+    """SMTP events in, pipeline call (or the inbound receiver for its addresses), reply out."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        max_recipients: int,
+        reject: bool,
+        receiver: Receiver | None = None,
+    ) -> None:
         self._pipeline = pipeline
         self._max_recipients = max_recipients
         self._reject = reject
+        self._receiver = receiver
         self.in_flight: set[asyncio.Task[Any]] = set()
+
+    def _inbound(self, address: str) -> bool:
+        return self._receiver is not None and self._receiver.takes(address)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        """Count recipients; in reject mode, refuse opted-out ones here."""
+        """Count recipients; keep inbound and outbound apart; in reject mode, refuse opt-outs."""
         if len(envelope.rcpt_tos) >= self._max_recipients:
             return TOO_MANY_RCPTS
-        if self._reject:
+        inbound = self._inbound(address)
+        if envelope.rcpt_tos and inbound != self._inbound(envelope.rcpt_tos[0]):
+            return MIXED
+        if self._reject and not inbound:
             topic = self._pipeline.sender_topic(envelope.mail_from or "")
             [decision] = await self._pipeline.verdicts([address], MessageClass.MARKETING, topic)
             if not decision.verdict.keep:
@@ -114,27 +150,61 @@ class Handler:
         return OK
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        """Run the pipeline; the reply is the pipeline's."""
-        content = envelope.original_content or b""
-        message = Message(
-            envelope.mail_from or "",
-            tuple(envelope.rcpt_tos),
-            content,
-            tuple(o for o in envelope.mail_options if o.upper().startswith(("SMTPUTF8", "BODY="))),
-        )
+        """Run the pipeline (or the receiver, for inbound addresses); the reply is theirs."""
         task = asyncio.current_task()
         if task is not None:
             self.in_flight.add(task)
         try:
-            return str(await self._pipeline.process(message))
+            return await self._data(envelope)
         finally:
             if task is not None:
                 self.in_flight.discard(task)
 
+    async def _data(self, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        mail_from = null_to_empty(envelope.mail_from)
+        if self._receiver is not None and self._inbound(envelope.rcpt_tos[0]):
+            return one_reply(await self._receiver.receive(content, mail_from, envelope.rcpt_tos))
+        message = Message(
+            mail_from,
+            tuple(envelope.rcpt_tos),
+            content,
+            tuple(o for o in envelope.mail_options if o.upper().startswith(("SMTPUTF8", "BODY="))),
+        )
+        return str(await self._pipeline.process(message))
+
     async def handle_exception(self, error: Exception) -> str:
         """Log and ask the client to retry; never crash the server."""
-        frames = traceback.extract_tb(error.__traceback__)
-        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-        # the message itself may quote an address: log the type and place only
-        log.error("session_error", error=type(error).__name__, where=where)
-        return INTERNAL
+        return session_error(error)
+
+
+class InboundHandler:
+    """The listener of [inbound] listen: inbound addresses only, SMTP or LMTP, never relays."""
+
+    def __init__(self, receiver: Receiver, *, max_recipients: int, lmtp: bool) -> None:
+        self._receiver = receiver
+        self._max_recipients = max_recipients
+        self._lmtp = lmtp
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        """Accept the inbound addresses, refuse everything else (no relaying here)."""
+        if len(envelope.rcpt_tos) >= self._max_recipients:
+            return TOO_MANY_RCPTS
+        if not self._receiver.takes(address):
+            return NOT_INBOUND
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return OK
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """Receive; LMTP answers once per recipient (RFC 2033), SMTP once."""
+        replies = await self._receiver.receive(
+            envelope.original_content or b"", null_to_empty(envelope.mail_from), envelope.rcpt_tos
+        )
+        return "\r\n".join(replies) if self._lmtp else one_reply(replies)
+
+    async def handle_exception(self, error: Exception) -> str:
+        """Log and ask the client to retry; never crash the server."""
+        return session_error(error)

@@ -7,23 +7,27 @@ import contextlib
 import functools
 import signal
 import socket
-from collections.abc import AsyncIterator, Collection
+from asyncio import Server
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import structlog
 from aiohttp import web
+from aiosmtpd.smtp import SMTP
 
 from gateway.api import add_consent_api
 from gateway.config import Config, host_port
+from gateway.inbound.mailboxes import Mailboxes, Role
+from gateway.inbound.receive import Receiver
 from gateway.keys import load_keys
 from gateway.metrics import Metrics
 from gateway.optin import request_consent
-from gateway.pipeline import Branding, Pipeline
+from gateway.pipeline import Branding, Pipeline, Verp
 from gateway.policy import Rules
 from gateway.relay import Relay
-from gateway.server import Admission, GateSMTP, Handler
+from gateway.server import Admission, GateLMTP, GateSMTP, Handler, InboundHandler
 from gateway.signing import Signer
 from gateway.tokens import TokenSigner
 from gateway.web import WebSettings, make_app
@@ -39,6 +43,7 @@ def build_pipeline(
 ) -> Pipeline:
     """Wire the pipeline from the configuration."""
     u = config.unsubscribe
+    mailboxes = Mailboxes.from_config(config.inbound)
     return Pipeline(
         store=store,
         relay=relay,
@@ -58,6 +63,11 @@ def build_pipeline(
         ledger_window=timedelta(hours=config.relay.ledger_hours),
         metrics=metrics,
         dkim=Signer.from_config(config.dkim),
+        verp=Verp(
+            mailboxes.local(Role.BOUNCE), mailboxes.domains[0], config.inbound.verp_transactional
+        )
+        if mailboxes
+        else None,
     )
 
 
@@ -72,6 +82,7 @@ class Running:
     web_port: int
     stop: asyncio.Event
     metrics: Metrics
+    inbound_port: int = 0  # the own inbound listener ([inbound] listen), with the smtp part
 
 
 @contextlib.asynccontextmanager
@@ -82,21 +93,81 @@ async def running(config: Config, parts: Collection[str] = PARTS) -> AsyncIterat
     async with contextlib.AsyncExitStack() as stack:
         store = await open_store(config.store.url)
         stack.push_async_callback(store.close)
-        smtp_port = web_port = 0
+        smtp_port = web_port = inbound_port = 0
+        receiver = _receiver(config, store, signer, metrics)
         if "smtp" in parts:
-            smtp_port = await stack.enter_async_context(_smtp(config, store, signer, metrics))
+            # the [smtp] listener takes inbound mail too (Postfix's content filter hands it
+            # over there); [inbound] listen adds a listener for inbound mail only
+            smtp_port = await stack.enter_async_context(
+                _smtp(config, store, signer, metrics, receiver)
+            )
+            if receiver is not None and config.inbound.listen:
+                inbound_port = await stack.enter_async_context(_inbound(config, receiver))
         if "web" in parts:
             web_port = await stack.enter_async_context(_web(config, store, signer, metrics))
-        yield Running(smtp_port, web_port, asyncio.Event(), metrics)
+        yield Running(smtp_port, web_port, asyncio.Event(), metrics, inbound_port)
     log.info("stopped")
+
+
+def _receiver(
+    config: Config, store: Store, signer: TokenSigner, metrics: Metrics
+) -> Receiver | None:
+    """The inbound receiver, when [inbound] domains are configured."""
+    mailboxes = Mailboxes.from_config(config.inbound)
+    if mailboxes is None:
+        return None
+    return Receiver(store=store, config=config, signer=signer, mailboxes=mailboxes, metrics=metrics)
+
+
+async def _listen(protocol: Callable[[], SMTP], listen: str, name: str) -> Server:
+    """Bind a listener; a bind error is a configuration error naming the key."""
+    host, port = host_port(listen, name)
+    try:
+        return await asyncio.get_running_loop().create_server(
+            protocol, host, port, reuse_address=True
+        )
+    except OSError as exc:
+        raise ConfigError(f"{name} {listen}: {exc.strerror}") from None
+
+
+@contextlib.asynccontextmanager
+async def _inbound(config: Config, receiver: Receiver) -> AsyncIterator[int]:
+    """The own inbound listener ([inbound] listen, SMTP or LMTP); yields the bound port."""
+    inbound = config.inbound
+    handler = InboundHandler(receiver, max_recipients=config.smtp.max_recipients, lmtp=inbound.lmtp)
+    admission = Admission(inbound.allowed_clients, config.smtp.max_sessions)
+    kind = GateLMTP if inbound.lmtp else GateSMTP
+    server = await _listen(
+        lambda: kind(
+            handler,
+            admission,
+            hostname=config.smtp.hostname or socket.getfqdn(),
+            ident="optgate",
+            data_size_limit=inbound.max_message_size,
+            enable_SMTPUTF8=True,
+            timeout=config.smtp.timeout,
+        ),
+        inbound.listen,
+        "[inbound] listen",
+    )
+    bound = server.sockets[0].getsockname()[1]
+    log.info("inbound_listening", port=bound, lmtp=inbound.lmtp)
+    try:
+        yield bound
+    finally:
+        server.close()
 
 
 @contextlib.asynccontextmanager
 async def _smtp(
-    config: Config, store: Store, signer: TokenSigner, metrics: Metrics
+    config: Config,
+    store: Store,
+    signer: TokenSigner,
+    metrics: Metrics,
+    receiver: Receiver | None,
 ) -> AsyncIterator[int]:
     """The SMTP listener and its relay pool; yields the bound port."""
-    host, port = host_port(config.smtp.listen, "[smtp] listen")
+    host, _ = host_port(config.smtp.listen, "[smtp] listen")
     next_host, next_port = host_port(config.relay.next_hop, "[relay] next_hop")
     hostname = config.smtp.hostname or socket.getfqdn()
     relay = Relay(
@@ -112,26 +183,22 @@ async def _smtp(
         pipeline,
         max_recipients=config.smtp.max_recipients,
         reject=config.policy.action == "reject",
+        receiver=receiver,
     )
     admission = Admission(config.smtp.allowed_clients, config.smtp.max_sessions)
-    loop = asyncio.get_running_loop()
-    try:
-        server = await loop.create_server(
-            lambda: GateSMTP(
-                handler,
-                admission,
-                hostname=hostname,
-                ident="optgate",
-                data_size_limit=config.smtp.max_message_size,
-                enable_SMTPUTF8=True,
-                timeout=config.smtp.timeout,
-            ),
-            host,
-            port,
-            reuse_address=True,
-        )
-    except OSError as exc:
-        raise ConfigError(f"[smtp] listen {config.smtp.listen}: {exc.strerror}") from None
+    server = await _listen(
+        lambda: GateSMTP(
+            handler,
+            admission,
+            hostname=hostname,
+            ident="optgate",
+            data_size_limit=config.smtp.max_message_size,
+            enable_SMTPUTF8=True,
+            timeout=config.smtp.timeout,
+        ),
+        config.smtp.listen,
+        "[smtp] listen",
+    )
     bound = server.sockets[0].getsockname()[1]
     log.info("smtp_listening", host=host, port=bound, next_hop=config.relay.next_hop)
     try:

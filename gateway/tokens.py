@@ -14,6 +14,25 @@ padding::
     tag       16 bytes HMAC-SHA256 over everything before it, truncated
 
 Keys rotate by prepending: ``keys[0]`` signs, every key in the list verifies.
+
+Short tokens go where an address's local part must hold them
+(``unsubscribe+T@``, the VERP sender ``bounce+T@``): RFC 5321 allows 64
+octets there and MTAs may lower-case it. 25 bytes as lower-case base32, 40
+characters::
+
+    version   1 byte   0x20 | kind (0 global, 1 topic, 2 partner)
+    key id    2 bytes  first bytes of sha256(key)
+    recipient 8 bytes  prefix of the identity hash
+    scope     4 bytes  prefix of sha256(scope)
+    issued    2 bytes  unix days, big-endian
+    tag       8 bytes  HMAC-SHA256 over everything before it, truncated
+
+The recipient is found through the send ledger, which holds the full hash of
+everyone mailed: the ledger's hashes with this prefix, and of those the ones
+mailed in a topic matching the scope digest. Forging needs the key (a blind
+guess passes with odds 2^-64, and every guess costs a mail); another recipient
+shares a 64-bit prefix with odds n/2^64 (5e-13 for ten million addresses),
+and if two ever did the token would be ambiguous and honoured for neither.
 """
 
 from __future__ import annotations
@@ -43,6 +62,18 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
 
 
+SHORT_VERSION = 0x20
+SHORT_KEY_ID_BYTES = 2
+SHORT_RECIPIENT_BYTES = 8
+SHORT_TAG_BYTES = 8
+SHORT_TOKEN_CHARS = 40
+_SHORT = struct.Struct(">B2s8s4sH")  # version|kind, key id, recipient prefix, scope, day
+_SHORT_KINDS = {"global": 0, "topic": 1, "partner": 2}
+_SHORT_KIND_NAMES = {number: name for name, number in _SHORT_KINDS.items()}
+_BASE32 = re.compile(r"[a-z2-7]{40}")
+DAY = 86400
+
+
 class InvalidToken(Exception):
     """A token that must not be honoured; the message says why, never which key."""
 
@@ -54,6 +85,32 @@ class Claims:
     recipient: str  # 64-char lowercase hex sha256 identity of the address
     scope: str  # "global", "topic:NAME" or "partner:NAME"
     issued: int  # unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class ShortClaims:
+    """What a short token asserts; the recipient is known by a hash prefix only."""
+
+    prefix: str  # 16-char lowercase hex: the identity hash's first 8 bytes
+    kind: str  # "global", "topic" or "partner"
+    scope_digest: bytes  # sha256(scope)[:4]
+    issued: int  # unix seconds at the start of the issue day
+
+    def scope_for(self, topic: str) -> str | None:
+        """The scope to honour if a copy mailed in ``topic`` could have carried the token.
+
+        A partner's name is not in the ledger, so a partner token matches any copy and
+        its opt-out by mail is honoured globally (more than asked, never less).
+        """
+        if self.kind == "partner":
+            return "global"
+        scope = "global" if self.kind == "global" else f"topic:{topic}"
+        return scope if scope_digest(scope) == self.scope_digest else None
+
+
+def scope_digest(scope: str) -> bytes:
+    """The 4 bytes a short token keeps of its scope."""
+    return hashlib.sha256(scope.encode("utf-8")).digest()[:4]
 
 
 def key_id(key: bytes) -> bytes:
@@ -109,11 +166,58 @@ class TokenSigner:
                 raise InvalidToken("token expired")
         return claims
 
+    def issue_short(self, claims: Claims) -> str:
+        """The 40-character, case-insensitive token for a local part (not for confirm: scopes)."""
+        recipient = _recipient_bytes(claims.recipient)
+        kind, _, name = claims.scope.partition(":")
+        if kind not in _SHORT_KINDS or (kind == "global") == bool(name):
+            raise ValueError(
+                f"a short token's scope is global, topic:NAME or partner:NAME, not {claims.scope!r}"
+            )
+        body = _SHORT.pack(
+            SHORT_VERSION | _SHORT_KINDS[kind],
+            self._signing_id[:SHORT_KEY_ID_BYTES],
+            recipient[:SHORT_RECIPIENT_BYTES],
+            scope_digest(claims.scope),
+            min(claims.issued // DAY, 0xFFFF),
+        )
+        mac = self._signing_mac.copy()
+        mac.update(body)
+        payload = body + mac.digest()[:SHORT_TAG_BYTES]
+        return base64.b32encode(payload).decode("ascii").lower()
 
-def _tag_matches(mac: hmac.HMAC, body: bytes, tag: bytes) -> bool:
+    def verify_short(self, token: str) -> ShortClaims:
+        """Return the claims of a genuine short token (any letter case) or raise InvalidToken."""
+        text = token.lower()
+        if not _BASE32.fullmatch(text):
+            raise InvalidToken("malformed short token: expected 40 base32 characters")
+        payload = base64.b32decode(text.upper())
+        body, tag = payload[:-SHORT_TAG_BYTES], payload[-SHORT_TAG_BYTES:]
+        head, kid, prefix, digest, day = _SHORT.unpack(body)
+        if head & 0xF0 != SHORT_VERSION or head & 0x0F not in _SHORT_KIND_NAMES:
+            raise InvalidToken(f"unsupported short token version {head:#04x}")
+        candidates = [
+            mac
+            for full, macs in self._macs.items()
+            if full[:SHORT_KEY_ID_BYTES] == kid
+            for mac in macs
+        ]
+        if not candidates:
+            raise InvalidToken("token signed with an unknown or retired key")
+        if not any(_tag_matches(mac, body, tag, SHORT_TAG_BYTES) for mac in candidates):
+            raise InvalidToken("bad token signature")
+        return ShortClaims(prefix.hex(), _SHORT_KIND_NAMES[head & 0x0F], digest, day * DAY)
+
+
+def is_short(token: str) -> bool:
+    """Whether a token has the short form (it may still be forged)."""
+    return len(token) == SHORT_TOKEN_CHARS and _BASE32.fullmatch(token.lower()) is not None
+
+
+def _tag_matches(mac: hmac.HMAC, body: bytes, tag: bytes, size: int = TAG_BYTES) -> bool:
     copy = mac.copy()
     copy.update(body)
-    return hmac.compare_digest(copy.digest()[:TAG_BYTES], tag)
+    return hmac.compare_digest(copy.digest()[:size], tag)
 
 
 def _decode(token: str) -> bytes:

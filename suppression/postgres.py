@@ -94,6 +94,15 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX send_by_subject ON send (sha256, at);
     """,
+    # inbound: one row per soft bounce, keyed by the reporting message's digest
+    """
+    CREATE TABLE soft_bounce (
+        sha256 TEXT COLLATE "C" NOT NULL,
+        message TEXT COLLATE "C" NOT NULL,
+        at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (sha256, message)
+    );
+    """,
 )
 
 # advisory lock keys (any constants, unique to optgate): one serialises schema
@@ -595,3 +604,53 @@ class PostgresStore:
         finally:
             await rows.aclose()
         return ChainReport(walk.count, walk.head, walk.broken_at, walk.problem)
+
+    # --- inbound: short tokens resolve through the ledger; soft bounces are counted ---
+
+    async def sent_to(self, prefix: str) -> list[tuple[str, str]]:
+        """(recipient hash, topic) pairs of the send ledger whose hash starts with ``prefix``."""
+        with self._errors("read"):
+            # hex sorts below "g" (COLLATE "C"): the prefix's range in the ledger's index
+            rows = await self._pool.fetch(
+                "SELECT DISTINCT sha256, topic FROM send WHERE sha256 >= $1 AND sha256 < $2 "
+                "ORDER BY sha256, topic",
+                prefix,
+                prefix + "g",
+            )
+        return [(row[0], row[1]) for row in rows]
+
+    async def record_soft_bounce(
+        self,
+        sha256: str,
+        message: str,
+        *,
+        at: datetime,
+        actor: str,
+        detail: Mapping[str, object],
+    ) -> bool:
+        """Count one soft bounce per (recipient, reporting message), audited; False if known."""
+
+        async def work(conn: Any) -> bool:
+            status = await conn.execute(
+                "INSERT INTO soft_bounce (sha256, message, at) VALUES ($1, $2, $3) "
+                "ON CONFLICT DO NOTHING",
+                sha256,
+                message,
+                _utc(at),
+            )
+            if _count(status):
+                await self._audit(conn, actor, "soft-bounce", sha256, detail)
+            return bool(_count(status))
+
+        result: bool = await self._write(work)
+        return result
+
+    async def soft_bounces(self, sha256: str, since: datetime) -> frozenset[str]:
+        """The reporting messages of a recipient's soft bounces since ``since``."""
+        with self._errors("read"):
+            rows = await self._pool.fetch(
+                "SELECT message FROM soft_bounce WHERE sha256 = $1 AND at >= $2",
+                sha256,
+                _utc(since),
+            )
+        return frozenset(row[0] for row in rows)

@@ -94,6 +94,15 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX send_by_subject ON send (sha256, at);
     """,
+    # inbound: one row per soft bounce, keyed by the reporting message's digest
+    """
+    CREATE TABLE soft_bounce (
+        sha256 TEXT NOT NULL,
+        message TEXT NOT NULL,
+        at TEXT NOT NULL,
+        PRIMARY KEY (sha256, message)
+    ) WITHOUT ROWID;
+    """,
 )
 
 MMAP_BYTES = 1 << 36
@@ -599,3 +608,47 @@ class SQLiteStore:
                 if not all(walk.step(_event(row)) for row in rows):
                     break
         return ChainReport(walk.count, walk.head, walk.broken_at, walk.problem)
+
+    # --- inbound: short tokens resolve through the ledger; soft bounces are counted ---
+
+    async def sent_to(self, prefix: str) -> list[tuple[str, str]]:
+        """(recipient hash, topic) pairs of the send ledger whose hash starts with ``prefix``."""
+        # hex sorts below "g": the prefix's range in the ledger's index
+        rows = self._hot.execute(
+            "SELECT DISTINCT sha256, topic FROM send WHERE sha256 >= ? AND sha256 < ? "
+            "ORDER BY sha256, topic",
+            (prefix, prefix + "g"),
+        ).fetchall()
+        return [(sha256, topic) for sha256, topic in rows]
+
+    async def record_soft_bounce(
+        self,
+        sha256: str,
+        message: str,
+        *,
+        at: datetime,
+        actor: str,
+        detail: Mapping[str, object],
+    ) -> bool:
+        """Count one soft bounce per (recipient, reporting message), audited; False if known."""
+
+        async def work() -> bool:
+            cursor = await self._db.execute(
+                "INSERT OR IGNORE INTO soft_bounce (sha256, message, at) VALUES (?, ?, ?)",
+                (sha256, message, _time(at)),
+            )
+            if cursor.rowcount:
+                await self._audit(actor, "soft-bounce", sha256, detail)
+            return bool(cursor.rowcount)
+
+        result: bool = await self._write(work)
+        return result
+
+    async def soft_bounces(self, sha256: str, since: datetime) -> frozenset[str]:
+        """The reporting messages of a recipient's soft bounces since ``since``."""
+        rows = await self._all(
+            "SELECT message FROM soft_bounce WHERE sha256 = ? AND at >= ?",
+            (sha256, _time(since)),
+            lambda row: row[0],
+        )
+        return frozenset(rows)

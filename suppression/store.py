@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from suppression.address import Address
@@ -128,6 +129,25 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+
+    # --- inbound: short tokens resolve through the ledger; soft bounces are counted ---
+
+    async def sent_to(self, prefix: str) -> list[tuple[str, str]]:
+        """(recipient hash, topic) pairs of the send ledger whose hash starts with ``prefix``."""
+
+    async def record_soft_bounce(
+        self,
+        sha256: str,
+        message: str,
+        *,
+        at: datetime,
+        actor: str,
+        detail: Mapping[str, object],
+    ) -> bool:
+        """Count one soft bounce per (recipient, reporting message), audited; False if known."""
+
+    async def soft_bounces(self, sha256: str, since: datetime) -> frozenset[str]:
+        """The reporting messages of a recipient's soft bounces since ``since``."""
 
 
 async def open_store(url: str) -> Store:

@@ -44,6 +44,7 @@ HEALTHY = [
     "store",
     "next hop",
     "base_url",
+    "inbound",
     "spf shop.test",
     "dkim record s1._domainkey.shop.test",
     "dkim record s2._domainkey.shop.test",
@@ -116,6 +117,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
                 "mailto": "unsubscribe@shop.test",
             },
             "dkim": {"keys": [rsa_key.entry, ed_key.entry]},
+            "inbound": {"domains": ["shop.test"]},
         }
         with contextlib.ExitStack() as held:
             yield Setup(tmp_path, dns, rsa_key, settings, held)
@@ -172,6 +174,22 @@ def base_url(url: str) -> Callable[[Setup], None]:
         s.settings["unsubscribe"]["base_url"] = url
 
     return change
+
+
+def no_inbound(s: Setup) -> None:
+    del s.settings["inbound"]
+
+
+def mailto_elsewhere(s: Setup) -> None:
+    s.settings["unsubscribe"]["mailto"] = "optout@shop.test"
+
+
+def mailto_too_long(s: Setup) -> None:
+    s.settings["unsubscribe"]["mailto"] = "please-unsubscribe-me-now@shop.test"
+
+
+def inbound_bad_local(s: Setup) -> None:
+    s.settings["inbound"]["bounce_local"] = "bounce+x"
 
 
 def unreadable_dkim_key(s: Setup) -> None:
@@ -243,6 +261,10 @@ BROKEN = [
     (no_mx, "FAIL", "mx shop.test", "no MX record: mail to unsubscribe@shop.test"),
     (base_url("http://unsub.shop.test"), "FAIL", "base_url", "needs https"),
     (base_url("http://127.0.0.1:8080"), "WARN", "base_url", "http on a loopback host"),
+    (no_inbound, "WARN", "inbound", "run optgate ingest"),
+    (mailto_elsewhere, "WARN", "inbound", "mailto unsubscribes do not reach optgate"),
+    (mailto_too_long, "FAIL", "inbound", "exceeds 64 characters (RFC 5321)"),
+    (inbound_bad_local, "FAIL", "inbound", "[inbound] bounce_local"),
     (unreadable_dkim_key, "FAIL", "dkim key shop.test:s1", "cannot read"),
     (weak_dkim_key, "FAIL", "dkim key shop.test:s1", "1024 bits"),
     (dkim_key_readable_by_others, "WARN", "dkim key shop.test:s1", "chmod 600"),
@@ -302,6 +324,7 @@ async def test_optgate_already_running_is_a_warning(setup: Setup) -> None:
 
 async def test_dmarc_of_a_subdomain_comes_from_the_organizational_domain(setup: Setup) -> None:
     setup.settings["unsubscribe"]["mailto"] = "unsubscribe@news.shop.test"
+    setup.settings["inbound"]["domains"] = ["news.shop.test"]
     setup.dns.records[("news.shop.test", "TXT")] = ['"v=spf1 include:shop.test -all"']
     setup.dns.records[("news.shop.test", "MX")] = ["10 mx1.shop.test."]
     setup.dns.records[DMARC] = ['"v=DMARC1; p=reject; sp=quarantine"']

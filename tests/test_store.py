@@ -20,7 +20,7 @@ import pytest
 
 from suppression.address import identity, normalize
 from suppression.errors import StoreError
-from suppression.model import Consent, ImportItem, Reason, now
+from suppression.model import Consent, ImportItem, Reason, Send, now
 from suppression.store import Store, open_store
 
 
@@ -440,3 +440,47 @@ async def test_postgres_permission_denied_is_a_clear_error() -> None:
                 await store.close()
         finally:
             postgres_sql(url)(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+# --- inbound: the ledger behind short tokens; soft bounces -----------------------------
+
+
+async def test_sent_to_finds_ledger_recipients_by_hash_prefix(backend: Backend) -> None:
+    store = backend.store
+    one, two = normalize("one@example.com").sha256, normalize("two@example.com").sha256
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    await store.record_sends(
+        [
+            Send("m1", one, "news", "marketing", at),
+            Send("m2", one, "news", "marketing", at),
+            Send("m3", one, "deals", "marketing", at),
+            Send("m1", two, "news", "marketing", at),
+        ]
+    )
+    assert await store.sent_to(one[:16]) == sorted([(one, "deals"), (one, "news")])
+    assert await store.sent_to(one) == sorted([(one, "deals"), (one, "news")])
+    assert await store.sent_to(two[:16]) == [(two, "news")]
+    assert await store.sent_to("") == sorted([(one, "deals"), (one, "news"), (two, "news")])
+    near = one[:15] + format((int(one[15], 16) + 1) % 16, "x")  # the next prefix
+    assert await store.sent_to(near) == []
+
+
+async def test_soft_bounces_count_once_per_reporting_message_within_a_window(
+    backend: Backend,
+) -> None:
+    store = backend.store
+    who = normalize("full@example.com").sha256
+    early, late = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 20, tzinfo=UTC)
+    detail = {"message_id": "<dsn@mx.example>"}
+    assert await store.record_soft_bounce(who, "a" * 64, at=early, actor="t", detail=detail)
+    assert await store.record_soft_bounce(who, "b" * 64, at=late, actor="t", detail=detail)
+    events = (await store.verify_chain()).events
+    assert not await store.record_soft_bounce(who, "b" * 64, at=late, actor="t", detail=detail)
+    assert (await store.verify_chain()).events == events  # a repeat writes nothing
+    assert await store.soft_bounces(who, early) == {"a" * 64, "b" * 64}
+    assert await store.soft_bounces(who, datetime(2026, 1, 10, tzinfo=UTC)) == {"b" * 64}
+    assert await store.soft_bounces(normalize("x@example.com").sha256, early) == frozenset()
+    record = await store.subject(normalize("full@example.com"))
+    bounces = [e for e in record.events if e.action == "soft-bounce"]
+    assert len(bounces) == 2
+    assert "<dsn@mx.example>" in bounces[0].body

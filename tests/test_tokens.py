@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from gateway.tokens import Claims, InvalidToken, TokenSigner
+from gateway.tokens import Claims, InvalidToken, TokenSigner, is_short
 
 OLD_KEY = b"old-key-0123456789abcdef"
 NEW_KEY = b"new-key-fedcba9876543210"
@@ -148,3 +148,86 @@ def test_issue_rejects_bad_claims(claims: Claims) -> None:
 def test_keys_must_exist_and_be_long_enough(keys: list[bytes]) -> None:
     with pytest.raises(ValueError, match="key"):
         TokenSigner(keys)
+
+
+# --- short tokens (local parts: unsubscribe+T@, bounce+T@) ---------------------------
+
+
+def _b32(payload: bytes) -> str:
+    return base64.b32encode(payload).decode("ascii").lower()
+
+
+def test_short_token_fits_a_local_part_in_any_letter_case() -> None:
+    signer = TokenSigner([NEW_KEY])
+    token = signer.issue_short(CLAIMS)
+    assert re.fullmatch(r"[a-z2-7]{40}", token)
+    assert is_short(token)
+    assert len(f"unsubscribe+{token}") <= 64  # RFC 5321 4.5.3.1.1
+    claims = signer.verify_short(token.upper())
+    assert claims == signer.verify_short(token)
+    assert claims.prefix == RECIPIENT[:16]
+    assert claims.issued == CLAIMS.issued - CLAIMS.issued % 86400
+    assert claims.scope_for("newsletter") == "topic:newsletter"
+    assert claims.scope_for("deals") is None
+
+
+def test_short_global_token_matches_a_copy_of_any_topic() -> None:
+    signer = TokenSigner([NEW_KEY])
+    claims = signer.verify_short(signer.issue_short(Claims(RECIPIENT, "global", 1)))
+    assert claims.kind == "global"
+    assert claims.scope_for("anything") == "global"
+
+
+def test_short_token_rotation_and_retired_keys() -> None:
+    old = TokenSigner([OLD_KEY]).issue_short(CLAIMS)
+    assert TokenSigner([NEW_KEY, OLD_KEY]).verify_short(old).prefix == RECIPIENT[:16]
+    with pytest.raises(InvalidToken, match="unknown"):
+        TokenSigner([NEW_KEY]).verify_short(old)
+
+
+def test_short_token_with_a_wrong_tag_is_rejected() -> None:
+    signer = TokenSigner([NEW_KEY])
+    payload = bytearray(base64.b32decode(signer.issue_short(CLAIMS).upper()))
+    payload[-1] ^= 1
+    with pytest.raises(InvalidToken, match="signature"):
+        signer.verify_short(_b32(bytes(payload)))
+
+
+def test_every_single_bit_of_a_short_token_matters() -> None:
+    signer = TokenSigner([NEW_KEY])
+    payload = base64.b32decode(signer.issue_short(CLAIMS).upper())
+    for position in range(len(payload)):
+        for bit in range(8):
+            altered = bytearray(payload)
+            altered[position] ^= 1 << bit
+            with pytest.raises(InvalidToken):
+                signer.verify_short(_b32(bytes(altered)))
+
+
+@pytest.mark.parametrize(
+    "token", ["", "a" * 39, "a" * 41, "0" * 40, "1" * 40, "a" * 39 + "=", "ä" * 40, "a-" * 20]
+)
+def test_short_garbage_is_rejected(token: str) -> None:
+    with pytest.raises(InvalidToken, match="malformed"):
+        TokenSigner([NEW_KEY]).verify_short(token)
+    assert not is_short(token)
+
+
+def test_a_long_token_is_not_short_and_a_short_one_is_not_long() -> None:
+    signer = TokenSigner([NEW_KEY])
+    assert not is_short(signer.issue(CLAIMS))
+    with pytest.raises(InvalidToken):
+        signer.verify(signer.issue_short(CLAIMS).upper())
+
+
+def test_a_short_partner_token_is_honoured_globally_by_mail() -> None:
+    signer = TokenSigner([NEW_KEY])
+    claims = signer.verify_short(signer.issue_short(Claims(RECIPIENT, "partner:acme", 1)))
+    assert claims.kind == "partner"
+    assert claims.scope_for("partner-offers") == "global"
+
+
+@pytest.mark.parametrize("scope", ["confirm:news", "everything", "topic:", "global:x"])
+def test_a_confirmation_is_no_short_token(scope: str) -> None:
+    with pytest.raises(ValueError, match="scope"):
+        TokenSigner([NEW_KEY]).issue_short(Claims(RECIPIENT, scope, 1))

@@ -74,6 +74,7 @@ proxymap  unix  -       -       n       -       -       proxymap
 proxywrite unix -       -       n       -       1       proxymap
 smtp      unix  -       -       n       -       -       smtp
 relay     unix  -       -       n       -       -       smtp
+lmtp      unix  -       -       n       -       -       lmtp
 showq     unix  n       -       n       -       -       showq
 error     unix  -       -       n       -       -       error
 retry     unix  -       -       n       -       -       error
@@ -402,7 +403,9 @@ class PostfixInstance:
 
     # -- life cycle ---------------------------------------------------------
 
-    def _configure(self, daemons: Path, extra_main: Mapping[str, str] | None) -> None:
+    def _configure(
+        self, daemons: Path, extra_main: Mapping[str, str] | None, extra_master: str
+    ) -> None:
         self.directory.chmod(0o755)
         self.config_dir.mkdir()
         self.queue_dir.mkdir()
@@ -411,7 +414,7 @@ class PostfixInstance:
         shutil.chown(data_dir, user="postfix")
         main_cf = render_main_cf(self.ports, self.directory, daemons=daemons, extra=extra_main)
         (self.config_dir / "main.cf").write_text(main_cf)
-        (self.config_dir / "master.cf").write_text(render_master_cf(self.ports))
+        (self.config_dir / "master.cf").write_text(render_master_cf(self.ports) + extra_master)
         # Postfix re-reads a config file until it is older than the current
         # second (~2 s of sleeping for a freshly written file): backdate them.
         past = time.time() - 60
@@ -506,6 +509,7 @@ def private_postfix(
     workdir: Path,
     *,
     extra_main: Mapping[str, str] | None = None,
+    extra_master: str = "",
     startup_timeout: float = 30.0,
 ) -> Iterator[PostfixInstance]:
     """Run a private Postfix on ``ports``; stop it (no process left) on exit.
@@ -514,7 +518,7 @@ def private_postfix(
     ``postfix`` can reach it, else under /tmp (pytest's ``tmp_path`` is private
     to root); in that case its config and logs are copied into ``workdir``
     afterwards and the directory is removed.  ``extra_main`` sets further
-    main.cf parameters.
+    main.cf parameters, ``extra_master`` further master.cf services.
     """
     if not postfix_available():
         raise PostfixError(
@@ -531,7 +535,7 @@ def private_postfix(
     instance = PostfixInstance(directory, ports)
     daemons = daemon_directory()
     try:
-        instance._configure(daemons, extra_main)
+        instance._configure(daemons, extra_main, extra_master)
         try:
             instance._start(daemons, startup_timeout)
             yield instance

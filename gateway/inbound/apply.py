@@ -1,0 +1,262 @@
+"""Findings -> the store: verify tokens, suppress, count soft bounces, audit.
+
+A genuine token is authoritative over the address a report writes; a token
+that is not genuine (forged, altered, another system's) makes its finding
+change nothing. Without a token the finding's own address is used. Every
+change is audited with the inbound message's Message-ID and digest, and a
+second application of the same message changes nothing: suppressions exist
+already, and a soft bounce is counted once per (recipient, message digest).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import structlog
+
+from gateway.config import Config
+from gateway.inbound.model import Classification, Finding, Kind
+from gateway.keys import load_keys
+from gateway.tokens import InvalidToken, TokenSigner, is_short
+from suppression.address import normalize
+from suppression.errors import InvalidAddress
+from suppression.model import ImportItem, Reason, Source, now
+from suppression.store import Store
+
+log = structlog.get_logger("optgate.inbound")
+ACTOR = "inbound"
+
+# what each kind of finding does: reason and source of the suppression
+_ACTIONS: dict[Kind, tuple[Reason, Source]] = {
+    Kind.UNSUBSCRIBE: (Reason.UNSUBSCRIBED, Source.MAILBOX),
+    Kind.HARD_BOUNCE: (Reason.BOUNCED, Source.BOUNCE),
+    Kind.SOFT_BOUNCE: (Reason.BOUNCED, Source.BOUNCE),
+    Kind.COMPLAINT: (Reason.COMPLAINED, Source.COMPLAINT),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What applying findings did, or would do on a dry run: counts for summaries."""
+
+    unsubscribes: int = 0  # findings acted on, per kind (whether or not already suppressed)
+    hard_bounces: int = 0
+    soft_bounces: int = 0
+    complaints: int = 0
+    ignored: int = 0  # IGNORED findings, and findings with no recipient to act on
+    forged: int = 0  # findings whose tokens were all not genuine: nothing was changed
+    suppressed: int = 0  # suppressions that were new
+
+    def counts(self) -> dict[str, int]:
+        """Every count by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def __add__(self, other: Applied) -> Applied:
+        return Applied(
+            *(getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self))
+        )
+
+
+_COUNTER = {
+    Kind.UNSUBSCRIBE: "unsubscribes",
+    Kind.HARD_BOUNCE: "hard_bounces",
+    Kind.SOFT_BOUNCE: "soft_bounces",
+    Kind.COMPLAINT: "complaints",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Whom a finding concerns, and in which scope an unsubscribe applies."""
+
+    sha256: str
+    address: str | None  # normalised plaintext, when the finding named it (not a token)
+    scope: str
+    via: str  # "token" or "address"
+    token_issued: int | None = None
+
+
+class Forged(Exception):
+    """Every token of a finding failed verification: the finding changes nothing."""
+
+
+async def apply(
+    classification: Classification,
+    *,
+    store: Store,
+    config: Config,
+    dry_run: bool = False,
+    signer: TokenSigner | None = None,
+    at: datetime | None = None,
+) -> Applied:
+    """Apply every finding of one inbound message; return the counts.
+
+    ``signer`` defaults to the keys of ``[unsubscribe] key_file``; ``at`` is
+    when the message arrived (a mailbox's Date), default now: soft bounces
+    are counted in the window before it.
+    """
+    context = _Context(
+        classification,
+        store,
+        config,
+        dry_run,
+        signer or TokenSigner(load_keys(Path(config.unsubscribe.key_file))),
+        at or now(),
+    )
+    total = Applied()
+    for finding in classification.findings:
+        total += await context.apply(finding)
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """One message's application: what every finding of it shares."""
+
+    message: Classification
+    store: Store
+    config: Config
+    dry_run: bool
+    signer: TokenSigner
+    at: datetime
+
+    async def apply(self, finding: Finding) -> Applied:
+        """One finding: find its recipient, then act by kind."""
+        if finding.kind is Kind.IGNORED:
+            self._log(finding, "ignored")
+            return Applied(ignored=1)
+        try:
+            target = await self._target(finding)
+        except Forged:
+            self._log(finding, "forged")
+            return Applied(forged=1)
+        if target is None:
+            self._log(finding, "no-recipient")
+            return Applied(ignored=1)
+        counted = Applied(**{_COUNTER[finding.kind]: 1})
+        if finding.kind is Kind.SOFT_BOUNCE and not await self._soft_limit_reached(finding, target):
+            return counted
+        added = await self._suppress(finding, target)
+        self._log(finding, "suppressed" if added else "already", target)
+        return counted + Applied(suppressed=added)
+
+    async def _target(self, finding: Finding) -> Target | None:
+        """The token's recipient if one is genuine, else the finding's address."""
+        genuine = False
+        for token in finding.tokens:
+            try:
+                target = await self._resolve(token)
+            except InvalidToken as exc:
+                log.warning(
+                    "inbound_bad_token", problem=str(exc), message_id=self.message.message_id
+                )
+                continue
+            genuine = True
+            if target is not None:
+                return target
+        if finding.tokens and not genuine:
+            raise Forged
+        if finding.recipient is None:
+            return None
+        try:
+            address = normalize(finding.recipient)
+        except InvalidAddress:
+            return None
+        keep = address.normalized if self.config.store.keep_addresses else None
+        return Target(address.sha256, keep, "global", "address")
+
+    async def _resolve(self, token: str) -> Target | None:
+        """A genuine token's recipient (None when the ledger cannot name it exactly)."""
+        if not is_short(token):
+            claims = self.signer.verify(token)
+            if claims.scope.startswith("confirm:"):
+                raise InvalidToken("a confirmation token is not an opt-out")
+            return Target(claims.recipient, None, claims.scope, "token", claims.issued)
+        short = self.signer.verify_short(token)
+        matches = {
+            (sha256, scope)
+            for sha256, topic in await self.store.sent_to(short.prefix)
+            if (scope := short.scope_for(topic)) is not None
+        }
+        recipients = {sha256 for sha256, _ in matches}
+        if len(recipients) != 1:
+            log.warning(
+                "inbound_token_unresolved",
+                candidates=len(recipients),
+                message_id=self.message.message_id,
+            )
+            return None
+        (sha256, scope), *_ = sorted(matches)
+        return Target(sha256, None, scope, "token", short.issued)
+
+    async def _soft_limit_reached(self, finding: Finding, target: Target) -> bool:
+        """Count the soft bounce; True once the limit is reached within the window."""
+        inbound = self.config.inbound
+        since = self.at - timedelta(days=inbound.soft_bounce_days)
+        if self.dry_run:
+            seen = await self.store.soft_bounces(target.sha256, since)
+            count = len(seen | {self.message.digest})
+        else:
+            await self.store.record_soft_bounce(
+                target.sha256,
+                self.message.digest,
+                at=self.at,
+                actor=ACTOR,
+                detail=self._note(finding, target),
+            )
+            count = len(await self.store.soft_bounces(target.sha256, since))
+        reached = count >= inbound.soft_bounce_limit
+        if not reached:
+            self._log(finding, "counted", target, soft_bounces=count)
+        return reached
+
+    async def _suppress(self, finding: Finding, target: Target) -> int:
+        """Suppress the target (1 if that was new); a dry run only looks."""
+        reason, source = _ACTIONS[finding.kind]
+        scope = target.scope if finding.kind is Kind.UNSUBSCRIBE else "global"
+        if self.dry_run:
+            holder = await self.store.holder(target.sha256)
+            return int(not any(s.scope == scope for s in holder.suppressions))
+        note = self._note(finding, target)
+        evidence = {"channel": source.value, **note}
+        if target.token_issued is not None:
+            evidence["token_issued"] = target.token_issued
+        result = await self.store.suppress(
+            [ImportItem(target.sha256, "sha256", target.address, reason)],
+            scope=scope,
+            source=source,
+            actor=ACTOR,
+            evidence=json.dumps(evidence, sort_keys=True),
+            note=note,
+        )
+        return result.added
+
+    def _note(self, finding: Finding, target: Target) -> dict[str, object]:
+        """What the audit log keeps about the inbound message (no address)."""
+        return {
+            "message_id": self.message.message_id,
+            "digest": self.message.digest,
+            "finding": finding.reason,
+            "status": finding.status,
+            "via": target.via,
+        }
+
+    def _log(
+        self, finding: Finding, outcome: str, target: Target | None = None, **extra: object
+    ) -> None:
+        log.info(
+            "inbound_finding",
+            kind=finding.kind.value,
+            outcome=outcome,
+            reason=finding.reason,
+            status=finding.status,
+            via=target.via if target else None,
+            rcpt=target.sha256[:16] if target else None,
+            message_id=self.message.message_id,
+            dry_run=self.dry_run,
+            **extra,
+        )
