@@ -32,6 +32,7 @@ from tests.support.postfix import LOOPBACK, free_ports
 from tests.support.smtp import self_signed_files
 
 DOVECOT_COMMAND = Path("/usr/sbin/dovecot")
+DOVEADM_COMMAND = Path("/usr/bin/doveadm")
 MAIL_USER = "nobody"  # owns the mail files; any non-root account will do
 _FLAGS = re.compile(rb"UID (\d+) FLAGS \(([^)]*)\)")
 
@@ -121,6 +122,14 @@ class Dovecot:
                 typ, data = conn.append(folder, None, None, raw)
                 assert typ == "OK", data
 
+    def kick(self) -> None:
+        """Drop every IMAP connection of the user, as a server restart would."""
+        subprocess.run(  # noqa: S603 (a fixed program, our own arguments)
+            [str(DOVEADM_COMMAND), "-c", str(self.directory / "dovecot.conf"), "kick", self.user],
+            check=True,
+            capture_output=True,
+        )
+
     def flags(self, folder: str = "INBOX") -> dict[int, set[str]]:
         """UID -> flags of every message in ``folder``, read without changing them."""
         with self.client() as conn:
@@ -170,7 +179,7 @@ def private_dovecot(password: str = "secret-for-tests") -> Iterator[Dovecot]:  #
         os.chown(directory / "home", owner.pw_uid, owner.pw_gid)
         cert, _key = self_signed_files(directory)
         imap, imaps = free_ports(2)
-        user = "inbound"
+        user = "mailbox-owner"
         (directory / "passwd").write_text(
             f"{user}:{{PLAIN}}{password}:{owner.pw_uid}:{owner.pw_gid}::{directory}/home/{user}::\n"
         )
