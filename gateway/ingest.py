@@ -99,7 +99,7 @@ def open_source(args: argparse.Namespace) -> Source:
     return open_local(Path(text))
 
 
-def _arrived(raw: bytes) -> datetime:
+def arrived(raw: bytes) -> datetime:
     """When the message was sent (its Date), for soft-bounce windows; now if unknown or future."""
     try:
         date = BytesHeaderParser().parsebytes(raw).get("Date")
@@ -174,7 +174,7 @@ class Ingest:
             config=self.config,
             dry_run=self.dry_run,
             signer=self.signer,
-            at=_arrived(raw),
+            at=arrived(raw),
         )
         if not self.dry_run:
             await asyncio.to_thread(self.source.mark, pending.key)

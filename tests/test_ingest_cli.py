@@ -7,12 +7,13 @@ import mailbox
 import os
 import stat
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from gateway.inbound.imap import KEYWORD, Imap, parse_url
-from gateway.ingest import Ingest
+from gateway.ingest import Ingest, arrived
 from gateway.keys import load_keys
 from gateway.tokens import TokenSigner
 from suppression.store import open_store
@@ -365,3 +366,22 @@ async def test_imap_connection_lost(dovecot: Dovecot, imap: str, tmp_path: Path)
     assert lost.stopped is not None
     assert lost.stopped.startswith("lost the IMAP connection")
     assert sum(flags == {"\\Seen", KEYWORD} for flags in dovecot.flags(imap).values()) == 3
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (b"Date: Tue, 03 Nov 2026 10:00:00 +0100\n", datetime(2026, 11, 3, 9, 0, tzinfo=UTC)),
+        (b"Date: Sat, 01 Jan 2100 00:00:00 +0000\n", None),  # in the future: now
+        (b"Date: yesterday-ish\n", None),
+        (b"Date: Tue, 03 Nov 2026 10:00:00 -0000\n", None),  # no zone known: now
+        (b"", None),
+    ],
+)
+def test_a_message_counts_from_its_date(header: bytes, expected: datetime | None) -> None:
+    before = datetime.now(UTC)
+    when = arrived(header + b"Subject: soft bounce\n\nbody\n")
+    if expected is None:
+        assert before <= when <= datetime.now(UTC)
+    else:
+        assert when == expected
