@@ -27,7 +27,9 @@ def configure(level: int = logging.INFO, *, cache: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout if cache else None),
+        # one write per line: the lines of several worker processes sharing stdout
+        # never interleave (print() writes the newline apart when unbuffered)
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout if cache else None),
         cache_logger_on_first_use=cache,
     )
     # aiosmtpd logs peers and envelope addresses at INFO: keep it to warnings

@@ -99,6 +99,13 @@ async def sink(port: int = 0, tls: ssl.SSLContext | None = None) -> AsyncIterato
 
 def gateway_config(tmp_path: Path, next_port: int, listen_port: int = 0, **settings: str) -> Config:
     """A configuration for tests: store and key in tmp_path; other settings as env overrides."""
+    return load(None, gateway_env(tmp_path, next_port, listen_port, **settings))
+
+
+def gateway_env(
+    tmp_path: Path, next_port: int, listen_port: int = 0, **settings: str
+) -> dict[str, str]:
+    """The OPTGATE_* variables of ``gateway_config`` (e.g. for an ``optgate serve`` process)."""
     env = {
         "OPTGATE_SMTP_LISTEN": f"127.0.0.1:{listen_port}",
         "OPTGATE_WEB_LISTEN": "127.0.0.1:0",
@@ -110,7 +117,7 @@ def gateway_config(tmp_path: Path, next_port: int, listen_port: int = 0, **setti
         "OPTGATE_UNSUBSCRIBE_MAILTO": "unsubscribe@example.com",
     }
     env.update({f"OPTGATE_{k.upper()}": v for k, v in settings.items()})
-    return load(None, env)
+    return env
 
 
 @dataclass
