@@ -13,7 +13,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO
 
-from gateway import logs, service
 from gateway.config import Config
 from gateway.demo import run_demo
 from gateway.doctor import failed, run_checks
@@ -353,13 +352,6 @@ async def explain(args: argparse.Namespace, config: Config) -> int:
 async def demo(args: argparse.Namespace, config: Config) -> int:
     """optgate demo: a temporary store, a local sink, and a handful of messages."""
     await run_demo()
-    return 0
-
-
-async def serve(args: argparse.Namespace, config: Config) -> int:
-    """optgate serve: runs until SIGTERM or SIGINT."""
-    logs.configure()
-    await service.serve(config, [args.only] if args.only else service.PARTS)
     return 0
 
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import uvloop
 
-from gateway import admin, partner_admin
+from gateway import admin, ingest, partner_admin, storecopy, workers
 from gateway.config import Config, load
+from gateway.workers import default_count
 from suppression.errors import OptgateError
 from suppression.formats import READ_FORMATS, WRITE_FORMATS, FormatError
 from suppression.model import Reason
@@ -119,12 +120,29 @@ def _dkim_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
 
 
+SERVE_HELP = "run the gatekeeper: SMTP in, relay out, and the web endpoint"
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def _other_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    serve = _command(
-        group, "serve", admin.serve, "run the gatekeeper: SMTP in, relay out, and the web endpoint"
+    serve = group.add_parser(
+        "serve", help=SERVE_HELP, description=f"{SERVE_HELP}, in worker processes"
     )
+    _config_option(serve)
+    serve.set_defaults(supervise=workers.serve)
     serve.add_argument(
         "--only", choices=("smtp", "web"), help="run one part (e.g. web behind a reverse proxy)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=_count,
+        metavar="N",
+        help=f"processes sharing the listening ports (default: one per core, {default_count()})",
     )
     _command(group, "demo", admin.demo, "show what optgate does, on a temporary store")
     subject = group.add_parser("subject", help="data-subject access and erasure")
@@ -157,6 +175,34 @@ def _other_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) 
     sub = store.add_subparsers(dest="action", required=True, metavar="ACTION")
     _command(sub, "verify", admin.store_verify, "prove the audit log's hash chain unbroken")
     _command(sub, "migrate", admin.store_migrate, "create or upgrade the store's schema")
+    copy = _command(
+        sub,
+        "copy",
+        storecopy.store_copy,
+        "copy every record into a new, empty store (e.g. SQLite to PostgreSQL), verified",
+    )
+    copy.add_argument("source", metavar="SRC_URL", help="sqlite:///PATH or postgresql://...")
+    copy.add_argument("destination", metavar="DST_URL", help="an empty store's URL")
+
+
+def _ingest_command(group: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = _command(
+        group,
+        "ingest",
+        ingest.run,
+        "process an unsubscribe / bounce / complaint mailbox: mbox, Maildir, imap[s]:// URL",
+    )
+    cmd.add_argument(
+        "source", metavar="SOURCE", help="mbox file, Maildir, imap[s]://USER@HOST/FOLDER"
+    )
+    cmd.add_argument(
+        "--dry-run", action="store_true", help="say what would be done; change nothing"
+    )
+    cmd.add_argument("--limit", type=int, metavar="N", help="process at most N messages")
+    cmd.add_argument("--move-to", metavar="FOLDER", help="IMAP: move processed messages there")
+    password = cmd.add_mutually_exclusive_group()
+    password.add_argument("--password-file", metavar="FILE", help="IMAP: the password's file")
+    password.add_argument("--password-env", metavar="VAR", help="IMAP: the password's variable")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     _suppress_commands(group)
     _consent_commands(group)
     _other_commands(group)
+    _ingest_command(group)
     partner_admin.register(group, _command)
     return parser
 
@@ -188,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.actor = f"cli:{_user()}"
     try:
         config = load(getattr(args, "config", None))
+        if hasattr(args, "supervise"):  # forks processes, each with an event loop of its own
+            status: int = args.supervise(args, config)
+            return status
         handler: Handler = args.handler
         # uvloop: the same asyncio API, a much cheaper event loop and transports
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

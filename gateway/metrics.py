@@ -1,11 +1,17 @@
 """Prometheus metrics: one registry that the SMTP side and the web side report into.
 
 Labels carry verdicts, reasons and channels, never an address or its hash.
+Under ``optgate serve --workers N`` each worker writes its values to files in
+one directory (prometheus_client's multiprocess mode) and ``/metrics`` on any
+worker reports the sum over all of them, workers that were replaced included.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
 
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -14,6 +20,7 @@ class Metrics:
     """The gateway's counters and histograms, in a registry of their own."""
 
     def __init__(self) -> None:
+        self.shared_dir: str | None = None  # set by across_processes
         self.registry = CollectorRegistry()
         r = self.registry
         self.messages = Counter(
@@ -48,5 +55,22 @@ class Metrics:
         )
 
     def exposition(self) -> bytes:
-        """The registry in Prometheus text format."""
-        return generate_latest(self.registry)
+        """The registry in Prometheus text format (all workers' sum when shared)."""
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.shared_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
+
+
+def across_processes(directory: str) -> Metrics:
+    """This worker process's metrics, kept in ``directory`` beside its siblings'.
+
+    Call once in a fresh worker, before any other metric is made: values of
+    metrics made after it live in per-process files there.
+    """
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    metrics = Metrics()
+    metrics.shared_dir = directory
+    return metrics

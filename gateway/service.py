@@ -89,9 +89,19 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config, parts: Collection[str] = PARTS) -> AsyncIterator[Running]:
-    """Start the SMTP gateway and the web endpoint; on exit drain and shut down."""
-    metrics = Metrics()
+async def running(
+    config: Config,
+    parts: Collection[str] = PARTS,
+    *,
+    reuse_port: bool = False,
+    metrics: Metrics | None = None,
+) -> AsyncIterator[Running]:
+    """Start the SMTP gateway and the web endpoint; on exit drain and shut down.
+
+    ``reuse_port``: listen with SO_REUSEPORT beside the other workers of
+    ``optgate serve --workers`` (the kernel spreads connections over them).
+    """
+    metrics = metrics or Metrics()
     signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
     async with contextlib.AsyncExitStack() as stack:
         store = await open_store(config.store.url)
@@ -102,16 +112,20 @@ async def running(config: Config, parts: Collection[str] = PARTS) -> AsyncIterat
             # the [smtp] listener takes inbound mail too (Postfix's content filter hands it
             # over there); [inbound] listen adds a listener for inbound mail only
             smtp_port = await stack.enter_async_context(
-                _smtp(config, store, signer, metrics, receiver)
+                _smtp(config, store, signer, metrics, receiver, reuse_port)
             )
             if receiver is not None and config.inbound.listen:
-                inbound_port = await stack.enter_async_context(_inbound(config, receiver))
+                inbound_port = await stack.enter_async_context(
+                    _inbound(config, receiver, reuse_port)
+                )
         if "web" in parts:
-            web_port = await stack.enter_async_context(_web(config, store, signer, metrics))
+            web_port = await stack.enter_async_context(
+                _web(config, store, signer, metrics, reuse_port)
+            )
         partners_port = 0
         if "smtp" in parts and config.partners.listen:
             partners_port = await stack.enter_async_context(
-                _partners(config, store, signer, metrics)
+                _partners(config, store, signer, metrics, reuse_port)
             )
         yield Running(smtp_port, web_port, asyncio.Event(), metrics, inbound_port, partners_port)
     log.info("stopped")
@@ -127,19 +141,19 @@ def _receiver(
     return Receiver(store=store, config=config, signer=signer, mailboxes=mailboxes, metrics=metrics)
 
 
-async def _listen(protocol: Callable[[], SMTP], listen: str, name: str) -> Server:
+async def _listen(protocol: Callable[[], SMTP], listen: str, name: str, reuse_port: bool) -> Server:
     """Bind a listener; a bind error is a configuration error naming the key."""
     host, port = host_port(listen, name)
     try:
         return await asyncio.get_running_loop().create_server(
-            protocol, host, port, reuse_address=True
+            protocol, host, port, reuse_address=True, reuse_port=reuse_port
         )
     except OSError as exc:
         raise ConfigError(f"{name} {listen}: {exc.strerror}") from None
 
 
 @contextlib.asynccontextmanager
-async def _inbound(config: Config, receiver: Receiver) -> AsyncIterator[int]:
+async def _inbound(config: Config, receiver: Receiver, reuse_port: bool) -> AsyncIterator[int]:
     """The own inbound listener ([inbound] listen, SMTP or LMTP); yields the bound port."""
     inbound = config.inbound
     handler = InboundHandler(receiver, max_recipients=config.smtp.max_recipients, lmtp=inbound.lmtp)
@@ -157,6 +171,7 @@ async def _inbound(config: Config, receiver: Receiver) -> AsyncIterator[int]:
         ),
         inbound.listen,
         "[inbound] listen",
+        reuse_port,
     )
     bound = server.sockets[0].getsockname()[1]
     log.info("inbound_listening", port=bound, lmtp=inbound.lmtp)
@@ -173,6 +188,7 @@ async def _smtp(
     signer: TokenSigner,
     metrics: Metrics,
     receiver: Receiver | None,
+    reuse_port: bool,
 ) -> AsyncIterator[int]:
     """The SMTP listener and its relay pool; yields the bound port."""
     host, _ = host_port(config.smtp.listen, "[smtp] listen")
@@ -198,6 +214,7 @@ async def _smtp(
         ),
         config.smtp.listen,
         "[smtp] listen",
+        reuse_port,
     )
     bound = server.sockets[0].getsockname()[1]
     log.info("smtp_listening", host=host, port=bound, next_hop=config.relay.next_hop)
@@ -227,7 +244,7 @@ def _relay(config: Config, hostname: str) -> Relay:
 
 @contextlib.asynccontextmanager
 async def _partners(
-    config: Config, store: Store, signer: TokenSigner, metrics: Metrics
+    config: Config, store: Store, signer: TokenSigner, metrics: Metrics, reuse_port: bool
 ) -> AsyncIterator[int]:
     """The partner submission listener and this node's fan-out worker; yields the port."""
     hostname = config.smtp.hostname or socket.getfqdn()
@@ -249,7 +266,7 @@ async def _partners(
     task = asyncio.create_task(worker.run(stop))
     try:
         async with listening(
-            config.partners, store, hostname, config.smtp.timeout, worker.wake
+            config.partners, store, hostname, config.smtp.timeout, worker.wake, reuse_port
         ) as port:
             yield port
     finally:
@@ -263,7 +280,7 @@ async def _partners(
 
 @contextlib.asynccontextmanager
 async def _web(
-    config: Config, store: Store, signer: TokenSigner, metrics: Metrics
+    config: Config, store: Store, signer: TokenSigner, metrics: Metrics, reuse_port: bool
 ) -> AsyncIterator[int]:
     """The web endpoint (one-click, pages, /healthz, /metrics); yields the bound port."""
     host, port = host_port(config.web.listen, "[web] listen")
@@ -276,7 +293,7 @@ async def _web(
     runner = web.AppRunner(app, access_log=None)  # an access log would hold IPs and tokens
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port)
         await site.start()
     except OSError as exc:
         await runner.cleanup()
@@ -289,10 +306,19 @@ async def _web(
         await runner.cleanup()
 
 
-async def serve(config: Config, parts: Collection[str] = PARTS) -> None:
-    """Run until SIGTERM or SIGINT."""
-    async with running(config, parts) as gate:
+async def serve(
+    config: Config,
+    parts: Collection[str] = PARTS,
+    *,
+    reuse_port: bool = False,
+    metrics: Metrics | None = None,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT; ``ready`` is called once every part listens."""
+    async with running(config, parts, reuse_port=reuse_port, metrics=metrics) as gate:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, gate.stop.set)
+        if ready is not None:
+            ready()
         await gate.stop.wait()

@@ -249,6 +249,7 @@ async def listening(
     hostname: str,
     idle_seconds: int,
     accepted: Callable[[], None],
+    reuse_port: bool,
 ) -> AsyncIterator[int]:
     """The submission listener (``accepted()`` after each stored offer); yields the bound
     port; on exit drains offers in flight."""
@@ -264,6 +265,7 @@ async def listening(
             port,
             ssl=context if implicit else None,
             reuse_address=True,
+            reuse_port=reuse_port,  # beside the other workers of `serve --workers`
         )
     except OSError as exc:
         raise ConfigError(f"[partners] listen {settings.listen}: {exc.strerror}") from None

@@ -4,12 +4,20 @@
 # (../shared/bench/smtp_relay_bench.sh: smtp-source -> relay -> smtp-sink).
 #
 #   scripts/bench_relay.sh [-n N] [-s SESSIONS] [-r RCPTS] [-k 4k|50k] [--runs R] [--dkim rsa|ed25519]
+#                          [--workers 1,2]
 #
 # Defaults: N=5000 messages, 20 sessions, 1 recipient, 4 KB, 3 runs. Each run
 # of each relay gets a fresh sink; the harness prints the median msgs/s of
 # each relay and this script the ratio optgate / pass-through (issue bar:
 # >= 0.70 at 4 KB, 1 recipient, 20 sessions, no DKIM; >= 0.50 with --dkim rsa,
 # where optgate signs every copy with a fresh RSA-2048 key for bench.example).
+# optgate runs one worker here, as the pass-through relay is one process.
+#
+# --workers 1,2 compares `optgate serve --workers K` for each K instead (no
+# pass-through), the runs of the counts interleaved, and prints each median
+# against the first count's (issue bar: 2 workers >= 1.7x 1 worker on 2 cores),
+# with optgate's CPU per message and the whole machine's: smtp-source and
+# smtp-sink share the cores, which caps what a second worker can add.
 #
 # optgate runs with its real pipeline: a SQLite store holding 100,000
 # suppressions (of other addresses), per-recipient lookup, policy, rewrite
@@ -22,14 +30,16 @@ REPO=$(pwd)
 BENCH=${BENCH:-$REPO/../shared/bench}
 [ -x "$BENCH/smtp_relay_bench.sh" ] || { echo "harness not found: set BENCH=DIR" >&2; exit 2; }
 
-N=5000 S=20 M=1 K=4k RUNS=3 DKIM=""
+N=5000 S=20 M=1 K=4k RUNS=3 DKIM="" WORKERS=""
 while [ $# -gt 0 ]; do
     case $1 in
         -n) N=$2; shift 2;; -s) S=$2; shift 2;; -r) M=$2; shift 2;;
         -k) K=$2; shift 2;; --runs) RUNS=$2; shift 2;; --dkim) DKIM=$2; shift 2;;
-        *) sed -n '2,18p' "$0"; exit 2;;
+        --workers) WORKERS=$2; shift 2;;
+        *) sed -n '2,25p' "$0"; exit 2;;
     esac
 done
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 
 postfix stop >/dev/null 2>&1 || true
 WORK=$(mktemp -d /tmp/optgate-bench.XXXXXX)
@@ -60,34 +70,65 @@ if [ -n "$DKIM" ]; then
     DKIM_ENV="OPTGATE_DKIM_KEYS=bench.example:bench:$DKIM:$WORK/dkim.pem"
 fi
 
-OPTGATE_CMD="cp $WORK/pristine.db $WORK/bench.db && rm -f $WORK/bench.db-wal $WORK/bench.db-shm && \
+# optgate_cmd K: the harness's relay command for optgate with K workers
+optgate_cmd() {
+    echo "cp $WORK/pristine.db $WORK/bench.db && rm -f $WORK/bench.db-wal $WORK/bench.db-shm && \
 OPTGATE_SMTP_LISTEN=127.0.0.1:{RELAY_PORT} OPTGATE_RELAY_NEXT_HOP=127.0.0.1:{SINK_PORT} \
 OPTGATE_STORE_URL=sqlite:///$WORK/bench.db OPTGATE_POLICY_REQUIRE_CONSENT=false $DKIM_ENV \
-OPTGATE_UNSUBSCRIBE_KEY_FILE=$WORK/key exec $REPO/.venv/bin/optgate serve --only smtp"
+OPTGATE_UNSUBSCRIBE_KEY_FILE=$WORK/key exec $REPO/.venv/bin/optgate serve --only smtp --workers $1"
+}
 PASS_CMD="exec $REPO/.venv/bin/python $BENCH/passthrough_relay.py --listen-port {RELAY_PORT} --next-port {SINK_PORT}"
 
-for variant in passthrough optgate; do
-    cmd=$PASS_CMD; [ $variant = optgate ] && cmd=$OPTGATE_CMD
-    echo "=== $variant: N=$N S=$S M=$M K=$K runs=$RUNS"
-    RELAY_CMD=$cmd LABEL=$variant RESULTS=$RESULTS SKIP_DIRECT=$([ $variant = optgate ] && echo 1 || echo 0) \
-        "$BENCH/smtp_relay_bench.sh" -n "$N" -s "$S" -r "$M" -k "$K" --runs "$RUNS" | grep -v '^RUN ' \
+# harness LABEL CMD RUNS SKIP_DIRECT: one harness invocation, its runs appended to RESULTS
+harness() {
+    RELAY_CMD=$2 LABEL=$1 RESULTS=$RESULTS SKIP_DIRECT=$4 \
+        "$BENCH/smtp_relay_bench.sh" -n "$N" -s "$S" -r "$M" -k "$K" --runs "$3" | grep -v '^RUN ' \
         || true  # with -r > 1 the harness counts optgate's per-recipient copies as a failure
-done
+}
 
-.venv/bin/python - "$RESULTS" "$M" <<'EOF'
-# Both relays answer 250 only after the next hop accepted the message, so the
+if [ -z "$WORKERS" ]; then
+    echo "=== passthrough: N=$N S=$S M=$M K=$K runs=$RUNS"
+    harness passthrough "$PASS_CMD" "$RUNS" 0
+    echo "=== optgate (1 worker): N=$N S=$S M=$M K=$K runs=$RUNS"
+    harness optgate "$(optgate_cmd 1)" "$RUNS" 1
+    LABELS="passthrough optgate"
+else
+    LABELS=""
+    for k in ${WORKERS//,/ }; do LABELS="$LABELS workers-$k"; done
+    for run in $(seq 1 "$RUNS"); do
+        for k in ${WORKERS//,/ }; do
+            echo "=== optgate --workers $k: run $run of $RUNS, N=$N S=$S M=$M K=$K"
+            harness "workers-$k" "$(optgate_cmd "$k")" 1 1
+        done
+    done
+fi
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# shellcheck disable=SC2086 # LABELS is a list
+.venv/bin/python - "$RESULTS" "$M" $LABELS <<'EOF'
+# Every relay answers 250 only after the next hop accepted the message, so the
 # source's own rate (accept_msgs_per_s) is the end-to-end rate. It is used here
 # because optgate relays one personal copy per recipient: with -r 10 the sink
 # counts ten transactions per message, which the harness's table (built for
 # relays that forward one transaction) reports as FAIL.
 import json, statistics, sys
-rates: dict[str, list[float]] = {}
-for line in open(sys.argv[1]):
+path, rcpts, base, *others = sys.argv[1:]
+runs: dict[str, list[dict[str, float]]] = {}
+for line in open(path):
     row = json.loads(line)
     if row["mode"] != "direct" and row["rc"] == 0 and row["delivered"] >= row["n"]:
-        rates.setdefault(row["label"], []).append(float(row["accept_msgs_per_s"]))
-print({k: [round(v, 1) for v in vs] for k, vs in rates.items()})
-base, ours = statistics.median(rates["passthrough"]), statistics.median(rates["optgate"])
-print(f"rcpts={sys.argv[2]}: optgate / pass-through = {ours / base:.2f}  "
-      f"({ours:.0f} vs {base:.0f} msgs/s, medians)")
+        runs.setdefault(row["label"], []).append(row)
+
+def median(label: str, field: str) -> float:
+    return statistics.median(float(r[field]) for r in runs[label])
+
+print({k: [round(r["accept_msgs_per_s"], 1) for r in rs] for k, rs in runs.items()})
+for label in (base, *others):
+    print(f"{label}: {median(label, 'accept_msgs_per_s'):.0f} msgs/s, relay CPU "
+          f"{median(label, 'relay_cpu_us_per_msg'):.0f} us/msg, whole machine "
+          f"{median(label, 'machine_cpu_us_per_msg'):.0f} us/msg (medians)")
+for label in others:
+    ours, theirs = median(label, "accept_msgs_per_s"), median(base, "accept_msgs_per_s")
+    print(f"rcpts={rcpts}: {label} / {base} = {ours / theirs:.2f}  "
+          f"({ours:.0f} vs {theirs:.0f} msgs/s, medians)")
 EOF

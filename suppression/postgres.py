@@ -853,7 +853,7 @@ class PostgresStore:
                         return planned
                     topic = row["topic"]
                     await conn.execute(
-                        audience_sql(topic is not None, "'-infinity'"),
+                        audience_sql(topic is not None, "'epoch'"),
                         row["id"],
                         *((topic,) if topic else ()),
                     )

@@ -157,6 +157,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 MMAP_BYTES = 1 << 36
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # the lease time of a copy never claimed
 # how long the commit point may wait for another process's write lock (it blocks the loop)
 COMMIT_POINT_WAIT_MS = 500
 CACHE_KIB = 32768
@@ -869,7 +870,7 @@ class SQLiteStore:
                 queued = list(await cursor.fetchall())
             for offer_id, topic in queued:
                 await self._db.execute(
-                    _qmarks(audience_sql(topic is not None, "''")),
+                    _qmarks(audience_sql(topic is not None, f"'{_time(EPOCH)}'")),
                     (offer_id, *((topic,) if topic else ())),
                 )
                 await self._db.execute(

@@ -212,15 +212,20 @@ class Store(Protocol):
         """(hash, plaintext if kept) of the people who opted out of a partner's offers."""
 
 
+def sqlite_path(url: str) -> str:
+    """The file a ``sqlite:///PATH`` URL names."""
+    path = url.removeprefix("sqlite://").removeprefix("/")
+    if not path or path == ":memory:":
+        raise StoreError("sqlite store url needs a file: sqlite:///PATH")
+    return path
+
+
 async def open_store(url: str) -> Store:
     """Open (and migrate) the store a URL names."""
     if url.startswith("sqlite://"):
         from suppression.sqlite import SQLiteStore
 
-        path = url.removeprefix("sqlite://").removeprefix("/")
-        if not path or path == ":memory:":
-            raise StoreError("sqlite store url needs a file: sqlite:///PATH")
-        return await SQLiteStore.open(path)
+        return await SQLiteStore.open(sqlite_path(url))
     if url.startswith(("postgresql://", "postgres://")):
         from suppression.postgres import PostgresStore
 

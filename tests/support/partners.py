@@ -182,7 +182,8 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    """``optgate serve`` as a real process (so a test can SIGKILL it), its log in a file."""
+    """``optgate serve --workers 2`` as real processes (a test can SIGKILL the supervisor and
+    its workers at once: a node dies), its log in a file."""
 
     def __init__(self, env: Mapping[str, str], log: Path) -> None:
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("OPTGATE_")}
@@ -206,16 +207,17 @@ class ServeProcess:
     def _spawn(self) -> None:
         with self._log.open("ab") as out:
             self.process = subprocess.Popen(  # noqa: S603 - our own console script
-                [str(Path(sys.prefix) / "bin" / "optgate"), "serve"],
+                [str(Path(sys.prefix) / "bin" / "optgate"), "serve", "--workers", "2"],
                 env=self._env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: the node's processes
             )
 
     def kill(self, signum: int = signal.SIGKILL) -> None:
-        """Send a signal and wait for the end."""
+        """Signal every process of the node at once and wait for the supervisor's end."""
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signum)
+            os.killpg(self.process.pid, signum)
             self.process.wait(30)
 
     def log(self) -> str:
