@@ -13,7 +13,7 @@ from typing import Any
 
 import uvloop
 
-from gateway import admin, storecopy, workers
+from gateway import admin, ingest, partner_admin, storecopy, workers
 from gateway.config import Config, load
 from gateway.workers import default_count
 from suppression.errors import OptgateError
@@ -185,6 +185,26 @@ def _other_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) 
     copy.add_argument("destination", metavar="DST_URL", help="an empty store's URL")
 
 
+def _ingest_command(group: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = _command(
+        group,
+        "ingest",
+        ingest.run,
+        "process an unsubscribe / bounce / complaint mailbox: mbox, Maildir, imap[s]:// URL",
+    )
+    cmd.add_argument(
+        "source", metavar="SOURCE", help="mbox file, Maildir, imap[s]://USER@HOST/FOLDER"
+    )
+    cmd.add_argument(
+        "--dry-run", action="store_true", help="say what would be done; change nothing"
+    )
+    cmd.add_argument("--limit", type=int, metavar="N", help="process at most N messages")
+    cmd.add_argument("--move-to", metavar="FOLDER", help="IMAP: move processed messages there")
+    password = cmd.add_mutually_exclusive_group()
+    password.add_argument("--password-file", metavar="FILE", help="IMAP: the password's file")
+    password.add_argument("--password-env", metavar="VAR", help="IMAP: the password's variable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree."""
     parser = argparse.ArgumentParser(
@@ -196,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     _suppress_commands(group)
     _consent_commands(group)
     _other_commands(group)
+    _ingest_command(group)
+    partner_admin.register(group, _command)
     return parser
 
 

@@ -172,6 +172,53 @@ class Inbound:
 
 
 @dataclass(frozen=True)
+class Partners:
+    """Partner offers: the submission listener, the fan-out and the partners' reports."""
+
+    listen: str = _opt("", "host:port partners submit offers to (SMTP AUTH); empty: off")
+    tls: str = _opt("starttls", "starttls (AUTH only after STARTTLS) or implicit (TLS at connect)")
+    tls_cert: str = _opt("", "PEM certificate file; empty: a self-signed one made at start (tests)")
+    tls_key: str = _opt("", "PEM private key of tls_cert")
+    sender: str = _opt(
+        "offers@example.com", "From address and envelope sender of every partner offer copy"
+    )
+    audience_domain: str = _opt(
+        "partners.example.com", "partners send to offer@DOMAIN or offer+TOPIC@DOMAIN"
+    )
+    max_message_size: int = _opt(10485760, "largest offer in bytes, unless the partner has its own")
+    rate_per_hour: int = _opt(10, "offers a partner may submit per hour, unless it has its own")
+    headers: list[str] = _opt(
+        [
+            "subject",
+            "date",
+            "mime-version",
+            "content-type",
+            "content-transfer-encoding",
+            "content-language",
+        ],
+        "header fields of an offer kept in its copies; every other field is removed",
+    )
+    report_threshold: int = _opt(
+        10, "k-anonymity of partner reports: counts below it show as <k, others round down to k"
+    )
+    footer_text: str = _opt(
+        "\n-- \nAn offer from {partner}, sent by {company} because you agreed to partner "
+        "offers. {partner} does not receive your address.\n"
+        "No more offers from {partner}, or from any partner: {url}\n{postal_address}\n",
+        "plain-text footer of offers; {partner}, {company}, {url}, {postal_address}",
+    )
+    footer_html: str = _opt(
+        '<p style="font-size:12px;color:#666">An offer from {partner}, sent by {company} because '
+        "you agreed to partner offers. {partner} does not receive your address. "
+        '<a href="{url}">No more offers from {partner}, or from any partner</a><br>'
+        "{postal_address}</p>",
+        "HTML footer of offers; {partner}, {company}, {url}, {postal_address}",
+    )
+    lease: int = _opt(300, "seconds a node holds claimed copies before another may take them")
+    batch: int = _opt(200, "copies a node claims at once")
+
+
+@dataclass(frozen=True)
 class Config:
     """All settings."""
 
@@ -183,6 +230,7 @@ class Config:
     web: Web = field(default_factory=Web)
     dkim: Dkim = field(default_factory=Dkim)
     inbound: Inbound = field(default_factory=Inbound)
+    partners: Partners = field(default_factory=Partners)
 
 
 _CHOICES = {
@@ -194,6 +242,7 @@ _CHOICES = {
     ),
     ("relay", "starttls"): ("opportunistic", "required", "never"),
     ("policy", "action"): ("drop", "reject"),
+    ("partners", "tls"): ("starttls", "implicit"),
 }
 
 

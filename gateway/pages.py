@@ -76,12 +76,21 @@ def scope_words(scope: str, company: str) -> str:
     return f"all marketing e-mail from {company}"
 
 
-def unsubscribe(look: Look, scope: str, standing: Standing, button: Form, prefs: str) -> str:
-    """GET /u: what the link would do, one button to do it, what the recipient gets now."""
+def unsubscribe(
+    look: Look,
+    scope: str,
+    standing: Standing,
+    button: Form,
+    prefs: str,
+    wider: Form | None = None,
+) -> str:
+    """GET /u: what the link would do, one button to do it (and a wider second choice),
+    what the recipient gets now."""
+    also = f"<p>Or, wider:</p>{_form(wider)}" if wider else ""
     body = (
         f"<h1>Unsubscribe</h1>"
         f"<p>Stop {_e(scope_words(scope, look.company))} to <strong>{_e(standing.address)}"
-        f"</strong>?</p>{_form(button)}{_receives(standing)}"
+        f"</strong>?</p>{_form(button)}{also}{_receives(standing)}"
         f'<p><a href="{_e(prefs)}">Choose what you receive</a></p>'
     )
     return _page(look, "Unsubscribe", body)

@@ -235,13 +235,15 @@ class Pipeline:
         kind: MessageClass,
         topic: str,
         ledger_key: str | None = None,
+        partner: str | None = None,
     ) -> list[Decision]:
         """Decide every recipient with one store round trip (which also reads the ledger)."""
         parsed = [(raw, _parse(raw)) for raw in recipients]
         valid = [a for _, a in parsed if a is not None]
         purpose = purpose_of(kind, topic)
         ledger = Ledger(ledger_key, now() - self._window) if ledger_key else None
-        facts = await self._store.lookup_many(valid, scopes_for(kind, topic), purpose, ledger)
+        scopes = scopes_for(kind, topic, partner)
+        facts = await self._store.lookup_many(valid, scopes, purpose, ledger)
         return [
             Decision(
                 raw,
@@ -311,7 +313,10 @@ class Pipeline:
             prepared = await self._prepare(envelope, message)
             copies = [
                 self._relay_copy(
-                    envelope, message, d, *self._personal(prepared, envelope, message, d)
+                    envelope,
+                    message,
+                    d,
+                    *self.personal(prepared, self._claims(message, d), envelope.mail_from),
                 )
                 for d in todo
             ]
@@ -328,33 +333,47 @@ class Pipeline:
 
     async def _prepare(self, envelope: Envelope, message: Classified) -> Prepared:
         """Plan the rewrite once per message (in a thread when the message is large)."""
-        work = functools.partial(
-            prepare,
+        return await self.prepare(
             envelope.content,
+            message.message_id,
             footer=self._branding.footer(message.topic),
             list_id=f"{message.topic} <{message.topic}.{self._branding.list_domain}>",
             feedback_id=f"{message.topic}:{message.kind.value}:{self._branding.feedback_id}",
         )
-        big = len(envelope.content) > OFFLOAD_BYTES
+
+    async def prepare(
+        self,
+        content: bytes,
+        message_id: str,
+        *,
+        footer: FooterTemplates,
+        list_id: str,
+        feedback_id: str,
+    ) -> Prepared:
+        """Plan the rewrite of a message once (in a thread when it is large)."""
+        work = functools.partial(
+            prepare,
+            content,
+            footer=footer,
+            list_id=list_id,
+            feedback_id=feedback_id,
+        )
+        big = len(content) > OFFLOAD_BYTES
         prepared = await asyncio.to_thread(work) if big else work()
         if prepared.skipped_parts:
-            log.warning(
-                "footer_skipped", message_id=message.message_id, parts=list(prepared.skipped_parts)
-            )
+            log.warning("footer_skipped", message_id=message_id, parts=list(prepared.skipped_parts))
         return prepared
 
     def _claims(self, message: Classified, rcpt: Decision) -> Claims:
         return Claims(rcpt.sha256, f"topic:{message.topic}", int(time.time()))
 
-    def _personal(
-        self, prepared: Prepared, envelope: Envelope, message: Classified, rcpt: Decision
-    ) -> tuple[bytes, str]:
-        """The copy for one recipient, with links carrying its own tokens; its envelope sender."""
-        claims = self._claims(message, rcpt)
+    def personal(self, prepared: Prepared, claims: Claims, mail_from: str) -> tuple[bytes, str]:
+        """The copy for one recipient, with links carrying its own tokens; its envelope
+        sender (the VERP address when configured; a null sender stays null)."""
         short = self._signer.issue_short(claims)
         data = prepared.render(self._branding.links(self._signer.issue(claims), short))
-        if self._verp is None or not envelope.mail_from:  # a null sender stays null
-            return data, envelope.mail_from
+        if self._verp is None or not mail_from:
+            return data, mail_from
         return data, self._verp.sender(short)
 
     def _sender(self, envelope: Envelope, message: Classified, rcpt: Decision) -> str:
@@ -363,14 +382,14 @@ class Pipeline:
             return envelope.mail_from
         return self._verp.sender(self._signer.issue_short(self._claims(message, rcpt)))
 
-    async def _sign(self, data: bytes, message: Classified) -> bytes:
+    async def sign(self, data: bytes, message_id: str) -> bytes:
         """DKIM-sign a copy after its rewrite (in a thread: RSA takes about a millisecond)."""
         if self._dkim is None:
             return data
         loop = asyncio.get_running_loop()
         signed = await loop.run_in_executor(self._signing, self._dkim.sign, data)
         if signed is data:
-            log.warning("dkim_unsigned", message_id=message.message_id)
+            log.warning("dkim_unsigned", message_id=message_id)
         return signed
 
     def close(self) -> None:
@@ -380,7 +399,7 @@ class Pipeline:
     async def _relay_copy(
         self, envelope: Envelope, message: Classified, rcpt: Decision, data: bytes, sender: str
     ) -> Outcome:
-        data = await self._sign(data, message)
+        data = await self.sign(data, message.message_id)
         outcome = await self._relay.send(sender, rcpt.raw, data, envelope.mail_options)
         if not outcome.delivered:
             self._metrics.relay_errors.labels(

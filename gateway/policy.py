@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from suppression.model import HARD_REASONS, Facts, Suppression
+from suppression.model import HARD_REASONS, PARTNER_OFFERS, Facts, Suppression
 
 
 class MessageClass(StrEnum):
@@ -39,7 +39,10 @@ def scopes_for(kind: MessageClass, topic: str, partner: str | None = None) -> tu
     """The suppression scopes that apply to a message."""
     if kind is MessageClass.TRANSACTIONAL:
         return ("global",)
-    scopes = ("global", f"topic:{topic}")
+    scopes: tuple[str, ...] = ("global", f"topic:{topic}")
+    if kind is MessageClass.PARTNER and topic != PARTNER_OFFERS:
+        # "no more partner offers" is the topic partner-offers, whatever the offer's topic
+        scopes = (*scopes, f"topic:{PARTNER_OFFERS}")
     return (*scopes, f"partner:{partner}") if partner else scopes
 
 

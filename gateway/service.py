@@ -19,6 +19,7 @@ from aiosmtpd.smtp import SMTP
 
 from gateway.api import add_consent_api
 from gateway.config import Config, host_port
+from gateway.fanout import FanOut
 from gateway.inbound.mailboxes import Mailboxes, Role
 from gateway.inbound.receive import Receiver
 from gateway.keys import load_keys
@@ -29,6 +30,7 @@ from gateway.policy import Rules
 from gateway.relay import Relay
 from gateway.server import Admission, GateLMTP, GateSMTP, Handler, InboundHandler
 from gateway.signing import Signer
+from gateway.submission import listening
 from gateway.tokens import TokenSigner
 from gateway.web import WebSettings, make_app
 from suppression.errors import ConfigError
@@ -83,6 +85,7 @@ class Running:
     stop: asyncio.Event
     metrics: Metrics
     inbound_port: int = 0  # the own inbound listener ([inbound] listen), with the smtp part
+    partners_port: int = 0
 
 
 @contextlib.asynccontextmanager
@@ -119,7 +122,12 @@ async def running(
             web_port = await stack.enter_async_context(
                 _web(config, store, signer, metrics, reuse_port)
             )
-        yield Running(smtp_port, web_port, asyncio.Event(), metrics, inbound_port)
+        partners_port = 0
+        if "smtp" in parts and config.partners.listen:
+            partners_port = await stack.enter_async_context(
+                _partners(config, store, signer, metrics, reuse_port)
+            )
+        yield Running(smtp_port, web_port, asyncio.Event(), metrics, inbound_port, partners_port)
     log.info("stopped")
 
 
@@ -184,16 +192,8 @@ async def _smtp(
 ) -> AsyncIterator[int]:
     """The SMTP listener and its relay pool; yields the bound port."""
     host, _ = host_port(config.smtp.listen, "[smtp] listen")
-    next_host, next_port = host_port(config.relay.next_hop, "[relay] next_hop")
     hostname = config.smtp.hostname or socket.getfqdn()
-    relay = Relay(
-        next_host,
-        next_port,
-        size=config.relay.pool_size,
-        timeout=config.relay.timeout,
-        starttls=config.relay.starttls,
-        local_hostname=hostname,
-    )
+    relay = _relay(config, hostname)
     pipeline = build_pipeline(config, store, relay, signer, metrics)
     handler = Handler(
         pipeline,
@@ -227,6 +227,55 @@ async def _smtp(
             await asyncio.wait(handler.in_flight, timeout=DRAIN_SECONDS)
         await relay.close()
         pipeline.close()
+
+
+def _relay(config: Config, hostname: str) -> Relay:
+    """A connection pool to the next hop."""
+    next_host, next_port = host_port(config.relay.next_hop, "[relay] next_hop")
+    return Relay(
+        next_host,
+        next_port,
+        size=config.relay.pool_size,
+        timeout=config.relay.timeout,
+        starttls=config.relay.starttls,
+        local_hostname=hostname,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _partners(
+    config: Config, store: Store, signer: TokenSigner, metrics: Metrics, reuse_port: bool
+) -> AsyncIterator[int]:
+    """The partner submission listener and this node's fan-out worker; yields the port."""
+    hostname = config.smtp.hostname or socket.getfqdn()
+    relay = _relay(config, hostname)
+    pipeline = build_pipeline(config, store, relay, signer, metrics)
+    u = config.unsubscribe
+    worker = FanOut(
+        store=store,
+        relay=relay,
+        pipeline=pipeline,
+        settings=config.partners,
+        company=u.company,
+        postal_address=u.postal_address,
+        list_domain=u.list_domain,
+        feedback_id=u.feedback_id,
+        metrics=metrics,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        async with listening(
+            config.partners, store, hostname, config.smtp.timeout, worker.wake, reuse_port
+        ) as port:
+            yield port
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, DRAIN_SECONDS)
+        finally:
+            await relay.close()
+            pipeline.close()
 
 
 @contextlib.asynccontextmanager

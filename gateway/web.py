@@ -33,7 +33,16 @@ from gateway.config import Config
 from gateway.metrics import Metrics
 from gateway.tokens import Claims, InvalidToken, TokenSigner
 from suppression.errors import ConfigError, OptgateError, StoreError
-from suppression.model import Consent, ImportItem, Reason, Source, Suppression, check_name, now
+from suppression.model import (
+    PARTNER_OFFERS,
+    Consent,
+    ImportItem,
+    Reason,
+    Source,
+    Suppression,
+    check_name,
+    now,
+)
 from suppression.store import Holder, Store
 
 log = structlog.get_logger("optgate.web")
@@ -262,8 +271,18 @@ class _Endpoint:
         """GET /u/TOKEN: the question and the button; changes nothing."""
         claims = self.claims(request, confirm=False)
         button = pages.Form(self.url("u", request), (("via", "page"),), "Unsubscribe")
+        wider = None
+        if claims.scope.startswith("partner:"):
+            # an offer's link: no more from this partner (the button), or from any partner
+            fields = (("action", "unsubscribe"), ("topic", PARTNER_OFFERS))
+            wider = pages.Form(self.url("p", request), fields, "No more offers from any partner")
         page = pages.unsubscribe(
-            self.look, claims.scope, await self.standing(claims), button, self.url("p", request)
+            self.look,
+            claims.scope,
+            await self.standing(claims),
+            button,
+            self.url("p", request),
+            wider,
         )
         return _html(page)
 

@@ -287,6 +287,11 @@ def serve(args: argparse.Namespace, config: Config) -> int:
             config = dataclasses.replace(
                 config, inbound=dataclasses.replace(config.inbound, listen=inbound)
             )
+        if "smtp" in parts and config.partners.listen:
+            partners = stack.enter_context(reserved(config.partners.listen, "[partners] listen"))
+            config = dataclasses.replace(
+                config, partners=dataclasses.replace(config.partners, listen=partners)
+            )
         if "web" in parts:
             web = stack.enter_context(reserved(config.web.listen, "[web] listen"))
             config = dataclasses.replace(config, web=dataclasses.replace(config.web, listen=web))

@@ -116,6 +116,43 @@ TABLES: tuple[Table, ...] = (
         (("sha256", "text"), ("message", "text"), ("at", "time")),
         "sha256, message",
     ),
+    # partner offers: partners before their offers before the offers' copies (foreign keys)
+    Table(
+        "partner",
+        (
+            ("name", "text"),
+            ("credential", "text"),
+            ("disabled", "bool"),
+            ("rate_per_hour", "int"),
+            ("max_size", "int"),
+            ("created", "time"),
+        ),
+        "name",
+    ),
+    Table(
+        "offer",
+        (
+            ("id", "int"),
+            ("partner", "text"),
+            ("topic", "text"),
+            ("content", "bytes"),
+            ("state", "text"),
+            ("created", "time"),
+        ),
+        "id",
+        identity="id",
+    ),
+    Table(
+        "offer_copy",
+        (
+            ("offer", "int"),
+            ("sha256", "text"),
+            ("state", "text"),
+            ("owner", "text"),
+            ("until", "time"),
+        ),
+        "offer, sha256",
+    ),
 )
 # bookkeeping of the schema itself (each store makes its own), not data
 NOT_COPIED = frozenset({"schema_version"})
@@ -145,9 +182,9 @@ class Mismatch(Exception):
 
 
 def _canonical(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return _time(value)
-    return value.hex() if isinstance(value, bytes) else value
+    if isinstance(value, bytes | memoryview):
+        return bytes(value).hex()
+    return _time(value) if isinstance(value, datetime) else value
 
 
 class Digest:

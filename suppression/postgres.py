@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+import asyncio
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -12,7 +20,7 @@ import asyncpg
 
 from suppression.address import Address
 from suppression.audit import GENESIS, ChainWalk, event_body, link
-from suppression.errors import StoreError
+from suppression.errors import OptgateError, StoreError
 from suppression.model import (
     BatchResult,
     Consent,
@@ -24,6 +32,28 @@ from suppression.model import (
     Send,
     Suppression,
     now,
+)
+from suppression.offer_rows import (
+    FINISH_SQL,
+    OFFER_COLUMNS,
+    OPTOUTS_SQL,
+    PARTNER_COLUMNS,
+    audience_sql,
+    check_transition,
+    offer_status,
+    status_sql,
+    to_offer,
+    to_partner,
+)
+from suppression.partners import (
+    TRANSITIONS,
+    Claim,
+    CopyState,
+    Offer,
+    OfferState,
+    OfferStatus,
+    Partner,
+    UnknownPartner,
 )
 from suppression.rows import (
     CONSENT_COLUMNS,
@@ -102,6 +132,34 @@ MIGRATIONS: tuple[str, ...] = (
         at TIMESTAMPTZ NOT NULL,
         PRIMARY KEY (sha256, message)
     );
+    """,
+    """
+    CREATE TABLE partner (
+        name TEXT COLLATE "C" PRIMARY KEY,
+        credential TEXT NOT NULL,
+        disabled BOOLEAN NOT NULL DEFAULT false,
+        rate_per_hour INTEGER,
+        max_size INTEGER,
+        created TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE offer (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        partner TEXT COLLATE "C" NOT NULL REFERENCES partner (name),
+        topic TEXT,
+        content BYTEA NOT NULL,
+        state TEXT NOT NULL,
+        created TIMESTAMPTZ NOT NULL
+    );
+    CREATE INDEX offer_by_partner ON offer (partner, created);
+    CREATE TABLE offer_copy (
+        offer BIGINT NOT NULL REFERENCES offer (id),
+        sha256 TEXT COLLATE "C" NOT NULL,
+        state TEXT NOT NULL,
+        owner TEXT,
+        until TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (offer, sha256)
+    );
+    CREATE INDEX offer_copy_open ON offer_copy (state, until);
     """,
 )
 
@@ -654,3 +712,250 @@ class PostgresStore:
                 _utc(since),
             )
         return frozenset(row[0] for row in rows)
+
+    # --- partners, offers and their fan-out (suppression/partners.py) ---------------------
+
+    async def add_partner(self, partner: Partner, *, actor: str) -> None:
+        """Register a partner (its credential already hashed); an existing name is an error."""
+
+        async def work(conn: Any) -> None:
+            status = await conn.execute(
+                f"INSERT INTO partner ({PARTNER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) "
+                "ON CONFLICT DO NOTHING",
+                partner.name,
+                partner.credential,
+                partner.disabled,
+                partner.rate_per_hour,
+                partner.max_size,
+                _utc(partner.created),
+            )
+            if not _count(status):
+                raise OptgateError(f"partner {partner.name!r} exists already")
+            await self._audit(conn, actor, "partner-add", None, {"partner": partner.name})
+
+        await self._write(work)
+
+    async def partners(self) -> list[Partner]:
+        """Every partner, by name."""
+        with self._errors("read"):
+            rows = await self._pool.fetch(f"SELECT {PARTNER_COLUMNS} FROM partner ORDER BY name")
+        return [to_partner(row) for row in rows]
+
+    async def partner(self, name: str) -> Partner | None:
+        """One partner, or None."""
+        with self._errors("read"):
+            row = await self._pool.fetchrow(
+                f"SELECT {PARTNER_COLUMNS} FROM partner WHERE name = $1", name
+            )
+        return to_partner(row) if row else None
+
+    async def disable_partner(self, name: str, *, actor: str) -> bool:
+        """Refuse the partner's submissions from now on; False if it was disabled already."""
+
+        async def work(conn: Any) -> bool:
+            status = await conn.execute(
+                "UPDATE partner SET disabled = true WHERE name = $1 AND NOT disabled", name
+            )
+            if _count(status):
+                await self._audit(conn, actor, "partner-disable", None, {"partner": name})
+            return bool(_count(status))
+
+        if await self.partner(name) is None:
+            raise UnknownPartner(f"no partner named {name!r}")
+        result: bool = await self._write(work)
+        return result
+
+    async def add_offer(
+        self, partner: str, topic: str | None, content: bytes, *, actor: str
+    ) -> int:
+        """Store an offer durably (queued); its id. Committed when this returns."""
+
+        async def work(conn: Any) -> int:
+            offer = int(
+                await conn.fetchval(
+                    "INSERT INTO offer (partner, topic, content, state, created) "
+                    "VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                    partner,
+                    topic,
+                    content,
+                    OfferState.QUEUED.value,
+                    now(),
+                )
+            )
+            detail = {"partner": partner, "offer": offer, "topic": topic}
+            await self._audit(conn, actor, "offer", None, detail)
+            return offer
+
+        result: int = await self._write(work)
+        return result
+
+    async def offers_since(self, partner: str, since: datetime) -> int:
+        """How many offers a partner submitted since a time (its rate limit)."""
+        with self._errors("read"):
+            count = await self._pool.fetchval(
+                "SELECT count(*) FROM offer WHERE partner = $1 AND created >= $2",
+                partner,
+                _utc(since),
+            )
+        return int(count)
+
+    async def offer(self, offer_id: int) -> Offer | None:
+        """One offer with its content, or None."""
+        with self._errors("read"):
+            row = await self._pool.fetchrow(
+                f"SELECT {OFFER_COLUMNS} FROM offer WHERE id = $1", offer_id
+            )
+        return to_offer(row) if row else None
+
+    async def offer_statuses(self, partner: str | None) -> list[OfferStatus]:
+        """Offers (of one partner, or all) with the counts of their fan-out, oldest first."""
+        with self._errors("read"):
+            if partner:
+                rows = await self._pool.fetch(status_sql("WHERE o.partner = $1"), partner)
+            else:
+                rows = await self._pool.fetch(status_sql(""))
+        return [offer_status(row) for row in rows]
+
+    async def change_offer(self, offer_id: int, action: str, *, actor: str) -> OfferState:
+        """Pause, resume or cancel an offer; its new state (an error if the move is not allowed)."""
+        _, target = TRANSITIONS[action]
+
+        async def work(conn: Any) -> OfferState:
+            state = await conn.fetchval(
+                "SELECT state FROM offer WHERE id = $1 FOR UPDATE", offer_id
+            )
+            check_transition(offer_id, state, action)
+            new = target
+            if target is OfferState.RUNNING:
+                planned = await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM offer_copy WHERE offer = $1)", offer_id
+                )
+                new = OfferState.RUNNING if planned else OfferState.QUEUED
+            await conn.execute("UPDATE offer SET state = $1 WHERE id = $2", new.value, offer_id)
+            await self._audit(conn, actor, f"offer-{action}", None, {"offer": offer_id})
+            return new
+
+        result: OfferState = await self._write(work)
+        return result
+
+    async def plan_offers(self) -> int:
+        """Take the audience of queued offers, one snapshot each; nodes skip each other's."""
+        planned = 0
+        with self._errors("write to"):
+            while True:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    row = await conn.fetchrow(
+                        "SELECT id, topic FROM offer WHERE state = $1 ORDER BY id LIMIT 1 "
+                        "FOR UPDATE SKIP LOCKED",
+                        OfferState.QUEUED.value,
+                    )
+                    if row is None:
+                        return planned
+                    topic = row["topic"]
+                    await conn.execute(
+                        audience_sql(topic is not None, "'epoch'"),
+                        row["id"],
+                        *((topic,) if topic else ()),
+                    )
+                    await conn.execute(
+                        "UPDATE offer SET state = $1 WHERE id = $2",
+                        OfferState.RUNNING.value,
+                        row["id"],
+                    )
+                    planned += 1
+
+    async def claim_copies(self, owner: str, limit: int, lease: timedelta) -> list[Claim]:
+        """Lease up to ``limit`` open copies of running offers: FOR UPDATE SKIP LOCKED."""
+        with self._errors("write to"):
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(
+                    "UPDATE offer_copy c SET state = 'claimed', owner = $1, until = now() + $2 "
+                    "FROM (SELECT x.offer, x.sha256 FROM offer_copy x "
+                    "JOIN offer o ON o.id = x.offer AND o.state = 'running' "
+                    "WHERE x.state IN ('todo', 'claimed') AND x.until < now() "
+                    "LIMIT $3 FOR UPDATE OF x SKIP LOCKED) pick "
+                    "WHERE c.offer = pick.offer AND c.sha256 = pick.sha256 "
+                    "RETURNING c.offer, c.sha256",
+                    owner,
+                    lease,
+                    limit,
+                )
+                if not rows:
+                    return []
+                known = {
+                    r["sha256"]: r["address"]
+                    for r in await conn.fetch(
+                        "SELECT DISTINCT ON (sha256) sha256, address FROM consent "
+                        "WHERE sha256 = ANY($1::text[]) AND address IS NOT NULL "
+                        "ORDER BY sha256, id DESC",
+                        list({r["sha256"] for r in rows}),
+                    )
+                }
+        return [Claim(int(r["offer"]), r["sha256"], known.get(r["sha256"])) for r in rows]
+
+    async def settle_copies(
+        self,
+        owner: str,
+        offer: int,
+        sha256s: Sequence[str],
+        state: CopyState,
+        *,
+        retry_at: datetime | None = None,
+    ) -> set[str]:
+        """Move this owner's copies to a state; the hashes that moved (others were taken over)."""
+        if not sha256s:
+            return set()
+        with self._errors("write to"):
+            rows = await self._pool.fetch(
+                "UPDATE offer_copy SET state = $1, until = COALESCE($2, until) "
+                "WHERE offer = $3 AND owner = $4 AND state IN ('claimed', 'sent') "
+                "AND sha256 = ANY($5::text[]) RETURNING sha256",
+                state.value,
+                _utc(retry_at) if retry_at else None,
+                offer,
+                owner,
+                list(sha256s),
+            )
+        return {r["sha256"] for r in rows}
+
+    async def mark_sent(
+        self, owner: str, offer: int, sha256s: Sequence[str], then: Callable[[set[str]], None]
+    ) -> set[str]:
+        """The commit point. The UPDATE runs in a transaction; ``then`` runs right after the
+        COMMIT is written to the server, not after its answer: once the server has the
+        COMMIT, the death of this process no longer stops it, and until then the copies
+        stay claimed (so a death in between costs nothing). The window left is one turn
+        of the event loop, where waiting for the answer would be a round trip."""
+        with self._errors("write to"):
+            async with self._pool.acquire() as conn:
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    rows = await conn.fetch(
+                        "UPDATE offer_copy SET state = 'sent' WHERE offer = $1 AND owner = $2 "
+                        "AND state = 'claimed' AND sha256 = ANY($3::text[]) RETURNING sha256",
+                        offer,
+                        owner,
+                        list(sha256s),
+                    )
+                except BaseException:
+                    await transaction.rollback()
+                    raise
+                moved = {r["sha256"] for r in rows}
+                committing = asyncio.ensure_future(transaction.commit())
+                await asyncio.sleep(0)  # the commit's task writes COMMIT in its first step
+                then(moved)
+                await committing
+        return moved
+
+    async def finish_offers(self) -> int:
+        """Mark running offers with no open copy done; how many."""
+        with self._errors("write to"):
+            status = await self._pool.execute(FINISH_SQL, OfferState.DONE.value)
+        return _count(status)
+
+    async def partner_optouts(self, partner: str) -> list[tuple[str, str | None]]:
+        """(identity hash, plaintext if kept) of everyone who opted out of a partner's offers."""
+        with self._errors("read"):
+            rows = await self._pool.fetch(OPTOUTS_SQL, f"partner:{partner}")
+        return [(row[0], row[1]) for row in rows]

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiosqlite
 
 from suppression.address import Address
 from suppression.audit import GENESIS, ChainWalk, event_body, link
-from suppression.errors import StoreError
+from suppression.errors import OptgateError, StoreError
 from suppression.model import (
     AuditEvent,
     BatchResult,
@@ -26,6 +27,28 @@ from suppression.model import (
     Send,
     Suppression,
     now,
+)
+from suppression.offer_rows import (
+    FINISH_SQL,
+    OFFER_COLUMNS,
+    OPTOUTS_SQL,
+    PARTNER_COLUMNS,
+    audience_sql,
+    check_transition,
+    offer_status,
+    status_sql,
+    to_offer,
+    to_partner,
+)
+from suppression.partners import (
+    TRANSITIONS,
+    Claim,
+    CopyState,
+    Offer,
+    OfferState,
+    OfferStatus,
+    Partner,
+    UnknownPartner,
 )
 from suppression.rows import (
     CONSENT_COLUMNS,
@@ -103,9 +126,40 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (sha256, message)
     ) WITHOUT ROWID;
     """,
+    """
+    CREATE TABLE partner (
+        name TEXT PRIMARY KEY,
+        credential TEXT NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        rate_per_hour INTEGER,
+        max_size INTEGER,
+        created TEXT NOT NULL
+    );
+    CREATE TABLE offer (
+        id INTEGER PRIMARY KEY,
+        partner TEXT NOT NULL REFERENCES partner (name),
+        topic TEXT,
+        content BLOB NOT NULL,
+        state TEXT NOT NULL,
+        created TEXT NOT NULL
+    );
+    CREATE INDEX offer_by_partner ON offer (partner, created);
+    CREATE TABLE offer_copy (
+        offer INTEGER NOT NULL REFERENCES offer (id),
+        sha256 TEXT NOT NULL,
+        state TEXT NOT NULL,
+        owner TEXT,
+        until TEXT NOT NULL,
+        PRIMARY KEY (offer, sha256)
+    ) WITHOUT ROWID;
+    CREATE INDEX offer_copy_open ON offer_copy (state, until);
+    """,
 )
 
 MMAP_BYTES = 1 << 36
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # the lease time of a copy never claimed
+# how long the commit point may wait for another process's write lock (it blocks the loop)
+COMMIT_POINT_WAIT_MS = 500
 CACHE_KIB = 32768
 
 
@@ -131,6 +185,19 @@ def _event(row: Sequence[Any]) -> AuditEvent:
 
 def _marks(count: int) -> str:
     return ",".join("?" * count)
+
+
+def _qmarks(sql: str) -> str:
+    """A shared statement with SQLite's placeholders."""
+    return re.sub(r"\$\d+", "?", sql)
+
+
+def _partner(row: Sequence[Any]) -> Partner:
+    return to_partner(row, _parse_time)
+
+
+def _offer(row: Sequence[Any]) -> Offer:
+    return to_offer(row, _parse_time)
 
 
 def _connect(path: str, synchronous: str) -> sqlite3.Connection:
@@ -193,6 +260,16 @@ class SQLiteStore:
         # the send ledger: a power cut may lose its last commits, which costs at
         # most a duplicate copy on a retry; no fsync per message
         self._ledger_db = _connect(path, "NORMAL")
+        # the fan-out's commit point: committed on the event loop's own thread, so that
+        # nothing runs between the commit and the final "." it allows (see mark_sent).
+        # NORMAL and no checkpoints here: a COMMIT is then one write to the WAL, which
+        # a killed process cannot take back, with no fsync after it for a kill to land
+        # in (an fsync there would be a window of milliseconds in which the copies are
+        # marked sent but their "." not written). A power cut may lose the last marks:
+        # those copies go out once more after the restart, never zero times.
+        self._commit_db = _connect(path, "NORMAL")
+        self._commit_db.execute(f"PRAGMA busy_timeout = {COMMIT_POINT_WAIT_MS}")
+        self._commit_db.execute("PRAGMA wal_autocheckpoint = 0")
         self._ledger_thread = ThreadPoolExecutor(1, thread_name_prefix="optgate-ledger")
         self._ledger = GroupCommit(self._record_sends, self._ledger_thread)
 
@@ -240,6 +317,7 @@ class SQLiteStore:
         """Close the connections."""
         self._ledger_thread.shutdown()
         self._ledger_db.close()
+        self._commit_db.close()
         self._hot.close()
         await self._db.close()
 
@@ -652,3 +730,290 @@ class SQLiteStore:
             lambda row: row[0],
         )
         return frozenset(rows)
+
+    # --- partners, offers and their fan-out (suppression/partners.py) ---------------------
+
+    async def add_partner(self, partner: Partner, *, actor: str) -> None:
+        """Register a partner (its credential already hashed); an existing name is an error."""
+
+        async def work() -> None:
+            try:
+                await self._db.execute(
+                    "INSERT INTO partner (name, credential, disabled, rate_per_hour, max_size, "
+                    "created) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        partner.name,
+                        partner.credential,
+                        int(partner.disabled),
+                        partner.rate_per_hour,
+                        partner.max_size,
+                        _time(partner.created),
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise OptgateError(f"partner {partner.name!r} exists already") from None
+            await self._audit(actor, "partner-add", None, {"partner": partner.name})
+
+        await self._write(work)
+
+    async def partners(self) -> list[Partner]:
+        """Every partner, by name."""
+        return await self._all(f"SELECT {PARTNER_COLUMNS} FROM partner ORDER BY name", (), _partner)
+
+    async def partner(self, name: str) -> Partner | None:
+        """One partner, or None."""
+        found = await self._all(
+            f"SELECT {PARTNER_COLUMNS} FROM partner WHERE name = ?", (name,), _partner
+        )
+        return found[0] if found else None
+
+    async def disable_partner(self, name: str, *, actor: str) -> bool:
+        """Refuse the partner's submissions from now on; False if it was disabled already."""
+
+        async def work() -> bool:
+            cursor = await self._db.execute(
+                "UPDATE partner SET disabled = 1 WHERE name = ? AND disabled = 0", (name,)
+            )
+            if cursor.rowcount:
+                await self._audit(actor, "partner-disable", None, {"partner": name})
+            return bool(cursor.rowcount)
+
+        if await self.partner(name) is None:
+            raise UnknownPartner(f"no partner named {name!r}")
+        result: bool = await self._write(work)
+        return result
+
+    async def add_offer(
+        self, partner: str, topic: str | None, content: bytes, *, actor: str
+    ) -> int:
+        """Store an offer durably (queued); its id. Committed when this returns."""
+
+        async def work() -> int:
+            cursor = await self._db.execute(
+                "INSERT INTO offer (partner, topic, content, state, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (partner, topic, content, OfferState.QUEUED.value, _time(now())),
+            )
+            offer = int(cursor.lastrowid or 0)
+            await self._audit(
+                actor, "offer", None, {"partner": partner, "offer": offer, "topic": topic}
+            )
+            return offer
+
+        result: int = await self._write(work)
+        return result
+
+    async def offers_since(self, partner: str, since: datetime) -> int:
+        """How many offers a partner submitted since a time (its rate limit)."""
+        rows = await self._all(
+            "SELECT count(*) FROM offer WHERE partner = ? AND created >= ?",
+            (partner, _time(since)),
+            lambda row: int(row[0]),
+        )
+        return int(rows[0])
+
+    async def offer(self, offer_id: int) -> Offer | None:
+        """One offer with its content, or None."""
+        found = await self._all(
+            f"SELECT {OFFER_COLUMNS} FROM offer WHERE id = ?", (offer_id,), _offer
+        )
+        return found[0] if found else None
+
+    async def offer_statuses(self, partner: str | None) -> list[OfferStatus]:
+        """Offers (of one partner, or all) with the counts of their fan-out, oldest first."""
+        where, params = ("WHERE o.partner = ?", (partner,)) if partner else ("", ())
+        return await self._all(
+            status_sql(where),
+            params,
+            lambda row: offer_status(row, _parse_time),
+        )
+
+    async def change_offer(self, offer_id: int, action: str, *, actor: str) -> OfferState:
+        """Pause, resume or cancel an offer; its new state (an error if the move is not allowed)."""
+        _, target = TRANSITIONS[action]
+
+        async def work() -> OfferState:
+            async with self._db.execute(
+                "SELECT state FROM offer WHERE id = ?", (offer_id,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            check_transition(offer_id, row[0] if row else None, action)
+            if target is OfferState.RUNNING:
+                state = OfferState.RUNNING if await self._planned(offer_id) else OfferState.QUEUED
+            else:
+                state = target
+            await self._db.execute(
+                "UPDATE offer SET state = ? WHERE id = ?", (state.value, offer_id)
+            )
+            await self._audit(actor, f"offer-{action}", None, {"offer": offer_id})
+            return state
+
+        result: OfferState = await self._write(work)
+        return result
+
+    async def _planned(self, offer_id: int) -> bool:
+        async with self._db.execute(
+            "SELECT 1 FROM offer_copy WHERE offer = ? LIMIT 1", (offer_id,)
+        ) as cursor:
+            return await cursor.fetchone() is not None
+
+    async def plan_offers(self) -> int:
+        """Take the audience of every queued offer (one snapshot each); how many offers."""
+        if not self._open_offers(OfferState.QUEUED):
+            return 0
+
+        async def work() -> int:
+            async with self._db.execute(
+                "SELECT id, topic FROM offer WHERE state = ? ORDER BY id",
+                (OfferState.QUEUED.value,),
+            ) as cursor:
+                queued = list(await cursor.fetchall())
+            for offer_id, topic in queued:
+                await self._db.execute(
+                    _qmarks(audience_sql(topic is not None, f"'{_time(EPOCH)}'")),
+                    (offer_id, *((topic,) if topic else ())),
+                )
+                await self._db.execute(
+                    "UPDATE offer SET state = ? WHERE id = ?",
+                    (OfferState.RUNNING.value, offer_id),
+                )
+            return len(queued)
+
+        result: int = await self._write(work)
+        return result
+
+    def _open_offers(self, state: OfferState) -> bool:
+        """A cheap read (no write lock) before a worker's poll takes the writer."""
+        row = self._hot.execute("SELECT 1 FROM offer WHERE state = ? LIMIT 1", (state.value,))
+        return row.fetchone() is not None
+
+    async def claim_copies(self, owner: str, limit: int, lease: timedelta) -> list[Claim]:
+        """Lease up to ``limit`` open copies of running offers (SQLite: under the write lock)."""
+        if not self._open_offers(OfferState.RUNNING):
+            return []
+
+        async def work() -> list[tuple[int, str]]:
+            at = now()
+            async with self._db.execute(
+                "UPDATE offer_copy SET state = 'claimed', owner = ?, until = ? "
+                "WHERE (offer, sha256) IN (SELECT c.offer, c.sha256 FROM offer_copy c "
+                "JOIN offer o ON o.id = c.offer WHERE o.state = 'running' "
+                "AND c.state IN ('todo', 'claimed') AND c.until < ? LIMIT ?) "
+                "RETURNING offer, sha256",
+                (owner, _time(at + lease), _time(at), limit),
+            ) as cursor:
+                return [(int(r[0]), str(r[1])) for r in await cursor.fetchall()]
+
+        claimed: list[tuple[int, str]] = await self._write(work)
+        if not claimed:
+            return []
+        hashes = sorted({sha for _, sha in claimed})
+        known: dict[str, str] = {}
+        for start in range(0, len(hashes), PAGE):
+            chunk = hashes[start : start + PAGE]
+            async with self._db.execute(
+                f"SELECT sha256, address FROM consent WHERE address IS NOT NULL "
+                f"AND sha256 IN ({_marks(len(chunk))}) ORDER BY id",
+                chunk,
+            ) as cursor:
+                known.update({str(r[0]): str(r[1]) for r in await cursor.fetchall()})
+        return [Claim(offer, sha, known.get(sha)) for offer, sha in claimed]
+
+    async def settle_copies(
+        self,
+        owner: str,
+        offer: int,
+        sha256s: Sequence[str],
+        state: CopyState,
+        *,
+        retry_at: datetime | None = None,
+    ) -> set[str]:
+        """Move this owner's copies to a state; the hashes that moved (others were taken over)."""
+        return await self._move(owner, offer, sha256s, state, ("claimed", "sent"), retry_at)
+
+    async def _move(
+        self,
+        owner: str,
+        offer: int,
+        sha256s: Sequence[str],
+        state: CopyState,
+        old: tuple[str, ...],
+        retry_at: datetime | None,
+    ) -> set[str]:
+        if not sha256s:
+            return set()
+
+        async def work() -> set[str]:
+            moved: set[str] = set()
+            for start in range(0, len(sha256s), PAGE):
+                chunk = list(sha256s[start : start + PAGE])
+                until = ", until = ?" if retry_at else ""
+                async with self._db.execute(
+                    f"UPDATE offer_copy SET state = ?{until} WHERE offer = ? AND owner = ? "
+                    f"AND state IN ({_marks(len(old))}) AND sha256 IN ({_marks(len(chunk))}) "
+                    "RETURNING sha256",
+                    (
+                        state.value,
+                        *((_time(retry_at),) if retry_at else ()),
+                        offer,
+                        owner,
+                        *old,
+                        *chunk,
+                    ),
+                ) as cursor:
+                    moved.update(str(r[0]) for r in await cursor.fetchall())
+            return moved
+
+        result: set[str] = await self._write(work)
+        return result
+
+    async def mark_sent(
+        self, owner: str, offer: int, sha256s: Sequence[str], then: Callable[[set[str]], None]
+    ) -> set[str]:
+        """The commit point: one transaction on the event loop's thread (an fsync, a few
+        ms, while this process's other writers wait their turn), then ``then(moved)``
+        with nothing in between. Another process's lock held longer than
+        COMMIT_POINT_WAIT_MS is an error: the copies stay claimed and are tried again."""
+        async with self._writing:
+            db = self._commit_db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    moved = {
+                        str(row[0])
+                        for start in range(0, len(sha256s), PAGE)
+                        for row in db.execute(
+                            "UPDATE offer_copy SET state = 'sent' WHERE offer = ? AND owner = ? "
+                            "AND state = 'claimed' AND sha256 IN "
+                            f"({_marks(len(sha256s[start : start + PAGE]))}) RETURNING sha256",
+                            (offer, owner, *sha256s[start : start + PAGE]),
+                        ).fetchall()
+                    }
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write to SQLite store {self._path}: {exc}") from None
+            then(moved)
+        return moved
+
+    async def finish_offers(self) -> int:
+        """Mark running offers with no open copy done; how many."""
+        if not self._open_offers(OfferState.RUNNING):
+            return 0
+
+        async def work() -> int:
+            cursor = await self._db.execute(_qmarks(FINISH_SQL), (OfferState.DONE.value,))
+            return int(cursor.rowcount)
+
+        result: int = await self._write(work)
+        return result
+
+    async def partner_optouts(self, partner: str) -> list[tuple[str, str | None]]:
+        """(identity hash, plaintext if kept) of everyone who opted out of a partner's offers."""
+        return await self._all(
+            _qmarks(OPTOUTS_SQL),
+            (f"partner:{partner}",),
+            lambda row: (str(row[0]), row[1]),
+        )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from suppression.address import Address
@@ -20,6 +20,7 @@ from suppression.model import (
     Send,
     Suppression,
 )
+from suppression.partners import Claim, CopyState, Offer, OfferState, OfferStatus, Partner
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,67 @@ class Store(Protocol):
 
     async def soft_bounces(self, sha256: str, since: datetime) -> frozenset[str]:
         """The reporting messages of a recipient's soft bounces since ``since``."""
+
+    # --- partners, offers and their fan-out (suppression/partners.py) ---
+
+    async def add_partner(self, partner: Partner, *, actor: str) -> None:
+        """Register a partner (credential hashed); an existing name is an error. Audited."""
+
+    async def partners(self) -> list[Partner]:
+        """Every partner, by name."""
+
+    async def partner(self, name: str) -> Partner | None:
+        """One partner, or None."""
+
+    async def disable_partner(self, name: str, *, actor: str) -> bool:
+        """Refuse the partner from now on; False if it was already. Audited."""
+
+    async def add_offer(
+        self, partner: str, topic: str | None, content: bytes, *, actor: str
+    ) -> int:
+        """Store an offer (queued), committed on return; its id. Audited."""
+
+    async def offers_since(self, partner: str, since: datetime) -> int:
+        """How many offers a partner submitted since a time."""
+
+    async def offer(self, offer_id: int) -> Offer | None:
+        """One offer with its content."""
+
+    async def offer_statuses(self, partner: str | None) -> list[OfferStatus]:
+        """Offers (of one partner, or all) with exact fan-out counts, oldest first."""
+
+    async def change_offer(self, offer_id: int, action: str, *, actor: str) -> OfferState:
+        """pause / resume / cancel; the new state. Audited."""
+
+    async def plan_offers(self) -> int:
+        """Snapshot the audience of each queued offer into its copies; how many offers."""
+
+    async def claim_copies(self, owner: str, limit: int, lease: timedelta) -> list[Claim]:
+        """Lease open copies of running offers (never one another owner's live lease holds)."""
+
+    async def settle_copies(
+        self,
+        owner: str,
+        offer: int,
+        sha256s: Sequence[str],
+        state: CopyState,
+        *,
+        retry_at: datetime | None = None,
+    ) -> set[str]:
+        """Move this owner's claimed or sent copies to a state; the hashes that moved."""
+
+    async def mark_sent(
+        self, owner: str, offer: int, sha256s: Sequence[str], then: Callable[[set[str]], None]
+    ) -> set[str]:
+        """The commit point: mark this owner's claimed copies sent and call ``then(moved)``
+        as soon as the change can no longer be lost with this process (SQLite: committed;
+        PostgreSQL: the COMMIT is on its way to the server), before anything else runs."""
+
+    async def finish_offers(self) -> int:
+        """Mark running offers without open copies done."""
+
+    async def partner_optouts(self, partner: str) -> list[tuple[str, str | None]]:
+        """(hash, plaintext if kept) of the people who opted out of a partner's offers."""
 
 
 def sqlite_path(url: str) -> str:

@@ -138,6 +138,7 @@ CHOICES = {
     ("relay", "starttls"): "never",
     ("policy", "action"): "reject",
     ("dkim", "canonicalization"): "simple/simple",
+    ("partners", "tls"): "implicit",
 }
 
 

@@ -18,7 +18,8 @@ import asyncpg
 
 from suppression.address import identity, normalize
 from suppression.copying import TABLES, Digest
-from suppression.model import Consent, ImportItem, Reason, Send, now
+from suppression.model import PARTNER_OFFERS, Consent, ImportItem, Reason, Send, now
+from suppression.partners import Partner, hash_credential
 from suppression.store import open_store
 from tests.support.serving import OPTGATE
 from tests.test_store import postgres_database
@@ -88,6 +89,19 @@ async def fill(url: str) -> None:
         await store.record_soft_bounce(
             ANN.sha256, "<dsn1@mx.example>", at=now(), actor="test", detail={"status": "4.2.2"}
         )
+        # a partner offer with its fan-out (bytes content, leases, every copy state)
+        await store.add_partner(
+            Partner("acme", hash_credential("x"), False, now(), rate_per_hour=3), actor="test"
+        )
+        await store.record_consents(
+            [Consent(ANN.sha256, PARTNER_OFFERS, True, "web", now(), None, ANN.normalized)],
+            actor="test",
+        )
+        offer = await store.add_offer("acme", None, b"Subject: \xff\r\n\r\nx\r\n", actor="t")
+        await store.add_offer("acme", "news", b"queued", actor="t")
+        await store.plan_offers()
+        claimed = await store.claim_copies("node", 10, timedelta(minutes=5))
+        await store.mark_sent("node", offer, [c.sha256 for c in claimed], lambda moved: None)
         await store.erase(BOB, actor="test")
         await store.audit(actor="test", action="subject-access", subject=ANN.sha256)
     finally:
@@ -108,6 +122,9 @@ async def snapshot(url: str) -> dict[str, Any]:
             "compliance": [c async for c in store.compliance()],
             "soft_bounces": await store.soft_bounces(ANN.sha256, datetime(2000, 1, 1, tzinfo=UTC)),
             "chain": await store.verify_chain(),
+            "partners": await store.partners(),
+            "offers": await store.offer_statuses(None),
+            "offer_1": await store.offer(1),
         }
     finally:
         await store.close()
@@ -126,7 +143,8 @@ async def test_sqlite_to_postgres_and_back_keeps_every_record(tmp_path: Path) ->
     back = f"sqlite:///{tmp_path / 'back.db'}"
     await fill(source)
     before = await snapshot(source)
-    assert before["chain"].events == 7
+    assert before["chain"].events == 11
+    assert [o.sent for o in before["offers"]] == [1, 0]
     assert before["soft_bounces"] == {"<dsn1@mx.example>"}
     assert len(before["suppressions"]) == 3
     async with postgres_database() as pg:
@@ -134,7 +152,7 @@ async def test_sqlite_to_postgres_and_back_keeps_every_record(tmp_path: Path) ->
         assert there.code == 0, there.err
         assert set(there.digests()) == {t.name for t in TABLES}
         assert {match for _, _, match in there.digests().values()} == {"match"}
-        assert f"audit log at the destination intact: 7 events, head {before['chain'].head}" in (
+        assert f"audit log at the destination intact: 11 events, head {before['chain'].head}" in (
             there.out
         )
         assert await snapshot(pg) == before
@@ -147,8 +165,8 @@ async def test_sqlite_to_postgres_and_back_keeps_every_record(tmp_path: Path) ->
             await store.record_consents(
                 [Consent(ANN.sha256, "news", False, "web", now())], actor="test"
             )
-            assert not (await store.holder(ANN.sha256)).consented()
-            assert (await store.verify_chain()).events == 8
+            assert (await store.holder(ANN.sha256)).consented() == (PARTNER_OFFERS,)
+            assert (await store.verify_chain()).events == 12
         finally:
             await store.close()
     assert await snapshot(back) == before
@@ -178,10 +196,10 @@ async def test_a_table_copy_does_not_know_stops_it_before_any_write(tmp_path: Pa
     source_db, destination_db = tmp_path / "source.db", tmp_path / "destination.db"
     await fill(f"sqlite:///{source_db}")
     with closing(sqlite3.connect(source_db)) as db:
-        db.execute("CREATE TABLE offer (id INTEGER PRIMARY KEY, partner TEXT)")
+        db.execute("CREATE TABLE mystery (id INTEGER PRIMARY KEY, note TEXT)")
     result = await store_copy(f"sqlite:///{source_db}", f"sqlite:///{destination_db}")
     assert result.code == 2
-    assert "source has tables store copy does not know: offer" in result.err
+    assert "source has tables store copy does not know: mystery" in result.err
     assert not destination_db.exists()
 
 

@@ -330,8 +330,8 @@ def test_explanations_say_what_support_needs() -> None:
     ("kind", "partner", "scopes"),
     [
         (MARKETING, None, ("global", "topic:news")),
-        (PARTNER, None, ("global", "topic:news")),
-        (PARTNER, "acme", ("global", "topic:news", "partner:acme")),
+        (PARTNER, None, ("global", "topic:news", "topic:partner-offers")),
+        (PARTNER, "acme", ("global", "topic:news", "topic:partner-offers", "partner:acme")),
         (TRANSACTIONAL, None, ("global",)),
         (TRANSACTIONAL, "acme", ("global",)),
     ],

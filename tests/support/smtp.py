@@ -177,9 +177,9 @@ def message(
     return "\r\n".join(lines).encode()
 
 
-def self_signed(tmp_path: Path) -> ssl.SSLContext:
-    """A server TLS context with a throw-away self-signed certificate (openssl)."""
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+def self_signed_files(directory: Path) -> tuple[Path, Path]:
+    """A throw-away self-signed certificate for 127.0.0.1 and localhost: (cert, key) files."""
+    key, cert = directory / "key.pem", directory / "cert.pem"
     subprocess.run(  # noqa: S603
         [
             "/usr/bin/openssl",
@@ -192,6 +192,8 @@ def self_signed(tmp_path: Path) -> ssl.SSLContext:
             "1",
             "-subj",
             "/CN=sink.test",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
             "-keyout",
             str(key),
             "-out",
@@ -200,6 +202,11 @@ def self_signed(tmp_path: Path) -> ssl.SSLContext:
         check=True,
         capture_output=True,
     )
+    return cert, key
+
+
+def self_signed(tmp_path: Path) -> ssl.SSLContext:
+    """A server TLS context with a throw-away self-signed certificate (openssl)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
+    context.load_cert_chain(*self_signed_files(tmp_path))
     return context

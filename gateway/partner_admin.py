@@ -1,0 +1,205 @@
+"""The ``optgate partner`` commands: manage partners and offers; reports with counts only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import AsyncIterator, Callable
+
+from gateway.admin import _output
+from gateway.config import Config
+from suppression.formats import ExportRecord, write_records
+from suppression.model import Reason, check_name, now
+from suppression.partners import (
+    TRANSITIONS,
+    OfferStatus,
+    Partner,
+    UnknownPartner,
+    hash_credential,
+    new_credential,
+)
+from suppression.store import Store, open_store
+
+
+@contextlib.asynccontextmanager
+async def _store(config: Config) -> AsyncIterator[Store]:
+    store = await open_store(config.store.url)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def _known(store: Store, name: str) -> Partner:
+    partner = await store.partner(check_name(name, "partner"))
+    if partner is None:
+        raise UnknownPartner(f"no partner named {name!r}: see optgate partner list")
+    return partner
+
+
+def shown(count: int, k: int) -> int | str:
+    """A count a partner may see: below k as "<k", else rounded down to a multiple of k.
+
+    Rounding keeps a small count from being worked out as the difference of
+    two larger ones (audience minus sent, say).
+    """
+    if k <= 1:
+        return count
+    return f"<{k}" if count < k else count - count % k
+
+
+def partner_view(status: OfferStatus, k: int) -> dict[str, object]:
+    """One offer as its partner may see it: aggregate counts only."""
+    return {
+        "offer": status.id,
+        "submitted": status.created.isoformat(),
+        "topic": status.topic,
+        "state": status.state.value,
+        "audience": shown(status.audience, k),
+        "sent": shown(status.sent, k),
+        "suppressed": shown(status.suppressed, k),
+        "bounced": shown(status.bounced, k),
+        "unsubscribed": shown(status.unsubscribed, k),
+    }
+
+
+async def partner_add(args: argparse.Namespace, config: Config) -> int:
+    """Register a partner and print its credential, the only time it is shown."""
+    name = check_name(args.name, "partner")
+    secret = new_credential()
+    credential = await asyncio.to_thread(hash_credential, secret)
+    partner = Partner(name, credential, False, now(), args.rate, args.max_size)
+    async with _store(config) as store:
+        await store.add_partner(partner, actor=args.actor)
+    print(f"partner {name} added; its credential is shown only now:")
+    print(f"  user     {name}")
+    print(f"  password {secret}")
+    return 0
+
+
+async def partner_list(args: argparse.Namespace, config: Config) -> int:
+    """One line per partner."""
+    async with _store(config) as store:
+        partners = await store.partners()
+    for p in partners:
+        limits = (
+            f"rate {p.rate_per_hour or config.partners.rate_per_hour}/h "
+            f"size {p.max_size or config.partners.max_message_size}"
+        )
+        state = "disabled" if p.disabled else "active"
+        print(f"{p.name}\t{state}\tsince {p.created:%Y-%m-%d}\t{limits}")
+    if not partners:
+        print("no partners: add one with optgate partner add NAME")
+    return 0
+
+
+async def partner_disable(args: argparse.Namespace, config: Config) -> int:
+    """Refuse a partner's submissions from now on."""
+    async with _store(config) as store:
+        changed = await store.disable_partner(check_name(args.name, "partner"), actor=args.actor)
+    print(f"partner {args.name} {'disabled' if changed else 'was disabled already'}")
+    return 0
+
+
+async def partner_report(args: argparse.Namespace, config: Config) -> int:
+    """Per offer: counts only, each at least k or shown as <k."""
+    k = config.partners.report_threshold
+    async with _store(config) as store:
+        partner = await _known(store, args.name)
+        views = [partner_view(s, k) for s in await store.offer_statuses(partner.name)]
+    if args.json:
+        print(json.dumps({"partner": partner.name, "threshold": k, "offers": views}, indent=2))
+        return 0
+    print(f"partner {partner.name}: {len(views)} offer(s); counts below {k} show as <{k}")
+    for v in views:
+        print(
+            f"offer {v['offer']}\t{v['submitted']}\t{v['state']}\ttopic {v['topic'] or '-'}\t"
+            f"audience {v['audience']}\tsent {v['sent']}\tsuppressed {v['suppressed']}\t"
+            f"bounced {v['bounced']}\tunsubscribed {v['unsubscribed']}"
+        )
+    return 0
+
+
+async def partner_export_optouts(args: argparse.Namespace, config: Config) -> int:
+    """Hashes (md5 or sha256) of the people who opted out of this partner's offers."""
+    async with _store(config) as store:
+        partner = await _known(store, args.name)
+        optouts = await store.partner_optouts(partner.name)
+    at, scope = now(), f"partner:{partner.name}"
+    records = (
+        ExportRecord(sha, address, scope, Reason.UNSUBSCRIBED.value, "", at)
+        for sha, address in optouts
+    )
+    with _output(args.output) as out:
+        summary = write_records(records, args.format, out)
+    if summary.skipped:
+        print(
+            f"optgate: {summary.skipped} opt-out(s) without a kept address have no md5",
+            file=sys.stderr,
+        )
+    return 0
+
+
+async def partner_offers(args: argparse.Namespace, config: Config) -> int:
+    """Offers (of one partner, or all) with exact counts: for the operator, not the partner."""
+    async with _store(config) as store:
+        if args.name:
+            await _known(store, args.name)
+        statuses = await store.offer_statuses(args.name)
+    for s in statuses:
+        print(
+            f"{s.id}\t{s.partner}\t{s.state.value}\t{s.created:%Y-%m-%d %H:%M}\t"
+            f"topic {s.topic or '-'}\taudience {s.audience}\tsent {s.sent}\t"
+            f"suppressed {s.suppressed}\tfailed {s.bounced}\tpending {s.pending}"
+        )
+    if not statuses:
+        print("no offers")
+    return 0
+
+
+async def offer_change(args: argparse.Namespace, config: Config) -> int:
+    """pause, resume or cancel one offer."""
+    async with _store(config) as store:
+        state = await store.change_offer(args.id, args.change, actor=args.actor)
+    print(f"offer {args.id} {state.value}")
+    return 0
+
+
+CHANGES = tuple(TRANSITIONS)
+
+
+def register(
+    group: argparse._SubParsersAction[argparse.ArgumentParser],
+    command: Callable[..., argparse.ArgumentParser],
+) -> None:
+    """``optgate partner …`` under the CLI's command group (``command`` adds one command)."""
+    top = group.add_parser("partner", help="partners and their offers")
+    sub = top.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = command(sub, "add", partner_add, "register a partner; prints its credential once")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--rate", type=int, metavar="N", help="offers per hour (default: config)")
+    add.add_argument("--max-size", type=int, metavar="BYTES", help="largest offer (config)")
+    command(sub, "list", partner_list, "list partners")
+    disable = command(sub, "disable", partner_disable, "refuse a partner's submissions")
+    disable.add_argument("name", metavar="NAME")
+    report = command(sub, "report", partner_report, "a partner's offers: aggregate counts only")
+    report.add_argument("name", metavar="NAME")
+    report.add_argument("--json", action="store_true", help="JSON instead of lines")
+    export = command(
+        sub,
+        "export-optouts",
+        partner_export_optouts,
+        "hashes of the people who opted out of a partner's offers (never addresses)",
+    )
+    export.add_argument("name", metavar="NAME")
+    export.add_argument("--format", choices=("md5", "sha256"), required=True)
+    export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    offers = command(sub, "offers", partner_offers, "offers with their fan-out state")
+    offers.add_argument("name", metavar="NAME", nargs="?")
+    for change in CHANGES:
+        cmd = command(sub, change, offer_change, f"{change} an offer's fan-out")
+        cmd.add_argument("id", type=int, metavar="ID")
+        cmd.set_defaults(change=change)
