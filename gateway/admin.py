@@ -31,7 +31,8 @@ EXPORT_PAGE = 5000
 
 
 @contextlib.asynccontextmanager
-async def _store(config: Config) -> AsyncIterator[Store]:
+async def opened_store(config: Config) -> AsyncIterator[Store]:
+    """The configured store, closed on the way out."""
     store = await open_store(config.store.url)
     try:
         yield store
@@ -53,7 +54,8 @@ def _input(name: str) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def _output(name: str | None) -> Iterator[TextIO]:
+def output_file(name: str | None) -> Iterator[TextIO]:
+    """The file ``name`` for writing, or stdout when None; a failure is an OptgateError."""
     if name is None:
         yield sys.stdout
         return
@@ -94,7 +96,7 @@ async def suppress_add(args: argparse.Namespace, config: Config) -> int:
         ImportItem(t.key, t.kind, t.address, reason)
         for t in (_target(a, keep) for a in args.addresses)
     ]
-    async with _store(config) as store:
+    async with opened_store(config) as store:
         result = await store.suppress(items, scope=scope, source=Source.CLI, actor=args.actor)
     print(f"suppressed {result.added} new, {result.present + result.duplicates} already ({scope})")
     return 0
@@ -109,7 +111,7 @@ async def suppress_remove(args: argparse.Namespace, config: Config) -> int:
         for t in (_target(a, True) for a in args.addresses)
     )
     removed = 0
-    async with _store(config) as store:
+    async with opened_store(config) as store:
         for keys in targets:
             removed += await store.unsuppress(keys, scope=scope, actor=args.actor) > 0
     print(f"lifted {removed} suppression(s) in {scope}; {len(targets) - removed} had none")
@@ -120,7 +122,7 @@ async def suppress_check(args: argparse.Namespace, config: Config) -> int:
     """optgate suppress check: one line per address; 1 if any is suppressed."""
     addresses = [normalize(a) for a in args.addresses]
     found = False
-    async with _store(config) as store:
+    async with opened_store(config) as store:
         for given, address in zip(args.addresses, addresses, strict=True):
             records = (await store.subject(address)).suppressions
             found = found or bool(records)
@@ -144,7 +146,7 @@ async def suppress_import(args: argparse.Namespace, config: Config) -> int:
     shown = Path(name).name
     note = {"file": "(withheld)" if "@" in shown else shown, "format": args.format}
     with _input(args.file) as handle:
-        async with _store(config) as store:
+        async with opened_store(config) as store:
             summary = await import_suppressions(
                 store,
                 read_rows(handle, args.format, name),
@@ -164,8 +166,8 @@ async def suppress_import(args: argparse.Namespace, config: Config) -> int:
 async def suppress_export(args: argparse.Namespace, config: Config) -> int:
     """optgate suppress export (streams)."""
     scope = parse_scope(args.scope) if args.scope else None
-    async with _store(config) as store:
-        with _output(args.output) as out:
+    async with opened_store(config) as store:
+        with output_file(args.output) as out:
             written, skipped = await _export_stream(store, scope, args.format, out)
     print(f"exported {written}, skipped {skipped}", file=sys.stderr)
     return 0
@@ -207,7 +209,7 @@ async def _consent(args: argparse.Namespace, config: Config, granted: bool) -> i
         )
         for a in (normalize(text) for text in args.addresses)
     ]
-    async with _store(config) as store:
+    async with opened_store(config) as store:
         count = await store.record_consents(records, actor=args.actor)
     print(f"recorded {count} {'consent' if granted else 'revocation'}(s) for {purpose}")
     return 0
@@ -227,7 +229,7 @@ async def consent_request(args: argparse.Namespace, config: Config) -> int:
     """optgate consent request: mail a double opt-in confirmation link."""
     purpose = check_name(args.purpose, "purpose")
     failed = 0
-    async with _store(config) as store:
+    async with opened_store(config) as store:
         for text in args.addresses:
             outcome = await request_consent(config, store, normalize(text), purpose, args.actor)
             failed += not outcome.delivered
@@ -241,7 +243,7 @@ async def consent_import(args: argparse.Namespace, config: Config) -> int:
     purpose = check_name(args.purpose, "purpose")
     name = "<stdin>" if args.file == "-" else args.file
     with _input(args.file) as handle:
-        async with _store(config) as store:
+        async with opened_store(config) as store:
             summary = await import_consents(
                 store,
                 read_rows(handle, args.format, name),
@@ -276,8 +278,8 @@ async def consent_export(args: argparse.Namespace, config: Config) -> int:
     import csv
 
     purpose = check_name(args.purpose, "purpose") if args.purpose else None
-    async with _store(config) as store:
-        with _output(args.output) as out:
+    async with opened_store(config) as store:
+        with output_file(args.output) as out:
             writer: Any = None
             async for consent in store.iter_consents(purpose):
                 row = _consent_row(consent)
@@ -299,7 +301,7 @@ def _jsonable(record: Any) -> dict[str, Any]:
 async def subject_show(args: argparse.Namespace, config: Config) -> int:
     """optgate subject show: every record about an address, as JSON."""
     address = normalize(args.address)
-    async with _store(config) as store:
+    async with opened_store(config) as store:
         record = await store.subject(address)
         await store.audit(actor=args.actor, action="subject-access", subject=address.sha256)
     print(
@@ -324,7 +326,7 @@ async def subject_show(args: argparse.Namespace, config: Config) -> int:
 async def subject_erase(args: argparse.Namespace, config: Config) -> int:
     """optgate subject erase."""
     address = normalize(args.address)
-    async with _store(config) as store:
+    async with opened_store(config) as store:
         changed = await store.erase(address, actor=args.actor)
     print(
         f"erased plaintext and evidence from {changed} record(s); "
@@ -342,7 +344,7 @@ async def explain(args: argparse.Namespace, config: Config) -> int:
         return 1
     topic = check_name(args.topic or config.policy.default_topic, "topic")
     rules = Rules(config.policy.require_consent, config.policy.consent_versions)
-    async with _store(config) as store:
+    async with opened_store(config) as store:
         decided = await verdict(store, address, MessageClass.MARKETING, topic, rules)
     state = "would be sent" if decided.keep else "would NOT be sent"
     print(f"marketing mail on topic {topic!r} to {args.address} {state}: {decided.explanation}")
@@ -377,7 +379,7 @@ async def doctor(args: argparse.Namespace, config: Config) -> int:
 
 async def store_verify(args: argparse.Namespace, config: Config) -> int:
     """optgate store verify."""
-    async with _store(config) as store:
+    async with opened_store(config) as store:
         report = await store.verify_chain()
     if report.broken_at is not None:
         print(f"audit log BROKEN at event {report.broken_at}: {report.problem}")
@@ -388,7 +390,7 @@ async def store_verify(args: argparse.Namespace, config: Config) -> int:
 
 async def store_migrate(args: argparse.Namespace, config: Config) -> int:
     """optgate store migrate: opening the store runs pending migrations."""
-    async with _store(config):
+    async with opened_store(config):
         pass
     print(f"store {config.store.url} is at the current schema")
     return 0
@@ -398,7 +400,7 @@ async def report_compliance(args: argparse.Namespace, config: Config) -> int:
     """optgate report compliance: was marketing mail relayed to anyone after they opted out?"""
     total = late = 0
     worst = timedelta(0)
-    async with _store(config) as store:
+    async with opened_store(config) as store:
         async for check in store.compliance():
             total += 1
             if check.sends_after == 0 or check.last_send_after is None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
-from gateway.admin import _output
+from gateway.admin import opened_store, output_file
 from gateway.config import Config
 from suppression.formats import ExportRecord, write_records
 from suppression.model import Reason, check_name, now
@@ -21,16 +20,7 @@ from suppression.partners import (
     hash_credential,
     new_credential,
 )
-from suppression.store import Store, open_store
-
-
-@contextlib.asynccontextmanager
-async def _store(config: Config) -> AsyncIterator[Store]:
-    store = await open_store(config.store.url)
-    try:
-        yield store
-    finally:
-        await store.close()
+from suppression.store import Store
 
 
 async def _known(store: Store, name: str) -> Partner:
@@ -72,7 +62,7 @@ async def partner_add(args: argparse.Namespace, config: Config) -> int:
     secret = new_credential()
     credential = await asyncio.to_thread(hash_credential, secret)
     partner = Partner(name, credential, False, now(), args.rate, args.max_size)
-    async with _store(config) as store:
+    async with opened_store(config) as store:
         await store.add_partner(partner, actor=args.actor)
     print(f"partner {name} added; its credential is shown only now:")
     print(f"  user     {name}")
@@ -82,7 +72,7 @@ async def partner_add(args: argparse.Namespace, config: Config) -> int:
 
 async def partner_list(args: argparse.Namespace, config: Config) -> int:
     """One line per partner."""
-    async with _store(config) as store:
+    async with opened_store(config) as store:
         partners = await store.partners()
     for p in partners:
         limits = (
@@ -98,7 +88,7 @@ async def partner_list(args: argparse.Namespace, config: Config) -> int:
 
 async def partner_disable(args: argparse.Namespace, config: Config) -> int:
     """Refuse a partner's submissions from now on."""
-    async with _store(config) as store:
+    async with opened_store(config) as store:
         changed = await store.disable_partner(check_name(args.name, "partner"), actor=args.actor)
     print(f"partner {args.name} {'disabled' if changed else 'was disabled already'}")
     return 0
@@ -107,7 +97,7 @@ async def partner_disable(args: argparse.Namespace, config: Config) -> int:
 async def partner_report(args: argparse.Namespace, config: Config) -> int:
     """Per offer: counts only, each at least k or shown as <k."""
     k = config.partners.report_threshold
-    async with _store(config) as store:
+    async with opened_store(config) as store:
         partner = await _known(store, args.name)
         views = [partner_view(s, k) for s in await store.offer_statuses(partner.name)]
     if args.json:
@@ -125,7 +115,7 @@ async def partner_report(args: argparse.Namespace, config: Config) -> int:
 
 async def partner_export_optouts(args: argparse.Namespace, config: Config) -> int:
     """Hashes (md5 or sha256) of the people who opted out of this partner's offers."""
-    async with _store(config) as store:
+    async with opened_store(config) as store:
         partner = await _known(store, args.name)
         optouts = await store.partner_optouts(partner.name)
     at, scope = now(), f"partner:{partner.name}"
@@ -133,7 +123,7 @@ async def partner_export_optouts(args: argparse.Namespace, config: Config) -> in
         ExportRecord(sha, address, scope, Reason.UNSUBSCRIBED.value, "", at)
         for sha, address in optouts
     )
-    with _output(args.output) as out:
+    with output_file(args.output) as out:
         summary = write_records(records, args.format, out)
     if summary.skipped:
         print(
@@ -145,7 +135,7 @@ async def partner_export_optouts(args: argparse.Namespace, config: Config) -> in
 
 async def partner_offers(args: argparse.Namespace, config: Config) -> int:
     """Offers (of one partner, or all) with exact counts: for the operator, not the partner."""
-    async with _store(config) as store:
+    async with opened_store(config) as store:
         if args.name:
             await _known(store, args.name)
         statuses = await store.offer_statuses(args.name)
@@ -162,7 +152,7 @@ async def partner_offers(args: argparse.Namespace, config: Config) -> int:
 
 async def offer_change(args: argparse.Namespace, config: Config) -> int:
     """pause, resume or cancel one offer."""
-    async with _store(config) as store:
+    async with opened_store(config) as store:
         state = await store.change_offer(args.id, args.change, actor=args.actor)
     print(f"offer {args.id} {state.value}")
     return 0

@@ -31,6 +31,16 @@ class Outcome:
         return 400 <= self.code < 500
 
 
+def _failure(exc: Exception) -> Outcome:
+    """The outcome of a transaction that raised: the next hop's refusal, or 451."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        refusal = exc.recipients[0]
+        return Outcome(refusal.code, refusal.message)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return Outcome(exc.code, exc.message)
+    return Outcome(451, f"next hop unavailable ({type(exc).__name__})")
+
+
 # commit(finish): store that the copy is sent, call finish() at once; False: another
 # node owns the copy now (finish is not called)
 Commit = Callable[[Callable[[], None]], Awaitable[bool]]
@@ -85,13 +95,8 @@ class Relay:
                         client.close()  # a stale pooled connection: once more on a new one
                 client = await self._connect()
                 return await self._sendmail(client, mail_from, rcpt, data, options)
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                refusal = exc.recipients[0]
-                outcome = Outcome(refusal.code, refusal.message)
-            except aiosmtplib.SMTPResponseException as exc:
-                outcome = Outcome(exc.code, exc.message)
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                outcome = Outcome(451, f"next hop unavailable ({type(exc).__name__})")
+                outcome = _failure(exc)
             if client is not None:
                 client.close()
             return outcome
@@ -137,10 +142,8 @@ class Relay:
                     client = await self._connect()
                     await client.mail(mail_from)
                 return await self._committed(client, rcpt, data, commit)
-            except aiosmtplib.SMTPResponseException as exc:
-                outcome = Outcome(exc.code, exc.message)
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                outcome = Outcome(451, f"next hop unavailable ({type(exc).__name__})")
+                outcome = _failure(exc)
             if client is not None:
                 client.close()
             return outcome
