@@ -59,7 +59,10 @@ def compose(offer: Offer, settings: Partners, company: str) -> bytes:
         f"To: {PARTNER_OFFERS}:;\r\n"
         f"Message-ID: <offer-{offer.id}.{offer.partner}@{settings.audience_domain}>\r\n"
     ).encode()
-    return ours + kept + offer.content[block.end :]
+    # what follows the fields without a separating empty line (such as an obsolete
+    # "Name : value" field) is body text, never a field of the copy
+    separator = b"" if block.body_start > block.end else b"\r\n"
+    return ours + kept + separator + offer.content[block.end :]
 
 
 def owner_name() -> str:

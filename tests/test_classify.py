@@ -327,18 +327,28 @@ def only(classification: Classification) -> Finding:
     return classification.findings[0]
 
 
-def test_a_plain_request_unsubscribes_the_envelope_sender() -> None:
+def test_a_plain_request_unsubscribes_the_envelope_sender_and_the_writer() -> None:
     raw = mail("From: Ann <ann@example.org>", "To: unsubscribe@news.example.com", "Subject: stop")
     result = classify(
         raw, mail_from="ann+lists@example.org", rcpt_to="unsubscribe@news.example.com"
     )
-    assert only(result) == Finding(
-        Kind.UNSUBSCRIBE, "ann+lists@example.org", (), None, "unsubscribe mail"
+    assert result.findings == tuple(
+        Finding(Kind.UNSUBSCRIBE, person, (), None, "unsubscribe mail")
+        for person in ("ann+lists@example.org", "ann@example.org")
     )
     assert len(result.digest) == 64
+    same = classify(raw, mail_from="ANN@example.org", rcpt_to="unsubscribe@news.example.com")
+    assert only(same).recipient == "ANN@example.org"  # one person, once
 
 
-def test_from_a_mailbox_the_return_path_then_from_name_the_sender() -> None:
+def test_a_forwarded_request_unsubscribes_the_writer_not_only_the_forwarder() -> None:
+    raw = mail("From: Ann <ann@example.org>", "To: unsubscribe@news.example.com")
+    srs = "SRS0=HHH=TT=example.org=ann@forwarder.example.net"
+    result = classify(raw, mail_from=srs, rcpt_to="unsubscribe@news.example.com")
+    assert [f.recipient for f in result.findings] == [srs, "ann@example.org"]
+
+
+def test_from_a_mailbox_the_return_path_and_from_name_the_senders() -> None:
     raw = mail(
         "Return-Path: <ann@example.org>",
         "Delivered-To: unsubscribe@news.example.com",
@@ -348,7 +358,7 @@ def test_from_a_mailbox_the_return_path_then_from_name_the_sender() -> None:
     )
     result = classify(raw)
     assert result.message_id == "<m1@example.org>"
-    assert only(result).recipient == "ann@example.org"
+    assert [f.recipient for f in result.findings] == ["ann@example.org", "other@example.org"]
     no_path = mail("From: Ann <ann@example.org>", "To: Unsubscribe@News.Example.com")
     assert only(classify(no_path)) == Finding(
         Kind.UNSUBSCRIBE, "ann@example.org", (), None, "unsubscribe mail"

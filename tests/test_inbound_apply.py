@@ -106,6 +106,7 @@ def finding(
 async def test_hard_bounce_suppresses_globally_with_evidence_and_a_repeat_changes_nothing(
     rig: Rig,
 ) -> None:
+    await rig.mailed(REPORTED)
     bounce = message(finding(Kind.HARD_BOUNCE, REPORTED, status="5.1.1"))
     assert await rig.apply(bounce) == Applied(hard_bounces=1, suppressed=1)
     assert await rig.scopes(REPORTED) == {"global": Reason.BOUNCED}
@@ -186,12 +187,34 @@ async def test_a_confirmation_token_is_no_opt_out(rig: Rig) -> None:
     assert await rig.scopes(JANE) == {}
 
 
-async def test_a_genuine_token_the_ledger_cannot_name_falls_back_to_the_address(rig: Rig) -> None:
-    # never mailed: the ledger has no hash with the token's prefix
+async def test_a_genuine_token_the_ledger_cannot_name_names_nobody(rig: Rig) -> None:
+    # Jane was never mailed: the ledger has no hash with the token's prefix; the
+    # address the report writes does not stand in for her
+    await rig.mailed(REPORTED)
     bounce = message(finding(Kind.HARD_BOUNCE, REPORTED, rig.token(JANE)))
-    assert await rig.apply(bounce) == Applied(hard_bounces=1, suppressed=1)
-    assert await rig.scopes(REPORTED) == {"global": Reason.BOUNCED}
+    assert await rig.apply(bounce) == Applied(ignored=1)
+    assert await rig.scopes(REPORTED) == {}
     assert await rig.scopes(JANE) == {}
+
+
+@pytest.mark.parametrize("kind", [Kind.HARD_BOUNCE, Kind.SOFT_BOUNCE, Kind.COMPLAINT])
+async def test_a_report_without_a_token_about_an_address_never_mailed_changes_nothing(
+    rig: Rig, kind: Kind
+) -> None:
+    # anyone can write a DSN or an ARF report naming anyone: only mailed addresses count
+    events = await rig.events()
+    assert await rig.apply(message(finding(kind, REPORTED, status="5.1.1"))) == Applied(ignored=1)
+    assert await rig.scopes(REPORTED) == {}
+    assert await rig.events() == events
+    await rig.mailed(REPORTED)
+    assert await rig.apply(message(finding(kind, REPORTED, status="5.1.1"))) != Applied(ignored=1)
+
+
+async def test_an_unsubscribe_mail_without_a_token_counts_for_its_sender(rig: Rig) -> None:
+    # a person may ask to be left alone before optgate ever mailed them
+    request = message(finding(Kind.UNSUBSCRIBE, REPORTED))
+    assert await rig.apply(request) == Applied(unsubscribes=1, suppressed=1)
+    assert await rig.scopes(REPORTED) == {"global": Reason.UNSUBSCRIBED}
 
 
 async def test_an_ambiguous_prefix_is_honoured_for_nobody(rig: Rig) -> None:
@@ -217,6 +240,7 @@ async def test_soft_bounces_suppress_only_after_the_limit_within_the_window(rig:
     def soft(number: int) -> Classification:
         return message(finding(Kind.SOFT_BOUNCE, REPORTED, status="4.2.2"), raw=b"dsn %d" % number)
 
+    await rig.mailed(REPORTED)
     start = now()
     assert await rig.apply(soft(1), at=start - timedelta(days=30)) == Applied(soft_bounces=1)
     assert await rig.apply(soft(2), at=start) == Applied(soft_bounces=1)
@@ -230,7 +254,8 @@ async def test_soft_bounces_suppress_only_after_the_limit_within_the_window(rig:
 
 
 async def test_dry_run_counts_and_changes_nothing(rig: Rig) -> None:
-    await rig.mailed(JANE)
+    for mailed in (JANE, "gone@example.org", "full@example.org", "angry@example.org"):
+        await rig.mailed(mailed)
     mail = message(
         finding(Kind.UNSUBSCRIBE, REPORTED, rig.token(JANE)),
         finding(Kind.HARD_BOUNCE, "gone@example.org"),
@@ -254,7 +279,8 @@ async def test_findings_without_a_usable_recipient_are_ignored(rig: Rig) -> None
 
 
 async def test_no_address_in_any_log_line(rig: Rig) -> None:
-    await rig.mailed(JANE)
+    for mailed in (JANE, "gone@example.org", "full@example.org", "angry@example.org"):
+        await rig.mailed(mailed)
     mail = message(
         finding(Kind.UNSUBSCRIBE, REPORTED, rig.token(JANE)),
         finding(Kind.HARD_BOUNCE, "gone@example.org", "forged"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import mailbox
 import os
@@ -12,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from gateway.inbound.classify import classify
 from gateway.inbound.imap import KEYWORD, Imap, parse_url
 from gateway.ingest import Ingest, arrived
 from gateway.keys import load_keys
 from gateway.tokens import TokenSigner
+from suppression.address import normalize
+from suppression.model import Send, now
 from suppression.store import open_store
 from tests import test_cli
 from tests.support.dovecot import Dovecot, private_dovecot
@@ -88,12 +92,25 @@ def make_mbox(path: Path, content: list[bytes]) -> Path:
     return path
 
 
+async def mailed_everyone(url: str) -> None:
+    """The send ledger of a store that mailed every recipient the messages are about
+    (a report without a token counts only for an address optgate mailed)."""
+    found = {f.recipient for raw in messages() for f in classify(raw).findings if f.recipient}
+    store = await open_store(url)
+    try:
+        sends = [Send("m", normalize(r).sha256, "news", "marketing", now()) for r in found]
+        await store.record_sends(sends)
+    finally:
+        await store.close()
+
+
 @pytest.fixture
 def keyed(db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The token key file made beforehand, as `optgate serve` would have."""
+    """The token key file made beforehand and a send ledger, as `optgate serve` would have."""
     key = db.parent / "optgate.key"
     key.write_text("ab" * 32 + "\n")
     monkeypatch.setenv("OPTGATE_UNSUBSCRIBE_KEY_FILE", str(key))
+    asyncio.run(mailed_everyone(f"sqlite:///{db}"))
     return db
 
 
@@ -351,6 +368,7 @@ def test_imap_server_unreachable(optgate: Run, db: Path, tmp_path: Path) -> None
 
 async def test_imap_connection_lost(dovecot: Dovecot, imap: str, tmp_path: Path) -> None:
     config = gateway_config(tmp_path, free_port())
+    await mailed_everyone(config.store.url)
     store = await open_store(config.store.url)
     signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
     try:

@@ -20,13 +20,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.config import Config
+from gateway.config import Config, Partners
+from gateway.fanout import compose
 from gateway.keys import load_keys
 from gateway.service import Running, running
 from gateway.tokens import TokenSigner
 from suppression.address import normalize
 from suppression.errors import ConfigError
 from suppression.model import ImportItem, Ledger, Reason, now
+from suppression.partners import Offer, OfferState
 from suppression.store import open_store
 from tests.support.partners import add_partner, consenting, submit, until_done
 from tests.support.smtp import Sink, gateway_config, self_signed
@@ -319,3 +321,18 @@ async def test_a_missing_certificate_is_a_config_error(tmp_path: Path, next_hop:
     with pytest.raises(ConfigError, match="set both or neither"):
         async with running(half):
             pass
+
+
+@pytest.mark.parametrize("newline", [b"\r\n", b"\n"])
+def test_a_field_line_the_header_block_does_not_take_stays_body_text(newline: bytes) -> None:
+    # an obsolete "Name : value" line ends the partner's fields; without an empty line
+    # after our fields it would become a field of the copy (a read receipt to the partner)
+    content = newline.join(
+        [b"Subject: offer", b"Disposition-Notification-To : spy@partner.example", b"", b"Hi"]
+    )
+    offer = Offer(1, "acme", None, content, OfferState.QUEUED, now())
+    raw = compose(offer, Partners(), "Example Ltd")
+    head, body = re.split(rb"\r?\n\r?\n", raw, maxsplit=1)
+    assert b"Subject: offer" in head
+    assert b"Disposition-Notification-To" not in head
+    assert body.startswith(b"Disposition-Notification-To : spy@partner.example")

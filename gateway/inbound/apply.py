@@ -145,7 +145,12 @@ class _Context:
         return counted + Applied(suppressed=added)
 
     async def _target(self, finding: Finding) -> Target | None:
-        """The token's recipient if one is genuine, else the finding's address."""
+        """The token's recipient if one is genuine, else the finding's address.
+
+        Anyone can write a bounce or a complaint naming any address, so without a
+        genuine token such a report counts only for an address optgate has mailed (the
+        send ledger holds it); a genuine token the ledger cannot resolve names nobody.
+        """
         genuine = False
         for token in finding.tokens:
             try:
@@ -160,11 +165,13 @@ class _Context:
                 return target
         if finding.tokens and not genuine:
             raise Forged
-        if finding.recipient is None:
+        if genuine or finding.recipient is None:
             return None
         try:
             address = normalize(finding.recipient)
         except InvalidAddress:
+            return None
+        if finding.kind is not Kind.UNSUBSCRIBE and not await self.store.sent_to(address.sha256):
             return None
         keep = address.normalized if self.config.store.keep_addresses else None
         return Target(address.sha256, keep, "global", "address")

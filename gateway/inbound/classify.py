@@ -46,10 +46,12 @@ _BOUNCE_SUBJECT = re.compile(
     re.IGNORECASE,
 )
 _ENVELOPE_HEADERS = ("Delivered-To", "X-Original-To", "To")
-# where a text bounce starts quoting the returned message
+# where a text bounce starts quoting the returned message; possessive blanks: a line of
+# many spaces must not backtrack quadratically (the regex holds the GIL, and so the loop)
 _QUOTED = re.compile(
-    r"^[ \t]*(?:-{2,}|={2,}|\*{2,})?[ \t]*(?:below this line is a copy|this is a copy of|original"
-    r" message|returned message|undelivered message|unsent message|the original message"
+    r"^[ \t]*+(?:(?:-{2,}+|={2,}+|\*{2,}+)[ \t]*+)?"
+    r"(?:below this line is a copy|this is a copy of|original message|returned message"
+    r"|undelivered message|unsent message|the original message"
     r"|message headers? follow|headers? of the original|forwarded message)",
     re.IGNORECASE | re.MULTILINE,
 )
@@ -194,7 +196,16 @@ def _unsubscribe(mail: _Mail) -> list[Finding]:
         return [mail.finding(Kind.IGNORED, None, f"unsubscribe mail: {why}")]
     if not senders:
         return [mail.finding(Kind.IGNORED, None, "unsubscribe mail without a sender")]
-    return [mail.finding(Kind.UNSUBSCRIBE, senders[0], "unsubscribe mail")]
+    # the envelope sender and the writer (From): a forwarder rewrites the envelope sender
+    # (SRS), and a person may write from another address than the one mailed
+    envelope = parsing.addresses(mail.path())[:1]
+    writer = parsing.addresses(parsing.headers(mail.message, "From"))[:1]
+    people: dict[str, str] = {}
+    for address in envelope + writer:
+        people.setdefault(address.lower(), address)
+    return [
+        mail.finding(Kind.UNSUBSCRIBE, person, "unsubscribe mail") for person in people.values()
+    ]
 
 
 def _automatic(mail: _Mail) -> list[Finding]:
