@@ -253,10 +253,7 @@ async def consent_import(args: argparse.Namespace, config: Config) -> int:
                 actor=args.actor,
                 keep_addresses=config.store.keep_addresses,
             )
-    print(
-        f"read {summary.read}, recorded {summary.added}, invalid {summary.invalid}"
-        + (f" (lines {', '.join(map(str, summary.invalid_lines))})" if summary.invalid else "")
-    )
+    print(summary)
     return 0
 
 

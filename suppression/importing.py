@@ -10,7 +10,7 @@ from typing import TypeVar
 from suppression.address import Address, identity, is_digest, normalize, normalize_domain
 from suppression.errors import InvalidAddress
 from suppression.formats import Row
-from suppression.model import Consent, ImportItem, Reason, now
+from suppression.model import BatchResult, Consent, ConsentItem, ImportItem, Reason, now
 from suppression.store import Store
 
 T = TypeVar("T")
@@ -35,6 +35,12 @@ class Summary:
         self.invalid += 1
         if len(self.invalid_lines) < SHOWN_INVALID:
             self.invalid_lines.append(line)
+
+    def count(self, result: BatchResult) -> None:
+        """Add a batch's counts."""
+        self.added += result.added
+        self.present += result.present
+        self.duplicates += result.duplicates
 
     def __str__(self) -> str:
         lines = ", ".join(map(str, self.invalid_lines))
@@ -98,10 +104,8 @@ async def import_suppressions(
         result = await store.suppress(
             items, scope=scope, source="import", actor=actor, note=note, run_since=run_since
         )
+        summary.count(result)
         run_since = result.event if run_since is None else run_since
-        summary.added += result.added
-        summary.present += result.present
-        summary.duplicates += result.duplicates
         if progress:
             progress(summary)
     return summary
@@ -138,14 +142,18 @@ async def import_consents(
     actor: str,
     keep_addresses: bool = True,
 ) -> Summary:
-    """Record a consent for every valid address row, batch by batch."""
+    """Record a consent for every valid address row not on record yet, batch by batch."""
     summary = Summary()
+    run_since: int | None = None
 
-    def convert(row: Row) -> Consent:
+    def convert(row: Row) -> ConsentItem:
         if row.kind != "address":
             raise InvalidAddress("consent needs an address, not a digest")
-        return to_consent(row, normalize(row.value), purpose, source, version, keep_addresses)
+        record = to_consent(row, normalize(row.value), purpose, source, version, keep_addresses)
+        return ConsentItem(record, timed=row.created is not None)
 
-    for records in _batches(rows, convert, summary):
-        summary.added += await store.record_consents(records, actor=actor)
+    for items in _batches(rows, convert, summary):
+        result = await store.add_consents(items, actor=actor, run_since=run_since)
+        summary.count(result)
+        run_since = result.event if run_since is None else run_since
     return summary

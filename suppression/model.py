@@ -135,6 +135,14 @@ class ImportItem:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsentItem:
+    """One validated row of a consent import; ``timed`` if the row gave the record's time."""
+
+    consent: Consent
+    timed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class BatchResult:
     """What one import batch changed."""
 

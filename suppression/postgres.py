@@ -12,6 +12,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -24,6 +25,7 @@ from suppression.errors import OptgateError, StoreError
 from suppression.model import (
     BatchResult,
     Consent,
+    ConsentItem,
     Facts,
     ImportItem,
     Ledger,
@@ -57,11 +59,13 @@ from suppression.partners import (
 )
 from suppression.rows import (
     CONSENT_COLUMNS,
+    CONSENT_STATEMENT,
     EVENT_COLUMNS,
     PAGE,
     SUPPRESSION_COLUMNS,
     batch_result,
     consent_event,
+    new_consents,
     stored_keys,
     suppress_event,
     suppression_rows,
@@ -429,35 +433,39 @@ class PostgresStore:
             return 0
 
         async def work(conn: Any) -> int:
-            subject, detail = consent_event(consents)
-            event = await self._audit(conn, actor, "consent", subject, detail)
-            rows = [
-                (
-                    c.sha256,
-                    c.purpose,
-                    c.granted,
-                    c.source,
-                    _utc(c.created),
-                    c.policy_version,
-                    c.address,
-                    c.evidence,
-                    event,
-                )
-                for c in consents
-            ]
-            # WITH ORDINALITY: ids follow the order of the input
-            await conn.execute(
-                f"INSERT INTO consent ({CONSENT_COLUMNS}) "
-                f"SELECT {CONSENT_COLUMNS} FROM unnest($1::text[], $2::text[], "
-                "$3::boolean[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], "
-                "$8::text[], $9::bigint[]) WITH ORDINALITY "
-                f"AS t({CONSENT_COLUMNS}, n) ORDER BY n",
-                *(list(column) for column in zip(*rows, strict=True)),
-            )
+            await self._append_consents(conn, consents, actor)
             return len(consents)
 
         result: int = await self._write(work)
         return result
+
+    async def _append_consents(self, conn: Any, consents: Sequence[Consent], actor: str) -> None:
+        """Insert consent records and their audit event (inside the caller's transaction)."""
+        subject, detail = consent_event(consents)
+        event = await self._audit(conn, actor, "consent", subject, detail)
+        rows = [
+            (
+                c.sha256,
+                c.purpose,
+                c.granted,
+                c.source,
+                _utc(c.created),
+                c.policy_version,
+                c.address,
+                c.evidence,
+                event,
+            )
+            for c in consents
+        ]
+        # WITH ORDINALITY: ids follow the order of the input
+        await conn.execute(
+            f"INSERT INTO consent ({CONSENT_COLUMNS}) "
+            f"SELECT {CONSENT_COLUMNS} FROM unnest($1::text[], $2::text[], "
+            "$3::boolean[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], "
+            "$8::text[], $9::bigint[]) WITH ORDINALITY "
+            f"AS t({CONSENT_COLUMNS}, n) ORDER BY n",
+            *(list(column) for column in zip(*rows, strict=True)),
+        )
 
     async def lookup_many(
         self,
@@ -959,3 +967,29 @@ class PostgresStore:
         with self._errors("read"):
             rows = await self._pool.fetch(OPTOUTS_SQL, f"partner:{partner}")
         return [(row[0], row[1]) for row in rows]
+
+    # --- idempotent consent import ---
+
+    async def add_consents(
+        self, items: Sequence[ConsentItem], *, actor: str, run_since: int | None = None
+    ) -> BatchResult:
+        """Append the records not on record yet, with one audit event (none if nothing is new).
+
+        The lookup and the insert hold the audit chain lock, as every consent write does.
+        """
+
+        async def work(conn: Any) -> BatchResult:
+            seq, _ = await self._head(conn)
+            stored = await conn.fetch(
+                f"SELECT {CONSENT_STATEMENT} FROM consent "
+                "WHERE sha256 = ANY($1::text[]) AND purpose = ANY($2::text[])",
+                sorted({i.consent.sha256 for i in items}),
+                sorted({i.consent.purpose for i in items}),
+            )
+            fresh, result = new_consents(items, map(to_consent, stored), run_since)
+            if fresh:
+                await self._append_consents(conn, fresh, actor)
+            return replace(result, event=seq)
+
+        result: BatchResult = await self._write(work)
+        return result

@@ -12,12 +12,22 @@ from datetime import datetime
 from typing import Any
 
 from suppression.address import Address
-from suppression.model import AuditEvent, BatchResult, Consent, ImportItem, Reason, Suppression
+from suppression.model import (
+    AuditEvent,
+    BatchResult,
+    Consent,
+    ConsentItem,
+    ImportItem,
+    Reason,
+    Suppression,
+)
 
 SUPPRESSION_COLUMNS = "key, kind, scope, reason, source, created, address, evidence, event"
 CONSENT_COLUMNS = (
     "sha256, purpose, granted, source, created, policy_version, address, evidence, event"
 )
+# CONSENT_COLUMNS without the plaintext and evidence: what an import compares
+CONSENT_STATEMENT = "sha256, purpose, granted, source, created, policy_version, NULL, NULL, event"
 EVENT_COLUMNS = "seq, at, actor, action, subject, body, prev, digest"
 PAGE = 5000  # rows a stream fetches at a time
 _PREFIX: dict[str, str] = {"sha256": "", "md5": "#", "domain": "@"}
@@ -151,3 +161,46 @@ def consent_event(consents: Sequence[Consent]) -> tuple[str | None, dict[str, ob
         "keys_sha256": keys_digest(c.sha256 for c in consents),
     }
     return subject, detail
+
+
+Statement = tuple[str, str, bool, str, str | None]
+
+
+def statement(c: Consent) -> Statement:
+    """What a consent record says, its time aside: hash, purpose, grant or revocation,
+    source, policy version. Plaintext and evidence are not part of it (erasure clears
+    them, and a re-import must not bring them back), nor is the audit event."""
+    return (c.sha256, c.purpose, c.granted, c.source, c.policy_version)
+
+
+def new_consents(
+    items: Sequence[ConsentItem], stored: Iterable[Consent], run_since: int | None
+) -> tuple[list[Consent], BatchResult]:
+    """The records of a batch not on record yet, and the batch's counts (its event left 0).
+
+    A row that gave its time is on record if a record with the same statement
+    and time is; a row without one (stamped with the import's time) if the
+    same statement is on record at any time. A match made by this run
+    (``event >= run_since``) or earlier in the batch is a duplicate.
+    """
+    first: dict[object, int] = {}  # statement, and (statement, time) -> earliest event
+    for record in stored:
+        said, event = statement(record), record.event or 0
+        first[said] = min(first.get(said, event), event)
+        first[said, record.created] = min(first.get((said, record.created), event), event)
+    fresh: list[Consent] = []
+    seen: set[object] = set()
+    present = duplicates = 0
+    for item in items:
+        said = statement(item.consent)
+        key = (said, item.consent.created) if item.timed else said
+        if key in seen or (run_since is not None and first.get(key, -1) >= run_since):
+            duplicates += 1
+            continue
+        if key in first:
+            present += 1
+        else:
+            fresh.append(item.consent)
+            seen.add(said)
+        seen.add(key)
+    return fresh, BatchResult(added=len(fresh), present=present, duplicates=duplicates)

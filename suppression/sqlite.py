@@ -7,6 +7,7 @@ import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from suppression.model import (
     AuditEvent,
     BatchResult,
     Consent,
+    ConsentItem,
     Facts,
     ImportItem,
     Ledger,
@@ -52,11 +54,13 @@ from suppression.partners import (
 )
 from suppression.rows import (
     CONSENT_COLUMNS,
+    CONSENT_STATEMENT,
     EVENT_COLUMNS,
     PAGE,
     SUPPRESSION_COLUMNS,
     batch_result,
     consent_event,
+    new_consents,
     stored_keys,
     suppress_event,
     suppression_rows,
@@ -452,31 +456,35 @@ class SQLiteStore:
         """Append consent records with one audit event."""
 
         async def work() -> int:
-            subject, detail = consent_event(consents)
-            event = await self._audit(actor, "consent", subject, detail)
-            await self._db.executemany(
-                f"INSERT INTO consent ({CONSENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        c.sha256,
-                        c.purpose,
-                        int(c.granted),
-                        c.source,
-                        _time(c.created),
-                        c.policy_version,
-                        c.address,
-                        c.evidence,
-                        event,
-                    )
-                    for c in consents
-                ],
-            )
+            await self._append_consents(consents, actor)
             return len(consents)
 
         if not consents:
             return 0
         result: int = await self._write(work)
         return result
+
+    async def _append_consents(self, consents: Sequence[Consent], actor: str) -> None:
+        """Insert consent records and their audit event (inside the caller's transaction)."""
+        subject, detail = consent_event(consents)
+        event = await self._audit(actor, "consent", subject, detail)
+        await self._db.executemany(
+            f"INSERT INTO consent ({CONSENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    c.sha256,
+                    c.purpose,
+                    int(c.granted),
+                    c.source,
+                    _time(c.created),
+                    c.policy_version,
+                    c.address,
+                    c.evidence,
+                    event,
+                )
+                for c in consents
+            ],
+        )
 
     async def lookup_many(
         self,
@@ -1017,3 +1025,31 @@ class SQLiteStore:
             (f"partner:{partner}",),
             lambda row: (str(row[0]), row[1]),
         )
+
+    # --- idempotent consent import ---
+
+    async def add_consents(
+        self, items: Sequence[ConsentItem], *, actor: str, run_since: int | None = None
+    ) -> BatchResult:
+        """Append the records not on record yet, with one audit event (none if nothing is new)."""
+
+        async def work() -> BatchResult:
+            seq, _ = await self._head()
+            hashes = sorted({i.consent.sha256 for i in items})
+            purposes = sorted({i.consent.purpose for i in items})
+            stored: list[Consent] = []
+            for start in range(0, len(hashes), PAGE):
+                chunk = hashes[start : start + PAGE]
+                stored += await self._all(
+                    f"SELECT {CONSENT_STATEMENT} FROM consent WHERE sha256 IN "
+                    f"({_marks(len(chunk))}) AND purpose IN ({_marks(len(purposes))})",
+                    (*chunk, *purposes),
+                    _consent,
+                )
+            fresh, result = new_consents(items, stored, run_since)
+            if fresh:
+                await self._append_consents(fresh, actor)
+            return replace(result, event=seq)
+
+        result: BatchResult = await self._write(work)
+        return result

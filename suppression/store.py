@@ -13,6 +13,7 @@ from suppression.model import (
     AuditEvent,
     BatchResult,
     Consent,
+    ConsentItem,
     Facts,
     ImportItem,
     Ledger,
@@ -210,6 +211,14 @@ class Store(Protocol):
 
     async def partner_optouts(self, partner: str) -> list[tuple[str, str | None]]:
         """(hash, plaintext if kept) of the people who opted out of a partner's offers."""
+
+    # --- idempotent consent import (the identity of a record: suppression/rows.py) ---
+
+    async def add_consents(
+        self, items: Sequence[ConsentItem], *, actor: str, run_since: int | None = None
+    ) -> BatchResult:
+        """Append the records not on record yet in one transaction, with one audit event
+        (none if nothing is new); ``run_since`` as for ``suppress``."""
 
 
 def sqlite_path(url: str) -> str:

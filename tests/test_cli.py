@@ -696,7 +696,7 @@ def test_consent_import_and_export(optgate: Run, tmp_path: Path) -> None:
         "2",
     )
     assert result.code == 0
-    assert result.out == "read 3, recorded 2, invalid 1 (lines 3)\n"
+    assert result.out == "read 3, added 2, already present 0, invalid 1 (lines 3), duplicates 0\n"
     optgate("consent", "add", "other@example.com", "--purpose", "deals")
 
     exported_csv = optgate("consent", "export", "--purpose", "news")
@@ -726,11 +726,38 @@ def test_consent_export_reimports_with_its_revocations(
 
     monkeypatch.setenv("OPTGATE_STORE_URL", f"sqlite:///{tmp_path / 'fresh.db'}")
     result = optgate("consent", "import", str(path), "--purpose", "news")
-    assert result.out == "read 3, recorded 3, invalid 0\n"
+    assert result.out == "read 3, added 3, already present 0, invalid 0, duplicates 0\n"
     assert optgate("explain", "stays@example.com", "--topic", "news").code == 0
     left = optgate("explain", "left@example.com", "--topic", "news")
     assert left.code == 1
     assert "was revoked" in left.out
+
+
+def test_consent_import_twice_changes_nothing(optgate: Run, db: Path, tmp_path: Path) -> None:
+    data = (
+        "email,created,state,source\n"
+        "jane@example.com,2024-05-01T10:00:00Z,,\n"
+        "rick@example.com,,,\n"
+        "gone@example.com,2024-05-01T10:00:00Z,revoked,shop\n"
+        "jane@example.com,2024-05-01T12:00:00+02:00,,\n"
+        "not-an-address,,,\n"
+    )
+    path = write(tmp_path / "c.csv", data)
+    first = optgate("consent", "import", path, "--purpose", "news")
+    assert first.out == "read 5, added 3, already present 0, invalid 1 (lines 6), duplicates 1\n"
+    records, events = sql(db, "SELECT * FROM consent"), sql(db, "SELECT * FROM audit")
+    export = optgate("consent", "export").out
+
+    second = optgate("consent", "import", path, "--purpose", "news")
+    assert second.out == "read 5, added 0, already present 3, invalid 1 (lines 6), duplicates 1\n"
+    assert sql(db, "SELECT * FROM consent") == records
+    assert sql(db, "SELECT * FROM audit") == events
+    assert optgate("consent", "export").out == export
+    # the store's own export, imported back, is on record too
+    assert optgate("consent", "export", "-o", "all.csv").code == 0
+    back = optgate("consent", "import", "all.csv", "--purpose", "news")
+    assert back.out == "read 3, added 0, already present 3, invalid 0, duplicates 0\n"
+    assert len(sql(db, "SELECT * FROM audit")) == len(events)
 
 
 # subject --------------------------------------------------------------------------

@@ -9,8 +9,8 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -20,7 +20,7 @@ import pytest
 
 from suppression.address import identity, normalize
 from suppression.errors import StoreError
-from suppression.model import Consent, ImportItem, Reason, Send, now
+from suppression.model import Consent, ConsentItem, ImportItem, Reason, Send, now
 from suppression.store import Store, open_store
 
 
@@ -247,6 +247,76 @@ async def test_erase_keeps_the_hash_and_the_suppression(backend: Backend) -> Non
     assert facts[a.sha256].suppressions[0].reason is Reason.UNSUBSCRIBED
     assert any(e.action == "erase" and e.actor == "dpo" for e in record.events)
     assert all("a@example.com" not in e.body for e in record.events)
+
+
+def timed(record: Consent, given: bool = True) -> ConsentItem:
+    return ConsentItem(record, timed=given)
+
+
+async def test_consent_import_skips_records_on_record(backend: Backend) -> None:
+    store = backend.store
+    # a time with microseconds, given in another zone: compared as an instant
+    when = datetime(2024, 5, 6, 9, 8, 9, 123456, tzinfo=timezone(timedelta(hours=2)))
+    a, b = consent("a@example.com", "news", when=when), consent("b@example.com", "news")
+    first = await store.add_consents([timed(a), timed(a), timed(b)], actor="t")
+    assert (first.added, first.present, first.duplicates) == (2, 0, 1)
+    # a later batch of the same run: duplicates; another run: already present
+    later = replace(a, created=when + timedelta(microseconds=1))
+    same_run = await store.add_consents([timed(a), timed(later)], actor="t", run_since=first.event)
+    assert (same_run.added, same_run.present, same_run.duplicates) == (1, 0, 1)
+    events = (await store.verify_chain()).events
+    records = [c async for c in store.iter_consents(None)]
+
+    again = await store.add_consents([timed(a), timed(b), timed(later)], actor="t")
+    assert (again.added, again.present, again.duplicates) == (0, 3, 0)
+    assert [c async for c in store.iter_consents(None)] == records
+    assert (await store.verify_chain()).events == events, "a batch adding nothing is not audited"
+
+    # each part of the statement tells records apart; plaintext and evidence do not
+    others = [
+        replace(a, sha256=normalize("c@example.com").sha256),
+        replace(a, purpose="deals"),
+        replace(a, granted=False),
+        replace(a, source="shop"),
+        replace(a, policy_version="2"),
+    ]
+    same = replace(a, address=None, evidence='{"ip": "198.51.100.7"}')
+    mixed = await store.add_consents([timed(r) for r in [*others, same]], actor="t")
+    assert (mixed.added, mixed.present, mixed.duplicates) == (5, 1, 0)
+
+
+async def test_consent_rows_without_a_time_match_the_statement_at_any_time(
+    backend: Backend,
+) -> None:
+    store = backend.store
+    old = consent("a@example.com", "news", when=datetime(2020, 1, 1, tzinfo=UTC))
+    await store.record_consents([old], actor="t")
+    await store.record_consents([consent("a@example.com", "news", granted=False)], actor="t")
+    # a stale list without times re-imported later does not grant again
+    stale = replace(old, created=now())
+    result = await store.add_consents([timed(stale, False), timed(stale, False)], actor="t")
+    assert (result.added, result.present, result.duplicates) == (0, 1, 1)
+    a = normalize("a@example.com")
+    latest = (await store.lookup_many([a], ["global"], "news"))[a.sha256].consent
+    assert latest is not None
+    assert latest.granted is False
+    # a row with its own time is a record of its own
+    renewed = await store.add_consents([timed(stale)], actor="t")
+    assert renewed.added == 1
+
+
+async def test_consent_import_tolerates_duplicates_already_stored(backend: Backend) -> None:
+    store = backend.store
+    a = normalize("a@example.com")
+    record = consent("a@example.com", "news", when=datetime(2024, 1, 1, tzinfo=UTC))
+    # what imports before this check left behind: the same record twice
+    await store.record_consents([record, record], actor="t")
+    assert await store.erase(a, actor="dpo") == 2
+    result = await store.add_consents([timed(record)], actor="t")
+    assert (result.added, result.present, result.duplicates) == (0, 1, 0)
+    stored = (await store.subject(a)).consents
+    assert len(stored) == 2
+    assert all(c.address is None and c.evidence is None for c in stored), "erased stays erased"
 
 
 async def test_audit_chain_verifies_and_detects_tampering(backend: Backend) -> None:
