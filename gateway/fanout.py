@@ -213,14 +213,18 @@ class FanOut:
         failed = [(c, o) for c, o in zip(kept, outcomes, strict=True) if o and not o.uncertain]
         temporary = [c.sha256 for c, o in failed if o.temporary]
         refused = [c.sha256 for c, o in failed if not o.delivered and not o.temporary]
+        went = [
+            c.sha256
+            for c, o in zip(kept, outcomes, strict=True)
+            if o and (o.delivered or o.uncertain)
+        ]
         at = now()
+        topic = offer.topic or PARTNER_OFFERS
         await self._store.record_sends(
-            [
-                Send(f"offer-{offer.id}", c.sha256, offer.topic or PARTNER_OFFERS, "partner", at)
-                for c, o in zip(kept, outcomes, strict=True)
-                if o and (o.delivered or o.uncertain)
-            ]
+            [Send(f"offer-{offer.id}", sha, topic, "partner", at) for sha in went]
         )
+        # marked again: a copy whose "." went out but whose commit failed is still claimed
+        await self._settle(offer_id, went, CopyState.SENT)
         await self._settle(offer_id, temporary, CopyState.TODO, retry=RETRY)
         await self._settle(offer_id, refused, CopyState.FAILED)
         log.info(

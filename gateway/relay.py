@@ -122,8 +122,10 @@ class Relay:
         in the same step (no other task runs between the two). ``finish`` writes the
         final "." that makes the next hop take the copy.
 
-        When ``commit`` says False the transaction is abandoned (the connection
-        closes without the ".", so the next hop discards it) and None comes back.
+        When ``commit`` says False without calling ``finish`` the transaction is
+        abandoned (the connection closes without the ".", so the next hop discards
+        it) and None comes back; once ``finish`` ran, the next hop's reply comes back
+        whatever ``commit`` says (the store may fail after the "." went out).
         A copy whose node dies before its commit was never delivered; one whose
         commit is stored is never sent again: each copy goes out at most once,
         and the only window for a loss is a death between the commit and the
@@ -181,12 +183,12 @@ class Relay:
         finally:
             if not ended:
                 pending.cancel()
-        if not stored:
+        if not ended:  # no "." went out: the next hop has nothing
             client.close()
-            return None
-        if not ended:  # the connection was lost before the end: the next hop has nothing
-            client.close()
+            if not stored:
+                return None
             return Outcome(451, "next hop lost the connection before the end of data")
+        # the "." went out (even if the store then failed to commit): the reply decides
         try:
             reply = await pending
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import os
 import selectors
@@ -93,6 +94,19 @@ class Worker:
     ready: bool = False
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with(supervisor: int) -> None:
+    """Have the kernel send this worker SIGTERM (a graceful stop) when the supervisor
+    dies, even by SIGKILL; a worker never outlives it holding the ports."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before the request took effect
+        os._exit(1)
+
+
 class Supervisor:
     """Forks the workers, restarts those that die, stops them all on a signal."""
 
@@ -148,9 +162,11 @@ class Supervisor:
         read_fd, write_fd = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
             os.close(read_fd)
+            _die_with(supervisor)
             self._work(index, write_fd)
         os.close(write_fd)
         worker = Worker(index, pid, read_fd)

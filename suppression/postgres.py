@@ -711,13 +711,14 @@ class PostgresStore:
         result: bool = await self._write(work)
         return result
 
-    async def soft_bounces(self, sha256: str, since: datetime) -> frozenset[str]:
-        """The reporting messages of a recipient's soft bounces since ``since``."""
+    async def soft_bounces(self, sha256: str, since: datetime, until: datetime) -> frozenset[str]:
+        """The reporting messages of a recipient's soft bounces from ``since`` to ``until``."""
         with self._errors("read"):
             rows = await self._pool.fetch(
-                "SELECT message FROM soft_bounce WHERE sha256 = $1 AND at >= $2",
+                "SELECT message FROM soft_bounce WHERE sha256 = $1 AND at >= $2 AND at <= $3",
                 sha256,
                 _utc(since),
+                _utc(until),
             )
         return frozenset(row[0] for row in rows)
 

@@ -179,25 +179,36 @@ def new_consents(
     """The records of a batch not on record yet, and the batch's counts (its event left 0).
 
     A row that gave its time is on record if a record with the same statement
-    and time is; a row without one (stamped with the import's time) if the
-    same statement is on record at any time. A match made by this run
-    (``event >= run_since``) or earlier in the batch is a duplicate.
+    and time is. A row without one (stamped with the import's time) leans to
+    privacy: a grant is on record if the same grant is at any time (an old list
+    never grants again what was revoked since); a revocation only if the
+    subject's latest record for the purpose is that revocation (a revocation is
+    never lost to an older one). A match made by this run (``event >=
+    run_since``) or earlier in the batch is a duplicate.
     """
     first: dict[object, int] = {}  # statement, and (statement, time) -> earliest event
+    latest: dict[tuple[str, str], tuple[datetime, int, object]] = {}  # subject's latest record
     for record in stored:
         said, event = statement(record), record.event or 0
         first[said] = min(first.get(said, event), event)
         first[said, record.created] = min(first.get((said, record.created), event), event)
+        subject = (record.sha256, record.purpose)
+        if subject not in latest or (record.created, event) > latest[subject][:2]:
+            latest[subject] = (record.created, event, said)
     fresh: list[Consent] = []
     seen: set[object] = set()
     present = duplicates = 0
     for item in items:
         said = statement(item.consent)
-        key = (said, item.consent.created) if item.timed else said
-        if key in seen or (run_since is not None and first.get(key, -1) >= run_since):
+        key: object = (said, item.consent.created) if item.timed else said
+        known = first.get(key)
+        if not item.timed and not item.consent.granted:
+            last = latest.get((item.consent.sha256, item.consent.purpose))
+            known = last[1] if last is not None and last[2] == said else None
+        if key in seen or (run_since is not None and known is not None and known >= run_since):
             duplicates += 1
             continue
-        if key in first:
+        if known is not None:
             present += 1
         else:
             fresh.append(item.consent)

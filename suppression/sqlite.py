@@ -730,11 +730,11 @@ class SQLiteStore:
         result: bool = await self._write(work)
         return result
 
-    async def soft_bounces(self, sha256: str, since: datetime) -> frozenset[str]:
-        """The reporting messages of a recipient's soft bounces since ``since``."""
+    async def soft_bounces(self, sha256: str, since: datetime, until: datetime) -> frozenset[str]:
+        """The reporting messages of a recipient's soft bounces from ``since`` to ``until``."""
         rows = await self._all(
-            "SELECT message FROM soft_bounce WHERE sha256 = ? AND at >= ?",
-            (sha256, _time(since)),
+            "SELECT message FROM soft_bounce WHERE sha256 = ? AND at >= ? AND at <= ?",
+            (sha256, _time(since), _time(until)),
             lambda row: row[0],
         )
         return frozenset(rows)

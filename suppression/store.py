@@ -148,8 +148,8 @@ class Store(Protocol):
     ) -> bool:
         """Count one soft bounce per (recipient, reporting message), audited; False if known."""
 
-    async def soft_bounces(self, sha256: str, since: datetime) -> frozenset[str]:
-        """The reporting messages of a recipient's soft bounces since ``since``."""
+    async def soft_bounces(self, sha256: str, since: datetime, until: datetime) -> frozenset[str]:
+        """The reporting messages of a recipient's soft bounces from ``since`` to ``until``."""
 
     # --- partners, offers and their fan-out (suppression/partners.py) ---
 

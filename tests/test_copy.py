@@ -120,7 +120,9 @@ async def snapshot(url: str) -> dict[str, Any]:
             "ann": await store.subject(ANN),
             "bob": await store.subject(BOB),
             "compliance": [c async for c in store.compliance()],
-            "soft_bounces": await store.soft_bounces(ANN.sha256, datetime(2000, 1, 1, tzinfo=UTC)),
+            "soft_bounces": await store.soft_bounces(
+                ANN.sha256, datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+            ),
             "chain": await store.verify_chain(),
             "partners": await store.partners(),
             "offers": await store.offer_statuses(None),

@@ -246,6 +246,10 @@ async def test_soft_bounces_suppress_only_after_the_limit_within_the_window(rig:
     assert await rig.apply(soft(2), at=start) == Applied(soft_bounces=1)
     assert await rig.apply(soft(2), at=start) == Applied(soft_bounces=1)  # the same message
     assert await rig.apply(soft(3), at=start) == Applied(soft_bounces=1)  # 2 in the window
+    # a report dated long before (a backlog, a skewed or forged Date) counts only its own past
+    old = start - timedelta(days=400)
+    assert await rig.apply(soft(5), at=old) == Applied(soft_bounces=1)
+    assert await rig.apply(soft(6), at=old) == Applied(soft_bounces=1)
     assert await rig.scopes(REPORTED) == {}
     assert await rig.apply(soft(4), dry_run=True, at=start) == Applied(soft_bounces=1, suppressed=1)
     assert await rig.scopes(REPORTED) == {}

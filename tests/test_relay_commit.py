@@ -65,3 +65,21 @@ async def test_refusals_come_back_as_outcomes(next_hop: Sink) -> None:
     assert refused is not None
     assert (refused.code, refused.delivered, refused.temporary) == (550, False, False)
     assert next_hop.messages == []
+
+
+async def test_a_commit_that_fails_after_the_end_of_data_still_reports_the_delivery(
+    next_hop: Sink,
+) -> None:
+    # PostgreSQL: the "." goes out with the COMMIT, whose answer may then be an error;
+    # the next hop has the copy, so the caller must learn it was delivered (never resend)
+    pool = relay(next_hop)
+
+    async def commit(finish: Callable[[], None]) -> bool:
+        finish()
+        return False
+
+    outcome = await pool.send_committed("o@example.com", "r@example.com", message(), commit)
+    await pool.close()
+    assert outcome is not None
+    assert outcome.delivered
+    assert len(next_hop.messages) == 1

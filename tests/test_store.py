@@ -547,10 +547,34 @@ async def test_soft_bounces_count_once_per_reporting_message_within_a_window(
     events = (await store.verify_chain()).events
     assert not await store.record_soft_bounce(who, "b" * 64, at=late, actor="t", detail=detail)
     assert (await store.verify_chain()).events == events  # a repeat writes nothing
-    assert await store.soft_bounces(who, early) == {"a" * 64, "b" * 64}
-    assert await store.soft_bounces(who, datetime(2026, 1, 10, tzinfo=UTC)) == {"b" * 64}
-    assert await store.soft_bounces(normalize("x@example.com").sha256, early) == frozenset()
+    assert await store.soft_bounces(who, early, late) == {"a" * 64, "b" * 64}
+    assert await store.soft_bounces(who, datetime(2026, 1, 10, tzinfo=UTC), late) == {"b" * 64}
+    # a window ends too: an old report (its Date) does not count the bounces after it
+    assert await store.soft_bounces(who, early, datetime(2026, 1, 10, tzinfo=UTC)) == {"a" * 64}
+    assert await store.soft_bounces(normalize("x@example.com").sha256, early, late) == frozenset()
     record = await store.subject(normalize("full@example.com"))
     bounces = [e for e in record.events if e.action == "soft-bounce"]
     assert len(bounces) == 2
     assert "<dsn@mx.example>" in bounces[0].body
+
+
+async def test_a_revocation_without_a_time_is_never_lost_to_an_older_one(
+    backend: Backend,
+) -> None:
+    store = backend.store
+    a = normalize("a@example.com")
+    revoked = replace(consent("a@example.com", "news", granted=False), source="crm")
+    first = await store.add_consents([timed(revoked, False)], actor="t")
+    assert first.added == 1
+    # the person grants again on the web; the CRM's next export revokes again
+    await store.record_consents(
+        [replace(consent("a@example.com", "news"), source="web")], actor="t"
+    )
+    again = await store.add_consents([timed(replace(revoked, created=now()), False)], actor="t")
+    assert (again.added, again.present) == (1, 0)
+    latest = (await store.lookup_many([a], ["global"], "news"))[a.sha256].consent
+    assert latest is not None
+    assert latest.granted is False
+    # and that revocation, now the latest record, is on record for the next import
+    third = await store.add_consents([timed(replace(revoked, created=now()), False)], actor="t")
+    assert (third.added, third.present) == (0, 1)

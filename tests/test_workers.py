@@ -96,6 +96,21 @@ async def test_a_killed_worker_is_replaced(tmp_path: Path, next_hop: Sink) -> No
         assert 1 in {line["worker"] for line in lines}
 
 
+async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path, next_hop: Sink) -> None:
+    env = await seeded(tmp_path, next_hop)
+    async with optgate_serve(env, "--workers", "2", ready=2) as served:
+        workers = served.worker_pids()
+        _, port = served.address("smtp")
+        served.process.kill()  # SIGKILL: the supervisor cannot tell anyone
+        for _ in range(300):  # up to 30 s: they drain, then exit
+            if not any(alive(pid) for pid in workers):
+                break
+            await asyncio.sleep(0.1)
+        assert not any(alive(pid) for pid in workers)
+        with pytest.raises(ConnectionRefusedError), closing(socket.socket()) as probe:
+            probe.connect(("127.0.0.1", port))  # nobody holds the port any more
+
+
 @asynccontextmanager
 async def held_next_hop() -> AsyncIterator[tuple[Sink, asyncio.Event, asyncio.Event]]:
     """A next hop that takes DATA and answers only when released: (sink, arrived, release)."""

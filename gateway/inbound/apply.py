@@ -205,7 +205,7 @@ class _Context:
         inbound = self.config.inbound
         since = self.at - timedelta(days=inbound.soft_bounce_days)
         if self.dry_run:
-            seen = await self.store.soft_bounces(target.sha256, since)
+            seen = await self.store.soft_bounces(target.sha256, since, self.at)
             count = len(seen | {self.message.digest})
         else:
             await self.store.record_soft_bounce(
@@ -215,7 +215,7 @@ class _Context:
                 actor=ACTOR,
                 detail=self._note(finding, target),
             )
-            count = len(await self.store.soft_bounces(target.sha256, since))
+            count = len(await self.store.soft_bounces(target.sha256, since, self.at))
         reached = count >= inbound.soft_bounce_limit
         if not reached:
             self._log(finding, "counted", target, soft_bounces=count)

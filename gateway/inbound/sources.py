@@ -7,7 +7,7 @@ mark mail read:
 
 - mbox: a ``Status: RO`` header, as mutt and mailx write it; a message whose
   Status holds ``R`` counts as processed.  The file stays locked (dot-lock and
-  ``flock``, as delivery agents expect) for the whole run; the marks are written
+  ``fcntl`` lock, as the stdlib takes them) for the whole run; the marks are written
   at the end in one rewrite of the file (stdlib ``mailbox``), the other
   messages byte for byte, owner and mode kept.
 - Maildir: the message moves from ``new/`` to ``cur/`` with the ``S`` (seen)
