@@ -211,8 +211,11 @@ class FanOut:
         outcomes = await asyncio.gather(*(self._copy(offer, prepared, c) for c in kept))
         # an uncertain copy (no reply after the end of data) stays sent: never twice
         failed = [(c, o) for c, o in zip(kept, outcomes, strict=True) if o and not o.uncertain]
-        temporary = [c.sha256 for c, o in failed if o.temporary]
-        refused = [c.sha256 for c, o in failed if not o.delivered and not o.temporary]
+        # a copy deferred for too long fails, as an MTA's queue lifetime ends, so the
+        # offer can finish
+        expired = now() - offer.created > timedelta(hours=self._settings.retry_hours)
+        temporary = [c.sha256 for c, o in failed if o.temporary and not expired]
+        refused = [c.sha256 for c, o in failed if not o.delivered and (expired or not o.temporary)]
         went = [
             c.sha256
             for c, o in zip(kept, outcomes, strict=True)

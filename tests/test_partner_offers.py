@@ -154,6 +154,25 @@ async def test_an_offer_reaches_each_consenting_unsuppressed_recipient_once(
     assert [facts[p.sha256].delivered for p in people] == [True, True, True, False]
 
 
+async def test_a_copy_deferred_past_the_retry_time_fails_and_the_offer_finishes(
+    tmp_path: Path, next_hop: Sink
+) -> None:
+    config = gateway_config(
+        tmp_path,
+        next_hop.port,
+        partners_listen="127.0.0.1:0",
+        partners_audience_domain="partners.example.com",
+        partners_retry_hours="0",  # every deferral is past it
+    )
+    next_hop.fail_rcpt[FANS[0]] = ["451 4.2.0 mailbox busy"] * 10
+    async with running(config) as gate:
+        secret = await seed(config)
+        assert (await submit(gate.partners_port, "acme", secret, offer())).code == 250
+        [status] = await until_done(config)
+    assert (status.sent, status.bounced, status.pending) == (2, 1, 0)
+    assert sorted(r for m in next_hop.messages for r in m.rcpt_tos) == sorted(FANS[1:])
+
+
 async def test_the_audience_topic_narrows_the_audience(
     config: Config, gate: Running, next_hop: Sink
 ) -> None:
