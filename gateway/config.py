@@ -216,6 +216,9 @@ class Partners:
     )
     lease: int = _opt(300, "seconds a node holds claimed copies before another may take them")
     batch: int = _opt(200, "copies a node claims at once")
+    auth_per_minute: int = _opt(
+        10, "AUTH attempts a client address may make a minute (a guess costs a scrypt); 0: no limit"
+    )
     retry_hours: int = _opt(
         120, "a copy the next hop keeps deferring (4xx) fails this long after its offer came"
     )

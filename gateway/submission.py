@@ -29,6 +29,7 @@ from cryptography.x509.oid import NameOID
 from gateway import keygen
 from gateway.config import Partners, host_port
 from gateway.pipeline import header_values
+from gateway.ratelimit import RateLimiter
 from gateway.server import session_error
 from suppression.errors import ConfigError, OptgateError
 from suppression.model import check_name, now
@@ -42,6 +43,7 @@ NOT_AUDIENCE = "550 5.7.1 Partners send to offer@{domain} or offer+TOPIC@{domain
 ONE_AUDIENCE = "452 4.5.3 One audience per offer"
 BAD_CREDENTIALS = "535 5.7.8 Authentication credentials invalid"
 AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure"
+AUTH_THROTTLED = "454 4.7.0 Too many authentication attempts, try again later"
 DISABLED = "550 5.7.1 This partner may not submit offers"
 # a timing equaliser: unknown names cost as much as wrong passwords
 _DUMMY = hash_credential("optgate-no-such-partner")
@@ -131,14 +133,31 @@ class Intake:
     def __init__(self, store: Store, settings: Partners, accepted: Callable[[], None]) -> None:
         self._store, self._settings, self._accepted = store, settings, accepted
         self.in_flight: set[asyncio.Task[Any]] = set()
+        limit = settings.auth_per_minute
+        self._attempts = RateLimiter(limit) if limit else None
 
     async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
         """AUTH PLAIN, parsed by aiosmtpd, checked against the store."""
+        if self._throttled(server):
+            return AuthResult(success=False, handled=False, message=AUTH_THROTTLED)
         return await self._check(await SMTP.auth_PLAIN(server, server, args))
 
     async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
         """AUTH LOGIN, parsed by aiosmtpd, checked against the store."""
+        if self._throttled(server):
+            return AuthResult(success=False, handled=False, message=AUTH_THROTTLED)
         return await self._check(await SMTP.auth_LOGIN(server, server, args))
+
+    def _throttled(self, server: SMTP) -> bool:
+        """Whether this client address is over its AUTH attempts a minute (logged)."""
+        if self._attempts is None:
+            return False
+        peer = server.session.peer if server.session else None
+        client = str(peer[0]) if isinstance(peer, tuple) else "?"
+        if self._attempts.wait(client) == 0.0:
+            return False
+        log.warning("partner_auth_throttled")
+        return True
 
     async def _check(self, parsed: AuthResult) -> AuthResult:
         if not parsed.success or not isinstance(parsed.auth_data, LoginPassword):

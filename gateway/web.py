@@ -19,7 +19,6 @@ import ipaddress
 import json
 import math
 import re
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from yarl import URL
 from gateway import pages
 from gateway.config import Config
 from gateway.metrics import Metrics
+from gateway.ratelimit import RateLimiter
 from gateway.tokens import Claims, InvalidToken, TokenSigner
 from suppression.errors import ConfigError, OptgateError, StoreError
 from suppression.model import (
@@ -50,7 +50,6 @@ CONFIRM_MAX_AGE = 7 * 24 * 3600  # seconds a double opt-in link stays valid
 
 ACTOR = "web"
 MAX_BODY = 64 * 1024  # a one-click or page form is a few dozen bytes
-MAX_CLIENTS = 100_000  # rate-limit buckets kept; the least recently seen go first
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 UNLIMITED = frozenset({"/healthz", "/metrics"})  # monitoring is not rate-limited
 SECURITY_HEADERS = {
@@ -135,27 +134,6 @@ def _trusted(host: str, proxies: Sequence[Network]) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
     return any(ip in network for network in proxies)
-
-
-class RateLimiter:
-    """A token bucket per client: ``per_minute`` a minute, in bursts of up to that many."""
-
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._capacity = float(per_minute)
-        self._rate = per_minute / 60.0
-        self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, when)
-
-    def wait(self, client: str) -> float:
-        """Take a token: 0.0 when there was one, else the seconds until there is."""
-        at = self._clock()
-        tokens, then = self._buckets.pop(client, (self._capacity, at))
-        tokens = min(self._capacity, tokens + (at - then) * self._rate)
-        delay = 0.0 if tokens >= 1 else (1 - tokens) / self._rate
-        self._buckets[client] = (tokens - 1 if not delay else tokens, at)  # now the newest
-        if len(self._buckets) > MAX_CLIENTS:
-            del self._buckets[next(iter(self._buckets))]
-        return delay
 
 
 def standing(holder: Holder, topic: str | None) -> pages.Standing:

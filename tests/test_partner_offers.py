@@ -220,6 +220,31 @@ async def test_bad_submissions_are_refused_and_store_nothing(
     assert next_hop.messages == []
 
 
+async def test_too_many_auth_attempts_from_one_address_get_454(
+    tmp_path: Path, next_hop: Sink
+) -> None:
+    config = gateway_config(
+        tmp_path,
+        next_hop.port,
+        partners_listen="127.0.0.1:0",
+        partners_audience_domain="partners.example.com",
+        partners_auth_per_minute="3",
+    )
+    async with running(config) as gate:
+        secret = await seed(config)
+        # smtplib tries PLAIN, then LOGIN: a refused login is two attempts
+        first = await submit(gate.partners_port, "acme", secret + "x", offer())
+        assert first.code == 535
+        second = await submit(gate.partners_port, "acme", secret + "x", offer())
+        assert (second.code, second.reply) == (
+            454,
+            "4.7.0 Too many authentication attempts, try again later",
+        )
+        # the right credential waits its turn too: guessing is what is slowed down
+        assert (await submit(gate.partners_port, "acme", secret, offer())).code == 454
+    assert next_hop.messages == []
+
+
 async def test_a_partner_over_its_rate_gets_450(config: Config, gate: Running) -> None:
     secret = await seed(config)
     codes = [(await submit(gate.partners_port, "acme", secret, offer())).code for _ in range(4)]

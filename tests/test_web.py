@@ -22,8 +22,9 @@ from gateway.metrics import Metrics
 from gateway.pages import INVALID_LINK, mask
 from gateway.pipeline import verdict
 from gateway.policy import MessageClass, Rules
+from gateway.ratelimit import RateLimiter
 from gateway.tokens import Claims, TokenSigner
-from gateway.web import SECURITY_HEADERS, RateLimiter, WebSettings, client_ip, make_app, networks
+from gateway.web import SECURITY_HEADERS, WebSettings, client_ip, make_app, networks
 from suppression.address import Address, normalize
 from suppression.errors import ConfigError
 from suppression.model import Consent, ImportItem, Reason, now
