@@ -58,18 +58,22 @@ def offer(subject: str = "A fine offer", extra: str = "") -> bytes:
     ).encode()
 
 
+def partner_config(tmp_path: Path, next_hop: Sink, **settings: str) -> Config:
+    """The partner listener on a free port; ``settings`` override or add to it."""
+    defaults = {
+        "partners_listen": "127.0.0.1:0",
+        "partners_audience_domain": "partners.example.com",
+        "partners_sender": "offers@example.com",
+        "partners_rate_per_hour": "3",
+        "partners_max_message_size": "20000",
+        "inbound_domains": "example.com",  # VERP: bounces come back to optgate
+    }
+    return gateway_config(tmp_path, next_hop.port, 0, **{**defaults, **settings})
+
+
 @pytest.fixture
 def config(tmp_path: Path, next_hop: Sink) -> Config:
-    return gateway_config(
-        tmp_path,
-        next_hop.port,
-        partners_listen="127.0.0.1:0",
-        partners_audience_domain="partners.example.com",
-        partners_sender="offers@example.com",
-        partners_rate_per_hour="3",
-        partners_max_message_size="20000",
-        inbound_domains="example.com",  # VERP: bounces come back to optgate
-    )
+    return partner_config(tmp_path, next_hop)
 
 
 @pytest.fixture
@@ -157,13 +161,8 @@ async def test_an_offer_reaches_each_consenting_unsuppressed_recipient_once(
 async def test_a_copy_deferred_past_the_retry_time_fails_and_the_offer_finishes(
     tmp_path: Path, next_hop: Sink
 ) -> None:
-    config = gateway_config(
-        tmp_path,
-        next_hop.port,
-        partners_listen="127.0.0.1:0",
-        partners_audience_domain="partners.example.com",
-        partners_retry_hours="0",  # every deferral is past it
-    )
+    # every deferral is past the retry time
+    config = partner_config(tmp_path, next_hop, partners_retry_hours="0")
     next_hop.fail_rcpt[FANS[0]] = ["451 4.2.0 mailbox busy"] * 10
     async with running(config) as gate:
         secret = await seed(config)
@@ -223,13 +222,7 @@ async def test_bad_submissions_are_refused_and_store_nothing(
 async def test_too_many_auth_attempts_from_one_address_get_454(
     tmp_path: Path, next_hop: Sink
 ) -> None:
-    config = gateway_config(
-        tmp_path,
-        next_hop.port,
-        partners_listen="127.0.0.1:0",
-        partners_audience_domain="partners.example.com",
-        partners_auth_per_minute="3",
-    )
+    config = partner_config(tmp_path, next_hop, partners_auth_per_minute="3")
     async with running(config) as gate:
         secret = await seed(config)
         # smtplib tries PLAIN, then LOGIN: a refused login is two attempts
