@@ -144,6 +144,13 @@ def _other_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="N",
         help=f"processes sharing the listening ports (default: one per core, {default_count()})",
     )
+    serve.add_argument(
+        "--cpu-affinity",
+        choices=("auto", "none"),
+        default="auto",
+        help="auto (default): with one worker per core, bind worker i to core i; "
+        "none: let the kernel place the workers",
+    )
     _command(group, "demo", admin.demo, "show what optgate does, on a temporary store")
     subject = group.add_parser("subject", help="data-subject access and erasure")
     sub = subject.add_subparsers(dest="action", required=True, metavar="ACTION")

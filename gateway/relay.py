@@ -1,14 +1,12 @@
-"""The client side: pooled aiosmtplib connections to the next hop, and error mapping."""
+"""The client side: pooled connections to the next hop (gateway/smtpclient.py), and outcomes."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import aiosmtplib
-from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from gateway.smtpclient import Broken, Connection, Refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,12 +31,12 @@ class Outcome:
 
 def _failure(exc: Exception) -> Outcome:
     """The outcome of a transaction that raised: the next hop's refusal, or 451."""
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
-        refusal = exc.recipients[0]
-        return Outcome(refusal.code, refusal.message)
-    if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return Outcome(exc.code, exc.message)
+    if isinstance(exc, Refused):
+        return Outcome(exc.reply.code, exc.reply.message)
     return Outcome(451, f"next hop unavailable ({type(exc).__name__})")
+
+
+_FAILURES = (Refused, Broken, OSError, TimeoutError)
 
 
 # commit(finish): store that the copy is sent, call finish() at once; False: another
@@ -62,23 +60,45 @@ class Relay:
         self._host, self._port, self._timeout = host, port, timeout
         self._starttls = starttls
         self._local_hostname = local_hostname
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[Connection] = []
         self._slots = asyncio.Semaphore(size)
 
-    async def _connect(self) -> aiosmtplib.SMTP:
-        client = aiosmtplib.SMTP(
-            hostname=self._host,
-            port=self._port,
-            timeout=self._timeout,
-            start_tls=False,
+    async def _connect(self) -> Connection:
+        return await Connection.open(
+            self._host,
+            self._port,
+            seconds=self._timeout,
             local_hostname=self._local_hostname,
+            starttls=self._starttls,
         )
-        await client.connect()
-        await client.ehlo()
-        if self._starttls == "required" or (
-            self._starttls == "opportunistic" and client.supports_extension("starttls")
-        ):
-            await client.starttls(validate_certs=False)
+
+    def _pooled(self) -> Connection | None:
+        """An idle connection still in step, if there is one."""
+        while self._idle:
+            client = self._idle.pop()
+            if client.usable:
+                return client
+            client.close()
+        return None
+
+    async def _started(self, mail_from: str, rcpt: str, options: Sequence[str]) -> Connection:
+        """A connection at the 354 of a new transaction, pooled if one still works."""
+        client = self._pooled()
+        if client is not None:
+            try:
+                await client.start(mail_from, rcpt, options)
+                return client
+            except Broken:
+                client.close()  # the next hop closed it while idle: once more on a new one
+            except BaseException:
+                client.close()
+                raise
+        client = await self._connect()
+        try:
+            await client.start(mail_from, rcpt, options)
+        except BaseException:
+            client.close()
+            raise
         return client
 
     async def send(
@@ -86,33 +106,27 @@ class Relay:
     ) -> Outcome:
         """Relay one copy to one recipient; never raises for SMTP or network errors."""
         async with self._slots:
-            client = self._idle.pop() if self._idle else None
             try:
-                if client is not None:
-                    try:
-                        return await self._sendmail(client, mail_from, rcpt, data, options)
-                    except aiosmtplib.SMTPServerDisconnected:
-                        client.close()  # a stale pooled connection: once more on a new one
-                client = await self._connect()
-                return await self._sendmail(client, mail_from, rcpt, data, options)
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                outcome = _failure(exc)
-            if client is not None:
+                client = await self._started(mail_from, rcpt, options)
+            except _FAILURES as exc:
+                return _failure(exc)
+            try:
+                client.write_content(data)
+                client.write_end()
+                reply = await client.end_reply()
+            except _FAILURES as exc:
                 client.close()
-            return outcome
+                return _failure(exc)
+            return self._settled(client, reply)
 
-    async def _sendmail(
-        self,
-        client: aiosmtplib.SMTP,
-        mail_from: str,
-        rcpt: str,
-        data: bytes,
-        options: Sequence[str],
-    ) -> Outcome:
-        """One transaction; the connection goes back to the pool after a 250."""
-        _, reply = await client.sendmail(mail_from, [rcpt], data, mail_options=list(options))
+    def _settled(self, client: Connection, reply: tuple[int, str]) -> Outcome:
+        """The reply to the final "."; the connection goes back to the pool after a 250."""
+        code, message = reply
+        if code != 250:
+            client.close()
+            return Outcome(code, message)
         self._idle.append(client)
-        return Outcome(250, reply)
+        return Outcome(250, message)
 
     async def send_committed(
         self, mail_from: str, rcpt: str, data: bytes, commit: Commit
@@ -132,49 +146,27 @@ class Relay:
         write of five bytes. Never raises for SMTP or network errors.
         """
         async with self._slots:
-            client = self._idle.pop() if self._idle else None
             try:
-                if client is not None:
-                    try:
-                        await client.mail(mail_from)
-                    except aiosmtplib.SMTPServerDisconnected:
-                        client.close()  # a stale pooled connection: once more on a new one
-                        client = None
-                if client is None:
-                    client = await self._connect()
-                    await client.mail(mail_from)
-                return await self._committed(client, rcpt, data, commit)
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                outcome = _failure(exc)
-            if client is not None:
+                client = await self._started(mail_from, rcpt, ())
+            except _FAILURES as exc:
+                return _failure(exc)
+            try:
+                client.write_content(data)
+            except _FAILURES as exc:
                 client.close()
-            return outcome
+                return _failure(exc)
+            return await self._committed(client, commit)
 
-    async def _committed(
-        self,
-        client: aiosmtplib.SMTP,
-        rcpt: str,
-        data: bytes,
-        commit: Commit,
-    ) -> Outcome | None:
-        await client.rcpt(rcpt)
-        start = await client.execute_command(b"DATA")
-        if start.code != 354:
-            raise aiosmtplib.SMTPDataError(start.code, start.message)
-        protocol = client.protocol
-        if protocol is None:
-            raise aiosmtplib.SMTPServerDisconnected("connection lost")
-        content = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data))
-        protocol.write(content if content.endswith(b"\r\n") else content + b"\r\n")
+    async def _committed(self, client: Connection, commit: Commit) -> Outcome | None:
         # waiting for the reply before the "." is written: it cannot arrive unexpected
-        pending = asyncio.ensure_future(protocol.read_response(timeout=self._timeout))
+        pending = asyncio.ensure_future(client.end_reply())
         ended = False
 
         def finish() -> None:
             nonlocal ended
             try:
-                protocol.write(b".\r\n")
-            except aiosmtplib.SMTPServerDisconnected:
+                client.write_end()
+            except Broken:
                 return
             ended = True
 
@@ -191,19 +183,12 @@ class Relay:
         # the "." went out (even if the store then failed to commit): the reply decides
         try:
             reply = await pending
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        except _FAILURES as exc:
             client.close()
             return Outcome(451, f"no reply after the end of data ({type(exc).__name__})", True)
-        if reply.code != 250:
-            client.close()
-            return Outcome(reply.code, reply.message)
-        self._idle.append(client)
-        return Outcome(250, reply.message)
+        return self._settled(client, reply)
 
     async def close(self) -> None:
         """Say goodbye on every idle connection."""
         while self._idle:
-            client = self._idle.pop()
-            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
-                await client.quit()
-            client.close()
+            await self._idle.pop().quit()

@@ -5,6 +5,7 @@ worker runs the whole gateway (``service.serve``) on its own event loop and
 listens on the same addresses with SO_REUSEPORT, so the kernel spreads new
 connections over the workers. The first worker starts alone (it makes the
 token key file and migrates the store); the others follow once it listens.
+With one worker per CPU, worker i is bound to CPU i (``--cpu-affinity``).
 The supervisor restarts a worker that dies, passes SIGTERM / SIGINT on for a
 graceful stop (each worker drains its messages in flight), and gives up with
 exit status 2 when the first worker cannot start or workers keep failing
@@ -45,12 +46,34 @@ STOP_SECONDS = service.DRAIN_SECONDS + 10  # then SIGKILL
 _SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)
 
 
+def _usable_cpus() -> list[int] | None:
+    """The CPUs this process may run on, or None where the system cannot say (not Linux)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return None
+
+
 def default_count() -> int:
     """One worker per core this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    cpus = _usable_cpus()
+    return len(cpus) if cpus else os.cpu_count() or 1
+
+
+def cpu_plan(count: int, affinity: str) -> list[int] | None:
+    """The CPU each of ``count`` workers is bound to, or None: the kernel places them.
+
+    ``auto`` binds worker i to the i-th CPU this process may run on when there
+    is exactly one worker per such CPU, as nginx's ``worker_cpu_affinity auto``
+    does: a worker then keeps its core and its caches while the MTA and other
+    processes move around it. With fewer workers than CPUs none is bound,
+    because a bound worker could not leave a core another process keeps busy
+    while a core idles; with more, they would share cores anyway.
+    """
+    cpus = _usable_cpus()
+    if affinity == "auto" and cpus is not None and len(cpus) == count:
+        return cpus
+    return None
 
 
 @contextlib.contextmanager
@@ -107,13 +130,29 @@ def _die_with(supervisor: int) -> None:
         os._exit(1)
 
 
+def bind(cpu: int) -> None:
+    """Run this process (and the threads it starts later) on ``cpu`` only; say so if it cannot."""
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError as exc:  # a CPU taken offline, or a sandbox that forbids it
+        log.warning("worker_not_bound", cpu=cpu, error=exc.strerror)
+    else:
+        log.info("worker_bound", cpu=cpu)
+
+
 class Supervisor:
     """Forks the workers, restarts those that die, stops them all on a signal."""
 
     def __init__(
-        self, config: Config, parts: Collection[str], count: int, metrics_dir: str
+        self,
+        config: Config,
+        parts: Collection[str],
+        count: int,
+        metrics_dir: str,
+        cpus: list[int] | None = None,
     ) -> None:
         self.config, self.parts, self.count, self.metrics_dir = config, parts, count, metrics_dir
+        self.cpus = cpus  # worker i runs on cpus[i] only; None: wherever the kernel likes
         self.workers: dict[int, Worker] = {}  # by pid
         self.due: dict[int, float] = {}  # slot -> when to (re)start it
         self.selector = selectors.DefaultSelector()
@@ -185,6 +224,8 @@ class Supervisor:
             for fd in (self.selector.fileno(), self.wakeup_r, self.wakeup_w, *inherited):
                 os.close(fd)
             structlog.contextvars.bind_contextvars(worker=index)
+            if self.cpus is not None:
+                bind(self.cpus[index])
 
             def ready() -> None:
                 os.write(ready_fd, b"r")
@@ -294,6 +335,7 @@ def serve(args: argparse.Namespace, config: Config) -> int:
     logs.configure()
     parts = [args.only] if args.only else list(service.PARTS)
     count = args.workers or default_count()
+    cpus = cpu_plan(count, args.cpu_affinity)
     with contextlib.ExitStack() as stack:
         if "smtp" in parts:
             smtp = stack.enter_context(reserved(config.smtp.listen, "[smtp] listen"))
@@ -315,9 +357,10 @@ def serve(args: argparse.Namespace, config: Config) -> int:
         log.info(
             "workers_starting",
             workers=count,
+            cpus=cpus,
             smtp=config.smtp.listen if "smtp" in parts else None,
             web=config.web.listen if "web" in parts else None,
             inbound=config.inbound.listen or None,
         )
-        status = Supervisor(config, parts, count, metrics_dir).run()
+        status = Supervisor(config, parts, count, metrics_dir, cpus).run()
     return status

@@ -4,7 +4,8 @@
 # (../shared/bench/smtp_relay_bench.sh: smtp-source -> relay -> smtp-sink).
 #
 #   scripts/bench_relay.sh [-n N] [-s SESSIONS] [-r RCPTS] [-k 4k|50k] [--runs R] [--dkim rsa|ed25519]
-#                          [--workers 1,2] [--store postgresql://...] [--nodes 1,2]
+#                          [--workers 1,2] [--affinity auto|none] [--store postgresql://...]
+#                          [--nodes 1,2]
 #
 # Defaults: N=5000 messages, 20 sessions, 1 recipient, 4 KB, 3 runs. Each run
 # of each relay gets a fresh sink; the harness prints the median msgs/s of
@@ -17,7 +18,10 @@
 # pass-through), the runs of the counts interleaved, and prints each median
 # against the first count's (issue bar: 2 workers >= 1.7x 1 worker on 2 cores),
 # with optgate's CPU per message and the whole machine's: smtp-source and
-# smtp-sink share the cores, which caps what a second worker can add.
+# smtp-sink share the cores, which caps what a second worker can add. As the
+# machine's speed drifts, it also prints the median of the run-by-run ratios.
+# --affinity passes `--cpu-affinity` on (default auto: with one worker per core,
+# each is bound to its own; `none` leaves the placement to the kernel).
 #
 # --store URL puts the store in that (empty) PostgreSQL database instead of a
 # SQLite file. --nodes 1,2 compares K separate `optgate serve` nodes sharing
@@ -37,14 +41,14 @@ REPO=$(pwd)
 BENCH=${BENCH:-$REPO/../shared/bench}
 [ -x "$BENCH/smtp_relay_bench.sh" ] || { echo "harness not found: set BENCH=DIR" >&2; exit 2; }
 
-N=5000 S=20 M=1 K=4k RUNS=3 DKIM="" WORKERS="" STORE="" NODES=""
+N=5000 S=20 M=1 K=4k RUNS=3 DKIM="" WORKERS="" STORE="" NODES="" AFFINITY=auto
 while [ $# -gt 0 ]; do
     case $1 in
         -n) N=$2; shift 2;; -s) S=$2; shift 2;; -r) M=$2; shift 2;;
         -k) K=$2; shift 2;; --runs) RUNS=$2; shift 2;; --dkim) DKIM=$2; shift 2;;
         --workers) WORKERS=$2; shift 2;; --store) STORE=$2; shift 2;;
-        --nodes) NODES=$2; shift 2;;
-        *) sed -n '2,33p' "$0"; exit 2;;
+        --nodes) NODES=$2; shift 2;; --affinity) AFFINITY=$2; shift 2;;
+        *) sed -n '2,36p' "$0"; exit 2;;
     esac
 done
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
@@ -88,7 +92,7 @@ fi
 optgate_cmd() {
     echo "$FRESH OPTGATE_SMTP_LISTEN=127.0.0.1:{RELAY_PORT} OPTGATE_RELAY_NEXT_HOP=127.0.0.1:{SINK_PORT} \
 OPTGATE_STORE_URL=$STORE OPTGATE_POLICY_REQUIRE_CONSENT=false $DKIM_ENV \
-OPTGATE_UNSUBSCRIBE_KEY_FILE=$WORK/key exec $REPO/.venv/bin/optgate serve --only smtp --workers $1"
+OPTGATE_UNSUBSCRIBE_KEY_FILE=$WORK/key exec $REPO/.venv/bin/optgate serve --only smtp --workers $1 --cpu-affinity $AFFINITY"
 }
 PASS_CMD="exec $REPO/.venv/bin/python $BENCH/passthrough_relay.py --listen-port {RELAY_PORT} --next-port {SINK_PORT}"
 
@@ -133,14 +137,17 @@ fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # shellcheck disable=SC2086 # LABELS is a list
-.venv/bin/python - "$RESULTS" "$M" $LABELS <<'EOF'
+PAIRED=single
+[ -z "$WORKERS$NODES" ] || PAIRED=paired
+.venv/bin/python - "$RESULTS" "$M" "$PAIRED" $LABELS <<'EOF'
 # Every relay answers 250 only after the next hop accepted the message, so the
 # source's own rate (accept_msgs_per_s) is the end-to-end rate. It is used here
 # because optgate relays one personal copy per recipient: with -r 10 the sink
 # counts ten transactions per message, which the harness's table (built for
 # relays that forward one transaction) reports as FAIL.
 import json, statistics, sys
-path, rcpts, base, *others = sys.argv[1:]
+path, rcpts, paired_flag, base, *others = sys.argv[1:]
+paired = paired_flag == "paired"  # the runs of the labels alternate (--workers, --nodes)
 runs: dict[str, list[dict[str, float]]] = {}
 together: dict[str, list[dict[str, float]]] = {}  # nodes-K-runR: K instances of one run
 for line in open(path):
@@ -172,4 +179,9 @@ for label in others:
     ours, theirs = median(label, "accept_msgs_per_s"), median(base, "accept_msgs_per_s")
     print(f"rcpts={rcpts}: {label} / {base} = {ours / theirs:.2f}  "
           f"({ours:.0f} vs {theirs:.0f} msgs/s, medians)")
+    if paired and len(runs[label]) == len(runs[base]):  # interleaved: run r of each together
+        ratios = sorted(a["accept_msgs_per_s"] / b["accept_msgs_per_s"]
+                        for a, b in zip(runs[label], runs[base]))
+        print(f"  run by run: median {statistics.median(ratios):.2f}, "
+              f"from {ratios[0]:.2f} to {ratios[-1]:.2f} ({len(ratios)} pairs)")
 EOF

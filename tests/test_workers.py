@@ -17,11 +17,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.config import load
 from gateway.keys import load_keys
 from gateway.tokens import Claims, TokenSigner
+from gateway.workers import bind, cpu_plan
 from suppression.address import normalize
 from tests.support.people import FAN, SENDER, seed
 from tests.support.serving import alive, optgate_serve
@@ -239,3 +241,64 @@ def token_for(env: dict[str, str], address: str) -> str:
     """An unsubscribe token as the running gateway would issue it (same key file)."""
     signer = TokenSigner(load_keys(Path(load(None, env).unsubscribe.key_file)))
     return signer.issue(Claims(normalize(address).sha256, "global", int(time.time())))
+
+
+def threads_cpus(pid: int) -> dict[int, set[int]]:
+    """The CPUs each thread of process `pid` may run on, by thread id."""
+    return {
+        int(t.name): os.sched_getaffinity(int(t.name)) for t in Path(f"/proc/{pid}/task").iterdir()
+    }
+
+
+async def test_one_worker_per_cpu_binds_each_worker_and_its_threads_to_its_own_cpu(
+    tmp_path: Path, next_hop: Sink
+) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    env = await seeded(tmp_path, next_hop)
+    async with optgate_serve(env, "--workers", str(len(cpus)), ready=len(cpus)) as served:
+        assert served.events("workers_starting")[0]["cpus"] == cpus
+        _, port = served.address("smtp")
+        assert await send_many(port, MESSAGES, "b") == [250] * MESSAGES  # the ledger thread runs
+        bound = await served.wait_for("worker_bound", len(cpus))
+        assert sorted((line["worker"], line["cpu"]) for line in bound) == list(enumerate(cpus))
+        for line in served.events("worker_ready"):
+            pid, cpu = line["pid"], cpus[line["worker"]]
+            threads = threads_cpus(pid)
+            assert len(threads) > 1
+            assert set(map(frozenset, threads.values())) == {frozenset({cpu})}
+        assert served.events("worker_not_bound") == []
+
+
+@pytest.mark.parametrize("how", ["more workers than cpus", "--cpu-affinity none"])
+async def test_workers_stay_unbound_unless_there_is_one_per_cpu(
+    tmp_path: Path, next_hop: Sink, how: str
+) -> None:
+    cpus = os.sched_getaffinity(0)
+    args = ["--workers", str(len(cpus) + 1)]
+    if how == "--cpu-affinity none":
+        args = ["--workers", str(len(cpus)), "--cpu-affinity", "none"]
+    count = int(args[1])
+    env = await seeded(tmp_path, next_hop)
+    async with optgate_serve(env, *args, ready=count) as served:
+        assert served.events("workers_starting")[0]["cpus"] is None
+        assert served.events("worker_bound") == []
+        for pid in served.worker_pids():
+            assert set(map(frozenset, threads_cpus(pid).values())) == {frozenset(cpus)}
+
+
+def test_cpu_plan_binds_only_one_worker_per_cpu() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    assert cpu_plan(len(cpus), "auto") == cpus
+    assert cpu_plan(len(cpus), "none") is None
+    assert cpu_plan(len(cpus) + 1, "auto") is None
+    if len(cpus) > 1:
+        assert cpu_plan(len(cpus) - 1, "auto") is None
+
+
+def test_a_cpu_that_cannot_be_had_is_logged_and_the_worker_runs_on() -> None:
+    before = os.sched_getaffinity(0)
+    missing = max(before) + 64  # a CPU this machine does not have
+    with structlog.testing.capture_logs() as logged:
+        bind(missing)
+    assert os.sched_getaffinity(0) == before
+    assert [(line["event"], line["cpu"]) for line in logged] == [("worker_not_bound", missing)]

@@ -38,6 +38,21 @@ class Sink:
     fail_next: list[str] = field(default_factory=list)
     fail_rcpt: dict[str, list[str]] = field(default_factory=dict)
     arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+    pipelining: bool = True  # offer PIPELINING, as Postfix does
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """aiosmtpd's EHLO reply, with PIPELINING (aiosmtpd reads pipelined commands in turn)."""
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(1, "250-PIPELINING")
+        return responses
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         """Record the message, or answer with a queued failure."""
@@ -71,12 +86,14 @@ class Sink:
 
 
 @contextlib.asynccontextmanager
-async def sink(port: int = 0, tls: ssl.SSLContext | None = None) -> AsyncIterator[Sink]:
+async def sink(
+    port: int = 0, tls: ssl.SSLContext | None = None, *, pipelining: bool = True
+) -> AsyncIterator[Sink]:
     """A recording SMTP server on a loopback port (default: a free one), in this event loop.
 
     With ``tls`` it offers STARTTLS and refuses mail without it.
     """
-    recorder = Sink()
+    recorder = Sink(pipelining=pipelining)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: SMTP(

@@ -1,0 +1,259 @@
+"""One connection to the next hop, with RFC 2920 command pipelining.
+
+aiosmtplib, used elsewhere, waits for each reply before the next command, so a
+copy costs four round trips (MAIL, RCPT, DATA, the content). When the next hop
+offers PIPELINING, as Postfix does, MAIL, RCPT and DATA go out in one write
+here and a copy costs two: half the wake-ups of both sides per message.
+Replies are read in order, each within the timeout; a connection that ends
+or answers out of turn is never used again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from typing import NamedTuple, cast
+
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+
+MAX_REPLY = 65536  # bytes of one reply (RFC 5321 allows 512 per line; some send many lines)
+
+
+class Reply(NamedTuple):
+    """An SMTP reply: its code and its text (lines joined by newlines)."""
+
+    code: int
+    message: str
+
+
+class Refused(Exception):
+    """The next hop answered a command with something other than what goes on."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(f"{reply.code} {reply.message}")
+        self.reply = reply
+
+
+class Broken(Exception):
+    """The connection ended, or the next hop spoke something that is not SMTP."""
+
+
+class _Replies(asyncio.Protocol):
+    """Reads replies off the connection and hands them out in order."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._replies: deque[Reply] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.error: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        try:
+            while (reply := self._parse()) is not None:
+                self._replies.append(reply)
+        except Broken as exc:
+            self._fail(exc)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if len(self._buffer) > MAX_REPLY:
+            self._fail(Broken("reply too long"))
+            if self.transport is not None:
+                self.transport.abort()
+        self._wake()
+
+    def _parse(self) -> Reply | None:
+        """The first complete reply in the buffer (removed from it), if there is one."""
+        lines: list[bytes] = []
+        start = 0
+        while (end := self._buffer.find(b"\n", start)) != -1:
+            line = bytes(self._buffer[start:end]).rstrip(b"\r")
+            start = end + 1
+            if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in (b"", b" ", b"-"):
+                raise Broken("next hop sent a line that is not an SMTP reply")
+            if lines and line[:3] != lines[0][:3]:
+                raise Broken("next hop changed the reply code within one reply")
+            lines.append(line)
+            if line[3:4] != b"-":
+                del self._buffer[:start]
+                text = "\n".join(part[4:].decode("utf-8", "replace") for part in lines)
+                return Reply(int(line[:3]), text)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._fail(Broken(f"connection lost ({type(exc).__name__})" if exc else "connection lost"))
+
+    def _fail(self, exc: Exception) -> None:
+        if self.error is None:
+            self.error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def reply(self) -> Reply:
+        """The next reply; Broken when the connection ended before it."""
+        while not self._replies:
+            if self.error is not None:
+                raise self.error
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._replies.popleft()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing unread and nothing pending: safe to start a transaction."""
+        return not self._replies and not self._buffer and self.error is None
+
+
+def _address(address: str, encoding: str) -> bytes:
+    if "\r" in address or "\n" in address or "<" in address or ">" in address:
+        raise Refused(Reply(501, "5.1.3 address not usable in an SMTP command"))
+    try:
+        return b"<" + address.encode(encoding) + b">"
+    except UnicodeEncodeError:
+        raise Refused(Reply(553, "5.6.7 non-ASCII address without SMTPUTF8")) from None
+
+
+class Connection:
+    """An open, greeted SMTP connection, STARTTLS done where wanted."""
+
+    def __init__(self, protocol: _Replies, seconds: float) -> None:
+        self._protocol, self._seconds = protocol, seconds
+        self.extensions: frozenset[str] = frozenset()  # EHLO keywords, upper case
+
+    async def _reply(self) -> Reply:
+        """The next reply, within the timeout (TimeoutError)."""
+        async with asyncio.timeout(self._seconds):
+            return await self._protocol.reply()
+
+    @classmethod
+    async def open(
+        cls, host: str, port: int, *, seconds: float, local_hostname: str, starttls: str
+    ) -> Connection:
+        """Connect, read the greeting, EHLO; STARTTLS when ``starttls`` is ``required``, or
+        ``opportunistic`` and offered (the next hop's certificate is not checked).
+        ``seconds`` bounds the connect and each reply."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(seconds):
+            _, protocol = await loop.create_connection(_Replies, host, port)
+        connection = cls(protocol, seconds)
+        try:
+            await connection._expect(220)
+            await connection._hello(local_hostname)
+            if starttls == "required" or (
+                starttls == "opportunistic" and "STARTTLS" in connection.extensions
+            ):
+                await connection._command(b"STARTTLS", 220)
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                assert protocol.transport is not None
+                protocol.transport = await loop.start_tls(
+                    protocol.transport,
+                    protocol,
+                    context,
+                    server_hostname=host,
+                    ssl_handshake_timeout=seconds,
+                )
+                await connection._hello(local_hostname)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    async def _hello(self, name: str) -> None:
+        self._write(b"EHLO " + name.encode("ascii") + b"\r\n")
+        reply = await self._reply()
+        if reply.code == 250:
+            lines = reply.message.split("\n")[1:]
+            self.extensions = frozenset(line.split(" ", 1)[0].upper() for line in lines if line)
+            return
+        await self._command(b"HELO " + name.encode("ascii"), 250)
+        self.extensions = frozenset()
+
+    def _write(self, data: bytes) -> None:
+        transport = self._protocol.transport
+        if transport is None or transport.is_closing():
+            raise Broken("connection lost")
+        transport.write(data)
+
+    async def _expect(self, code: int) -> Reply:
+        reply = await self._reply()
+        if reply.code != code:
+            raise Refused(reply)
+        return reply
+
+    async def _command(self, command: bytes, code: int) -> Reply:
+        self._write(command + b"\r\n")
+        return await self._expect(code)
+
+    @property
+    def usable(self) -> bool:
+        """Still open and in step: a pooled connection may carry another copy."""
+        transport = self._protocol.transport
+        return transport is not None and not transport.is_closing() and self._protocol.idle
+
+    async def start(self, sender: str, recipient: str, options: Sequence[str] = ()) -> None:
+        """MAIL, RCPT and DATA (in one write when PIPELINING is offered), up to the 354.
+
+        Refused carries the first reply that was not a go-ahead. Every reply of a
+        pipelined group is read before that, so the connection stays in step.
+        """
+        utf8 = any(option.upper() == "SMTPUTF8" for option in options)
+        encoding = "utf-8" if utf8 else "ascii"
+        mail = b" ".join(
+            [b"MAIL FROM:" + _address(sender, encoding)]
+            + [option.encode("ascii") for option in options]
+        )
+        rcpt = b"RCPT TO:" + _address(recipient, encoding)
+        if "PIPELINING" not in self.extensions:
+            await self._command(mail, 250)
+            self._write(rcpt + b"\r\n")
+            reply = await self._reply()
+            if reply.code not in (250, 251):
+                raise Refused(reply)
+            await self._command(b"DATA", 354)
+            return
+        self._write(mail + b"\r\n" + rcpt + b"\r\nDATA\r\n")
+        replies = [await self._reply() for _ in range(3)]
+        for reply, wanted in zip(replies, ((250,), (250, 251), (354,)), strict=True):
+            if reply.code not in wanted:
+                if replies[2].code == 354:  # a DATA the next hop took in spite of it
+                    self.close()  # ends the transaction without a "."
+                raise Refused(reply)
+
+    def write_content(self, data: bytes) -> None:
+        """The message, dot-stuffed with CRLF line ends, without the final "."."""
+        content = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data))
+        self._write(content if content.endswith(b"\r\n") else content + b"\r\n")
+
+    def write_end(self) -> None:
+        """The final "." that hands the copy over."""
+        self._write(b".\r\n")
+
+    async def end_reply(self) -> Reply:
+        """The next hop's answer to the final "."."""
+        return await self._reply()
+
+    async def quit(self) -> None:
+        """QUIT, then close; errors on the way out are ignored."""
+        with contextlib.suppress(Refused, Broken, OSError, TimeoutError):
+            await self._command(b"QUIT", 221)
+        self.close()
+
+    def close(self) -> None:
+        """Drop the connection at once (a transaction without its "." is discarded)."""
+        transport = self._protocol.transport
+        if transport is not None:
+            transport.close()
