@@ -111,8 +111,7 @@ class Relay:
             except _FAILURES as exc:
                 return _failure(exc)
             try:
-                client.write_content(data)
-                client.write_end()
+                client.write_content(data, end=True)
                 reply = await client.end_reply()
             except _FAILURES as exc:
                 client.close()

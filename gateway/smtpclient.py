@@ -125,6 +125,20 @@ def _address(address: str, encoding: str) -> bytes:
         raise Refused(Reply(553, "5.6.7 non-ASCII address without SMTPUTF8")) from None
 
 
+def _wire(data: bytes) -> bytes:
+    """The content as DATA sends it: CRLF line ends, dot-stuffed, ending in CRLF.
+
+    Both steps are regular expressions over the whole message; the counts that
+    show a copy needs neither (the rewrite writes CRLF) cost a fraction of that.
+    """
+    crlf = data.count(b"\r\n")
+    if crlf != data.count(b"\n") or crlf != data.count(b"\r"):
+        data = normalize_message_line_endings(data)
+    if data.startswith(b".") or b"\n." in data:
+        data = PERIOD_REGEX.sub(b"..", data)
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
 class Connection:
     """An open, greeted SMTP connection, STARTTLS done where wanted."""
 
@@ -233,10 +247,9 @@ class Connection:
                     self.close()  # ends the transaction without a "."
                 raise Refused(reply)
 
-    def write_content(self, data: bytes) -> None:
-        """The message, dot-stuffed with CRLF line ends, without the final "."."""
-        content = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data))
-        self._write(content if content.endswith(b"\r\n") else content + b"\r\n")
+    def write_content(self, data: bytes, *, end: bool = False) -> None:
+        """The message on the wire; with ``end`` the final "." in the same write."""
+        self._write(_wire(data) + b".\r\n" if end else _wire(data))
 
     def write_end(self) -> None:
         """The final "." that hands the copy over."""

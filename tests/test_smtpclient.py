@@ -239,3 +239,20 @@ async def test_addresses_that_would_break_the_command_line_are_refused_before_se
         good = await client.send("a@sender.example", "пример@rcpt.example", MESSAGE, ["SMTPUTF8"])
         assert good.code == 250
     assert [m.rcpt_tos for m in hop.messages] == [["пример@rcpt.example"]]
+
+
+async def test_content_goes_out_with_crlf_line_ends_and_dots_stuffed() -> None:
+    contents = [
+        b"Subject: a\r\n\r\nplain CRLF\r\n",
+        b"Subject: b\n\n.dot first\nbare LF\rbare CR\r\nno end",
+        b".Subject: c\r\n\r\n..two dots\r\n.\r\nend",
+    ]
+    async with sink() as hop:
+        client = relay(hop.port)
+        for data in contents:
+            assert (await client.send("a@sender.example", "b@rcpt.example", data)).code == 250
+    assert [m.data for m in hop.messages] == [
+        b"Subject: a\r\n\r\nplain CRLF\r\n",
+        b"Subject: b\r\n\r\n.dot first\r\nbare LF\r\nbare CR\r\nno end\r\n",
+        b".Subject: c\r\n\r\n..two dots\r\n.\r\nend\r\n",
+    ]
