@@ -19,7 +19,8 @@
 # against the first count's (issue bar: 2 workers >= 1.7x 1 worker on 2 cores),
 # with optgate's CPU per message and the whole machine's: smtp-source and
 # smtp-sink share the cores, which caps what a second worker can add. As the
-# machine's speed drifts, it also prints the median of the run-by-run ratios.
+# machine's speed drifts, it also prints the ratio of all runs' messages over all
+# their time, and the median of the run-by-run ratios.
 # --affinity passes `--cpu-affinity` on (default auto: with one worker per core,
 # each is bound to its own; `none` leaves the placement to the kernel).
 #
@@ -170,6 +171,11 @@ for label, rows in together.items():  # K instances at once: all messages over t
 def median(label: str, field: str) -> float:
     return statistics.median(float(r[field]) for r in runs[label])
 
+def pooled(label: str) -> float:
+    """Every run's messages over every run's time."""
+    n = len(runs[label])  # each run: the same N
+    return n / sum(1 / float(r["accept_msgs_per_s"]) for r in runs[label])
+
 print({k: [round(r["accept_msgs_per_s"], 1) for r in rs] for k, rs in runs.items()})
 for label in (base, *others):
     print(f"{label}: {median(label, 'accept_msgs_per_s'):.0f} msgs/s, relay CPU "
@@ -182,6 +188,7 @@ for label in others:
     if paired and len(runs[label]) == len(runs[base]):  # interleaved: run r of each together
         ratios = sorted(a["accept_msgs_per_s"] / b["accept_msgs_per_s"]
                         for a, b in zip(runs[label], runs[base]))
-        print(f"  run by run: median {statistics.median(ratios):.2f}, "
+        print(f"  all runs together: {pooled(label) / pooled(base):.2f} (all messages over all "
+              f"the time); run by run: median {statistics.median(ratios):.2f}, "
               f"from {ratios[0]:.2f} to {ratios[-1]:.2f} ({len(ratios)} pairs)")
 EOF
