@@ -244,7 +244,9 @@ class Connection:
         for reply, wanted in zip(replies, ((250,), (250, 251), (354,)), strict=True):
             if reply.code not in wanted:
                 if replies[2].code == 354:  # a DATA the next hop took in spite of it
-                    self.close()  # ends the transaction without a "."
+                    # closing ends the transaction; RFC 2920's single "." instead could
+                    # deliver an empty message to a recipient a confused next hop kept
+                    self.close()
                 raise Refused(reply)
 
     def write_content(self, data: bytes, *, end: bool = False) -> None:
