@@ -50,6 +50,14 @@ async def hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.write(EHLO)
 
 
+async def envelope(reader: asyncio.StreamReader) -> list[bytes]:
+    """The pipelined group: MAIL, RCPT and DATA, read before any reply."""
+    return [await reader.readline() for _ in range(3)]
+
+
+GO_AHEAD = b"250 ok\r\n250 ok\r\n354 go\r\n"
+
+
 async def until_end(reader: asyncio.StreamReader) -> list[bytes]:
     """The content lines up to the final "."."""
     content = []
@@ -62,7 +70,7 @@ async def test_mail_rcpt_and_data_go_out_together_when_pipelining_is_offered() -
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await hello(reader, writer)
         # no reply before all three commands are here: a client waiting for each would stall
-        group = [await reader.readline() for _ in range(3)]
+        group = await envelope(reader)
         assert group == [
             b"MAIL FROM:<a@sender.example>\r\n",
             b"RCPT TO:<b@rcpt.example>\r\n",
@@ -128,14 +136,14 @@ async def test_a_refusal_on_a_pooled_connection_ends_it_and_the_next_copy_gets_a
         connections += 1
         await hello(reader, writer)
         for transaction in (1, 2):
-            [await reader.readline() for _ in range(3)]
+            await envelope(reader)
             if connections == 1 and transaction == 2:
                 writer.write(
                     b"550 5.7.1 sender refused\r\n503 5.5.1 no sender\r\n503 5.5.1 no rcpt\r\n"
                 )
                 assert await reader.read() == b""  # the client leaves without another word
                 return
-            writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+            writer.write(GO_AHEAD)
             await until_end(reader)
             writer.write(b"250 queued\r\n")
 
@@ -157,7 +165,7 @@ async def test_a_data_accepted_after_a_refused_recipient_is_abandoned_without_th
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await hello(reader, writer)
-        [await reader.readline() for _ in range(3)]
+        await envelope(reader)
         writer.write(b"250 ok\r\n550 5.1.1 no such user\r\n354 go on anyway\r\n")
         rest = await reader.read()  # the client closes: nothing more, no "."
         ended.set_result(rest)
@@ -171,8 +179,8 @@ async def test_a_data_accepted_after_a_refused_recipient_is_abandoned_without_th
 async def test_a_temporary_refusal_of_the_content_is_451_material() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await hello(reader, writer)
-        [await reader.readline() for _ in range(3)]
-        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await envelope(reader)
+        writer.write(GO_AHEAD)
         await until_end(reader)
         writer.write(b"452 4.3.1 queue full\r\n")
 
@@ -185,13 +193,13 @@ async def test_a_temporary_refusal_of_the_content_is_451_material() -> None:
 async def test_garbage_a_closed_connection_and_silence_are_451() -> None:
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await hello(reader, writer)
-        [await reader.readline() for _ in range(3)]
+        await envelope(reader)
         writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
         await reader.read()
 
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await hello(reader, writer)
-        [await reader.readline() for _ in range(3)]
+        await envelope(reader)
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await hello(reader, writer)
@@ -213,8 +221,8 @@ async def test_a_connection_the_hop_closed_while_pooled_is_replaced() -> None:
         nonlocal connections
         connections += 1
         await hello(reader, writer)
-        [await reader.readline() for _ in range(3)]
-        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await envelope(reader)
+        writer.write(GO_AHEAD)
         await until_end(reader)
         writer.write(b"250 queued\r\n")
         await writer.drain()  # then the hop closes the idle connection
