@@ -113,9 +113,11 @@ class Relay:
             try:
                 client.write_content(data, end=True)
                 reply = await client.end_reply()
-            except _FAILURES as exc:
+            except BaseException as exc:  # a failure, or the task was cancelled
                 client.close()
-                return _failure(exc)
+                if isinstance(exc, _FAILURES):
+                    return _failure(exc)
+                raise
             return self._settled(client, reply)
 
     def _settled(self, client: Connection, reply: tuple[int, str]) -> Outcome:
@@ -154,11 +156,13 @@ class Relay:
             except _FAILURES as exc:
                 client.close()
                 return _failure(exc)
-            return await self._committed(client, commit)
+            try:
+                return await self._committed(client, commit)
+            except BaseException:  # the commit raised, or the task was cancelled
+                client.close()
+                raise
 
     async def _committed(self, client: Connection, commit: Commit) -> Outcome | None:
-        # waiting for the reply before the "." is written: it cannot arrive unexpected
-        pending = asyncio.ensure_future(client.end_reply())
         ended = False
 
         def finish() -> None:
@@ -169,19 +173,16 @@ class Relay:
                 return
             ended = True
 
-        try:
-            stored = await commit(finish)
-        finally:
-            if not ended:
-                pending.cancel()
+        stored = await commit(finish)
         if not ended:  # no "." went out: the next hop has nothing
             client.close()
             if not stored:
                 return None
             return Outcome(451, "next hop lost the connection before the end of data")
-        # the "." went out (even if the store then failed to commit): the reply decides
+        # the "." went out (even if the store then failed to commit): the reply decides;
+        # its timeout starts now, not while the store was committing
         try:
-            reply = await pending
+            reply = await client.end_reply()
         except _FAILURES as exc:
             client.close()
             return Outcome(451, f"no reply after the end of data ({type(exc).__name__})", True)

@@ -155,8 +155,9 @@ class Connection:
     async def open(
         cls, host: str, port: int, *, seconds: float, local_hostname: str, starttls: str
     ) -> Connection:
-        """Connect, read the greeting, EHLO; STARTTLS when ``starttls`` is ``required``, or
-        ``opportunistic`` and offered (the next hop's certificate is not checked).
+        """Connect, read the greeting, EHLO; STARTTLS when offered, unless ``starttls`` is
+        ``never`` (the next hop's certificate is not checked); Broken when it is
+        ``required`` and not offered, or when the next hop refuses the session.
         ``seconds`` bounds the connect and each reply."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(seconds):
@@ -165,10 +166,10 @@ class Connection:
         try:
             await connection._expect(220)
             await connection._hello(local_hostname)
-            if starttls == "required" or (
-                starttls == "opportunistic" and "STARTTLS" in connection.extensions
-            ):
+            if starttls != "never" and "STARTTLS" in connection.extensions:
                 await connection._command(b"STARTTLS", 220)
+                if not protocol.idle:  # replies sent ahead in plain text: injected
+                    raise Broken("next hop sent data ahead of the TLS handshake")
                 context = ssl.create_default_context()
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
@@ -181,19 +182,24 @@ class Connection:
                     ssl_handshake_timeout=seconds,
                 )
                 await connection._hello(local_hostname)
+            elif starttls == "required":
+                raise Broken("next hop does not offer STARTTLS, which [relay] starttls requires")
+        except Refused as exc:  # the session, not this copy: try again later
+            connection.close()
+            raise Broken(f"next hop refused the session: {exc}") from None
         except BaseException:
             connection.close()
             raise
         return connection
 
     async def _hello(self, name: str) -> None:
-        self._write(b"EHLO " + name.encode("ascii") + b"\r\n")
+        self._write(b"EHLO " + name.encode("idna") + b"\r\n")
         reply = await self._reply()
         if reply.code == 250:
             lines = reply.message.split("\n")[1:]
             self.extensions = frozenset(line.split(" ", 1)[0].upper() for line in lines if line)
             return
-        await self._command(b"HELO " + name.encode("ascii"), 250)
+        await self._command(b"HELO " + name.encode("idna"), 250)
         self.extensions = frozenset()
 
     def _write(self, data: bytes) -> None:

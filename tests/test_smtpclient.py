@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import pytest
+
 from gateway.relay import Outcome, Relay
 from tests.support.smtp import sink
 
@@ -264,3 +266,60 @@ async def test_content_goes_out_with_crlf_line_ends_and_dots_stuffed() -> None:
         b"Subject: b\r\n\r\n.dot first\r\nbare LF\r\nbare CR\r\nno end\r\n",
         b".Subject: c\r\n\r\n..two dots\r\n.\r\nend\r\n",
     ]
+
+
+async def test_the_reply_timeout_starts_when_the_end_goes_out_not_during_the_commit() -> None:
+    async def slow_commit(finish: Callable[[], None]) -> bool:
+        await asyncio.sleep(0.8)  # longer than the timeout: a store busy with a batch
+        finish()
+        return True
+
+    async with sink() as hop:
+        outcome = await relay(hop.port, timeout=0.5).send_committed(
+            "a@sender.example", "b@rcpt.example", MESSAGE, slow_commit
+        )
+    assert outcome == Outcome(250, "2.0.0 queued")
+    assert len(hop.messages) == 1
+
+
+async def test_a_commit_that_raises_closes_the_connection_without_the_end() -> None:
+    seen = asyncio.get_running_loop().create_future()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await hello(reader, writer)
+        await envelope(reader)
+        writer.write(GO_AHEAD)
+        seen.set_result(await until_end(reader))  # ends at EOF: no "." ever came
+
+    async def failing_commit(finish: Callable[[], None]) -> bool:
+        raise RuntimeError("store down")
+
+    async with scripted(script) as port:
+        client = relay(port)
+        with pytest.raises(RuntimeError):
+            await client.send_committed(
+                "a@sender.example", "b@rcpt.example", MESSAGE, failing_commit
+            )
+        lines = await asyncio.wait_for(seen, 5)
+    assert lines[-1] == b"bye\r\n"  # the content, then the connection closed
+
+
+async def test_a_refused_session_or_a_missing_required_starttls_is_temporary() -> None:
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"554 5.3.2 not now\r\n")
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        outcome = await relay(port).send("a@sender.example", "b@rcpt.example", MESSAGE)
+    assert outcome == Outcome(451, "next hop unavailable (Broken)")
+
+    async with sink() as hop:
+        plain = Relay(
+            "127.0.0.1", hop.port, size=1, timeout=5, starttls="required", local_hostname="o.test"
+        )
+        outcome = await plain.send("a@sender.example", "b@rcpt.example", MESSAGE)
+    assert outcome == Outcome(451, "next hop unavailable (Broken)")
+    assert hop.messages == []
