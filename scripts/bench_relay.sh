@@ -7,7 +7,8 @@
 #                          [--workers 1,2] [--affinity auto|none] [--store postgresql://...]
 #                          [--nodes 1,2]
 #
-# Defaults: N=5000 messages, 20 sessions, 1 recipient, 4 KB, 3 runs. Each run
+# Defaults: N=5000 messages, 20 sessions, 1 recipient, 4 KB, 3 runs (11 with
+# --workers: a single worker's rate swings by half between runs). Each run
 # of each relay gets a fresh sink; the harness prints the median msgs/s of
 # each relay and this script the ratio optgate / pass-through (issue bar:
 # >= 0.70 at 4 KB, 1 recipient, 20 sessions, no DKIM; >= 0.50 with --dkim rsa,
@@ -42,16 +43,17 @@ REPO=$(pwd)
 BENCH=${BENCH:-$REPO/../shared/bench}
 [ -x "$BENCH/smtp_relay_bench.sh" ] || { echo "harness not found: set BENCH=DIR" >&2; exit 2; }
 
-N=5000 S=20 M=1 K=4k RUNS=3 DKIM="" WORKERS="" STORE="" NODES="" AFFINITY=auto
+N=5000 S=20 M=1 K=4k RUNS="" DKIM="" WORKERS="" STORE="" NODES="" AFFINITY=auto
 while [ $# -gt 0 ]; do
     case $1 in
         -n) N=$2; shift 2;; -s) S=$2; shift 2;; -r) M=$2; shift 2;;
         -k) K=$2; shift 2;; --runs) RUNS=$2; shift 2;; --dkim) DKIM=$2; shift 2;;
         --workers) WORKERS=$2; shift 2;; --store) STORE=$2; shift 2;;
         --nodes) NODES=$2; shift 2;; --affinity) AFFINITY=$2; shift 2;;
-        *) sed -n '2,36p' "$0"; exit 2;;
+        *) sed -n '2,39p' "$0"; exit 2;;
     esac
 done
+if [ -z "$RUNS" ]; then RUNS=3; [ -z "$WORKERS" ] || RUNS=11; fi
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 
 postfix stop >/dev/null 2>&1 || true
