@@ -104,7 +104,28 @@ def session_error(error: Exception) -> str:
     return INTERNAL
 
 
-class Handler:
+class Pipelining:
+    """Handlers whose EHLO (and LMTP's LHLO) reply offers PIPELINING (RFC 2920).
+
+    aiosmtpd reads pipelined commands in turn and answers each in order; it just
+    does not say so. Offered, Postfix sends MAIL, RCPT and DATA in one write: two
+    round trips per message instead of four. RFC 2033 requires it of LMTP servers.
+    """
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """aiosmtpd's reply, with PIPELINING after the greeting line."""
+        session.host_name = hostname
+        return [responses[0], "250-PIPELINING", *responses[1:]]
+
+
+class Handler(Pipelining):
     """SMTP events in, pipeline call (or the inbound receiver for its addresses), reply out."""
 
     def __init__(
@@ -178,7 +199,7 @@ class Handler:
         return session_error(error)
 
 
-class InboundHandler:
+class InboundHandler(Pipelining):
     """The listener of [inbound] listen: inbound addresses only, SMTP or LMTP, never relays."""
 
     def __init__(self, receiver: Receiver, *, max_recipients: int, lmtp: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import re
@@ -147,6 +148,40 @@ async def test_reject_mode_refuses_opted_out_recipients_at_rcpt(
     assert sent.refused[GONE][0] == 550
     assert b"opted out" in sent.refused[GONE][1]
     assert b"unsubscribed" not in sent.refused[GONE][1]
+    assert [m.rcpt_tos for m in next_hop.messages] == [[FAN]]
+
+
+async def reply(reader: asyncio.StreamReader) -> tuple[int, list[bytes]]:
+    """One SMTP reply: its code and its lines' text."""
+    lines = [await reader.readline()]
+    while lines[-1][3:4] == b"-":
+        lines.append(await reader.readline())
+    return int(lines[0][:3]), [line[4:].strip() for line in lines]
+
+
+async def test_a_client_may_pipeline_its_envelope_and_gets_every_reply_in_order(
+    tmp_path: Path, next_hop: Sink
+) -> None:
+    config = gateway_config(tmp_path, next_hop.port, policy_action="reject")
+    await seed(config)
+    data = message()
+    assert not data.startswith(b".")
+    assert b"\n." not in data
+    async with running(config) as gate:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gate.smtp_port)
+        assert (await reply(reader))[0] == 220
+        writer.write(b"EHLO client.example\r\n")
+        code, offered = await reply(reader)
+        assert code == 250
+        assert b"PIPELINING" in offered
+        # the whole envelope in one write, as Postfix sends it once PIPELINING is offered
+        writer.write(
+            f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{FAN}>\r\nRCPT TO:<{GONE}>\r\nDATA\r\n".encode()
+        )
+        assert [(await reply(reader))[0] for _ in range(4)] == [250, 250, 550, 354]
+        writer.write(data + b".\r\nQUIT\r\n")
+        assert [(await reply(reader))[0] for _ in range(2)] == [250, 221]
+        writer.close()
     assert [m.rcpt_tos for m in next_hop.messages] == [[FAN]]
 
 
