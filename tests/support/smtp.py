@@ -15,6 +15,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.config import Config, load
+from gateway.server import Pipelining
 
 
 @dataclass
@@ -29,7 +30,7 @@ class Received:
 
 
 @dataclass
-class Sink:
+class Sink(Pipelining):
     """A next hop that records what arrives; it can be told to fail."""
 
     port: int = 0
@@ -48,10 +49,10 @@ class Sink:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
-        """aiosmtpd's EHLO reply, with PIPELINING (aiosmtpd reads pipelined commands in turn)."""
-        session.host_name = hostname
+        """optgate's own EHLO reply (with PIPELINING), or aiosmtpd's plain one."""
         if self.pipelining:
-            responses.insert(1, "250-PIPELINING")
+            return await super().handle_EHLO(server, session, envelope, hostname, responses)
+        session.host_name = hostname
         return responses
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
