@@ -19,6 +19,8 @@ from typing import NamedTuple, cast
 
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
+# the replies that let MAIL, RCPT and DATA go on
+_GO_AHEAD = ((250,), (250, 251), (354,))
 MAX_REPLY = 65536  # bytes of one reply (RFC 5321 allows 512 per line; some send many lines)
 
 
@@ -60,15 +62,17 @@ class _Replies(asyncio.Protocol):
             while (reply := self._parse()) is not None:
                 self._replies.append(reply)
         except Broken as exc:
-            self._fail(exc)
-            if self.transport is not None:
-                self.transport.abort()
+            self._break(exc)
             return
         if len(self._buffer) > MAX_REPLY:
-            self._fail(Broken("reply too long"))
-            if self.transport is not None:
-                self.transport.abort()
+            self._break(Broken("reply too long"))
         self._wake()
+
+    def _break(self, exc: Broken) -> None:
+        """The next hop spoke something other than SMTP: fail the waiter, drop the line."""
+        self._fail(exc)
+        if self.transport is not None:
+            self.transport.abort()
 
     def _parse(self) -> Reply | None:
         """The first complete reply in the buffer (removed from it), if there is one."""
@@ -208,15 +212,15 @@ class Connection:
             raise Broken("connection lost")
         transport.write(data)
 
-    async def _expect(self, code: int) -> Reply:
+    async def _expect(self, *codes: int) -> Reply:
         reply = await self._reply()
-        if reply.code != code:
+        if reply.code not in codes:
             raise Refused(reply)
         return reply
 
-    async def _command(self, command: bytes, code: int) -> Reply:
+    async def _command(self, command: bytes, *codes: int) -> Reply:
         self._write(command + b"\r\n")
-        return await self._expect(code)
+        return await self._expect(*codes)
 
     @property
     def usable(self) -> bool:
@@ -236,18 +240,14 @@ class Connection:
             [b"MAIL FROM:" + _address(sender, encoding)]
             + [option.encode("ascii") for option in options]
         )
-        rcpt = b"RCPT TO:" + _address(recipient, encoding)
+        commands = (mail, b"RCPT TO:" + _address(recipient, encoding), b"DATA")
         if "PIPELINING" not in self.extensions:
-            await self._command(mail, 250)
-            self._write(rcpt + b"\r\n")
-            reply = await self._reply()
-            if reply.code not in (250, 251):
-                raise Refused(reply)
-            await self._command(b"DATA", 354)
+            for command, wanted in zip(commands, _GO_AHEAD, strict=True):
+                await self._command(command, *wanted)
             return
-        self._write(mail + b"\r\n" + rcpt + b"\r\nDATA\r\n")
-        replies = [await self._reply() for _ in range(3)]
-        for reply, wanted in zip(replies, ((250,), (250, 251), (354,)), strict=True):
+        self._write(b"".join(command + b"\r\n" for command in commands))
+        replies = [await self._reply() for _ in commands]
+        for reply, wanted in zip(replies, _GO_AHEAD, strict=True):
             if reply.code not in wanted:
                 if replies[2].code == 354:  # a DATA the next hop took in spite of it
                     # closing ends the transaction; RFC 2920's single "." instead could
