@@ -42,7 +42,7 @@ from gateway.keys import load_keys
 from gateway.signing import load_private_key, parse_key_entry
 from gateway.tokens import SHORT_TOKEN_CHARS
 from gateway.web import SECURITY_HEADERS
-from suppression.errors import ConfigError, StoreError
+from suppression.errors import ConfigError, StoreError, StoreMissing
 from suppression.sqlite import MIGRATIONS
 from suppression.store import open_store
 
@@ -110,11 +110,11 @@ async def run_checks(
 
 
 def _missing(name: str, path: Path, later: str) -> Check:
-    """A file that is made on first start: fine if its directory lets it be made."""
-    parent = path.absolute().parent
-    if os.access(parent, os.W_OK | os.X_OK):
+    """A file that is made on first start (with its directories): fine if they can be made."""
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if parent.is_dir() and os.access(parent, os.W_OK | os.X_OK):
         return Check(Status.PASS, name, f"{path} not there yet: {later}")
-    state = "is not writable by this user" if parent.is_dir() else "does not exist"
+    state = "is not writable by this user" if parent.is_dir() else "is not a directory"
     return Check(
         Status.WARN,
         name,
@@ -347,7 +347,9 @@ async def _store(url: str) -> Check:
         if early is not None:
             return early
     try:
-        store = await open_store(url)
+        store = await open_store(url, create=False)  # the doctor changes nothing
+    except StoreMissing as exc:
+        return Check(Status.WARN, "store", str(exc))
     except StoreError as exc:
         return Check(Status.FAIL, "store", str(exc))
     await store.close()

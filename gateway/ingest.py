@@ -198,7 +198,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     source = await asyncio.to_thread(open_source, args)
     try:
         signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
-        store = await open_store(config.store.url)
+        store = await open_store(config.store.url, create=False)
         try:
             summary = await Ingest(source, store, config, signer, args.dry_run).run(args.limit)
         finally:

@@ -102,9 +102,10 @@ async def running(
     ``optgate serve --workers`` (the kernel spreads connections over them).
     """
     metrics = metrics or Metrics()
-    signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
+    # serve (and store migrate) make the key file and the store; other commands refuse
+    signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file), create=True))
     async with contextlib.AsyncExitStack() as stack:
-        store = await open_store(config.store.url)
+        store = await open_store(config.store.url, create=True)
         stack.push_async_callback(store.close)
         smtp_port = web_port = inbound_port = 0
         receiver = _receiver(config, store, signer, metrics)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Protocol
 
 from suppression.address import Address
-from suppression.errors import StoreError
+from suppression.errors import StoreError, StoreMissing
 from suppression.model import (
     AuditEvent,
     BatchResult,
@@ -229,16 +231,34 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-async def open_store(url: str) -> Store:
-    """Open (and migrate) the store a URL names."""
+def _sqlite_file(url: str, create: bool) -> str:
+    """The file of a ``sqlite:///PATH`` store: its directory made (0700), or known to exist."""
+    path = Path(sqlite_path(url))
+    if create:
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot make directory {path.parent}: {exc.strerror}") from None
+    elif not path.exists():
+        raise StoreMissing(str(path))
+    return str(path)
+
+
+async def open_store(url: str, *, create: bool = True) -> Store:
+    """Open (and migrate) the store a URL names.
+
+    ``create``: make a missing store (and a SQLite file's directory, 0700); without
+    it a missing store, or a database without optgate's schema, is ``StoreMissing``.
+    """
     if url.startswith("sqlite://"):
         from suppression.sqlite import SQLiteStore
 
-        return await SQLiteStore.open(sqlite_path(url))
+        path = await asyncio.to_thread(_sqlite_file, url, create)
+        return await SQLiteStore.open(path, create=create)
     if url.startswith(("postgresql://", "postgres://")):
         from suppression.postgres import PostgresStore
 
-        return await PostgresStore.open(url)
+        return await PostgresStore.open(url, create=create)
     raise StoreError(
         f"store url {url!r} is not supported: use sqlite:///PATH or postgresql://HOST/DATABASE"
     )

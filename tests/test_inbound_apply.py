@@ -84,7 +84,7 @@ async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[R
             },
         )
         store = await open_store(config.store.url)
-        signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
+        signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file), create=True))
         try:
             yield Rig(store, config, signer)
         finally:
