@@ -8,7 +8,6 @@ imported when the command runs, so ``--help`` and ``--version`` start fast.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import os
 import sys
@@ -356,6 +355,8 @@ def _run(args: argparse.Namespace) -> int:
     if getattr(args, "supervise", False):
         status: int = handler(args, config)
         return status
+    import asyncio
+
     import uvloop  # the same asyncio API, a much cheaper event loop and transports
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

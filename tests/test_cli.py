@@ -1346,12 +1346,15 @@ def test_config_example_fed_back_loads_to_the_defaults(tmp_path: Path) -> None:
 # scripts and pipes --------------------------------------------------------------------------
 
 
-def test_export_into_a_closed_pipe_ends_quietly(db: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["suppress", "consent"])
+def test_export_into_a_closed_pipe_ends_quietly(db: Path, tmp_path: Path, kind: str) -> None:
     rows = "".join(f"user{i}@example.com\n" for i in range(30_000))  # far beyond a pipe's 64 KiB
-    assert console(db, "suppress", "import", write(tmp_path / "many.txt", rows)).returncode == 0
+    many = write(tmp_path / "many.txt", rows)
+    purpose = ("--purpose", "news") if kind == "consent" else ()
+    assert console(db, kind, "import", many, *purpose).returncode == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPTGATE_")}
     env["OPTGATE_STORE_URL"] = f"sqlite:///{db}"
-    shell = f'{OPTGATE} suppress export | head -n 2; echo "status ${{PIPESTATUS[0]}}"'
+    shell = f'{OPTGATE} {kind} export | head -n 2; echo "status ${{PIPESTATUS[0]}}"'
     done = subprocess.run(  # noqa: S603 - bash for PIPESTATUS
         [BASH, "-c", shell], env=env, capture_output=True, text=True, timeout=60, check=False
     )
