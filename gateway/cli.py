@@ -208,14 +208,24 @@ def _other_commands(group: Group) -> None:
     )
     store = group.add_parser("store", help="store maintenance")
     sub = store.add_subparsers(dest="action", required=True, metavar="ACTION")
-    _command(
-        sub, "verify", "gateway.admin:store_verify", "prove the audit log's hash chain unbroken"
+    verify = _command(
+        sub,
+        "verify",
+        "gateway.admin:store_verify",
+        "prove the audit log's keyed chain unbroken and the tables the state it rebuilds; "
+        "exit 1 if not",
     )
+    verify.add_argument(
+        "--expect",
+        metavar="SEQ:DIGEST",
+        help="a head printed by an earlier verify: the chain must still hold it",
+    )
+    _json(verify)
     _command(
         sub,
         "migrate",
         "gateway.admin:store_migrate",
-        "create or upgrade the store's schema (and make the state directory and token key file)",
+        "create or upgrade the store's schema (and make the state directory and key files)",
     )
     copy = _command(
         sub,

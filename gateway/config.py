@@ -118,6 +118,21 @@ class Store:
         path=_store_url,
     )
     keep_addresses: bool = _opt(True, "keep plaintext addresses beside their hashes")
+    audit_key_file: str = _opt(
+        "",
+        "key of the audit log's HMAC chain, kept outside the database; made by optgate serve "
+        "or optgate store migrate; empty: optgate-audit.key in the state directory",
+        path=_path,
+    )
+    audit_anchor_file: str = _opt(
+        "",
+        "the audit log's head as last verified (SEQ:DIGEST), kept outside the database; "
+        "empty: optgate-audit.head in the state directory",
+        path=_path,
+    )
+    verify_minutes: int = _opt(
+        60, "how often optgate serve verifies the audit log and the state it vouches for; 0: never"
+    )
 
 
 @dataclass(frozen=True)
@@ -463,14 +478,22 @@ def _values(
     return values, origins
 
 
+_IN_STATE_DIR = {  # options that, left empty, name this file in the state directory
+    ("store", "url"): statedir.STORE_FILE,
+    ("store", "audit_key_file"): statedir.AUDIT_KEY_FILE,
+    ("store", "audit_anchor_file"): statedir.AUDIT_ANCHOR_FILE,
+    ("unsubscribe", "key_file"): statedir.KEY_FILE,
+}
+
+
 def _derive(
     values: dict[str, dict[str, Any]],
     origins: dict[tuple[str, str], str],
     environ: Mapping[str, str],
 ) -> None:
-    """Fill in the state directory, and the store and key file that default to it."""
-    store, unsubscribe = values["store"], values["unsubscribe"]
-    needed = not store.get("url") or not unsubscribe.get("key_file")
+    """Fill in the state directory, and the store and key files that default to it."""
+    store = values["store"]
+    needed = any(not values[section].get(key) for section, key in _IN_STATE_DIR)
     if not store.get("state_dir"):
         try:
             directory, origins["store", "state_dir"] = statedir.default(environ, os.geteuid())
@@ -480,12 +503,11 @@ def _derive(
             return  # nothing lives there: it need not be found
         store["state_dir"] = str(directory)
     directory = Path(store["state_dir"])
-    if not store.get("url"):
-        store["url"] = f"sqlite:///{directory / statedir.STORE_FILE}"
-        origins["store", "url"] = "derived from the state directory"
-    if not unsubscribe.get("key_file"):
-        unsubscribe["key_file"] = str(directory / statedir.KEY_FILE)
-        origins["unsubscribe", "key_file"] = "derived from the state directory"
+    for (section, key), name in _IN_STATE_DIR.items():
+        if not values[section].get(key):
+            path = directory / name
+            values[section][key] = f"sqlite:///{path}" if key == "url" else str(path)
+            origins[section, key] = "derived from the state directory"
 
 
 def _reject_unknown_env(environ: Mapping[str, str]) -> None:

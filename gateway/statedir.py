@@ -1,4 +1,4 @@
-"""The state directory: where the embedded store and the token key file live by default.
+"""The state directory: where the embedded store and the key files live by default.
 
 One place for both, whatever the current directory: ``[store] state_dir`` if
 set, else ``$STATE_DIRECTORY`` (systemd's ``StateDirectory=``; the first of
@@ -18,7 +18,9 @@ from suppression.errors import ConfigError
 
 ROOT = Path("/var/lib/optgate")
 STORE_FILE = "optgate.db"
-KEY_FILE = "optgate.key"
+KEY_FILE = "optgate.key"  # [unsubscribe] key_file: the token keys
+AUDIT_KEY_FILE = "optgate-audit.key"  # [store] audit_key_file
+AUDIT_ANCHOR_FILE = "optgate-audit.head"  # [store] audit_anchor_file
 
 
 def default(environ: Mapping[str, str], euid: int) -> tuple[Path, str]:

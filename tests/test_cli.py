@@ -810,14 +810,19 @@ def test_subject_erase_keeps_the_hash_and_forgets_the_rest(
 
     erased = optgate("subject", "erase", person.upper())
     assert erased.code == 0
-    assert erased.out.startswith("erased plaintext and evidence from 3 record(s)")
+    assert erased.out.startswith(
+        "erased plaintext and evidence from 3 record(s), revoked 1 consent(s)"
+    )
 
     check = optgate("suppress", "check", person)
     assert check.code == 1
-    assert [line.split("\t")[2] for line in check.lines] == ["global", "topic:news"]
+    assert sorted(line.split("\t")[2:4] for line in check.lines) == [
+        ["global", "erased"],
+        ["topic:news", "manual"],
+    ]
     explained = optgate("explain", person)
     assert explained.code == 1
-    assert "the address is suppressed" in explained.out
+    assert "the address is suppressed (global, erased" in explained.out
 
     for table in ("suppression", "consent", "audit"):
         for row in sql(db, f"SELECT * FROM {table}"):
@@ -885,8 +890,44 @@ def test_store_verify_finds_tampering(
     assert problem in broken.out
 
 
-def test_store_migrate_makes_the_store_its_directory_and_the_key_file(
-    optgate: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_store_verify_rebuilds_the_state_and_anchors_the_head(
+    optgate: Run, db: Path, state_directory: Path
+) -> None:
+    for address in ("v1@example.com", "v2@example.com"):
+        optgate("suppress", "add", address)
+    ok = optgate("store", "verify")
+    assert ok.code == 0
+    head = re.search(r"head (\d+:[0-9a-f]{64})", ok.out)
+    assert head is not None
+    assert "state matches: the tables suppression (2 rows), consent (0 rows)" in ok.out
+    assert (state_directory / "optgate-audit.head").read_text().strip() == head.group(1)
+    assert optgate("store", "verify", "--expect", head.group(1)).code == 0
+
+    # the newest event cut off with its row: the chain that is left holds, the anchor not
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("DELETE FROM audit WHERE seq = 2")
+        conn.execute("DELETE FROM suppression WHERE address = 'v2@example.com'")
+    cut = optgate("store", "verify")
+    assert cut.code == 1
+    assert "newest events were removed" in cut.out
+    (state_directory / "optgate-audit.head").unlink()
+    assert optgate("store", "verify").code == 0, "only the anchor can tell"
+    forgotten = optgate("store", "verify", "--expect", head.group(1))
+    assert forgotten.code == 1, "the head printed earlier is proof enough"
+
+    # a person made mailable again behind optgate's back
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("DELETE FROM suppression WHERE address = 'v1@example.com'")
+    report = json.loads(optgate("store", "verify", "--json").out)
+    assert report["intact"] is False
+    assert report["mismatches"] == [
+        {"table": "suppression", "expected": 1, "found": 0, "events": [1]}
+    ]
+    assert optgate("store", "verify", "--expect", "nonsense").code == 2
+
+
+def test_store_migrate_makes_the_store_its_directory_and_the_key_files(
+    optgate: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_directory: Path
 ) -> None:
     path = tmp_path / "new" / "dir" / "optgate.db"
     key = tmp_path / "keys" / "optgate.key"
@@ -902,6 +943,8 @@ def test_store_migrate_makes_the_store_its_directory_and_the_key_file(
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    audit_key = state_directory / "optgate-audit.key"  # the audit chain's, derived
+    assert stat.S_IMODE(audit_key.stat().st_mode) == 0o600
     first = key.read_bytes()
     again = optgate("store", "migrate")  # twice: the same store, the same key
     assert again.lines[-1] == f"token keys: {key}"
@@ -1116,7 +1159,7 @@ async def test_a_postgresql_database_without_the_schema_is_missing(
 
     import asyncpg
 
-    from tests.test_store import postgres_database
+    from tests.support.backends import postgres_database
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
         return console_with(env, *argv)
@@ -1229,7 +1272,8 @@ def test_every_command_from_any_directory_uses_the_one_state_directory(
     made = machine.run("store", "migrate", cwd=here)
     assert made.returncode == 0, made.stderr
     assert stat.S_IMODE(machine.state.stat().st_mode) == 0o700
-    assert sorted(p.name for p in machine.state.iterdir())[:2] == ["optgate.db", "optgate.key"]
+    made_files = {p.name for p in machine.state.iterdir()}
+    assert {"optgate.db", "optgate.key", "optgate-audit.key"} <= made_files
 
     assert machine.run("suppress", "add", "gone@example.com", cwd=there).returncode == 0
     assert machine.run("suppress", "check", "gone@example.com", cwd=here).returncode == 1
@@ -1429,9 +1473,10 @@ def test_report_compliance_json(optgate: Run, db: Path) -> None:
     import asyncio
     from datetime import timedelta
 
+    from gateway.config import load
+    from gateway.stores import open_configured
     from suppression.address import normalize
     from suppression.model import ImportItem, Reason, Send, now
-    from suppression.store import open_store
 
     clean = json.loads(optgate("report", "compliance", "--json").out)
     assert clean == {"opt_outs": 0, "longest_delay_hours": 0.0, "violations": []}
@@ -1439,7 +1484,7 @@ def test_report_compliance_json(optgate: Run, db: Path) -> None:
     fan = normalize("fan@example.com")
 
     async def late_mail() -> None:
-        store = await open_store(f"sqlite:///{db}", create=False)
+        store = await open_configured(load())  # the one db's migrate made
         try:
             hour_ago = now() - timedelta(hours=2)
             item = ImportItem(fan.sha256, "sha256", None, Reason.UNSUBSCRIBED, hour_ago)

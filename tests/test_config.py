@@ -135,6 +135,8 @@ def sample(kind: Any) -> tuple[str, Any]:
 
 PATHS = {
     ("store", "state_dir"),
+    ("store", "audit_key_file"),
+    ("store", "audit_anchor_file"),
     ("unsubscribe", "key_file"),
     ("inbound", "keep_raw"),
     ("partners", "tls_cert"),
@@ -403,11 +405,13 @@ def test_state_directory_errors_say_what_to_set(monkeypatch: pytest.MonkeyPatch)
     broken = {"STATE_DIRECTORY": "rel/dir"}
     with pytest.raises(ConfigError, match="STATE_DIRECTORY"):
         load(None, broken | {"OPTGATE_STORE_URL": "postgresql://db/optgate"})
-    config = load(
-        None,
-        broken
-        | {"OPTGATE_STORE_URL": "postgresql://db/optgate", "OPTGATE_UNSUBSCRIBE_KEY_FILE": "/k"},
-    )
+    explicit = {
+        "OPTGATE_STORE_URL": "postgresql://db/optgate",
+        "OPTGATE_UNSUBSCRIBE_KEY_FILE": "/k",
+        "OPTGATE_STORE_AUDIT_KEY_FILE": "/a",
+        "OPTGATE_STORE_AUDIT_ANCHOR_FILE": "/h",
+    }
+    config = load(None, broken | explicit)
     assert config.store.state_dir == ""
 
 

@@ -223,11 +223,13 @@ def test_compose_nodes_share_postgres_and_the_key(compose: dict[str, Any]) -> No
             str(host_port(config.smtp.listen, "smtp")[1]),
             str(host_port(config.web.listen, "web")[1]),
         }
-        # the key file lies on a named volume every node mounts
+        # the key files lie on a named volume every node mounts
         assert config.unsubscribe.key_file.startswith(f"{KEY_DIR}/")
+        assert config.store.audit_key_file.startswith(f"{KEY_DIR}/")
     a, b = (configs[node] for node in NODES)
     assert a.store.url == b.store.url
     assert a.unsubscribe.key_file == b.unsubscribe.key_file
+    assert a.store.audit_key_file == b.store.audit_key_file
     assert a.unsubscribe.base_url == b.unsubscribe.base_url
     mounts = [
         {v for v in services[node]["volumes"] if v.split(":")[1] == KEY_DIR} for node in NODES
@@ -256,9 +258,10 @@ def test_compose_migrates_once_before_the_nodes(compose: dict[str, Any]) -> None
         )
         node_env = {k: interpolate(v) for k, v in environment(service).items()}
         config = load(None, {k: v for k, v in node_env.items() if k.startswith("OPTGATE_")})
-        assert (config.store.url, config.unsubscribe.key_file) == (
+        assert (config.store.url, config.unsubscribe.key_file, config.store.audit_key_file) == (
             made.store.url,
             made.unsubscribe.key_file,
+            made.store.audit_key_file,
         )
         assert set(service["volumes"]) == set(migrate["volumes"])
 
@@ -350,8 +353,10 @@ def test_unit_settings_are_the_config_contract() -> None:
     # systemd names it in $STATE_DIRECTORY, optgate's state directory: the store and
     # key file are not set apart from it (root's optgate commands find them there too)
     assert not {"OPTGATE_STORE_URL", "OPTGATE_UNSUBSCRIBE_KEY_FILE"} & set(optgate)
+    assert not {"OPTGATE_STORE_AUDIT_KEY_FILE", "OPTGATE_STORE_AUDIT_ANCHOR_FILE"} & set(optgate)
     assert "OPTGATE_STORE_STATE_DIR" not in optgate
     config = load(None, optgate | {"STATE_DIRECTORY": KEY_DIR})
     assert config.store.url == f"sqlite:///{KEY_DIR}/optgate.db"
     assert config.unsubscribe.key_file == f"{KEY_DIR}/optgate.key"
+    assert config.store.audit_key_file == f"{KEY_DIR}/optgate-audit.key"
     assert config == load(None, optgate | {"STATE_DIRECTORY": f"{KEY_DIR}:/var/lib/other"})
