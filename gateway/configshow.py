@@ -86,13 +86,13 @@ def _shown(option: Option, value: Any) -> Any:
 
 
 def _files(loaded: Effective) -> dict[str, dict[str, Any]]:
-    """The state directory, store and token key file in use, where they came from, and
-    whether they exist yet."""
+    """The state directory, store and key files in use, where they came from, and whether
+    they exist yet."""
     config, origins = loaded.config, loaded.origins
     url = config.store.url
     store_file = Path(sqlite_path(url)) if url.startswith("sqlite://") else None
     state = Path(config.store.state_dir) if config.store.state_dir else None
-    key_file = Path(config.unsubscribe.key_file)
+    key_file, audit_key = Path(config.unsubscribe.key_file), Path(config.store.audit_key_file)
     return {
         "state_dir": {
             "path": str(state) if state else None,
@@ -110,6 +110,11 @@ def _files(loaded: Effective) -> dict[str, dict[str, Any]]:
             "from": origins["unsubscribe", "key_file"],
             "exists": key_file.exists(),
         },
+        "audit_key_file": {
+            "path": str(audit_key),
+            "from": origins["store", "audit_key_file"],
+            "exists": audit_key.exists(),
+        },
     }
 
 
@@ -120,13 +125,14 @@ def _option(section: str, key: str) -> Option:
 def _state(exists: bool | None, made_by: str) -> str:
     if exists is None:
         return ""
-    return "exists" if exists else f"not there yet ({made_by})"
+    return "exists" if exists else f"missing ({made_by})"
 
 
 def _text(loaded: Effective) -> str:
     files = _files(loaded)
-    made_by = "optgate store migrate or optgate serve makes it"
-    state, store, keys = files["state_dir"], files["store"], files["key_file"]
+    made_by = "optgate store migrate makes it"
+    state, store = files["state_dir"], files["store"]
+    keys, audit = files["key_file"], files["audit_key_file"]
     head = [
         "# the effective configuration; on the right of each value, where it came from",
         f"# config file: {loaded.file or 'none (built-in defaults and the environment)'}",
@@ -135,6 +141,7 @@ def _text(loaded: Effective) -> str:
         f"# store: {store['url']} ({store['from']})"
         + (f": {_state(store['exists'], made_by)}" if store["exists"] is not None else ""),
         f"# token key file: {keys['path']} ({keys['from']}): {_state(keys['exists'], made_by)}",
+        f"# audit key file: {audit['path']} ({audit['from']}): " + _state(audit["exists"], made_by),
     ]
     lines, section = head, ""
     for option in options():

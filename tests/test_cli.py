@@ -1287,6 +1287,11 @@ def test_every_command_from_any_directory_uses_the_one_state_directory(
         "exists": True,
     }
     assert shown["key_file"]["path"] == str(machine.seen / "optgate.key")
+    assert shown["audit_key_file"] == {
+        "path": str(machine.seen / "optgate-audit.key"),
+        "from": "derived from the state directory",
+        "exists": True,
+    }
     expected = "XDG_STATE_HOME" if os.geteuid() else "root"
     assert expected in shown["state_dir"]["from"]
 
