@@ -28,7 +28,15 @@ from gateway.optin import request_consent
 from gateway.pipeline import Branding, Pipeline, Verp
 from gateway.policy import Rules
 from gateway.relay import Relay
-from gateway.server import Admission, GateLMTP, GateSMTP, Handler, InboundHandler
+from gateway.server import (
+    ANYONE,
+    Admission,
+    GateLMTP,
+    GateSMTP,
+    Handler,
+    InboundHandler,
+    Sessions,
+)
 from gateway.signing import Signer
 from gateway.submission import listening
 from gateway.tokens import TokenSigner
@@ -95,12 +103,16 @@ async def running(
     *,
     reuse_port: bool = False,
     metrics: Metrics | None = None,
+    sessions: Callable[[str], Sessions] | None = None,
 ) -> AsyncIterator[Running]:
     """Start the SMTP gateway and the web endpoint; on exit drain and shut down.
 
     ``reuse_port``: listen with SO_REUSEPORT beside the other workers of
-    ``optgate serve --workers`` (the kernel spreads connections over them).
+    ``optgate serve --workers`` (the kernel spreads connections over them);
+    ``sessions``: each listener's session count by name (``smtp``, ``inbound``,
+    ``partners``), shared by the workers; by default this process's own.
     """
+    count = sessions or (lambda _: Sessions())
     metrics = metrics or Metrics()
     signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
     async with contextlib.AsyncExitStack() as stack:
@@ -112,11 +124,11 @@ async def running(
             # the [smtp] listener takes inbound mail too (Postfix's content filter hands it
             # over there); [inbound] listen adds a listener for inbound mail only
             smtp_port = await stack.enter_async_context(
-                _smtp(config, store, signer, metrics, receiver, reuse_port)
+                _smtp(config, store, signer, metrics, receiver, reuse_port, count("smtp"))
             )
             if receiver is not None and config.inbound.listen:
                 inbound_port = await stack.enter_async_context(
-                    _inbound(config, receiver, reuse_port)
+                    _inbound(config, receiver, reuse_port, count("inbound"))
                 )
         if "web" in parts:
             web_port = await stack.enter_async_context(
@@ -125,7 +137,7 @@ async def running(
         partners_port = 0
         if "smtp" in parts and config.partners.listen:
             partners_port = await stack.enter_async_context(
-                _partners(config, store, signer, metrics, reuse_port)
+                _partners(config, store, signer, metrics, reuse_port, count("partners"))
             )
         yield Running(smtp_port, web_port, asyncio.Event(), metrics, inbound_port, partners_port)
     log.info("stopped")
@@ -153,11 +165,13 @@ async def _listen(protocol: Callable[[], SMTP], listen: str, name: str, reuse_po
 
 
 @contextlib.asynccontextmanager
-async def _inbound(config: Config, receiver: Receiver, reuse_port: bool) -> AsyncIterator[int]:
+async def _inbound(
+    config: Config, receiver: Receiver, reuse_port: bool, sessions: Sessions
+) -> AsyncIterator[int]:
     """The own inbound listener ([inbound] listen, SMTP or LMTP); yields the bound port."""
     inbound = config.inbound
     handler = InboundHandler(receiver, max_recipients=config.smtp.max_recipients, lmtp=inbound.lmtp)
-    admission = Admission(inbound.allowed_clients, config.smtp.max_sessions)
+    admission = Admission(inbound.allowed_clients, config.smtp.max_sessions, sessions)
     kind = GateLMTP if inbound.lmtp else GateSMTP
     server = await _listen(
         lambda: kind(
@@ -189,6 +203,7 @@ async def _smtp(
     metrics: Metrics,
     receiver: Receiver | None,
     reuse_port: bool,
+    sessions: Sessions,
 ) -> AsyncIterator[int]:
     """The SMTP listener and its relay pool; yields the bound port."""
     host, _ = host_port(config.smtp.listen, "[smtp] listen")
@@ -201,7 +216,7 @@ async def _smtp(
         reject=config.policy.action == "reject",
         receiver=receiver,
     )
-    admission = Admission(config.smtp.allowed_clients, config.smtp.max_sessions)
+    admission = Admission(config.smtp.allowed_clients, config.smtp.max_sessions, sessions)
     server = await _listen(
         lambda: GateSMTP(
             handler,
@@ -244,7 +259,12 @@ def _relay(config: Config, hostname: str) -> Relay:
 
 @contextlib.asynccontextmanager
 async def _partners(
-    config: Config, store: Store, signer: TokenSigner, metrics: Metrics, reuse_port: bool
+    config: Config,
+    store: Store,
+    signer: TokenSigner,
+    metrics: Metrics,
+    reuse_port: bool,
+    sessions: Sessions,
 ) -> AsyncIterator[int]:
     """The partner submission listener and this node's fan-out worker; yields the port."""
     hostname = config.smtp.hostname or socket.getfqdn()
@@ -265,8 +285,11 @@ async def _partners(
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
+        # partners connect from anywhere and authenticate; the session limit still holds
+        admission = Admission(ANYONE, config.smtp.max_sessions, sessions)
+        idle = config.smtp.timeout
         async with listening(
-            config.partners, store, hostname, config.smtp.timeout, worker.wake, reuse_port
+            config.partners, store, hostname, idle, worker.wake, reuse_port, admission
         ) as port:
             yield port
     finally:
@@ -313,9 +336,12 @@ async def serve(
     reuse_port: bool = False,
     metrics: Metrics | None = None,
     ready: Callable[[], None] | None = None,
+    sessions: Callable[[str], Sessions] | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT; ``ready`` is called once every part listens."""
-    async with running(config, parts, reuse_port=reuse_port, metrics=metrics) as gate:
+    async with running(
+        config, parts, reuse_port=reuse_port, metrics=metrics, sessions=sessions
+    ) as gate:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, gate.stop.set)

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import os
 import selectors
 import signal
@@ -37,6 +38,7 @@ import uvloop
 from gateway import logs, service
 from gateway.config import Config, host_port
 from gateway.metrics import across_processes
+from gateway.server import SessionBoard
 from suppression.errors import ConfigError, OptgateError
 
 log = structlog.get_logger("optgate.workers")
@@ -153,6 +155,7 @@ class Supervisor:
     ) -> None:
         self.config, self.parts, self.count, self.metrics_dir = config, parts, count, metrics_dir
         self.cpus = cpus  # worker i runs on cpus[i] only; None: wherever the kernel likes
+        self.sessions = SessionBoard(count)  # every worker's session counts, shared
         self.workers: dict[int, Worker] = {}  # by pid
         self.due: dict[int, float] = {}  # slot -> when to (re)start it
         self.selector = selectors.DefaultSelector()
@@ -236,6 +239,7 @@ class Supervisor:
                 reuse_port=True,
                 metrics=across_processes(self.metrics_dir),
                 ready=ready,
+                sessions=functools.partial(self.sessions.sessions, worker=index),
             )
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 runner.run(serving)
@@ -361,6 +365,7 @@ def serve(args: argparse.Namespace, config: Config) -> int:
             smtp=config.smtp.listen if "smtp" in parts else None,
             web=config.web.listen if "web" in parts else None,
             inbound=config.inbound.listen or None,
+            partners=config.partners.listen or None,
         )
         status = Supervisor(config, parts, count, metrics_dir, cpus).run()
     return status
