@@ -17,12 +17,14 @@ import structlog
 from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
+from gateway import logs
+from gateway.admin_web import make_admin_app
 from gateway.api import add_consent_api
 from gateway.config import Config, host_port
 from gateway.fanout import FanOut
 from gateway.inbound.mailboxes import Mailboxes, Role
 from gateway.inbound.receive import Receiver
-from gateway.keys import load_keys
+from gateway.keys import load_keys, load_log_key
 from gateway.metrics import Metrics
 from gateway.optin import request_consent
 from gateway.pipeline import Branding, Pipeline, Verp
@@ -94,6 +96,7 @@ class Running:
     metrics: Metrics
     inbound_port: int = 0  # the own inbound listener ([inbound] listen), with the smtp part
     partners_port: int = 0
+    api_port: int = 0  # the admin listener ([api] listen), with the web part
 
 
 @contextlib.asynccontextmanager
@@ -114,7 +117,9 @@ async def running(
     """
     count = sessions or (lambda _: Sessions())
     metrics = metrics or Metrics()
-    signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
+    key_file = Path(config.unsubscribe.key_file)
+    signer = TokenSigner(load_keys(key_file))
+    logs.use_key(load_log_key(key_file))
     async with contextlib.AsyncExitStack() as stack:
         store = await open_store(config.store.url)
         stack.push_async_callback(store.close)
@@ -130,16 +135,24 @@ async def running(
                 inbound_port = await stack.enter_async_context(
                     _inbound(config, receiver, reuse_port, count("inbound"))
                 )
+        api_port = 0
         if "web" in parts:
             web_port = await stack.enter_async_context(
                 _web(config, store, signer, metrics, reuse_port)
             )
+            if config.api.listen:
+                admin = make_admin_app(store=store, metrics=metrics)
+                api_port = await stack.enter_async_context(
+                    _http(admin, config.api.listen, "[api] listen", reuse_port)
+                )
         partners_port = 0
         if "smtp" in parts and config.partners.listen:
             partners_port = await stack.enter_async_context(
                 _partners(config, store, signer, metrics, reuse_port, count("partners"))
             )
-        yield Running(smtp_port, web_port, asyncio.Event(), metrics, inbound_port, partners_port)
+        yield Running(
+            smtp_port, web_port, asyncio.Event(), metrics, inbound_port, partners_port, api_port
+        )
     log.info("stopped")
 
 
@@ -305,14 +318,23 @@ async def _partners(
 async def _web(
     config: Config, store: Store, signer: TokenSigner, metrics: Metrics, reuse_port: bool
 ) -> AsyncIterator[int]:
-    """The web endpoint (one-click, pages, /healthz, /metrics); yields the bound port."""
-    host, port = host_port(config.web.listen, "[web] listen")
+    """The web endpoint (one-click, pages, /healthz); yields the bound port."""
     app = make_app(
         store=store, signer=signer, metrics=metrics, settings=WebSettings.from_config(config)
     )
     if config.web.api_keys:
         requester = functools.partial(request_consent, config, store, actor="api")
         add_consent_api(app, requester, config.web.api_keys)
+    async with _http(app, config.web.listen, "[web] listen", reuse_port) as bound:
+        yield bound
+
+
+@contextlib.asynccontextmanager
+async def _http(
+    app: web.Application, listen: str, name: str, reuse_port: bool
+) -> AsyncIterator[int]:
+    """Serve an aiohttp app on a listen address; yields the bound port."""
+    host, port = host_port(listen, name)
     runner = web.AppRunner(app, access_log=None)  # an access log would hold IPs and tokens
     await runner.setup()
     try:
@@ -320,9 +342,9 @@ async def _web(
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise ConfigError(f"[web] listen {config.web.listen}: {exc.strerror}") from None
+        raise ConfigError(f"{name} {listen}: {exc.strerror}") from None
     bound = int(runner.addresses[0][1])
-    log.info("web_listening", host=host, port=bound)
+    log.info("http_listening", listener=name, host=host, port=bound)
     try:
         yield bound
     finally:

@@ -357,6 +357,9 @@ def serve(args: argparse.Namespace, config: Config) -> int:
         if "web" in parts:
             web = stack.enter_context(reserved(config.web.listen, "[web] listen"))
             config = dataclasses.replace(config, web=dataclasses.replace(config.web, listen=web))
+        if "web" in parts and config.api.listen:
+            api = stack.enter_context(reserved(config.api.listen, "[api] listen"))
+            config = dataclasses.replace(config, api=dataclasses.replace(config.api, listen=api))
         metrics_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="optgate-metrics-"))
         log.info(
             "workers_starting",
@@ -366,6 +369,7 @@ def serve(args: argparse.Namespace, config: Config) -> int:
             web=config.web.listen if "web" in parts else None,
             inbound=config.inbound.listen or None,
             partners=config.partners.listen or None,
+            api=config.api.listen if "web" in parts and config.api.listen else None,
         )
         status = Supervisor(config, parts, count, metrics_dir, cpus).run()
     return status
