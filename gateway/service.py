@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
-from gateway import logs
+from gateway import auditwatch, logs
 from gateway.admin_web import make_admin_app
 from gateway.api import add_consent_api
 from gateway.config import Config, host_port
@@ -40,11 +40,12 @@ from gateway.server import (
     Sessions,
 )
 from gateway.signing import Signer
+from gateway.stores import open_configured
 from gateway.submission import listening
 from gateway.tokens import TokenSigner
 from gateway.web import WebSettings, make_app
 from suppression.errors import ConfigError
-from suppression.store import Store, open_store
+from suppression.store import Store
 
 log = structlog.get_logger("optgate.service")
 DRAIN_SECONDS = 30.0
@@ -107,6 +108,7 @@ async def running(
     reuse_port: bool = False,
     metrics: Metrics | None = None,
     sessions: Callable[[str], Sessions] | None = None,
+    audit_watch: bool = False,
 ) -> AsyncIterator[Running]:
     """Start the SMTP gateway and the web endpoint; on exit drain and shut down.
 
@@ -114,6 +116,7 @@ async def running(
     ``optgate serve --workers`` (the kernel spreads connections over them);
     ``sessions``: each listener's session count by name (``smtp``, ``inbound``,
     ``partners``), shared by the workers; by default this process's own.
+    ``audit_watch``: verify the audit log every ``[store] verify_minutes`` (one worker).
     """
     count = sessions or (lambda _: Sessions())
     metrics = metrics or Metrics()
@@ -121,7 +124,7 @@ async def running(
     signer = TokenSigner(load_keys(key_file))
     logs.use_key(load_log_key(key_file))
     async with contextlib.AsyncExitStack() as stack:
-        store = await open_store(config.store.url)
+        store = await open_configured(config, create=True)
         stack.push_async_callback(store.close)
         smtp_port = web_port = inbound_port = 0
         receiver = _receiver(config, store, signer, metrics)
@@ -145,6 +148,8 @@ async def running(
                 api_port = await stack.enter_async_context(
                     _http(admin, config.api.listen, "[api] listen", reuse_port)
                 )
+        if audit_watch and config.store.verify_minutes > 0:
+            await stack.enter_async_context(_audit_watch(config, metrics))
         partners_port = 0
         if "smtp" in parts and config.partners.listen:
             partners_port = await stack.enter_async_context(
@@ -154,6 +159,19 @@ async def running(
             smtp_port, web_port, asyncio.Event(), metrics, inbound_port, partners_port, api_port
         )
     log.info("stopped")
+
+
+@contextlib.asynccontextmanager
+async def _audit_watch(config: Config, metrics: Metrics) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(auditwatch.watch(config, metrics, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _receiver(
@@ -359,10 +377,16 @@ async def serve(
     metrics: Metrics | None = None,
     ready: Callable[[], None] | None = None,
     sessions: Callable[[str], Sessions] | None = None,
+    audit_watch: bool = False,
 ) -> None:
     """Run until SIGTERM or SIGINT; ``ready`` is called once every part listens."""
     async with running(
-        config, parts, reuse_port=reuse_port, metrics=metrics, sessions=sessions
+        config,
+        parts,
+        reuse_port=reuse_port,
+        metrics=metrics,
+        sessions=sessions,
+        audit_watch=audit_watch,
     ) as gate:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -240,6 +240,7 @@ class Supervisor:
                 metrics=across_processes(self.metrics_dir),
                 ready=ready,
                 sessions=functools.partial(self.sessions.sessions, worker=index),
+                audit_watch=index == 0,  # one worker verifies the audit log for all
             )
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 runner.run(serving)
