@@ -207,6 +207,15 @@ class Web:
 
 
 @dataclass(frozen=True)
+class Api:
+    """The admin listener: /metrics and /healthz (and the REST API to come), never public."""
+
+    listen: str = _opt(
+        "127.0.0.1:8081", "host:port of the admin listener (runs with the web part); empty: off"
+    )
+
+
+@dataclass(frozen=True)
 class Dkim:
     """DKIM signing of every relayed copy, after the rewrite."""
 
@@ -328,6 +337,7 @@ class Config:
     policy: Policy = field(default_factory=Policy)
     unsubscribe: Unsubscribe = field(default_factory=Unsubscribe)
     web: Web = field(default_factory=Web)
+    api: Api = field(default_factory=Api)
     dkim: Dkim = field(default_factory=Dkim)
     inbound: Inbound = field(default_factory=Inbound)
     partners: Partners = field(default_factory=Partners)

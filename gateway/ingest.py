@@ -32,7 +32,7 @@ from gateway.inbound.classify import classify
 from gateway.inbound.imap import Imap, parse_url
 from gateway.inbound.receive import keep
 from gateway.inbound.sources import MessageError, Pending, Source, SourceError, open_local
-from gateway.keys import load_keys
+from gateway.keys import load_keys, load_log_key
 from gateway.stores import open_configured
 from gateway.tokens import TokenSigner
 from suppression.errors import OptgateError
@@ -199,6 +199,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     source = await asyncio.to_thread(open_source, args)
     try:
         signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
+        logs.use_key(load_log_key(Path(config.unsubscribe.key_file)))
         store = await open_configured(config)
         try:
             summary = await Ingest(source, store, config, signer, args.dry_run).run(args.limit)

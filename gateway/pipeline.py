@@ -39,6 +39,10 @@ OFFLOAD_BYTES = 256 * 1024
 class BadControlHeader(OptgateError):
     """An X-Optgate-* header with a value optgate cannot honour."""
 
+    def __init__(self, problem: str, header: str, value: str) -> None:
+        super().__init__(problem)
+        self.header, self.value = header, value  # the value only as a digest in logs
+
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
@@ -132,7 +136,9 @@ def classify(
     except ValueError:
         raise BadControlHeader(
             f"X-Optgate-Class {raw_class!r} is not one of "
-            f"{', '.join(c.value for c in MessageClass)}"
+            f"{', '.join(c.value for c in MessageClass)}",
+            "X-Optgate-Class",
+            raw_class,
         ) from None
     topic = headers.get("x-optgate-topic", "").lower() or sender_topic(
         mail_from, sender_topics, default_topic
@@ -140,7 +146,7 @@ def classify(
     try:
         check_name(topic, "X-Optgate-Topic")
     except OptgateError as exc:
-        raise BadControlHeader(str(exc)) from None
+        raise BadControlHeader(str(exc), "X-Optgate-Topic", topic) from None
     message_id = headers.get("message-id", "")
     key = message_id or hashlib.sha256(content).hexdigest()
     return Classified(kind, topic, message_id, hashlib.sha256(key.encode()).hexdigest()[:32])
@@ -262,7 +268,8 @@ class Pipeline:
         try:
             message = self.classify(envelope)
         except BadControlHeader as exc:
-            log.warning("message_refused", problem=str(exc))
+            # the value is the sender's: logged as its keyed digest (gateway/logs.py)
+            log.warning("message_refused", header=exc.header, value=exc.value)
             self._metrics.messages.labels("5xx").inc()
             return Reply(550, f"5.6.0 {exc}")
         with self._metrics.lookup_seconds.time():

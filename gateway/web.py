@@ -6,7 +6,10 @@ Link routes live under the path of ``[unsubscribe] base_url`` (as in the mail):
     GET  /u/TOKEN   a page with that button; changes nothing (scanners open every link)
     GET  /p/TOKEN   the preference page; POST acts, then 303 back to it
     GET  /c/TOKEN   confirm a double opt-in; POST records the consent
-    GET  /healthz   200 while the store answers;  GET /metrics  Prometheus text
+    GET  /healthz   200 while the store answers
+
+/metrics is on the admin listener only (gateway/admin_web.py), and no answer
+carries aiohttp's ``Server`` header with the Python and aiohttp versions.
 
 The token is the only credential. Errors become pages in one place (the error
 middleware); every answer carries the security headers. The client's IP is
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web, web_response
 from yarl import URL
 
 from gateway import pages
@@ -50,8 +53,7 @@ CONFIRM_MAX_AGE = 7 * 24 * 3600  # seconds a double opt-in link stays valid
 
 ACTOR = "web"
 MAX_BODY = 64 * 1024  # a one-click or page form is a few dozen bytes
-PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
-UNLIMITED = frozenset({"/healthz", "/metrics"})  # monitoring is not rate-limited
+UNLIMITED = frozenset({"/healthz"})  # monitoring is not rate-limited
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -421,20 +423,9 @@ class _Endpoint:
             if record.scope == scope and _own(record) and record.created.timestamp() < issued:
                 await self.store.unsuppress([record.key], scope=scope, actor=ACTOR)
 
-    # --- monitoring -----------------------------------------------------------------------
-
     async def health(self, request: web.Request) -> web.Response:
         """GET /healthz: 200 while the store answers a read, else 503."""
-        try:
-            await self.store.holder("0" * 64)
-        except Exception as exc:  # whatever the failure, the store does not answer
-            log.error("web_unhealthy", error=type(exc).__name__)
-            return web.Response(status=503, text="store unavailable")
-        return web.Response(text="ok")
-
-    async def exposition(self, request: web.Request) -> web.Response:
-        """GET /metrics: the shared registry in Prometheus text format."""
-        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": PROMETHEUS})
+        return await store_health(self.store)
 
     # --- middlewares ----------------------------------------------------------------------
 
@@ -505,8 +496,34 @@ def _answered(holder: Holder, purpose: str, issued: int) -> Consent | None:
     return latest if latest is not None and latest.created.timestamp() >= issued else None
 
 
+async def store_health(store: Store) -> web.Response:
+    """200 while the store answers a read, else 503 (/healthz here and on the admin listener)."""
+    try:
+        await store.holder("0" * 64)
+    except Exception as exc:  # whatever the failure, the store does not answer
+        log.error("web_unhealthy", error=type(exc).__name__)
+        return web.Response(status=503, text="store unavailable")
+    return web.Response(text="ok")
+
+
 async def _secure(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.update(SECURITY_HEADERS)
+    response.headers.popall(hdrs.SERVER, None)
+
+
+async def _unnamed(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.popall(hdrs.SERVER, None)
+
+
+def anonymous(app: web.Application, *, secure: bool = False) -> None:
+    """No ``Server`` header in the app's answers (aiohttp sends ``Python/3.x aiohttp/x.y``),
+    with the security headers when ``secure``.
+
+    aiohttp's own answers to requests it cannot parse reach no hook of the app:
+    the constant they take the header from names optgate alone, without a version.
+    """
+    web_response.SERVER_SOFTWARE = "optgate"  # type: ignore[attr-defined]
+    app.on_response_prepare.append(_secure if secure else _unnamed)
 
 
 def make_app(
@@ -516,7 +533,7 @@ def make_app(
     endpoint = _Endpoint(store, signer, metrics, settings)
     middlewares = [endpoint.limit, endpoint.errors] if endpoint.limiter else [endpoint.errors]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
-    app.on_response_prepare.append(_secure)
+    anonymous(app, secure=True)
     prefix = endpoint.prefix
     for name, page, act in (
         ("u", endpoint.unsubscribe_page, endpoint.unsubscribe),
@@ -526,5 +543,4 @@ def make_app(
         app.router.add_get(f"{prefix}/{name}/{{token}}", page, name=name)
         app.router.add_post(f"{prefix}/{name}/{{token}}", act, name=name)
     app.router.add_get("/healthz", endpoint.health)
-    app.router.add_get("/metrics", endpoint.exposition)
     return app

@@ -127,6 +127,7 @@ def gateway_env(
     env = {
         "OPTGATE_SMTP_LISTEN": f"127.0.0.1:{listen_port}",
         "OPTGATE_WEB_LISTEN": "127.0.0.1:0",
+        "OPTGATE_API_LISTEN": "127.0.0.1:0",
         "OPTGATE_RELAY_NEXT_HOP": f"127.0.0.1:{next_port}",
         "OPTGATE_RELAY_TIMEOUT": "5",
         "OPTGATE_STORE_URL": f"sqlite:///{tmp_path / 'optgate.db'}",
