@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from suppression.model import HARD_REASONS, PARTNER_OFFERS, Facts, Suppression
+from suppression.model import PARTNER_OFFERS, Facts, Suppression, stops_transactional
 
 
 class MessageClass(StrEnum):
@@ -56,7 +56,8 @@ def version_key(version: str) -> tuple[tuple[int, str], ...]:
 
 def _blocking(facts: Facts, kind: MessageClass) -> Suppression | None:
     for record in facts.suppressions:
-        if kind is not MessageClass.TRANSACTIONAL or record.reason in HARD_REASONS:
+        # transactional mail stops only for a vouched-for bounce, complaint or invalid address
+        if kind is not MessageClass.TRANSACTIONAL or stops_transactional(record):
             return record
     return None
 

@@ -20,6 +20,7 @@ from aiosmtpd.smtp import SMTP
 from gateway.api import add_consent_api
 from gateway.config import Config, host_port
 from gateway.fanout import FanOut
+from gateway.held import Held
 from gateway.inbound.mailboxes import Mailboxes, Role
 from gateway.inbound.receive import Receiver
 from gateway.keys import load_keys
@@ -285,7 +286,11 @@ async def _web(
     """The web endpoint (one-click, pages, /healthz, /metrics); yields the bound port."""
     host, port = host_port(config.web.listen, "[web] listen")
     app = make_app(
-        store=store, signer=signer, metrics=metrics, settings=WebSettings.from_config(config)
+        store=store,
+        signer=signer,
+        metrics=metrics,
+        settings=WebSettings.from_config(config),
+        held=Held.from_config(config, store),
     )
     if config.web.api_keys:
         requester = functools.partial(request_consent, config, store, actor="api")

@@ -15,6 +15,7 @@ import pytest
 
 from gateway.inbound.classify import classify
 from gateway.inbound.imap import KEYWORD, Imap, parse_url
+from gateway.inbound.optouts import OptOuts
 from gateway.ingest import Ingest, arrived
 from gateway.keys import load_keys
 from gateway.tokens import TokenSigner
@@ -371,12 +372,13 @@ async def test_imap_connection_lost(dovecot: Dovecot, imap: str, tmp_path: Path)
     await mailed_everyone(config.store.url)
     store = await open_store(config.store.url)
     signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
+    optouts = OptOuts.from_config(config, store, None)
     try:
         source = Imap(parse_url(dovecot.url(imap, tls=True)), dovecot.password, None)
-        done = await Ingest(source, store, config, signer, dry_run=False).run(limit=3)
+        done = await Ingest(source, store, config, signer, False, optouts).run(limit=3)
         assert (done.read, done.applied.hard_bounces, done.stopped) == (3, 3, None)
         dovecot.kick()
-        lost = await Ingest(source, store, config, signer, dry_run=False).run(limit=None)
+        lost = await Ingest(source, store, config, signer, False, optouts).run(limit=None)
         source.close()
     finally:
         await store.close()
