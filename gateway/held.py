@@ -130,12 +130,13 @@ class Held:
             now(),
             json.dumps(detail, sort_keys=True),
         )
-        stored = await self.store.hold_request(request, actor=f"held-{action}")
-        if stored.mailed is not None:
+        known = await self.store.held_request(request.secret)
+        if known is not None and known.mailed is not None:
             return Mailed.ALREADY
-        if not await self.limiter.take(sources):
+        if not await self.limiter.take(sources):  # before storing: a flood stores nothing
             log.warning("held_rate_limited", action=action, rcpt=address.sha256[:16])
             return Mailed.LIMITED
+        stored = await self.store.hold_request(request, actor=f"held-{action}")
         message = self._message(address, action, self.link(secret))
         outcome = await self.mailer(address.normalized, message)
         log.info("held_mailed", action=action, code=outcome.code, rcpt=address.sha256[:16])

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from aiosmtpd.controller import Controller
 
 from gateway.inbound.classify import classify
 from gateway.inbound.imap import KEYWORD, Imap, parse_url
@@ -25,7 +26,7 @@ from suppression.store import open_store
 from tests import test_cli
 from tests.support.dovecot import Dovecot, private_dovecot
 from tests.support.postfix import free_port
-from tests.support.smtp import gateway_config
+from tests.support.smtp import Sink, gateway_config
 from tests.test_cli import Run, count, one_line_error, reasons
 from tests.test_rewrite import corpus_root
 
@@ -53,7 +54,9 @@ ABUSE = "maildir-bsd/arf-01.eml"
 NOT_BOUNCES = ("not-bounce/is-not-bounce-01.eml", "not-bounce/is-not-bounce-02.eml")
 GARBAGE = b"\x00\xff\xfe not a message at all \x80\x81\n\n\xff"
 
-EXPECTED = {address: "bounced" for address in HARD_BOUNCES.values()} | {OPT_OUT[1]: "unsubscribed"}
+# the opt-out report is held: a third party's word suppresses nobody until the address
+# confirms by the link mailed to it (issue 14)
+EXPECTED = {address: "bounced" for address in HARD_BOUNCES.values()}
 EVERY_ADDRESS = [*HARD_BOUNCES.values(), OPT_OUT[1]]
 
 
@@ -106,7 +109,20 @@ async def mailed_everyone(url: str) -> None:
 
 
 @pytest.fixture
-def keyed(db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def hop(db: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sink]:
+    """The next hop the confirmation links go through: a recording sink on its own thread."""
+    recorder = Sink()
+    controller = Controller(recorder, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    monkeypatch.setenv("OPTGATE_RELAY_NEXT_HOP", f"127.0.0.1:{controller.port}")
+    try:
+        yield recorder
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def keyed(db: Path, hop: Sink, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The token key file made beforehand and a send ledger, as `optgate serve` would have."""
     key = db.parent / "optgate.key"
     key.write_text("ab" * 32 + "\n")
@@ -115,8 +131,13 @@ def keyed(db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return db
 
 
+def linked(hop: Sink) -> list[str]:
+    """Whom the confirmation links went to."""
+    return [m.rcpt_tos[0] for m in hop.messages]
+
+
 def test_mbox_of_corpus_mail(
-    optgate: Run, keyed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    optgate: Run, keyed: Path, hop: Sink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = make_mbox(tmp_path / "inbound.mbox", messages())
     original = path.read_bytes()
@@ -127,8 +148,9 @@ def test_mbox_of_corpus_mail(
     dry = optgate("ingest", str(path), "--dry-run")
     assert dry.code == 0, dry
     assert summary_line(dry.out) == f"mbox inbound.mbox: dry run, nothing changed: {SUMMARY} " + (
-        "(new suppressions 11, forged tokens 0)"
+        "(new suppressions 10, held for a confirmation link 1, forged tokens 0)"
     )
+    assert linked(hop) == []  # a dry run mails nothing
     assert path.read_bytes() == original
     assert reasons(optgate) == {}
     assert count(keyed, "audit") == 0
@@ -137,8 +159,10 @@ def test_mbox_of_corpus_mail(
     real = optgate("ingest", str(path))
     assert real.code == 0, real
     assert summary_line(real.out) == (
-        f"mbox inbound.mbox: {SUMMARY} (new suppressions 11, forged tokens 0)"
+        f"mbox inbound.mbox: {SUMMARY} (new suppressions 10, held for a confirmation link 1, "
+        "forged tokens 0)"
     )
+    assert linked(hop) == [OPT_OUT[1]]
     no_addresses(dry.out, dry.err, real.out, real.err)
     assert reasons(optgate) == EXPECTED
     copies = sorted(kept.iterdir())
@@ -154,8 +178,10 @@ def test_mbox_of_corpus_mail(
     assert again.code == 0, again
     assert summary_line(again.out) == (
         "mbox inbound.mbox: read 0, unsubscribes 0, hard bounces 0, soft bounces 0, "
-        "complaints 0, ignored 0, errors 0 (new suppressions 0, forged tokens 0)"
+        "complaints 0, ignored 0, errors 0 (new suppressions 0, held for a confirmation link 0, "
+        "forged tokens 0)"
     )
+    assert linked(hop) == [OPT_OUT[1]]
     assert count(keyed, "audit") == audit
     assert reasons(optgate) == EXPECTED
 

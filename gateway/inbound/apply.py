@@ -145,7 +145,7 @@ class _Context:
     at: datetime
     origin: Origin | None
     optouts: OptOuts | None
-    authenticated: dict[str, Authentication]  # the message's, once checked ("" -> it)
+    authenticated: dict[str, Authentication]  # the message's, once found: checked / named
 
     async def apply(self, finding: Finding) -> Applied:
         """One finding: find its recipient, then act by kind."""
@@ -235,9 +235,12 @@ class _Context:
             self._log(finding, "unconfirmed", target)
             return Applied()
         address = normalize(finding.recipient)
-        auth = self.authenticated.get("")
+        # only an author asking for itself can be authenticated: no DNS for anyone else
+        kind = "checked" if finding.by_author else "named"
+        auth = self.authenticated.get(kind)
         if auth is None:
-            auth = self.authenticated[""] = await self.optouts.authenticate(self.origin)
+            auth = await self.optouts.authenticate(self.origin, check=finding.by_author)
+            self.authenticated[kind] = auth
         author = auth.author is not None and _same(auth.author, address)
         if finding.by_author and author and auth.authenticated:
             if not self.dry_run:

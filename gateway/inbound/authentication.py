@@ -96,13 +96,21 @@ class Authenticator:
             return peer
         return received_client(parsing.headers(message, "Received"), self._relays)
 
-    async def check(self, origin: Origin, ours: Callable[[str], bool]) -> Authentication:
-        """Authenticate one message; ``ours`` tells optgate's inbound addresses."""
-        message = parsing.parse(origin.raw)
-        client = self.client(origin, message)
+    def identify(self, origin: Origin) -> Authentication:
+        """The author and the sending MTA, unchecked (no DNS)."""
+        return self._identified(origin, parsing.parse(origin.raw))
+
+    def _identified(self, origin: Origin, message: Any) -> Authentication:
         authors = parsing.headers(message, "From")
         named = parsing.addresses(authors)
         author = named[0] if len(authors) == 1 and len(named) == 1 else None
+        return Authentication(author, self.client(origin, message))
+
+    async def check(self, origin: Origin, ours: Callable[[str], bool]) -> Authentication:
+        """Authenticate one message; ``ours`` tells optgate's inbound addresses."""
+        message = parsing.parse(origin.raw)
+        identified = self._identified(origin, message)
+        author, client = identified.author, identified.client
         to = parsing.headers(message, "To")
         domain = domain_of(author) if author else None
         if author is None or domain is None:
@@ -110,37 +118,34 @@ class Authenticator:
         if len(to) != 1 or not any(map(ours, parsing.addresses(to))):
             log.info("inbound_auth", outcome="not-addressed-to-us")
             return Authentication(author, client)
-        policy = await self._modes(domain)
-        passed = self._authserv(message, domain, policy)
+        policy = _Policy(self, domain)
+        passed = await self._authserv(message, policy)
         if passed is not None:
             return Authentication(author, client, "authserv", passed)
-        passed = await self._dkim(origin.raw, domain, policy)
+        passed = await self._dkim(origin.raw, policy)
         if passed is not None:
             return Authentication(author, client, "dkim", passed)
-        passed = await self._spf(origin, message, client, domain, policy)
+        passed = await self._spf(origin, message, client, policy)
         if passed is not None:
             return Authentication(author, client, "spf", passed)
         return Authentication(author, client)
 
-    def _authserv(self, message: Any, domain: str, policy: Modes) -> str | None:
+    async def _authserv(self, message: Any, policy: _Policy) -> str | None:
         fields = parsing.headers(message, "Authentication-Results")
         for found in trusted_passes(fields, self._authserv_ids):
-            if found.method == "dmarc" and found.domain == domain:
-                return found.domain
-            strict = policy.dkim_strict if found.method == "dkim" else policy.spf_strict
-            if found.method in ("dkim", "spf") and aligned(found.domain, domain, strict):
+            if found.method == "dmarc":
+                if found.domain == policy.domain:
+                    return found.domain
+            elif await policy.aligned(found.domain, spf=found.method == "spf"):
                 return found.domain
         return None
 
-    async def _dkim(self, raw: bytes, domain: str, policy: Modes) -> str | None:
+    async def _dkim(self, raw: bytes, policy: _Policy) -> str | None:
         """The d= of the first aligned signature that verifies and covers From and To."""
         verifier, keys = await asyncio.to_thread(_signatures, raw)
-        candidates = [
-            (index, name, signer)
-            for index, (name, signer) in enumerate(keys)
-            if signer and aligned(signer, domain, policy.dkim_strict)
-        ]
-        for index, name, signer in candidates:
+        for index, (name, signer) in enumerate(keys):
+            if not signer or not await policy.aligned(signer, spf=False):
+                continue
             record = await self._txt(name)
             if record is None:
                 continue
@@ -149,7 +154,7 @@ class Authenticator:
         return None
 
     async def _spf(
-        self, origin: Origin, message: Any, client: Client | None, domain: str, policy: Modes
+        self, origin: Origin, message: Any, client: Client | None, policy: _Policy
     ) -> str | None:
         """The envelope sender's domain when SPF passes for the sending MTA and it aligns."""
         sender = origin.mail_from
@@ -157,12 +162,12 @@ class Authenticator:
             paths = parsing.addresses(parsing.headers(message, "Return-Path"))
             sender = paths[0] if paths else ""
         envelope = domain_of(sender) if sender else None
-        if client is None or envelope is None or not aligned(envelope, domain, policy.spf_strict):
+        if client is None or envelope is None or not await policy.aligned(envelope, spf=True):
             return None
         result = await asyncio.to_thread(_spf_result, self._blocking, client, sender)
         return envelope if result == "pass" else None
 
-    async def _modes(self, domain: str) -> Modes:
+    async def modes(self, domain: str) -> Modes:
         """The From domain's DMARC alignment modes (its own record, else its organisation's)."""
         for name in dict.fromkeys((domain, organisational(domain))):
             record = await self._txt(f"_dmarc.{name}")
@@ -179,6 +184,25 @@ class Authenticator:
         for rdata in answer:
             return b"".join(rdata.strings).decode("utf-8", "replace")
         return None
+
+
+class _Policy:
+    """The From domain and its DMARC alignment modes, looked up only when they matter (an
+    authenticated domain that is the From domain's relative, not the domain itself)."""
+
+    def __init__(self, authenticator: Authenticator, domain: str) -> None:
+        self._authenticator, self.domain = authenticator, domain
+        self._modes: Modes | None = None
+
+    async def aligned(self, authenticated: str, *, spf: bool) -> bool:
+        if authenticated == self.domain:
+            return True
+        if not aligned(authenticated, self.domain, strict=False):
+            return False
+        if self._modes is None:
+            self._modes = await self._authenticator.modes(self.domain)
+        strict = self._modes.spf_strict if spf else self._modes.dkim_strict
+        return aligned(authenticated, self.domain, strict)
 
 
 def _nameserver(text: str) -> dns.nameserver.Nameserver:
