@@ -309,3 +309,22 @@ async def test_reject_mode_never_refuses_an_inbound_address(tmp_path: Path, next
     assert sent.code == 250
     assert refused.refused["nobody@example.com"][0] == 550  # outbound: no consent
     assert await Live(gate, config, next_hop).suppressions(FAN) == {"global": Reason.UNSUBSCRIBED}
+
+
+async def test_authenticated_opt_outs_beyond_the_domains_hourly_limit_wait(
+    tmp_path: Path, next_hop: Sink
+) -> None:
+    config = config_for(tmp_path, next_hop, inbound_optout_rate_authenticated="1")
+    await seed(config)
+    other = "other.person@example.com"
+    async with running(config, ("smtp",)) as gate:
+        first = await send(
+            gate.smtp_port, FAN, [UNSUBSCRIBE], authentic(person(sender=FAN, to=UNSUBSCRIBE))
+        )
+        second = await send(
+            gate.smtp_port, other, [UNSUBSCRIBE], authentic(person(sender=other, to=UNSUBSCRIBE))
+        )
+    assert (first.code, second.code) == (250, 451)  # example.com's one for this hour is used
+    live = Live(gate, config, next_hop)
+    assert await live.suppressions(FAN) == {"global": Reason.UNSUBSCRIBED}
+    assert await live.suppressions(other) == {}

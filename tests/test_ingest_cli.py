@@ -186,6 +186,24 @@ def test_mbox_of_corpus_mail(
     assert reasons(optgate) == EXPECTED
 
 
+def test_a_held_opt_out_waits_for_the_next_hop(
+    optgate: Run, keyed: Path, hop: Sink, tmp_path: Path
+) -> None:
+    path = make_mbox(tmp_path / "optout.mbox", [corpus(OPT_OUT[0])])
+    hop.fail_next.append("451 4.3.0 Try again later")
+    first = optgate("ingest", str(path))
+    assert first.code == 1, first  # the link could not go out: left unmarked for the next run
+    assert "errors 1 " in summary_line(first.out)
+    assert [m.get("Status") for m in mailbox.mbox(path)] == [None]
+    assert linked(hop) == []
+    second = optgate("ingest", str(path))
+    assert second.code == 0, second
+    assert "held for a confirmation link 1," in summary_line(second.out)
+    assert linked(hop) == [OPT_OUT[1]]
+    assert [m.get("Status") for m in mailbox.mbox(path)] == ["RO"]
+    assert reasons(optgate) == {}  # held, not suppressed
+
+
 def maildir(path: Path, content: list[bytes]) -> Path:
     for sub in ("cur", "new", "tmp"):
         (path / sub).mkdir(parents=True)

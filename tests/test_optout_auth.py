@@ -28,6 +28,7 @@ from tests.support.senders import (
     AUTHOR_DOMAIN,
     INBOUND_DOMAIN,
     UNSUBSCRIBE,
+    key,
     request,
     signed,
     zone,
@@ -344,3 +345,21 @@ async def test_a_forged_complaint_is_lifted_on_the_preference_page(gate: Gate) -
     status, _ = await gate.post(prefs, {"action": "resubscribe-all"})
     assert status == 200
     assert await gate.scopes(FAN) == {}
+
+
+@pytest.mark.parametrize(("dmarc", "counts"), [("p=reject", True), ("p=reject; adkim=s", False)])
+async def test_a_subdomains_signature_counts_unless_dmarc_asks_for_strict_alignment(
+    tmp_path: Path, hop: Sink, dmarc: str, counts: bool
+) -> None:
+    signer = f"mail.{AUTHOR_DOMAIN}"
+    records = zone() | {
+        (f"s1._domainkey.{signer}", "TXT"): [key(signer)[1]],
+        (f"_dmarc.{AUTHOR_DOMAIN}", "TXT"): [f'"v=DMARC1; {dmarc}"'],
+    }
+    async with dns_server(records) as dns:
+        config = await start(tmp_path, hop, dns)
+        async with running(config, ("smtp",)) as gateway:
+            raw = signed(request(), signer)
+            assert (await send(gateway.smtp_port, FAN, [UNSUBSCRIBE], raw)).code == 250
+    assert (await scopes(config, FAN) == UNSUBSCRIBED) is counts
+    assert len(hop.messages) == (0 if counts else 1)
