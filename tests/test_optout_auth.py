@@ -136,6 +136,8 @@ async def confirms_by_link(gate: Gate, address: str) -> None:
     assert (status, "You are unsubscribed" in page) == (200, True)
     status, page = await gate.get(path)
     assert "Unsubscribe me" not in page
+    forged = path[:-4] + ("aaaa" if not path.endswith("aaaa") else "bbbb")
+    assert (await gate.post(forged))[0] == 400  # a guessed link: "Nothing was changed"
 
 
 async def test_a_dkim_signed_request_counts_at_once(gate: Gate) -> None:
