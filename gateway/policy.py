@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from suppression.model import PARTNER_OFFERS, Facts, Suppression, stops_transactional
+from suppression.model import PARTNER_OFFERS, Facts, Reason, Suppression, stops_transactional
 
 
 class MessageClass(StrEnum):
@@ -56,10 +56,18 @@ def version_key(version: str) -> tuple[tuple[int, str], ...]:
 
 def _blocking(facts: Facts, kind: MessageClass) -> Suppression | None:
     for record in facts.suppressions:
-        # transactional mail stops only for a vouched-for bounce, complaint or invalid address
+        if record.reason is Reason.ERASED and _fresh_consent(facts, record):
+            continue
+        # transactional mail stops only for a vouched-for bounce, complaint, invalid or erased
         if kind is not MessageClass.TRANSACTIONAL or stops_transactional(record):
             return record
     return None
+
+
+def _fresh_consent(facts: Facts, erased: Suppression) -> bool:
+    """An erased person is mailed again only on what a consent given since allows."""
+    consent = facts.consent
+    return consent is not None and consent.granted and consent.created > erased.created
 
 
 def decide(facts: Facts, kind: MessageClass, purpose: str, rules: Rules) -> Verdict:

@@ -17,9 +17,9 @@ import pytest
 
 from gateway.config import Config
 from gateway.service import Running, running
+from gateway.stores import open_configured
 from suppression.address import normalize
 from suppression.model import Consent, Reason, now
-from suppression.store import open_store
 from tests.support.dns import DnsServer, dns_server
 from tests.support.people import FAN, SENDER, seed
 from tests.support.reports import arf, dsn
@@ -41,7 +41,7 @@ LINK = re.compile(r"https://unsub\.example\.com(/r/[A-Za-z0-9_-]{43})")
 
 async def scopes(config: Config, address: str) -> dict[str, tuple[Reason, str]]:
     """The address's suppressions: scope -> (reason, source)."""
-    store = await open_store(config.store.url)
+    store = await open_configured(config)
     try:
         holder = await store.holder(normalize(address).sha256)
     finally:
@@ -267,7 +267,7 @@ async def test_a_flood_of_forged_requests_suppresses_nobody_and_mails_within_the
     gate: Gate,
 ) -> None:
     customers = [f"customer{i}@example.com" for i in range(200)]
-    store = await open_store(gate.config.store.url)
+    store = await open_configured(gate.config)
     try:
         consents = [
             Consent(normalize(c).sha256, "marketing", True, "test", now()) for c in customers

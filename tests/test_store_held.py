@@ -3,43 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-
-import pytest
 
 from suppression.model import HeldRequest
-from suppression.store import Store, open_store
-from tests.test_store import postgres_database
+from suppression.store import open_store
+from tests.support.backends import Backend
+from tests.support.keys import AUDIT_KEY
 
+# ``backend`` (tests/support/backends.py, via conftest): each test on SQLite and PostgreSQL
 T0 = datetime(2026, 3, 1, 10, 0, 5, tzinfo=UTC)
 HOUR = 3600
-
-
-@dataclass
-class Backend:
-    store: Store
-    url: str
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    if request.param == "postgres":
-        async with postgres_database() as url:
-            store = await open_store(url)
-            try:
-                yield Backend(store, url)
-            finally:
-                await store.close()
-        return
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    store = await open_store(url)
-    try:
-        yield Backend(store, url)
-    finally:
-        await store.close()
 
 
 async def test_a_bucket_counts_up_to_its_limit_in_its_window(backend: Backend) -> None:
@@ -63,7 +36,7 @@ async def test_a_full_bucket_counts_nothing_in_the_others(backend: Backend) -> N
 
 async def test_two_stores_on_one_database_share_the_counts(backend: Backend) -> None:
     """Worker processes (and nodes) each have their own store: the limit is theirs together."""
-    other = await open_store(backend.url)
+    other = await open_store(backend.url, audit_key=AUDIT_KEY)
     try:
         stores = [backend.store, other] * 20
         results = await asyncio.gather(
