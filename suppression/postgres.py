@@ -185,16 +185,17 @@ MIGRATIONS: tuple[str, ...] = (
     # the audit chain is keyed (HMAC) and records row sums from here on: _rekey
     "",
     # opt-outs by mail: per-source counters (one fixed window each) and the requests
-    # held until the address confirms them by a mailed link
+    # held until the address confirms them by a mailed link (IF NOT EXISTS: a store set
+    # back to an older schema version runs this again)
     """
-    CREATE TABLE rate_window (
+    CREATE TABLE IF NOT EXISTS rate_window (
         key TEXT COLLATE "C" NOT NULL,
         slot BIGINT NOT NULL,
         count INTEGER NOT NULL,
         PRIMARY KEY (key, slot)
     );
-    CREATE INDEX rate_window_by_slot ON rate_window (slot);
-    CREATE TABLE held_request (
+    CREATE INDEX IF NOT EXISTS rate_window_by_slot ON rate_window (slot);
+    CREATE TABLE IF NOT EXISTS held_request (
         secret TEXT COLLATE "C" PRIMARY KEY,
         sha256 TEXT COLLATE "C" NOT NULL,
         action TEXT NOT NULL,
@@ -204,7 +205,7 @@ MIGRATIONS: tuple[str, ...] = (
         mailed TIMESTAMPTZ,
         done TIMESTAMPTZ
     );
-    CREATE INDEX held_request_by_subject ON held_request (sha256);
+    CREATE INDEX IF NOT EXISTS held_request_by_subject ON held_request (sha256);
     """,
 )
 KEYED_CHAIN = 5  # the schema version whose migration is _rekey

@@ -179,16 +179,17 @@ MIGRATIONS: tuple[str, ...] = (
     # the audit chain is keyed (HMAC) and records row sums from here on: _rekey
     "",
     # opt-outs by mail: per-source counters (one fixed window each) and the requests
-    # held until the address confirms them by a mailed link
+    # held until the address confirms them by a mailed link (IF NOT EXISTS: a store set
+    # back to an older schema version runs this again)
     """
-    CREATE TABLE rate_window (
+    CREATE TABLE IF NOT EXISTS rate_window (
         key TEXT NOT NULL,
         slot INTEGER NOT NULL,
         count INTEGER NOT NULL,
         PRIMARY KEY (key, slot)
     ) WITHOUT ROWID;
-    CREATE INDEX rate_window_by_slot ON rate_window (slot);
-    CREATE TABLE held_request (
+    CREATE INDEX IF NOT EXISTS rate_window_by_slot ON rate_window (slot);
+    CREATE TABLE IF NOT EXISTS held_request (
         secret TEXT PRIMARY KEY,
         sha256 TEXT NOT NULL,
         action TEXT NOT NULL,
@@ -198,7 +199,7 @@ MIGRATIONS: tuple[str, ...] = (
         mailed TEXT,
         done TEXT
     ) WITHOUT ROWID;
-    CREATE INDEX held_request_by_subject ON held_request (sha256);
+    CREATE INDEX IF NOT EXISTS held_request_by_subject ON held_request (sha256);
     """,
 )
 KEYED_CHAIN = 5  # the schema version whose migration is _rekey
