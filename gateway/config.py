@@ -266,6 +266,33 @@ class Inbound:
     verp_transactional: bool = _opt(
         False, "transactional mail gets a VERP envelope sender too (else it keeps its own)"
     )
+    # who wrote an opt-out by mail without a genuine token: DMARC-aligned DKIM or SPF of the
+    # From domain, or the own MTA's Authentication-Results; else it waits for a mailed link
+    authserv_ids: list[str] = _opt(
+        [],
+        "authserv-ids of the own MTA: its topmost Authentication-Results header (RFC 8601) is "
+        "believed, every other one ignored; none: optgate's own DKIM and SPF checks only",
+    )
+    trusted_relays: list[str] = _opt(
+        ["127.0.0.0/8", "::1/128"],
+        "networks of the own MTAs that hand inbound mail over: for them the client is the one "
+        "their topmost Received header names; any other peer is the sending MTA itself",
+    )
+    dns_servers: list[str] = _opt(
+        [], "host or host:port of the resolvers for DKIM, SPF and DMARC lookups; none: the system's"
+    )
+    optout_rate_client: int = _opt(
+        20, "opt-out mails held for a confirmation link an hour per client IP; beyond it 451"
+    )
+    optout_rate_domain: int = _opt(
+        50, "opt-out mails held for a confirmation link an hour per From domain; beyond it 451"
+    )
+    optout_rate_address: int = _opt(
+        3, "confirmation links mailed (held opt-outs, lift requests) an hour per address"
+    )
+    optout_rate_authenticated: int = _opt(
+        1000, "authenticated opt-out mails an hour per From domain; beyond it 451"
+    )
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,62 @@ def confirmed(look: Look, purpose: str, current: bool) -> str:
     return _page(look, title, f'<h1>{_e(title)}</h1><p role="status">{_e(text)}</p>')
 
 
+def held(look: Look, action: str, address: str, button: Form | None) -> str:
+    """GET /r: what a mailed link would do, and the button that does it (none: done)."""
+    if action == "unsubscribe":
+        title = "Stop our e-mail"
+        ask = (
+            f"<p>We received an e-mail asking {_e(look.company)} to stop sending marketing "
+            f"e-mail to <strong>{_e(address)}</strong>.</p>"
+        )
+        done = "This address is unsubscribed from all our marketing e-mail."
+    else:
+        title = "Receive our e-mail again"
+        ask = (
+            f"<p>A report that mail to <strong>{_e(address)}</strong> could not be delivered, "
+            f"or a complaint about it, stopped {_e(look.company)}'s marketing e-mail to it.</p>"
+        )
+        done = "You receive the e-mail you subscribed to again."
+    body = f"{ask}{_form(button)}" if button else f'<p role="status">{_e(done)}</p>'
+    return _page(look, title, f"<h1>{_e(title)}</h1>{body}")
+
+
+def held_done(look: Look, action: str) -> str:
+    """After POST /r: done."""
+    if action == "unsubscribe":
+        title, text = "You are unsubscribed", "You will no longer receive our marketing e-mail."
+    else:
+        title, text = "Welcome back", "You receive the e-mail you subscribed to again."
+    return _page(look, title, f'<h1>{_e(title)}</h1><p role="status">{_e(text)}</p>')
+
+
+def lift_form(look: Look, action: str) -> str:
+    """GET /lift: ask for a link that lifts a stop caused by a delivery report."""
+    form = (
+        f'<form method="post" action="{_e(action)}"><p><label for="address">Your e-mail '
+        'address</label><br><input type="email" id="address" name="address" required '
+        'autocomplete="email" style="font:inherit;width:100%;padding:.5rem"></p>'
+        '<button type="submit">Mail me a link</button></form>'
+    )
+    body = (
+        "<h1>Not receiving our e-mail?</h1><p>If a report that mail to your address could "
+        f"not be delivered, or a complaint, stopped {_e(look.company)}'s e-mail to you, we mail "
+        f"you a link that starts it again.</p>{form}"
+    )
+    return _page(look, "Not receiving our e-mail?", body)
+
+
+def lift_sent(look: Look) -> str:
+    """After POST /lift: the same words whatever was found, so nobody learns about others."""
+    text = (
+        "If such a report stopped our e-mail to this address, we have mailed it a link. "
+        "It works for 7 days."
+    )
+    return _page(
+        look, "Check your inbox", f'<h1>Check your inbox</h1><p role="status">{_e(text)}</p>'
+    )
+
+
 def problem(look: Look, title: str, text: str) -> str:
     """An error page: what happened, in one sentence."""
     return _page(look, title, f"<h1>{_e(title)}</h1><p>{_e(text)}</p>")

@@ -14,6 +14,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.inbound.receive import MIXED, NOT_INBOUND, Receiver, one_reply
+from gateway.inbound.trace import Client
 from gateway.pipeline import Envelope as Message
 from gateway.pipeline import Pipeline
 from gateway.policy import MessageClass
@@ -104,6 +105,14 @@ class SessionBoard:
         """One worker's counter for one listener."""
         start = LISTENERS.index(listener) * self.workers
         return SharedSessions(self._view[start : start + self.workers], worker)
+
+
+def peer_client(session: Session) -> Client | None:
+    """The connecting client's address and HELO name (for SPF and per-client limits)."""
+    peer = session.peer
+    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
+        return None
+    return Client(peer[0], session.host_name or "")
 
 
 class Admission:
@@ -314,16 +323,19 @@ class Handler(Pipelining, EnvelopeRules):
         if task is not None:
             self.in_flight.add(task)
         try:
-            return await self._data(envelope)
+            return await self._data(session, envelope)
         finally:
             if task is not None:
                 self.in_flight.discard(task)
 
-    async def _data(self, envelope: Envelope) -> str:
+    async def _data(self, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""
         mail_from = null_to_empty(envelope.mail_from)
         if self._receiver is not None and self._inbound(envelope.rcpt_tos[0]):
-            return one_reply(await self._receiver.receive(content, mail_from, envelope.rcpt_tos))
+            replies = await self._receiver.receive(
+                content, mail_from, envelope.rcpt_tos, peer_client(session)
+            )
+            return one_reply(replies)
         message = Message(
             mail_from,
             tuple(envelope.rcpt_tos),
@@ -363,7 +375,10 @@ class InboundHandler(Pipelining, EnvelopeRules):
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         """Receive; LMTP answers once per recipient (RFC 2033), SMTP once."""
         replies = await self._receiver.receive(
-            envelope.original_content or b"", null_to_empty(envelope.mail_from), envelope.rcpt_tos
+            envelope.original_content or b"",
+            null_to_empty(envelope.mail_from),
+            envelope.rcpt_tos,
+            peer_client(session),
         )
         return "\r\n".join(replies) if self._lmtp else one_reply(replies)
 

@@ -22,6 +22,7 @@ from gateway.admin_web import make_admin_app
 from gateway.api import add_consent_api
 from gateway.config import Config, host_port
 from gateway.fanout import FanOut
+from gateway.held import Held
 from gateway.inbound.mailboxes import Mailboxes, Role
 from gateway.inbound.receive import Receiver
 from gateway.keys import load_keys, load_log_key
@@ -339,7 +340,11 @@ async def _web(
 ) -> AsyncIterator[int]:
     """The web endpoint (one-click, pages, /healthz); yields the bound port."""
     app = make_app(
-        store=store, signer=signer, metrics=metrics, settings=WebSettings.from_config(config)
+        store=store,
+        signer=signer,
+        metrics=metrics,
+        settings=WebSettings.from_config(config),
+        held=Held.from_config(config, store),
     )
     if config.web.api_keys:
         requester = functools.partial(request_consent, config, store, actor="api")

@@ -6,6 +6,8 @@ Link routes live under the path of ``[unsubscribe] base_url`` (as in the mail):
     GET  /u/TOKEN   a page with that button; changes nothing (scanners open every link)
     GET  /p/TOKEN   the preference page; POST acts, then 303 back to it
     GET  /c/TOKEN   confirm a double opt-in; POST records the consent
+    GET  /r/SECRET  a held request's mailed link (gateway/held.py); POST carries it out
+    GET  /lift      ask for a link that lifts an unverified bounce / complaint; POST mails it
     GET  /healthz   200 while the store answers
 
 /metrics is on the admin listener only (gateway/admin_web.py), and no answer
@@ -32,13 +34,17 @@ from yarl import URL
 
 from gateway import pages
 from gateway.config import Config
+from gateway.held import Held
 from gateway.metrics import Metrics
 from gateway.ratelimit import RateLimiter
 from gateway.tokens import Claims, InvalidToken, TokenSigner
+from suppression.address import normalize
 from suppression.errors import ConfigError, OptgateError, StoreError
 from suppression.model import (
     PARTNER_OFFERS,
+    UNVERIFIED_SOURCES,
     Consent,
+    HeldRequest,
     ImportItem,
     Reason,
     Source,
@@ -162,8 +168,10 @@ def standing(holder: Holder, topic: str | None) -> pages.Standing:
 
 
 def _own(record: Suppression | None) -> bool:
-    """A suppression the recipient made, and so may undo."""
-    return record is not None and record.reason == Reason.UNSUBSCRIBED
+    """A suppression the recipient made, or a report nobody vouched for: theirs to undo."""
+    return record is not None and (
+        record.reason == Reason.UNSUBSCRIBED or record.source in UNVERIFIED_SOURCES
+    )
 
 
 def _iso(unix: int) -> str:
@@ -205,9 +213,14 @@ class _Endpoint:
     """The handlers and middlewares, sharing the store, the signer and the settings."""
 
     def __init__(
-        self, store: Store, signer: TokenSigner, metrics: Metrics, settings: WebSettings
+        self,
+        store: Store,
+        signer: TokenSigner,
+        metrics: Metrics,
+        settings: WebSettings,
+        held: Held | None = None,
     ) -> None:
-        self.store, self.signer, self.metrics = store, signer, metrics
+        self.store, self.signer, self.metrics, self.held = store, signer, metrics, held
         self.versions = settings.consent_versions
         self.look = pages.Look(
             settings.company, settings.accent_color, settings.page_note, settings.postal_address
@@ -423,6 +436,49 @@ class _Endpoint:
             if record.scope == scope and _own(record) and record.created.timestamp() < issued:
                 await self.store.unsuppress([record.key], scope=scope, actor=ACTOR)
 
+    # --- /r: held requests; /lift: ask for a lift link (gateway/held.py) -------------------
+
+    async def held_request(self, request: web.Request) -> tuple[Held, HeldRequest]:
+        """The request a mailed link names; InvalidToken when unknown or expired."""
+        assert self.held is not None  # routed only with it
+        found = await self.held.find(request.match_info["secret"])
+        if found is None:
+            raise InvalidToken("a held request's link that is unknown or expired")
+        return self.held, found
+
+    async def held_page(self, request: web.Request) -> web.Response:
+        """GET /r/SECRET: the question and the button; changes nothing."""
+        _, found = await self.held_request(request)
+        holder = await self.store.holder(found.sha256)
+        label = "Unsubscribe me" if found.action == "unsubscribe" else "Send me your e-mail again"
+        path = f"{self.prefix}/r/{request.match_info['secret']}"
+        button = None if found.done else pages.Form(path, (), label)
+        return _html(pages.held(self.look, found.action, pages.mask(holder.address), button))
+
+    async def held_confirm(self, request: web.Request) -> web.Response:
+        """POST /r/SECRET: carry the request out, once."""
+        held, found = await self.held_request(request)
+        await held.confirm(found, self.ip(request))
+        return _html(pages.held_done(self.look, found.action))
+
+    async def lift_page(self, request: web.Request) -> web.Response:
+        """GET /lift: the form asking for the address."""
+        return _html(pages.lift_form(self.look, f"{self.prefix}/lift"))
+
+    async def lift_request(self, request: web.Request) -> web.Response:
+        """POST /lift: mail a link if there is something to lift; the same answer either way."""
+        assert self.held is not None  # routed only with it
+        form = await request.post()
+        try:
+            address = normalize(_text(form, "address"))
+        except OptgateError:
+            raise BadRequest("that is not an e-mail address") from None
+        mailed = await self.held.request_lift(address, self.ip(request))
+        log.info("web_lift_requested", mailed=mailed, rcpt=address.sha256[:16])
+        return _html(pages.lift_sent(self.look))
+
+    # --- monitoring -----------------------------------------------------------------------
+
     async def health(self, request: web.Request) -> web.Response:
         """GET /healthz: 200 while the store answers a read, else 503."""
         return await store_health(self.store)
@@ -527,10 +583,18 @@ def anonymous(app: web.Application, *, secure: bool = False) -> None:
 
 
 def make_app(
-    *, store: Store, signer: TokenSigner, metrics: Metrics, settings: WebSettings
+    *,
+    store: Store,
+    signer: TokenSigner,
+    metrics: Metrics,
+    settings: WebSettings,
+    held: Held | None = None,
 ) -> web.Application:
-    """The web endpoint as an aiohttp application; run it without an access log (IPs, tokens)."""
-    endpoint = _Endpoint(store, signer, metrics, settings)
+    """The web endpoint as an aiohttp application; run it without an access log (IPs, tokens).
+
+    With ``held``, the links of held requests (/r) and the lift form (/lift) are routed too.
+    """
+    endpoint = _Endpoint(store, signer, metrics, settings, held)
     middlewares = [endpoint.limit, endpoint.errors] if endpoint.limiter else [endpoint.errors]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     anonymous(app, secure=True)
@@ -542,5 +606,16 @@ def make_app(
     ):
         app.router.add_get(f"{prefix}/{name}/{{token}}", page, name=name)
         app.router.add_post(f"{prefix}/{name}/{{token}}", act, name=name)
+    if held is not None:
+        _route_held(app, endpoint)
     app.router.add_get("/healthz", endpoint.health)
     return app
+
+
+def _route_held(app: web.Application, endpoint: _Endpoint) -> None:
+    """The held requests' links and the lift form, under the path of base_url."""
+    prefix = endpoint.prefix
+    app.router.add_get(f"{prefix}/r/{{secret}}", endpoint.held_page, name="r")
+    app.router.add_post(f"{prefix}/r/{{secret}}", endpoint.held_confirm, name="r")
+    app.router.add_get(f"{prefix}/lift", endpoint.lift_page, name="lift")
+    app.router.add_post(f"{prefix}/lift", endpoint.lift_request, name="lift")
