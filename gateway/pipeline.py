@@ -24,7 +24,7 @@ from gateway.metrics import Metrics
 from gateway.policy import MessageClass, Rules, Verdict, decide, scopes_for
 from gateway.relay import Outcome, Relay
 from gateway.rewrite import FooterTemplates, Links, Prepared, prepare, strip_headers
-from gateway.signing import Signer
+from gateway.signing import Signer, for_next_hop
 from gateway.tokens import Claims, TokenSigner
 from suppression.address import Address, normalize
 from suppression.errors import InvalidAddress, OptgateError
@@ -383,12 +383,15 @@ class Pipeline:
         return self._verp.sender(self._signer.issue_short(self._claims(message, rcpt)))
 
     async def sign(self, data: bytes, message_id: str) -> bytes:
-        """DKIM-sign a copy after its rewrite (in a thread: RSA takes about a millisecond)."""
-        if self._dkim is None:
+        """DKIM-sign a copy after its rewrite (in a thread: RSA takes about a millisecond),
+        made 7bit first when the next hop does not offer 8BITMIME (RFC 6152)."""
+        seven_bit = not await self._relay.offers_8bitmime()
+        if self._dkim is None and not seven_bit:
             return data
         loop = asyncio.get_running_loop()
-        signed = await loop.run_in_executor(self._signing, self._dkim.sign, data)
-        if signed is data:
+        work = functools.partial(for_next_hop, data, self._dkim, seven_bit=seven_bit)
+        signed, done = await loop.run_in_executor(self._signing, work)
+        if self._dkim is not None and not done:
             log.warning("dkim_unsigned", message_id=message_id)
         return signed
 
