@@ -89,6 +89,7 @@ class TextPart:
     separated: bool  # whether an empty line separates the part's header block from its body
     header_end: int = 0  # where the part's header fields end (a new field goes here)
     cte_fields: tuple[Field, ...] = ()  # its Content-Transfer-Encoding fields
+    type_fields: tuple[Field, ...] = ()  # its Content-Type fields
     language: str = ""  # its own Content-Language field, raw
 
 
@@ -222,6 +223,7 @@ def _visit(
             separated=block.body_start > block.end,
             header_end=block.end,
             cte_fields=tuple(f for f in block.fields if f.name == "content-transfer-encoding"),
+            type_fields=tuple(f for f in block.fields if f.name == "content-type"),
             language=raw_value(buf, block, "content-language"),
         )
         walk.parts.append(text)

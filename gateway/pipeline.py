@@ -20,10 +20,11 @@ from datetime import timedelta
 import structlog
 
 from gateway import mime
+from gateway.footers import Footers
 from gateway.metrics import Metrics
 from gateway.policy import MessageClass, Rules, Verdict, decide, scopes_for
 from gateway.relay import Outcome, Relay
-from gateway.rewrite import FooterTemplates, Links, Prepared, prepare, strip_headers
+from gateway.rewrite import Footer, Links, Prepared, prepare, strip_headers
 from gateway.signing import Signer, for_next_hop
 from gateway.tokens import Claims, TokenSigner
 from suppression.address import Address, normalize
@@ -79,22 +80,16 @@ class Branding:
     mailto: str
     list_domain: str
     feedback_id: str
-    footer_text: str
-    footer_html: str
-    postal_address: str
+    footers: Footers
 
     def links(self, token: str, short: str) -> Links:
         """Personal unsubscribe links: the web link's token, the mailto's short token."""
         local, _, domain = self.mailto.partition("@")
         return Links(f"{self.base_url.rstrip('/')}/u/{token}", f"{local}+{short}@{domain}")
 
-    def footer(self, topic: str) -> FooterTemplates:
-        """Footer templates for one topic."""
-        return FooterTemplates(
-            self.footer_text.replace("{topic}", topic),
-            self.footer_html.replace("{topic}", topic),
-            self.postal_address,
-        )
+    def footer(self, topic: str) -> Footer:
+        """The footer of one topic, in the language of each message."""
+        return self.footers.topic(topic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +341,7 @@ class Pipeline:
         content: bytes,
         message_id: str,
         *,
-        footer: FooterTemplates,
+        footer: Footer,
         list_id: str,
         feedback_id: str,
     ) -> Prepared:

@@ -33,7 +33,9 @@ import html
 import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from email import policy
 from email.header import Header
+from email.message import Message
 from typing import Protocol
 
 from gateway import mime
@@ -402,18 +404,28 @@ def _plan_part(
     if slices is None:
         return f"charset {codec} does not round-trip"
     part_eol = _line_ending(decoded, eol)
-    fill = _make_fill(pieces, codec, is_html, is_footer, cte, part_eol)
-    if isinstance(fill, str):
-        return fill
+    upgradable = codec == "ascii" and decoded.isascii() and part.content_type == "text/plain"
+    made = _make_fill(pieces, codec, is_html, is_footer, cte, part_eol, upgradable=upgradable)
+    if isinstance(made, str):
+        return made
+    fill, utf8, quoted = made
+    declare = b""
+    if utf8:  # an ASCII part that now holds UTF-8
+        declared = _utf8_content_type(buf, part)
+        if declared is None:
+            return f"footer cannot be written in charset {codec}"
+        declare = declared + eol
     lead = _body_lead(buf, part, eol)
     if cte in mime.RAW_ENCODINGS:
-        body = _RawBody(slices, fill, part_eol, eol, breakable=is_footer)
-        return [*_cte_edits(buf, part, body, eol), (part.start, part.end, [lead, body])]
+        body = _RawBody(slices, fill, part_eol, eol, breakable=is_footer, quoted=quoted)
+        return [*_header_edits(buf, part, body, declare, eol), (part.start, part.end, [lead, body])]
     raw = buf[part.start : part.end]
     if cte == "quoted-printable":
-        return [(part.start, part.end, [lead, *_qp_segments(raw, slices, fill, eol)])]
-    trailing = raw.endswith(b"\n")
-    return [(part.start, part.end, [lead, *_base64_segments(slices, fill, eol, trailing=trailing)])]
+        segments = _qp_segments(raw, slices, fill, eol)
+    else:
+        segments = _base64_segments(slices, fill, eol, trailing=raw.endswith(b"\n"))
+    edits = _header_edits(buf, part, None, declare, eol) if declare else []
+    return [*edits, (part.start, part.end, [lead, *segments])]
 
 
 def _body_lead(buf: bytes, part: mime.TextPart, eol: bytes) -> bytes:
@@ -491,21 +503,68 @@ def _encode(text: str, codec: str) -> bytes:
     return text.encode(codec, "surrogateescape")
 
 
+# Typographic punctuation and what a charset without it writes instead.
+_PLAIN = str.maketrans(
+    dict.fromkeys("\u201c\u201d\u201e\u00ab\u00bb", '"')  # double quotes, guillemets
+    | dict.fromkeys("\u2018\u2019\u201a\u2039\u203a", "'")  # single quotes
+    | dict.fromkeys("\u2013\u2014", "-")  # dashes
+    | dict.fromkeys("\u00a0\u202f", " ")  # no-break spaces
+    | {"\u2026": "..."}
+)
+
+
 def _make_fill(
-    pieces: FooterPieces, codec: str, is_html: bool, is_footer: bool, cte: str, eol: bytes
-) -> _Fill | str:
+    pieces: FooterPieces,
+    codec: str,
+    is_html: bool,
+    is_footer: bool,
+    cte: str,
+    eol: bytes,
+    *,
+    upgradable: bool,
+) -> tuple[_Fill, bool, bool] | str:
+    """The fill, whether the part must now declare charset=utf-8, and whether it must go
+    out quoted-printable for it; or why the footer cannot be written into the part.
+
+    HTML takes character references for what its charset lacks. Text is written in
+    the part's charset, else with plain punctuation, else (a 7bit part) in its charset
+    quoted-printable, else (an ASCII part) in UTF-8, which the part then declares.
+    """
     if not is_footer:
-        return _Fill((b"", b""), is_html)
+        return _Fill((b"", b""), is_html), False, False
     newline = eol.decode("ascii")
     texts = [piece.replace("\n", newline) for piece in (pieces.html if is_html else pieces.text)]
-    target = "ascii" if cte == "7bit" else codec
+    seven = cte == "7bit"
     if is_html:
-        return _Fill(tuple(t.encode(target, "xmlcharrefreplace") for t in texts), True)
-    try:
-        return _Fill(tuple(t.encode(target) for t in texts), False)
-    except UnicodeEncodeError:
-        where = "a 7bit part" if target == "ascii" and codec != "ascii" else f"charset {codec}"
-        return f"footer cannot be written in {where}"
+        target = "ascii" if seven else codec
+        return (
+            _Fill(tuple(t.encode(target, "xmlcharrefreplace") for t in texts), True),
+            False,
+            False,
+        )
+    tries = [("ascii", False, False), ("ascii", True, False)] if seven else []
+    tries += [(codec, False, seven), (codec, True, seven)]
+    tries += [("utf-8", False, seven)] if upgradable else []
+    for index, (charset, plain, quoted) in enumerate(tries):
+        try:
+            written = tuple((t.translate(_PLAIN) if plain else t).encode(charset) for t in texts)
+        except UnicodeEncodeError:
+            continue
+        return _Fill(written, False), upgradable and index == len(tries) - 1, quoted
+    return f"footer cannot be written in charset {codec}"
+
+
+def _utf8_content_type(buf: bytes, part: mime.TextPart) -> bytes | None:
+    """The part's Content-Type field with charset=utf-8 (ASCII text is UTF-8 as it is)."""
+    if not part.type_fields:
+        return b"Content-Type: text/plain; charset=utf-8"
+    first = part.type_fields[0]
+    source = buf[first.start : first.end].decode("ascii", "surrogateescape")
+    field = Message()
+    field.set_raw(*policy.compat32.header_source_parse([source]))
+    field.set_param("charset", "utf-8")
+    line = f"Content-Type: {field.get('content-type')}"
+    return line.encode("ascii") if line.isascii() and len(line) <= MAX_LINE else None
 
 
 # --- 7bit, 8bit and binary parts: lines within MAX_LINE ------------------------------------
@@ -522,15 +581,32 @@ class _RawBody:
     says so (:class:`_Switch`). Decided per recipient: URLs differ in length.
     """
 
-    __slots__ = ("_breakable", "_eol", "_fill", "_lines", "_quoted", "_slices", "_wire_eol")
+    __slots__ = (
+        "_always",
+        "_breakable",
+        "_eol",
+        "_fill",
+        "_lines",
+        "_quoted",
+        "_slices",
+        "_wire_eol",
+    )
 
     def __init__(
-        self, slices: list[bytes], fill: _Fill, eol: bytes, wire_eol: bytes, *, breakable: bool
+        self,
+        slices: list[bytes],
+        fill: _Fill,
+        eol: bytes,
+        wire_eol: bytes,
+        *,
+        breakable: bool,
+        quoted: bool = False,
     ) -> None:
         self._slices = tuple(slices)
         self._lines = tuple(map(mime.lines, slices))
         self._fill, self._eol, self._wire_eol = fill, eol, wire_eol
         self._breakable = breakable
+        self._always = quoted  # the fill is 8-bit and the part 7bit: quoted-printable always
         self._quoted: list[Segment] | None = None  # made when first needed
 
     def fits(self, links: Links) -> bool:
@@ -546,6 +622,8 @@ class _RawBody:
         return b"".join(s if isinstance(s, bytes) else s(links) for s in self._quoted)
 
     def _layout(self, links: Links) -> list[bytes] | None:
+        if self._always:
+            return None
         fill = self._fill(links)
         added = mime.lines(fill)
         out = [self._slices[0]]
@@ -576,18 +654,30 @@ class _Switch:
         return self.original if self.body.fits(links) else self.quoted
 
 
-def _cte_edits(buf: bytes, part: mime.TextPart, body: _RawBody, eol: bytes) -> list[_Edit]:
-    """The edits of the part's Content-Transfer-Encoding fields that follow ``body``."""
-    field = b"Content-Transfer-Encoding: quoted-printable" + eol
-    if not part.cte_fields:
+def _header_edits(
+    buf: bytes, part: mime.TextPart, body: _RawBody | None, declare: bytes, eol: bytes
+) -> list[_Edit]:
+    """The part's header changes: a new Content-Type field (``declare``, if any), and for an
+    unencoded part Content-Transfer-Encoding fields that follow ``body`` (:class:`_Switch`)."""
+    quoted = b"Content-Transfer-Encoding: quoted-printable" + eol
+    fields = part.cte_fields if body is not None else ()
+    edits: list[_Edit] = []
+    if declare and part.type_fields:
+        first = part.type_fields[0]
+        edits.append((first.start, first.end, [declare]))
+    added: list[Segment] = [declare] if declare and not part.type_fields else []
+    if body is not None and not fields:
+        added.append(_Switch(body, b"", quoted))
+    if added:
         at = part.header_end
         ended = at == 0 or buf[at - 1] in b"\r\n"
-        return [(at, at, [_Switch(body, b"", field if ended else eol + field)])]
-    first, *others = part.cte_fields
-    edits: list[_Edit] = [
-        (first.start, first.end, [_Switch(body, buf[first.start : first.end], field)])
-    ]
-    edits += [(f.start, f.end, [_Switch(body, buf[f.start : f.end], b"")]) for f in others]
+        edits.append((at, at, added if ended else [eol, *added]))
+    if fields and body is not None:
+        first, *others = fields
+        edits.append(
+            (first.start, first.end, [_Switch(body, buf[first.start : first.end], quoted)])
+        )
+        edits += [(f.start, f.end, [_Switch(body, buf[f.start : f.end], b"")]) for f in others]
     return edits
 
 
