@@ -587,6 +587,7 @@ class _RawBody:
         "_eol",
         "_fill",
         "_lines",
+        "_plans",
         "_quoted",
         "_slices",
         "_wire_eol",
@@ -608,38 +609,51 @@ class _RawBody:
         self._breakable = breakable
         self._always = quoted  # the fill is 8-bit and the part 7bit: quoted-printable always
         self._quoted: list[Segment] | None = None  # made when first needed
+        # fill length -> line breaks around each fill, or None: quoted-printable. Only the
+        # URL's length varies between recipients, and tokens have one or two lengths.
+        self._plans: dict[int, tuple[tuple[bool, bool], ...] | None] = {}
 
     def fits(self, links: Links) -> bool:
         """Whether the part goes out unencoded for these links."""
-        return self._layout(links) is not None
+        return self._plan(self._fill(links)) is not None
 
     def __call__(self, links: Links) -> bytes:
-        layout = self._layout(links)
-        if layout is not None:
-            return b"".join(layout)
+        fill = self._fill(links)
+        plan = self._plan(fill)
+        if plan is not None:
+            out = [self._slices[0]]
+            for piece, (before, after) in zip(self._slices[1:], plan, strict=True):
+                out += [self._eol, fill] if before else [fill]
+                out += [self._eol, piece] if after else [piece]
+            return b"".join(out)
         if self._quoted is None:
             self._quoted = _qp_segments(None, list(self._slices), self._fill, self._wire_eol)
         return b"".join(s if isinstance(s, bytes) else s(links) for s in self._quoted)
 
-    def _layout(self, links: Links) -> list[bytes] | None:
+    def _plan(self, fill: bytes) -> tuple[tuple[bool, bool], ...] | None:
         if self._always:
             return None
-        fill = self._fill(links)
-        added = mime.lines(fill)
-        out = [self._slices[0]]
+        if len(fill) not in self._plans:
+            if len(self._plans) > 64:  # URLs of many lengths: a bound, not a leak
+                self._plans.clear()
+            self._plans[len(fill)] = self._layout(mime.lines(fill))
+        return self._plans[len(fill)]
+
+    def _layout(self, added: mime.Lines) -> tuple[tuple[bool, bool], ...] | None:
+        """Where line breaks go around each fill, or None when a line stays too long."""
+        breaks = []
         longest, current = mime.follow(0, 0, self._lines[0])
-        for piece, stats in zip(self._slices[1:], self._lines[1:], strict=True):
-            if self._breakable and current and current + added.first > MAX_LINE:
-                out.append(self._eol)
+        for stats in self._lines[1:]:
+            before = self._breakable and current and current + added.first > MAX_LINE
+            if before:
                 longest, current = max(longest, current), 0
-            out.append(fill)
             longest, current = mime.follow(longest, current, added)
-            if self._breakable and current and current + stats.first > MAX_LINE:
-                out.append(self._eol)
+            after = self._breakable and current and current + stats.first > MAX_LINE
+            if after:
                 longest, current = max(longest, current), 0
-            out.append(piece)
             longest, current = mime.follow(longest, current, stats)
-        return out if max(longest, current) <= MAX_LINE else None
+            breaks.append((bool(before), bool(after)))
+        return tuple(breaks) if max(longest, current) <= MAX_LINE else None
 
 
 @dataclass(frozen=True, slots=True)
