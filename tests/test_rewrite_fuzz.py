@@ -23,11 +23,28 @@ import os
 import quopri
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_rewrite import body_text_parts, check_rewrite, children, parse, rewrite
+from gateway.config import Topic
+from gateway.footers import Footers
+from gateway.rewrite import prepare
+from tests.test_rewrite import (
+    CORPUS,
+    CORPUS_ROOT,
+    LINKS,
+    URL,
+    body_text_parts,
+    check_lines,
+    check_rewrite,
+    children,
+    parse,
+    reader_sees,
+    rewrite,
+)
 
 EXAMPLES = int(os.environ.get("OPTGATE_FUZZ_EXAMPLES", "300"))
 LINE = re.compile(rb"\r\n|\r|\n")
@@ -188,3 +205,42 @@ def test_every_generated_message_keeps_the_invariants(case: tuple[bytes, list[by
         raw = changed[path].get_payload(decode=False)
         assert isinstance(raw, str)
         assert max(map(len, LINE.split(raw.encode("utf-8", "surrogateescape")))) <= 998
+
+
+LOCALISED = Footers(
+    company="Shop & Co",
+    postal_address="Shop & Co GmbH, Straße 1, 10115 Berlin",
+    topics={"news": Topic(name="Our newsletter", names={"fr": "Notre lettre d\u2019information"})},
+)
+
+
+def check_localised(original: bytes, language: str) -> None:
+    """With the built-in footers (typographic quotes, accents, a multi-line HTML table):
+    a reader sees the link, the output parses, no new long line."""
+    message = b"Content-Language: " + language.encode() + b"\n" + original
+    prepared = prepare(message, footer=LOCALISED.topic("news"), list_id=None, feedback_id=None)
+    out = prepared.render(LINKS)
+    parsed = parse(out)
+    assert reader_sees(parsed, URL)
+    check_lines(message, out)
+    for part in parsed.walk():
+        part.get_payload(decode=True)
+
+
+@settings(
+    max_examples=EXAMPLES // 2,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(messages(), st.sampled_from(["fr", "de", "pt", "en"]))
+def test_generated_messages_with_localised_footers(
+    case: tuple[bytes, list[bytes]], language: str
+) -> None:
+    check_localised(case[0], language)
+
+
+@pytest.mark.parametrize(
+    "path", CORPUS, ids=[p.relative_to(CORPUS_ROOT).as_posix() for p in CORPUS]
+)
+def test_corpus_messages_with_a_french_footer(path: Path) -> None:
+    check_localised(path.read_bytes(), "fr")
