@@ -7,7 +7,7 @@ small corner of the primary key: looking them up touches a few cached pages.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +19,8 @@ from suppression.model import (
     ConsentItem,
     ImportItem,
     Reason,
+    Send,
+    Source,
     Suppression,
 )
 
@@ -29,6 +31,7 @@ CONSENT_COLUMNS = (
 # CONSENT_COLUMNS without the plaintext and evidence: what an import compares
 CONSENT_STATEMENT = "sha256, purpose, granted, source, created, policy_version, NULL, NULL, event"
 EVENT_COLUMNS = "seq, at, actor, action, subject, body, prev, digest"
+SEND_COLUMNS = "message, sha256, topic, class, at"
 PAGE = 5000  # rows a stream fetches at a time
 _PREFIX: dict[str, str] = {"sha256": "", "md5": "#", "domain": "@"}
 
@@ -79,6 +82,12 @@ def to_event(row: Sequence[Any], time: Time = _same) -> AuditEvent:
     return AuditEvent(seq, time(at), actor, action, subject, body, prev, digest)
 
 
+def to_send(row: Sequence[Any], time: Time = _same) -> Send:
+    """A send ledger row from a row of SEND_COLUMNS."""
+    message, sha256, topic, kind, at = row
+    return Send(message, sha256, topic, kind, time(at))
+
+
 def keys_digest(keys: Iterable[str]) -> str:
     """The digest of a batch's keys, for its audit event."""
     digest = hashlib.sha256()
@@ -119,6 +128,40 @@ def suppression_rows(
         )
         for key, item in unique.items()
     ]
+
+
+def added_records(
+    unique: Mapping[str, ImportItem],
+    *,
+    scope: str,
+    source: str,
+    event: int,
+    at: datetime,
+    added: Container[str] | None,
+) -> Iterator[Suppression]:
+    """The rows a batch added (all of them when ``added`` is None), as records."""
+    for key, item in unique.items():
+        if added is None or key in added:
+            yield Suppression(
+                item.key, item.kind, scope, item.reason, source, item.created or at, event=event
+            )
+
+
+def erasure_records(
+    sha256: str, consents: Iterable[Consent], *, event: int, at: datetime
+) -> tuple[list[Consent], Suppression]:
+    """An erasure's revocations (of every purpose whose latest record, of ``consents`` oldest
+    first, is a grant) and its tombstone: a global suppression keyed by the hash alone."""
+    latest = {c.purpose: c for c in consents}
+    revocations = [
+        Consent(sha256, purpose, False, Source.ERASURE, at, event=event)
+        for purpose, record in sorted(latest.items())
+        if record.granted
+    ]
+    tombstone = Suppression(
+        sha256, "sha256", "global", Reason.ERASED, Source.ERASURE, at, event=event
+    )
+    return revocations, tombstone
 
 
 def suppress_event(

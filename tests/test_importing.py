@@ -16,6 +16,7 @@ from suppression.formats import FormatError, Row
 from suppression.importing import Summary, import_consents, import_suppressions, to_item
 from suppression.model import Reason
 from suppression.store import Store, open_store
+from tests.support.keys import AUDIT_KEY
 
 T0 = datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
 NOTE = {"file": "list.csv", "format": "csv"}
@@ -23,7 +24,7 @@ NOTE = {"file": "list.csv", "format": "csv"}
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    opened = await open_store(f"sqlite:///{tmp_path / 'store.db'}", audit_key=AUDIT_KEY)
     yield opened
     await opened.close()
 
