@@ -22,6 +22,7 @@ from gateway.web import WebSettings
 from gateway.wording import LANGUAGES, WORDS
 from suppression.errors import ConfigError
 from suppression.store import Store, open_store
+from tests.support.keys import AUDIT_KEY
 from tests.test_rewrite import body_text_parts, content
 from tests.test_web import JANE, SETTINGS, Site, seed, site_for
 
@@ -310,7 +311,7 @@ def test_bad_wording_is_a_clear_error(tmp_path: Path, toml: str, message: str) -
 
 @pytest.fixture
 async def named_site(tmp_path: Path) -> AsyncIterator[Site]:
-    store: Store = await open_store(f"sqlite:///{tmp_path / 'optgate.db'}")
+    store: Store = await open_store(f"sqlite:///{tmp_path / 'optgate.db'}", audit_key=AUDIT_KEY)
     await seed(store)
     settings = dataclasses.replace(
         SETTINGS,
