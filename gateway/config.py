@@ -174,15 +174,40 @@ class Unsubscribe:
         "Example Ltd, 1 Example Street, Example City", "postal address (CAN-SPAM)"
     )
     footer_text: str = _opt(
-        "\n-- \nYou receive this because you subscribed to {topic}.\n"
-        "Unsubscribe: {url}\n{postal_address}\n",
-        "plain-text footer; {url}, {topic}, {postal_address}",
+        "",
+        "plain-text footer for every language, replacing the built-in localised one; "
+        "{url}, {topic} (its display name), {postal_address}; empty: the built-in one",
     )
     footer_html: str = _opt(
-        '<p style="font-size:12px;color:#666">You receive this because you subscribed to '
-        '{topic}. <a href="{url}">Unsubscribe</a><br>{postal_address}</p>',
-        "HTML footer; {url}, {topic}, {postal_address}",
+        "",
+        "HTML footer for every language, replacing the built-in localised one; "
+        "{url}, {topic}, {postal_address}; empty: the built-in one",
     )
+
+
+@dataclass(frozen=True)
+class Footer:
+    """The language of footers and pages, and footer wording for every topic."""
+
+    default_language: str = _opt(
+        "en",
+        "language of footers (message without a Content-Language or lang optgate knows) and "
+        "pages (browser asking for none): en, de, fr, es, it, nl, pt, or one worded below",
+    )
+    reason: dict[str, str] = _opt(
+        {}, "language -> the footer's sentence; {topic} (display name), {company}"
+    )
+    unsubscribe: dict[str, str] = _opt({}, "language -> the words of the footer's link")
+
+
+@dataclass(frozen=True)
+class Topic:
+    """One topic as readers see it ([topics.NAME], in the file only): name and wording."""
+
+    name: str = _opt("", "display name in footers and pages; empty: the topic itself")
+    names: dict[str, str] = _opt({}, "language -> display name")
+    reason: dict[str, str] = _opt({}, "language -> this topic's footer sentence")
+    unsubscribe: dict[str, str] = _opt({}, "language -> this topic's link words")
 
 
 @dataclass(frozen=True)
@@ -368,6 +393,8 @@ class Config:
     dkim: Dkim = field(default_factory=Dkim)
     inbound: Inbound = field(default_factory=Inbound)
     partners: Partners = field(default_factory=Partners)
+    footer: Footer = field(default_factory=Footer)
+    topics: dict[str, Topic] = field(default_factory=dict)  # [topics.NAME] tables
 
 
 @dataclass(frozen=True)
@@ -392,7 +419,22 @@ class Option:
 def sections() -> dict[str, type[Any]]:
     """Section name -> its dataclass, in declaration order."""
     hints = typing.get_type_hints(Config)
-    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config) if f.name != "topics"}
+
+
+def _topics(raw: Any, origin: str) -> dict[str, Topic]:
+    """The [topics.NAME] tables (no environment variables: topic names need not fit them)."""
+    if not isinstance(raw, dict) or not all(isinstance(t, dict) for t in raw.values()):
+        raise ConfigError(f"{origin}: [topics] holds one table per topic, as [topics.NAME]")
+    hints = typing.get_type_hints(Topic)
+    topics = {}
+    for name, table in raw.items():
+        for key in table:
+            if key not in hints:
+                raise ConfigError(f"{origin}: unknown key {key!r} in [topics.{name}]")
+        checked = {k: _check(f"[topics.{name}] {k}", v, hints[k]) for k, v in table.items()}
+        topics[name] = Topic(**checked)
+    return topics
 
 
 def options() -> Iterator[Option]:
@@ -481,7 +523,7 @@ def _values(
     """Checked values per section (file, then environment) and where each came from."""
     known = sections()
     for section in raw:
-        if section not in known:
+        if section not in known and section != "topics":
             raise ConfigError(f"{origin}: unknown section [{section}]")
     for section in known:
         table = raw.get(section, {})
@@ -574,7 +616,8 @@ def effective(path: str | None = None, environ: Mapping[str, str] | None = None)
     _reject_unknown_env(env)
     _derive(values, origins, env)
     built = {section: cls(**values[section]) for section, cls in sections().items()}
-    return Effective(Config(**built), chosen, origins)
+    topics = _topics(raw.get("topics", {}), chosen or "environment")
+    return Effective(Config(**built, topics=topics), chosen, origins)
 
 
 def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:

@@ -22,6 +22,7 @@ from gateway.admin_web import make_admin_app
 from gateway.api import add_consent_api
 from gateway.config import Config, host_port
 from gateway.fanout import FanOut
+from gateway.footers import Footers
 from gateway.held import Held
 from gateway.inbound.mailboxes import Mailboxes, Role
 from gateway.inbound.receive import Receiver
@@ -68,9 +69,7 @@ def build_pipeline(
             u.mailto,
             u.list_domain,
             u.feedback_id,
-            u.footer_text,
-            u.footer_html,
-            u.postal_address,
+            Footers.from_config(config),
         ),
         default_topic=config.policy.default_topic,
         sender_topics=config.policy.sender_topics,

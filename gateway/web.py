@@ -25,19 +25,21 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
 from aiohttp import hdrs, web, web_response
 from yarl import URL
 
-from gateway import pages
+from gateway import languages, pages
 from gateway.config import Config
+from gateway.footers import Footers
 from gateway.held import Held
 from gateway.metrics import Metrics
 from gateway.ratelimit import RateLimiter
 from gateway.tokens import Claims, InvalidToken, TokenSigner
+from gateway.wording import LANGUAGES
 from suppression.address import normalize
 from suppression.errors import ConfigError, OptgateError, StoreError
 from suppression.model import (
@@ -69,12 +71,6 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 _COLOR = re.compile(r"#[0-9a-fA-F]{3}(?:[0-9a-fA-F]{3})?")
-_DONE = {  # ?done= after a preference change -> the status line (fixed words only)
-    "unsubscribed": "You are unsubscribed from “{topic}”.",
-    "resubscribed": "You are subscribed to “{topic}” again.",
-    "unsubscribed-all": "You are unsubscribed from all our e-mail.",
-    "resubscribed-all": "You receive the e-mail you subscribed to again.",
-}
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -96,6 +92,8 @@ class WebSettings:
     consent_versions: Mapping[str, str]
     page_note: str = ""
     postal_address: str = ""
+    default_language: str = "en"  # pages for a browser that asks for none optgate speaks
+    topic_names: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not _COLOR.fullmatch(self.accent_color):
@@ -114,6 +112,8 @@ class WebSettings:
             consent_versions=dict(config.policy.consent_versions),
             page_note=config.web.page_note,
             postal_address=config.unsubscribe.postal_address,
+            default_language=config.footer.default_language,
+            topic_names=Footers.from_config(config).names(),
         )
 
 
@@ -190,19 +190,22 @@ def _topic(text: str) -> str:
         raise BadRequest("no valid list was chosen") from None
 
 
-def _status(query: Mapping[str, str]) -> str | None:
-    template = _DONE.get(query.get("done", ""))
-    if template is None:
-        return None
-    topic = query.get("topic", "")
+def _status(look: pages.Look, query: Mapping[str, str]) -> str | None:
+    """The status line after a preference change: fixed words and a valid topic only."""
+    what = query.get("done", "")
+    if what.endswith("-all"):
+        return pages.done(look, what, "")
     try:
-        return template.format(topic=check_name(topic, "topic")) if "{" in template else template
+        return pages.done(look, what, check_name(query.get("topic", ""), "topic"))
     except OptgateError:
         return None
 
 
-def _html(text: str, status: int = 200) -> web.Response:
-    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+def _html(look: pages.Look, text: str, status: int = 200) -> web.Response:
+    response = web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+    response.headers["Content-Language"] = look.language
+    response.headers["Vary"] = "Accept-Language"
+    return response
 
 
 def _route(request: web.Request) -> str | None:
@@ -223,7 +226,12 @@ class _Endpoint:
         self.store, self.signer, self.metrics, self.held = store, signer, metrics, held
         self.versions = settings.consent_versions
         self.look = pages.Look(
-            settings.company, settings.accent_color, settings.page_note, settings.postal_address
+            settings.company,
+            settings.accent_color,
+            settings.page_note,
+            settings.postal_address,
+            languages.best(settings.default_language, LANGUAGES, "en"),
+            settings.topic_names,
         )
         self.prefix = URL(settings.base_url).path.rstrip("/")
         self.proxies = networks(settings.trusted_proxies)
@@ -245,6 +253,11 @@ class _Endpoint:
             )
         return claims
 
+    def look_for(self, request: web.Request) -> pages.Look:
+        """The pages' look in the language the browser prefers (Accept-Language)."""
+        header = request.headers.get("Accept-Language")
+        return self.look.speaking(languages.negotiate(header, LANGUAGES, self.look.language))
+
     def url(self, kind: str, request: web.Request) -> str:
         """The path of the /u, /p or /c page of this request's token."""
         return f"{self.prefix}/{kind}/{request.match_info['token']}"
@@ -263,21 +276,24 @@ class _Endpoint:
     async def unsubscribe_page(self, request: web.Request) -> web.Response:
         """GET /u/TOKEN: the question and the button; changes nothing."""
         claims = self.claims(request, confirm=False)
-        button = pages.Form(self.url("u", request), (("via", "page"),), "Unsubscribe")
+        look = self.look_for(request)
+        button = pages.Form(
+            self.url("u", request), (("via", "page"),), look.say("unsubscribe_button")
+        )
         wider = None
         if claims.scope.startswith("partner:"):
             # an offer's link: no more from this partner (the button), or from any partner
             fields = (("action", "unsubscribe"), ("topic", PARTNER_OFFERS))
-            wider = pages.Form(self.url("p", request), fields, "No more offers from any partner")
+            wider = pages.Form(self.url("p", request), fields, look.say("no_partner_offers"))
         page = pages.unsubscribe(
-            self.look,
+            look,
             claims.scope,
             await self.standing(claims),
             button,
             self.url("p", request),
             wider,
         )
-        return _html(page)
+        return _html(look, page)
 
     async def unsubscribe(self, request: web.Request) -> web.Response:
         """POST /u/TOKEN: RFC 8058 one-click (text answer) or the page's button (a page)."""
@@ -292,18 +308,22 @@ class _Endpoint:
         if not by_page:
             return web.Response(text="You are unsubscribed.\n")
         after, prefs = await self.standing(claims), self.url("p", request)
-        undo = self.undo(claims.scope, after, prefs)
-        return _html(pages.unsubscribed(self.look, claims.scope, after, undo, prefs))
+        look = self.look_for(request)
+        undo = self.undo(look, claims.scope, after, prefs)
+        return _html(look, pages.unsubscribed(look, claims.scope, after, undo, prefs))
 
     @staticmethod
-    def undo(scope: str, standing: pages.Standing, action: str) -> pages.Form | None:
+    def undo(
+        look: pages.Look, scope: str, standing: pages.Standing, action: str
+    ) -> pages.Form | None:
         """The resubscribe button for an unsubscribe the recipient may take back."""
         kind, _, name = scope.partition(":")
+        label = look.say("resubscribe_button")
         if kind == "global" and standing.can_resume_all:
-            return pages.Form(action, (("action", "resubscribe-all"),), "Resubscribe", quiet=True)
+            return pages.Form(action, (("action", "resubscribe-all"),), label, quiet=True)
         if kind == "topic" and any(t.name == name and t.can_resubscribe for t in standing.topics):
             fields = (("action", "resubscribe"), ("topic", name))
-            return pages.Form(action, fields, "Resubscribe", quiet=True)
+            return pages.Form(action, fields, label, quiet=True)
         return None
 
     async def opt_out(
@@ -335,13 +355,14 @@ class _Endpoint:
     async def preferences_page(self, request: web.Request) -> web.Response:
         """GET /p/TOKEN: the lists with a button each; changes nothing."""
         claims = self.claims(request, confirm=False)
+        look = self.look_for(request)
         page = pages.preferences(
-            self.look,
+            look,
             await self.standing(claims),
             self.url("p", request),
-            _status(request.query),
+            _status(look, request.query),
         )
-        return _html(page)
+        return _html(look, page)
 
     async def preferences(self, request: web.Request) -> web.Response:
         """POST /p/TOKEN: act, then send the browser back to the page (POST/redirect/GET)."""
@@ -409,13 +430,15 @@ class _Endpoint:
         purpose = claims.scope.removeprefix("confirm:")
         holder = await self.store.holder(claims.recipient)
         answered = _answered(holder, purpose, claims.issued)
+        look = self.look_for(request)
         if answered is not None and not answered.granted:
-            return _html(pages.confirmed(self.look, purpose, current=False))
-        button = pages.Form(self.url("c", request), (), f"Yes, send me “{purpose}” e-mail")
+            return _html(look, pages.confirmed(look, purpose, current=False))
+        label = look.say("confirm_button", purpose=look.topic(purpose))
+        button = pages.Form(self.url("c", request), (), label)
         page = pages.confirm(
-            self.look, purpose, pages.mask(holder.address), None if answered else button
+            look, purpose, pages.mask(holder.address), None if answered else button
         )
-        return _html(page)
+        return _html(look, page)
 
     async def confirm(self, request: web.Request) -> web.Response:
         """POST /c/TOKEN: record the consent once; lift the same list's older unsubscribe."""
@@ -428,7 +451,8 @@ class _Endpoint:
             await self.store.record_consents([consent], actor=ACTOR)
             await self.lift_older(holder, f"topic:{purpose}", claims.issued)
         current = answered is None or answered.granted
-        return _html(pages.confirmed(self.look, purpose, current=current))
+        look = self.look_for(request)
+        return _html(look, pages.confirmed(look, purpose, current=current))
 
     async def lift_older(self, holder: Holder, scope: str, issued: int) -> None:
         """Lift the recipient's own unsubscribe from a list they asked for again since."""
@@ -453,17 +477,20 @@ class _Endpoint:
         label = "Unsubscribe me" if found.action == "unsubscribe" else "Send me your e-mail again"
         path = f"{self.prefix}/r/{request.match_info['secret']}"
         button = None if found.done else pages.Form(path, (), label)
-        return _html(pages.held(self.look, found.action, pages.mask(holder.address), button))
+        look = self.look_for(request)
+        return _html(look, pages.held(look, found.action, pages.mask(holder.address), button))
 
     async def held_confirm(self, request: web.Request) -> web.Response:
         """POST /r/SECRET: carry the request out, once."""
         held, found = await self.held_request(request)
         await held.confirm(found, self.ip(request))
-        return _html(pages.held_done(self.look, found.action))
+        look = self.look_for(request)
+        return _html(look, pages.held_done(look, found.action))
 
     async def lift_page(self, request: web.Request) -> web.Response:
         """GET /lift: the form asking for the address."""
-        return _html(pages.lift_form(self.look, f"{self.prefix}/lift"))
+        look = self.look_for(request)
+        return _html(look, pages.lift_form(look, f"{self.prefix}/lift"))
 
     async def lift_request(self, request: web.Request) -> web.Response:
         """POST /lift: mail a link if there is something to lift; the same answer either way."""
@@ -475,7 +502,8 @@ class _Endpoint:
             raise BadRequest("that is not an e-mail address") from None
         mailed = await self.held.request_lift(address, self.ip(request))
         log.info("web_lift_requested", mailed=mailed, rcpt=address.sha256[:16])
-        return _html(pages.lift_sent(self.look))
+        look = self.look_for(request)
+        return _html(look, pages.lift_sent(look))
 
     # --- monitoring -----------------------------------------------------------------------
 
@@ -488,34 +516,33 @@ class _Endpoint:
     @web.middleware
     async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Every error becomes a page here, and only here."""
+        look = self.look_for(request)
         try:
             return await handler(request)
         except InvalidToken as exc:
             log.warning("web_bad_token", reason=str(exc), route=_route(request))
-            return _html(pages.problem(self.look, "Link not valid", pages.INVALID_LINK), 400)
+            return _html(look, pages.problem(look, "bad_link_title", "bad_link_text"), 400)
         except BadRequest as exc:
             log.warning("web_bad_request", problem=str(exc), route=_route(request))
-            text = f"This request was not understood ({exc}). Nothing was changed."
-            return _html(pages.problem(self.look, "Request not understood", text), 400)
+            page = pages.problem(look, "bad_request_title", "bad_request_detail", detail=str(exc))
+            return _html(look, page, 400)
         except StoreError as exc:
             log.error("web_store_error", error=type(exc).__name__, route=_route(request))
-            text = "Please try again in a few minutes. Nothing was changed."
-            return _html(pages.problem(self.look, "Temporarily unavailable", text), 503)
+            page = pages.problem(look, "unavailable_title", "unavailable_text")
+            return _html(look, page, 503)
         except web.HTTPException as exc:
-            return self.http_error(exc)
+            return self.http_error(look, exc)
         except Exception as exc:  # a bug: aiohttp would log the client's IP with it
             log.error("web_error", error=type(exc).__name__, route=_route(request))
-            text = "Something went wrong on our side. Please try again later."
-            return _html(pages.problem(self.look, "Something went wrong", text), 500)
+            return _html(look, pages.problem(look, "error_title", "error_text"), 500)
 
-    def http_error(self, exc: web.HTTPException) -> web.Response:
+    def http_error(self, look: pages.Look, exc: web.HTTPException) -> web.Response:
         """aiohttp's own errors (404, 405, 413) as pages."""
-        text = (
-            "There is no page at this address."
-            if exc.status == 404
-            else "This request was not understood. Nothing was changed."
-        )
-        response = _html(pages.problem(self.look, exc.reason, text), exc.status)
+        if exc.status == 404:
+            page = pages.problem(look, "not_found_title", "not_found_text")
+        else:
+            page = pages.problem(look, exc.reason, "bad_request_text")
+        response = _html(look, page, exc.status)
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
@@ -529,8 +556,9 @@ class _Endpoint:
         delay = self.limiter.wait(self.ip(request))
         if delay and not self.genuine_one_click(request):
             log.warning("web_rate_limited", route=_route(request))
-            text = "Too many requests from your network. Please wait a minute and try again."
-            response = _html(pages.problem(self.look, "Too many requests", text), 429)
+            look = self.look_for(request)
+            page = pages.problem(look, "too_many_title", "too_many_text")
+            response = _html(look, page, 429)
             response.headers["Retry-After"] = str(math.ceil(delay))
             return response
         return await handler(request)
