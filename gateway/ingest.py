@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from gateway.inbound.sources import MessageError, Pending, Source, SourceError, 
 from gateway.keys import load_keys, load_log_key
 from gateway.stores import open_configured
 from gateway.tokens import TokenSigner
-from suppression.errors import OptgateError
+from suppression.errors import ConfigError, OptgateError
 from suppression.model import now
 from suppression.store import Store
 
@@ -205,10 +206,12 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     logs.configure(cache=False)
     source = await asyncio.to_thread(open_source, args)
     try:
-        signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
-        logs.use_key(load_log_key(Path(config.unsubscribe.key_file)))
-        store = await open_configured(config)
+        store = await open_configured(config)  # a missing store first: the clearer error
         try:
+            key_file = Path(config.unsubscribe.key_file)
+            signer = TokenSigner(load_keys(key_file))
+            with contextlib.suppress(ConfigError):  # no log key yet: digests stay unlinkable
+                logs.use_key(load_log_key(key_file))
             optouts = OptOuts.from_config(config, store, Mailboxes.from_config(config.inbound))
             ingest = Ingest(source, store, config, signer, args.dry_run, optouts)
             summary = await ingest.run(args.limit)

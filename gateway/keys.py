@@ -47,10 +47,11 @@ def load_keys(path: Path, *, create: bool = False) -> list[bytes]:
     return keys
 
 
-def make_key_file(path: Path) -> bool:
+def make_key_file(path: Path, option: str = "[unsubscribe] key_file") -> bool:
     """Make a key file with one new key (0600, its directory 0700) unless one exists.
 
-    True if this call made it. The file appears complete or not at all.
+    True if this call made it. The file appears complete or not at all, so a
+    second process never reads it half written. ``option`` names it in errors.
     """
     if path.exists():
         return False
@@ -58,7 +59,7 @@ def make_key_file(path: Path) -> bool:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     except OSError as exc:
-        raise ConfigError(f"[unsubscribe] key_file {path}: cannot create: {exc.strerror}") from None
+        raise ConfigError(f"{option} {path}: cannot create: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "w") as out:  # mkstemp: mode 0600
             out.write(secrets.token_hex(32) + "\n")
@@ -66,22 +67,24 @@ def make_key_file(path: Path) -> bool:
     except FileExistsError:
         return False
     except OSError as exc:
-        raise ConfigError(f"[unsubscribe] key_file {path}: cannot create: {exc.strerror}") from None
+        raise ConfigError(f"{option} {path}: cannot create: {exc.strerror}") from None
     finally:
         os.unlink(temporary)
     return True
 
 
-def load_log_key(path: Path) -> bytes:
+def load_log_key(path: Path, *, create: bool = False) -> bytes:
     """The key of the digests in log lines (gateway/logs.py): the key file's ``log:`` line.
 
-    A file without one gets one appended. When several nodes share the file, the first
-    line in it wins: each node appends, then reads, so all see the same first line.
+    ``create`` (``optgate serve``): a file without one gets one appended. When several
+    nodes share the file, the first line in it wins: each node appends, then reads, so
+    all see the same first line. Without ``create`` a missing line is an error.
     """
+    name = f"[unsubscribe] key_file {path}"
     try:
         text = path.read_text()
         key = _log_key(text)
-        if key is None:
+        if key is None and create:
             with path.open("a") as out:
                 newline = "\n" if text and not text.endswith("\n") else ""
                 out.write(f"{newline}{LOG_KEY}{secrets.token_hex(32)}\n")
@@ -89,11 +92,12 @@ def load_log_key(path: Path) -> bytes:
             key = _log_key(path.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(
-            f"[unsubscribe] key_file {path}: no log key ({exc}); add a line "
-            f"'{LOG_KEY}' and 64 hex digits"
+            f"{name}: no log key ({exc}); add a line '{LOG_KEY}' and 64 hex digits"
         ) from None
-    if key is None or len(key) < 16:
-        raise ConfigError(f"[unsubscribe] key_file {path}: the log key needs 16 bytes or more")
+    if key is None:
+        raise ConfigError(f"{name} has no log key yet: optgate serve adds it on its first start")
+    if len(key) < 16:
+        raise ConfigError(f"{name}: the log key needs 16 bytes or more")
     return key
 
 

@@ -123,7 +123,7 @@ async def running(
     # serve (and store migrate) make the key files and the store; other commands refuse
     key_file = Path(config.unsubscribe.key_file)
     signer = TokenSigner(load_keys(key_file, create=True))
-    logs.use_key(load_log_key(key_file))
+    logs.use_key(load_log_key(key_file, create=True))
     async with contextlib.AsyncExitStack() as stack:
         store = await open_configured(config, create=True)
         stack.push_async_callback(store.close)
