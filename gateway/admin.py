@@ -8,29 +8,25 @@ import contextlib
 import json
 import sys
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import asdict
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO, TypeVar
 
-from gateway import logs
+from gateway import actions, logs
 from gateway.config import Config
 from gateway.demo import run_demo
 from gateway.doctor import failed, run_checks
 from gateway.keygen import config_line, keygen
 from gateway.keys import load_keys, load_log_key, make_key_file
 from gateway.optin import request_consent
-from gateway.pipeline import verdict
-from gateway.policy import MessageClass, Rules
-from gateway.stores import opened, read_anchor, write_anchor
-from suppression.address import Address, identity, md5_identity, normalize, normalize_domain
+from gateway.policy import Rules
+from gateway.stores import opened
+from suppression.address import normalize
 from suppression.audit import parse_head
 from suppression.errors import OptgateError
 from suppression.formats import ExportRecord, read_rows, write_records
 from suppression.importing import Summary, import_consents, import_suppressions
-from suppression.model import Consent, ImportItem, Reason, Source, check_name, now, parse_scope
+from suppression.model import Reason, Source, check_name, parse_scope
 from suppression.partners import UnknownPartner
-from suppression.statecheck import ChainReport
 from suppression.store import Store
 
 EXPORT_PAGE = 5000
@@ -102,15 +98,6 @@ def output_file(name: str | None) -> Iterator[TextIO]:
         yield handle
 
 
-def _target(text: str, keep: bool) -> ImportItem:
-    """An address or @domain given on the command line, as a suppression item."""
-    if text.strip().startswith("@"):
-        domain = "@" + normalize_domain(text)
-        return ImportItem(identity(domain), "domain", domain, Reason.MANUAL)
-    address = normalize(text)
-    return ImportItem(address.sha256, "sha256", address.normalized if keep else None, Reason.MANUAL)
-
-
 def _progress(stream: IO[str]) -> Any:
     if not stream.isatty():
         return None
@@ -125,14 +112,16 @@ def _progress(stream: IO[str]) -> Any:
 async def suppress_add(args: argparse.Namespace, config: Config) -> int:
     """optgate suppress add."""
     scope = parse_scope(args.scope)
-    reason = Reason(args.reason)
-    keep = config.store.keep_addresses
-    items = [
-        ImportItem(t.key, t.kind, t.address, reason)
-        for t in (_target(a, keep) for a in args.addresses)
-    ]
     async with opened_store(config) as store:
-        result = await store.suppress(items, scope=scope, source=Source.CLI, actor=args.actor)
+        result = await actions.opt_out(
+            store,
+            args.addresses,
+            scope=scope,
+            reason=Reason(args.reason),
+            source=Source.CLI,
+            actor=args.actor,
+            keep_addresses=config.store.keep_addresses,
+        )
     print(f"suppressed {result.added} new, {result.present + result.duplicates} already ({scope})")
     return 0
 
@@ -140,60 +129,40 @@ async def suppress_add(args: argparse.Namespace, config: Config) -> int:
 async def suppress_remove(args: argparse.Namespace, config: Config) -> int:
     """optgate suppress remove."""
     scope = parse_scope(args.scope)
-    # an address may be suppressed by its SHA-256 and by an MD5 list entry: lift both
-    targets = dict.fromkeys(
-        (t.key,) if t.kind == "domain" else (t.key, md5_identity(t.address or ""))
-        for t in (_target(a, True) for a in args.addresses)
-    )
-    removed = 0
     async with opened_store(config) as store:
-        for keys in targets:
-            removed += await store.unsuppress(keys, scope=scope, actor=args.actor) > 0
-    print(f"lifted {removed} suppression(s) in {scope}; {len(targets) - removed} had none")
+        lifted = await actions.lift(store, args.addresses, scope=scope, actor=args.actor)
+    removed = lifted.removed
+    print(f"lifted {removed} suppression(s) in {scope}; {lifted.targets - removed} had none")
     return 0
 
 
 async def suppress_check(args: argparse.Namespace, config: Config) -> int:
     """optgate suppress check: one line per address (or JSON); 1 if any is suppressed."""
-    addresses = [normalize(a) for a in args.addresses]
     async with opened_store(config) as store:
-        found = [(await store.subject(a)).suppressions for a in addresses]
+        checked = await actions.check(
+            store, args.addresses, topic=config.policy.default_topic, rules=_rules(config)
+        )
+    found = any(c.suppressions for c in checked)
     if args.json:
-        checked = [
-            {
-                "address": given,
-                "sha256": address.sha256,
-                "suppressed": bool(records),
-                "suppressions": [
-                    {
-                        "kind": r.kind,
-                        "scope": r.scope,
-                        "reason": r.reason.value,
-                        "source": r.source,
-                        "created": _utc(r.created),
-                    }
-                    for r in records
-                ],
-            }
-            for given, address, records in zip(args.addresses, addresses, found, strict=True)
-        ]
-        print(json.dumps({"addresses": checked}, indent=2))
-        return 1 if any(found) else 0
-    for given, records in zip(args.addresses, found, strict=True):
-        for record in records:
+        print(json.dumps({"addresses": [c.state_json() for c in checked]}, indent=2))
+        return 1 if found else 0
+    for c in checked:
+        for record in c.suppressions:
             via = "domain " if record.kind == "domain" else ""
             print(
-                f"{given}\tsuppressed\t{via}{record.scope}\t{record.reason.value}"
+                f"{c.given}\tsuppressed\t{via}{record.scope}\t{record.reason.value}"
                 f"\tsince {_utc(record.created)}"
             )
-        if not records:
-            print(f"{given}\tnot suppressed")
-    return 1 if any(found) else 0
+        if not c.suppressions:
+            print(f"{c.given}\tnot suppressed")
+    return 1 if found else 0
 
 
-def _utc(at: datetime) -> str:
-    """A time as the command line prints it: UTC to the second."""
-    return f"{at:%Y-%m-%dT%H:%M:%SZ}"
+def _rules(config: Config) -> Rules:
+    return Rules(config.policy.require_consent, config.policy.consent_versions)
+
+
+_utc = actions.utc
 
 
 async def suppress_import(args: argparse.Namespace, config: Config) -> int:
@@ -256,21 +225,18 @@ async def _export_stream(store: Store, scope: str | None, fmt: str, out: TextIO)
 
 async def _consent(args: argparse.Namespace, config: Config, granted: bool) -> int:
     purpose = check_name(args.purpose, "purpose")
-    keep = config.store.keep_addresses
-    records = [
-        Consent(
-            sha256=a.sha256,
+    addresses = [normalize(text) for text in args.addresses]
+    async with opened_store(config) as store:
+        count = await actions.record_consent(
+            store,
+            addresses,
             purpose=purpose,
             granted=granted,
             source=args.source,
-            created=now(),
             policy_version=args.policy_version,
-            address=a.normalized if keep else None,
+            actor=args.actor,
+            keep_addresses=config.store.keep_addresses,
         )
-        for a in (normalize(text) for text in args.addresses)
-    ]
-    async with opened_store(config) as store:
-        count = await store.record_consents(records, actor=args.actor)
     print(f"recorded {count} {'consent' if granted else 'revocation'}(s) for {purpose}")
     return 0
 
@@ -317,19 +283,6 @@ async def consent_import(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _consent_row(c: Consent) -> dict[str, Any]:
-    return {
-        "email": c.address or "",
-        "sha256": c.sha256,
-        "purpose": c.purpose,
-        "state": "granted" if c.granted else "revoked",
-        "source": c.source,
-        "policy_version": c.policy_version or "",
-        "created": c.created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "evidence": c.evidence or "",
-    }
-
-
 async def consent_export(args: argparse.Namespace, config: Config) -> int:
     """optgate consent export: every record, in order (csv or jsonl)."""
     import csv
@@ -340,7 +293,7 @@ async def consent_export(args: argparse.Namespace, config: Config) -> int:
             writer: Any = None
             async with _closing(store.iter_consents(purpose)) as records:
                 async for consent in records:
-                    row = _consent_row(consent)
+                    row = actions.consent_json(consent)
                     if args.format == "jsonl":
                         out.write(json.dumps(row) + "\n")
                         continue
@@ -351,42 +304,12 @@ async def consent_export(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _jsonable(record: Any) -> dict[str, Any]:
-    data = asdict(record)
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in data.items()}
-
-
 async def subject_show(args: argparse.Namespace, config: Config) -> int:
     """optgate subject show: every record about an address, as JSON."""
     address = normalize(args.address)
     async with opened_store(config) as store:
-        record = await store.subject(address)
-        await store.audit(actor=args.actor, action="subject-access", subject=address.sha256)
-    print(
-        json.dumps(
-            {
-                "address": address.normalized,
-                "sha256": address.sha256,
-                "suppressions": [_jsonable(s) for s in record.suppressions],
-                "consents": [_jsonable(c) for c in record.consents],
-                "sends": [
-                    {
-                        "message": send.message,
-                        "topic": send.topic,
-                        "class": send.kind,
-                        "at": send.at.isoformat(),
-                    }
-                    for send in record.sends
-                ],
-                "events": [
-                    {"seq": e.seq, "at": e.at.isoformat(), **json.loads(e.body)}
-                    for e in record.events
-                ],
-            },
-            indent=2,
-            default=str,
-        )
-    )
+        shown = await actions.subject_access(store, address, actor=args.actor)
+    print(json.dumps(shown, indent=2, default=str))
     return 0
 
 
@@ -394,27 +317,16 @@ async def subject_erase(args: argparse.Namespace, config: Config) -> int:
     """optgate subject erase: the store's records, then the kept inbound messages."""
     address = normalize(args.address)
     async with opened_store(config) as store:
-        erased = await store.erase(address, actor=args.actor)
-    kept = config.inbound.keep_raw
-    files = await asyncio.to_thread(erase_kept, Path(kept), address) if kept else 0
+        erased = await actions.erase(
+            store, address, actor=args.actor, keep_raw=config.inbound.keep_raw
+        )
     print(
         f"erased plaintext and evidence from {erased.cleared} record(s), revoked "
-        f"{erased.revoked} consent(s), deleted {files} kept inbound message(s); "
+        f"{erased.revoked} consent(s), deleted {erased.files} kept inbound message(s); "
         f"a global suppression (erased) keyed by {address.sha256[:12]}… stays, so only "
         "a consent given from now on mails this address again"
     )
     return 0
-
-
-def erase_kept(folder: Path, address: Address) -> int:
-    """Delete the kept inbound messages ([inbound] keep_raw) that hold the address."""
-    needle = address.normalized.encode()
-    deleted = 0
-    for path in folder.glob("*.eml") if folder.is_dir() else ():
-        if needle in path.read_bytes().lower():
-            path.unlink()
-            deleted += 1
-    return deleted
 
 
 async def explain(args: argparse.Namespace, config: Config) -> int:
@@ -422,22 +334,12 @@ async def explain(args: argparse.Namespace, config: Config) -> int:
 
     0 if it would be sent, 1 if not; a bad address is a bad input (exit 2).
     """
-    address = normalize(args.address)
     topic = check_name(args.topic or config.policy.default_topic, "topic")
-    rules = Rules(config.policy.require_consent, config.policy.consent_versions)
     async with opened_store(config) as store:
-        decided = await verdict(store, address, MessageClass.MARKETING, topic, rules)
+        explained = await actions.explain(store, args.address, topic=topic, rules=_rules(config))
+    decided = explained.verdict
     if args.json:
-        shown = {
-            "address": args.address,
-            "sha256": address.sha256,
-            "class": MessageClass.MARKETING.value,
-            "topic": topic,
-            "sent": decided.keep,
-            "reason": decided.reason,
-            "explanation": decided.explanation,
-        }
-        print(json.dumps(shown, indent=2))
+        print(json.dumps(explained.as_json(), indent=2))
     else:
         state = "would be sent" if decided.keep else "would NOT be sent"
         print(f"marketing mail on topic {topic!r} to {args.address} {state}: {decided.explanation}")
@@ -477,16 +379,15 @@ async def store_verify(args: argparse.Namespace, config: Config) -> int:
     except ValueError as exc:
         raise OptgateError(f"--expect: {exc}") from None
     anchor = Path(config.store.audit_anchor_file)
-    anchored = read_anchor(anchor)
     async with opened_store(config) as store:
-        report = await store.verify_chain([*expect, *([anchored] if anchored else [])])
-    if report.intact:
-        try:
-            await asyncio.to_thread(write_anchor, anchor, report)
-        except OSError as exc:
-            print(f"optgate: cannot record the head in {anchor}: {exc.strerror}", file=sys.stderr)
+        verified = await actions.verify(store, anchor, expect)
+    report, anchored = verified.report, verified.anchored
+    if verified.unrecorded is not None:
+        print(
+            f"optgate: cannot record the head in {anchor}: {verified.unrecorded}", file=sys.stderr
+        )
     if args.json:
-        print(json.dumps(_verify_json(report, anchored, anchor)))
+        print(json.dumps(verified.as_json()))
     elif report.broken_at is not None:
         print(f"audit log BROKEN at event {report.broken_at}: {report.problem}")
     else:
@@ -499,26 +400,6 @@ async def store_verify(args: argparse.Namespace, config: Config) -> int:
         if anchored:
             print(f"anchored head {anchored[0]} (in {anchor}) is still in the chain")
     return 0 if report.intact else 1
-
-
-def _verify_json(
-    report: ChainReport, anchored: tuple[int, str] | None, anchor: Path
-) -> dict[str, object]:
-    return {
-        "intact": report.intact,
-        "events": report.events,
-        "head": report.head_text,
-        "broken_at": report.broken_at,
-        "problem": report.problem,
-        "rows": dict(report.rows),
-        "mismatches": [
-            {"table": m.table, "expected": m.expected, "found": m.found, "events": m.events}
-            for m in report.mismatches
-        ],
-        "anchor": {"file": str(anchor), "head": f"{anchored[0]}:{anchored[1]}"}
-        if anchored
-        else None,
-    }
 
 
 async def store_migrate(args: argparse.Namespace, config: Config) -> int:
@@ -538,48 +419,23 @@ async def store_migrate(args: argparse.Namespace, config: Config) -> int:
 
 async def report_compliance(args: argparse.Namespace, config: Config) -> int:
     """optgate report compliance: was marketing mail relayed to anyone after they opted out?"""
-    total = 0
-    worst = timedelta(0)
-    violations: list[dict[str, Any]] = []
     async with opened_store(config) as store:
-        async for check in store.compliance():
-            total += 1
-            if check.sends_after == 0 or check.last_send_after is None:
-                continue
-            delay = check.last_send_after - check.at
-            worst = max(worst, delay)
-            violations.append(
-                {
-                    "sha256": check.sha256,
-                    "scope": check.scope,
-                    "reason": check.reason.value,
-                    "source": check.source,
-                    "opted_out": _utc(check.at),
-                    "messages_after": check.sends_after,
-                    "last_message": _utc(check.last_send_after),
-                    "delay_hours": _hours(delay),
-                }
-            )
-            if not args.json:
-                print(
-                    f"VIOLATION {check.sha256[:16]} {check.scope} {check.reason.value} "
-                    f"opted out {_utc(check.at)} via {check.source}: "
-                    f"{check.sends_after} message(s) after, the last {_hours(delay)} h later"
-                )
+        report = await actions.compliance(store)
     if args.json:
-        report = {"opt_outs": total, "longest_delay_hours": _hours(worst), "violations": violations}
-        print(json.dumps(report, indent=2))
-    else:
+        print(json.dumps(report.as_json(), indent=2))
+        return 1 if report.violations else 0
+    for v in report.violations:
         print(
-            f"{total} opt-out(s), {len(violations)} with marketing mail relayed after the "
-            f"opt-out; longest delay {_hours(worst)} h (Gmail allows 48 h, Yahoo 2 days, "
-            "CAN-SPAM 10 business days; optgate's own bar is zero)"
+            f"VIOLATION {v['sha256'][:16]} {v['scope']} {v['reason']} "
+            f"opted out {v['opted_out']} via {v['source']}: "
+            f"{v['messages_after']} message(s) after, the last {v['delay_hours']} h later"
         )
-    return 1 if violations else 0
-
-
-def _hours(delay: timedelta) -> float:
-    return round(delay.total_seconds() / 3600, 1)
+    print(
+        f"{report.opt_outs} opt-out(s), {len(report.violations)} with marketing mail relayed "
+        f"after the opt-out; longest delay {actions.hours(report.longest)} h (Gmail allows "
+        "48 h, Yahoo 2 days, CAN-SPAM 10 business days; optgate's own bar is zero)"
+    )
+    return 1 if report.violations else 0
 
 
 async def log_id(args: argparse.Namespace, config: Config) -> int:

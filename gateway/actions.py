@@ -1,0 +1,383 @@
+"""The administrative operations, one function each.
+
+The command line (gateway/admin.py) and the REST API (gateway/api/) call the
+same functions: they parse their own input, call one of these, and show the
+result their own way (lines or JSON, exit codes or HTTP statuses). A result is
+a frozen dataclass; ``as_json`` where both show the same JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from gateway.pipeline import purpose_of
+from gateway.policy import MessageClass, Rules, Verdict, decide, scopes_for
+from gateway.stores import read_anchor, write_anchor
+from suppression.address import Address, identity, md5_identity, normalize, normalize_domain
+from suppression.model import (
+    BatchResult,
+    Consent,
+    ImportItem,
+    Reason,
+    Suppression,
+    now,
+)
+from suppression.statecheck import ChainReport
+from suppression.store import Store
+
+
+def utc(at: datetime) -> str:
+    """A time as reports show it: UTC to the second."""
+    return f"{at:%Y-%m-%dT%H:%M:%SZ}"
+
+
+def hours(delay: timedelta) -> float:
+    """A delay in hours, to a tenth."""
+    return round(delay.total_seconds() / 3600, 1)
+
+
+# --- suppressions ---------------------------------------------------------------------
+
+
+def target(text: str, keep: bool, reason: Reason = Reason.MANUAL) -> ImportItem:
+    """An address or ``@domain`` as a suppression item (the plaintext only if ``keep``)."""
+    if text.strip().startswith("@"):
+        domain = "@" + normalize_domain(text)
+        return ImportItem(identity(domain), "domain", domain, reason)
+    address = normalize(text)
+    return ImportItem(address.sha256, "sha256", address.normalized if keep else None, reason)
+
+
+async def opt_out(
+    store: Store,
+    texts: Sequence[str],
+    *,
+    scope: str,
+    reason: Reason,
+    source: str,
+    actor: str,
+    keep_addresses: bool,
+) -> BatchResult:
+    """Suppress addresses and @domains in one scope (one transaction, one audit event).
+
+    Every text is parsed first: one that is not an address changes nothing.
+    """
+    items = [target(text, keep_addresses, reason) for text in texts]
+    return await store.suppress(items, scope=scope, source=source, actor=actor)
+
+
+@dataclass(frozen=True, slots=True)
+class Lifted:
+    """What a lift did: how many of the distinct targets had a suppression in the scope."""
+
+    removed: int
+    targets: int
+
+
+async def lift(store: Store, texts: Sequence[str], *, scope: str, actor: str) -> Lifted:
+    """Lift suppressions of addresses and @domains in a scope (audited per target)."""
+    # an address may be suppressed by its SHA-256 and by an MD5 list entry: lift both
+    targets = dict.fromkeys(
+        (t.key,) if t.kind == "domain" else (t.key, md5_identity(t.address or ""))
+        for t in (target(text, True) for text in texts)
+    )
+    removed = 0
+    for keys in targets:
+        removed += await store.unsuppress(keys, scope=scope, actor=actor) > 0
+    return Lifted(removed, len(targets))
+
+
+def suppression_json(record: Suppression) -> dict[str, object]:
+    """One suppression as check shows it (no plaintext, no evidence)."""
+    return {
+        "kind": record.kind,
+        "scope": record.scope,
+        "reason": record.reason.value,
+        "source": record.source,
+        "created": utc(record.created),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """One address: as given, its suppressions (any scope, by hash, MD5 or domain), and
+    the verdict marketing mail on a topic would get."""
+
+    given: str
+    address: Address
+    suppressions: tuple[Suppression, ...]
+    topic: str
+    verdict: Verdict
+
+    def state_json(self) -> dict[str, object]:
+        """What ``suppress check --json`` prints per address."""
+        return {
+            "address": self.given,
+            "sha256": self.address.sha256,
+            "suppressed": bool(self.suppressions),
+            "suppressions": [suppression_json(r) for r in self.suppressions],
+        }
+
+    def as_json(self) -> dict[str, object]:
+        """The state with the verdict (the API's check)."""
+        return {
+            **self.state_json(),
+            "topic": self.topic,
+            "sent": self.verdict.keep,
+            "reason": self.verdict.reason,
+            "explanation": self.verdict.explanation,
+        }
+
+
+async def check(store: Store, texts: Sequence[str], *, topic: str, rules: Rules) -> list[Checked]:
+    """Every address's suppressions and its marketing verdict on ``topic`` (one lookup)."""
+    addresses = [normalize(text) for text in texts]
+    kind = MessageClass.MARKETING
+    purpose = purpose_of(kind, topic)
+    facts = await store.lookup_many(addresses, scopes_for(kind, topic), purpose)
+    checked = []
+    for given, address in zip(texts, addresses, strict=True):
+        found = (await store.subject(address)).suppressions
+        verdict = decide(facts[address.sha256], kind, purpose, rules)
+        checked.append(Checked(given, address, found, topic, verdict))
+    return checked
+
+
+# --- consents -------------------------------------------------------------------------
+
+
+async def record_consent(
+    store: Store,
+    addresses: Sequence[Address],
+    *,
+    purpose: str,
+    granted: bool,
+    source: str,
+    policy_version: str | None,
+    actor: str,
+    keep_addresses: bool,
+    evidence: str | None = None,
+) -> int:
+    """Record a consent (or a revocation) for each address, in one transaction."""
+    at = now()
+    records = [
+        Consent(
+            sha256=a.sha256,
+            purpose=purpose,
+            granted=granted,
+            source=source,
+            created=at,
+            policy_version=policy_version,
+            address=a.normalized if keep_addresses else None,
+            evidence=evidence,
+        )
+        for a in addresses
+    ]
+    return await store.record_consents(records, actor=actor)
+
+
+def consent_json(c: Consent) -> dict[str, Any]:
+    """One consent record as the export and the API show it."""
+    return {
+        "email": c.address or "",
+        "sha256": c.sha256,
+        "purpose": c.purpose,
+        "state": "granted" if c.granted else "revoked",
+        "source": c.source,
+        "policy_version": c.policy_version or "",
+        "created": c.created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "evidence": c.evidence or "",
+    }
+
+
+# --- data subjects --------------------------------------------------------------------
+
+
+def _jsonable(record: Any) -> dict[str, Any]:
+    data = asdict(record)
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in data.items()}
+
+
+async def subject_access(store: Store, address: Address, *, actor: str) -> dict[str, Any]:
+    """Every record about an address, as JSON; the access is audited."""
+    record = await store.subject(address)
+    await store.audit(actor=actor, action="subject-access", subject=address.sha256)
+    return {
+        "address": address.normalized,
+        "sha256": address.sha256,
+        "suppressions": [_jsonable(s) for s in record.suppressions],
+        "consents": [_jsonable(c) for c in record.consents],
+        "sends": [
+            {
+                "message": send.message,
+                "topic": send.topic,
+                "class": send.kind,
+                "at": send.at.isoformat(),
+            }
+            for send in record.sends
+        ],
+        "events": [
+            {"seq": e.seq, "at": e.at.isoformat(), **json.loads(e.body)} for e in record.events
+        ],
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Erased:
+    """What an erasure did."""
+
+    sha256: str
+    cleared: int  # records whose plaintext or evidence was deleted
+    revoked: int  # consents revoked
+    files: int  # kept inbound messages deleted
+
+    def as_json(self) -> dict[str, object]:
+        """The API's answer."""
+        return {
+            "sha256": self.sha256,
+            "cleared": self.cleared,
+            "revoked": self.revoked,
+            "kept_messages_deleted": self.files,
+        }
+
+
+async def erase(store: Store, address: Address, *, actor: str, keep_raw: str) -> Erased:
+    """Erase the store's records of an address (keeping its hash), then the kept inbound
+    messages ([inbound] keep_raw) that hold it."""
+    erased = await store.erase(address, actor=actor)
+    files = await asyncio.to_thread(erase_kept, Path(keep_raw), address) if keep_raw else 0
+    return Erased(address.sha256, erased.cleared, erased.revoked, files)
+
+
+def erase_kept(folder: Path, address: Address) -> int:
+    """Delete the kept inbound messages ([inbound] keep_raw) that hold the address."""
+    needle = address.normalized.encode()
+    deleted = 0
+    for path in folder.glob("*.eml") if folder.is_dir() else ():
+        if needle in path.read_bytes().lower():
+            path.unlink()
+            deleted += 1
+    return deleted
+
+
+@dataclass(frozen=True, slots=True)
+class Explained:
+    """Would marketing mail on a topic be sent to an address, and why."""
+
+    given: str
+    address: Address
+    topic: str
+    verdict: Verdict
+
+    def as_json(self) -> dict[str, object]:
+        """What ``explain --json`` prints."""
+        return {
+            "address": self.given,
+            "sha256": self.address.sha256,
+            "class": MessageClass.MARKETING.value,
+            "topic": self.topic,
+            "sent": self.verdict.keep,
+            "reason": self.verdict.reason,
+            "explanation": self.verdict.explanation,
+        }
+
+
+async def explain(store: Store, text: str, *, topic: str, rules: Rules) -> Explained:
+    """The verdict for a marketing message on a topic, and its reason in words."""
+    [checked] = await check(store, [text], topic=topic, rules=rules)
+    return Explained(text, checked.address, topic, checked.verdict)
+
+
+# --- reports --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Compliance:
+    """Every opt-out that marketing mail followed, and how late the last came."""
+
+    opt_outs: int
+    longest: timedelta
+    violations: tuple[dict[str, Any], ...]
+
+    def as_json(self) -> dict[str, object]:
+        """What ``report compliance --json`` prints."""
+        return {
+            "opt_outs": self.opt_outs,
+            "longest_delay_hours": hours(self.longest),
+            "violations": list(self.violations),
+        }
+
+
+async def compliance(store: Store) -> Compliance:
+    """Was marketing mail relayed to anyone after they opted out? (one streamed pass)"""
+    total = 0
+    worst = timedelta(0)
+    violations: list[dict[str, Any]] = []
+    async for check in store.compliance():
+        total += 1
+        if check.sends_after == 0 or check.last_send_after is None:
+            continue
+        delay = check.last_send_after - check.at
+        worst = max(worst, delay)
+        violations.append(
+            {
+                "sha256": check.sha256,
+                "scope": check.scope,
+                "reason": check.reason.value,
+                "source": check.source,
+                "opted_out": utc(check.at),
+                "messages_after": check.sends_after,
+                "last_message": utc(check.last_send_after),
+                "delay_hours": hours(delay),
+            }
+        )
+    return Compliance(total, worst, tuple(violations))
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A verification of the audit log, the head it was anchored at, and whether the new
+    head could be recorded (None: it could, or the chain was not intact)."""
+
+    report: ChainReport
+    anchored: tuple[int, str] | None
+    anchor: Path
+    unrecorded: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        """What ``store verify --json`` prints."""
+        report, anchored = self.report, self.anchored
+        return {
+            "intact": report.intact,
+            "events": report.events,
+            "head": report.head_text,
+            "broken_at": report.broken_at,
+            "problem": report.problem,
+            "rows": dict(report.rows),
+            "mismatches": [
+                {"table": m.table, "expected": m.expected, "found": m.found, "events": m.events}
+                for m in report.mismatches
+            ],
+            "anchor": {"file": str(self.anchor), "head": f"{anchored[0]}:{anchored[1]}"}
+            if anchored
+            else None,
+        }
+
+
+async def verify(store: Store, anchor: Path, expect: Sequence[tuple[int, str]]) -> Verified:
+    """Verify the chain against ``expect`` and the anchored head; record the new head."""
+    anchored = read_anchor(anchor)
+    report = await store.verify_chain([*expect, *([anchored] if anchored else [])])
+    unrecorded = None
+    if report.intact:
+        try:
+            await asyncio.to_thread(write_anchor, anchor, report)
+        except OSError as exc:
+            unrecorded = str(exc.strerror)
+    return Verified(report, anchored, anchor, unrecorded)
