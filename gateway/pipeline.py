@@ -63,6 +63,13 @@ class Classified:
     topic: str
     message_id: str
     ledger_key: str
+    campaign: str | None = None  # X-Optgate-Campaign: the Feedback-ID's first field
+
+    @property
+    def feedback_id(self) -> str:
+        """Feedback-ID without its sender id: [campaign:]topic:class (Gmail's FBL fields)."""
+        fields = (self.campaign, self.topic, self.kind.value)
+        return ":".join(f for f in fields if f)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +131,9 @@ def classify(
     content: bytes, mail_from: str, default_topic: str, sender_topics: Mapping[str, str]
 ) -> Classified:
     """Class and topic from X-Optgate-* headers, else the sender rules, else the default."""
-    headers = header_values(content, ("x-optgate-class", "x-optgate-topic", "message-id"))
+    headers = header_values(
+        content, ("x-optgate-class", "x-optgate-topic", "x-optgate-campaign", "message-id")
+    )
     raw_class = headers.get("x-optgate-class", "").lower() or "marketing"
     try:
         kind = MessageClass(raw_class)
@@ -142,9 +151,16 @@ def classify(
         check_name(topic, "X-Optgate-Topic")
     except OptgateError as exc:
         raise BadControlHeader(str(exc), "X-Optgate-Topic", topic) from None
+    campaign = headers.get("x-optgate-campaign", "").lower() or None
+    if campaign is not None:
+        try:
+            check_name(campaign, "X-Optgate-Campaign")
+        except OptgateError as exc:
+            raise BadControlHeader(str(exc), "X-Optgate-Campaign", campaign) from None
     message_id = headers.get("message-id", "")
     key = message_id or hashlib.sha256(content).hexdigest()
-    return Classified(kind, topic, message_id, hashlib.sha256(key.encode()).hexdigest()[:32])
+    ledger_key = hashlib.sha256(key.encode()).hexdigest()[:32]
+    return Classified(kind, topic, message_id, ledger_key, campaign)
 
 
 def sender_topic(mail_from: str, rules: Mapping[str, str], default: str) -> str:
@@ -326,7 +342,14 @@ class Pipeline:
         at = now()
         await self._store.record_sends(
             [
-                Send(message.ledger_key, d.sha256, message.topic, message.kind.value, at)
+                Send(
+                    message.ledger_key,
+                    d.sha256,
+                    message.topic,
+                    message.kind.value,
+                    at,
+                    message.campaign,
+                )
                 for d, o in zip(todo, outcomes, strict=True)
                 if o.delivered
             ]
@@ -340,7 +363,7 @@ class Pipeline:
             message.message_id,
             footer=self._branding.footer(message.topic),
             list_id=f"{message.topic} <{message.topic}.{self._branding.list_domain}>",
-            feedback_id=f"{message.topic}:{message.kind.value}:{self._branding.feedback_id}",
+            feedback_id=f"{message.feedback_id}:{self._branding.feedback_id}",
         )
 
     async def prepare(

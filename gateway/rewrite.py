@@ -41,7 +41,7 @@ from typing import Protocol
 from gateway import mime
 
 PLACEHOLDER = "{{optgate_unsubscribe_url}}"
-CONTROL_HEADERS = ("x-optgate-class", "x-optgate-topic")
+CONTROL_HEADERS = ("x-optgate-class", "x-optgate-topic", "x-optgate-campaign")
 ONE_CLICK = "List-Unsubscribe-Post: List-Unsubscribe=One-Click"
 FOLD_AT = 78
 MAX_LINE = mime.MAX_LINE  # octets in a line (RFC 5322)

@@ -95,7 +95,7 @@ def shell_import(work: Path, hashed: Path) -> float:
     """Time the sqlite3 shell importing the same rows into the same table."""
     db = work / "shell.db"
     db.unlink(missing_ok=True)
-    table = MIGRATIONS[0].split(";")[0]
+    table = str(MIGRATIONS[0]).split(";")[0]
     script = f"{table};\n.mode csv\n.import {hashed} suppression\n"
     start = time.perf_counter()
     subprocess.run(["sqlite3", str(db)], input=script.encode(), check=True)  # noqa: S603, S607
@@ -107,7 +107,8 @@ def build_lookup_store(path: Path, rows: int) -> None:
     this measures lookups, not imports."""
     keyed = sorted((hashlib.sha256(address(n).encode()).hexdigest(), n) for n in range(rows))
     with sqlite3.connect(path) as db:
-        db.executescript(";".join(MIGRATIONS) + f"; PRAGMA user_version = {len(MIGRATIONS)};")
+        scripts = [m if isinstance(m, str) else m.ddl("sqlite") for m in MIGRATIONS]
+        db.executescript(";".join(scripts) + f"; PRAGMA user_version = {len(MIGRATIONS)};")
         db.execute("PRAGMA journal_mode = WAL")
         db.executemany(
             "INSERT INTO suppression VALUES (?, 'global', 'sha256', ?, 'imported', "

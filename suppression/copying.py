@@ -29,6 +29,8 @@ import asyncpg
 
 from suppression.errors import OptgateError, StoreError
 from suppression.postgres import safe_url
+from suppression.sql import schema
+from suppression.sql.integration import TABLES as INTEGRATION_TABLES
 from suppression.sqlite import _parse_time, _time
 from suppression.store import open_store, sqlite_path
 
@@ -51,6 +53,21 @@ class Table:
     def names(self) -> list[str]:
         """The column names, in copy order."""
         return [name for name, _ in self.columns]
+
+
+def declared(table: schema.Table) -> Table:
+    """A table of suppression/sql/ as the copy sees it (its primary key, or id, orders it)."""
+    kinds: dict[schema.Kind, Kind] = {
+        "text": "text",
+        "key": "text",
+        "int": "int",
+        "bool": "bool",
+        "time": "time",
+        "id": "int",
+    }
+    columns = tuple((c.name, kinds[c.kind]) for c in table.columns)
+    order = ", ".join(table.primary) if table.primary else str(table.identity)
+    return Table(table.name, columns, order, identity=table.identity)
 
 
 TABLES: tuple[Table, ...] = (
@@ -108,6 +125,7 @@ TABLES: tuple[Table, ...] = (
             ("topic", "text"),
             ("class", "text"),
             ("at", "time"),
+            ("campaign", "text"),
         ),
         "message, sha256",
     ),
@@ -168,6 +186,7 @@ TABLES: tuple[Table, ...] = (
         ),
         "secret",
     ),
+    *(declared(table) for table in INTEGRATION_TABLES),
 )
 # bookkeeping of the schema itself (each store makes its own), not data
 NOT_COPIED = frozenset({"schema_version"})

@@ -30,10 +30,21 @@ def to_held(row: Sequence[Any], time: Callable[[Any], datetime] = _same) -> Held
     )
 
 
+LONGEST_WINDOW = 3600  # seconds: counters of windows that ended longer ago than this go
+
+
 def rate_slot(at: datetime, window: int) -> int:
-    """The start (unix seconds) of the fixed window ``at`` falls in."""
+    """The start (unix seconds) of the fixed window ``at`` falls in (at most an hour long:
+    limits of different windows share the table)."""
+    if not 0 < window <= LONGEST_WINDOW:
+        raise ValueError(f"a rate window is 1 to {LONGEST_WINDOW} seconds, not {window}")
     seconds = int(at.timestamp())
     return seconds - seconds % window
+
+
+def stale_slot(at: datetime) -> int:
+    """Counters of windows starting before this (unix seconds) are over for every window."""
+    return int(at.timestamp()) - LONGEST_WINDOW
 
 
 def within_limits(buckets: Sequence[tuple[str, int]], counts: dict[str, int]) -> bool:

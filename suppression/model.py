@@ -175,6 +175,7 @@ class Send:
     topic: str
     kind: str
     at: datetime
+    campaign: str | None = None  # X-Optgate-Campaign, the Feedback-ID's campaign
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,9 @@ import asyncio
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
+    Awaitable,
     Callable,
+    Iterable,
     Iterator,
     Mapping,
     Sequence,
@@ -14,7 +16,7 @@ from collections.abc import (
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -22,7 +24,7 @@ import asyncpg
 from suppression.address import Address
 from suppression.audit import GENESIS, Rekeying, event_body, link
 from suppression.errors import OptgateError, StoreError, StoreMissing
-from suppression.held_rows import HELD_COLUMNS, rate_slot, to_held, within_limits
+from suppression.held_rows import HELD_COLUMNS, rate_slot, stale_slot, to_held, within_limits
 from suppression.model import (
     AuditEvent,
     BatchResult,
@@ -81,6 +83,14 @@ from suppression.rows import (
     to_suppression,
     unique_items,
 )
+from suppression.sql.driver import Row
+from suppression.sql.integration import (
+    ERASE_OUTBOX,
+    SEND_CAMPAIGN,
+    Integration,
+)
+from suppression.sql.integration import TABLES as INTEGRATION_TABLES
+from suppression.sql.schema import AddColumn
 from suppression.statecheck import (
     ChainReport,
     Sum,
@@ -93,9 +103,11 @@ from suppression.statecheck import (
 )
 from suppression.store import Erasure, Holder, SubjectRecord
 
+T = TypeVar("T")
+
 # The same tables as the SQLite store (and the same `#`/`@` key prefixes), with
 # timestamps as timestamptz. Each entry is one schema version.
-MIGRATIONS: tuple[str, ...] = (
+MIGRATIONS: tuple[str | AddColumn, ...] = (
     """
     CREATE TABLE suppression (
         key TEXT COLLATE "C" NOT NULL,
@@ -207,6 +219,9 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX IF NOT EXISTS held_request_by_subject ON held_request (sha256);
     """,
+    # integration (issue 17): API keys, webhook endpoints and their outbox
+    "\n".join(table.ddl("postgresql") for table in INTEGRATION_TABLES),
+    SEND_CAMPAIGN,
 )
 KEYED_CHAIN = 5  # the schema version whose migration is _rekey
 
@@ -290,7 +305,46 @@ async def require_schema(url: str) -> None:
         await conn.close()
 
 
-class PostgresStore:
+class _Sql:
+    """The shared statements' driver on one pooled connection (suppression/sql/)."""
+
+    lock = "FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def fetch(self, statement: str, *args: object) -> list[Row]:
+        return list(await self._conn.fetch(statement, *args))
+
+    async def execute(self, statement: str, *args: object) -> int:
+        return _count(await self._conn.execute(statement, *args))
+
+    async def executemany(self, statement: str, rows: Iterable[Sequence[object]]) -> None:
+        await self._conn.executemany(statement, rows)
+
+    def time(self, value: Any) -> datetime:
+        return value  # type: ignore[no-any-return]
+
+
+class _Transaction(_Sql):
+    """A write transaction holding the audit chain lock."""
+
+    def __init__(self, store: PostgresStore, conn: Any) -> None:
+        super().__init__(conn)
+        self._store = store
+
+    async def audit(
+        self,
+        actor: str,
+        action: str,
+        subject: str | None,
+        detail: Mapping[str, object],
+        changed: Sequence[Suppression | Consent] = (),
+    ) -> int:
+        return await self._store._audit(self._conn, actor, action, subject, detail, changed)
+
+
+class PostgresStore(Integration):
     """Store on one PostgreSQL database, shared by any number of nodes."""
 
     def __init__(self, pool: asyncpg.Pool, url: str, audit_key: bytes) -> None:
@@ -358,7 +412,9 @@ class PostgresStore:
                     await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
                     await self._rekey(conn)
                 else:
-                    await conn.execute(script)
+                    await conn.execute(
+                        script.ddl("postgresql") if isinstance(script, AddColumn) else script
+                    )
                 await conn.execute("DELETE FROM schema_version")
                 await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
 
@@ -400,6 +456,18 @@ class PostgresStore:
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
                 return await work(conn)
 
+    async def _sql_write(self, work: Callable[[_Transaction], Awaitable[T]]) -> T:
+        async def run(conn: Any) -> T:
+            return await work(_Transaction(self, conn))
+
+        result: T = await self._write(run)
+        return result
+
+    async def _sql_read(self, work: Callable[[_Sql], Awaitable[T]]) -> T:
+        with self._errors("read"):
+            async with self._pool.acquire() as conn:
+                return await work(_Sql(conn))
+
     @staticmethod
     async def _head(conn: Any) -> tuple[int, str]:
         last = await conn.fetchrow("SELECT seq, digest FROM audit ORDER BY seq DESC LIMIT 1")
@@ -412,11 +480,14 @@ class PostgresStore:
         action: str,
         subject: str | None,
         detail: Mapping[str, object],
+        changed: Sequence[Suppression | Consent] = (),
     ) -> int:
-        """Append one chained audit event (inside the caller's locked transaction)."""
+        """Append one chained audit event (inside the caller's locked transaction) and the
+        webhook events of the rows it added or removed (``changed``)."""
         seq, prev = await self._head(conn)
         at = now()
         body = event_body(seq, at, actor, action, subject, detail)
+        digest = link(self._key, prev, body)
         await conn.execute(
             f"INSERT INTO audit ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             seq,
@@ -426,7 +497,16 @@ class PostgresStore:
             subject,
             body,
             prev,
-            link(self._key, prev, body),
+            digest,
+        )
+        await self._append_events(
+            _Sql(conn),
+            ref=digest,
+            at=at,
+            actor=actor,
+            action=action,
+            subject=subject,
+            changed=changed,
         )
         return seq
 
@@ -468,10 +548,11 @@ class PostgresStore:
                     )
                     keys = {row[0] for row in found}
                 subject, detail = suppress_event(unique, note, scope, source, added)
-                detail |= rows_detail(
+                records = list(
                     added_records(unique, scope=scope, source=source, event=seq, at=at, added=keys)
                 )
-                await self._audit(conn, actor, "suppress", subject, detail)
+                detail |= rows_detail(records)
+                await self._audit(conn, actor, "suppress", subject, detail, records)
             earlier = 0
             if run_since is not None and added != len(unique):
                 same = await conn.fetchval(
@@ -535,7 +616,7 @@ class PostgresStore:
                 if gone:
                     removed += 1
                     detail = {"scope": scope, **removed_detail(gone)}
-                    await self._audit(conn, actor, "unsuppress", key, detail)
+                    await self._audit(conn, actor, "unsuppress", key, detail, gone)
             return removed
 
         result: int = await self._write(work)
@@ -557,9 +638,10 @@ class PostgresStore:
         """Insert consent records and their audit event (inside the caller's transaction)."""
         event, _ = await self._head(conn)
         subject, detail = consent_event(consents)
-        detail |= rows_detail(consents=[replace(c, event=event) for c in consents])
-        await self._audit(conn, actor, "consent", subject, detail)
-        await self._insert_consents(conn, [replace(c, event=event) for c in consents])
+        records = [replace(c, event=event) for c in consents]
+        detail |= rows_detail(consents=records)
+        await self._audit(conn, actor, "consent", subject, detail, records)
+        await self._insert_consents(conn, records)
 
     @staticmethod
     async def _insert_consents(conn: Any, consents: Sequence[Consent]) -> None:
@@ -650,13 +732,16 @@ class PostgresStore:
             return
         # one row per (message, recipient), the last one wins (as INSERT OR REPLACE)
         latest = {(s.message, s.sha256): s for s in sends}
-        rows = [(s.message, s.sha256, s.topic, s.kind, _utc(s.at)) for s in latest.values()]
+        rows = [
+            (s.message, s.sha256, s.topic, s.kind, _utc(s.at), s.campaign) for s in latest.values()
+        ]
         with self._errors("write to"):
             await self._pool.execute(
-                "INSERT INTO send (message, sha256, topic, class, at) "
+                "INSERT INTO send (message, sha256, topic, class, at, campaign) "
                 "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
-                "$5::timestamptz[]) "
-                "ON CONFLICT (message, sha256) DO UPDATE SET at = excluded.at",
+                "$5::timestamptz[], $6::text[]) "
+                "ON CONFLICT (message, sha256) DO UPDATE SET at = excluded.at, "
+                "campaign = excluded.campaign",
                 *(list(column) for column in zip(*rows, strict=True)),
             )
 
@@ -796,6 +881,7 @@ class PostgresStore:
             )
             if revocations:
                 await self._insert_consents(conn, revocations)
+            await conn.execute(ERASE_OUTBOX, address.sha256, address.md5)
             detail = {
                 "cleared": cleared,
                 "revoked": len(revocations),
@@ -1177,7 +1263,7 @@ class PostgresStore:
         keys = sorted({key for key, _ in buckets})
         with self._errors("write to"):
             async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("DELETE FROM rate_window WHERE slot < $1", slot)
+                await conn.execute("DELETE FROM rate_window WHERE slot < $1", stale_slot(at))
                 await conn.executemany(
                     "INSERT INTO rate_window (key, slot, count) VALUES ($1, $2, 0) "
                     "ON CONFLICT DO NOTHING",

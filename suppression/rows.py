@@ -143,7 +143,14 @@ def added_records(
     for key, item in unique.items():
         if added is None or key in added:
             yield Suppression(
-                item.key, item.kind, scope, item.reason, source, item.created or at, event=event
+                item.key,
+                item.kind,
+                scope,
+                item.reason,
+                source,
+                item.created or at,
+                address=item.address,
+                event=event,
             )
 
 

@@ -7,18 +7,27 @@ import contextlib
 import functools
 import re
 import sqlite3
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from suppression.address import Address
 from suppression.audit import GENESIS, Rekeying, event_body, link
 from suppression.errors import OptgateError, StoreError, StoreMissing
-from suppression.held_rows import HELD_COLUMNS, rate_slot, to_held, within_limits
+from suppression.held_rows import HELD_COLUMNS, rate_slot, stale_slot, to_held, within_limits
 from suppression.model import (
     AuditEvent,
     BatchResult,
@@ -77,6 +86,14 @@ from suppression.rows import (
     to_suppression,
     unique_items,
 )
+from suppression.sql.driver import Row
+from suppression.sql.integration import (
+    ERASE_OUTBOX,
+    SEND_CAMPAIGN,
+    Integration,
+)
+from suppression.sql.integration import TABLES as INTEGRATION_TABLES
+from suppression.sql.schema import AddColumn
 from suppression.statecheck import (
     ChainReport,
     Sum,
@@ -89,7 +106,9 @@ from suppression.statecheck import (
 )
 from suppression.store import Erasure, Holder, SubjectRecord
 
-MIGRATIONS: tuple[str, ...] = (
+T = TypeVar("T")
+
+MIGRATIONS: tuple[str | AddColumn, ...] = (
     """
     CREATE TABLE suppression (
         key TEXT NOT NULL,
@@ -201,6 +220,9 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS held_request_by_subject ON held_request (sha256);
     """,
+    # integration (issue 17): API keys, webhook endpoints and their outbox
+    "\n".join(table.ddl("sqlite") for table in INTEGRATION_TABLES),
+    SEND_CAMPAIGN,
 )
 KEYED_CHAIN = 5  # the schema version whose migration is _rekey
 
@@ -242,6 +264,60 @@ def _marks(count: int) -> str:
 def _qmarks(sql: str) -> str:
     """A shared statement with SQLite's placeholders."""
     return re.sub(r"\$\d+", "?", sql)
+
+
+@functools.lru_cache(maxsize=256)
+def _numbered(sql: str) -> str:
+    """A shared statement with SQLite's numbered placeholders ($3 -> ?3: reusable, any order)."""
+    return re.sub(r"\$(\d+)", r"?\1", sql)
+
+
+def _arg(value: object) -> object:
+    """An argument as SQLite stores it: times as UTC text, booleans as 0/1."""
+    if isinstance(value, datetime):
+        return _time(value)
+    return int(value) if isinstance(value, bool) else value
+
+
+class _Sql:
+    """The shared statements' driver on the store's writer connection (suppression/sql/)."""
+
+    lock = ""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def fetch(self, statement: str, *args: object) -> list[Row]:
+        async with self._db.execute(_numbered(statement), [_arg(a) for a in args]) as cursor:
+            return list(await cursor.fetchall())
+
+    async def execute(self, statement: str, *args: object) -> int:
+        cursor = await self._db.execute(_numbered(statement), [_arg(a) for a in args])
+        return int(cursor.rowcount)
+
+    async def executemany(self, statement: str, rows: Iterable[Sequence[object]]) -> None:
+        await self._db.executemany(_numbered(statement), ([_arg(a) for a in r] for r in rows))
+
+    def time(self, value: Any) -> datetime:
+        return _parse_time(value)
+
+
+class _Transaction(_Sql):
+    """A write transaction of the store, with its audit chain."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        super().__init__(store._db)
+        self._store = store
+
+    async def audit(
+        self,
+        actor: str,
+        action: str,
+        subject: str | None,
+        detail: Mapping[str, object],
+        changed: Sequence[Suppression | Consent] = (),
+    ) -> int:
+        return await self._store._audit(actor, action, subject, detail, changed)
 
 
 def _partner(row: Sequence[Any]) -> Partner:
@@ -303,7 +379,7 @@ class GroupCommit:
                     waiter.set_result(None)
 
 
-class SQLiteStore:
+class SQLiteStore(Integration):
     """Store on one SQLite database file."""
 
     def __init__(
@@ -374,9 +450,29 @@ class SQLiteStore:
             if number == KEYED_CHAIN:
                 await self._write(functools.partial(self._rekey, number))
                 continue
+            if isinstance(script, AddColumn):
+                script = await self._column_script(script)
             await self._db.executescript(
                 f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
             )
+
+    async def _column_script(self, change: AddColumn) -> str:
+        """ALTER TABLE for a column the table lacks, else nothing (SQLite has no IF NOT
+        EXISTS for columns: a store set back to an older version runs this again)."""
+        async with self._db.execute(f"PRAGMA table_info({change.table})") as cursor:
+            present = {row[1] for row in await cursor.fetchall()}
+        return "" if change.column.name in present else change.ddl("sqlite")
+
+    async def _sql_write(self, work: Callable[[_Transaction], Awaitable[T]]) -> T:
+        async def run() -> T:
+            return await work(_Transaction(self))
+
+        result: T = await self._write(run)
+        return result
+
+    async def _sql_read(self, work: Callable[[_Sql], Awaitable[T]]) -> T:
+        with self._reading():
+            return await work(_Sql(self._db))
 
     async def _version(self) -> int:
         async with self._db.execute("PRAGMA user_version") as cursor:
@@ -455,16 +551,32 @@ class SQLiteStore:
         return (last[0] + 1, last[1]) if last else (1, GENESIS)
 
     async def _audit(
-        self, actor: str, action: str, subject: str | None, detail: Mapping[str, object]
+        self,
+        actor: str,
+        action: str,
+        subject: str | None,
+        detail: Mapping[str, object],
+        changed: Sequence[Suppression | Consent] = (),
     ) -> int:
-        """Append one chained audit event (inside the caller's transaction)."""
+        """Append one chained audit event (inside the caller's transaction) and the webhook
+        events of the rows it added or removed (``changed``)."""
         seq, prev = await self._head()
         at = now()
         body = event_body(seq, at, actor, action, subject, detail)
+        digest = link(self._key, prev, body)
         await self._db.execute(
             "INSERT INTO audit (seq, at, actor, action, subject, body, prev, digest) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (seq, _time(at), actor, action, subject, body, prev, link(self._key, prev, body)),
+            (seq, _time(at), actor, action, subject, body, prev, digest),
+        )
+        await self._append_events(
+            _Sql(self._db),
+            ref=digest,
+            at=at,
+            actor=actor,
+            action=action,
+            subject=subject,
+            changed=changed,
         )
         return seq
 
@@ -504,10 +616,11 @@ class SQLiteStore:
             if added:
                 keys = None if added == len(unique) else await self._added(list(unique), scope, seq)
                 subject, detail = suppress_event(unique, note, scope, source, added)
-                detail |= rows_detail(
+                rows = list(
                     added_records(unique, scope=scope, source=source, event=seq, at=at, added=keys)
                 )
-                await self._audit(actor, "suppress", subject, detail)
+                detail |= rows_detail(rows)
+                await self._audit(actor, "suppress", subject, detail, rows)
             earlier = await self._same_run(list(unique), scope, run_since, added)
             return batch_result(len(items), len(unique), added, earlier, seq)
 
@@ -566,7 +679,7 @@ class SQLiteStore:
                 if gone:
                     removed += 1
                     detail = {"scope": scope, **removed_detail(gone)}
-                    await self._audit(actor, "unsuppress", key, detail)
+                    await self._audit(actor, "unsuppress", key, detail, gone)
             return removed
 
         result: int = await self._write(work)
@@ -588,9 +701,10 @@ class SQLiteStore:
         """Insert consent records and their audit event (inside the caller's transaction)."""
         event, _ = await self._head()
         subject, detail = consent_event(consents)
-        detail |= rows_detail(consents=[replace(c, event=event) for c in consents])
-        await self._audit(actor, "consent", subject, detail)
-        await self._insert_consents([replace(c, event=event) for c in consents])
+        records = [replace(c, event=event) for c in consents]
+        detail |= rows_detail(consents=records)
+        await self._audit(actor, "consent", subject, detail, records)
+        await self._insert_consents(records)
 
     async def _insert_consents(self, consents: Sequence[Consent]) -> None:
         """Insert consent records as they are, their event included."""
@@ -691,9 +805,9 @@ class SQLiteStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(
-                "INSERT OR REPLACE INTO send (message, sha256, topic, class, at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(s.message, s.sha256, s.topic, s.kind, _time(s.at)) for s in sends],
+                "INSERT OR REPLACE INTO send (message, sha256, topic, class, at, campaign) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(s.message, s.sha256, s.topic, s.kind, _time(s.at), s.campaign) for s in sends],
             )
         except BaseException:
             db.execute("ROLLBACK")
@@ -826,6 +940,7 @@ class SQLiteStore:
                 ),
             )
             await self._insert_consents(revocations)
+            await self._db.execute(_numbered(ERASE_OUTBOX), (address.sha256, address.md5))
             detail = {
                 "cleared": cleared,
                 "revoked": len(revocations),
@@ -1260,7 +1375,7 @@ class SQLiteStore:
         keys = sorted({key for key, _ in buckets})
 
         async def work() -> bool:
-            await self._db.execute("DELETE FROM rate_window WHERE slot < ?", (slot,))
+            await self._db.execute("DELETE FROM rate_window WHERE slot < ?", (stale_slot(at),))
             counts = dict(
                 await self._all(
                     f"SELECT key, count FROM rate_window WHERE slot = ? "

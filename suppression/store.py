@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from suppression.address import Address
+from suppression.apikeys import ApiKey
 from suppression.errors import StoreError, StoreMissing
 from suppression.model import (
     AuditEvent,
@@ -24,7 +25,10 @@ from suppression.model import (
     Send,
     Suppression,
 )
+from suppression.outbox import Delivery, Webhook
 from suppression.partners import Claim, CopyState, Offer, OfferState, OfferStatus, Partner
+from suppression.rates import Counts
+from suppression.sql.integration import SuppressionFilter
 from suppression.statecheck import ChainReport
 
 
@@ -67,7 +71,78 @@ class Holder:
         return tuple(c.purpose for c in self.consents if c.granted)
 
 
-class Store(Protocol):
+class ApiKeys(Protocol):
+    """The REST API's keys (suppression/apikeys.py): digests only."""
+
+    async def add_api_key(self, key: ApiKey, *, actor: str) -> None:
+        """Store a key; a name a live key has is an error. Audited."""
+
+    async def api_keys(self) -> list[ApiKey]:
+        """Every key, revoked ones too, by name."""
+
+    async def api_key(self, key_id: str) -> ApiKey | None:
+        """One key by its id, or None."""
+
+    async def revoke_api_key(self, name: str, at: datetime, *, actor: str) -> bool:
+        """Revoke the live key of that name; False if there is none. Audited."""
+
+
+class Webhooks(Protocol):
+    """Webhook endpoints and the outbox their deliveries wait in (suppression/outbox.py).
+
+    Every audited change of a suppression or a consent adds its events to the outbox in
+    its own transaction; deliveries are leased, settled by their owner, retried, or dead.
+    """
+
+    async def add_webhook(self, hook: Webhook, *, actor: str) -> None:
+        """Register an endpoint; a name in use is an error. Audited."""
+
+    async def webhooks(self) -> list[Webhook]:
+        """Every endpoint, by name."""
+
+    async def remove_webhook(self, name: str, *, actor: str) -> bool:
+        """Remove an endpoint and its deliveries; False if unknown. Audited."""
+
+    async def rotate_webhook(self, name: str, secret: str, until: datetime, *, actor: str) -> bool:
+        """Sign with a new secret, the old one valid until ``until``. Audited."""
+
+    async def claim_deliveries(
+        self, owner: str, limit: int, *, at: datetime, until: datetime
+    ) -> list[Delivery]:
+        """Lease deliveries due at ``at`` until ``until``."""
+
+    async def delivered(self, owner: str, delivery: int, status: str, at: datetime) -> bool:
+        """Mark this owner's delivery done; False if it is not this owner's any more."""
+
+    async def undelivered(
+        self, owner: str, delivery: int, status: str, due: datetime | None
+    ) -> bool:
+        """A failed attempt: due again at ``due``, or dead (None)."""
+
+    async def deliveries(self, state: str | None, limit: int) -> list[Delivery]:
+        """The latest deliveries (of one state, or all), newest first."""
+
+    async def outbox_counts(self) -> dict[str, int]:
+        """Deliveries per state."""
+
+    async def retry_deliveries(self, ids: Sequence[int] | None, at: datetime, *, actor: str) -> int:
+        """Make dead deliveries due again (those ids, or all); how many. Audited."""
+
+    async def prune_deliveries(self, before: datetime) -> int:
+        """Forget deliveries done before a time."""
+
+
+class Listings(Protocol):
+    """What the REST API reads beyond the command line's reports."""
+
+    async def list_suppressions(self, f: SuppressionFilter, limit: int) -> list[Suppression]:
+        """One page of suppressions in key order after ``f.after``."""
+
+    async def rates(self, since: datetime) -> list[Counts]:
+        """Sends and the opt-outs after them per topic and campaign, since a time."""
+
+
+class Store(ApiKeys, Webhooks, Listings, Protocol):
     """Suppressions, consents and the audit log, behind one async interface."""
 
     async def suppress(
@@ -168,7 +243,8 @@ class Store(Protocol):
     ) -> bool:
         """Count one event in each (key, limit) bucket's current fixed window of ``window``
         seconds if every one is below its limit, for every node at once; if any is full,
-        change nothing and return False. Counts of earlier windows are dropped."""
+        change nothing and return False. Windows are at most an hour long (limits of
+        several windows share the counters); counts of windows over for an hour go."""
 
     async def hold_request(self, request: HeldRequest, *, actor: str) -> HeldRequest:
         """Keep a request until its link is used (audited); the one on record if its
