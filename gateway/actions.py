@@ -20,14 +20,18 @@ from gateway.pipeline import purpose_of
 from gateway.policy import MessageClass, Rules, Verdict, decide, scopes_for
 from gateway.stores import read_anchor, write_anchor
 from suppression.address import Address, identity, md5_identity, normalize, normalize_domain
+from suppression.errors import OptgateError
 from suppression.model import (
     BatchResult,
     Consent,
     ImportItem,
     Reason,
     Suppression,
+    check_name,
     now,
 )
+from suppression.partners import OfferStatus, Partner, UnknownPartner
+from suppression.rates import COMPLAINT_LIMIT, Counts
 from suppression.statecheck import ChainReport
 from suppression.store import Store
 
@@ -381,3 +385,107 @@ async def verify(store: Store, anchor: Path, expect: Sequence[tuple[int, str]]) 
         except OSError as exc:
             unrecorded = str(exc.strerror)
     return Verified(report, anchored, anchor, unrecorded)
+
+
+_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def since(text: str, *, at: datetime | None = None) -> datetime:
+    """A period's start: a duration back from now (``7d``, ``12h``, ``30m``) or an ISO 8601
+    time with its offset; OptgateError otherwise."""
+    text = text.strip()
+    number, unit = text[:-1], text[-1:].lower()
+    if number.isdigit() and unit in _UNITS:
+        return (at or now()) - timedelta(seconds=int(number) * _UNITS[unit])
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise OptgateError(
+            f"{text!r} is neither a duration (7d, 12h, 30m) nor a time with its offset "
+            "(2025-05-01T00:00:00Z)"
+        )
+    return parsed
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """Per topic (its campaigns' sum) and per campaign: sent, opted out, rates, flags."""
+
+    since: datetime
+    rows: tuple[Counts, ...]
+
+    def topics(self) -> list[tuple[Counts, list[Counts]]]:
+        """Each topic's total with its campaigns (mail without a campaign is one of them)."""
+        grouped: dict[str, list[Counts]] = {}
+        for row in self.rows:
+            grouped.setdefault(row.topic, []).append(row)
+        totals = []
+        for topic, rows in grouped.items():
+            total = Counts(topic, None, 0)
+            for row in rows:
+                total = total.plus(row)
+            totals.append((total, rows))
+        return totals
+
+    def as_json(self) -> dict[str, object]:
+        """What ``report rates --json`` prints and the API answers."""
+        return {
+            "since": self.since.isoformat(),
+            "complaint_limit": COMPLAINT_LIMIT,
+            "topics": [
+                {**total.as_json(), "campaigns": [row.as_json() for row in rows]}
+                for total, rows in self.topics()
+            ],
+        }
+
+
+async def rates(store: Store, start: datetime) -> Rates:
+    """Sent, unsubscribed, bounced and complained per topic and campaign since ``start``
+    (opt-outs count for the last marketing copy their recipient got before them)."""
+    return Rates(start, tuple(await store.rates(start)))
+
+
+# --- partners -------------------------------------------------------------------------
+
+
+async def known_partner(store: Store, name: str) -> Partner:
+    """The partner of that name; UnknownPartner when there is none."""
+    partner = await store.partner(check_name(name, "partner"))
+    if partner is None:
+        raise UnknownPartner(f"no partner named {name!r}: see optgate partner list")
+    return partner
+
+
+def shown(count: int, k: int) -> int | str:
+    """A count a partner may see: below k as "<k", else rounded down to a multiple of k.
+
+    Rounding keeps a small count from being worked out as the difference of
+    two larger ones (audience minus sent, say).
+    """
+    if k <= 1:
+        return count
+    return f"<{k}" if count < k else count - count % k
+
+
+def partner_view(status: OfferStatus, k: int) -> dict[str, object]:
+    """One offer as its partner may see it: aggregate counts only."""
+    return {
+        "offer": status.id,
+        "submitted": status.created.isoformat(),
+        "topic": status.topic,
+        "state": status.state.value,
+        "audience": shown(status.audience, k),
+        "sent": shown(status.sent, k),
+        "suppressed": shown(status.suppressed, k),
+        "bounced": shown(status.bounced, k),
+        "unsubscribed": shown(status.unsubscribed, k),
+    }
+
+
+async def partner_report(store: Store, name: str, k: int) -> dict[str, Any]:
+    """A partner's offers with counts of at least k only (what the partner may be shown)."""
+    partner = await known_partner(store, name)
+    views = [partner_view(s, k) for s in await store.offer_statuses(partner.name)]
+    return {"partner": partner.name, "threshold": k, "offers": views}

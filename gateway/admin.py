@@ -21,11 +21,12 @@ from gateway.optin import request_consent
 from gateway.policy import Rules
 from gateway.stores import opened
 from suppression.address import normalize
+from suppression.apikeys import check_scopes, new_key
 from suppression.audit import parse_head
 from suppression.errors import OptgateError
 from suppression.formats import ExportRecord, read_rows, write_records
 from suppression.importing import Summary, import_consents, import_suppressions
-from suppression.model import Reason, Source, check_name, parse_scope
+from suppression.model import Reason, Source, check_name, now, parse_scope
 from suppression.partners import UnknownPartner
 from suppression.store import Store
 
@@ -446,4 +447,38 @@ async def log_id(args: argparse.Namespace, config: Config) -> int:
             print(f"{logs.digest(value)}  {value}")
         else:
             print(f"{logs.recipient_id(normalize(value).sha256)}  {value}")
+    return 0
+
+
+async def api_key_add(args: argparse.Namespace, config: Config) -> int:
+    """optgate api-key add: make a key, store its digest, print it (the only time)."""
+    text, key = new_key(args.name, check_scopes(args.scopes))
+    async with opened_store(config) as store:
+        await store.add_api_key(key, actor=args.actor)
+    print(f"API key {key.name} ({', '.join(key.scopes)}) added; it is shown only now:")
+    print(f"  {text}")
+    print(f"send it as 'Authorization: Bearer KEY' to the admin listener ({config.api.listen})")
+    return 0
+
+
+async def api_key_list(args: argparse.Namespace, config: Config) -> int:
+    """optgate api-key list: one line per key (never the key itself)."""
+    async with opened_store(config) as store:
+        keys = await store.api_keys()
+    for key in keys:
+        state = f"revoked {_utc(key.revoked)}" if key.revoked else "active"
+        print(f"{key.name}\t{','.join(key.scopes)}\tsince {_utc(key.created)}\t{state}")
+    if not keys:
+        print("no API keys: add one with optgate api-key add NAME --scope read")
+    return 0
+
+
+async def api_key_revoke(args: argparse.Namespace, config: Config) -> int:
+    """optgate api-key revoke: the key of that name stops working at once, on every node."""
+    name = check_name(args.name, "API key name")
+    async with opened_store(config) as store:
+        revoked = await store.revoke_api_key(name, now(), actor=args.actor)
+    if not revoked:
+        raise OptgateError(f"no live API key named {name!r}: optgate api-key list shows them")
+    print(f"API key {name} revoked")
     return 0

@@ -320,6 +320,29 @@ def _partner_commands(group: Group) -> None:
         cmd.set_defaults(change=change)
 
 
+def _api_key_commands(group: Group) -> None:
+    top = group.add_parser("api-key", help="keys of the REST API (on the admin listener)")
+    sub = top.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = _command(
+        sub,
+        "add",
+        "gateway.admin:api_key_add",
+        "make a key; prints it once (the store keeps a digest)",
+    )
+    add.add_argument("name", metavar="NAME")
+    add.add_argument(
+        "--scope",
+        dest="scopes",  # (not --scope's dest: that one is a suppression scope, checked)
+        action="append",
+        required=True,
+        metavar="SCOPE",
+        help="read, write or erase; repeat it or give a list (read,write)",
+    )
+    _command(sub, "list", "gateway.admin:api_key_list", "list the keys (never the keys themselves)")
+    revoke = _command(sub, "revoke", "gateway.admin:api_key_revoke", "revoke a key at once")
+    revoke.add_argument("name", metavar="NAME")
+
+
 def _version() -> str:
     from importlib.metadata import version
 
@@ -340,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_commands(group)
     _ingest_command(group)
     _partner_commands(group)
+    _api_key_commands(group)
     return parser
 
 

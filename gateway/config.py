@@ -233,10 +233,39 @@ class Web:
 
 @dataclass(frozen=True)
 class Api:
-    """The admin listener: /metrics and /healthz (and the REST API to come), never public."""
+    """The admin listener: the REST API (/api/v1), /metrics and /healthz; never public."""
 
     listen: str = _opt(
         "127.0.0.1:8081", "host:port of the admin listener (runs with the web part); empty: off"
+    )
+    rate_limit: int = _opt(
+        600, "API requests a minute per key, counted over all workers and nodes; 0: no limit"
+    )
+    max_body: int = _opt(1048576, "largest API request body in bytes; 413 beyond it")
+    max_items: int = _opt(10000, "addresses one API request may name; 400 beyond it")
+
+
+@dataclass(frozen=True)
+class Webhooks:
+    """Signed webhooks out (Standard Webhooks) to the endpoints of `optgate webhooks add`."""
+
+    include_address: bool = _opt(
+        False,
+        "events carry the address (else only its SHA-256) for endpoints that do not say "
+        "(webhooks add --include-address / --hash-only)",
+    )
+    timeout: int = _opt(10, "seconds an endpoint has to answer one delivery")
+    retry_seconds: int = _opt(
+        5, "wait before the first retry; each further one waits twice as long, at most an hour"
+    )
+    give_up_after: int = _opt(
+        86400, "seconds after its event a delivery that keeps failing is given up (dead)"
+    )
+    lease: int = _opt(60, "seconds a node holds the deliveries it claimed before another may")
+    batch: int = _opt(50, "deliveries a node claims and sends at once")
+    keep_days: int = _opt(7, "days delivered events stay listed (webhooks list)")
+    rotation_hours: int = _opt(
+        24, "hours the old secret still signs after webhooks rotate (both signatures sent)"
     )
 
 
@@ -390,6 +419,7 @@ class Config:
     unsubscribe: Unsubscribe = field(default_factory=Unsubscribe)
     web: Web = field(default_factory=Web)
     api: Api = field(default_factory=Api)
+    webhooks: Webhooks = field(default_factory=Webhooks)
     dkim: Dkim = field(default_factory=Dkim)
     inbound: Inbound = field(default_factory=Inbound)
     partners: Partners = field(default_factory=Partners)

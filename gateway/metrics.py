@@ -73,6 +73,25 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemostrecent",
         )
+        self.api_requests = Counter(
+            "optgate_api_requests",
+            "REST API requests by operation and HTTP status",
+            ["operation", "status"],
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "optgate_webhook_deliveries",
+            "Webhook delivery attempts: delivered, failed (retried later), dead (given up)",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_backlog = Gauge(
+            "optgate_webhook_backlog",
+            "Webhook deliveries waiting (pending, or dead: given up), at the last look",
+            ["state"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self.lookup_seconds = Histogram(
             "optgate_store_lookup_seconds",
             "Time of one lookup_many (all recipients of a message)",

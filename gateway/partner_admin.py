@@ -7,51 +7,17 @@ import asyncio
 import json
 import sys
 
+from gateway import actions
+from gateway.actions import known_partner
 from gateway.admin import opened_store, output_file
 from gateway.config import Config
 from suppression.formats import ExportRecord, write_records
 from suppression.model import Reason, check_name, now
 from suppression.partners import (
-    OfferStatus,
     Partner,
-    UnknownPartner,
     hash_credential,
     new_credential,
 )
-from suppression.store import Store
-
-
-async def _known(store: Store, name: str) -> Partner:
-    partner = await store.partner(check_name(name, "partner"))
-    if partner is None:
-        raise UnknownPartner(f"no partner named {name!r}: see optgate partner list")
-    return partner
-
-
-def shown(count: int, k: int) -> int | str:
-    """A count a partner may see: below k as "<k", else rounded down to a multiple of k.
-
-    Rounding keeps a small count from being worked out as the difference of
-    two larger ones (audience minus sent, say).
-    """
-    if k <= 1:
-        return count
-    return f"<{k}" if count < k else count - count % k
-
-
-def partner_view(status: OfferStatus, k: int) -> dict[str, object]:
-    """One offer as its partner may see it: aggregate counts only."""
-    return {
-        "offer": status.id,
-        "submitted": status.created.isoformat(),
-        "topic": status.topic,
-        "state": status.state.value,
-        "audience": shown(status.audience, k),
-        "sent": shown(status.sent, k),
-        "suppressed": shown(status.suppressed, k),
-        "bounced": shown(status.bounced, k),
-        "unsubscribed": shown(status.unsubscribed, k),
-    }
 
 
 async def partner_add(args: argparse.Namespace, config: Config) -> int:
@@ -96,12 +62,12 @@ async def partner_report(args: argparse.Namespace, config: Config) -> int:
     """Per offer: counts only, each at least k or shown as <k."""
     k = config.partners.report_threshold
     async with opened_store(config) as store:
-        partner = await _known(store, args.name)
-        views = [partner_view(s, k) for s in await store.offer_statuses(partner.name)]
+        report = await actions.partner_report(store, args.name, k)
+    views = report["offers"]
     if args.json:
-        print(json.dumps({"partner": partner.name, "threshold": k, "offers": views}, indent=2))
+        print(json.dumps(report, indent=2))
         return 0
-    print(f"partner {partner.name}: {len(views)} offer(s); counts below {k} show as <{k}")
+    print(f"partner {report['partner']}: {len(views)} offer(s); counts below {k} show as <{k}")
     for v in views:
         print(
             f"offer {v['offer']}\t{v['submitted']}\t{v['state']}\ttopic {v['topic'] or '-'}\t"
@@ -114,7 +80,7 @@ async def partner_report(args: argparse.Namespace, config: Config) -> int:
 async def partner_export_optouts(args: argparse.Namespace, config: Config) -> int:
     """Hashes (md5 or sha256) of the people who opted out of this partner's offers."""
     async with opened_store(config) as store:
-        partner = await _known(store, args.name)
+        partner = await known_partner(store, args.name)
         optouts = await store.partner_optouts(partner.name)
     at, scope = now(), f"partner:{partner.name}"
     records = (
@@ -135,7 +101,7 @@ async def partner_offers(args: argparse.Namespace, config: Config) -> int:
     """Offers (of one partner, or all) with exact counts: for the operator, not the partner."""
     async with opened_store(config) as store:
         if args.name:
-            await _known(store, args.name)
+            await known_partner(store, args.name)
         statuses = await store.offer_statuses(args.name)
     for s in statuses:
         print(

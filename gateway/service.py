@@ -19,7 +19,8 @@ from aiosmtpd.smtp import SMTP
 
 from gateway import auditwatch, logs
 from gateway.admin_web import make_admin_app
-from gateway.api import add_consent_api
+from gateway.api.legacy import add_consent_api
+from gateway.api.routes import Api
 from gateway.config import Config, host_port
 from gateway.fanout import FanOut
 from gateway.footers import Footers
@@ -31,6 +32,7 @@ from gateway.metrics import Metrics
 from gateway.optin import request_consent
 from gateway.pipeline import Branding, Pipeline, Verp
 from gateway.policy import Rules
+from gateway.ratelimit import MINUTE, SharedLimiter
 from gateway.relay import Relay
 from gateway.server import (
     ANYONE,
@@ -145,7 +147,13 @@ async def running(
                 _web(config, store, signer, metrics, reuse_port)
             )
             if config.api.listen:
-                admin = make_admin_app(store=store, metrics=metrics)
+                api = Api(
+                    config,
+                    store,
+                    metrics,
+                    minute_limiter(config, store) if config.api.rate_limit else None,
+                )
+                admin = make_admin_app(store=store, metrics=metrics, api=api)
                 api_port = await stack.enter_async_context(
                     _http(admin, config.api.listen, "[api] listen", reuse_port)
                 )
@@ -320,8 +328,9 @@ async def _partners(
         # partners connect from anywhere and authenticate; the session limit still holds
         admission = Admission(ANYONE, config.smtp.max_sessions, sessions)
         idle = config.smtp.timeout
+        limiter = minute_limiter(config, store)
         async with listening(
-            config.partners, store, hostname, idle, worker.wake, reuse_port, admission
+            config.partners, store, hostname, idle, worker.wake, reuse_port, admission, limiter
         ) as port:
             yield port
     finally:
@@ -344,12 +353,19 @@ async def _web(
         metrics=metrics,
         settings=WebSettings.from_config(config),
         held=Held.from_config(config, store),
+        limiter=minute_limiter(config, store),
     )
     if config.web.api_keys:
         requester = functools.partial(request_consent, config, store, actor="api")
         add_consent_api(app, requester, config.web.api_keys)
     async with _http(app, config.web.listen, "[web] listen", reuse_port) as bound:
         yield bound
+
+
+def minute_limiter(config: Config, store: Store) -> SharedLimiter:
+    """Per-minute limits counted in the store, sources keyed with the token key."""
+    key = load_keys(Path(config.unsubscribe.key_file))[0]
+    return SharedLimiter(store, key, window=MINUTE)
 
 
 @contextlib.asynccontextmanager

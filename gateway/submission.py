@@ -29,7 +29,7 @@ from cryptography.x509.oid import NameOID
 from gateway import keygen
 from gateway.config import Partners, host_port
 from gateway.pipeline import header_values
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import SharedLimiter
 from gateway.server import Admission, GateSMTP, session_error
 from suppression.errors import ConfigError, OptgateError
 from suppression.model import check_name, now
@@ -136,33 +136,41 @@ def _pass_credentials(
 class Intake:
     """The handler: authenticates partners, admits audience recipients, stores offers."""
 
-    def __init__(self, store: Store, settings: Partners, accepted: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Partners,
+        accepted: Callable[[], None],
+        limiter: SharedLimiter,
+    ) -> None:
         self._store, self._settings, self._accepted = store, settings, accepted
         self.in_flight: set[asyncio.Task[Any]] = set()
-        limit = settings.auth_per_minute
-        self._attempts = RateLimiter(limit) if limit else None
-        # guesses spread over many client addresses: the same limit per partner name (all
-        # unknown names share one), except from an address that name logged in from before
-        self._per_name = RateLimiter(limit) if limit else None
+        # AUTH attempts a minute per client address, and (guesses spread over many client
+        # addresses) per partner name, all unknown names sharing one, except from an address
+        # that name logged in from before (remembered by this worker); counted in the store
+        self._limit = settings.auth_per_minute
+        self._limiter = limiter
         self._trusted: dict[str, set[str]] = {}
 
     async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
         """AUTH PLAIN, parsed by aiosmtpd, checked against the store."""
-        if self._throttled(server):
+        if await self._throttled(server):
             return AuthResult(success=False, handled=False, message=AUTH_THROTTLED)
         return await self._check(server, await SMTP.auth_PLAIN(server, server, args))
 
     async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
         """AUTH LOGIN, parsed by aiosmtpd, checked against the store."""
-        if self._throttled(server):
+        if await self._throttled(server):
             return AuthResult(success=False, handled=False, message=AUTH_THROTTLED)
         return await self._check(server, await SMTP.auth_LOGIN(server, server, args))
 
-    def _throttled(self, server: SMTP) -> bool:
-        """Whether this client address is over its AUTH attempts a minute (logged)."""
-        if self._attempts is None:
-            return False
-        if self._attempts.wait(_client(server)) == 0.0:
+    async def _throttled(self, server: SMTP) -> bool:
+        """Whether this client address is over its AUTH attempts a minute (logged); a store
+        that cannot count says no (its error is the login's to report)."""
+        try:
+            if await self._limiter.take([("auth-client", _client(server), self._limit)]):
+                return False
+        except OptgateError:
             return False
         log.warning("partner_auth_throttled", by="client")
         return True
@@ -177,10 +185,8 @@ class Intake:
             return AuthResult(success=False, handled=False, message=AUTH_UNAVAILABLE)
         client = _client(server)
         known = partner is not None and client in self._trusted.get(partner.name, ())
-        if (
-            self._per_name is not None
-            and not known
-            and self._per_name.wait(partner.name if partner else "") > 0.0
+        if not known and not await self._limiter.take(
+            [("auth-partner", partner.name if partner else "?", self._limit)]
         ):
             log.warning("partner_auth_throttled", by="partner")
             return AuthResult(success=False, handled=False, message=AUTH_THROTTLED)
@@ -296,12 +302,14 @@ async def listening(
     accepted: Callable[[], None],
     reuse_port: bool,
     admission: Admission,
+    limiter: SharedLimiter,
 ) -> AsyncIterator[int]:
     """The submission listener (``accepted()`` after each stored offer, ``admission`` at
-    connect); yields the bound port; on exit drains offers in flight."""
+    connect, ``limiter`` a minute's window for AUTH attempts); yields the bound port; on
+    exit drains offers in flight."""
     host, port = host_port(settings.listen, "[partners] listen")
     context = tls_context(settings, hostname)
-    intake = Intake(store, settings, accepted)
+    intake = Intake(store, settings, accepted, limiter)
     implicit = settings.tls == "implicit"
     loop = asyncio.get_running_loop()
     try:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from gateway.config import Config
 from gateway.footers import Footers
 from gateway.held import Held
 from gateway.metrics import Metrics
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import SharedLimiter
 from gateway.tokens import Claims, InvalidToken, TokenSigner
 from gateway.wording import LANGUAGES
 from suppression.address import normalize
@@ -222,6 +221,7 @@ class _Endpoint:
         metrics: Metrics,
         settings: WebSettings,
         held: Held | None = None,
+        limiter: SharedLimiter | None = None,
     ) -> None:
         self.store, self.signer, self.metrics, self.held = store, signer, metrics, held
         self.versions = settings.consent_versions
@@ -235,7 +235,8 @@ class _Endpoint:
         )
         self.prefix = URL(settings.base_url).path.rstrip("/")
         self.proxies = networks(settings.trusted_proxies)
-        self.limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
+        self.rate_limit = settings.rate_limit
+        self.limiter = limiter if settings.rate_limit else None
 
     # --- tokens, addresses, evidence ---------------------------------------------------
 
@@ -549,17 +550,22 @@ class _Endpoint:
 
     @web.middleware
     async def limit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """429 and Retry-After once a client's bucket is empty; genuine one-clicks pass."""
-        assert self.limiter is not None  # installed only with a limit
-        if request.path in UNLIMITED:
+        """429 and Retry-After once a client used up this minute's requests (counted in
+        the store, so over every worker and node); genuine one-clicks pass uncounted."""
+        limiter = self.limiter
+        assert limiter is not None  # installed only with a limit
+        if request.path in UNLIMITED or self.genuine_one_click(request):
             return await handler(request)
-        delay = self.limiter.wait(self.ip(request))
-        if delay and not self.genuine_one_click(request):
+        try:
+            allowed = await limiter.take([("web", self.ip(request), self.rate_limit)])
+        except StoreError:
+            allowed = True  # the store's trouble is the handler's to report
+        if not allowed:
             log.warning("web_rate_limited", route=_route(request))
             look = self.look_for(request)
             page = pages.problem(look, "too_many_title", "too_many_text")
             response = _html(look, page, 429)
-            response.headers["Retry-After"] = str(math.ceil(delay))
+            response.headers["Retry-After"] = str(limiter.retry_after())
             return response
         return await handler(request)
 
@@ -617,12 +623,16 @@ def make_app(
     metrics: Metrics,
     settings: WebSettings,
     held: Held | None = None,
+    limiter: SharedLimiter | None = None,
 ) -> web.Application:
     """The web endpoint as an aiohttp application; run it without an access log (IPs, tokens).
 
-    With ``held``, the links of held requests (/r) and the lift form (/lift) are routed too.
+    With ``held``, the links of held requests (/r) and the lift form (/lift) are routed too;
+    ``limiter`` (a minute's window) counts each client's requests when ``rate_limit`` is set.
     """
-    endpoint = _Endpoint(store, signer, metrics, settings, held)
+    if settings.rate_limit and limiter is None:
+        raise ValueError("a rate limit needs a limiter")
+    endpoint = _Endpoint(store, signer, metrics, settings, held, limiter)
     middlewares = [endpoint.limit, endpoint.errors] if endpoint.limiter else [endpoint.errors]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     anonymous(app, secure=True)

@@ -529,7 +529,7 @@ class SQLiteStore(Integration):
         async with self._writing:
             try:
                 await self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
+            except (sqlite3.OperationalError, ValueError) as exc:  # ValueError: closed
                 raise StoreError(f"cannot write to SQLite store {self._path}: {exc}") from None
             try:
                 result = await work()

@@ -8,7 +8,7 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-from gateway.partner_admin import shown
+from gateway.actions import shown
 from suppression.address import normalize
 from suppression.model import PARTNER_OFFERS, Consent, ImportItem, Reason, now
 from suppression.partners import CopyState, check_credential

@@ -1,8 +1,10 @@
-"""The web API: what a sign-up form's back end calls. Bearer keys from ``[web] api_keys``.
+"""The public listener's one API route, kept for sign-up back ends written before the
+REST API: bearer keys from ``[web] api_keys``.
 
 ``POST /api/consent-requests`` with ``{"address": ..., "purpose": ...}`` mails a
-double opt-in confirmation link (see gateway/optin.py); nothing counts as
-consent until the recipient confirms.
+double opt-in confirmation link (gateway/optin.py ``request_consent``, which
+``POST /api/v1/consent-requests`` on the admin listener calls too); nothing counts
+as consent until the recipient confirms.
 """
 
 from __future__ import annotations
