@@ -8,8 +8,11 @@ import contextlib
 import json
 import sys
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO, TypeVar
+
+from yarl import URL
 
 from gateway import actions, logs
 from gateway.config import Config
@@ -27,6 +30,7 @@ from suppression.errors import OptgateError
 from suppression.formats import ExportRecord, read_rows, write_records
 from suppression.importing import Summary, import_consents, import_suppressions
 from suppression.model import Reason, Source, check_name, now, parse_scope
+from suppression.outbox import PendingState, Webhook, check_events, new_secret
 from suppression.partners import UnknownPartner
 from suppression.store import Store
 
@@ -481,4 +485,82 @@ async def api_key_revoke(args: argparse.Namespace, config: Config) -> int:
     if not revoked:
         raise OptgateError(f"no live API key named {name!r}: optgate api-key list shows them")
     print(f"API key {name} revoked")
+    return 0
+
+
+async def webhooks_add(args: argparse.Namespace, config: Config) -> int:
+    """optgate webhooks add: register an endpoint; print its signing secret (once)."""
+    url = URL(args.url)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise OptgateError(f"{args.url!r} is not an http:// or https:// URL")
+    name = check_name(args.name or url.host.lower(), "webhook name")
+    events = check_events(args.events)
+    hook = Webhook(name, str(url), events, args.include_address, new_secret(), now())
+    async with opened_store(config) as store:
+        await store.add_webhook(hook, actor=args.actor)
+    default = "addresses" if config.webhooks.include_address else "hashes only"
+    shown = {True: "addresses", False: "hashes only", None: f"{default} ([webhooks])"}
+    print(f"webhook {name} added: {url} gets {', '.join(events)}; {shown[hook.include_address]}")
+    print(f"its signing secret (Standard Webhooks), shown only now:\n  {hook.secret}")
+    return 0
+
+
+async def webhooks_list(args: argparse.Namespace, config: Config) -> int:
+    """optgate webhooks list: the endpoints and their backlog; --failed: the dead ones."""
+    async with opened_store(config) as store:
+        if args.failed:
+            dead = await store.deliveries(PendingState.DEAD, args.limit)
+            for d in dead:
+                print(
+                    f"{d.id}\t{d.webhook}\t{d.type}\t{d.uid}\tevent {_utc(d.created)}\t"
+                    f"{d.attempts} attempt(s)\tlast: {d.status}"
+                )
+            if not dead:
+                print("no failed deliveries")
+            return 1 if dead else 0
+        hooks, counts = await store.webhooks(), await store.outbox_counts()
+    for hook in hooks:
+        rotating = f"\trotating until {_utc(hook.previous_until)}" if hook.previous_until else ""
+        address = {True: "addresses", False: "hashes", None: "default"}[hook.include_address]
+        print(f"{hook.name}\t{hook.url}\t{','.join(hook.events)}\t{address}{rotating}")
+    if not hooks:
+        print("no webhooks: add one with optgate webhooks add URL --events all")
+    states = (PendingState.PENDING, PendingState.DELIVERED, PendingState.DEAD)
+    print("deliveries: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in states))
+    return 0
+
+
+async def webhooks_remove(args: argparse.Namespace, config: Config) -> int:
+    """optgate webhooks remove: the endpoint and its deliveries."""
+    async with opened_store(config) as store:
+        if not await store.remove_webhook(check_name(args.name, "webhook name"), actor=args.actor):
+            raise OptgateError(f"no webhook named {args.name!r}: optgate webhooks list")
+    print(f"webhook {args.name} removed, with its deliveries")
+    return 0
+
+
+async def webhooks_rotate(args: argparse.Namespace, config: Config) -> int:
+    """optgate webhooks rotate: a new secret; the old one signs too for rotation_hours."""
+    secret = new_secret()
+    until = now() + timedelta(hours=config.webhooks.rotation_hours)
+    async with opened_store(config) as store:
+        name = check_name(args.name, "webhook name")
+        if not await store.rotate_webhook(name, secret, until, actor=args.actor):
+            raise OptgateError(f"no webhook named {args.name!r}: optgate webhooks list")
+    print(f"webhook {name}: new signing secret, shown only now:\n  {secret}")
+    print(f"deliveries carry both signatures until {_utc(until)}; then only the new one")
+    return 0
+
+
+async def webhooks_retry(args: argparse.Namespace, config: Config) -> int:
+    """optgate webhooks retry: make failed (dead) deliveries due again."""
+    if not args.ids and not args.all:
+        raise OptgateError(
+            "name the deliveries to retry (ids from webhooks list --failed) or --all"
+        )
+    async with opened_store(config) as store:
+        count = await store.retry_deliveries(
+            None if args.all else args.ids, now(), actor=args.actor
+        )
+    print(f"{count} failed deliver{'y' if count == 1 else 'ies'} due again")
     return 0

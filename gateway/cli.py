@@ -343,6 +343,58 @@ def _api_key_commands(group: Group) -> None:
     revoke.add_argument("name", metavar="NAME")
 
 
+def _webhook_commands(group: Group) -> None:
+    top = group.add_parser("webhooks", help="signed webhooks out (Standard Webhooks)")
+    sub = top.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = _command(
+        sub, "add", "gateway.admin:webhooks_add", "register an endpoint; prints its secret once"
+    )
+    add.add_argument("url", metavar="URL")
+    add.add_argument(
+        "--events",
+        action="append",
+        required=True,
+        metavar="TYPES",
+        help="all, or suppression.added, suppression.removed, consent.given, "
+        "consent.confirmed, consent.revoked, subject.erased (a list, or repeated)",
+    )
+    add.add_argument("--name", help="its name (default: the URL's host)")
+    address = add.add_mutually_exclusive_group()
+    address.add_argument(
+        "--include-address",
+        dest="include_address",
+        action="store_const",
+        const=True,
+        help="events carry the address (the company's own CRM)",
+    )
+    address.add_argument(
+        "--hash-only",
+        dest="include_address",
+        action="store_const",
+        const=False,
+        help="events carry the SHA-256 only (default: as [webhooks] include_address says)",
+    )
+    listing = _command(
+        sub, "list", "gateway.admin:webhooks_list", "endpoints and deliveries; --failed: dead ones"
+    )
+    listing.add_argument(
+        "--failed", action="store_true", help="the deliveries given up on (exit 1 if any)"
+    )
+    listing.add_argument("--limit", type=_count, default=100, metavar="N")
+    remove = _command(sub, "remove", "gateway.admin:webhooks_remove", "remove an endpoint")
+    remove.add_argument("name", metavar="NAME")
+    rotate = _command(
+        sub,
+        "rotate",
+        "gateway.admin:webhooks_rotate",
+        "a new signing secret; the old one signs too for [webhooks] rotation_hours",
+    )
+    rotate.add_argument("name", metavar="NAME")
+    retry = _command(sub, "retry", "gateway.admin:webhooks_retry", "send failed deliveries again")
+    retry.add_argument("ids", nargs="*", type=int, metavar="ID")
+    retry.add_argument("--all", action="store_true", help="every failed delivery")
+
+
 def _version() -> str:
     from importlib.metadata import version
 
@@ -364,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     _ingest_command(group)
     _partner_commands(group)
     _api_key_commands(group)
+    _webhook_commands(group)
     return parser
 
 

@@ -48,6 +48,7 @@ from gateway.stores import open_configured
 from gateway.submission import listening
 from gateway.tokens import TokenSigner
 from gateway.web import WebSettings, make_app
+from gateway.webhooks import delivering
 from suppression.errors import ConfigError
 from suppression.store import Store
 
@@ -159,6 +160,8 @@ async def running(
                 )
         if audit_watch and config.store.verify_minutes > 0:
             await stack.enter_async_context(_audit_watch(config, metrics))
+        # every worker of every node delivers a share of the webhook outbox
+        await stack.enter_async_context(delivering(store, config.webhooks, metrics))
         partners_port = 0
         if "smtp" in parts and config.partners.listen:
             partners_port = await stack.enter_async_context(

@@ -106,6 +106,9 @@ class Webhooks(Protocol):
     async def rotate_webhook(self, name: str, secret: str, until: datetime, *, actor: str) -> bool:
         """Sign with a new secret, the old one valid until ``until``. Audited."""
 
+    async def deliveries_due(self, at: datetime) -> bool:
+        """Whether any delivery is due (a read)."""
+
     async def claim_deliveries(
         self, owner: str, limit: int, *, at: datetime, until: datetime
     ) -> list[Delivery]:

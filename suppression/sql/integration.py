@@ -391,6 +391,19 @@ class Integration:
 
     # --- deliveries -------------------------------------------------------------------
 
+    async def deliveries_due(self, at: datetime) -> bool:
+        """Whether any delivery is due (a read: an idle outbox takes no write lock)."""
+
+        async def work(sql: Sql) -> bool:
+            rows = await sql.fetch(
+                f"SELECT 1 FROM outbox WHERE state = '{PendingState.PENDING}' AND due <= $1 "
+                "LIMIT 1",
+                at,
+            )
+            return bool(rows)
+
+        return await self._sql_read(work)
+
     async def claim_deliveries(
         self, owner: str, limit: int, *, at: datetime, until: datetime
     ) -> list[Delivery]:
