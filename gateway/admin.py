@@ -32,6 +32,7 @@ from suppression.importing import Summary, import_consents, import_suppressions
 from suppression.model import Reason, Source, check_name, now, parse_scope
 from suppression.outbox import PendingState, Webhook, check_events, new_secret
 from suppression.partners import UnknownPartner
+from suppression.rates import COUNTED, Counts
 from suppression.store import Store
 
 EXPORT_PAGE = 5000
@@ -564,3 +565,34 @@ async def webhooks_retry(args: argparse.Namespace, config: Config) -> int:
         )
     print(f"{count} failed deliver{'y' if count == 1 else 'ies'} due again")
     return 0
+
+
+def _rate_line(row: Counts) -> str:
+    def part(name: str) -> str:
+        count = getattr(row, name)
+        return f"{name} {count} ({row.rate(count):.2%})"
+
+    flag = {"over": "  OVER Gmail's 0.3% complaint line", "above-target": "  above 0.1%"}
+    counted = ", ".join(part(name) for name in COUNTED)
+    return f"sent {row.sent}, {counted}{flag.get(row.flag, '')}"
+
+
+async def report_rates(args: argparse.Namespace, config: Config) -> int:
+    """optgate report rates: per topic and campaign; 1 if any is over Gmail's 0.3% line."""
+    start = actions.since(args.since)
+    async with opened_store(config) as store:
+        report = await actions.rates(store, start)
+    over = any(row.flag == "over" for row in report.rows) or any(
+        total.flag == "over" for total, _ in report.topics()
+    )
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+        return 1 if over else 0
+    print(f"since {_utc(report.since)}: opt-outs count for the last marketing copy before them")
+    for total, rows in report.topics():
+        print(f"{total.topic}: {_rate_line(total)}")
+        for row in rows:
+            print(f"  campaign {row.campaign or '(none)'}: {_rate_line(row)}")
+    if not report.rows:
+        print("no marketing mail sent in this period")
+    return 1 if over else 0

@@ -206,6 +206,17 @@ def _other_commands(group: Group) -> None:
         "list opt-outs that were followed by marketing mail; exit 1 if any",
     )
     _json(compliance)
+    rates = _command(
+        sub,
+        "rates",
+        "gateway.admin:report_rates",
+        "sent, unsubscribed, bounced, complained per topic and campaign; exit 1 if "
+        "complaints reach Gmail's 0.3%",
+    )
+    rates.add_argument(
+        "--since", default="7d", help="a duration back (7d, 12h, 30m) or a time (default 7d)"
+    )
+    _json(rates)
     _dkim_commands(group)
     _command(
         group,
