@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any, BinaryIO, TextIO
+from typing import Any, TextIO
 
 from gateway.config import Config
 from gateway.demo import run_demo
@@ -22,12 +22,8 @@ from gateway.pipeline import verdict
 from gateway.policy import MessageClass, Rules
 from suppression.address import identity, md5_identity, normalize, normalize_domain
 from suppression.errors import InvalidAddress, OptgateError
-from suppression.formats import ExportRecord, read_rows, write_records
-from suppression.importing import Summary, import_consents, import_suppressions
 from suppression.model import Consent, ImportItem, Reason, Source, check_name, now, parse_scope
 from suppression.store import Store, open_store
-
-EXPORT_PAGE = 5000
 
 
 @contextlib.asynccontextmanager
@@ -38,19 +34,6 @@ async def opened_store(config: Config) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
-
-
-@contextlib.contextmanager
-def _input(name: str) -> Iterator[BinaryIO]:
-    if name == "-":
-        yield sys.stdin.buffer
-        return
-    try:
-        handle = Path(name).open("rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise OptgateError(f"cannot read {name}: {exc.strerror}") from None
-    with handle:
-        yield handle
 
 
 @contextlib.contextmanager
@@ -74,17 +57,6 @@ def _target(text: str, keep: bool) -> ImportItem:
         return ImportItem(identity(domain), "domain", domain, Reason.MANUAL)
     address = normalize(text)
     return ImportItem(address.sha256, "sha256", address.normalized if keep else None, Reason.MANUAL)
-
-
-def _progress(stream: IO[str]) -> Any:
-    if not stream.isatty():
-        return None
-
-    def show(summary: Summary) -> None:
-        stream.write(f"\r{summary.read:,} rows read, {summary.added:,} added")
-        stream.flush()
-
-    return show
 
 
 async def suppress_add(args: argparse.Namespace, config: Config) -> int:
@@ -137,63 +109,6 @@ async def suppress_check(args: argparse.Namespace, config: Config) -> int:
     return 1 if found else 0
 
 
-async def suppress_import(args: argparse.Namespace, config: Config) -> int:
-    """optgate suppress import."""
-    scope = parse_scope(args.scope)
-    reason = Reason(args.reason) if args.reason else None
-    name = "<stdin>" if args.file == "-" else args.file
-    # the audit log is never erased: a file name that looks like an address stays out
-    shown = Path(name).name
-    note = {"file": "(withheld)" if "@" in shown else shown, "format": args.format}
-    with _input(args.file) as handle:
-        async with opened_store(config) as store:
-            summary = await import_suppressions(
-                store,
-                read_rows(handle, args.format, name),
-                scope=scope,
-                reason=reason,
-                actor=args.actor,
-                note=note,
-                keep_addresses=config.store.keep_addresses,
-                progress=_progress(sys.stderr),
-            )
-    if sys.stderr.isatty():
-        sys.stderr.write("\n")
-    print(summary)
-    return 0
-
-
-async def suppress_export(args: argparse.Namespace, config: Config) -> int:
-    """optgate suppress export (streams)."""
-    scope = parse_scope(args.scope) if args.scope else None
-    async with opened_store(config) as store:
-        with output_file(args.output) as out:
-            written, skipped = await _export_stream(store, scope, args.format, out)
-    print(f"exported {written}, skipped {skipped}", file=sys.stderr)
-    return 0
-
-
-async def _export_stream(store: Store, scope: str | None, fmt: str, out: TextIO) -> tuple[int, int]:
-    """Write suppressions page by page, so memory stays flat; (written, skipped)."""
-    written = skipped = 0
-    page: list[ExportRecord] = []
-
-    def flush() -> None:
-        nonlocal written, skipped
-        result = write_records(page, fmt, out, header=written + skipped == 0)
-        written, skipped = written + result.written, skipped + result.skipped
-        page.clear()
-
-    async for s in store.iter_suppressions(scope):
-        page.append(
-            ExportRecord(s.key, s.address, s.scope, s.reason.value, s.source, s.created, s.kind)
-        )
-        if len(page) == EXPORT_PAGE:
-            flush()
-    flush()
-    return written, skipped
-
-
 async def _consent(args: argparse.Namespace, config: Config, granted: bool) -> int:
     purpose = check_name(args.purpose, "purpose")
     keep = config.store.keep_addresses
@@ -236,58 +151,6 @@ async def consent_request(args: argparse.Namespace, config: Config) -> int:
             state = "sent" if outcome.delivered else f"NOT sent ({outcome.code} {outcome.message})"
             print(f"{text}\tconfirmation request {state}")
     return 1 if failed else 0
-
-
-async def consent_import(args: argparse.Namespace, config: Config) -> int:
-    """optgate consent import."""
-    purpose = check_name(args.purpose, "purpose")
-    name = "<stdin>" if args.file == "-" else args.file
-    with _input(args.file) as handle:
-        async with opened_store(config) as store:
-            summary = await import_consents(
-                store,
-                read_rows(handle, args.format, name),
-                purpose=purpose,
-                source=args.source,
-                version=args.policy_version,
-                actor=args.actor,
-                keep_addresses=config.store.keep_addresses,
-            )
-    print(summary)
-    return 0
-
-
-def _consent_row(c: Consent) -> dict[str, Any]:
-    return {
-        "email": c.address or "",
-        "sha256": c.sha256,
-        "purpose": c.purpose,
-        "state": "granted" if c.granted else "revoked",
-        "source": c.source,
-        "policy_version": c.policy_version or "",
-        "created": c.created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "evidence": c.evidence or "",
-    }
-
-
-async def consent_export(args: argparse.Namespace, config: Config) -> int:
-    """optgate consent export: every record, in order (csv or jsonl)."""
-    import csv
-
-    purpose = check_name(args.purpose, "purpose") if args.purpose else None
-    async with opened_store(config) as store:
-        with output_file(args.output) as out:
-            writer: Any = None
-            async for consent in store.iter_consents(purpose):
-                row = _consent_row(consent)
-                if args.format == "jsonl":
-                    out.write(json.dumps(row) + "\n")
-                    continue
-                if writer is None:
-                    writer = csv.DictWriter(out, fieldnames=list(row), lineterminator="\n")
-                    writer.writeheader()
-                writer.writerow(row)
-    return 0
 
 
 def _jsonable(record: Any) -> dict[str, Any]:

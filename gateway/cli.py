@@ -13,12 +13,14 @@ from typing import Any
 
 import uvloop
 
-from gateway import admin, ingest, partner_admin, storecopy, workers
+from gateway import admin, bulk, ingest, partner_admin, storecopy, workers
 from gateway.config import Config, load
 from gateway.workers import default_count
 from suppression.errors import OptgateError
-from suppression.formats import READ_FORMATS, WRITE_FORMATS, FormatError
+from suppression.formats import READ_FORMATS
 from suppression.model import Reason
+from suppression.textio import FormatError
+from suppression.writers import CONSENT_FORMATS, WRITE_FORMATS
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR, EXIT_USAGE = 0, 1, 2, 64
 
@@ -36,6 +38,10 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 def _scope(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scope", default="global", help="global, topic:NAME or partner:NAME")
+
+
+def _json_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--json", action="store_true", help=help_text)
 
 
 def _command(
@@ -65,15 +71,26 @@ def _suppress_commands(group: argparse._SubParsersAction[argparse.ArgumentParser
         sub, "check", admin.suppress_check, "show suppressions; exit 1 if any is suppressed"
     )
     check.add_argument("addresses", nargs="+", metavar="ADDR")
-    imp = _command(sub, "import", admin.suppress_import, "bulk import a file ('-' is stdin)")
+    imp = _command(
+        sub, "import", bulk.suppress_import, "bulk import a file ('-' is stdin), all or nothing"
+    )
     imp.add_argument("file", metavar="FILE")
     imp.add_argument("--format", choices=READ_FORMATS, default="auto")
-    _scope(imp)
+    imp.add_argument(
+        "--scope", help="the scope of rows without one (default global); rows in another fail"
+    )
     imp.add_argument("--reason", choices=reasons, help="override the reason rows carry")
-    exp = _command(sub, "export", admin.suppress_export, "bulk export")
+    imp.add_argument(
+        "--allow-subscribed",
+        action="store_true",
+        help="import a list whose status column says subscribed (normally refused)",
+    )
+    _json_option(imp, "print the summary as one JSON object (stdout)")
+    exp = _command(sub, "export", bulk.suppress_export, "bulk export")
     exp.add_argument("--format", choices=WRITE_FORMATS, default="csv")
     exp.add_argument("--scope", help="only this scope (default: all)")
     exp.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    _json_option(exp, "print the summary as one JSON object (stderr)")
 
 
 def _consent_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -93,16 +110,20 @@ def _consent_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     request.add_argument("addresses", nargs="+", metavar="ADDR")
     request.add_argument("--purpose", required=True, help="a topic name or partner-offers")
-    imp = _command(sub, "import", admin.consent_import, "bulk import consents")
+    imp = _command(sub, "import", bulk.consent_import, "bulk import consents, all or nothing")
     imp.add_argument("file", metavar="FILE")
-    imp.add_argument("--purpose", required=True)
+    imp.add_argument(
+        "--purpose", help="the purpose of rows without a purpose column; rows for another fail"
+    )
     imp.add_argument("--format", choices=("auto", "csv", "jsonl", "plain"), default="auto")
-    imp.add_argument("--source", default="import")
-    imp.add_argument("--policy-version", metavar="V")
-    exp = _command(sub, "export", admin.consent_export, "export consent records")
+    imp.add_argument("--source", default="import", help="the source of rows without one")
+    imp.add_argument("--policy-version", metavar="V", help="the version of rows without one")
+    _json_option(imp, "print the summary as one JSON object (stdout)")
+    exp = _command(sub, "export", bulk.consent_export, "export consent records")
     exp.add_argument("--purpose", help="only this purpose")
-    exp.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    exp.add_argument("--format", choices=CONSENT_FORMATS, default="csv")
     exp.add_argument("-o", "--output", metavar="FILE")
+    _json_option(exp, "print the summary as one JSON object (stderr)")
 
 
 def _dkim_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 from gateway.admin import opened_store, output_file
 from gateway.config import Config
-from suppression.formats import ExportRecord, write_records
 from suppression.model import Reason, check_name, now
 from suppression.partners import (
     TRANSITIONS,
@@ -21,6 +20,7 @@ from suppression.partners import (
     new_credential,
 )
 from suppression.store import Store
+from suppression.writers import ExportRecord, write_records
 
 
 async def _known(store: Store, name: str) -> Partner:

@@ -77,17 +77,23 @@ def _simple(lowered: str) -> str | None:
     return lowered
 
 
-def normalize(raw: str) -> Address:
-    """Validate and normalise an address; raise InvalidAddress with the reason."""
+def normal_form(raw: str) -> str:
+    """The normalised form of a valid address (its identity is the SHA-256 of it);
+    InvalidAddress with the reason otherwise."""
     text = raw.strip()
-    lowered = text.lower()
-    normalized = _simple(lowered)
+    normalized = _simple(text.lower())
     if normalized is None:
         try:
             info = validate_email(text, check_deliverability=False, allow_smtputf8=True)
         except EmailNotValidError as exc:
             raise InvalidAddress(f"{text!r} is not a valid address: {exc}") from None
         normalized = info.normalized.lower()
+    return normalized
+
+
+def normalize(raw: str) -> Address:
+    """Validate and normalise an address; raise InvalidAddress with the reason."""
+    normalized = normal_form(raw)
     return Address(normalized, identity(normalized))
 
 

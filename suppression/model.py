@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from suppression.errors import OptgateError
 
@@ -132,6 +132,21 @@ class ImportItem:
     address: str | None
     reason: Reason
     created: datetime | None = None
+
+
+class ImportRow(NamedTuple):
+    """One validated row of a suppression import run, in its own scope, from its own
+    source (a NamedTuple, not a dataclass: an import makes one per line, and a frozen
+    dataclass costs three times as much to make)."""
+
+    key: str
+    kind: KeyKind
+    address: str | None
+    reason: Reason
+    scope: str
+    source: str
+    created: datetime | None = None  # None: the time of the import
+    evidence: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

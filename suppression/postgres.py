@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -12,7 +13,6 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -25,7 +25,6 @@ from suppression.errors import OptgateError, StoreError
 from suppression.model import (
     BatchResult,
     Consent,
-    ConsentItem,
     Facts,
     ImportItem,
     Ledger,
@@ -59,13 +58,11 @@ from suppression.partners import (
 )
 from suppression.rows import (
     CONSENT_COLUMNS,
-    CONSENT_STATEMENT,
     EVENT_COLUMNS,
     PAGE,
     SUPPRESSION_COLUMNS,
     batch_result,
     consent_event,
-    new_consents,
     stored_keys,
     suppress_event,
     suppression_rows,
@@ -74,7 +71,13 @@ from suppression.rows import (
     to_suppression,
     unique_items,
 )
-from suppression.store import ChainReport, Holder, SubjectRecord
+from suppression.store import (
+    ChainReport,
+    ConsentImport,
+    Holder,
+    SubjectRecord,
+    SuppressionImport,
+)
 
 # The same tables as the SQLite store (and the same `#`/`@` key prefixes), with
 # timestamps as timestamptz. Each entry is one schema version.
@@ -343,7 +346,6 @@ class PostgresStore:
         actor: str,
         evidence: str | None = None,
         note: Mapping[str, object] | None = None,
-        run_since: int | None = None,
     ) -> BatchResult:
         """Add suppressions in one transaction with one audit event (none if nothing is new)."""
         unique = unique_items(items)
@@ -363,20 +365,26 @@ class PostgresStore:
             if added:
                 subject, detail = suppress_event(unique, note, scope, source, added)
                 await self._audit(conn, actor, "suppress", subject, detail)
-            earlier = 0
-            if run_since is not None and added != len(unique):
-                same = await conn.fetchval(
-                    "SELECT count(*) FROM suppression "
-                    "WHERE scope = $1 AND event >= $2 AND key = ANY($3::text[])",
-                    scope,
-                    run_since,
-                    list(unique),
-                )
-                earlier = int(same) - added
-            return batch_result(len(items), len(unique), added, earlier, seq)
+            return batch_result(len(items), len(unique), added, seq)
 
         result: BatchResult = await self._write(work)
         return result
+
+    def suppression_import(
+        self, *, actor: str, note: Mapping[str, object]
+    ) -> contextlib.AbstractAsyncContextManager[SuppressionImport]:
+        """A suppression import run (suppression/postgres_imports.py)."""
+        from suppression import postgres_imports  # it builds on this module
+
+        return postgres_imports.suppression_run(self, actor, note)
+
+    def consent_import(
+        self, *, actor: str, note: Mapping[str, object]
+    ) -> contextlib.AbstractAsyncContextManager[ConsentImport]:
+        """A consent import run (suppression/postgres_imports.py)."""
+        from suppression import postgres_imports
+
+        return postgres_imports.consent_run(self, actor, note)
 
     @staticmethod
     async def _insert_suppressions(conn: Any, rows: list[tuple[Any, ...]]) -> int:
@@ -443,6 +451,11 @@ class PostgresStore:
         """Insert consent records and their audit event (inside the caller's transaction)."""
         subject, detail = consent_event(consents)
         event = await self._audit(conn, actor, "consent", subject, detail)
+        await self._insert_consents(conn, consents, event)
+
+    @staticmethod
+    async def _insert_consents(conn: Any, consents: Sequence[Consent], event: int) -> None:
+        """Insert consent records that point to an audit event (inside a transaction)."""
         rows = [
             (
                 c.sha256,
@@ -968,29 +981,3 @@ class PostgresStore:
         with self._errors("read"):
             rows = await self._pool.fetch(OPTOUTS_SQL, f"partner:{partner}")
         return [(row[0], row[1]) for row in rows]
-
-    # --- idempotent consent import ---
-
-    async def add_consents(
-        self, items: Sequence[ConsentItem], *, actor: str, run_since: int | None = None
-    ) -> BatchResult:
-        """Append the records not on record yet, with one audit event (none if nothing is new).
-
-        The lookup and the insert hold the audit chain lock, as every consent write does.
-        """
-
-        async def work(conn: Any) -> BatchResult:
-            seq, _ = await self._head(conn)
-            stored = await conn.fetch(
-                f"SELECT {CONSENT_STATEMENT} FROM consent "
-                "WHERE sha256 = ANY($1::text[]) AND purpose = ANY($2::text[])",
-                sorted({i.consent.sha256 for i in items}),
-                sorted({i.consent.purpose for i in items}),
-            )
-            fresh, result = new_consents(items, map(to_consent, stored), run_since)
-            if fresh:
-                await self._append_consents(conn, fresh, actor)
-            return replace(result, event=seq)
-
-        result: BatchResult = await self._write(work)
-        return result

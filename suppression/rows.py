@@ -140,14 +140,31 @@ def suppress_event(
     return subject, detail
 
 
-def batch_result(given: int, unique: int, added: int, earlier: int, event: int) -> BatchResult:
-    """Counts of a batch: ``earlier`` rows were added by a previous batch of the same run."""
-    return BatchResult(
-        added=added,
-        present=unique - added - earlier,
-        duplicates=given - unique + earlier,
-        event=event,
-    )
+def batch_result(given: int, unique: int, added: int, event: int) -> BatchResult:
+    """Counts of a batch of ``given`` rows with ``unique`` distinct keys."""
+    return BatchResult(added=added, present=unique - added, duplicates=given - unique, event=event)
+
+
+class RunAudit:
+    """What an import run's one audit event says, gathered batch by batch: the run's note
+    (file, format: read when the event is written, so a format detected on the way
+    counts), how many rows it read, and the SHA-256 of their stored keys in input order
+    (one per line, as ``keys_digest``); never an address."""
+
+    def __init__(self, note: Mapping[str, object]) -> None:
+        self._note = note
+        self._keys = hashlib.sha256()
+        self.rows = 0
+
+    def read(self, keys: Sequence[str]) -> None:
+        """Take a batch's keys."""
+        if keys:
+            self.rows += len(keys)
+            self._keys.update(("\n".join(keys) + "\n").encode())
+
+    def detail(self, **counts: object) -> dict[str, object]:
+        """The event's detail: the note, the counts given, the rows and their digest."""
+        return {**self._note, **counts, "rows": self.rows, "keys_sha256": self._keys.hexdigest()}
 
 
 def consent_event(consents: Sequence[Consent]) -> tuple[str | None, dict[str, object]]:

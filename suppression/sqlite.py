@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,7 +20,6 @@ from suppression.model import (
     AuditEvent,
     BatchResult,
     Consent,
-    ConsentItem,
     Facts,
     ImportItem,
     Ledger,
@@ -54,13 +53,11 @@ from suppression.partners import (
 )
 from suppression.rows import (
     CONSENT_COLUMNS,
-    CONSENT_STATEMENT,
     EVENT_COLUMNS,
     PAGE,
     SUPPRESSION_COLUMNS,
     batch_result,
     consent_event,
-    new_consents,
     stored_keys,
     suppress_event,
     suppression_rows,
@@ -69,7 +66,13 @@ from suppression.rows import (
     to_suppression,
     unique_items,
 )
-from suppression.store import ChainReport, Holder, SubjectRecord
+from suppression.store import (
+    ChainReport,
+    ConsentImport,
+    Holder,
+    SubjectRecord,
+    SuppressionImport,
+)
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -378,7 +381,6 @@ class SQLiteStore:
         actor: str,
         evidence: str | None = None,
         note: Mapping[str, object] | None = None,
-        run_since: int | None = None,
     ) -> BatchResult:
         """Add suppressions in one transaction with one audit event (none if nothing is new)."""
         unique = unique_items(items)
@@ -404,34 +406,26 @@ class SQLiteStore:
             if added:
                 subject, detail = suppress_event(unique, note, scope, source, added)
                 await self._audit(actor, "suppress", subject, detail)
-            earlier = await self._same_run(list(unique), scope, run_since, added)
-            return batch_result(len(items), len(unique), added, earlier, seq)
+            return batch_result(len(items), len(unique), added, seq)
 
         result: BatchResult = await self._write(work)
         return result
 
-    async def _same_run(
-        self, keys: list[str], scope: str, run_since: int | None, added: int
-    ) -> int:
-        """Keys ignored because an earlier batch of the same run added them.
+    def suppression_import(
+        self, *, actor: str, note: Mapping[str, object]
+    ) -> contextlib.AbstractAsyncContextManager[SuppressionImport]:
+        """A suppression import run (suppression/sqlite_imports.py)."""
+        from suppression import sqlite_imports  # it builds on this module
 
-        Rows carry the audit event that added them; an ignored key whose row
-        was added by an event of this run is a duplicate within the input,
-        not an address that was there before.
-        """
-        if added == len(keys) or run_since is None:
-            return 0
-        same = 0
-        for start in range(0, len(keys), PAGE):
-            chunk = keys[start : start + PAGE]
-            async with self._db.execute(
-                f"SELECT count(*) FROM suppression WHERE scope = ? AND event >= ? "
-                f"AND key IN ({_marks(len(chunk))})",
-                (scope, run_since, *chunk),
-            ) as cursor:
-                row = await cursor.fetchone()
-            same += int(row[0]) if row else 0
-        return same - added
+        return sqlite_imports.suppression_run(self, actor, note)
+
+    def consent_import(
+        self, *, actor: str, note: Mapping[str, object]
+    ) -> contextlib.AbstractAsyncContextManager[ConsentImport]:
+        """A consent import run (suppression/sqlite_imports.py)."""
+        from suppression import sqlite_imports
+
+        return sqlite_imports.consent_run(self, actor, note)
 
     async def unsuppress(self, keys: Sequence[str], *, scope: str, actor: str) -> int:
         """Delete suppressions of a scope; audited per key."""
@@ -467,7 +461,10 @@ class SQLiteStore:
     async def _append_consents(self, consents: Sequence[Consent], actor: str) -> None:
         """Insert consent records and their audit event (inside the caller's transaction)."""
         subject, detail = consent_event(consents)
-        event = await self._audit(actor, "consent", subject, detail)
+        await self._insert_consents(consents, await self._audit(actor, "consent", subject, detail))
+
+    async def _insert_consents(self, consents: Sequence[Consent], event: int) -> None:
+        """Insert consent records that point to an audit event (inside a transaction)."""
         await self._db.executemany(
             f"INSERT INTO consent ({CONSENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -1025,31 +1022,3 @@ class SQLiteStore:
             (f"partner:{partner}",),
             lambda row: (str(row[0]), row[1]),
         )
-
-    # --- idempotent consent import ---
-
-    async def add_consents(
-        self, items: Sequence[ConsentItem], *, actor: str, run_since: int | None = None
-    ) -> BatchResult:
-        """Append the records not on record yet, with one audit event (none if nothing is new)."""
-
-        async def work() -> BatchResult:
-            seq, _ = await self._head()
-            hashes = sorted({i.consent.sha256 for i in items})
-            purposes = sorted({i.consent.purpose for i in items})
-            stored: list[Consent] = []
-            for start in range(0, len(hashes), PAGE):
-                chunk = hashes[start : start + PAGE]
-                stored += await self._all(
-                    f"SELECT {CONSENT_STATEMENT} FROM consent WHERE sha256 IN "
-                    f"({_marks(len(chunk))}) AND purpose IN ({_marks(len(purposes))})",
-                    (*chunk, *purposes),
-                    _consent,
-                )
-            fresh, result = new_consents(items, stored, run_since)
-            if fresh:
-                await self._append_consents(fresh, actor)
-            return replace(result, event=seq)
-
-        result: BatchResult = await self._write(work)
-        return result

@@ -1,0 +1,191 @@
+"""The PostgreSQL store's import runs (suppression/store.py: SuppressionImport, ConsentImport).
+
+A part of PostgresStore in a module of its own: it uses the store's pool, error
+mapping and ``_audit``.
+
+A suppression run holds one connection and one transaction from start to end.
+Batches go by COPY into a temporary table of that transaction (ON COMMIT DROP:
+no other session sees it, and a kill, which ends the session, drops it);
+``commit`` takes the audit chain's lock only then, adds every staged row with
+one ``INSERT ... SELECT ... ORDER BY key ... ON CONFLICT DO NOTHING`` and
+appends the run's audit event, so other writers wait for the merge only. A
+consent run holds the lock from its first batch, since each batch is compared
+with the records on file, this run's own earlier ones included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from suppression.errors import StoreError
+from suppression.model import BatchResult, ConsentItem, ImportRow, now
+from suppression.postgres import _FAILURES, AUDIT_LOCK, PostgresStore, _count
+from suppression.rows import CONSENT_STATEMENT, RunAudit, new_consents, stored, to_consent
+
+_COLUMNS = ("n", "key", "kind", "scope", "address", "reason", "source", "evidence", "created")
+
+
+@contextlib.asynccontextmanager
+async def _transaction(store: PostgresStore) -> AsyncIterator[tuple[Any, Any]]:
+    """A pooled connection and its open transaction, rolled back unless the run committed
+    it; errors become StoreError."""
+    with store._errors("import into"):
+        async with store._pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                yield conn, transaction
+            finally:
+                if conn.is_in_transaction():  # not committed: an error, a run left early
+                    with contextlib.suppress(*_FAILURES):  # a lost connection rolls back too
+                        await transaction.rollback()
+
+
+@contextlib.asynccontextmanager
+async def suppression_run(
+    store: PostgresStore, actor: str, note: Mapping[str, object]
+) -> AsyncIterator[SuppressionRun]:
+    """The run's transaction and staging table; nothing stays unless it commits."""
+    async with _transaction(store) as (conn, transaction):
+        await conn.execute(
+            'CREATE TEMPORARY TABLE import_row (n BIGINT NOT NULL, key TEXT COLLATE "C" '
+            'NOT NULL, kind TEXT NOT NULL, scope TEXT COLLATE "C" NOT NULL, address TEXT, '
+            "reason TEXT NOT NULL, source TEXT NOT NULL, evidence TEXT, created TIMESTAMPTZ) "
+            "ON COMMIT DROP"
+        )
+        yield SuppressionRun(store, conn, transaction, actor, note)
+
+
+class SuppressionRun:
+    """Batches copied into the run's table, written by ``commit``."""
+
+    def __init__(
+        self,
+        store: PostgresStore,
+        conn: Any,
+        transaction: Any,
+        actor: str,
+        note: Mapping[str, object],
+    ) -> None:
+        self._store, self._conn, self._transaction = store, conn, transaction
+        self._actor = actor
+        self._audit = RunAudit(note)
+        self._counter = itertools.count()
+        self._scopes: set[str] = set()
+        self._sources: set[str] = set()
+
+    async def add(self, rows: Sequence[ImportRow]) -> None:
+        """COPY a batch into the run's table."""
+        records = [
+            (
+                next(self._counter),
+                row.key if row.kind == "sha256" else stored(row.key, row.kind),
+                row.kind,
+                row.scope,
+                row.address,
+                row.reason.value,
+                row.source,
+                row.evidence,
+                row.created,
+            )
+            for row in rows
+        ]
+        self._audit.read([record[1] for record in records])
+        self._scopes.update(row.scope for row in rows)
+        self._sources.update(row.source for row in rows)
+        with self._store._errors("import into"):
+            await self._conn.copy_records_to_table("import_row", records=records, columns=_COLUMNS)
+
+    async def commit(self) -> BatchResult:
+        """Take the audit lock, add the rows not there yet in key order, append the event."""
+        conn, staged = self._conn, self._audit.rows
+        with self._store._errors("import into"):
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
+            seq, _ = await self._store._head(conn)
+            status = await conn.execute(
+                "INSERT INTO suppression "
+                "(key, scope, kind, address, reason, source, evidence, created, event) "
+                "SELECT key, scope, kind, address, reason, source, evidence, "
+                "coalesce(created, $1), $2 FROM import_row ORDER BY key, scope, n "
+                "ON CONFLICT DO NOTHING",
+                now(),
+                seq,
+            )
+            added = _count(status)
+            unique = staged
+            if added != staged:
+                unique = int(
+                    await conn.fetchval(
+                        "SELECT count(*) FROM (SELECT DISTINCT key, scope FROM import_row) d"
+                    )
+                )
+            if added:
+                detail = self._audit.detail(
+                    added=added, scopes=sorted(self._scopes), sources=sorted(self._sources)
+                )
+                await self._store._audit(conn, self._actor, "suppress", None, detail)
+            await self._transaction.commit()
+        return BatchResult(added, unique - added, staged - unique, seq)
+
+
+@contextlib.asynccontextmanager
+async def consent_run(
+    store: PostgresStore, actor: str, note: Mapping[str, object]
+) -> AsyncIterator[ConsentRun]:
+    """The run's transaction, holding the audit chain's lock throughout."""
+    async with _transaction(store) as (conn, transaction):
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
+        seq, _ = await store._head(conn)
+        yield ConsentRun(store, conn, transaction, seq, actor, note)
+
+
+class ConsentRun:
+    """Batches appended inside the run's transaction, all pointing to its one event."""
+
+    def __init__(
+        self,
+        store: PostgresStore,
+        conn: Any,
+        transaction: Any,
+        event: int,
+        actor: str,
+        note: Mapping[str, object],
+    ) -> None:
+        self._store, self._conn, self._transaction = store, conn, transaction
+        self._event, self._actor = event, actor
+        self._audit = RunAudit(note)
+        self._granted = self._revoked = 0
+        self._purposes: set[str] = set()
+
+    async def add(self, items: Sequence[ConsentItem]) -> BatchResult:
+        """Append the batch's records not on record (nor added earlier by this run)."""
+        with self._store._errors("import into"):
+            known = await self._conn.fetch(
+                f"SELECT {CONSENT_STATEMENT} FROM consent "
+                "WHERE sha256 = ANY($1::text[]) AND purpose = ANY($2::text[])",
+                sorted({i.consent.sha256 for i in items}),
+                sorted({i.consent.purpose for i in items}),
+            )
+            fresh, result = new_consents(items, map(to_consent, known), self._event)
+            if fresh:
+                await self._store._insert_consents(self._conn, fresh, self._event)
+        self._audit.read([c.sha256 for c in fresh])
+        self._granted += sum(c.granted for c in fresh)
+        self._revoked += sum(not c.granted for c in fresh)
+        self._purposes.update(c.purpose for c in fresh)
+        return result
+
+    async def commit(self) -> None:
+        """Append the run's audit event (if it added anything) and commit."""
+        with self._store._errors("import into"):
+            if self._audit.rows:
+                detail = self._audit.detail(
+                    granted=self._granted, revoked=self._revoked, purposes=sorted(self._purposes)
+                )
+                event = await self._store._audit(self._conn, self._actor, "consent", None, detail)
+                if event != self._event:  # the lock is held: nobody else can append
+                    raise StoreError(f"audit chain moved in the import ({event}, {self._event})")
+            await self._transaction.commit()

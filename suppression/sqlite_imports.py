@@ -1,0 +1,217 @@
+"""The SQLite store's import runs (suppression/store.py: SuppressionImport, ConsentImport).
+
+A part of SQLiteStore in a module of its own: it works on the store's writer
+connection and lock, and appends to its audit chain through ``_audit``.
+
+Suppressions are staged in a private temporary database ATTACHed to the writer
+connection (``ATTACH ''``: SQLite deletes its file when it is detached or the
+process dies; no journal, no fsync), each batch in one short transaction that
+touches only that database. ``commit`` takes the write lock once and adds
+everything with one ``INSERT ... SELECT ... ORDER BY key``: SQLite sorts the
+run in bounded memory (spilling to temporary files) and then fills the
+primary key in order, which costs a fraction of inserting batches of random
+keys, each batch touching pages all over the index. A row is staged as its
+key, address and the number of its "shape" (kind, scope, reason, source),
+since every value bound costs time; times and evidence go in only for the
+rows that have them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import sqlite3
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+from suppression.errors import StoreError
+from suppression.model import BatchResult, ConsentItem, ImportRow, now
+from suppression.rows import CONSENT_STATEMENT, PAGE, RunAudit, new_consents, stored
+from suppression.sqlite import SQLiteStore, _consent, _marks, _time
+
+Shape = tuple[str, str, str, str]  # kind, scope, reason, source
+_RUNS = itertools.count(1)  # names of attached run databases, unique in the process
+SORT_THREADS = 2  # helper threads SQLite may use to sort a run (PRAGMA threads)
+
+
+@contextlib.asynccontextmanager
+async def suppression_run(
+    store: SQLiteStore, actor: str, note: Mapping[str, object]
+) -> AsyncIterator[SuppressionRun]:
+    """Attach the run's staging database; detach (and so delete) it at the end."""
+    name = f"import_{next(_RUNS)}"
+    db = store._db
+    async with store._writing:
+        await db.execute(f"ATTACH DATABASE '' AS {name}")
+        await db.execute(f"PRAGMA {name}.journal_mode = OFF")
+        await db.execute(f"PRAGMA {name}.synchronous = OFF")
+        await db.execute(
+            f"CREATE TABLE {name}.shape (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, "
+            "scope TEXT NOT NULL, reason TEXT NOT NULL, source TEXT NOT NULL)"
+        )
+        await db.execute(
+            f"CREATE TABLE {name}.row (key TEXT NOT NULL, shape INTEGER NOT NULL, "
+            "address TEXT NOT NULL, created TEXT, evidence TEXT)"
+        )
+    try:
+        yield SuppressionRun(store, name, actor, note)
+    finally:
+        async with store._writing:
+            await db.execute(f"DETACH DATABASE {name}")
+
+
+class SuppressionRun:
+    """Staged batches, written by ``commit``."""
+
+    def __init__(
+        self, store: SQLiteStore, name: str, actor: str, note: Mapping[str, object]
+    ) -> None:
+        self._store, self._name, self._actor = store, name, actor
+        self._shapes: dict[Shape, int] = {}
+        self._audit = RunAudit(note)
+
+    async def add(self, rows: Sequence[ImportRow]) -> None:
+        """Stage a batch in one transaction of the run's own database."""
+        shapes, fresh = self._shapes, []
+        plain: list[tuple[str, int, str]] = []
+        timed: list[tuple[str, int, str, str | None, str | None]] = []
+        for row in rows:
+            shape = (row.kind, row.scope, row.reason.value, row.source)
+            number = shapes.get(shape)
+            if number is None:
+                number = shapes[shape] = len(shapes) + 1
+                fresh.append((number, *shape))
+            key = row.key if row.kind == "sha256" else stored(row.key, row.kind)
+            if row.created is None and row.evidence is None:
+                plain.append((key, number, row.address or ""))
+            else:
+                when = _time(row.created) if row.created else None
+                timed.append((key, number, row.address or "", when, row.evidence))
+        self._audit.read([row[0] for row in plain] + [row[0] for row in timed])
+        db, name = self._store._db, self._name
+        async with self._store._writing:
+            await db.execute("BEGIN")
+            try:
+                await db.executemany(f"INSERT INTO {name}.shape VALUES (?, ?, ?, ?, ?)", fresh)
+                await db.executemany(
+                    f"INSERT INTO {name}.row (key, shape, address) VALUES (?, ?, ?)", plain
+                )
+                await db.executemany(f"INSERT INTO {name}.row VALUES (?, ?, ?, ?, ?)", timed)
+                await db.commit()
+            except BaseException:
+                await db.rollback()
+                raise
+
+    async def commit(self) -> BatchResult:
+        """Add the staged rows not there yet, in key order, with one audit event."""
+        store, db, name = self._store, self._store._db, self._name
+        staged = self._audit.rows
+
+        async def work() -> BatchResult:
+            seq, _ = await store._head()
+            await db.execute(f"PRAGMA threads = {SORT_THREADS}")
+            try:
+                cursor = await db.execute(
+                    "INSERT OR IGNORE INTO main.suppression "
+                    "(key, scope, kind, address, reason, source, evidence, created, event) "
+                    "SELECT r.key, s.scope, s.kind, nullif(r.address, ''), s.reason, s.source, "
+                    "r.evidence, coalesce(r.created, ?), ? "
+                    f"FROM {name}.row r JOIN {name}.shape s ON s.id = r.shape "
+                    "ORDER BY r.key, s.scope, r.rowid",
+                    (_time(now()), seq),
+                )
+            finally:
+                await db.execute("PRAGMA threads = 0")
+            added = cursor.rowcount
+            unique = staged if added == staged else await self._unique()
+            if added:
+                detail = self._audit.detail(
+                    added=added,
+                    scopes=sorted({shape[1] for shape in self._shapes}),
+                    sources=sorted({shape[3] for shape in self._shapes}),
+                )
+                await store._audit(self._actor, "suppress", None, detail)
+            return BatchResult(added, unique - added, staged - unique, seq)
+
+        result: BatchResult = await store._write(work)
+        return result
+
+    async def _unique(self) -> int:
+        """Distinct (key, scope) pairs staged (needed only when some were not added)."""
+        async with self._store._db.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {self._name}.row r "
+            f"JOIN {self._name}.shape s ON s.id = r.shape GROUP BY r.key, s.scope)"
+        ) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+
+@contextlib.asynccontextmanager
+async def consent_run(
+    store: SQLiteStore, actor: str, note: Mapping[str, object]
+) -> AsyncIterator[ConsentRun]:
+    """One IMMEDIATE transaction for the whole run, rolled back unless it commits."""
+    db = store._db
+    async with store._writing:
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"cannot write to SQLite store {store._path}: {exc}") from None
+        try:
+            seq, _ = await store._head()
+            run = ConsentRun(store, seq, actor, note)
+            yield run
+        except sqlite3.Error as exc:
+            await db.rollback()
+            raise StoreError(f"cannot write to SQLite store {store._path}: {exc}") from None
+        except BaseException:
+            await db.rollback()
+            raise
+        if not run.committed:
+            await db.rollback()
+
+
+class ConsentRun:
+    """Batches appended inside the run's transaction, all pointing to its one event."""
+
+    def __init__(
+        self, store: SQLiteStore, event: int, actor: str, note: Mapping[str, object]
+    ) -> None:
+        self._store, self._event, self._actor = store, event, actor
+        self._audit = RunAudit(note)
+        self._granted = self._revoked = 0
+        self._purposes: set[str] = set()
+        self.committed = False
+
+    async def add(self, items: Sequence[ConsentItem]) -> BatchResult:
+        """Append the batch's records not on record (nor added earlier by this run)."""
+        hashes = sorted({i.consent.sha256 for i in items})
+        purposes = sorted({i.consent.purpose for i in items})
+        known = []
+        for start in range(0, len(hashes), PAGE):
+            chunk = hashes[start : start + PAGE]
+            known += await self._store._all(
+                f"SELECT {CONSENT_STATEMENT} FROM consent WHERE sha256 IN "
+                f"({_marks(len(chunk))}) AND purpose IN ({_marks(len(purposes))})",
+                (*chunk, *purposes),
+                _consent,
+            )
+        fresh, result = new_consents(items, known, self._event)
+        if fresh:
+            await self._store._insert_consents(fresh, self._event)
+            self._audit.read([c.sha256 for c in fresh])
+            self._granted += sum(c.granted for c in fresh)
+            self._revoked += sum(not c.granted for c in fresh)
+            self._purposes.update(c.purpose for c in fresh)
+        return result
+
+    async def commit(self) -> None:
+        """Append the run's audit event (if it added anything) and commit."""
+        if self._audit.rows:
+            detail = self._audit.detail(
+                granted=self._granted, revoked=self._revoked, purposes=sorted(self._purposes)
+            )
+            event = await self._store._audit(self._actor, "consent", None, detail)
+            if event != self._event:  # the lock is held: nobody else can append
+                raise StoreError(f"audit chain moved during the import ({event} != {self._event})")
+        await self._store._db.commit()
+        self.committed = True
