@@ -17,10 +17,12 @@ from email_validator import EmailNotValidError, validate_email
 from suppression.errors import InvalidAddress
 
 # A strict subset of what email-validator accepts: dot-atom ASCII local part,
-# LDH labels, an alphabetic TLD. Anything else goes through email-validator.
+# LDH labels (no hyphen first or last: checked after the match, which is faster
+# than a pattern that backtracks over each label), an alphabetic TLD. Anything
+# else goes through email-validator.
 _SIMPLE = re.compile(
-    r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@((?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63})"
+    r"[a-z0-9!#$%&'*+/=?^_`{|}~-]++(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]++)*+"
+    r"@((?:[a-z0-9-]{1,63}\.)+[a-z]{2,63})"
 )
 # Special-use names email-validator refuses (RFC 6761 and friends).
 _SPECIAL_TLDS = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
@@ -72,9 +74,14 @@ def _simple(lowered: str) -> str | None:
     domain = match.group(1)
     # "--" marks Punycode (xn--, which email-validator turns into Unicode) or a
     # reserved label it refuses (ab--c): leave both to email-validator
-    if domain.rpartition(".")[2] in _SPECIAL_TLDS or "--" in domain:
+    if domain.rpartition(".")[2] in _SPECIAL_TLDS or ("-" in domain and _bad_hyphen(domain)):
         return None
     return lowered
+
+
+def _bad_hyphen(domain: str) -> bool:
+    """A hyphen that starts or ends a label, or two in a row."""
+    return "--" in domain or "-." in domain or ".-" in domain or domain[0] == "-"
 
 
 def normal_form(raw: str) -> str:

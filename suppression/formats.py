@@ -22,6 +22,7 @@ from suppression.fields import (
     DigestKind,
     Layout,
     Row,
+    address_row,
     loads,
     reason_of,
     restored,
@@ -260,7 +261,7 @@ def _read_plain(found: Blocks, source: str) -> Iterator[Row]:
             if not checked:
                 _check_plain(line, value, source)
                 checked = True
-            yield Row(line, value, "address")
+            yield address_row(line, value)
 
 
 def _check_plain(line: int, value: str, source: str) -> None:
@@ -337,7 +338,7 @@ def _read_csv(found: Blocks, source: str, keep_extra: bool) -> Iterator[Row]:
     for line, fields in chain([first], records):
         value = restored(fields[0].strip())
         if value:
-            yield Row(line, value, "address")
+            yield address_row(line, value)
 
 
 def _check_csv(line: int, value: str, source: str) -> None:

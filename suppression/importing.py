@@ -30,7 +30,7 @@ from typing import Protocol, TypeVar
 
 from suppression.address import identity, is_digest, normal_form, normalize_domain
 from suppression.errors import InvalidAddress, OptgateError
-from suppression.fields import Row
+from suppression.fields import Row, plain
 from suppression.model import (
     BatchResult,
     Consent,
@@ -47,7 +47,7 @@ from suppression.textio import FormatError
 
 T = TypeVar("T")
 
-BATCH = 20_000  # rows staged at a time: memory per batch, not per file
+BATCH = 10_000  # rows staged at a time: memory per batch, not per file
 SHOWN_INVALID = 5
 # what a status column says of a subscriber (Mailchimp, listmonk, CRMs): not an opt-out
 SUBSCRIBED = frozenset(
@@ -217,9 +217,15 @@ def suppression_converter(
     """Row -> ImportRow; None for a policy block (counted); InvalidAddress, RowError."""
     scopes = _Scopes(options.scope, source)
     keep, override, blocked = options.keep_addresses, options.reason, options.policy_block
-    imported, sha256 = Reason.IMPORTED, hashlib.sha256
+    imported, sha256, new = Reason.IMPORTED, hashlib.sha256, tuple.__new__
+    # what a row of an address alone becomes: the common case, on a path of its own
+    default = (override or imported, options.scope or "global", Source.IMPORT.value, None, None)
 
     def convert(row: Row) -> ImportRow | None:
+        if plain(row) and row[1][:1] != "@":
+            address = normal_form(row[1])
+            key = sha256(address.encode()).hexdigest()
+            return new(ImportRow, (key, "sha256", address if keep else None, *default))
         if row.status is not None and not options.allow_subscribed:
             _refuse_subscriber(row, source)
         reason = override or (_REASONS[row.reason] if row.reason else imported)
@@ -243,8 +249,8 @@ def suppression_converter(
             return ImportRow(identity(domain), "domain", domain, reason, scope, kept, created)
         address = normal_form(value)
         key = sha256(address.encode()).hexdigest()
-        plain = address if keep else None
-        return ImportRow(key, "sha256", plain, reason, scope, kept, created, evidence)
+        shown = address if keep else None
+        return ImportRow(key, "sha256", shown, reason, scope, kept, created, evidence)
 
     return convert
 
