@@ -20,20 +20,20 @@ from gateway.keygen import config_line, keygen
 from gateway.optin import request_consent
 from gateway.pipeline import verdict
 from gateway.policy import MessageClass, Rules
-from suppression.address import identity, md5_identity, normalize, normalize_domain
+from gateway.stores import opened, read_anchor, write_anchor
+from suppression.address import Address, identity, md5_identity, normalize, normalize_domain
+from suppression.audit import parse_head
 from suppression.errors import InvalidAddress, OptgateError
 from suppression.model import Consent, ImportItem, Reason, Source, check_name, now, parse_scope
-from suppression.store import Store, open_store
+from suppression.statecheck import ChainReport
+from suppression.store import Store
 
 
 @contextlib.asynccontextmanager
 async def opened_store(config: Config) -> AsyncIterator[Store]:
     """The configured store, closed on the way out."""
-    store = await open_store(config.store.url)
-    try:
+    async with opened(config, create=True) as store:
         yield store
-    finally:
-        await store.close()
 
 
 @contextlib.contextmanager
@@ -171,6 +171,15 @@ async def subject_show(args: argparse.Namespace, config: Config) -> int:
                 "sha256": address.sha256,
                 "suppressions": [_jsonable(s) for s in record.suppressions],
                 "consents": [_jsonable(c) for c in record.consents],
+                "sends": [
+                    {
+                        "message": send.message,
+                        "topic": send.topic,
+                        "class": send.kind,
+                        "at": send.at.isoformat(),
+                    }
+                    for send in record.sends
+                ],
                 "events": [
                     {"seq": e.seq, "at": e.at.isoformat(), **json.loads(e.body)}
                     for e in record.events
@@ -184,15 +193,30 @@ async def subject_show(args: argparse.Namespace, config: Config) -> int:
 
 
 async def subject_erase(args: argparse.Namespace, config: Config) -> int:
-    """optgate subject erase."""
+    """optgate subject erase: the store's records, then the kept inbound messages."""
     address = normalize(args.address)
     async with opened_store(config) as store:
-        changed = await store.erase(address, actor=args.actor)
+        erased = await store.erase(address, actor=args.actor)
+    kept = config.inbound.keep_raw
+    files = await asyncio.to_thread(erase_kept, Path(kept), address) if kept else 0
     print(
-        f"erased plaintext and evidence from {changed} record(s); "
-        f"suppressions stay keyed by {address.sha256[:12]}…"
+        f"erased plaintext and evidence from {erased.cleared} record(s), revoked "
+        f"{erased.revoked} consent(s), deleted {files} kept inbound message(s); "
+        f"a global suppression (erased) keyed by {address.sha256[:12]}… stays, so only "
+        "a consent given from now on mails this address again"
     )
     return 0
+
+
+def erase_kept(folder: Path, address: Address) -> int:
+    """Delete the kept inbound messages ([inbound] keep_raw) that hold the address."""
+    needle = address.normalized.encode()
+    deleted = 0
+    for path in folder.glob("*.eml") if folder.is_dir() else ():
+        if needle in path.read_bytes().lower():
+            path.unlink()
+            deleted += 1
+    return deleted
 
 
 async def explain(args: argparse.Namespace, config: Config) -> int:
@@ -238,14 +262,54 @@ async def doctor(args: argparse.Namespace, config: Config) -> int:
 
 
 async def store_verify(args: argparse.Namespace, config: Config) -> int:
-    """optgate store verify."""
+    """optgate store verify: the chain, the state it vouches for, the anchored heads."""
+    try:
+        expect = [parse_head(args.expect)] if args.expect else []
+    except ValueError as exc:
+        raise OptgateError(f"--expect: {exc}") from None
+    anchor = Path(config.store.audit_anchor_file)
+    anchored = read_anchor(anchor)
     async with opened_store(config) as store:
-        report = await store.verify_chain()
-    if report.broken_at is not None:
+        report = await store.verify_chain([*expect, *([anchored] if anchored else [])])
+    if report.intact:
+        try:
+            await asyncio.to_thread(write_anchor, anchor, report)
+        except OSError as exc:
+            print(f"optgate: cannot record the head in {anchor}: {exc.strerror}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(_verify_json(report, anchored, anchor)))
+    elif report.broken_at is not None:
         print(f"audit log BROKEN at event {report.broken_at}: {report.problem}")
-        return 1
-    print(f"audit log intact: {report.events} events, head {report.head}")
-    return 0
+    else:
+        print(f"audit log intact: {report.events} events, head {report.head_text}")
+        for mismatch in report.mismatches:
+            print(f"state DIFFERS: {mismatch}")
+        if not report.mismatches:
+            tables = ", ".join(f"{table} ({rows} rows)" for table, rows in report.rows)
+            print(f"state matches: the tables {tables} are what the audit log rebuilds")
+        if anchored:
+            print(f"anchored head {anchored[0]} (in {anchor}) is still in the chain")
+    return 0 if report.intact else 1
+
+
+def _verify_json(
+    report: ChainReport, anchored: tuple[int, str] | None, anchor: Path
+) -> dict[str, object]:
+    return {
+        "intact": report.intact,
+        "events": report.events,
+        "head": report.head_text,
+        "broken_at": report.broken_at,
+        "problem": report.problem,
+        "rows": dict(report.rows),
+        "mismatches": [
+            {"table": m.table, "expected": m.expected, "found": m.found, "events": m.events}
+            for m in report.mismatches
+        ],
+        "anchor": {"file": str(anchor), "head": f"{anchored[0]}:{anchored[1]}"}
+        if anchored
+        else None,
+    }
 
 
 async def store_migrate(args: argparse.Namespace, config: Config) -> int:

@@ -201,7 +201,19 @@ def _other_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     store = group.add_parser("store", help="store maintenance")
     sub = store.add_subparsers(dest="action", required=True, metavar="ACTION")
-    _command(sub, "verify", admin.store_verify, "prove the audit log's hash chain unbroken")
+    verify = _command(
+        sub,
+        "verify",
+        admin.store_verify,
+        "prove the audit log's keyed chain unbroken and the tables the state it rebuilds; "
+        "exit 1 if not",
+    )
+    verify.add_argument(
+        "--expect",
+        metavar="SEQ:DIGEST",
+        help="a head printed by an earlier verify: the chain must still hold it",
+    )
+    verify.add_argument("--json", action="store_true", help="the report as one JSON object")
     _command(sub, "migrate", admin.store_migrate, "create or upgrade the store's schema")
     copy = _command(
         sub,

@@ -59,6 +59,16 @@ class Store:
 
     url: str = _opt("sqlite:///optgate.db", "sqlite:///PATH or postgresql://user@host/db")
     keep_addresses: bool = _opt(True, "keep plaintext addresses beside their hashes")
+    audit_key_file: str = _opt(
+        "optgate-audit.key", "key of the audit log's HMAC chain, kept outside the database"
+    )
+    audit_anchor_file: str = _opt(
+        "optgate-audit.head",
+        "the audit log's head as last verified (SEQ:DIGEST), kept outside the database",
+    )
+    verify_minutes: int = _opt(
+        60, "how often optgate serve verifies the audit log and the state it vouches for; 0: never"
+    )
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,10 @@ from gateway.config import Config, load
 from gateway.pipeline import verdict
 from gateway.policy import MessageClass, Rules
 from gateway.service import running
+from gateway.stores import open_configured
 from suppression.address import normalize
 from suppression.model import Consent, ImportItem, Reason, now
-from suppression.store import Store, open_store
+from suppression.store import Store
 
 SENDER = "news@shop.example"
 PEOPLE = {
@@ -159,11 +160,12 @@ async def run_demo() -> None:
                 "OPTGATE_RELAY_NEXT_HOP": f"127.0.0.1:{server.sockets[0].getsockname()[1]}",
                 "OPTGATE_STORE_URL": f"sqlite:///{Path(tmp) / 'demo.db'}",
                 "OPTGATE_UNSUBSCRIBE_KEY_FILE": str(Path(tmp) / "demo.key"),
+                "OPTGATE_STORE_AUDIT_KEY_FILE": str(Path(tmp) / "demo-audit.key"),
                 "OPTGATE_UNSUBSCRIBE_BASE_URL": "https://unsubscribe.shop.example",
                 "OPTGATE_UNSUBSCRIBE_MAILTO": "unsubscribe@shop.example",
             },
         )
-        store = await open_store(config.store.url)
+        store = await open_configured(config, create=True)
         try:
             await _seed(store)
             print(f"store {config.store.url} (temporary), next hop: a local recording sink")

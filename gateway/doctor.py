@@ -40,11 +40,11 @@ from gateway.inbound.mailboxes import MAX_LOCAL_PART, Mailboxes, Role
 from gateway.keygen import PrivateKey, public_key_bytes, zone_line
 from gateway.keys import load_keys
 from gateway.signing import load_private_key, parse_key_entry
+from gateway.stores import load_audit_key, open_configured
 from gateway.tokens import SHORT_TOKEN_CHARS
 from gateway.web import SECURITY_HEADERS
-from suppression.errors import ConfigError, StoreError
+from suppression.errors import ConfigError, OptgateError
 from suppression.sqlite import MIGRATIONS
-from suppression.store import open_store
 
 PROBE_SECONDS = 5.0  # the next hop's greeting and EHLO
 HOLDER_SECONDS = 2.0  # whatever holds a listen port: optgate greets or answers at once
@@ -95,9 +95,10 @@ async def run_checks(
     keys = [_load_key(entry) for entry in config.dkim.keys]
     local = await asyncio.gather(
         asyncio.to_thread(_token_keys, Path(config.unsubscribe.key_file)),
+        asyncio.to_thread(_audit_key, Path(config.store.audit_key_file)),
         _listen("smtp", config.smtp.listen, _smtp_is_optgate),
         _listen("web", config.web.listen, _web_is_optgate),
-        _store(config.store.url),
+        _store(config),
         _next_hop(config),
     )
     dkim = [check for check, _ in keys] or [_no_dkim()]
@@ -144,6 +145,18 @@ def _token_keys(path: Path) -> Check:
             Status.FAIL, name, f"{exc}: fix it (a new file would void every link already sent)"
         )
     return _private_mode(name, path, f"{path}: {len(keys)} key(s)")
+
+
+def _audit_key(path: Path) -> Check:
+    """[store] audit_key_file: parses, private; or missing and creatable."""
+    name = "audit key"
+    if not path.exists():
+        return _missing(name, path, "created (0600) with the store")
+    try:
+        key, _ = load_audit_key(path, create=False)
+    except ConfigError as exc:
+        return Check(Status.FAIL, name, f"{exc}: restore it (the audit log is chained with it)")
+    return _private_mode(name, path, f"{path}: a {len(key) * 8}-bit key")
 
 
 @dataclass(frozen=True)
@@ -340,15 +353,24 @@ def _sqlite_first(url: str) -> Check | None:
     return None
 
 
-async def _store(url: str) -> Check:
-    """The store opens and is at this optgate's schema."""
+async def _store(config: Config) -> Check:
+    """The store opens with its audit key and is at this optgate's schema."""
+    url = config.store.url
     if url.startswith("sqlite://"):
         early = await asyncio.to_thread(_sqlite_first, url)
         if early is not None:
             return early
+    key = Path(config.store.audit_key_file)
+    if not await asyncio.to_thread(key.exists):
+        return Check(
+            Status.FAIL,
+            "store",
+            f"{url} exists, but its audit key {key} does not: restore the key from a backup "
+            "(a new key would make the whole audit log look forged)",
+        )
     try:
-        store = await open_store(url)
-    except StoreError as exc:
+        store = await open_configured(config)
+    except OptgateError as exc:
         return Check(Status.FAIL, "store", str(exc))
     await store.close()
     return Check(Status.PASS, "store", f"{url} opens, schema current")

@@ -33,10 +33,11 @@ from gateway.inbound.imap import Imap, parse_url
 from gateway.inbound.receive import keep
 from gateway.inbound.sources import MessageError, Pending, Source, SourceError, open_local
 from gateway.keys import load_keys
+from gateway.stores import open_configured
 from gateway.tokens import TokenSigner
 from suppression.errors import OptgateError
 from suppression.model import now
-from suppression.store import Store, open_store
+from suppression.store import Store
 
 log = structlog.get_logger("optgate.ingest")
 
@@ -198,7 +199,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     source = await asyncio.to_thread(open_source, args)
     try:
         signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
-        store = await open_store(config.store.url)
+        store = await open_configured(config)
         try:
             summary = await Ingest(source, store, config, signer, args.dry_run).run(args.limit)
         finally:

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    values,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
 
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -46,6 +53,25 @@ class Metrics:
             "Time from end of DATA to the reply",
             buckets=_LATENCY,
             registry=r,
+        )
+        # set by the one worker that verifies the audit log (gateway/auditwatch.py)
+        self.audit_intact = Gauge(
+            "optgate_audit_chain_intact",
+            "1 if the audit log's chain and the state it rebuilds verified at the last check",
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self.audit_events = Gauge(
+            "optgate_audit_events",
+            "Events in the audit log at the last check",
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self.audit_verified = Gauge(
+            "optgate_audit_verified_timestamp_seconds",
+            "When the audit log was last checked (Unix time)",
+            registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.lookup_seconds = Histogram(
             "optgate_store_lookup_seconds",

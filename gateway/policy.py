@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from suppression.model import HARD_REASONS, PARTNER_OFFERS, Facts, Suppression
+from suppression.model import HARD_REASONS, PARTNER_OFFERS, Facts, Reason, Suppression
 
 
 class MessageClass(StrEnum):
@@ -56,9 +56,17 @@ def version_key(version: str) -> tuple[tuple[int, str], ...]:
 
 def _blocking(facts: Facts, kind: MessageClass) -> Suppression | None:
     for record in facts.suppressions:
+        if record.reason is Reason.ERASED and _fresh_consent(facts, record):
+            continue
         if kind is not MessageClass.TRANSACTIONAL or record.reason in HARD_REASONS:
             return record
     return None
+
+
+def _fresh_consent(facts: Facts, erased: Suppression) -> bool:
+    """An erased person is mailed again only on what a consent given since allows."""
+    consent = facts.consent
+    return consent is not None and consent.granted and consent.created > erased.created
 
 
 def decide(facts: Facts, kind: MessageClass, purpose: str, rules: Rules) -> Verdict:

@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
+from gateway import auditwatch
 from gateway.api import add_consent_api
 from gateway.config import Config, host_port
 from gateway.fanout import FanOut
@@ -30,11 +31,12 @@ from gateway.policy import Rules
 from gateway.relay import Relay
 from gateway.server import Admission, GateLMTP, GateSMTP, Handler, InboundHandler
 from gateway.signing import Signer
+from gateway.stores import open_configured
 from gateway.submission import listening
 from gateway.tokens import TokenSigner
 from gateway.web import WebSettings, make_app
 from suppression.errors import ConfigError
-from suppression.store import Store, open_store
+from suppression.store import Store
 
 log = structlog.get_logger("optgate.service")
 DRAIN_SECONDS = 30.0
@@ -95,16 +97,18 @@ async def running(
     *,
     reuse_port: bool = False,
     metrics: Metrics | None = None,
+    audit_watch: bool = False,
 ) -> AsyncIterator[Running]:
     """Start the SMTP gateway and the web endpoint; on exit drain and shut down.
 
     ``reuse_port``: listen with SO_REUSEPORT beside the other workers of
     ``optgate serve --workers`` (the kernel spreads connections over them).
+    ``audit_watch``: verify the audit log every ``[store] verify_minutes`` (one worker).
     """
     metrics = metrics or Metrics()
     signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
     async with contextlib.AsyncExitStack() as stack:
-        store = await open_store(config.store.url)
+        store = await open_configured(config, create=True)
         stack.push_async_callback(store.close)
         smtp_port = web_port = inbound_port = 0
         receiver = _receiver(config, store, signer, metrics)
@@ -122,6 +126,8 @@ async def running(
             web_port = await stack.enter_async_context(
                 _web(config, store, signer, metrics, reuse_port)
             )
+        if audit_watch and config.store.verify_minutes > 0:
+            await stack.enter_async_context(_audit_watch(config, metrics))
         partners_port = 0
         if "smtp" in parts and config.partners.listen:
             partners_port = await stack.enter_async_context(
@@ -129,6 +135,19 @@ async def running(
             )
         yield Running(smtp_port, web_port, asyncio.Event(), metrics, inbound_port, partners_port)
     log.info("stopped")
+
+
+@contextlib.asynccontextmanager
+async def _audit_watch(config: Config, metrics: Metrics) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(auditwatch.watch(config, metrics, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _receiver(
@@ -313,9 +332,12 @@ async def serve(
     reuse_port: bool = False,
     metrics: Metrics | None = None,
     ready: Callable[[], None] | None = None,
+    audit_watch: bool = False,
 ) -> None:
     """Run until SIGTERM or SIGINT; ``ready`` is called once every part listens."""
-    async with running(config, parts, reuse_port=reuse_port, metrics=metrics) as gate:
+    async with running(
+        config, parts, reuse_port=reuse_port, metrics=metrics, audit_watch=audit_watch
+    ) as gate:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, gate.stop.set)

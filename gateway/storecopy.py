@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from gateway.config import Config
+from gateway.stores import load_audit_key
 from suppression.copying import Copied, Mismatch, copy_store
 from suppression.store import open_store
 
@@ -20,11 +22,14 @@ def _line(copied: Copied) -> str:
 async def store_copy(args: argparse.Namespace, config: Config) -> int:
     """optgate store copy SRC_URL DST_URL: 0 when every table matches and the chain verifies."""
     try:
-        done = await copy_store(args.source, args.destination, lambda c: print(_line(c)))
+        key, _ = load_audit_key(Path(config.store.audit_key_file), create=False)
+        done = await copy_store(
+            args.source, args.destination, lambda c: print(_line(c)), audit_key=key
+        )
     except Mismatch as exc:
         print(f"optgate: {exc}")
         return 1
-    store = await open_store(args.destination)
+    store = await open_store(args.destination, audit_key=key)
     try:
         chain = await store.verify_chain()
     finally:

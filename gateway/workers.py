@@ -236,6 +236,7 @@ class Supervisor:
                 reuse_port=True,
                 metrics=across_processes(self.metrics_dir),
                 ready=ready,
+                audit_watch=index == 0,  # one worker verifies the audit log for all
             )
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 runner.run(serving)

@@ -33,6 +33,7 @@ from suppression.address import normalize
 from suppression.model import PARTNER_OFFERS, Consent, now
 from suppression.partners import Partner, hash_credential, new_credential
 from suppression.store import open_store
+from tests.support.keys import AUDIT_KEY
 
 SECRET = new_credential()
 
@@ -60,7 +61,7 @@ def audience(n: int) -> list[str]:
 
 
 async def seed(url: str, addresses: list[str]) -> None:
-    store = await open_store(url)
+    store = await open_store(url, audit_key=AUDIT_KEY)
     try:
         await store.add_partner(
             Partner("bench", hash_credential(SECRET), False, now()), actor="bench"

@@ -64,12 +64,13 @@ RESULTS=$WORK/results.jsonl
 [ -n "$STORE" ] || STORE=sqlite:///$WORK/bench.db
 .venv/bin/python - "$STORE" <<'EOF'
 import asyncio, sys
+from tests.support.keys import AUDIT_KEY
 from suppression.address import normalize
 from suppression.model import ImportItem, Reason
 from suppression.store import open_store
 
 async def seed(url: str) -> None:
-    store = await open_store(url)
+    store = await open_store(url, audit_key=AUDIT_KEY)
     items = []
     for n in range(100_000):
         a = normalize(f"someone{n}@elsewhere.example")

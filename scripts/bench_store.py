@@ -34,6 +34,7 @@ from pathlib import Path
 from suppression.address import normalize
 from suppression.sqlite import MIGRATIONS
 from suppression.store import open_store
+from tests.support.keys import AUDIT_KEY
 
 OPTGATE = Path(sys.executable).with_name("optgate")
 CREATED = "2026-01-01T00:00:00.000000Z"
@@ -109,7 +110,7 @@ def build_lookup_store(path: Path, rows: int) -> None:
 
 async def lookups(url: str, rows: int, rounds: int = 300) -> list[float]:
     """Milliseconds per lookup_many of 100 recipients, half of them suppressed."""
-    store = await open_store(url)
+    store = await open_store(url, audit_key=AUDIT_KEY)
     rng = random.Random(7)
     times = []
     try:

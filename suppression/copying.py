@@ -405,22 +405,27 @@ async def _check_empty(url: str) -> None:
                 )
 
 
-async def _migrate(url: str) -> None:
-    store = await open_store(url)
+async def _migrate(url: str, audit_key: bytes) -> None:
+    store = await open_store(url, audit_key=audit_key)
     await store.close()
 
 
 async def copy_store(
-    source_url: str, destination_url: str, progress: Callable[[Copied], None]
+    source_url: str,
+    destination_url: str,
+    progress: Callable[[Copied], None],
+    *,
+    audit_key: bytes,
 ) -> list[Copied]:
-    """Copy every table; ``progress`` gets each table's figures as it is done.
+    """Copy every table; ``progress`` gets each table's figures as it is done. Both
+    stores' audit chains are keyed with ``audit_key`` (the installation's).
 
     Raises ``Mismatch`` (the destination rolled back) when a table's count or
     digest differs between the sides.
     """
     if source_url == destination_url:
         raise OptgateError("source and destination are the same store")
-    await _migrate(source_url)  # (opening a store brings it to this optgate's schema)
+    await _migrate(source_url, audit_key)  # (opening a store brings it to this optgate's schema)
     async with _side(source_url) as source:
         unknown = await source.tables() - NOT_COPIED - {t.name for t in TABLES}
         if unknown:
@@ -429,7 +434,7 @@ async def copy_store(
                 "(add them to TABLES in suppression/copying.py); nothing was changed"
             )
         await _check_empty(destination_url)
-        await _migrate(destination_url)  # the schema, empty
+        await _migrate(destination_url, audit_key)  # the schema, empty
         async with (
             _side(destination_url) as destination,
             source.transaction(write=False),

@@ -44,6 +44,7 @@ _REASONS = {
     "manual": ("manual",),
     "imported": ("imported", "import"),
     "invalid": ("invalid",),
+    "erased": ("erased",),  # an erased person's tombstone (optgate's own export)
 }
 _REASON_WORDS = {word: reason for reason, words in _REASONS.items() for word in words}
 # CSV cells that start with one of these are written with a ' before them (writers.py);

@@ -22,10 +22,11 @@ class Reason(StrEnum):
     MANUAL = "manual"
     IMPORTED = "imported"
     INVALID = "invalid"
+    ERASED = "erased"  # the person had everything erased: only a fresh consent mails again
 
 
 # Suppressions that stop transactional mail too: the address cannot or must not receive.
-HARD_REASONS = frozenset({Reason.BOUNCED, Reason.COMPLAINED, Reason.INVALID})
+HARD_REASONS = frozenset({Reason.BOUNCED, Reason.COMPLAINED, Reason.INVALID, Reason.ERASED})
 
 
 class Source(StrEnum):
@@ -39,6 +40,7 @@ class Source(StrEnum):
     IMPORT = "import"
     CLI = "cli"
     API = "api"
+    ERASURE = "erasure"
 
 
 PARTNER_OFFERS = "partner-offers"

@@ -13,6 +13,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -20,9 +21,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from suppression.address import Address
-from suppression.audit import GENESIS, ChainWalk, event_body, link
+from suppression.audit import GENESIS, Rekeying, event_body, link
 from suppression.errors import OptgateError, StoreError
 from suppression.model import (
+    AuditEvent,
     BatchResult,
     Consent,
     Facts,
@@ -60,24 +62,32 @@ from suppression.rows import (
     CONSENT_COLUMNS,
     EVENT_COLUMNS,
     PAGE,
+    SEND_COLUMNS,
     SUPPRESSION_COLUMNS,
+    added_records,
     batch_result,
     consent_event,
+    erasure_records,
     stored_keys,
     suppress_event,
     suppression_rows,
     to_consent,
     to_event,
+    to_send,
     to_suppression,
     unique_items,
 )
-from suppression.store import (
+from suppression.statecheck import (
     ChainReport,
-    ConsentImport,
-    Holder,
-    SubjectRecord,
-    SuppressionImport,
+    Sum,
+    consent_hash,
+    legacy_detail,
+    removed_detail,
+    rows_detail,
+    suppression_hash,
+    verify,
 )
+from suppression.store import ConsentImport, Erasure, Holder, SubjectRecord, SuppressionImport
 
 # The same tables as the SQLite store (and the same `#`/`@` key prefixes), with
 # timestamps as timestamptz. Each entry is one schema version.
@@ -168,7 +178,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX offer_copy_open ON offer_copy (state, until);
     """,
+    # the audit chain is keyed (HMAC) and records row sums from here on: _rekey
+    "",
 )
+KEYED_CHAIN = 5  # the schema version whose migration is _rekey
 
 # advisory lock keys (any constants, unique to optgate): one serialises schema
 # migrations of nodes starting at once, one every append to the audit chain
@@ -237,9 +250,10 @@ def _one_line(exc: BaseException) -> str:
 class PostgresStore:
     """Store on one PostgreSQL database, shared by any number of nodes."""
 
-    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str, audit_key: bytes) -> None:
         self._pool = pool
         self._url = safe_url(url)
+        self._key = audit_key
 
     @contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
@@ -251,7 +265,7 @@ class PostgresStore:
             ) from None
 
     @classmethod
-    async def open(cls, url: str, *, pool_size: int = POOL_SIZE) -> PostgresStore:
+    async def open(cls, url: str, audit_key: bytes, *, pool_size: int = POOL_SIZE) -> PostgresStore:
         """Connect a pool and run pending migrations."""
         try:
             pool = await asyncpg.create_pool(
@@ -265,7 +279,7 @@ class PostgresStore:
             raise StoreError(
                 f"cannot open PostgreSQL store {safe_url(url)}: {_one_line(exc)}"
             ) from None
-        store = cls(pool, url)
+        store = cls(pool, url, audit_key)
         try:
             with store._errors("open"):
                 await store._migrate()
@@ -288,9 +302,36 @@ class PostgresStore:
                     f"({len(MIGRATIONS)}): upgrade optgate"
                 )
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                await conn.execute(script)
+                if number == KEYED_CHAIN:
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
+                    await self._rekey(conn)
+                else:
+                    await conn.execute(script)
                 await conn.execute("DELETE FROM schema_version")
                 await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
+
+    async def _rekey(self, conn: Any) -> None:
+        """Chain the events of the unkeyed era with the key, and vouch for their rows as a
+        whole (inside the migration's transaction)."""
+        rekeying, last = Rekeying(self._key), 0
+        while rows := await conn.fetch(
+            f"SELECT {EVENT_COLUMNS} FROM audit WHERE seq > $1 ORDER BY seq LIMIT {PAGE}", last
+        ):
+            events = [to_event(row) for row in rows]
+            try:
+                links = [(*rekeying.step(e), e.seq) for e in events]
+            except ValueError as exc:
+                raise StoreError(f"cannot upgrade PostgreSQL store {self._url}: {exc}") from None
+            await conn.executemany("UPDATE audit SET prev = $1, digest = $2 WHERE seq = $3", links)
+            last = events[-1].seq
+        if last:
+            suppressions, consents = Sum(), Sum()
+            async for row in conn.cursor(f"SELECT {SUPPRESSION_COLUMNS} FROM suppression"):
+                suppressions.add(suppression_hash(to_suppression(row)))
+            async for row in conn.cursor(f"SELECT {CONSENT_COLUMNS} FROM consent"):
+                consents.add(consent_hash(to_consent(row)))
+            detail = legacy_detail(last, rekeying.old.head, suppressions, consents)
+            await self._audit(conn, "optgate", "audit-rekey", None, detail)
 
     async def close(self) -> None:
         """Close every connection of the pool."""
@@ -333,7 +374,7 @@ class PostgresStore:
             subject,
             body,
             prev,
-            link(prev, body),
+            link(self._key, prev, body),
         )
         return seq
 
@@ -363,7 +404,20 @@ class PostgresStore:
             )
             added = await self._insert_suppressions(conn, rows)
             if added:
+                keys = None
+                if added != len(unique):
+                    found = await conn.fetch(
+                        "SELECT key FROM suppression "
+                        "WHERE scope = $1 AND event = $2 AND key = ANY($3::text[])",
+                        scope,
+                        seq,
+                        list(unique),
+                    )
+                    keys = {row[0] for row in found}
                 subject, detail = suppress_event(unique, note, scope, source, added)
+                detail |= rows_detail(
+                    added_records(unique, scope=scope, source=source, event=seq, at=at, added=keys)
+                )
                 await self._audit(conn, actor, "suppress", subject, detail)
             return batch_result(len(items), len(unique), added, seq)
 
@@ -422,14 +476,19 @@ class PostgresStore:
             removed = 0
             for key in dict.fromkeys(keys):
                 forms = [key, "@" + key] if len(key) == 64 else ["#" + key]
-                status = await conn.execute(
-                    "DELETE FROM suppression WHERE key = ANY($1::text[]) AND scope = $2",
-                    forms,
-                    scope,
-                )
-                if _count(status):
+                gone = [
+                    to_suppression(row)
+                    for row in await conn.fetch(
+                        "DELETE FROM suppression WHERE key = ANY($1::text[]) AND scope = $2 "
+                        f"RETURNING {SUPPRESSION_COLUMNS}",
+                        forms,
+                        scope,
+                    )
+                ]
+                if gone:
                     removed += 1
-                    await self._audit(conn, actor, "unsuppress", key, {"scope": scope})
+                    detail = {"scope": scope, **removed_detail(gone)}
+                    await self._audit(conn, actor, "unsuppress", key, detail)
             return removed
 
         result: int = await self._write(work)
@@ -449,13 +508,15 @@ class PostgresStore:
 
     async def _append_consents(self, conn: Any, consents: Sequence[Consent], actor: str) -> None:
         """Insert consent records and their audit event (inside the caller's transaction)."""
+        event, _ = await self._head(conn)
         subject, detail = consent_event(consents)
-        event = await self._audit(conn, actor, "consent", subject, detail)
-        await self._insert_consents(conn, consents, event)
+        detail |= rows_detail(consents=[replace(c, event=event) for c in consents])
+        await self._audit(conn, actor, "consent", subject, detail)
+        await self._insert_consents(conn, [replace(c, event=event) for c in consents])
 
     @staticmethod
-    async def _insert_consents(conn: Any, consents: Sequence[Consent], event: int) -> None:
-        """Insert consent records that point to an audit event (inside a transaction)."""
+    async def _insert_consents(conn: Any, consents: Sequence[Consent]) -> None:
+        """Insert consent records as they are, their event included, in order."""
         rows = [
             (
                 c.sha256,
@@ -466,7 +527,7 @@ class PostgresStore:
                 c.policy_version,
                 c.address,
                 c.evidence,
-                event,
+                c.event,
             )
             for c in consents
         ]
@@ -596,7 +657,7 @@ class PostgresStore:
         return Holder.of(suppressions, records)
 
     async def subject(self, address: Address) -> SubjectRecord:
-        """Every suppression, consent and audit event about an address."""
+        """Every suppression, consent, send and audit event about an address."""
         with self._errors("read"):
             async with self._pool.acquire() as conn:
                 suppressions = [
@@ -614,6 +675,13 @@ class PostgresStore:
                         address.sha256,
                     )
                 ]
+                sends = [
+                    to_send(row)
+                    for row in await conn.fetch(
+                        f"SELECT {SEND_COLUMNS} FROM send WHERE sha256 = $1 ORDER BY at",
+                        address.sha256,
+                    )
+                ]
                 seqs = sorted(
                     {s.event for s in suppressions if s.event is not None}
                     | {c.event for c in consents if c.event is not None}
@@ -627,27 +695,70 @@ class PostgresStore:
                         seqs,
                     )
                 ]
-        return SubjectRecord(tuple(suppressions), tuple(consents), tuple(events))
+        return SubjectRecord(tuple(suppressions), tuple(consents), tuple(events), tuple(sends))
 
-    async def erase(self, address: Address, *, actor: str) -> int:
-        """Forget the plaintext and consent evidence; the hashes stay."""
+    async def erase(self, address: Address, *, actor: str) -> Erasure:
+        """Delete plaintext and evidence, revoke every consent, leave a tombstone.
 
-        async def work(conn: Any) -> int:
-            first = await conn.execute(
-                "UPDATE suppression SET address = NULL, evidence = NULL "
-                "WHERE key = ANY($1::text[]) AND (address IS NOT NULL OR evidence IS NOT NULL)",
-                [address.sha256, "#" + address.md5],
+        The old row versions stay in the table files until VACUUM reclaims them
+        (docs/ARCHITECTURE.md, Storage); no statement optgate runs can read them.
+        """
+
+        async def work(conn: Any) -> Erasure:
+            seq, _ = await self._head(conn)
+            cleared = _count(
+                await conn.execute(
+                    "UPDATE suppression SET address = NULL, evidence = NULL "
+                    "WHERE key = ANY($1::text[]) "
+                    "AND (address IS NOT NULL OR evidence IS NOT NULL)",
+                    [address.sha256, "#" + address.md5],
+                )
             )
-            second = await conn.execute(
-                "UPDATE consent SET address = NULL, evidence = NULL "
-                "WHERE sha256 = $1 AND (address IS NOT NULL OR evidence IS NOT NULL)",
+            cleared += _count(
+                await conn.execute(
+                    "UPDATE consent SET address = NULL, evidence = NULL "
+                    "WHERE sha256 = $1 AND (address IS NOT NULL OR evidence IS NOT NULL)",
+                    address.sha256,
+                )
+            )
+            history = [
+                to_consent(row)
+                for row in await conn.fetch(
+                    f"SELECT {CONSENT_COLUMNS} FROM consent WHERE sha256 = $1 ORDER BY created, id",
+                    address.sha256,
+                )
+            ]
+            revocations, tombstone = erasure_records(address.sha256, history, event=seq, at=now())
+            replaced = [
+                to_suppression(row)
+                for row in await conn.fetch(
+                    "DELETE FROM suppression WHERE key = $1 AND scope = 'global' "
+                    f"RETURNING {SUPPRESSION_COLUMNS}",
+                    address.sha256,
+                )
+            ]
+            await conn.execute(
+                "INSERT INTO suppression "
+                "(key, scope, kind, address, reason, source, evidence, created, event) "
+                "VALUES ($1, 'global', 'sha256', NULL, $2, $3, NULL, $4, $5)",
                 address.sha256,
+                Reason.ERASED.value,
+                tombstone.source,
+                tombstone.created,
+                seq,
             )
-            changed = _count(first) + _count(second)
-            await self._audit(conn, actor, "erase", address.sha256, {"records": changed})
-            return changed
+            if revocations:
+                await self._insert_consents(conn, revocations)
+            detail = {
+                "cleared": cleared,
+                "revoked": len(revocations),
+                **rows_detail([tombstone], revocations),
+                **removed_detail(replaced),
+            }
+            await self._audit(conn, actor, "erase", address.sha256, detail)
+            return Erasure(cleared, len(revocations))
 
-        result: int = await self._write(work)
+        result: Erasure = await self._write(work)
         return result
 
     async def iter_suppressions(self, scope: str | None) -> AsyncIterator[Suppression]:
@@ -672,17 +783,14 @@ class PostgresStore:
         async for row in rows:
             yield to_consent(row)
 
-    async def verify_chain(self) -> ChainReport:
-        """Walk the whole audit log in sequence order."""
-        walk = ChainWalk()
-        rows = self._stream(f"SELECT {EVENT_COLUMNS} FROM audit ORDER BY seq")
-        try:
-            async for row in rows:
-                if not walk.step(to_event(row)):
-                    break
-        finally:
-            await rows.aclose()
-        return ChainReport(walk.count, walk.head, walk.broken_at, walk.problem)
+    async def iter_events(self) -> AsyncGenerator[AuditEvent, None]:
+        """Stream the audit log in sequence order through a server-side cursor."""
+        async for row in self._stream(f"SELECT {EVENT_COLUMNS} FROM audit ORDER BY seq"):
+            yield to_event(row)
+
+    async def verify_chain(self, expect: Sequence[tuple[int, str]] = ()) -> ChainReport:
+        """Walk the audit log and rebuild the state it vouches for (statecheck.verify)."""
+        return await verify(self, self._key, expect)
 
     # --- inbound: short tokens resolve through the ledger; soft bounces are counted ---
 

@@ -18,12 +18,24 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from suppression.errors import StoreError
 from suppression.model import BatchResult, ConsentItem, ImportRow, now
 from suppression.postgres import _FAILURES, AUDIT_LOCK, PostgresStore, _count
-from suppression.rows import CONSENT_STATEMENT, RunAudit, new_consents, stored, to_consent
+from suppression.rows import (
+    CONSENT_STATEMENT,
+    PAGE,
+    SUPPRESSION_COLUMNS,
+    ImportSum,
+    RunAudit,
+    new_consents,
+    stored,
+    to_consent,
+    to_suppression,
+)
+from suppression.statecheck import Sum, consent_hash, suppression_hash
 
 _COLUMNS = ("n", "key", "kind", "scope", "address", "reason", "source", "evidence", "created")
 
@@ -56,7 +68,8 @@ async def suppression_run(
             "reason TEXT NOT NULL, source TEXT NOT NULL, evidence TEXT, created TIMESTAMPTZ) "
             "ON COMMIT DROP"
         )
-        yield SuppressionRun(store, conn, transaction, actor, note)
+        event, _ = await store._head(conn)
+        yield SuppressionRun(store, conn, transaction, ImportSum(event, now()), actor, note)
 
 
 class SuppressionRun:
@@ -67,11 +80,12 @@ class SuppressionRun:
         store: PostgresStore,
         conn: Any,
         transaction: Any,
+        rows: ImportSum,
         actor: str,
         note: Mapping[str, object],
     ) -> None:
         self._store, self._conn, self._transaction = store, conn, transaction
-        self._actor = actor
+        self._actor, self._sum = actor, rows
         self._audit = RunAudit(note)
         self._counter = itertools.count()
         self._scopes: set[str] = set()
@@ -94,6 +108,7 @@ class SuppressionRun:
             for row in rows
         ]
         self._audit.read([record[1] for record in records])
+        self._sum.add(rows)
         self._scopes.update(row.scope for row in rows)
         self._sources.update(row.source for row in rows)
         with self._store._errors("import into"):
@@ -111,7 +126,7 @@ class SuppressionRun:
                 "SELECT key, scope, kind, address, reason, source, evidence, "
                 "coalesce(created, $1), $2 FROM import_row ORDER BY key, scope, n "
                 "ON CONFLICT DO NOTHING",
-                now(),
+                self._sum.at,
                 seq,
             )
             added = _count(status)
@@ -123,12 +138,24 @@ class SuppressionRun:
                     )
                 )
             if added:
+                fast = added == staged and seq == self._sum.event
+                rows = self._sum.sum() if fast else await self._added(seq)
                 detail = self._audit.detail(
                     added=added, scopes=sorted(self._scopes), sources=sorted(self._sources)
                 )
+                detail["rows"] = {"suppression": rows.as_json()}
                 await self._store._audit(conn, self._actor, "suppress", None, detail)
             await self._transaction.commit()
         return BatchResult(added, unique - added, staged - unique, seq)
+
+    async def _added(self, event: int) -> Sum:
+        """The row sum of what the event added, read back from the table."""
+        total = Sum()
+        async for row in self._conn.cursor(
+            f"SELECT {SUPPRESSION_COLUMNS} FROM suppression WHERE event = $1", event, prefetch=PAGE
+        ):
+            total.add(suppression_hash(to_suppression(row)))
+        return total
 
 
 @contextlib.asynccontextmanager
@@ -157,6 +184,7 @@ class ConsentRun:
         self._store, self._conn, self._transaction = store, conn, transaction
         self._event, self._actor = event, actor
         self._audit = RunAudit(note)
+        self._rows = Sum()
         self._granted = self._revoked = 0
         self._purposes: set[str] = set()
 
@@ -170,12 +198,14 @@ class ConsentRun:
                 sorted({i.consent.purpose for i in items}),
             )
             fresh, result = new_consents(items, map(to_consent, known), self._event)
-            if fresh:
-                await self._store._insert_consents(self._conn, fresh, self._event)
-        self._audit.read([c.sha256 for c in fresh])
-        self._granted += sum(c.granted for c in fresh)
-        self._revoked += sum(not c.granted for c in fresh)
-        self._purposes.update(c.purpose for c in fresh)
+            records = [replace(c, event=self._event) for c in fresh]
+            if records:
+                await self._store._insert_consents(self._conn, records)
+        self._rows.merge(Sum.of(map(consent_hash, records)))
+        self._audit.read([c.sha256 for c in records])
+        self._granted += sum(c.granted for c in records)
+        self._revoked += sum(not c.granted for c in records)
+        self._purposes.update(c.purpose for c in records)
         return result
 
     async def commit(self) -> None:
@@ -185,6 +215,7 @@ class ConsentRun:
                 detail = self._audit.detail(
                     granted=self._granted, revoked=self._revoked, purposes=sorted(self._purposes)
                 )
+                detail["rows"] = {"consent": self._rows.as_json()}
                 event = await self._store._audit(self._conn, self._actor, "consent", None, detail)
                 if event != self._event:  # the lock is held: nobody else can append
                     raise StoreError(f"audit chain moved in the import ({event}, {self._event})")

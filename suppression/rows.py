@@ -7,7 +7,7 @@ small corner of the primary key: looking them up touches a few cached pages.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -18,9 +18,14 @@ from suppression.model import (
     Consent,
     ConsentItem,
     ImportItem,
+    ImportRow,
     Reason,
+    Send,
+    Source,
     Suppression,
 )
+from suppression.statecheck import MODULUS, Sum
+from suppression.statecheck import _time as statecheck_time
 
 SUPPRESSION_COLUMNS = "key, kind, scope, reason, source, created, address, evidence, event"
 CONSENT_COLUMNS = (
@@ -29,6 +34,7 @@ CONSENT_COLUMNS = (
 # CONSENT_COLUMNS without the plaintext and evidence: what an import compares
 CONSENT_STATEMENT = "sha256, purpose, granted, source, created, policy_version, NULL, NULL, event"
 EVENT_COLUMNS = "seq, at, actor, action, subject, body, prev, digest"
+SEND_COLUMNS = "message, sha256, topic, class, at"
 PAGE = 5000  # rows a stream fetches at a time
 _PREFIX: dict[str, str] = {"sha256": "", "md5": "#", "domain": "@"}
 
@@ -79,6 +85,12 @@ def to_event(row: Sequence[Any], time: Time = _same) -> AuditEvent:
     return AuditEvent(seq, time(at), actor, action, subject, body, prev, digest)
 
 
+def to_send(row: Sequence[Any], time: Time = _same) -> Send:
+    """A send ledger row from a row of SEND_COLUMNS."""
+    message, sha256, topic, kind, at = row
+    return Send(message, sha256, topic, kind, time(at))
+
+
 def keys_digest(keys: Iterable[str]) -> str:
     """The digest of a batch's keys, for its audit event."""
     digest = hashlib.sha256()
@@ -121,6 +133,40 @@ def suppression_rows(
     ]
 
 
+def added_records(
+    unique: Mapping[str, ImportItem],
+    *,
+    scope: str,
+    source: str,
+    event: int,
+    at: datetime,
+    added: Container[str] | None,
+) -> Iterator[Suppression]:
+    """The rows a batch added (all of them when ``added`` is None), as records."""
+    for key, item in unique.items():
+        if added is None or key in added:
+            yield Suppression(
+                item.key, item.kind, scope, item.reason, source, item.created or at, event=event
+            )
+
+
+def erasure_records(
+    sha256: str, consents: Iterable[Consent], *, event: int, at: datetime
+) -> tuple[list[Consent], Suppression]:
+    """An erasure's revocations (of every purpose whose latest record, of ``consents`` oldest
+    first, is a grant) and its tombstone: a global suppression keyed by the hash alone."""
+    latest = {c.purpose: c for c in consents}
+    revocations = [
+        Consent(sha256, purpose, False, Source.ERASURE, at, event=event)
+        for purpose, record in sorted(latest.items())
+        if record.granted
+    ]
+    tombstone = Suppression(
+        sha256, "sha256", "global", Reason.ERASED, Source.ERASURE, at, event=event
+    )
+    return revocations, tombstone
+
+
 def suppress_event(
     unique: Mapping[str, ImportItem],
     note: Mapping[str, object] | None,
@@ -145,6 +191,46 @@ def batch_result(given: int, unique: int, added: int, event: int) -> BatchResult
     return BatchResult(added=added, present=unique - added, duplicates=given - unique, event=event)
 
 
+class ImportSum:
+    """The row sum (suppression/statecheck.py) of the suppression rows an import run adds,
+    made as the rows are staged, for the event the run expects to write.
+
+    A row's hash is ``statecheck.suppression_hash``'s, its text put together from
+    parts cached per shape, since the run hashes every row it stages (a test holds
+    the two equal). It is right when the run's event is ``event`` and every staged
+    row was added; otherwise the run rebuilds the sum from the rows its event added.
+    """
+
+    def __init__(self, event: int, at: datetime) -> None:
+        self.event = event
+        self.at = at  # the time of rows without one of their own
+        self.count = 0
+        self._total = 0
+        self._parts: dict[tuple[str, str, str, str, datetime | None], tuple[str, str]] = {}
+
+    def add(self, rows: Sequence[ImportRow]) -> None:
+        """Take a batch's rows."""
+        parts, sha256, number, total = self._parts, hashlib.sha256, int.from_bytes, 0
+        for key, kind, _, reason, scope, source, created, _ in rows:
+            shape = (kind, scope, reason, source, created)
+            found = parts.get(shape)
+            if found is None:
+                when = statecheck_time(created or self.at)
+                found = parts[shape] = (
+                    f"s\n{kind}\n",
+                    f"\n{scope}\n{reason.value}\n{source}\n{when}\n{self.event}",
+                )
+                if len(parts) > PAGE:  # rows with times of their own: keep few
+                    parts.clear()
+            total += number(sha256((found[0] + key + found[1]).encode()).digest(), "big")
+        self.count += len(rows)
+        self._total += total
+
+    def sum(self) -> Sum:
+        """The sum so far."""
+        return Sum(self.count, self._total % MODULUS)
+
+
 class RunAudit:
     """What an import run's one audit event says, gathered batch by batch: the run's note
     (file, format: read when the event is written, so a format detected on the way
@@ -164,7 +250,7 @@ class RunAudit:
 
     def detail(self, **counts: object) -> dict[str, object]:
         """The event's detail: the note, the counts given, the rows and their digest."""
-        return {**self._note, **counts, "rows": self.rows, "keys_sha256": self._keys.hexdigest()}
+        return {**self._note, **counts, "read": self.rows, "keys_sha256": self._keys.hexdigest()}
 
 
 def consent_event(consents: Sequence[Consent]) -> tuple[str | None, dict[str, object]]:

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiosqlite
 
 from suppression.address import Address
-from suppression.audit import GENESIS, ChainWalk, event_body, link
+from suppression.audit import GENESIS, Rekeying, event_body, link
 from suppression.errors import OptgateError, StoreError
 from suppression.model import (
     AuditEvent,
@@ -55,24 +57,32 @@ from suppression.rows import (
     CONSENT_COLUMNS,
     EVENT_COLUMNS,
     PAGE,
+    SEND_COLUMNS,
     SUPPRESSION_COLUMNS,
+    added_records,
     batch_result,
     consent_event,
+    erasure_records,
     stored_keys,
     suppress_event,
     suppression_rows,
     to_consent,
     to_event,
+    to_send,
     to_suppression,
     unique_items,
 )
-from suppression.store import (
+from suppression.statecheck import (
     ChainReport,
-    ConsentImport,
-    Holder,
-    SubjectRecord,
-    SuppressionImport,
+    Sum,
+    consent_hash,
+    legacy_detail,
+    removed_detail,
+    rows_detail,
+    suppression_hash,
+    verify,
 )
+from suppression.store import ConsentImport, Erasure, Holder, SubjectRecord, SuppressionImport
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -161,7 +171,10 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX offer_copy_open ON offer_copy (state, until);
     """,
+    # the audit chain is keyed (HMAC) and records row sums from here on: _rekey
+    "",
 )
+KEYED_CHAIN = 5  # the schema version whose migration is _rekey
 
 MMAP_BYTES = 1 << 36
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # the lease time of a copy never claimed
@@ -188,6 +201,10 @@ def _consent(row: Sequence[Any]) -> Consent:
 
 def _event(row: Sequence[Any]) -> AuditEvent:
     return to_event(row, _parse_time)
+
+
+def _send(row: Sequence[Any]) -> Send:
+    return to_send(row, _parse_time)
 
 
 def _marks(count: int) -> str:
@@ -257,9 +274,12 @@ class GroupCommit:
 class SQLiteStore:
     """Store on one SQLite database file."""
 
-    def __init__(self, db: aiosqlite.Connection, hot: sqlite3.Connection, path: str) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, hot: sqlite3.Connection, path: str, audit_key: bytes
+    ) -> None:
         self._db = db
         self._path = path
+        self._key = audit_key
         self._writing = asyncio.Lock()
         # the per-message work (lookups, the send ledger) has a connection and a
         # thread of its own: one thread hop each; in WAL mode reads never wait
@@ -281,7 +301,7 @@ class SQLiteStore:
         self._ledger = GroupCommit(self._record_sends, self._ledger_thread)
 
     @classmethod
-    async def open(cls, path: str) -> SQLiteStore:
+    async def open(cls, path: str, audit_key: bytes) -> SQLiteStore:
         """Open the file, switch to WAL and run pending migrations."""
         try:
             hot = _connect(path, "FULL")
@@ -289,7 +309,7 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {path}: {exc}") from None
         db = await aiosqlite.connect(path, isolation_level=None)
-        store = cls(db, hot, path)
+        store = cls(db, hot, path, audit_key)
         try:
             await store._prepare()
         except (sqlite3.Error, StoreError) as exc:
@@ -316,9 +336,37 @@ class SQLiteStore:
                 f"({len(MIGRATIONS)}): upgrade optgate"
             )
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            if number == KEYED_CHAIN:
+                await self._write(functools.partial(self._rekey, number))
+                continue
             await self._db.executescript(
                 f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
             )
+
+    async def _rekey(self, version: int) -> None:
+        """Chain the events of the unkeyed era with the key, and vouch for their rows as a
+        whole (inside the caller's transaction, with the schema version)."""
+        rekeying, last = Rekeying(self._key), 0
+        while events := await self._all(
+            f"SELECT {EVENT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT {PAGE}",
+            (last,),
+            _event,
+        ):
+            try:
+                links = [(*rekeying.step(e), e.seq) for e in events]
+            except ValueError as exc:
+                raise StoreError(f"cannot upgrade SQLite store {self._path}: {exc}") from None
+            await self._db.executemany("UPDATE audit SET prev = ?, digest = ? WHERE seq = ?", links)
+            last = events[-1].seq
+        if last:
+            suppressions, consents = Sum(), Sum()
+            async for s in self.iter_suppressions(None):
+                suppressions.add(suppression_hash(s))
+            async for c in self.iter_consents(None):
+                consents.add(consent_hash(c))
+            detail = legacy_detail(last, rekeying.old.head, suppressions, consents)
+            await self._audit("optgate", "audit-rekey", None, detail)
+        await self._db.execute(f"PRAGMA user_version = {version}")
 
     async def close(self) -> None:
         """Close the connections."""
@@ -327,6 +375,14 @@ class SQLiteStore:
         self._commit_db.close()
         self._hot.close()
         await self._db.close()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Read errors as the StoreError PostgreSQL gives (the one mapping for reads)."""
+        try:
+            yield
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: closed, or a bad stored time
+            raise StoreError(f"cannot read SQLite store {self._path}: {exc}") from None
 
     async def _write(self, work: Any) -> Any:
         """Run an async write function inside one IMMEDIATE transaction.
@@ -368,7 +424,7 @@ class SQLiteStore:
         await self._db.execute(
             "INSERT INTO audit (seq, at, actor, action, subject, body, prev, digest) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (seq, _time(at), actor, action, subject, body, prev, link(prev, body)),
+            (seq, _time(at), actor, action, subject, body, prev, link(self._key, prev, body)),
         )
         return seq
 
@@ -387,7 +443,8 @@ class SQLiteStore:
 
         async def work() -> BatchResult:
             seq, _ = await self._head()
-            now_text = _time(now())
+            at = now()
+            now_text = _time(at)
             before = self._db.total_changes
             await self._db.executemany(
                 "INSERT OR IGNORE INTO suppression "
@@ -404,12 +461,29 @@ class SQLiteStore:
             )
             added = self._db.total_changes - before
             if added:
+                keys = None if added == len(unique) else await self._added(list(unique), scope, seq)
                 subject, detail = suppress_event(unique, note, scope, source, added)
+                detail |= rows_detail(
+                    added_records(unique, scope=scope, source=source, event=seq, at=at, added=keys)
+                )
                 await self._audit(actor, "suppress", subject, detail)
             return batch_result(len(items), len(unique), added, seq)
 
         result: BatchResult = await self._write(work)
         return result
+
+    async def _added(self, keys: list[str], scope: str, event: int) -> set[str]:
+        """Which of a batch's stored keys its event added (the others were there)."""
+        added: set[str] = set()
+        for start in range(0, len(keys), PAGE):
+            chunk = keys[start : start + PAGE]
+            async with self._db.execute(
+                f"SELECT key FROM suppression WHERE scope = ? AND event = ? "
+                f"AND key IN ({_marks(len(chunk))})",
+                (scope, event, *chunk),
+            ) as cursor:
+                added.update(row[0] for row in await cursor.fetchall())
+        return added
 
     def suppression_import(
         self, *, actor: str, note: Mapping[str, object]
@@ -434,13 +508,16 @@ class SQLiteStore:
             removed = 0
             for key in dict.fromkeys(keys):
                 forms = (key, "@" + key) if len(key) == 64 else ("#" + key,)
-                cursor = await self._db.execute(
-                    f"DELETE FROM suppression WHERE key IN ({_marks(len(forms))}) AND scope = ?",
+                gone = await self._all(
+                    f"DELETE FROM suppression WHERE key IN ({_marks(len(forms))}) AND scope = ? "
+                    f"RETURNING {SUPPRESSION_COLUMNS}",
                     (*forms, scope),
+                    _suppression,
                 )
-                if cursor.rowcount:
+                if gone:
                     removed += 1
-                    await self._audit(actor, "unsuppress", key, {"scope": scope})
+                    detail = {"scope": scope, **removed_detail(gone)}
+                    await self._audit(actor, "unsuppress", key, detail)
             return removed
 
         result: int = await self._write(work)
@@ -460,11 +537,14 @@ class SQLiteStore:
 
     async def _append_consents(self, consents: Sequence[Consent], actor: str) -> None:
         """Insert consent records and their audit event (inside the caller's transaction)."""
+        event, _ = await self._head()
         subject, detail = consent_event(consents)
-        await self._insert_consents(consents, await self._audit(actor, "consent", subject, detail))
+        detail |= rows_detail(consents=[replace(c, event=event) for c in consents])
+        await self._audit(actor, "consent", subject, detail)
+        await self._insert_consents([replace(c, event=event) for c in consents])
 
-    async def _insert_consents(self, consents: Sequence[Consent], event: int) -> None:
-        """Insert consent records that point to an audit event (inside a transaction)."""
+    async def _insert_consents(self, consents: Sequence[Consent]) -> None:
+        """Insert consent records as they are, their event included."""
         await self._db.executemany(
             f"INSERT INTO consent ({CONSENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -477,7 +557,7 @@ class SQLiteStore:
                     c.policy_version,
                     c.address,
                     c.evidence,
-                    event,
+                    c.event,
                 )
                 for c in consents
             ],
@@ -497,7 +577,8 @@ class SQLiteStore:
         a thread costs several times that (measured: 70 us inline, 370 us
         through an executor).
         """
-        return self._lookup(list(recipients), frozenset(scopes), purpose, ledger)
+        with self._reading():
+            return self._lookup(list(recipients), frozenset(scopes), purpose, ledger)
 
     def _lookup(
         self,
@@ -572,6 +653,11 @@ class SQLiteStore:
 
     async def compliance(self) -> AsyncIterator[OptOutCheck]:
         """Opt-outs (address keys) joined with the non-transactional sends after them."""
+        with self._reading():
+            async for check in self._compliance():
+                yield check
+
+    async def _compliance(self) -> AsyncIterator[OptOutCheck]:
         async with self._db.execute(
             "SELECT s.key, s.scope, s.reason, s.source, s.created, count(d.sha256), max(d.at) "
             "FROM suppression s LEFT JOIN send d ON d.sha256 = s.key AND d.at > s.created "
@@ -596,7 +682,7 @@ class SQLiteStore:
 
         Read on the hot-path connection, which only ever sees committed rows.
         """
-        try:
+        with self._reading():
             suppressions = [
                 _suppression(row)
                 for row in self._hot.execute(
@@ -611,12 +697,10 @@ class SQLiteStore:
                     (sha256,),
                 )
             ]
-        except (sqlite3.Error, ValueError) as exc:  # ValueError: the store was closed
-            raise StoreError(f"cannot read SQLite store {self._path}: {exc}") from None
         return Holder.of(suppressions, records)
 
     async def subject(self, address: Address) -> SubjectRecord:
-        """Every suppression, consent and audit event about an address."""
+        """Every suppression, consent, send and audit event about an address."""
         keys = stored_keys(address)
         suppressions = await self._all(
             f"SELECT {SUPPRESSION_COLUMNS} FROM suppression WHERE key IN (?, ?, ?) "
@@ -629,6 +713,11 @@ class SQLiteStore:
             (address.sha256,),
             _consent,
         )
+        sends = await self._all(
+            f"SELECT {SEND_COLUMNS} FROM send WHERE sha256 = ? ORDER BY at",
+            (address.sha256,),
+            _send,
+        )
         seqs = {s.event for s in suppressions} | {c.event for c in consents}
         events = await self._all(
             f"SELECT {EVENT_COLUMNS} FROM audit "
@@ -636,72 +725,132 @@ class SQLiteStore:
             (address.sha256, address.md5, address.domain_key, *seqs),
             _event,
         )
-        return SubjectRecord(tuple(suppressions), tuple(consents), tuple(events))
+        return SubjectRecord(tuple(suppressions), tuple(consents), tuple(events), tuple(sends))
 
     async def _all(self, sql: str, params: Sequence[object], convert: Any) -> list[Any]:
-        async with self._db.execute(sql, params) as cursor:
-            return [convert(row) for row in await cursor.fetchall()]
+        with self._reading():
+            async with self._db.execute(sql, params) as cursor:
+                return [convert(row) for row in await cursor.fetchall()]
 
-    async def erase(self, address: Address, *, actor: str) -> int:
-        """Forget the plaintext and consent evidence; the hashes stay."""
+    async def erase(self, address: Address, *, actor: str) -> Erasure:
+        """Delete plaintext and evidence, revoke every consent, leave a tombstone; then
+        checkpoint the WAL so that no old page with the plaintext stays in it."""
 
-        async def work() -> int:
-            first = await self._db.execute(
-                "UPDATE suppression SET address = NULL, evidence = NULL "
-                "WHERE key IN (?, ?) AND (address IS NOT NULL OR evidence IS NOT NULL)",
-                (address.sha256, "#" + address.md5),
-            )
-            second = await self._db.execute(
-                "UPDATE consent SET address = NULL, evidence = NULL "
-                "WHERE sha256 = ? AND (address IS NOT NULL OR evidence IS NOT NULL)",
+        async def work() -> Erasure:
+            seq, _ = await self._head()
+            cleared = (
+                await self._db.execute(
+                    "UPDATE suppression SET address = NULL, evidence = NULL "
+                    "WHERE key IN (?, ?) AND (address IS NOT NULL OR evidence IS NOT NULL)",
+                    (address.sha256, "#" + address.md5),
+                )
+            ).rowcount
+            cleared += (
+                await self._db.execute(
+                    "UPDATE consent SET address = NULL, evidence = NULL "
+                    "WHERE sha256 = ? AND (address IS NOT NULL OR evidence IS NOT NULL)",
+                    (address.sha256,),
+                )
+            ).rowcount
+            history = await self._all(
+                f"SELECT {CONSENT_COLUMNS} FROM consent WHERE sha256 = ? ORDER BY created, id",
                 (address.sha256,),
+                _consent,
             )
-            changed = first.rowcount + second.rowcount
-            await self._audit(actor, "erase", address.sha256, {"records": changed})
-            return changed
+            revocations, tombstone = erasure_records(address.sha256, history, event=seq, at=now())
+            replaced = await self._all(
+                f"DELETE FROM suppression WHERE key = ? AND scope = 'global' "
+                f"RETURNING {SUPPRESSION_COLUMNS}",
+                (address.sha256,),
+                _suppression,
+            )
+            await self._db.execute(
+                "INSERT INTO suppression "
+                "(key, scope, kind, address, reason, source, evidence, created, event) "
+                "VALUES (?, 'global', 'sha256', NULL, ?, ?, NULL, ?, ?)",
+                (
+                    address.sha256,
+                    Reason.ERASED.value,
+                    tombstone.source,
+                    _time(tombstone.created),
+                    seq,
+                ),
+            )
+            await self._insert_consents(revocations)
+            detail = {
+                "cleared": cleared,
+                "revoked": len(revocations),
+                **rows_detail([tombstone], revocations),
+                **removed_detail(replaced),
+            }
+            await self._audit(actor, "erase", address.sha256, detail)
+            return Erasure(cleared, len(revocations))
 
-        result: int = await self._write(work)
+        result: Erasure = await self._write(work)
+        await self._checkpoint()
         return result
+
+    async def _checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it (waits for readers: busy_timeout)."""
+        try:
+            async with self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot checkpoint SQLite store {self._path}: {exc}") from None
+        if row is None or row[0]:
+            raise StoreError(
+                f"the erasure is committed, but readers of {self._path} kept its write-ahead "
+                "log from being emptied, so it may still hold the erased plaintext: run "
+                "'optgate subject erase' again once the load is lower"
+            )
 
     async def iter_suppressions(self, scope: str | None) -> AsyncIterator[Suppression]:
         """Stream suppressions in key order, a page at a time."""
         where, params = ("WHERE scope = ?", (scope,)) if scope else ("", ())
-        async with self._db.execute(
-            f"SELECT {SUPPRESSION_COLUMNS} FROM suppression {where}", params
-        ) as cursor:
-            while rows := await cursor.fetchmany(PAGE):
-                for row in rows:
-                    yield _suppression(row)
+        with self._reading():
+            async with self._db.execute(
+                f"SELECT {SUPPRESSION_COLUMNS} FROM suppression {where}", params
+            ) as cursor:
+                while rows := await cursor.fetchmany(PAGE):
+                    for row in rows:
+                        yield _suppression(row)
 
     async def iter_consents(self, purpose: str | None) -> AsyncIterator[Consent]:
         """Stream consent records in the order they were made."""
         where, params = ("WHERE purpose = ?", (purpose,)) if purpose else ("", ())
-        async with self._db.execute(
-            f"SELECT {CONSENT_COLUMNS} FROM consent {where} ORDER BY id", params
-        ) as cursor:
-            while rows := await cursor.fetchmany(PAGE):
-                for row in rows:
-                    yield _consent(row)
+        with self._reading():
+            async with self._db.execute(
+                f"SELECT {CONSENT_COLUMNS} FROM consent {where} ORDER BY id", params
+            ) as cursor:
+                while rows := await cursor.fetchmany(PAGE):
+                    for row in rows:
+                        yield _consent(row)
 
-    async def verify_chain(self) -> ChainReport:
-        """Walk the whole audit log in sequence order."""
-        walk = ChainWalk()
-        async with self._db.execute(f"SELECT {EVENT_COLUMNS} FROM audit ORDER BY seq") as cursor:
-            while rows := await cursor.fetchmany(PAGE):
-                if not all(walk.step(_event(row)) for row in rows):
-                    break
-        return ChainReport(walk.count, walk.head, walk.broken_at, walk.problem)
+    async def iter_events(self) -> AsyncGenerator[AuditEvent, None]:
+        """Stream the audit log in sequence order."""
+        with self._reading():
+            async with self._db.execute(
+                f"SELECT {EVENT_COLUMNS} FROM audit ORDER BY seq"
+            ) as cursor:
+                while rows := await cursor.fetchmany(PAGE):
+                    for row in rows:
+                        yield _event(row)
+
+    async def verify_chain(self, expect: Sequence[tuple[int, str]] = ()) -> ChainReport:
+        """Walk the audit log and rebuild the state it vouches for (statecheck.verify)."""
+        return await verify(self, self._key, expect)
 
     # --- inbound: short tokens resolve through the ledger; soft bounces are counted ---
 
     async def sent_to(self, prefix: str) -> list[tuple[str, str]]:
         """(recipient hash, topic) pairs of the send ledger whose hash starts with ``prefix``."""
         # hex sorts below "g": the prefix's range in the ledger's index
-        rows = self._hot.execute(
-            "SELECT DISTINCT sha256, topic FROM send WHERE sha256 >= ? AND sha256 < ? "
-            "ORDER BY sha256, topic",
-            (prefix, prefix + "g"),
-        ).fetchall()
+        with self._reading():
+            rows = self._hot.execute(
+                "SELECT DISTINCT sha256, topic FROM send WHERE sha256 >= ? AND sha256 < ? "
+                "ORDER BY sha256, topic",
+                (prefix, prefix + "g"),
+            ).fetchall()
         return [(sha256, topic) for sha256, topic in rows]
 
     async def record_soft_bounce(
@@ -889,8 +1038,9 @@ class SQLiteStore:
 
     def _open_offers(self, state: OfferState) -> bool:
         """A cheap read (no write lock) before a worker's poll takes the writer."""
-        row = self._hot.execute("SELECT 1 FROM offer WHERE state = ? LIMIT 1", (state.value,))
-        return row.fetchone() is not None
+        with self._reading():
+            row = self._hot.execute("SELECT 1 FROM offer WHERE state = ? LIMIT 1", (state.value,))
+            return row.fetchone() is not None
 
     async def claim_copies(self, owner: str, limit: int, lease: timedelta) -> list[Claim]:
         """Lease up to ``limit`` open copies of running offers (SQLite: under the write lock)."""

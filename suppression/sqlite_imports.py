@@ -12,8 +12,13 @@ run in bounded memory (spilling to temporary files) and then fills the
 primary key in order, which costs a fraction of inserting batches of random
 keys, each batch touching pages all over the index. A row is staged as its
 key, address and the number of its "shape" (kind, scope, reason, source),
-since every value bound costs time; times and evidence go in only for the
-rows that have them.
+since every value bound costs time, a thousand rows to a statement; times
+and evidence go in only for the rows that have them.
+
+The run's audit event carries the row sum of what it added (statecheck), made
+while staging for the event number the chain's head promised when the run
+began (rows.ImportSum); if another writer appended meanwhile, or some rows were
+there already, the sum is made again from the rows the event added.
 """
 
 from __future__ import annotations
@@ -22,11 +27,29 @@ import contextlib
 import itertools
 import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
+from itertools import chain
 
 from suppression.errors import StoreError
 from suppression.model import BatchResult, ConsentItem, ImportRow, now
-from suppression.rows import CONSENT_STATEMENT, PAGE, RunAudit, new_consents, stored
-from suppression.sqlite import CACHE_KIB, SQLiteStore, _consent, _marks, _time
+from suppression.rows import (
+    CONSENT_STATEMENT,
+    PAGE,
+    SUPPRESSION_COLUMNS,
+    ImportSum,
+    RunAudit,
+    new_consents,
+    stored,
+)
+from suppression.sqlite import (
+    CACHE_KIB,
+    SQLiteStore,
+    _consent,
+    _marks,
+    _suppression,
+    _time,
+)
+from suppression.statecheck import Sum, consent_hash, suppression_hash
 
 Shape = tuple[str, str, str, str]  # kind, scope, reason, source
 _RUNS = itertools.count(1)  # names of attached run databases, unique in the process
@@ -36,6 +59,9 @@ _RUNS = itertools.count(1)  # names of attached run databases, unique in the pro
 # 1.1 s, the store's usual 32 MiB without one 1.7 s).
 SORT_THREADS = 2  # helper threads SQLite may use (PRAGMA threads)
 MERGE_CACHE_KIB = 4096
+ROWS_A_STATEMENT = 1000  # staged rows bound to one INSERT (3 values each; SQLite allows 32766)
+_PLAIN = "INSERT INTO {0}.row (key, shape, address) VALUES "
+_TIMED = "INSERT INTO {0}.row (key, shape, address, created, evidence) VALUES "
 
 
 @contextlib.asynccontextmanager
@@ -57,8 +83,9 @@ async def suppression_run(
             f"CREATE TABLE {name}.row (key TEXT NOT NULL, shape INTEGER NOT NULL, "
             "address TEXT NOT NULL, created TEXT, evidence TEXT)"
         )
+        event, _ = await store._head()
     try:
-        yield SuppressionRun(store, name, actor, note)
+        yield SuppressionRun(store, name, event, actor, note)
     finally:
         async with store._writing:
             await db.execute(f"DETACH DATABASE {name}")
@@ -68,11 +95,13 @@ class SuppressionRun:
     """Staged batches, written by ``commit``."""
 
     def __init__(
-        self, store: SQLiteStore, name: str, actor: str, note: Mapping[str, object]
+        self, store: SQLiteStore, name: str, event: int, actor: str, note: Mapping[str, object]
     ) -> None:
         self._store, self._name, self._actor = store, name, actor
         self._shapes: dict[Shape, int] = {}
         self._audit = RunAudit(note)
+        self._sum = ImportSum(event, now())
+        self._plain = _PLAIN.format(name) + ",".join(["(?, ?, ?)"] * ROWS_A_STATEMENT)
 
     async def add(self, rows: Sequence[ImportRow]) -> None:
         """Stage a batch in one transaction of the run's own database."""
@@ -89,23 +118,33 @@ class SuppressionRun:
                 if not number:
                     number = shapes[value] = len(shapes) + 1
                     fresh.append((number, *value))
-            if kind != "sha256":
-                key = stored(key, kind)
+            stored_key = key if kind == "sha256" else stored(key, kind)
             if created is None and evidence is None:
-                plain.append((key, number, address or ""))
+                plain.append((stored_key, number, address or ""))
             else:
                 when = _time(created) if created else None
-                timed.append((key, number, address or "", when, evidence))
+                timed.append((stored_key, number, address or "", when, evidence))
+        self._sum.add(rows)
         self._audit.read([row[0] for row in plain] + [row[0] for row in timed])
+        await self._stage(fresh, plain, timed)
+
+    async def _stage(
+        self,
+        fresh: Sequence[tuple[object, ...]],
+        plain: list[tuple[str, int, str]],
+        timed: list[tuple[str, int, str, str | None, str | None]],
+    ) -> None:
         db, name = self._store._db, self._name
+        whole = len(plain) - len(plain) % ROWS_A_STATEMENT
         async with self._store._writing:
             await db.execute("BEGIN")
             try:
                 await db.executemany(f"INSERT INTO {name}.shape VALUES (?, ?, ?, ?, ?)", fresh)
-                await db.executemany(
-                    f"INSERT INTO {name}.row (key, shape, address) VALUES (?, ?, ?)", plain
-                )
-                await db.executemany(f"INSERT INTO {name}.row VALUES (?, ?, ?, ?, ?)", timed)
+                for start in range(0, whole, ROWS_A_STATEMENT):
+                    values = chain.from_iterable(plain[start : start + ROWS_A_STATEMENT])
+                    await db.execute(self._plain, list(values))
+                await db.executemany(_PLAIN.format(name) + "(?, ?, ?)", plain[whole:])
+                await db.executemany(_TIMED.format(name) + "(?, ?, ?, ?, ?)", timed)
                 await db.commit()
             except BaseException:
                 await db.rollback()
@@ -128,7 +167,7 @@ class SuppressionRun:
                     "r.evidence, coalesce(r.created, ?), ? "
                     f"FROM {name}.row r JOIN {name}.shape s ON s.id = r.shape "
                     "ORDER BY r.key, s.scope, r.rowid",
-                    (_time(now()), seq),
+                    (_time(self._sum.at), seq),
                 )
             finally:
                 await db.execute("PRAGMA threads = 0")
@@ -136,11 +175,14 @@ class SuppressionRun:
             added = cursor.rowcount
             unique = staged if added == staged else await self._unique()
             if added:
+                fast = added == staged and seq == self._sum.event
+                rows = self._sum.sum() if fast else await self._added(seq)
                 detail = self._audit.detail(
                     added=added,
                     scopes=sorted({shape[1] for shape in self._shapes}),
                     sources=sorted({shape[3] for shape in self._shapes}),
                 )
+                detail["rows"] = {"suppression": rows.as_json()}
                 await store._audit(self._actor, "suppress", None, detail)
             return BatchResult(added, unique - added, staged - unique, seq)
 
@@ -155,6 +197,17 @@ class SuppressionRun:
         ) as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
+
+    async def _added(self, event: int) -> Sum:
+        """The row sum of what the event added, read back from the table."""
+        total = Sum()
+        async with self._store._db.execute(
+            f"SELECT {SUPPRESSION_COLUMNS} FROM main.suppression WHERE event = ?", (event,)
+        ) as cursor:
+            while found := await cursor.fetchmany(PAGE):
+                for row in found:
+                    total.add(suppression_hash(_suppression(row)))
+        return total
 
 
 @contextlib.asynccontextmanager
@@ -190,6 +243,7 @@ class ConsentRun:
     ) -> None:
         self._store, self._event, self._actor = store, event, actor
         self._audit = RunAudit(note)
+        self._rows = Sum()
         self._granted = self._revoked = 0
         self._purposes: set[str] = set()
         self.committed = False
@@ -209,11 +263,13 @@ class ConsentRun:
             )
         fresh, result = new_consents(items, known, self._event)
         if fresh:
-            await self._store._insert_consents(fresh, self._event)
-            self._audit.read([c.sha256 for c in fresh])
-            self._granted += sum(c.granted for c in fresh)
-            self._revoked += sum(not c.granted for c in fresh)
-            self._purposes.update(c.purpose for c in fresh)
+            records = [replace(c, event=self._event) for c in fresh]
+            await self._store._insert_consents(records)
+            self._rows.merge(Sum.of(map(consent_hash, records)))
+            self._audit.read([c.sha256 for c in records])
+            self._granted += sum(c.granted for c in records)
+            self._revoked += sum(not c.granted for c in records)
+            self._purposes.update(c.purpose for c in records)
         return result
 
     async def commit(self) -> None:
@@ -222,8 +278,9 @@ class ConsentRun:
             detail = self._audit.detail(
                 granted=self._granted, revoked=self._revoked, purposes=sorted(self._purposes)
             )
+            detail["rows"] = {"consent": self._rows.as_json()}
             event = await self._store._audit(self._actor, "consent", None, detail)
             if event != self._event:  # the lock is held: nobody else can append
-                raise StoreError(f"audit chain moved during the import ({event} != {self._event})")
+                raise StoreError(f"audit chain moved in the import ({event}, {self._event})")
         await self._store._db.commit()
         self.committed = True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,6 +24,7 @@ from suppression.model import (
     Suppression,
 )
 from suppression.partners import Claim, CopyState, Offer, OfferState, OfferStatus, Partner
+from suppression.statecheck import ChainReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,15 @@ class SubjectRecord:
     suppressions: tuple[Suppression, ...]
     consents: tuple[Consent, ...]
     events: tuple[AuditEvent, ...]
+    sends: tuple[Send, ...]  # the send ledger: what was sent, when, on which topic
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """What ``erase`` did."""
+
+    cleared: int  # records whose plaintext or evidence was deleted
+    revoked: int  # consents revoked (one per purpose whose latest record was a grant)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,16 +64,6 @@ class Holder:
     def consented(self) -> tuple[str, ...]:
         """Purposes whose latest record is a grant."""
         return tuple(c.purpose for c in self.consents if c.granted)
-
-
-@dataclass(frozen=True, slots=True)
-class ChainReport:
-    """The result of walking the audit chain."""
-
-    events: int
-    head: str
-    broken_at: int | None = None
-    problem: str | None = None
 
 
 class SuppressionImport(Protocol):
@@ -159,8 +159,10 @@ class Store(Protocol):
     async def subject(self, address: Address) -> SubjectRecord:
         """Every record about one address."""
 
-    async def erase(self, address: Address, *, actor: str) -> int:
-        """Delete plaintext and consent evidence, keep hash-keyed records; audited."""
+    async def erase(self, address: Address, *, actor: str) -> Erasure:
+        """Delete plaintext and evidence, revoke every consent and keep a tombstone (a
+        global suppression, reason erased, keyed by the hash alone); audited. Afterwards
+        no byte of the address is left in the store's files (SQLite) or rows (PostgreSQL)."""
 
     def iter_suppressions(self, scope: str | None) -> AsyncIterator[Suppression]:
         """Stream suppressions (of one scope, or all)."""
@@ -168,8 +170,13 @@ class Store(Protocol):
     def iter_consents(self, purpose: str | None) -> AsyncIterator[Consent]:
         """Stream consent records (of one purpose, or all)."""
 
-    async def verify_chain(self) -> ChainReport:
-        """Walk the audit log and check every link."""
+    def iter_events(self) -> AsyncGenerator[AuditEvent, None]:
+        """Stream the audit log in sequence order."""
+
+    async def verify_chain(self, expect: Sequence[tuple[int, str]] = ()) -> ChainReport:
+        """Walk the audit log, check every link and rebuild the suppression and consent
+        state it vouches for against the tables (suppression/statecheck.py); ``expect``:
+        (seq, digest) heads anchored earlier that the chain must still hold."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -263,16 +270,16 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-async def open_store(url: str) -> Store:
-    """Open (and migrate) the store a URL names."""
+async def open_store(url: str, *, audit_key: bytes) -> Store:
+    """Open (and migrate) the store a URL names; ``audit_key`` keys its audit chain."""
     if url.startswith("sqlite://"):
         from suppression.sqlite import SQLiteStore
 
-        return await SQLiteStore.open(sqlite_path(url))
+        return await SQLiteStore.open(sqlite_path(url), audit_key)
     if url.startswith(("postgresql://", "postgres://")):
         from suppression.postgres import PostgresStore
 
-        return await PostgresStore.open(url)
+        return await PostgresStore.open(url, audit_key)
     raise StoreError(
         f"store url {url!r} is not supported: use sqlite:///PATH or postgresql://HOST/DATABASE"
     )

@@ -822,14 +822,19 @@ def test_subject_erase_keeps_the_hash_and_forgets_the_rest(
 
     erased = optgate("subject", "erase", person.upper())
     assert erased.code == 0
-    assert erased.out.startswith("erased plaintext and evidence from 3 record(s)")
+    assert erased.out.startswith(
+        "erased plaintext and evidence from 3 record(s), revoked 1 consent(s)"
+    )
 
     check = optgate("suppress", "check", person)
     assert check.code == 1
-    assert [line.split("\t")[2] for line in check.lines] == ["global", "topic:news"]
+    assert sorted(line.split("\t")[2:4] for line in check.lines) == [
+        ["global", "erased"],
+        ["topic:news", "manual"],
+    ]
     explained = optgate("explain", person)
     assert explained.code == 1
-    assert "the address is suppressed" in explained.out
+    assert "the address is suppressed (global, erased" in explained.out
 
     for table in ("suppression", "consent", "audit"):
         for row in sql(db, f"SELECT * FROM {table}"):
@@ -895,6 +900,42 @@ def test_store_verify_finds_tampering(
     assert broken.code == 1
     assert broken.out.startswith(f"audit log BROKEN at event {at}: ")
     assert problem in broken.out
+
+
+def test_store_verify_rebuilds_the_state_and_anchors_the_head(
+    optgate: Run, db: Path, tmp_path: Path
+) -> None:
+    for address in ("v1@example.com", "v2@example.com"):
+        optgate("suppress", "add", address)
+    ok = optgate("store", "verify")
+    assert ok.code == 0
+    head = re.search(r"head (\d+:[0-9a-f]{64})", ok.out)
+    assert head is not None
+    assert "state matches: the tables suppression (2 rows), consent (0 rows)" in ok.out
+    assert (tmp_path / "optgate-audit.head").read_text().strip() == head.group(1)
+    assert optgate("store", "verify", "--expect", head.group(1)).code == 0
+
+    # the newest event cut off with its row: the chain that is left holds, the anchor not
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("DELETE FROM audit WHERE seq = 2")
+        conn.execute("DELETE FROM suppression WHERE address = 'v2@example.com'")
+    cut = optgate("store", "verify")
+    assert cut.code == 1
+    assert "newest events were removed" in cut.out
+    (tmp_path / "optgate-audit.head").unlink()
+    assert optgate("store", "verify").code == 0, "only the anchor can tell"
+    forgotten = optgate("store", "verify", "--expect", head.group(1))
+    assert forgotten.code == 1, "the head printed earlier is proof enough"
+
+    # a person made mailable again behind optgate's back
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("DELETE FROM suppression WHERE address = 'v1@example.com'")
+    report = json.loads(optgate("store", "verify", "--json").out)
+    assert report["intact"] is False
+    assert report["mismatches"] == [
+        {"table": "suppression", "expected": 1, "found": 0, "events": [1]}
+    ]
+    assert optgate("store", "verify", "--expect", "nonsense").code == 2
 
 
 def test_store_migrate(optgate: Run, db: Path) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import os
 import re
 import sqlite3
+import tempfile
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -21,8 +22,9 @@ from suppression.copying import TABLES, Digest
 from suppression.model import PARTNER_OFFERS, Consent, ImportItem, Reason, Send, now
 from suppression.partners import Partner, hash_credential
 from suppression.store import open_store
+from tests.support.backends import postgres_database
+from tests.support.keys import AUDIT_KEY
 from tests.support.serving import OPTGATE
-from tests.test_store import postgres_database
 
 ANN = normalize("Ann@Example.com")
 BOB = normalize("bob@example.org")
@@ -49,6 +51,9 @@ class Result:
 
 async def store_copy(source: str, destination: str) -> Result:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPTGATE_")}
+    key_file = Path(tempfile.mkdtemp()) / "audit.key"  # the installation's audit key
+    key_file.write_text(AUDIT_KEY.hex())
+    env["OPTGATE_STORE_AUDIT_KEY_FILE"] = str(key_file)
     process = await asyncio.create_subprocess_exec(
         OPTGATE,
         "store",
@@ -66,7 +71,7 @@ async def store_copy(source: str, destination: str) -> Result:
 
 async def fill(url: str) -> None:
     """Every kind of record: key forms, scopes, evidence, consents, the ledger, erasure."""
-    store = await open_store(url)
+    store = await open_store(url, audit_key=AUDIT_KEY)
     try:
         ann = ImportItem(ANN.sha256, "sha256", ANN.normalized, Reason.UNSUBSCRIBED)
         await store.suppress(
@@ -110,7 +115,7 @@ async def fill(url: str) -> None:
 
 async def snapshot(url: str) -> dict[str, Any]:
     """What the Store API shows of a store, comparable across backends."""
-    store = await open_store(url)
+    store = await open_store(url, audit_key=AUDIT_KEY)
     try:
         return {
             "suppressions": sorted(
@@ -148,7 +153,7 @@ async def test_sqlite_to_postgres_and_back_keeps_every_record(tmp_path: Path) ->
     assert before["chain"].events == 11
     assert [o.sent for o in before["offers"]] == [1, 0]
     assert before["soft_bounces"] == {"<dsn1@mx.example>"}
-    assert len(before["suppressions"]) == 3
+    assert len(before["suppressions"]) == 4  # BOB's erasure left a tombstone
     async with postgres_database() as pg:
         there = await store_copy(source, pg)
         assert there.code == 0, there.err
@@ -162,7 +167,7 @@ async def test_sqlite_to_postgres_and_back_keeps_every_record(tmp_path: Path) ->
         assert again.code == 0, again.err
         assert again.digests() == there.digests()  # the same digest computed on each backend
         # the copied store goes on: new consent ids follow the copied ones
-        store = await open_store(pg)
+        store = await open_store(pg, audit_key=AUDIT_KEY)
         try:
             await store.record_consents(
                 [Consent(ANN.sha256, "news", False, "web", now())], actor="test"
@@ -209,7 +214,9 @@ async def test_a_destination_that_differs_is_rolled_back(tmp_path: Path) -> None
     source = f"sqlite:///{tmp_path / 'source.db'}"
     await fill(source)
     async with postgres_database() as pg:
-        store = await open_store(pg)  # the schema, empty; then a trigger that alters rows
+        store = await open_store(
+            pg, audit_key=AUDIT_KEY
+        )  # the schema, empty; then a trigger that alters rows
         await store.close()
         conn = await asyncpg.connect(pg)
         try:
@@ -237,7 +244,7 @@ async def test_a_row_the_destination_cannot_hold_is_a_clear_error(tmp_path: Path
     async with postgres_database() as pg:
         result = await store_copy(f"sqlite:///{source_db}", pg)
         assert result.code == 2
-        assert result.err.startswith("optgate: cannot copy table suppression (after 3 rows): ")
+        assert result.err.startswith("optgate: cannot copy table suppression (after 4 rows): ")
         assert result.err.rstrip().endswith("was rolled back")
         assert "Traceback" not in result.err
         assert await count(pg, "suppression") == 0
@@ -247,13 +254,13 @@ async def test_tables_name_every_table_and_column_of_both_schemas(tmp_path: Path
     """A table or column added to a migration needs its entry in TABLES, or copies lose it."""
     expected = {t.name: set(t.names) for t in TABLES}
     sqlite_url = f"sqlite:///{tmp_path / 'fresh.db'}"
-    await (await open_store(sqlite_url)).close()
+    await (await open_store(sqlite_url, audit_key=AUDIT_KEY)).close()
     with closing(sqlite3.connect(tmp_path / "fresh.db")) as db:
         names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         found = {n: {r[1] for r in db.execute(f'PRAGMA table_info("{n}")')} for n in names}
     assert found == expected
     async with postgres_database() as pg:
-        await (await open_store(pg)).close()
+        await (await open_store(pg, audit_key=AUDIT_KEY)).close()
         conn = await asyncpg.connect(pg)
         try:
             rows = await conn.fetch(

@@ -28,6 +28,7 @@ from gateway.service import running
 from suppression.sqlite import MIGRATIONS
 from suppression.store import open_store
 from tests.support.dns import DnsServer, dns_server
+from tests.support.keys import AUDIT_KEY
 from tests.support.smtp import sink
 
 DOMAIN = "shop.test"
@@ -39,6 +40,7 @@ HEALTHY = [
     "dkim key shop.test:s1",
     "dkim key shop.test:s2",
     "token keys",
+    "audit key",
     "smtp listen",
     "web listen",
     "store",
@@ -97,7 +99,10 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     ed_key = keygen(DOMAIN, "s2", "ed25519", out=tmp_path / "s2.pem")
     load_keys(tmp_path / "optgate.key")
     store_url = f"sqlite:///{tmp_path / 'optgate.db'}"
-    await (await open_store(store_url)).close()
+    audit_key = tmp_path / "optgate-audit.key"
+    audit_key.write_text(AUDIT_KEY.hex())
+    audit_key.chmod(0o600)
+    await (await open_store(store_url, audit_key=AUDIT_KEY)).close()
     records = {
         SPF: ['"v=spf1 ip4:192.0.2.10 include:_spf.mailer.test -all"', '"site-verification=x"'],
         MX: ["10 mx1.shop.test.", "20 mx2.shop.test."],
@@ -110,7 +115,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
             "smtp": {"listen": f"127.0.0.1:{free_port()}"},
             "web": {"listen": f"127.0.0.1:{free_port()}"},
             "relay": {"next_hop": f"127.0.0.1:{hop.port}"},
-            "store": {"url": store_url},
+            "store": {"url": store_url, "audit_key_file": str(audit_key)},
             "unsubscribe": {
                 "key_file": str(tmp_path / "optgate.key"),
                 "base_url": "https://unsub.shop.test",
@@ -295,6 +300,14 @@ async def test_one_broken_thing_is_named(
     others = [c for c in checks if c.name != name]
     assert all(c.status is Status.PASS for c in others), report(checks)
     assert failed(checks) == (status == "FAIL")
+
+
+async def test_a_store_without_its_audit_key_fails(setup: Setup) -> None:
+    (setup.tmp / "optgate-audit.key").unlink()
+    checks = by_name(await setup.checks())
+    assert checks["store"].status is Status.FAIL
+    assert "restore the key from a backup" in checks["store"].detail
+    assert not (setup.tmp / "optgate-audit.key").exists()  # the doctor creates nothing
 
 
 async def test_missing_files_made_on_first_start_pass(setup: Setup) -> None:

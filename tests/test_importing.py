@@ -26,13 +26,13 @@ from suppression.importing import (
 from suppression.model import Reason
 from suppression.store import Store
 from suppression.textio import FormatError
-from tests.test_store import Backend, backend  # noqa: F401 - the parametrised fixture
+from tests.support.backends import Backend
 
 T0 = datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
 
 
 @pytest.fixture
-def store(backend: Backend) -> Store:  # noqa: F811 - the fixture imported above
+def store(backend: Backend) -> Store:
     return backend.store
 
 
@@ -214,9 +214,38 @@ async def test_one_audit_event_names_the_run_and_no_address(
     body = json.loads(event.body)
     assert (body["action"], body["actor"]) == ("suppress", "test")
     detail = body["detail"]
-    assert (detail["file"], detail["rows"], detail["added"]) == ("list.csv", 8, 8)
+    assert (detail["file"], detail["read"], detail["added"]) == ("list.csv", 8, 8)
+    assert detail["rows"]["suppression"][0] == 8
     assert (detail["scopes"], detail["sources"]) == (["global", "topic:news"], ["import", "web"])
     assert "@" not in event.body
+    assert (await store.verify_chain()).intact, "the event vouches for the rows it added"
+
+
+async def test_the_chain_vouches_for_what_an_import_added_whatever_came_between(
+    store: Store, small_batches: int
+) -> None:
+    """The run sums its rows for the event number it expects; another writer taking that
+    number, rows that were there, repeats, times of their own: the sum is made again."""
+    await run(store, address_rows("old@example.com"))
+    rows = [
+        *address_rows("old@example.com", "a@example.com", "a@example.com"),
+        Row(4, "t@example.com", "address", "bounced", T0, scope="topic:news"),
+    ]
+    async with store.suppression_import(actor="test", note={"file": "x"}) as staged:
+        convert = suppression_converter(SuppressionOptions(), "x", Summary("csv"))
+        await staged.add([r for r in map(convert, rows[:2]) if r])
+        await store.audit(actor="dpo", action="subject-access", subject=None)  # moves the head
+        await staged.add([r for r in map(convert, rows[2:]) if r])
+        result = await staged.commit()
+    assert (result.added, result.present, result.duplicates) == (2, 1, 1)
+    report = await store.verify_chain()
+    assert report.intact, report
+    fresh = await run(store, address_rows(*(f"n{i}@example.com" for i in range(5))))
+    assert fresh.added == 5
+    assert (await store.verify_chain()).intact
+    consented = await consents(store, [crow(2, "c@example.com", purpose="news", created=T0)])
+    assert consented.added == 1
+    assert (await store.verify_chain()).intact
 
 
 # what a row says -----------------------------------------------------------------------

@@ -24,11 +24,13 @@ from gateway.inbound.apply import apply
 from gateway.inbound.classify import classify
 from gateway.keys import load_keys
 from gateway.service import running
+from gateway.stores import open_configured
 from gateway.tokens import TokenSigner
 from suppression.address import normalize
 from suppression.errors import InvalidAddress
 from suppression.model import Reason, Send, now
 from suppression.store import Store, open_store
+from tests.support.keys import AUDIT_KEY
 from tests.support.smtp import Sink, gateway_config
 from tests.test_rewrite import corpus_root
 
@@ -93,7 +95,7 @@ async def mailed_everyone(url: str) -> None:
         for finding in classify(sample.raw, mail_from="", rcpt_to=sample.rcpt).findings:
             with contextlib.suppress(InvalidAddress):
                 found.add(normalize(finding.recipient or "").sha256)
-    store = await open_store(url)
+    store = await open_store(url, audit_key=AUDIT_KEY)
     try:
         await store.record_sends([Send("m", sha, "news", "marketing", now()) for sha in found])
     finally:
@@ -112,12 +114,12 @@ async def test_corpus_through_the_socket_matches_the_direct_path_and_the_labels(
     direct_config = config_in(tmp_path / "direct", next_hop)
     for config in (live_config, direct_config):
         await mailed_everyone(config.store.url)
-    direct = await open_store(direct_config.store.url)
+    direct = await open_configured(direct_config, create=True)
     signer = TokenSigner(load_keys(Path(direct_config.unsubscribe.key_file)))
     quiet_broken: list[str] = []
     found = total = 0
     async with running(live_config, ("smtp",)) as gate:
-        live = await open_store(live_config.store.url)
+        live = await open_configured(live_config, create=True)
         client = await asyncio.to_thread(smtplib.SMTP, "127.0.0.1", gate.smtp_port, timeout=30)
         try:
             for sample in SAMPLES:

@@ -19,9 +19,9 @@ from structlog.testing import capture_logs
 
 from gateway.config import Config
 from gateway.service import Running, running
+from gateway.stores import open_configured
 from suppression.address import normalize
 from suppression.model import Reason
-from suppression.store import open_store
 from tests.support.people import FAN, SENDER, seed
 from tests.support.reports import arf, dsn, person
 from tests.support.smtp import Sink, gateway_config, message, send
@@ -58,7 +58,7 @@ class Live:
         return sent.code
 
     async def suppressions(self, address: str) -> dict[str, Reason]:
-        store = await open_store(self.config.store.url)
+        store = await open_configured(self.config, create=True)
         try:
             holder = await store.holder(normalize(address).sha256)
         finally:

@@ -17,12 +17,14 @@ from gateway.inbound.classify import classify
 from gateway.inbound.imap import KEYWORD, Imap, parse_url
 from gateway.ingest import Ingest, arrived
 from gateway.keys import load_keys
+from gateway.stores import open_configured
 from gateway.tokens import TokenSigner
 from suppression.address import normalize
 from suppression.model import Send, now
 from suppression.store import open_store
 from tests import test_cli
 from tests.support.dovecot import Dovecot, private_dovecot
+from tests.support.keys import AUDIT_KEY
 from tests.support.postfix import free_port
 from tests.support.smtp import gateway_config
 from tests.test_cli import Run, count, one_line_error, reasons
@@ -96,7 +98,7 @@ async def mailed_everyone(url: str) -> None:
     """The send ledger of a store that mailed every recipient the messages are about
     (a report without a token counts only for an address optgate mailed)."""
     found = {f.recipient for raw in messages() for f in classify(raw).findings if f.recipient}
-    store = await open_store(url)
+    store = await open_store(url, audit_key=AUDIT_KEY)
     try:
         sends = [Send("m", normalize(r).sha256, "news", "marketing", now()) for r in found]
         await store.record_sends(sends)
@@ -110,6 +112,9 @@ def keyed(db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     key = db.parent / "optgate.key"
     key.write_text("ab" * 32 + "\n")
     monkeypatch.setenv("OPTGATE_UNSUBSCRIBE_KEY_FILE", str(key))
+    audit_key = db.parent / "optgate-audit.key"
+    audit_key.write_text(AUDIT_KEY.hex() + "\n")
+    monkeypatch.setenv("OPTGATE_STORE_AUDIT_KEY_FILE", str(audit_key))
     asyncio.run(mailed_everyone(f"sqlite:///{db}"))
     return db
 
@@ -369,7 +374,7 @@ def test_imap_server_unreachable(optgate: Run, db: Path, tmp_path: Path) -> None
 async def test_imap_connection_lost(dovecot: Dovecot, imap: str, tmp_path: Path) -> None:
     config = gateway_config(tmp_path, free_port())
     await mailed_everyone(config.store.url)
-    store = await open_store(config.store.url)
+    store = await open_configured(config, create=True)
     signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
     try:
         source = Imap(parse_url(dovecot.url(imap, tls=True)), dovecot.password, None)

@@ -11,9 +11,9 @@ from pathlib import Path
 import aiohttp
 
 from gateway.service import running
+from tests.support.backends import postgres_database
 from tests.support.people import FAN, SENDER, seed
 from tests.support.smtp import gateway_config, message, send, sink
-from tests.test_store import postgres_database
 
 
 async def test_one_click_on_node_a_stops_the_next_message_through_node_b(tmp_path: Path) -> None:

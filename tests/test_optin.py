@@ -12,10 +12,10 @@ import pytest
 
 from gateway.cli import main
 from gateway.keys import load_keys
+from gateway.stores import open_configured
 from gateway.tokens import TokenSigner
 from suppression.address import normalize
 from suppression.model import ImportItem, Reason
-from suppression.store import open_store
 from tests.support.smtp import gateway_config, sink
 
 
@@ -28,6 +28,7 @@ async def test_request_mails_a_signed_confirm_link_and_records_no_consent(
             "OPTGATE_RELAY_NEXT_HOP": config.relay.next_hop,
             "OPTGATE_STORE_URL": config.store.url,
             "OPTGATE_UNSUBSCRIBE_KEY_FILE": config.unsubscribe.key_file,
+            "OPTGATE_STORE_AUDIT_KEY_FILE": config.store.audit_key_file,
             "OPTGATE_UNSUBSCRIBE_BASE_URL": "https://unsub.example.com",
         }.items():
             monkeypatch.setenv(name, value)
@@ -45,7 +46,7 @@ async def test_request_mails_a_signed_confirm_link_and_records_no_consent(
     claims = TokenSigner(load_keys(Path(config.unsubscribe.key_file))).verify(match.group(1))
     assert claims.scope == "confirm:news"
     assert claims.recipient == normalize("new@example.com").sha256
-    store = await open_store(config.store.url)
+    store = await open_configured(config, create=True)
     try:
         holder = await store.holder(claims.recipient)
         assert holder.consents == ()  # requested is not consented
@@ -60,7 +61,7 @@ async def test_no_request_to_an_address_that_bounced(
 ) -> None:
     async with sink() as hop:
         config = gateway_config(tmp_path, hop.port)
-        store = await open_store(config.store.url)
+        store = await open_configured(config, create=True)
         a = normalize("gone@example.com")
         await store.suppress(
             [ImportItem(a.sha256, "sha256", None, Reason.BOUNCED)],
@@ -72,6 +73,7 @@ async def test_no_request_to_an_address_that_bounced(
         monkeypatch.setenv("OPTGATE_RELAY_NEXT_HOP", config.relay.next_hop)
         monkeypatch.setenv("OPTGATE_STORE_URL", config.store.url)
         monkeypatch.setenv("OPTGATE_UNSUBSCRIBE_KEY_FILE", config.unsubscribe.key_file)
+        monkeypatch.setenv("OPTGATE_STORE_AUDIT_KEY_FILE", config.store.audit_key_file)
         code = await asyncio.to_thread(
             main, ["consent", "request", "gone@example.com", "--purpose", "news"]
         )

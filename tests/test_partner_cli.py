@@ -14,6 +14,7 @@ from suppression.model import PARTNER_OFFERS, Consent, ImportItem, Reason, now
 from suppression.partners import CopyState, check_credential
 from suppression.store import open_store
 from tests import test_cli
+from tests.support.keys import AUDIT_KEY
 from tests.test_cli import Run, sql
 
 # the fixtures of the CLI tests: a fresh store in OPTGATE_STORE_URL, optgate run in-process
@@ -26,7 +27,7 @@ def seed_offer(path: Path, *, sent: int, suppressed: int, optouts: list[str]) ->
     """An offer of partner acme to FANS: ``sent`` copies sent, ``suppressed`` suppressed."""
 
     async def work() -> int:
-        store = await open_store(f"sqlite:///{path}")
+        store = await open_store(f"sqlite:///{path}", audit_key=AUDIT_KEY)
         try:
             await store.record_consents(
                 [

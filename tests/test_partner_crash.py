@@ -20,6 +20,7 @@ import asyncpg
 
 from gateway.config import load
 from suppression.address import normalize
+from tests.support.backends import postgres_database
 from tests.support.partners import (
     DumpSink,
     ServeProcess,
@@ -30,7 +31,6 @@ from tests.support.partners import (
     until_done,
 )
 from tests.support.smtp import gateway_env, message
-from tests.test_store import postgres_database
 
 AUDIENCE = [f"reader.{i:04d}@example.net" for i in range(2000)]
 BATCH = 50

@@ -14,9 +14,9 @@ import pytest
 
 from gateway.config import Config
 from gateway.service import Running, running
+from gateway.stores import open_configured
 from suppression.address import normalize
 from suppression.model import ImportItem, Reason
-from suppression.store import open_store
 from tests.support.partners import add_partner, consenting, submit, until_done
 from tests.support.smtp import Sink, gateway_config, message
 
@@ -55,6 +55,7 @@ async def partner_command(config: Config, *argv: str) -> str:
     """``optgate partner …`` as the operator runs it for the partner; stdout and stderr."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPTGATE_")}
     env["OPTGATE_STORE_URL"] = config.store.url
+    env["OPTGATE_STORE_AUDIT_KEY_FILE"] = config.store.audit_key_file
     done = await asyncio.to_thread(
         subprocess.run,
         [str(OPTGATE), "partner", *argv],
@@ -72,7 +73,7 @@ async def test_no_recipient_trace_in_anything_the_partner_gets(
 ) -> None:
     secret = await add_partner(config)
     await consenting(config, AUDIENCE)
-    store = await open_store(config.store.url)
+    store = await open_configured(config, create=True)
     try:
         gone = normalize(SUPPRESSED)
         await store.suppress(
@@ -102,7 +103,7 @@ async def test_no_recipient_trace_in_anything_the_partner_gets(
     assert len(next_hop.messages) == len(AUDIENCE) - 2
 
     # one recipient opts out of acme's offers: only that one's hash may go back to acme
-    store = await open_store(config.store.url)
+    store = await open_configured(config, create=True)
     try:
         out = normalize(OPTED_OUT)
         await store.suppress(

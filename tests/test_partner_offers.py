@@ -24,12 +24,12 @@ from gateway.config import Config, Partners
 from gateway.fanout import compose
 from gateway.keys import load_keys
 from gateway.service import Running, running
+from gateway.stores import open_configured
 from gateway.tokens import TokenSigner
 from suppression.address import normalize
 from suppression.errors import ConfigError
 from suppression.model import ImportItem, Ledger, Reason, now
 from suppression.partners import Offer, OfferState
-from suppression.store import open_store
 from tests.support.partners import add_partner, consenting, submit, until_done
 from tests.support.smtp import Sink, gateway_config, self_signed
 
@@ -86,7 +86,7 @@ async def seed(config: Config) -> str:
     secret = await add_partner(config)
     await consenting(config, [*FANS, GONE, NOT_ACME, NO_PARTNERS])
     await consenting(config, [MARKETING_ONLY], "marketing")
-    store = await open_store(config.store.url)
+    store = await open_configured(config, create=True)
     try:
         gone, enough = normalize(GONE), normalize(NO_PARTNERS)
         for address, scope in ((gone, "global"), (enough, "topic:partner-offers")):
@@ -105,6 +105,7 @@ async def import_partner_list(config: Config, addresses: list[str]) -> None:
     listing.write_text("".join(f"{normalize(a).md5}\n" for a in addresses))
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPTGATE_")}
     env["OPTGATE_STORE_URL"] = config.store.url
+    env["OPTGATE_STORE_AUDIT_KEY_FILE"] = config.store.audit_key_file
     command = [str(Path(sys.prefix) / "bin" / "optgate"), "suppress", "import", str(listing)]
     await asyncio.to_thread(
         subprocess.run,
@@ -148,7 +149,7 @@ async def test_an_offer_reaches_each_consenting_unsuppressed_recipient_once(
         assert received.rcpt_tos[0] not in body
         assert "An offer from acme, sent by Example Ltd" in body
     # the send ledger has each copy (so `optgate report compliance` sees partner mail too)
-    store = await open_store(config.store.url)
+    store = await open_configured(config, create=True)
     try:
         people = [normalize(a) for a in [*FANS, GONE]]
         ledger = Ledger(f"offer-{status.id}", now() - timedelta(hours=1))
@@ -208,7 +209,7 @@ async def test_bad_submissions_are_refused_and_store_nothing(
     assert big.code == 552
     bad_topic = await submit(port, "acme", secret, offer(extra="X-Optgate-Audience: No!\r\n"))
     assert bad_topic.code == 550
-    store = await open_store(config.store.url)
+    store = await open_configured(config, create=True)
     try:
         assert await store.offer_statuses("acme") == []
         await store.disable_partner("acme", actor="test")

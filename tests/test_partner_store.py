@@ -19,13 +19,13 @@ from suppression.partners import (
     hash_credential,
 )
 from suppression.store import Store
-from tests.test_store import Backend, backend  # noqa: F401 - the parametrised fixture
+from tests.support.backends import Backend
 
 LEASE = timedelta(minutes=5)
 
 
 @pytest.fixture
-def store(backend: Backend) -> Store:  # noqa: F811 - the fixture imported above
+def store(backend: Backend) -> Store:
     return backend.store
 
 

@@ -178,6 +178,17 @@ CASES = [
 ]
 
 
+def test_an_erased_person_gets_only_what_a_fresh_consent_allows() -> None:
+    erased = Suppression(KEY, "sha256", "global", Reason.ERASED, "erasure", T1)
+    before = Consent(KEY, "news", True, "web", T0)
+    since = Consent(KEY, "news", True, "web", datetime(2024, 7, 1, tzinfo=UTC))
+    for kind in (MARKETING, TRANSACTIONAL):
+        assert not decide(Facts((erased,), before), kind, "news", OPEN).keep
+    assert not decide(Facts((erased,), None), TRANSACTIONAL, "news", OPEN).keep
+    verdict = decide(Facts((erased,), since), MARKETING, "news", CONSENTING)
+    assert (verdict.keep, verdict.reason) == (True, "consented")
+
+
 @pytest.mark.parametrize("c", CASES, ids=[c.name for c in CASES])
 def test_decision_table(c: Case) -> None:
     verdict = decide(facts(c.kind, "news", c.records, c.given), c.kind, "news", c.rules)
@@ -193,6 +204,9 @@ def oracle(
     for record in records:
         if record.scope not in scopes:
             continue
+        fresh = given is not None and given.granted and given.created > record.created
+        if record.reason is Reason.ERASED and fresh:
+            continue  # only a consent given since the erasure mails an erased person again
         if kind is not TRANSACTIONAL or record.reason in HARD_REASONS:
             return False, record.reason.value
     if kind is TRANSACTIONAL:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from gateway.service import running
+from gateway.stores import open_configured
 from suppression.address import normalize
 from suppression.model import Reason
-from suppression.store import open_store
 from tests.support.people import FAN, SENDER, STRANGER, seed
 from tests.support.postfix import (
     SNIPPET_DIR,
@@ -109,7 +109,7 @@ async def test_a_bounce_and_an_unsubscribe_through_postfix_end_in_the_suppressio
     assert stray.code == 550  # only the mapped addresses are accepted: no backscatter
     assert f"relay=127.0.0.1[127.0.0.1]:{lmtp_port}" in log
     assert len(final.messages) == 1  # nothing inbound was relayed or bounced onward
-    store = await open_store(config.store.url)
+    store = await open_configured(config, create=True)
     try:
         fan = await store.holder(normalize(FAN).sha256)
         stranger = await store.holder(normalize(STRANGER).sha256)

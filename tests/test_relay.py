@@ -15,10 +15,10 @@ import structlog
 from gateway.config import Config
 from gateway.keys import load_keys
 from gateway.service import Running, running
+from gateway.stores import open_configured
 from gateway.tokens import TokenSigner
 from suppression.address import normalize
 from suppression.model import Consent, ImportItem, Reason, now
-from suppression.store import open_store
 from tests.support.people import BOUNCED, FAN, GONE, SENDER, STRANGER, seed
 from tests.support.smtp import Sink, gateway_config, message, send, sink
 
@@ -54,7 +54,7 @@ async def test_consented_recipient_gets_a_personal_copy_others_are_dropped(
 
 
 async def consent_to(config: Config, address: str, purpose: str = "marketing") -> None:
-    store = await open_store(config.store.url)
+    store = await open_configured(config, create=True)
     try:
         record = Consent(normalize(address).sha256, purpose, True, "test", now())
         await store.record_consents([record], actor="test")
@@ -257,12 +257,13 @@ async def test_compliance_report_finds_mail_relayed_after_an_opt_out(
     from gateway.cli import main
 
     monkeypatch.setenv("OPTGATE_STORE_URL", config.store.url)
+    monkeypatch.setenv("OPTGATE_STORE_AUDIT_KEY_FILE", config.store.audit_key_file)
     await send(gate.smtp_port, SENDER, [FAN], message())
     assert await asyncio.to_thread(main, ["report", "compliance"]) == 0
     assert "2 opt-out(s), 0 with marketing mail relayed after" in capsys.readouterr().out
 
     # an opt-out dated an hour before that delivery: the report must flag it
-    store = await open_store(config.store.url)
+    store = await open_configured(config, create=True)
     fan = normalize(FAN)
     before = ImportItem(fan.sha256, "sha256", None, Reason.UNSUBSCRIBED, now() - timedelta(hours=1))
     await store.suppress([before], scope="topic:marketing", source="import", actor="test")

@@ -3,105 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
 from suppression.address import identity, normalize
 from suppression.errors import StoreError
 from suppression.model import BatchResult, Consent, ConsentItem, ImportItem, Reason, Send, now
 from suppression.store import Store, open_store
-
-
-@dataclass
-class Backend:
-    """A store under test and a way to reach behind its back."""
-
-    store: Store
-    raw_sql: Callable[[str], None]
-
-
-# a maintenance connection to this server creates and drops one database per test
-# (not OPTGATE_*: that prefix is the configuration's, and unknown names there are errors)
-POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _on_server(database: str) -> str:
-    return POSTGRES.rsplit("/", 1)[0] + "/" + database
-
-
-def _blocking(work: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run a coroutine to the end on a loop of its own (for a sync ``raw_sql``)."""
-    with ThreadPoolExecutor(1) as thread:
-        thread.submit(asyncio.run, work()).result()
-
-
-@asynccontextmanager
-async def postgres_database() -> AsyncIterator[str]:
-    """A fresh, empty database; its URL. Fails (never skips) when no server answers."""
-    try:
-        admin = await asyncpg.connect(POSTGRES, timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.fail(
-            f"no PostgreSQL at {POSTGRES} ({exc}): run scripts/setup-system as root, "
-            "or point TEST_POSTGRES_URL at a server",
-            pytrace=False,
-        )
-    name = f"optgate_test_{secrets.token_hex(6)}"
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield _on_server(name)
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-def postgres_sql(url: str) -> Callable[[str], None]:
-    def raw_sql(sql: str) -> None:
-        async def run() -> None:
-            conn = await asyncpg.connect(url)
-            try:
-                await conn.execute(sql)
-            finally:
-                await conn.close()
-
-        _blocking(run)
-
-    return raw_sql
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    if request.param == "postgres":
-        async with postgres_database() as url:
-            store = await open_store(url)
-            try:
-                yield Backend(store, postgres_sql(url))
-            finally:
-                await store.close()
-        return
-    path = tmp_path / "store.db"
-    store = await open_store(f"sqlite:///{path}")
-
-    def raw_sql(sql: str) -> None:
-        with sqlite3.connect(path) as db:
-            db.execute(sql)
-
-    yield Backend(store, raw_sql)
-    await store.close()
+from tests.support.backends import Backend, postgres_database, postgres_sql
+from tests.support.keys import AUDIT_KEY
 
 
 def item(text: str, reason: Reason = Reason.MANUAL) -> ImportItem:
@@ -228,15 +144,21 @@ async def test_erase_keeps_the_hash_and_the_suppression(backend: Backend) -> Non
     )
     await store.record_consents([consent("a@example.com", "news")], actor="t")
 
-    assert await store.erase(a, actor="dpo") == 2
+    assert (await store.erase(a, actor="dpo")).cleared == 2
     record = await store.subject(a)
     assert record.suppressions[0].address is None
     assert record.suppressions[0].evidence is None
     assert record.consents[0].address is None
     assert record.consents[0].evidence is None
     facts = await store.lookup_many([a], ["global"], "news")
-    assert facts[a.sha256].suppressions[0].reason is Reason.UNSUBSCRIBED
+    # the opt-out became the tombstone: global, keyed by the hash alone, reason erased
+    (tombstone,) = facts[a.sha256].suppressions
+    assert (tombstone.reason, tombstone.address, tombstone.kind) == (Reason.ERASED, None, "sha256")
+    latest = facts[a.sha256].consent
+    assert latest is not None
+    assert not latest.granted, "every consent is revoked"
     assert any(e.action == "erase" and e.actor == "dpo" for e in record.events)
+    assert (await store.verify_chain()).intact
     assert all("a@example.com" not in e.body for e in record.events)
 
 
@@ -311,11 +233,11 @@ async def test_consent_import_tolerates_duplicates_already_stored(backend: Backe
     record = consent("a@example.com", "news", when=datetime(2024, 1, 1, tzinfo=UTC))
     # what imports before this check left behind: the same record twice
     await store.record_consents([record, record], actor="t")
-    assert await store.erase(a, actor="dpo") == 2
+    assert (await store.erase(a, actor="dpo")).cleared == 2
     result = (await add_consents(store, [timed(record)]))[0]
     assert (result.added, result.present, result.duplicates) == (0, 1, 0)
     stored = (await store.subject(a)).consents
-    assert len(stored) == 2
+    assert [c.granted for c in stored] == [True, True, False], "erasure revoked the consent"
     assert all(c.address is None and c.evidence is None for c in stored), "erased stays erased"
 
 
@@ -379,26 +301,26 @@ async def test_times_are_kept_in_utc(backend: Backend) -> None:
 
 async def test_reopening_keeps_data_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    store = await open_store(url)
+    store = await open_store(url, audit_key=AUDIT_KEY)
     await store.suppress([item("a@example.com")], scope="global", source="cli", actor="t")
     await store.close()
-    store = await open_store(url)
+    store = await open_store(url, audit_key=AUDIT_KEY)
     assert len([s async for s in store.iter_suppressions(None)]) == 1
     await store.close()
     with sqlite3.connect(tmp_path / "s.db") as db:
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(StoreError, match="newer than this optgate"):
-        await open_store(url)
+        await open_store(url, audit_key=AUDIT_KEY)
 
 
 async def test_unwritable_store_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="cannot"):
-        await open_store(f"sqlite:///{tmp_path / 'missing' / 'dir' / 's.db'}")
+        await open_store(f"sqlite:///{tmp_path / 'missing' / 'dir' / 's.db'}", audit_key=AUDIT_KEY)
 
 
 async def test_locked_store_is_a_clear_error_and_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    store = await open_store(f"sqlite:///{path}")
+    store = await open_store(f"sqlite:///{path}", audit_key=AUDIT_KEY)
     locker = sqlite3.connect(path, timeout=0)
     locker.execute("BEGIN EXCLUSIVE")
     try:
@@ -430,22 +352,25 @@ async def test_holder_shows_a_hash_its_suppressions_and_current_consents(backend
 
 async def test_postgres_reopening_keeps_data_and_a_newer_schema_is_refused() -> None:
     async with postgres_database() as url:
-        store = await open_store(url)
+        store = await open_store(url, audit_key=AUDIT_KEY)
         await store.suppress([item("a@example.com")], scope="global", source="cli", actor="t")
         await store.close()
         # several nodes starting at once: migrations take turns, none fails
-        stores = await asyncio.gather(*(open_store(url) for _ in range(3)))
+        stores = await asyncio.gather(*(open_store(url, audit_key=AUDIT_KEY) for _ in range(3)))
         assert len([s async for s in stores[0].iter_suppressions(None)]) == 1
         for store in stores:
             await store.close()
         postgres_sql(url)("UPDATE schema_version SET version = 99")
         with pytest.raises(StoreError, match="newer than this optgate"):
-            await open_store(url)
+            await open_store(url, audit_key=AUDIT_KEY)
 
 
 async def test_postgres_nodes_never_fork_the_audit_chain() -> None:
     async with postgres_database() as url:
-        first, second = await open_store(url), await open_store(url)
+        first, second = (
+            await open_store(url, audit_key=AUDIT_KEY),
+            await open_store(url, audit_key=AUDIT_KEY),
+        )
         try:
             await asyncio.gather(
                 *(
@@ -466,7 +391,7 @@ async def test_postgres_nodes_never_fork_the_audit_chain() -> None:
 
 async def test_postgres_bulk_import_and_ledger_match_sqlite_semantics() -> None:
     async with postgres_database() as url:
-        store = await open_store(url)
+        store = await open_store(url, audit_key=AUDIT_KEY)
         try:
             items = [item(f"u{n}@example.com") for n in range(3000)]
             first = await store.suppress(
@@ -482,14 +407,14 @@ async def test_postgres_bulk_import_and_ledger_match_sqlite_semantics() -> None:
 
 async def test_unreachable_postgres_is_a_clear_error_without_the_password() -> None:
     with pytest.raises(StoreError, match="cannot open PostgreSQL store") as caught:
-        await open_store("postgresql://optgate:s3cret@127.0.0.1:1/optgate")
+        await open_store("postgresql://optgate:s3cret@127.0.0.1:1/optgate", audit_key=AUDIT_KEY)
     assert "s3cret" not in str(caught.value)
     assert "\n" not in str(caught.value)
 
 
 async def test_postgres_permission_denied_is_a_clear_error() -> None:
     async with postgres_database() as url:
-        await (await open_store(url)).close()
+        await (await open_store(url, audit_key=AUDIT_KEY)).close()
         role = f"optgate_reader_{secrets.token_hex(4)}"
         postgres_sql(url)(
             f"CREATE ROLE {role} LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"
@@ -497,7 +422,7 @@ async def test_postgres_permission_denied_is_a_clear_error() -> None:
         try:
             parts = urlsplit(url)
             netloc = f"{role}@{parts.hostname}:{parts.port or 5432}"
-            store = await open_store(urlunsplit(parts._replace(netloc=netloc)))
+            store = await open_store(urlunsplit(parts._replace(netloc=netloc)), audit_key=AUDIT_KEY)
             try:
                 assert [s async for s in store.iter_suppressions(None)] == []
                 with pytest.raises(StoreError, match="cannot write to PostgreSQL store"):

@@ -17,9 +17,9 @@ from playwright.async_api import Browser
 
 from gateway.config import Config
 from gateway.service import Running
+from gateway.stores import open_configured
 from suppression.address import normalize
 from suppression.model import Reason
-from suppression.store import open_store
 from tests.support.people import FAN, SENDER
 from tests.support.smtp import Sink, message, send
 from tests.test_web_browser import browser, chromium  # noqa: F401 - fixtures
@@ -65,7 +65,7 @@ async def test_one_click_post_from_the_header_stops_the_next_message(
     again = await send(gate.smtp_port, SENDER, [FAN], message(message_id="<two@sender.example>"))
     assert again.code == 250
     assert len(next_hop.to(FAN)) == 1  # the second one was dropped
-    store = await open_store(config.store.url)
+    store = await open_configured(config, create=True)
     try:
         record = await store.subject(normalize(FAN))
     finally:

@@ -29,6 +29,7 @@ from suppression.address import Address, normalize
 from suppression.errors import ConfigError
 from suppression.model import Consent, ImportItem, Reason, now
 from suppression.store import Store, open_store
+from tests.support.keys import AUDIT_KEY
 
 JANE = normalize("jane@example.com")  # consented to news and deals; the store keeps her address
 HIDDEN = normalize("hidden@example.org")  # consented to news; the store keeps only the hash
@@ -102,7 +103,7 @@ class Site:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await open_store(f"sqlite:///{tmp_path / 'optgate.db'}")
+    opened = await open_store(f"sqlite:///{tmp_path / 'optgate.db'}", audit_key=AUDIT_KEY)
     await seed(opened)
     yield opened
     await opened.close()
@@ -648,7 +649,7 @@ async def test_link_routes_live_under_the_path_of_base_url(store: Store) -> None
 
 
 async def test_healthz_follows_the_store(tmp_path: Path) -> None:
-    store = await open_store(f"sqlite:///{tmp_path / 'health.db'}")
+    store = await open_store(f"sqlite:///{tmp_path / 'health.db'}", audit_key=AUDIT_KEY)
     async with site_for(store) as site:
         response, text = await site.call("GET", "/healthz")
         assert (response.status, text) == (200, "ok")
@@ -744,7 +745,7 @@ async def test_pages_carry_the_configured_note_and_postal_address(tmp_path: Path
     )
     settings = WebSettings.from_config(config)
     assert settings.page_note == "Fragen? datenschutz@shop.example"
-    store = await open_store(f"sqlite:///{tmp_path / 'note.db'}")
+    store = await open_store(f"sqlite:///{tmp_path / 'note.db'}", audit_key=AUDIT_KEY)
     try:
         async with site_for(store, settings) as site:
             _, text = await site.call("GET", f"/u/{site.token(JANE)}")

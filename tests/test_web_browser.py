@@ -9,6 +9,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from suppression.store import Store, open_store
+from tests.support.keys import AUDIT_KEY
 from tests.test_web import JANE, Site, seed, site_for
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -44,7 +45,7 @@ async def browser(chromium: Path) -> AsyncIterator[Browser]:
 
 @pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    store: Store = await open_store(f"sqlite:///{tmp_path / 'optgate.db'}")
+    store: Store = await open_store(f"sqlite:///{tmp_path / 'optgate.db'}", audit_key=AUDIT_KEY)
     try:
         await seed(store)
         async with site_for(store) as running:

@@ -11,6 +11,7 @@ already, and a soft bounce is counted once per (recipient, message digest).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -111,6 +112,10 @@ async def apply(
     for finding in classification.findings:
         total += await context.apply(finding)
     return total
+
+
+def _digest(text: str | None) -> str | None:
+    return None if text is None else hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +234,8 @@ class _Context:
             holder = await self.store.holder(target.sha256)
             return int(not any(s.scope == scope for s in holder.suppressions))
         note = self._note(finding, target)
-        evidence = {"channel": source.value, **note}
+        # the evidence (erased with the subject) names the message; the audit its digest
+        evidence = {"channel": source.value, **note, "message_id": self.message.message_id}
         if target.token_issued is not None:
             evidence["token_issued"] = target.token_issued
         result = await self.store.suppress(
@@ -243,9 +249,10 @@ class _Context:
         return result.added
 
     def _note(self, finding: Finding, target: Target) -> dict[str, object]:
-        """What the audit log keeps about the inbound message (no address)."""
+        """What the audit log keeps about the inbound message: never erased, so the
+        sender-chosen Message-ID (which may hold an address) only as its digest."""
         return {
-            "message_id": self.message.message_id,
+            "message_id_sha256": _digest(self.message.message_id),
             "digest": self.message.digest,
             "finding": finding.reason,
             "status": finding.status,

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from gateway.config import Config
+from gateway.stores import open_configured
 from suppression.address import normalize
 from suppression.model import PARTNER_OFFERS, Consent, now
 from suppression.partners import OfferStatus, Partner, hash_credential, new_credential
-from suppression.store import open_store
 
 AUDIENCE = "offer@partners.example.com"
 
@@ -29,7 +29,7 @@ AUDIENCE = "offer@partners.example.com"
 async def add_partner(config: Config, name: str = "acme", **limits: int) -> str:
     """Register a partner; its credential."""
     secret = new_credential()
-    store = await open_store(config.store.url)
+    store = await open_configured(config, create=True)
     try:
         partner = Partner(name, hash_credential(secret), False, now(), **limits)
         await store.add_partner(partner, actor="test")
@@ -42,7 +42,7 @@ async def consenting(
     config: Config, addresses: Sequence[str], purpose: str = PARTNER_OFFERS
 ) -> None:
     """Consent records (with the address kept) for a purpose."""
-    store = await open_store(config.store.url)
+    store = await open_configured(config, create=True)
     try:
         await store.record_consents(
             [
@@ -155,7 +155,7 @@ async def submit(
 
 async def statuses(config: Config, partner: str = "acme") -> list[OfferStatus]:
     """The offers of a partner, with exact counts."""
-    store = await open_store(config.store.url)
+    store = await open_configured(config, create=True)
     try:
         return await store.offer_statuses(partner)
     finally:

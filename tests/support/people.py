@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from gateway.config import Config
+from gateway.stores import open_configured
 from suppression.address import normalize
 from suppression.model import Consent, ImportItem, Reason, now
-from suppression.store import open_store
 
 SENDER = "news@sender.example"
 FAN = "fan@example.com"  # consented to "marketing"
@@ -16,7 +16,7 @@ BOUNCED = "bounced@example.com"  # hard bounce
 
 async def seed(config: Config) -> None:
     """Consent for FAN and GONE; GONE unsubscribed; BOUNCED bounced."""
-    store = await open_store(config.store.url)
+    store = await open_configured(config, create=True)
     try:
         records = [
             Consent(normalize(a).sha256, "marketing", True, "test", now())

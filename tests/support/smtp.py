@@ -131,6 +131,8 @@ def gateway_env(
         "OPTGATE_RELAY_TIMEOUT": "5",
         "OPTGATE_STORE_URL": f"sqlite:///{tmp_path / 'optgate.db'}",
         "OPTGATE_UNSUBSCRIBE_KEY_FILE": str(tmp_path / "optgate.key"),
+        "OPTGATE_STORE_AUDIT_KEY_FILE": str(tmp_path / "optgate-audit.key"),
+        "OPTGATE_STORE_AUDIT_ANCHOR_FILE": str(tmp_path / "optgate-audit.head"),
         "OPTGATE_UNSUBSCRIBE_BASE_URL": "https://unsub.example.com",
         "OPTGATE_UNSUBSCRIBE_MAILTO": "unsubscribe@example.com",
     }
