@@ -34,10 +34,10 @@ from pathlib import Path
 from suppression.address import normalize
 from suppression.sqlite import MIGRATIONS
 from suppression.store import open_store
-from tests.support.keys import AUDIT_KEY
 
 OPTGATE = Path(sys.executable).with_name("optgate")
 CREATED = "2026-01-01T00:00:00.000000Z"
+AUDIT_KEY = bytes(range(32))  # of the lookup store, which this script builds and opens itself
 
 
 def address(n: int) -> str:

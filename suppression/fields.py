@@ -69,19 +69,19 @@ class Row(NamedTuple):
     diagnostic: str | None = None  # a bounce's SMTP reply text
 
 
-_ROW_DEFAULTS = (None, None, NO_EXTRA, None, None, None, None, None)  # after line, value, kind
+ROW_DEFAULTS = (None, None, NO_EXTRA, None, None, None, None, None)  # after line, value, kind
 _new = tuple.__new__
 
 
 def address_row(line: int, value: str) -> Row:
     """A Row of an address alone, made as fast as a tuple (NamedTuple's own constructor
     takes three times as long: this is the row of most files)."""
-    return _new(Row, (line, value, "address", *_ROW_DEFAULTS))
+    return _new(Row, (line, value, "address", *ROW_DEFAULTS))
 
 
 def plain(row: Row) -> bool:
     """A row of an address alone, nothing else."""
-    return row[2] == "address" and row[3:] == _ROW_DEFAULTS
+    return row[2] == "address" and row[3:] == ROW_DEFAULTS
 
 
 def restored(value: str) -> str:

@@ -26,17 +26,19 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol, TypeVar
 
 from suppression.address import identity, is_digest, normal_form, normalize_domain
 from suppression.errors import InvalidAddress, OptgateError
-from suppression.fields import Row, plain
+from suppression.fields import ROW_DEFAULTS, Row
 from suppression.model import (
     BatchResult,
     Consent,
     ConsentItem,
-    ImportRow,
+    ImportRows,
     Reason,
+    Shape,
     Source,
     check_name,
     now,
@@ -211,48 +213,94 @@ def _evidence(row: Row, source: str) -> str | None:
     return row.evidence
 
 
-def suppression_converter(
-    options: SuppressionOptions, source: str, summary: Summary
-) -> Callable[[Row], ImportRow | None]:
-    """Row -> ImportRow; None for a policy block (counted); InvalidAddress, RowError."""
-    scopes = _Scopes(options.scope, source)
-    keep, override, blocked = options.keep_addresses, options.reason, options.policy_block
-    imported, sha256, new = Reason.IMPORTED, hashlib.sha256, tuple.__new__
-    # what a row of an address alone becomes: the common case, on a path of its own
-    default = (override or imported, options.scope or "global", Source.IMPORT.value, None, None)
+Converted = tuple[Shape, str, str | None, datetime | None, str | None]  # + key, address, ...
 
-    def convert(row: Row) -> ImportRow | None:
-        if plain(row) and row[1][:1] != "@":
-            address = normal_form(row[1])
-            key = sha256(address.encode()).hexdigest()
-            return new(ImportRow, (key, "sha256", address if keep else None, *default))
+
+class SuppressionRows:
+    """Reader rows -> batches of validated rows (ImportRows segments) for a run.
+
+    A row of an address alone, in a file whose other columns say nothing (most
+    files), goes the short way: normalised, hashed, appended to its segment's
+    columns. Any other row is converted field by field (``convert``).
+    """
+
+    def __init__(self, options: SuppressionOptions, source: str, summary: Summary) -> None:
+        self._options, self._source, self._summary = options, source, summary
+        self._scopes = _Scopes(options.scope, source)
+        self.plain = Shape(
+            "sha256", options.scope or "global", options.reason or Reason.IMPORTED, "import"
+        )
+
+    def convert(self, row: Row) -> Converted | None:
+        """One row: (shape, key, address, time, evidence); None for a policy block (counted);
+        InvalidAddress, RowError."""
+        options, source = self._options, self._source
         if row.status is not None and not options.allow_subscribed:
             _refuse_subscriber(row, source)
-        reason = override or (_REASONS[row.reason] if row.reason else imported)
+        reason = options.reason or (_REASONS[row.reason] if row.reason else Reason.IMPORTED)
+        blocked = options.policy_block
         if (
             reason is Reason.BOUNCED
             and blocked is not None
             and (row.status or row.diagnostic)
             and blocked(row.status, row.diagnostic or "")
         ):
-            summary.policy += 1
+            self._summary.policy += 1
             return None
-        scope, created, kept = scopes.of(row), row.created, row.source or "import"
-        evidence = _evidence(row, source) if row.evidence is not None else None
+        scope, kept = self._scopes.of(row), row.source or Source.IMPORT.value
+        evidence = _evidence(row, source)
         value = row.value
         if row.kind != "address":
             if not is_digest(value, 64 if row.kind == "sha256" else 32):
                 raise InvalidAddress(f"not a {row.kind} digest")
-            return ImportRow(value, row.kind, None, reason, scope, kept, created, evidence)
+            return Shape(row.kind, scope, reason, kept), value, None, row.created, evidence
         if value[:1] == "@":
             domain = "@" + normalize_domain(value)
-            return ImportRow(identity(domain), "domain", domain, reason, scope, kept, created)
+            shape = Shape("domain", scope, reason, kept)
+            return shape, identity(domain), domain, row.created, evidence
         address = normal_form(value)
-        key = sha256(address.encode()).hexdigest()
-        shown = address if keep else None
-        return ImportRow(key, "sha256", shown, reason, scope, kept, created, evidence)
+        key = hashlib.sha256(address.encode()).hexdigest()
+        shown = address if options.keep_addresses else None
+        return Shape("sha256", scope, reason, kept), key, shown, row.created, evidence
 
-    return convert
+    def batches(self, rows: Iterable[Row]) -> Iterator[list[ImportRows]]:
+        """The rows in batches of BATCH valid ones; invalid rows are noted as they come."""
+        summary, plain, keep, size = self._summary, self.plain, self._options.keep_addresses, 0
+        sha256, batch = hashlib.sha256, []
+        segment: ImportRows | None = None
+        for row in rows:
+            summary.read += 1
+            try:
+                if row[2] == "address" and row[3:] == ROW_DEFAULTS and row[1][:1] != "@":
+                    normal = normal_form(row[1])
+                    if segment is None or segment.shape is not plain:
+                        segment = ImportRows(plain)
+                        batch.append(segment)
+                    segment.keys.append(sha256(normal.encode()).hexdigest())
+                    segment.addresses.append(normal if keep else None)
+                else:
+                    found = self.convert(row)
+                    if found is None:
+                        continue
+                    shape, key, address, created, evidence = found
+                    if segment is None or segment.created is None or segment.shape != shape:
+                        times: list[datetime | None] = []
+                        proofs: list[str | None] = []
+                        segment = ImportRows(shape, created=times, evidence=proofs)
+                        batch.append(segment)
+                    segment.keys.append(key)
+                    segment.addresses.append(address)
+                    times.append(created)
+                    proofs.append(evidence)
+            except InvalidAddress:
+                summary.note_invalid(row[0])
+                continue
+            size += 1
+            if size == BATCH:
+                yield batch
+                batch, size, segment = [], 0, None
+        if batch:
+            yield batch
 
 
 def _refuse_subscriber(row: Row, source: str) -> None:
@@ -280,9 +328,9 @@ async def import_suppressions(
     ``summary`` (when given) is filled as the rows are read, for a progress display.
     """
     summary = summary or Summary(reading.format)
-    convert = suppression_converter(options, reading.source, summary)
+    rows = SuppressionRows(options, reading.source, summary)
     async with store.suppression_import(actor=actor, note=note) as run:
-        for batch in _batches(reading, convert, summary):
+        for batch in rows.batches(reading):
             summary.format = note["format"] = reading.format
             await run.add(batch)
         summary.format = note["format"] = reading.format

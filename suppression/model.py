@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal, NamedTuple
@@ -136,19 +136,27 @@ class ImportItem:
     created: datetime | None = None
 
 
-class ImportRow(NamedTuple):
-    """One validated row of a suppression import run, in its own scope, from its own
-    source (a NamedTuple, not a dataclass: an import makes one per line, and a frozen
-    dataclass costs three times as much to make)."""
+class Shape(NamedTuple):
+    """What the rows of an import segment share: kind of key, scope, reason, source."""
 
-    key: str
     kind: KeyKind
-    address: str | None
-    reason: Reason
     scope: str
+    reason: Reason
     source: str
-    created: datetime | None = None  # None: the time of the import
-    evidence: str | None = None
+
+
+@dataclass(slots=True)
+class ImportRows:
+    """Validated rows of a suppression import run, consecutive in the file and of one shape,
+    a column per field: a run takes millions of rows, and one object per row cost more
+    than the rest of a row's way into the store. ``created`` and ``evidence`` are None when
+    no row of the segment has a time or evidence of its own."""
+
+    shape: Shape
+    keys: list[str] = field(default_factory=list)
+    addresses: list[str | None] = field(default_factory=list)
+    created: list[datetime | None] | None = None  # None in it: the time of the import
+    evidence: list[str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,14 +22,13 @@ from dataclasses import replace
 from typing import Any
 
 from suppression.errors import StoreError
-from suppression.model import BatchResult, ConsentItem, ImportRow, now
+from suppression.model import BatchResult, ConsentItem, ImportRows, now
 from suppression.postgres import _FAILURES, AUDIT_LOCK, PostgresStore, _count
 from suppression.rows import (
     CONSENT_STATEMENT,
     PAGE,
     SUPPRESSION_COLUMNS,
     ImportSum,
-    RunAudit,
     new_consents,
     stored,
     to_consent,
@@ -85,38 +84,34 @@ class SuppressionRun:
         note: Mapping[str, object],
     ) -> None:
         self._store, self._conn, self._transaction = store, conn, transaction
-        self._actor, self._sum = actor, rows
-        self._audit = RunAudit(note)
+        self._actor, self._sum, self._note = actor, rows, note
         self._counter = itertools.count()
         self._scopes: set[str] = set()
         self._sources: set[str] = set()
 
-    async def add(self, rows: Sequence[ImportRow]) -> None:
+    async def add(self, segments: Sequence[ImportRows]) -> None:
         """COPY a batch into the run's table."""
-        records = [
-            (
-                next(self._counter),
-                row.key if row.kind == "sha256" else stored(row.key, row.kind),
-                row.kind,
-                row.scope,
-                row.address,
-                row.reason.value,
-                row.source,
-                row.evidence,
-                row.created,
-            )
-            for row in rows
-        ]
-        self._audit.read([record[1] for record in records])
-        self._sum.add(rows)
-        self._scopes.update(row.scope for row in rows)
-        self._sources.update(row.source for row in rows)
+        counter, records = self._counter, []
+        for segment in segments:
+            kind, scope, reason, source = segment.shape
+            self._scopes.add(scope)
+            self._sources.add(source)
+            rows = len(segment.keys)
+            times = segment.created or [None] * rows
+            evidence = segment.evidence or [None] * rows
+            for key, address, created, kept in zip(
+                segment.keys, segment.addresses, times, evidence, strict=True
+            ):
+                kept_key = key if kind == "sha256" else stored(key, kind)
+                n, why = next(counter), reason.value
+                records.append((n, kept_key, kind, scope, address, why, source, kept, created))
+        self._sum.add(segments)
         with self._store._errors("import into"):
             await self._conn.copy_records_to_table("import_row", records=records, columns=_COLUMNS)
 
     async def commit(self) -> BatchResult:
         """Take the audit lock, add the rows not there yet in key order, append the event."""
-        conn, staged = self._conn, self._audit.rows
+        conn, staged = self._conn, self._sum.count
         with self._store._errors("import into"):
             await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
             seq, _ = await self._store._head(conn)
@@ -140,10 +135,14 @@ class SuppressionRun:
             if added:
                 fast = added == staged and seq == self._sum.event
                 rows = self._sum.sum() if fast else await self._added(seq)
-                detail = self._audit.detail(
-                    added=added, scopes=sorted(self._scopes), sources=sorted(self._sources)
-                )
-                detail["rows"] = {"suppression": rows.as_json()}
+                detail = {
+                    **self._note,
+                    "read": staged,
+                    "added": added,
+                    "scopes": sorted(self._scopes),
+                    "sources": sorted(self._sources),
+                    "rows": {"suppression": rows.as_json()},
+                }
                 await self._store._audit(conn, self._actor, "suppress", None, detail)
             await self._transaction.commit()
         return BatchResult(added, unique - added, staged - unique, seq)
@@ -182,8 +181,7 @@ class ConsentRun:
         note: Mapping[str, object],
     ) -> None:
         self._store, self._conn, self._transaction = store, conn, transaction
-        self._event, self._actor = event, actor
-        self._audit = RunAudit(note)
+        self._event, self._actor, self._note = event, actor, note
         self._rows = Sum()
         self._granted = self._revoked = 0
         self._purposes: set[str] = set()
@@ -202,7 +200,6 @@ class ConsentRun:
             if records:
                 await self._store._insert_consents(self._conn, records)
         self._rows.merge(Sum.of(map(consent_hash, records)))
-        self._audit.read([c.sha256 for c in records])
         self._granted += sum(c.granted for c in records)
         self._revoked += sum(not c.granted for c in records)
         self._purposes.update(c.purpose for c in records)
@@ -211,11 +208,15 @@ class ConsentRun:
     async def commit(self) -> None:
         """Append the run's audit event (if it added anything) and commit."""
         with self._store._errors("import into"):
-            if self._audit.rows:
-                detail = self._audit.detail(
-                    granted=self._granted, revoked=self._revoked, purposes=sorted(self._purposes)
-                )
-                detail["rows"] = {"consent": self._rows.as_json()}
+            if self._rows.count:
+                detail = {
+                    **self._note,
+                    "added": self._rows.count,
+                    "granted": self._granted,
+                    "revoked": self._revoked,
+                    "purposes": sorted(self._purposes),
+                    "rows": {"consent": self._rows.as_json()},
+                }
                 event = await self._store._audit(self._conn, self._actor, "consent", None, detail)
                 if event != self._event:  # the lock is held: nobody else can append
                     raise StoreError(f"audit chain moved in the import ({event}, {self._event})")

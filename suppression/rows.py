@@ -18,7 +18,7 @@ from suppression.model import (
     Consent,
     ConsentItem,
     ImportItem,
-    ImportRow,
+    ImportRows,
     Reason,
     Send,
     Source,
@@ -195,10 +195,11 @@ class ImportSum:
     """The row sum (suppression/statecheck.py) of the suppression rows an import run adds,
     made as the rows are staged, for the event the run expects to write.
 
-    A row's hash is ``statecheck.suppression_hash``'s, its text put together from
-    parts cached per shape, since the run hashes every row it stages (a test holds
-    the two equal). It is right when the run's event is ``event`` and every staged
-    row was added; otherwise the run rebuilds the sum from the rows its event added.
+    A row's hash is ``statecheck.suppression_hash``'s, its text put together from a
+    head and a tail cached per shape (``parts``) around the key, since the run hashes
+    every row it stages (the store's verification holds the two equal). It is right
+    when the run's event is ``event`` and every staged row was added; otherwise the run
+    rebuilds the sum from the rows its event added.
     """
 
     def __init__(self, event: int, at: datetime) -> None:
@@ -206,51 +207,38 @@ class ImportSum:
         self.at = at  # the time of rows without one of their own
         self.count = 0
         self._total = 0
-        self._parts: dict[tuple[str, str, str, str, datetime | None], tuple[str, str]] = {}
 
-    def add(self, rows: Sequence[ImportRow]) -> None:
-        """Take a batch's rows."""
-        parts, sha256, number, total = self._parts, hashlib.sha256, int.from_bytes, 0
-        for key, kind, _, reason, scope, source, created, _ in rows:
-            shape = (kind, scope, reason, source, created)
-            found = parts.get(shape)
-            if found is None:
-                when = statecheck_time(created or self.at)
-                found = parts[shape] = (
-                    f"s\n{kind}\n",
-                    f"\n{scope}\n{reason.value}\n{source}\n{when}\n{self.event}",
-                )
-                if len(parts) > PAGE:  # rows with times of their own: keep few
-                    parts.clear()
-            total += number(sha256((found[0] + key + found[1]).encode()).digest(), "big")
-        self.count += len(rows)
+    def parts(
+        self, kind: str, reason: Reason, scope: str, source: str, created: datetime | None
+    ) -> tuple[str, str]:
+        """The text of a row's hash before and after its key."""
+        when = statecheck_time(created or self.at)
+        return f"s\n{kind}\n", f"\n{scope}\n{reason.value}\n{source}\n{when}\n{self.event}"
+
+    def take(self, rows: int, total: int) -> None:
+        """Add rows whose hashes (as numbers, ``int.from_bytes`` of their SHA-256) sum to
+        ``total``."""
+        self.count += rows
         self._total += total
+
+    def add(self, segments: Sequence[ImportRows]) -> None:
+        """Take a batch's rows."""
+        sha256, number, total = hashlib.sha256, int.from_bytes, 0
+        for segment in segments:
+            kind, scope, reason, source = segment.shape
+            head, tail = self.parts(kind, reason, scope, source, None)
+            if segment.created is None:
+                for key in segment.keys:
+                    total += number(sha256((head + key + tail).encode()).digest(), "big")
+                continue
+            for key, created in zip(segment.keys, segment.created, strict=True):
+                own = self.parts(kind, reason, scope, source, created)[1] if created else tail
+                total += number(sha256((head + key + own).encode()).digest(), "big")
+        self.take(sum(len(segment.keys) for segment in segments), total)
 
     def sum(self) -> Sum:
         """The sum so far."""
         return Sum(self.count, self._total % MODULUS)
-
-
-class RunAudit:
-    """What an import run's one audit event says, gathered batch by batch: the run's note
-    (file, format: read when the event is written, so a format detected on the way
-    counts), how many rows it read, and the SHA-256 of their stored keys in input order
-    (one per line, as ``keys_digest``); never an address."""
-
-    def __init__(self, note: Mapping[str, object]) -> None:
-        self._note = note
-        self._keys = hashlib.sha256()
-        self.rows = 0
-
-    def read(self, keys: Sequence[str]) -> None:
-        """Take a batch's keys."""
-        if keys:
-            self.rows += len(keys)
-            self._keys.update(("\n".join(keys) + "\n").encode())
-
-    def detail(self, **counts: object) -> dict[str, object]:
-        """The event's detail: the note, the counts given, the rows and their digest."""
-        return {**self._note, **counts, "read": self.rows, "keys_sha256": self._keys.hexdigest()}
 
 
 def consent_event(consents: Sequence[Consent]) -> tuple[str | None, dict[str, object]]:

@@ -28,16 +28,15 @@ import itertools
 import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
-from itertools import chain
+from itertools import chain, repeat
 
 from suppression.errors import StoreError
-from suppression.model import BatchResult, ConsentItem, ImportRow, now
+from suppression.model import BatchResult, ConsentItem, ImportRows, now
 from suppression.rows import (
     CONSENT_STATEMENT,
     PAGE,
     SUPPRESSION_COLUMNS,
     ImportSum,
-    RunAudit,
     new_consents,
     stored,
 )
@@ -97,53 +96,53 @@ class SuppressionRun:
     def __init__(
         self, store: SQLiteStore, name: str, event: int, actor: str, note: Mapping[str, object]
     ) -> None:
-        self._store, self._name, self._actor = store, name, actor
+        self._store, self._name, self._actor, self._note = store, name, actor, note
         self._shapes: dict[Shape, int] = {}
-        self._audit = RunAudit(note)
         self._sum = ImportSum(event, now())
         self._plain = _PLAIN.format(name) + ",".join(["(?, ?, ?)"] * ROWS_A_STATEMENT)
 
-    async def add(self, rows: Sequence[ImportRow]) -> None:
+    async def add(self, segments: Sequence[ImportRows]) -> None:
         """Stage a batch in one transaction of the run's own database."""
         shapes, fresh = self._shapes, []
-        plain: list[tuple[str, int, str]] = []
+        plain: list[str | int] = []  # key, shape, address, key, shape, address, ...
         timed: list[tuple[str, int, str, str | None, str | None]] = []
-        last: tuple[object, ...] = ()
-        number = 0
-        for key, kind, address, reason, scope, source, created, evidence in rows:
-            shape = (kind, scope, reason, source)
-            if shape != last:  # rows in a row mostly share theirs: one dict look-up a change
-                last, value = shape, (kind, scope, reason.value, source)
-                number = shapes.get(value, 0)
-                if not number:
-                    number = shapes[value] = len(shapes) + 1
-                    fresh.append((number, *value))
-            stored_key = key if kind == "sha256" else stored(key, kind)
-            if created is None and evidence is None:
-                plain.append((stored_key, number, address or ""))
-            else:
-                when = _time(created) if created else None
-                timed.append((stored_key, number, address or "", when, evidence))
-        self._sum.add(rows)
-        self._audit.read([row[0] for row in plain] + [row[0] for row in timed])
+        for segment in segments:
+            kind, scope, reason, source = segment.shape
+            value = (kind, scope, reason.value, source)
+            number = shapes.get(value, 0)
+            if not number:
+                number = shapes[value] = len(shapes) + 1
+                fresh.append((number, *value))
+            keys = segment.keys
+            if kind != "sha256":
+                keys = [stored(key, kind) for key in keys]
+            addresses = [address or "" for address in segment.addresses]
+            if segment.created is None or segment.evidence is None:
+                plain += chain.from_iterable(zip(keys, repeat(number), addresses, strict=False))
+                continue
+            times = [_time(when) if when else None for when in segment.created]
+            timed += zip(keys, repeat(number), addresses, times, segment.evidence, strict=False)
+        self._sum.add(segments)
         await self._stage(fresh, plain, timed)
 
     async def _stage(
         self,
         fresh: Sequence[tuple[object, ...]],
-        plain: list[tuple[str, int, str]],
+        plain: list[str | int],
         timed: list[tuple[str, int, str, str | None, str | None]],
     ) -> None:
         db, name = self._store._db, self._name
-        whole = len(plain) - len(plain) % ROWS_A_STATEMENT
+        step = 3 * ROWS_A_STATEMENT
+        whole = len(plain) - len(plain) % step
+        rest = plain[whole:]
         async with self._store._writing:
             await db.execute("BEGIN")
             try:
                 await db.executemany(f"INSERT INTO {name}.shape VALUES (?, ?, ?, ?, ?)", fresh)
-                for start in range(0, whole, ROWS_A_STATEMENT):
-                    values = chain.from_iterable(plain[start : start + ROWS_A_STATEMENT])
-                    await db.execute(self._plain, list(values))
-                await db.executemany(_PLAIN.format(name) + "(?, ?, ?)", plain[whole:])
+                for start in range(0, whole, step):
+                    await db.execute(self._plain, plain[start : start + step])
+                leftover = zip(rest[::3], rest[1::3], rest[2::3], strict=True)
+                await db.executemany(_PLAIN.format(name) + "(?, ?, ?)", leftover)
                 await db.executemany(_TIMED.format(name) + "(?, ?, ?, ?, ?)", timed)
                 await db.commit()
             except BaseException:
@@ -153,7 +152,7 @@ class SuppressionRun:
     async def commit(self) -> BatchResult:
         """Add the staged rows not there yet, in key order, with one audit event."""
         store, db, name = self._store, self._store._db, self._name
-        staged = self._audit.rows
+        staged = self._sum.count
 
         async def work() -> BatchResult:
             seq, _ = await store._head()
@@ -177,12 +176,14 @@ class SuppressionRun:
             if added:
                 fast = added == staged and seq == self._sum.event
                 rows = self._sum.sum() if fast else await self._added(seq)
-                detail = self._audit.detail(
-                    added=added,
-                    scopes=sorted({shape[1] for shape in self._shapes}),
-                    sources=sorted({shape[3] for shape in self._shapes}),
-                )
-                detail["rows"] = {"suppression": rows.as_json()}
+                detail = {
+                    **self._note,
+                    "read": staged,
+                    "added": added,
+                    "scopes": sorted({shape[1] for shape in self._shapes}),
+                    "sources": sorted({shape[3] for shape in self._shapes}),
+                    "rows": {"suppression": rows.as_json()},
+                }
                 await store._audit(self._actor, "suppress", None, detail)
             return BatchResult(added, unique - added, staged - unique, seq)
 
@@ -241,8 +242,7 @@ class ConsentRun:
     def __init__(
         self, store: SQLiteStore, event: int, actor: str, note: Mapping[str, object]
     ) -> None:
-        self._store, self._event, self._actor = store, event, actor
-        self._audit = RunAudit(note)
+        self._store, self._event, self._actor, self._note = store, event, actor, note
         self._rows = Sum()
         self._granted = self._revoked = 0
         self._purposes: set[str] = set()
@@ -266,7 +266,6 @@ class ConsentRun:
             records = [replace(c, event=self._event) for c in fresh]
             await self._store._insert_consents(records)
             self._rows.merge(Sum.of(map(consent_hash, records)))
-            self._audit.read([c.sha256 for c in records])
             self._granted += sum(c.granted for c in records)
             self._revoked += sum(not c.granted for c in records)
             self._purposes.update(c.purpose for c in records)
@@ -274,11 +273,15 @@ class ConsentRun:
 
     async def commit(self) -> None:
         """Append the run's audit event (if it added anything) and commit."""
-        if self._audit.rows:
-            detail = self._audit.detail(
-                granted=self._granted, revoked=self._revoked, purposes=sorted(self._purposes)
-            )
-            detail["rows"] = {"consent": self._rows.as_json()}
+        if self._rows.count:
+            detail = {
+                **self._note,
+                "added": self._rows.count,
+                "granted": self._granted,
+                "revoked": self._revoked,
+                "purposes": sorted(self._purposes),
+                "rows": {"consent": self._rows.as_json()},
+            }
             event = await self._store._audit(self._actor, "consent", None, detail)
             if event != self._event:  # the lock is held: nobody else can append
                 raise StoreError(f"audit chain moved in the import ({event}, {self._event})")

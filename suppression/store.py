@@ -17,7 +17,7 @@ from suppression.model import (
     ConsentItem,
     Facts,
     ImportItem,
-    ImportRow,
+    ImportRows,
     Ledger,
     OptOutCheck,
     Send,
@@ -78,8 +78,8 @@ class SuppressionImport(Protocol):
     with the same key and scope wins; an existing suppression keeps its reason.
     """
 
-    async def add(self, rows: Sequence[ImportRow]) -> None:
-        """Stage a batch."""
+    async def add(self, segments: Sequence[ImportRows]) -> None:
+        """Stage a batch: segments of rows, in the order of the file."""
 
     async def commit(self) -> BatchResult:
         """Write what was staged; the counts of the whole run (``present``: suppressed

@@ -134,47 +134,58 @@ def first_field(text: str) -> str:
     return _FIELD_END.split(text, maxsplit=1)[0].strip().strip('"').strip()
 
 
-def csv_records(found: Blocks, source: str, delimiter: str | None = None) -> Records:
-    """Non-blank records with the line each starts on; leading ``#`` lines are skipped.
+class CsvRecords:
+    """A CSV stream: iterating gives its non-blank records with the line each starts on;
+    leading blank and ``#`` lines are skipped. The delimiter is sniffed from the first
+    record unless given. Lines go to the csv module block by block (io.StringIO splits
+    them in C), so a record costs no Python step of its own but the csv module's."""
 
-    The delimiter is sniffed from the first record unless given. Lines go to the csv
-    module block by block (io.StringIO splits them in C), so a record costs no Python
-    step of its own but the csv module's.
-    """
-    checked = whole(found, source)
-    head: list[str] = []
-    start = 0
-    for block in checked:
-        lines = lines_of(block)
-        at = next((i for i, text in enumerate(lines) if significant(text)), None)
-        if at is not None:
-            start, head = block.line + at, lines[at:]
-            break
-    else:
-        return
-    ended = False
-
-    def texts() -> Iterator[Iterator[str]]:
-        nonlocal ended
-        yield iter([text + "\n" for text in head])
+    def __init__(self, found: Blocks, source: str, delimiter: str | None = None) -> None:
+        self.source = source
+        self.start = 0
+        self.ended = False
+        checked = whole(found, source)
+        head: list[str] = []
         for block in checked:
-            yield io.StringIO(block.text, newline="\n")
-        ended = True
+            lines = lines_of(block)
+            at = next((i for i, text in enumerate(lines) if significant(text)), None)
+            if at is not None:
+                self.start, head = block.line + at, lines[at:]
+                break
 
-    reader = csv.reader(
-        chain.from_iterable(texts()), delimiter=delimiter or sniff(head[0]), strict=True
-    )
-    while True:
-        at = start + reader.line_num
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            if ended:
-                raise FormatError(source, at, "unterminated quoted field") from None
-            raise FormatError(
-                source, start + reader.line_num - 1, f"malformed CSV: {exc}"
-            ) from None
-        if any(fields):
-            yield at, fields
+        def texts() -> Iterator[Iterator[str]]:
+            yield iter([text + "\n" for text in head])
+            for block in checked:
+                yield io.StringIO(block.text, newline="\n")
+            self.ended = True
+
+        self.reader = csv.reader(
+            chain.from_iterable(texts()),
+            delimiter=delimiter or (sniff(head[0]) if head else ","),
+            strict=True,
+        )
+
+    def error(self, exc: csv.Error, at: int) -> FormatError:
+        """The csv module's error, for the record that starts on line ``at``."""
+        if self.ended:
+            return FormatError(self.source, at, "unterminated quoted field")
+        line = self.start + self.reader.line_num - 1
+        return FormatError(self.source, line, f"malformed CSV: {exc}")
+
+    def __iter__(self) -> Records:
+        reader, start = self.reader, self.start
+        while True:
+            at = start + reader.line_num
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise self.error(exc, at) from None
+            if any(fields):
+                yield at, fields
+
+
+def csv_records(found: Blocks, source: str, delimiter: str | None = None) -> Records:
+    """The records of a CSV stream (CsvRecords)."""
+    return iter(CsvRecords(found, source, delimiter))

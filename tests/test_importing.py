@@ -12,16 +12,15 @@ import pytest
 
 from suppression import importing
 from suppression.address import identity, normalize
-from suppression.errors import InvalidAddress
 from suppression.fields import Row
 from suppression.importing import (
     ConsentOptions,
     RowError,
     Summary,
     SuppressionOptions,
+    SuppressionRows,
     import_consents,
     import_suppressions,
-    suppression_converter,
 )
 from suppression.model import Reason
 from suppression.store import Store
@@ -232,10 +231,11 @@ async def test_the_chain_vouches_for_what_an_import_added_whatever_came_between(
         Row(4, "t@example.com", "address", "bounced", T0, scope="topic:news"),
     ]
     async with store.suppression_import(actor="test", note={"file": "x"}) as staged:
-        convert = suppression_converter(SuppressionOptions(), "x", Summary("csv"))
-        await staged.add([r for r in map(convert, rows[:2]) if r])
-        await store.audit(actor="dpo", action="subject-access", subject=None)  # moves the head
-        await staged.add([r for r in map(convert, rows[2:]) if r])
+        convert = SuppressionRows(SuppressionOptions(), "x", Summary("csv"))
+        for part in (rows[:2], rows[2:]):
+            for batch in convert.batches(part):
+                await staged.add(batch)
+            await store.audit(actor="dpo", action="subject-access", subject=None)  # the head
         result = await staged.commit()
     assert (result.added, result.present, result.duplicates) == (2, 1, 1)
     report = await store.verify_chain()
@@ -333,44 +333,39 @@ async def test_policy_blocks_are_skipped_and_counted(store: Store) -> None:
     assert await keys(store) == {sha("gone@example.com"), sha("x@example.com")}
 
 
-def test_converter_kinds() -> None:
-    convert = suppression_converter(SuppressionOptions(), "x", Summary("csv"))
+def converted(row: Row, **options: object) -> tuple[object, ...]:
+    """What one row becomes: (kind, key, address) and the rest of its shape."""
+    rows = SuppressionRows(SuppressionOptions(**options), "x", Summary("csv"))  # type: ignore[arg-type]
+    ((segment,),) = rows.batches([row])
+    ((key, address),) = zip(segment.keys, segment.addresses, strict=True)
+    return (segment.shape.kind, key, address)
+
+
+def test_rows_become_keys_of_their_kind() -> None:
     digest = identity("x@example.com")
-    assert convert(Row(1, digest, "sha256")) == (
-        digest,
-        "sha256",
-        None,
-        Reason.IMPORTED,
-        "global",
-        "import",
-        None,
-        None,
-    )
+    assert converted(Row(1, digest, "sha256")) == ("sha256", digest, None)
     md5 = normalize("x@example.com").md5
-    hashed = convert(Row(1, md5, "md5"))
-    assert hashed is not None
-    assert hashed[:3] == (md5, "md5", None)
-    domain = convert(Row(1, "@Example.NET", "address"))
-    assert domain is not None
-    assert domain[:3] == (identity("@example.net"), "domain", "@example.net")
-    hidden = suppression_converter(SuppressionOptions(keep_addresses=False), "x", Summary("csv"))
-    plain = hidden(Row(1, " X@Example.com ", "address"))
-    assert plain is not None
-    assert plain[:3] == (identity("x@example.com"), "sha256", None)
-    kept = convert(Row(1, " X@Example.com ", "address"))
-    assert kept is not None
-    assert kept.address == "x@example.com"
+    assert converted(Row(1, md5, "md5")) == ("md5", md5, None)
+    domain = identity("@example.net")
+    assert converted(Row(1, "@Example.NET", "address")) == ("domain", domain, "@example.net")
+    plain = converted(Row(1, " X@Example.com ", "address"), keep_addresses=False)
+    assert plain == ("sha256", identity("x@example.com"), None)
+    kept = converted(Row(1, " X@Example.com ", "address"))
+    assert kept == ("sha256", identity("x@example.com"), "x@example.com")
+    own = converted(Row(1, "X@Example.com", "address", scope="topic:news"))
+    assert own == kept, "the long way gives what the short one does"
 
 
 @pytest.mark.parametrize(
     ("value", "kind"),
     [("0" * 63, "sha256"), ("z" * 64, "sha256"), ("0" * 64, "md5"), ("@", "address")],
 )
-def test_converter_rejects_what_is_not_a_key(value: str, kind: str) -> None:
-    convert = suppression_converter(SuppressionOptions(), "x", Summary("csv"))
+def test_what_is_not_a_key_is_invalid(value: str, kind: str) -> None:
+    summary = Summary("csv")
+    rows = SuppressionRows(SuppressionOptions(), "x", summary)
     row = Row(4, value, "sha256" if kind == "sha256" else "md5" if kind == "md5" else "address")
-    with pytest.raises(InvalidAddress):
-        convert(row)
+    assert list(rows.batches([row])) == []
+    assert (summary.invalid, summary.invalid_lines) == (1, [4])
 
 
 # consents ------------------------------------------------------------------------------
