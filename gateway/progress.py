@@ -43,7 +43,7 @@ class Progress:
         elapsed = max(time.monotonic() - self._start, 1e-6)
         read = self._summary.read
         if self._summary.writing:
-            return f"{read:,} rows read; writing them to the store ({elapsed:.0f} s)"
+            return f"{read:,} rows read; writing them to the store, {elapsed:.0f} s so far"
         text = f"{read:,} rows, {read / elapsed:,.0f} rows/s"
         if self._position and self._size:
             done = min(self._position() / self._size, 1.0)

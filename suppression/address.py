@@ -21,8 +21,9 @@ from suppression.errors import InvalidAddress
 # than a pattern that backtracks over each label), an alphabetic TLD. Anything
 # else goes through email-validator.
 _SIMPLE = re.compile(
+    r"(?=[^@]{1,64}@)(?=.{1,254}\Z)"  # a local part of at most 64, at most 254 in all
     r"[a-z0-9!#$%&'*+/=?^_`{|}~-]++(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]++)*+"
-    r"@((?:[a-z0-9-]{1,63}\.)+[a-z]{2,63})"
+    r"@((?:[a-z0-9-]{1,63}\.)+([a-z]{2,63}))"
 )
 # Special-use names email-validator refuses (RFC 6761 and friends).
 _SPECIAL_TLDS = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
@@ -69,12 +70,12 @@ class Address:
 
 def _simple(lowered: str) -> str | None:
     match = _SIMPLE.fullmatch(lowered)
-    if match is None or len(lowered) > 254 or lowered.index("@") > 64:
+    if match is None:
         return None
-    domain = match.group(1)
+    domain, tld = match.group(1, 2)
     # "--" marks Punycode (xn--, which email-validator turns into Unicode) or a
     # reserved label it refuses (ab--c): leave both to email-validator
-    if domain.rpartition(".")[2] in _SPECIAL_TLDS or ("-" in domain and _bad_hyphen(domain)):
+    if tld in _SPECIAL_TLDS or ("-" in domain and _bad_hyphen(domain)):
         return None
     return lowered
 
