@@ -15,7 +15,7 @@ import contextlib
 import gc
 import json
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -151,10 +151,14 @@ async def consent_import(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _paged(
-    records: AsyncIterable[T],
+    records: AsyncIterator[T],
     write: Callable[[list[T], bool], WriteSummary],
 ) -> WriteSummary:
-    """Write records a page at a time (memory stays flat); the header with the first."""
+    """Write records a page at a time (memory stays flat); the header with the first.
+
+    The store's stream is ended on the way out: a write that fails midway (a closed
+    pipe) ends its query while the store is still open, not at the event loop's end.
+    """
     written = skipped = 0
     page: list[T] = []
     first = True
@@ -165,19 +169,33 @@ async def _paged(
         written, skipped, first = written + result.written, skipped + result.skipped, False
         page.clear()
 
-    async for record in records:
-        page.append(record)
-        if len(page) == EXPORT_PAGE:
-            flush()
+    async with _ended(records):
+        async for record in records:
+            page.append(record)
+            if len(page) == EXPORT_PAGE:
+                flush()
     flush()
     return WriteSummary(written, skipped)
 
 
 async def _suppression_records(store: Store, scope: str | None) -> AsyncIterator[ExportRecord]:
-    async for s in store.iter_suppressions(scope):
-        yield ExportRecord(
-            s.key, s.address, s.scope, s.reason.value, s.source, s.created, s.kind, s.evidence
-        )
+    found = store.iter_suppressions(scope)
+    async with _ended(found):
+        async for s in found:
+            yield ExportRecord(
+                s.key, s.address, s.scope, s.reason.value, s.source, s.created, s.kind, s.evidence
+            )
+
+
+@contextlib.asynccontextmanager
+async def _ended(rows: AsyncIterator[T]) -> AsyncIterator[None]:
+    """A stream ended (its query closed) on the way out, whatever happened."""
+    try:
+        yield
+    finally:
+        close = getattr(rows, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def _exported(fmt: str, summary: WriteSummary, as_json: bool) -> None:

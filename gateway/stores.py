@@ -5,33 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from gateway.config import Config
+from gateway.keys import make_key_file
 from suppression.audit import parse_head
 from suppression.errors import ConfigError
 from suppression.statecheck import ChainReport
-from suppression.store import Store, open_store
-
-AUDIT_KEY_BYTES = 32
+from suppression.store import Store, open_store, require_store
 
 
 def load_audit_key(path: Path, *, create: bool) -> tuple[bytes, bool]:
     """The audit chain's key (hex in a 0600 file) and whether it was made just now."""
-    made = False
-    if create and not path.exists():
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another worker made it first
-            pass
-        except OSError as exc:
-            raise ConfigError(f"[store] audit_key_file {path}: {exc.strerror}") from None
-        else:
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_hex(AUDIT_KEY_BYTES) + "\n")
-            made = True
+    made = create and make_key_file(path, "[store] audit_key_file")
     try:
         key = bytes.fromhex(path.read_text().strip())
     except FileNotFoundError:
@@ -47,15 +34,21 @@ def load_audit_key(path: Path, *, create: bool) -> tuple[bytes, bool]:
 
 
 async def open_configured(config: Config, *, create: bool = False) -> Store:
-    """The configured store; ``create`` (serve, store migrate) may make the audit key.
+    """The configured store; ``create`` (serve, store migrate) may make it and the audit key,
+    else a missing store is StoreMissing.
 
     A key made now for a store that already has a chain (keyed with a key since
     lost) is taken back, and the store refused: a new key would make every
     event look forged.
     """
-    path = Path(config.store.audit_key_file)
-    key, made = load_audit_key(path, create=create)
-    store = await open_store(config.store.url, audit_key=key)
+    url, path = config.store.url, Path(config.store.audit_key_file)
+    try:
+        key, made = load_audit_key(path, create=create)
+    except ConfigError:
+        if not create:
+            await require_store(url)  # a missing store is the clearer error
+        raise
+    store = await open_store(url, audit_key=key, create=create)
     try:
         lost = made and (await store.verify_chain()).broken_at is not None
     except BaseException:

@@ -28,6 +28,8 @@ _SIMPLE = re.compile(
 # Special-use names email-validator refuses (RFC 6761 and friends).
 _SPECIAL_TLDS = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
 _HEX = re.compile(r"[0-9a-f]+")
+# RFC 5321 4.5.1: the one address without a domain every SMTP server must take
+POSTMASTER = "postmaster"
 
 
 def identity(address: str) -> str:
@@ -54,8 +56,9 @@ class Address:
 
     @property
     def domain(self) -> str:
-        """The domain part."""
-        return self.normalized.rpartition("@")[2]
+        """The domain part ('' for the domain-less postmaster)."""
+        _, at, domain = self.normalized.rpartition("@")
+        return domain if at else ""
 
     @property
     def md5(self) -> str:
@@ -89,7 +92,10 @@ def normal_form(raw: str) -> str:
     """The normalised form of a valid address (its identity is the SHA-256 of it);
     InvalidAddress with the reason otherwise."""
     text = raw.strip()
-    normalized = _simple(text.lower())
+    lowered = text.lower()
+    if lowered == POSTMASTER:
+        return POSTMASTER
+    normalized = _simple(lowered)
     if normalized is None:
         try:
             info = validate_email(text, check_deliverability=False, allow_smtputf8=True)

@@ -22,12 +22,14 @@ import asyncpg
 
 from suppression.address import Address
 from suppression.audit import GENESIS, Rekeying, event_body, link
-from suppression.errors import OptgateError, StoreError
+from suppression.errors import OptgateError, StoreError, StoreMissing
+from suppression.held_rows import HELD_COLUMNS, rate_slot, to_held, within_limits
 from suppression.model import (
     AuditEvent,
     BatchResult,
     Consent,
     Facts,
+    HeldRequest,
     ImportItem,
     Ledger,
     OptOutCheck,
@@ -180,6 +182,29 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # the audit chain is keyed (HMAC) and records row sums from here on: _rekey
     "",
+    # opt-outs by mail: per-source counters (one fixed window each) and the requests
+    # held until the address confirms them by a mailed link (IF NOT EXISTS: a store set
+    # back to an older schema version runs this again)
+    """
+    CREATE TABLE IF NOT EXISTS rate_window (
+        key TEXT COLLATE "C" NOT NULL,
+        slot BIGINT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (key, slot)
+    );
+    CREATE INDEX IF NOT EXISTS rate_window_by_slot ON rate_window (slot);
+    CREATE TABLE IF NOT EXISTS held_request (
+        secret TEXT COLLATE "C" PRIMARY KEY,
+        sha256 TEXT COLLATE "C" NOT NULL,
+        action TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        created TIMESTAMPTZ NOT NULL,
+        detail TEXT NOT NULL,
+        mailed TIMESTAMPTZ,
+        done TIMESTAMPTZ
+    );
+    CREATE INDEX IF NOT EXISTS held_request_by_subject ON held_request (sha256);
+    """,
 )
 KEYED_CHAIN = 5  # the schema version whose migration is _rekey
 
@@ -247,6 +272,22 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+async def require_schema(url: str) -> None:
+    """StoreMissing unless the database exists and holds optgate's schema."""
+    try:
+        conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
+    except asyncpg.InvalidCatalogNameError:
+        raise StoreMissing(safe_url(url), " (no such database: create it first)") from None
+    except (*_FAILURES, ValueError) as exc:
+        shown = safe_url(url)
+        raise StoreError(f"cannot open PostgreSQL store {shown}: {_one_line(exc)}") from None
+    try:
+        if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+            raise StoreMissing(safe_url(url), " (the database holds no optgate schema)")
+    finally:
+        await conn.close()
+
+
 class PostgresStore:
     """Store on one PostgreSQL database, shared by any number of nodes."""
 
@@ -265,8 +306,13 @@ class PostgresStore:
             ) from None
 
     @classmethod
-    async def open(cls, url: str, audit_key: bytes, *, pool_size: int = POOL_SIZE) -> PostgresStore:
-        """Connect a pool and run pending migrations."""
+    async def open(
+        cls, url: str, audit_key: bytes, *, pool_size: int = POOL_SIZE, create: bool = True
+    ) -> PostgresStore:
+        """Connect a pool and run pending migrations.
+
+        Without ``create`` a database without optgate's schema is ``StoreMissing``.
+        """
         try:
             pool = await asyncpg.create_pool(
                 url,
@@ -275,6 +321,8 @@ class PostgresStore:
                 timeout=CONNECT_TIMEOUT,
                 server_settings={"timezone": "UTC", "application_name": "optgate"},
             )
+        except asyncpg.InvalidCatalogNameError:
+            raise StoreMissing(safe_url(url), " (no such database: create it first)") from None
         except (*_FAILURES, ValueError) as exc:
             raise StoreError(
                 f"cannot open PostgreSQL store {safe_url(url)}: {_one_line(exc)}"
@@ -282,18 +330,20 @@ class PostgresStore:
         store = cls(pool, url, audit_key)
         try:
             with store._errors("open"):
-                await store._migrate()
+                await store._migrate(create)
         except BaseException:
             await pool.close()
             raise
         return store
 
-    async def _migrate(self) -> None:
+    async def _migrate(self, create: bool) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             # nodes starting at once migrate one after another
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)
             # (a role that may only read can open a migrated store)
             if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+                if not create:
+                    raise StoreMissing(self._url, " (the database holds no optgate schema)")
                 await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
             version = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
             if version > len(MIGRATIONS):
@@ -1089,3 +1139,100 @@ class PostgresStore:
         with self._errors("read"):
             rows = await self._pool.fetch(OPTOUTS_SQL, f"partner:{partner}")
         return [(row[0], row[1]) for row in rows]
+
+    # --- opt-outs by mail: per-source rate limits, requests held for a link ---
+
+    async def take_rate(
+        self, buckets: Sequence[tuple[str, int]], *, window: int, at: datetime
+    ) -> bool:
+        """Count one event in each bucket's current window if none is full; else nothing.
+
+        Rows are locked in key order (no deadlock between nodes counting the same keys);
+        the audit lock is not taken: nothing here is audited.
+        """
+        slot = rate_slot(at, window)
+        keys = sorted({key for key, _ in buckets})
+        with self._errors("write to"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("DELETE FROM rate_window WHERE slot < $1", slot)
+                await conn.executemany(
+                    "INSERT INTO rate_window (key, slot, count) VALUES ($1, $2, 0) "
+                    "ON CONFLICT DO NOTHING",
+                    [(key, slot) for key in keys],
+                )
+                rows = await conn.fetch(
+                    "SELECT key, count FROM rate_window WHERE slot = $1 AND key = ANY($2) "
+                    "ORDER BY key FOR UPDATE",
+                    slot,
+                    keys,
+                )
+                if not within_limits(buckets, {row[0]: row[1] for row in rows}):
+                    return False
+                await conn.execute(
+                    "UPDATE rate_window SET count = count + 1 WHERE slot = $1 AND key = ANY($2)",
+                    slot,
+                    keys,
+                )
+        return True
+
+    async def hold_request(self, request: HeldRequest, *, actor: str) -> HeldRequest:
+        """Keep a request until its link is used (audited); the stored one if already known."""
+
+        async def work(conn: Any) -> HeldRequest:
+            status = await conn.execute(
+                f"INSERT INTO held_request ({HELD_COLUMNS}) "
+                "VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL) ON CONFLICT DO NOTHING",
+                request.secret,
+                request.sha256,
+                request.action,
+                request.scope,
+                _utc(request.created),
+                request.detail,
+            )
+            if _count(status):
+                detail = {"action": request.action, "scope": request.scope}
+                await self._audit(conn, actor, "request-held", request.sha256, detail)
+            row = await conn.fetchrow(
+                f"SELECT {HELD_COLUMNS} FROM held_request WHERE secret = $1", request.secret
+            )
+            return to_held(row)
+
+        result: HeldRequest = await self._write(work)
+        return result
+
+    async def held_request(self, secret: str) -> HeldRequest | None:
+        """The request whose link secret hashes to ``secret``, or None."""
+        with self._errors("read"):
+            row = await self._pool.fetchrow(
+                f"SELECT {HELD_COLUMNS} FROM held_request WHERE secret = $1", secret
+            )
+        return to_held(row) if row is not None else None
+
+    async def mark_mailed(self, secret: str, *, at: datetime) -> None:
+        """Record that a request's link went to the next hop."""
+        with self._errors("write to"):
+            await self._pool.execute(
+                "UPDATE held_request SET mailed = $1 WHERE secret = $2", _utc(at), secret
+            )
+
+    async def finish_request(
+        self, secret: str, *, at: datetime, actor: str, detail: Mapping[str, object]
+    ) -> bool:
+        """Mark a request done (audited); False when it was done already."""
+
+        async def work(conn: Any) -> bool:
+            row = await conn.fetchrow(
+                "UPDATE held_request SET done = $1 WHERE secret = $2 AND done IS NULL "
+                "RETURNING sha256, action",
+                _utc(at),
+                secret,
+            )
+            if row is None:
+                return False
+            await self._audit(
+                conn, actor, "request-confirmed", row[0], {"action": row[1], **detail}
+            )
+            return True
+
+        result: bool = await self._write(work)
+        return result

@@ -17,12 +17,14 @@ import aiosqlite
 
 from suppression.address import Address
 from suppression.audit import GENESIS, Rekeying, event_body, link
-from suppression.errors import OptgateError, StoreError
+from suppression.errors import OptgateError, StoreError, StoreMissing
+from suppression.held_rows import HELD_COLUMNS, rate_slot, to_held, within_limits
 from suppression.model import (
     AuditEvent,
     BatchResult,
     Consent,
     Facts,
+    HeldRequest,
     ImportItem,
     Ledger,
     OptOutCheck,
@@ -173,6 +175,29 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # the audit chain is keyed (HMAC) and records row sums from here on: _rekey
     "",
+    # opt-outs by mail: per-source counters (one fixed window each) and the requests
+    # held until the address confirms them by a mailed link (IF NOT EXISTS: a store set
+    # back to an older schema version runs this again)
+    """
+    CREATE TABLE IF NOT EXISTS rate_window (
+        key TEXT NOT NULL,
+        slot INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (key, slot)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS rate_window_by_slot ON rate_window (slot);
+    CREATE TABLE IF NOT EXISTS held_request (
+        secret TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        action TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        created TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        mailed TEXT,
+        done TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS held_request_by_subject ON held_request (sha256);
+    """,
 )
 KEYED_CHAIN = 5  # the schema version whose migration is _rekey
 
@@ -222,6 +247,10 @@ def _partner(row: Sequence[Any]) -> Partner:
 
 def _offer(row: Sequence[Any]) -> Offer:
     return to_offer(row, _parse_time)
+
+
+def _held(row: Sequence[Any]) -> HeldRequest:
+    return to_held(row, _parse_time)
 
 
 def _connect(path: str, synchronous: str) -> sqlite3.Connection:
@@ -301,8 +330,11 @@ class SQLiteStore:
         self._ledger = GroupCommit(self._record_sends, self._ledger_thread)
 
     @classmethod
-    async def open(cls, path: str, audit_key: bytes) -> SQLiteStore:
-        """Open the file, switch to WAL and run pending migrations."""
+    async def open(cls, path: str, audit_key: bytes, *, create: bool = True) -> SQLiteStore:
+        """Open the file, switch to WAL and run pending migrations.
+
+        Without ``create`` a file without optgate's schema is ``StoreMissing``.
+        """
         try:
             hot = _connect(path, "FULL")
             hot.execute("PRAGMA query_only = 1")
@@ -311,7 +343,7 @@ class SQLiteStore:
         db = await aiosqlite.connect(path, isolation_level=None)
         store = cls(db, hot, path, audit_key)
         try:
-            await store._prepare()
+            await store._prepare(create)
         except (sqlite3.Error, StoreError) as exc:
             await store.close()
             if isinstance(exc, StoreError):
@@ -319,17 +351,17 @@ class SQLiteStore:
             raise StoreError(f"cannot use SQLite store {path}: {exc}") from None
         return store
 
-    async def _prepare(self) -> None:
+    async def _prepare(self, create: bool) -> None:
         await self._db.execute("PRAGMA busy_timeout = 5000")
+        if not create and await self._version() == 0:  # before WAL: nothing is written
+            raise StoreMissing(self._path, " (the file holds no optgate schema)")
         await self._db.execute("PRAGMA journal_mode = WAL")
         # FULL (the default): a committed opt-out survives a power cut
         await self._db.execute("PRAGMA synchronous = FULL")
         # erased plaintext must not linger in free pages
         await self._db.execute("PRAGMA secure_delete = ON")
         await self._db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-        async with self._db.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
-        version = int(row[0]) if row else 0
+        version = await self._version()
         if version > len(MIGRATIONS):
             raise StoreError(
                 f"store {self._path} has schema {version}, newer than this optgate "
@@ -342,6 +374,11 @@ class SQLiteStore:
             await self._db.executescript(
                 f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
             )
+
+    async def _version(self) -> int:
+        async with self._db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
 
     async def _rekey(self, version: int) -> None:
         """Chain the events of the unkeyed era with the key, and vouch for their rows as a
@@ -1172,3 +1209,100 @@ class SQLiteStore:
             (f"partner:{partner}",),
             lambda row: (str(row[0]), row[1]),
         )
+
+    # --- opt-outs by mail: per-source rate limits, requests held for a link ---
+
+    async def take_rate(
+        self, buckets: Sequence[tuple[str, int]], *, window: int, at: datetime
+    ) -> bool:
+        """Count one event in each bucket's current window if none is full; else nothing."""
+        slot = rate_slot(at, window)
+        keys = sorted({key for key, _ in buckets})
+
+        async def work() -> bool:
+            await self._db.execute("DELETE FROM rate_window WHERE slot < ?", (slot,))
+            counts = dict(
+                await self._all(
+                    f"SELECT key, count FROM rate_window WHERE slot = ? "
+                    f"AND key IN ({_marks(len(keys))})",
+                    (slot, *keys),
+                    lambda row: (row[0], row[1]),
+                )
+            )
+            if not within_limits(buckets, counts):
+                return False
+            await self._db.executemany(
+                "INSERT INTO rate_window (key, slot, count) VALUES (?, ?, 1) "
+                "ON CONFLICT (key, slot) DO UPDATE SET count = count + 1",
+                [(key, slot) for key in keys],
+            )
+            return True
+
+        result: bool = await self._write(work)
+        return result
+
+    async def hold_request(self, request: HeldRequest, *, actor: str) -> HeldRequest:
+        """Keep a request until its link is used (audited); the stored one if already known."""
+
+        async def work() -> HeldRequest:
+            cursor = await self._db.execute(
+                f"INSERT OR IGNORE INTO held_request ({HELD_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)",
+                (
+                    request.secret,
+                    request.sha256,
+                    request.action,
+                    request.scope,
+                    _time(request.created),
+                    request.detail,
+                ),
+            )
+            if cursor.rowcount:
+                detail = {"action": request.action, "scope": request.scope}
+                await self._audit(actor, "request-held", request.sha256, detail)
+            stored: list[HeldRequest] = await self._all(
+                f"SELECT {HELD_COLUMNS} FROM held_request WHERE secret = ?",
+                (request.secret,),
+                _held,
+            )
+            return stored[0]
+
+        result: HeldRequest = await self._write(work)
+        return result
+
+    async def held_request(self, secret: str) -> HeldRequest | None:
+        """The request whose link secret hashes to ``secret``, or None."""
+        found: list[HeldRequest] = await self._all(
+            f"SELECT {HELD_COLUMNS} FROM held_request WHERE secret = ?", (secret,), _held
+        )
+        return found[0] if found else None
+
+    async def mark_mailed(self, secret: str, *, at: datetime) -> None:
+        """Record that a request's link went to the next hop."""
+
+        async def work() -> None:
+            await self._db.execute(
+                "UPDATE held_request SET mailed = ? WHERE secret = ?", (_time(at), secret)
+            )
+
+        await self._write(work)
+
+    async def finish_request(
+        self, secret: str, *, at: datetime, actor: str, detail: Mapping[str, object]
+    ) -> bool:
+        """Mark a request done (audited); False when it was done already."""
+
+        async def work() -> bool:
+            cursor = await self._db.execute(
+                "UPDATE held_request SET done = ? WHERE secret = ? AND done IS NULL "
+                "RETURNING sha256, action",
+                (_time(at), secret),
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                return False
+            await self._audit(actor, "request-confirmed", row[0], {"action": row[1], **detail})
+            return True
+
+        result: bool = await self._write(work)
+        return result

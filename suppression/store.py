@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Protocol
 
 from suppression.address import Address
-from suppression.errors import StoreError
+from suppression.errors import StoreError, StoreMissing
 from suppression.model import (
     AuditEvent,
     BatchResult,
     Consent,
     ConsentItem,
     Facts,
+    HeldRequest,
     ImportItem,
     ImportRows,
     Ledger,
@@ -200,6 +203,30 @@ class Store(Protocol):
     async def soft_bounces(self, sha256: str, since: datetime, until: datetime) -> frozenset[str]:
         """The reporting messages of a recipient's soft bounces from ``since`` to ``until``."""
 
+    # --- opt-outs by mail: per-source rate limits, requests held for a confirmation link ---
+
+    async def take_rate(
+        self, buckets: Sequence[tuple[str, int]], *, window: int, at: datetime
+    ) -> bool:
+        """Count one event in each (key, limit) bucket's current fixed window of ``window``
+        seconds if every one is below its limit, for every node at once; if any is full,
+        change nothing and return False. Counts of earlier windows are dropped."""
+
+    async def hold_request(self, request: HeldRequest, *, actor: str) -> HeldRequest:
+        """Keep a request until its link is used (audited); the one on record if its
+        secret is known already."""
+
+    async def held_request(self, secret: str) -> HeldRequest | None:
+        """The request whose link secret hashes to ``secret``, or None."""
+
+    async def mark_mailed(self, secret: str, *, at: datetime) -> None:
+        """Record that a request's link went to the next hop."""
+
+    async def finish_request(
+        self, secret: str, *, at: datetime, actor: str, detail: Mapping[str, object]
+    ) -> bool:
+        """Mark a request done (audited with ``detail``); False when it was done already."""
+
     # --- partners, offers and their fan-out (suppression/partners.py) ---
 
     async def add_partner(self, partner: Partner, *, actor: str) -> None:
@@ -270,16 +297,45 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-async def open_store(url: str, *, audit_key: bytes) -> Store:
-    """Open (and migrate) the store a URL names; ``audit_key`` keys its audit chain."""
+def sqlite_file(url: str, *, create: bool) -> str:
+    """The file of a ``sqlite:///PATH`` store: its directory made (0700) with ``create``,
+    else known to exist (``StoreMissing``)."""
+    path = Path(sqlite_path(url))
+    if create:
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot make directory {path.parent}: {exc.strerror}") from None
+    elif not path.exists():
+        raise StoreMissing(str(path))
+    return str(path)
+
+
+async def require_store(url: str) -> None:
+    """StoreMissing unless the store a URL names exists with optgate's schema (reads only)."""
+    if url.startswith("sqlite://"):
+        await asyncio.to_thread(sqlite_file, url, create=False)
+    elif url.startswith(("postgresql://", "postgres://")):
+        from suppression.postgres import require_schema
+
+        await require_schema(url)
+
+
+async def open_store(url: str, *, audit_key: bytes, create: bool = True) -> Store:
+    """Open (and migrate) the store a URL names; ``audit_key`` keys its audit chain.
+
+    ``create``: make a missing store (and a SQLite file's directory, 0700); without
+    it a missing store, or a database without optgate's schema, is ``StoreMissing``.
+    """
     if url.startswith("sqlite://"):
         from suppression.sqlite import SQLiteStore
 
-        return await SQLiteStore.open(sqlite_path(url), audit_key)
+        path = await asyncio.to_thread(sqlite_file, url, create=create)
+        return await SQLiteStore.open(path, audit_key, create=create)
     if url.startswith(("postgresql://", "postgres://")):
         from suppression.postgres import PostgresStore
 
-        return await PostgresStore.open(url, audit_key)
+        return await PostgresStore.open(url, audit_key, create=create)
     raise StoreError(
         f"store url {url!r} is not supported: use sqlite:///PATH or postgresql://HOST/DATABASE"
     )

@@ -27,6 +27,7 @@ from gateway.keys import load_keys
 from gateway.service import running
 from suppression.sqlite import MIGRATIONS
 from suppression.store import open_store
+from tests.support.backends import postgres_database
 from tests.support.dns import DnsServer, dns_server
 from tests.support.keys import AUDIT_KEY
 from tests.support.smtp import sink
@@ -97,7 +98,7 @@ class Setup:
 async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     rsa_key = keygen(DOMAIN, "s1", "rsa", out=tmp_path / "s1.pem")
     ed_key = keygen(DOMAIN, "s2", "ed25519", out=tmp_path / "s2.pem")
-    load_keys(tmp_path / "optgate.key")
+    load_keys(tmp_path / "optgate.key", create=True)
     store_url = f"sqlite:///{tmp_path / 'optgate.db'}"
     audit_key = tmp_path / "optgate-audit.key"
     audit_key.write_text(AUDIT_KEY.hex())
@@ -300,6 +301,17 @@ async def test_one_broken_thing_is_named(
     others = [c for c in checks if c.name != name]
     assert all(c.status is Status.PASS for c in others), report(checks)
     assert failed(checks) == (status == "FAIL")
+
+
+async def test_a_new_postgresql_database_without_a_key_yet_is_not_a_failure(
+    setup: Setup,
+) -> None:
+    (setup.tmp / "optgate-audit.key").unlink()
+    async with postgres_database() as url:
+        setup.settings["store"]["url"] = url
+        checks = by_name(await setup.checks())
+    assert checks["store"].status is Status.WARN, checks["store"]
+    assert "store migrate" in checks["store"].detail
 
 
 async def test_a_store_without_its_audit_key_fails(setup: Setup) -> None:
