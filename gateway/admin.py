@@ -7,11 +7,11 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from gateway import logs
 from gateway.config import Config
@@ -56,20 +56,6 @@ async def checked_scope(config: Config, text: str) -> str:
                 f"the partners, `optgate partner add {name}` adds one"
             )
     return scope
-
-
-@contextlib.contextmanager
-def output_file(name: str | None) -> Iterator[TextIO]:
-    """The file ``name`` for writing, or stdout when None; a failure is an OptgateError."""
-    if name is None:
-        yield sys.stdout
-        return
-    try:
-        handle = Path(name).open("w", encoding="utf-8", newline="")  # noqa: SIM115
-    except OSError as exc:
-        raise OptgateError(f"cannot write {name}: {exc.strerror}") from None
-    with handle:
-        yield handle
 
 
 def _target(text: str, keep: bool) -> ImportItem:

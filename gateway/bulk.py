@@ -17,12 +17,12 @@ import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, TextIO, TypeVar
 
-from gateway.admin import opened_store, output_file
 from gateway.config import Config
 from gateway.inbound.diagnosis import judge, status_of
 from gateway.progress import shown
+from gateway.stores import opened
 from suppression.errors import OptgateError
 from suppression.formats import Reading
 from suppression.importing import (
@@ -39,6 +39,20 @@ from suppression.writers import ExportRecord, WriteSummary, write_consents, writ
 
 T = TypeVar("T")
 EXPORT_PAGE = 5000
+
+
+@contextlib.contextmanager
+def output_file(name: str | None) -> Iterator[TextIO]:
+    """The file ``name`` for writing, or stdout when None; a failure is an OptgateError."""
+    if name is None:
+        yield sys.stdout
+        return
+    try:
+        handle = Path(name).open("w", encoding="utf-8", newline="")  # noqa: SIM115
+    except OSError as exc:
+        raise OptgateError(f"cannot write {name}: {exc.strerror}") from None
+    with handle:
+        yield handle
 
 
 @contextlib.contextmanager
@@ -95,7 +109,7 @@ async def _run_import(
     run: Callable[[Store], Awaitable[Summary]],
 ) -> None:
     """An import into the configured store with its progress shown; errors keep nothing."""
-    async with opened_store(config) as store, shown(sys.stderr, summary, handle):
+    async with opened(config) as store, shown(sys.stderr, summary, handle):
         try:
             with _no_cycles_collected():
                 await run(store)
@@ -209,7 +223,7 @@ def _exported(fmt: str, summary: WriteSummary, as_json: bool) -> None:
 async def suppress_export(args: argparse.Namespace, config: Config) -> int:
     """optgate suppress export (streams)."""
     scope = parse_scope(args.scope) if args.scope else None
-    async with opened_store(config) as store:
+    async with opened(config) as store:
         with output_file(args.output) as out:
             summary = await _paged(
                 _suppression_records(store, scope),
@@ -222,7 +236,7 @@ async def suppress_export(args: argparse.Namespace, config: Config) -> int:
 async def consent_export(args: argparse.Namespace, config: Config) -> int:
     """optgate consent export: every record, in order (csv or jsonl)."""
     purpose = check_name(args.purpose, "purpose") if args.purpose else None
-    async with opened_store(config) as store:
+    async with opened(config) as store:
         with output_file(args.output) as out:
             summary = await _paged(
                 store.iter_consents(purpose),

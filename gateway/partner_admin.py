@@ -7,7 +7,8 @@ import asyncio
 import json
 import sys
 
-from gateway.admin import opened_store, output_file
+from gateway.admin import opened_store
+from gateway.bulk import output_file
 from gateway.config import Config
 from suppression.model import Reason, check_name, now
 from suppression.partners import (

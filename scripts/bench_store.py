@@ -67,8 +67,11 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float,
 
 def store_import(url: str, source: Path) -> tuple[float, int]:
     """`optgate suppress import` of a CSV into the (migrated) store at ``url``: the
-    import's own seconds and peak RSS (the migration is not timed)."""
-    env = {**os.environ, "OPTGATE_STORE_URL": url}
+    import's own seconds and peak RSS (the migration is not timed). The store's key
+    files go in a state directory beside the CSV."""
+    state = source.with_name(f"{source.stem}-state")
+    state.mkdir(exist_ok=True)
+    env = {**os.environ, "OPTGATE_STORE_URL": url, "OPTGATE_STORE_STATE_DIR": str(state)}
     run_child([str(OPTGATE), "store", "migrate"], env)
     return run_child([str(OPTGATE), "suppress", "import", str(source), "--format", "csv"], env)
 
