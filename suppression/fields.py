@@ -79,11 +79,6 @@ def address_row(line: int, value: str) -> Row:
     return _new(Row, (line, value, "address", *ROW_DEFAULTS))
 
 
-def plain(row: Row) -> bool:
-    """A row of an address alone, nothing else."""
-    return row[2] == "address" and row[3:] == ROW_DEFAULTS
-
-
 def restored(value: str) -> str:
     """A CSV cell as it was before a writer neutralised it (``'=x`` -> ``=x``)."""
     if value[:1] == "'" and value[1:2] in NEUTRALISED:
@@ -188,8 +183,8 @@ def _optional(value: object) -> str | None:
 
 
 class Layout:
-    """A CSV header read once. A record of the common layout (an address column and
-    columns no row keeps) becomes a Row by index; any other through its named fields."""
+    """A CSV header read once: whether it is the common layout (an address column and
+    columns no row keeps: formats reads those by index), and a record as a Row."""
 
     def __init__(self, names: Sequence[str], keep_extra: bool) -> None:
         self.names = list(names)
@@ -203,10 +198,6 @@ class Layout:
 
     def row(self, line: int, fields: list[str], source: str) -> Row | None:
         """The Row of one record (None for one without an address or digest)."""
-        if self.plain:
-            at = self.address or 0
-            address = restored(fields[at].strip()) if len(fields) > at else ""
-            return address_row(line, address) if address else None
         pairs = zip(self.names, fields, strict=False)
         record = {name: restored(value.strip()) for name, value in pairs}
         return make_row(line, record, source, self.keep_extra)
