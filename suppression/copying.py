@@ -153,6 +153,7 @@ TABLES: tuple[Table, ...] = (
         ),
         "offer, sha256",
     ),
+    Table("esp_token", (("vendor", "text"), ("token", "text"), ("at", "time")), "vendor, token"),
 )
 # bookkeeping of the schema itself (each store makes its own), not data
 NOT_COPIED = frozenset({"schema_version"})
