@@ -20,6 +20,7 @@ from aiosmtpd.smtp import SMTP
 from gateway import auditwatch
 from gateway.api import add_consent_api
 from gateway.config import Config, host_port
+from gateway.esp.routes import Hooks
 from gateway.fanout import FanOut
 from gateway.inbound.mailboxes import Mailboxes, Role
 from gateway.inbound.receive import Receiver
@@ -303,8 +304,13 @@ async def _web(
 ) -> AsyncIterator[int]:
     """The web endpoint (one-click, pages, /healthz, /metrics); yields the bound port."""
     host, port = host_port(config.web.listen, "[web] listen")
+    hooks = Hooks.from_config(config, store=store, signer=signer, metrics=metrics)
     app = make_app(
-        store=store, signer=signer, metrics=metrics, settings=WebSettings.from_config(config)
+        store=store,
+        signer=signer,
+        metrics=metrics,
+        settings=WebSettings.from_config(config),
+        hooks=hooks,
     )
     if config.web.api_keys:
         requester = functools.partial(request_consent, config, store, actor="api")

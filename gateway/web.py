@@ -29,6 +29,7 @@ from yarl import URL
 
 from gateway import pages
 from gateway.config import Config
+from gateway.esp.routes import Hooks
 from gateway.metrics import Metrics
 from gateway.ratelimit import RateLimiter
 from gateway.tokens import Claims, InvalidToken, TokenSigner
@@ -213,6 +214,7 @@ class _Endpoint:
         self.prefix = URL(settings.base_url).path.rstrip("/")
         self.proxies = networks(settings.trusted_proxies)
         self.limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
+        self.unlimited = set(UNLIMITED)
 
     # --- tokens, addresses, evidence ---------------------------------------------------
 
@@ -477,7 +479,7 @@ class _Endpoint:
     async def limit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """429 and Retry-After once a client's bucket is empty; genuine one-clicks pass."""
         assert self.limiter is not None  # installed only with a limit
-        if request.path in UNLIMITED:
+        if request.path in self.unlimited:
             return await handler(request)
         delay = self.limiter.wait(self.ip(request))
         if delay and not self.genuine_one_click(request):
@@ -510,9 +512,17 @@ async def _secure(request: web.Request, response: web.StreamResponse) -> None:
 
 
 def make_app(
-    *, store: Store, signer: TokenSigner, metrics: Metrics, settings: WebSettings
+    *,
+    store: Store,
+    signer: TokenSigner,
+    metrics: Metrics,
+    settings: WebSettings,
+    hooks: Hooks | None = None,
 ) -> web.Application:
-    """The web endpoint as an aiohttp application; run it without an access log (IPs, tokens)."""
+    """The web endpoint as an aiohttp application; run it without an access log (IPs, tokens).
+
+    ``hooks``: the ESP webhooks of ``[esp]`` (gateway/esp/routes.py), under the same prefix.
+    """
     endpoint = _Endpoint(store, signer, metrics, settings)
     middlewares = [endpoint.limit, endpoint.errors] if endpoint.limiter else [endpoint.errors]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
@@ -527,4 +537,6 @@ def make_app(
         app.router.add_post(f"{prefix}/{name}/{{token}}", act, name=name)
     app.router.add_get("/healthz", endpoint.health)
     app.router.add_get("/metrics", endpoint.exposition)
+    if hooks is not None:
+        endpoint.unlimited |= hooks.route(app, prefix)
     return app

@@ -41,6 +41,7 @@ class Source(StrEnum):
     CLI = "cli"
     API = "api"
     ERASURE = "erasure"
+    ESP = "esp"  # an ESP's webhook (gateway/esp): its bounces, complaints and unsubscribes
 
 
 PARTNER_OFFERS = "partner-offers"

@@ -93,12 +93,14 @@ async def apply(
     dry_run: bool = False,
     signer: TokenSigner | None = None,
     at: datetime | None = None,
+    channel: Source | None = None,
 ) -> Applied:
     """Apply every finding of one inbound message; return the counts.
 
     ``signer`` defaults to the keys of ``[unsubscribe] key_file``; ``at`` is
     when the message arrived (a mailbox's Date), default now: soft bounces
-    are counted in the window before it.
+    are counted in the window before it. ``channel``: the source (and actor)
+    of every change when the findings did not come by mail (an ESP's webhook).
     """
     context = _Context(
         classification,
@@ -107,6 +109,7 @@ async def apply(
         dry_run,
         signer or TokenSigner(load_keys(Path(config.unsubscribe.key_file))),
         at or now(),
+        channel,
     )
     total = Applied()
     for finding in classification.findings:
@@ -128,6 +131,11 @@ class _Context:
     dry_run: bool
     signer: TokenSigner
     at: datetime
+    channel: Source | None
+
+    @property
+    def actor(self) -> str:
+        return self.channel.value if self.channel else ACTOR
 
     async def apply(self, finding: Finding) -> Applied:
         """One finding: find its recipient, then act by kind."""
@@ -179,7 +187,7 @@ class _Context:
         if finding.kind is not Kind.UNSUBSCRIBE and not await self.store.sent_to(address.sha256):
             return None
         keep = address.normalized if self.config.store.keep_addresses else None
-        return Target(address.sha256, keep, "global", "address")
+        return Target(address.sha256, keep, finding.scope or "global", "address")
 
     async def _resolve(self, token: str) -> Target | None:
         """A genuine token's recipient (None when the ledger cannot name it exactly)."""
@@ -217,7 +225,7 @@ class _Context:
                 target.sha256,
                 self.message.digest,
                 at=self.at,
-                actor=ACTOR,
+                actor=self.actor,
                 detail=self._note(finding, target),
             )
             count = len(await self.store.soft_bounces(target.sha256, since, self.at))
@@ -229,6 +237,7 @@ class _Context:
     async def _suppress(self, finding: Finding, target: Target) -> int:
         """Suppress the target (1 if that was new); a dry run only looks."""
         reason, source = _ACTIONS[finding.kind]
+        source = self.channel or source
         scope = target.scope if finding.kind is Kind.UNSUBSCRIBE else "global"
         if self.dry_run:
             holder = await self.store.holder(target.sha256)
@@ -242,7 +251,7 @@ class _Context:
             [ImportItem(target.sha256, "sha256", target.address, reason)],
             scope=scope,
             source=source,
-            actor=ACTOR,
+            actor=self.actor,
             evidence=json.dumps(evidence, sort_keys=True),
             note=note,
         )

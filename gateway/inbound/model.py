@@ -30,6 +30,7 @@ class Finding:
     tokens: tuple[str, ...]
     status: str | None  # DSN status such as "5.1.1", when known
     reason: str  # short, for logs and audit: "dsn 5.1.1", "arf abuse", "auto-reply", ...
+    scope: str | None = None  # where an unsubscribe without a token applies (default global)
 
 
 @dataclass(frozen=True)
