@@ -95,7 +95,8 @@ def event(vendor: str, message: str, findings: Sequence[Finding]) -> Classificat
     "reporting message" soft bounces are counted by) is the hash of it, so that an
     event sent twice, or a second event about the same mail, counts once.
     """
-    message_id = f"{vendor}:{message[:MAX_ID]}"
+    printable = "".join(c for c in message if " " < c <= "~")  # as a Message-ID is
+    message_id = f"{vendor}:{printable[:MAX_ID]}"
     digest = hashlib.sha256(message_id.encode()).hexdigest()
     return Classification(message_id, digest, tuple(findings))
 
