@@ -44,6 +44,7 @@ ONE_AUDIENCE = "452 4.5.3 One audience per offer"
 BAD_CREDENTIALS = "535 5.7.8 Authentication credentials invalid"
 AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure"
 AUTH_THROTTLED = "454 4.7.0 Too many authentication attempts, try again later"
+MAX_TRUSTED = 64  # client addresses remembered per partner as having logged in
 DISABLED = "550 5.7.1 This partner may not submit offers"
 # a timing equaliser: unknown names cost as much as wrong passwords
 _DUMMY = hash_credential("optgate-no-such-partner")
@@ -120,6 +121,11 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
+def _client(server: SMTP) -> str:
+    peer = server.session.peer if server.session else None
+    return str(peer[0]) if isinstance(peer, tuple) else "?"
+
+
 def _pass_credentials(
     server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
 ) -> AuthResult:
@@ -135,31 +141,33 @@ class Intake:
         self.in_flight: set[asyncio.Task[Any]] = set()
         limit = settings.auth_per_minute
         self._attempts = RateLimiter(limit) if limit else None
+        # guesses spread over many client addresses: the same limit per partner name (all
+        # unknown names share one), except from an address that name logged in from before
+        self._per_name = RateLimiter(limit) if limit else None
+        self._trusted: dict[str, set[str]] = {}
 
     async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
         """AUTH PLAIN, parsed by aiosmtpd, checked against the store."""
         if self._throttled(server):
             return AuthResult(success=False, handled=False, message=AUTH_THROTTLED)
-        return await self._check(await SMTP.auth_PLAIN(server, server, args))
+        return await self._check(server, await SMTP.auth_PLAIN(server, server, args))
 
     async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
         """AUTH LOGIN, parsed by aiosmtpd, checked against the store."""
         if self._throttled(server):
             return AuthResult(success=False, handled=False, message=AUTH_THROTTLED)
-        return await self._check(await SMTP.auth_LOGIN(server, server, args))
+        return await self._check(server, await SMTP.auth_LOGIN(server, server, args))
 
     def _throttled(self, server: SMTP) -> bool:
         """Whether this client address is over its AUTH attempts a minute (logged)."""
         if self._attempts is None:
             return False
-        peer = server.session.peer if server.session else None
-        client = str(peer[0]) if isinstance(peer, tuple) else "?"
-        if self._attempts.wait(client) == 0.0:
+        if self._attempts.wait(_client(server)) == 0.0:
             return False
-        log.warning("partner_auth_throttled")
+        log.warning("partner_auth_throttled", by="client")
         return True
 
-    async def _check(self, parsed: AuthResult) -> AuthResult:
+    async def _check(self, server: SMTP, parsed: AuthResult) -> AuthResult:
         if not parsed.success or not isinstance(parsed.auth_data, LoginPassword):
             return parsed
         name, secret = _text(parsed.auth_data.login), _text(parsed.auth_data.password)
@@ -167,12 +175,24 @@ class Intake:
             partner = await self._store.partner(name)
         except OptgateError:
             return AuthResult(success=False, handled=False, message=AUTH_UNAVAILABLE)
+        client = _client(server)
+        known = partner is not None and client in self._trusted.get(partner.name, ())
+        if (
+            self._per_name is not None
+            and not known
+            and self._per_name.wait(partner.name if partner else "") > 0.0
+        ):
+            log.warning("partner_auth_throttled", by="partner")
+            return AuthResult(success=False, handled=False, message=AUTH_THROTTLED)
         stored = partner.credential if partner else _DUMMY
         ok = await asyncio.to_thread(check_credential, secret, stored)
         ok = ok and partner is not None and not partner.disabled
         log.info("partner_auth", partner=name if partner else None, ok=ok)
-        if not ok:
+        if not ok or partner is None:
             return AuthResult(success=False, handled=False, message=BAD_CREDENTIALS)
+        trusted = self._trusted.setdefault(partner.name, set())
+        if len(trusted) < MAX_TRUSTED:
+            trusted.add(client)
         return AuthResult(success=True, auth_data=name)
 
     async def handle_RCPT(
