@@ -7,6 +7,7 @@ Link routes live under the path of ``[unsubscribe] base_url`` (as in the mail):
     GET  /p/TOKEN   the preference page; POST acts, then 303 back to it
     GET  /c/TOKEN   confirm a double opt-in; POST records the consent
     GET  /healthz   200 while the store answers;  GET /metrics  Prometheus text
+    POST /hooks/VENDOR  an ESP's bounces and complaints ([esp]; gateway/esp/routes.py)
 
 The token is the only credential. Errors become pages in one place (the error
 middleware); every answer carries the security headers. The client's IP is
