@@ -307,3 +307,25 @@ def _other_key() -> Any:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+async def test_forged_certificate_urls_cannot_make_optgate_a_crawler(rig: Rig) -> None:
+    def forged(number: int) -> dict[str, Any]:
+        url = f"https://{REGION_HOST}/SimpleNotificationService-forged-{number}.pem"
+        return rig.sns.sign(rig.notification(ses_bounce(JANE)), cert_url=url)
+
+    answers = [(await rig.site.post("/hooks/ses", forged(n)))[0] for n in range(12)]
+    # each URL answered 404: refused; past 10 new URLs a minute optgate asks no more
+    assert answers == [403] * 10 + [503] * 2
+    assert len(rig.fetches()) == 10
+    assert (await rig.site.post("/hooks/ses", forged(0)))[0] == 403  # remembered: not asked
+    assert len(rig.fetches()) == 10
+    assert await rig.site.scopes(JANE) == {}
+
+
+async def test_an_unsubscribe_confirmation_is_answered_and_nothing_is_visited(rig: Rig) -> None:
+    message = sns_confirmation(message_id=str(uuid.uuid4()), at=datetime.now(UTC))
+    message["Type"] = "UnsubscribeConfirmation"
+    status, answer = await rig.send(message)
+    assert (status, answer) == (200, {"status": "ok"})
+    assert not [r for r in rig.sns.requests if "Action=" in r]
