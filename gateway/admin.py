@@ -9,35 +9,69 @@ import json
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, BinaryIO, TextIO
+from typing import IO, Any, BinaryIO, TextIO, TypeVar
 
 from gateway.config import Config
 from gateway.demo import run_demo
 from gateway.doctor import failed, run_checks
 from gateway.keygen import config_line, keygen
+from gateway.keys import load_keys, make_key_file
 from gateway.optin import request_consent
 from gateway.pipeline import verdict
 from gateway.policy import MessageClass, Rules
 from gateway.stores import opened, read_anchor, write_anchor
 from suppression.address import Address, identity, md5_identity, normalize, normalize_domain
 from suppression.audit import parse_head
-from suppression.errors import InvalidAddress, OptgateError
+from suppression.errors import OptgateError
 from suppression.formats import ExportRecord, read_rows, write_records
 from suppression.importing import Summary, import_consents, import_suppressions
 from suppression.model import Consent, ImportItem, Reason, Source, check_name, now, parse_scope
+from suppression.partners import UnknownPartner
 from suppression.statecheck import ChainReport
 from suppression.store import Store
 
 EXPORT_PAGE = 5000
+T = TypeVar("T")
 
 
 @contextlib.asynccontextmanager
-async def opened_store(config: Config) -> AsyncIterator[Store]:
-    """The configured store, closed on the way out."""
-    async with opened(config, create=True) as store:
+async def opened_store(config: Config, *, create: bool = False) -> AsyncIterator[Store]:
+    """The configured store, closed on the way out.
+
+    A missing one is StoreMissing (naming where it looked), unless ``create``:
+    only ``store migrate`` (and ``serve``) make a store.
+    """
+    async with opened(config, create=create) as store:
         yield store
+
+
+async def checked_scope(config: Config, text: str) -> str:
+    """A --scope: valid, and a partner's must name a partner the store knows."""
+    scope = parse_scope(text)
+    kind, _, name = scope.partition(":")
+    if kind == "partner":
+        async with opened_store(config) as store:
+            known = await store.partner(name)
+        if known is None:
+            raise UnknownPartner(
+                f"scope {scope}: no partner named {name!r}: `optgate partner list` shows "
+                f"the partners, `optgate partner add {name}` adds one"
+            )
+    return scope
+
+
+@contextlib.asynccontextmanager
+async def _closing(rows: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """A store's stream, ended on the way out: a write that fails midway (a closed pipe)
+    ends its query while the store is still open, not at the event loop's shutdown."""
+    try:
+        yield rows
+    finally:
+        close = getattr(rows, "aclose", None)
+        if close is not None:
+            await close()
 
 
 @contextlib.contextmanager
@@ -119,22 +153,46 @@ async def suppress_remove(args: argparse.Namespace, config: Config) -> int:
 
 
 async def suppress_check(args: argparse.Namespace, config: Config) -> int:
-    """optgate suppress check: one line per address; 1 if any is suppressed."""
+    """optgate suppress check: one line per address (or JSON); 1 if any is suppressed."""
     addresses = [normalize(a) for a in args.addresses]
-    found = False
     async with opened_store(config) as store:
-        for given, address in zip(args.addresses, addresses, strict=True):
-            records = (await store.subject(address)).suppressions
-            found = found or bool(records)
-            for record in records:
-                via = "domain " if record.kind == "domain" else ""
-                print(
-                    f"{given}\tsuppressed\t{via}{record.scope}\t{record.reason.value}"
-                    f"\tsince {record.created:%Y-%m-%dT%H:%M:%SZ}"
-                )
-            if not records:
-                print(f"{given}\tnot suppressed")
-    return 1 if found else 0
+        found = [(await store.subject(a)).suppressions for a in addresses]
+    if args.json:
+        checked = [
+            {
+                "address": given,
+                "sha256": address.sha256,
+                "suppressed": bool(records),
+                "suppressions": [
+                    {
+                        "kind": r.kind,
+                        "scope": r.scope,
+                        "reason": r.reason.value,
+                        "source": r.source,
+                        "created": _utc(r.created),
+                    }
+                    for r in records
+                ],
+            }
+            for given, address, records in zip(args.addresses, addresses, found, strict=True)
+        ]
+        print(json.dumps({"addresses": checked}, indent=2))
+        return 1 if any(found) else 0
+    for given, records in zip(args.addresses, found, strict=True):
+        for record in records:
+            via = "domain " if record.kind == "domain" else ""
+            print(
+                f"{given}\tsuppressed\t{via}{record.scope}\t{record.reason.value}"
+                f"\tsince {_utc(record.created)}"
+            )
+        if not records:
+            print(f"{given}\tnot suppressed")
+    return 1 if any(found) else 0
+
+
+def _utc(at: datetime) -> str:
+    """A time as the command line prints it: UTC to the second."""
+    return f"{at:%Y-%m-%dT%H:%M:%SZ}"
 
 
 async def suppress_import(args: argparse.Namespace, config: Config) -> int:
@@ -184,12 +242,13 @@ async def _export_stream(store: Store, scope: str | None, fmt: str, out: TextIO)
         written, skipped = written + result.written, skipped + result.skipped
         page.clear()
 
-    async for s in store.iter_suppressions(scope):
-        page.append(
-            ExportRecord(s.key, s.address, s.scope, s.reason.value, s.source, s.created, s.kind)
-        )
-        if len(page) == EXPORT_PAGE:
-            flush()
+    async with _closing(store.iter_suppressions(scope)) as rows:
+        async for s in rows:
+            page.append(
+                ExportRecord(s.key, s.address, s.scope, s.reason.value, s.source, s.created, s.kind)
+            )
+            if len(page) == EXPORT_PAGE:
+                flush()
     flush()
     return written, skipped
 
@@ -278,15 +337,16 @@ async def consent_export(args: argparse.Namespace, config: Config) -> int:
     async with opened_store(config) as store:
         with output_file(args.output) as out:
             writer: Any = None
-            async for consent in store.iter_consents(purpose):
-                row = _consent_row(consent)
-                if args.format == "jsonl":
-                    out.write(json.dumps(row) + "\n")
-                    continue
-                if writer is None:
-                    writer = csv.DictWriter(out, fieldnames=list(row), lineterminator="\n")
-                    writer.writeheader()
-                writer.writerow(row)
+            async with _closing(store.iter_consents(purpose)) as records:
+                async for consent in records:
+                    row = _consent_row(consent)
+                    if args.format == "jsonl":
+                        out.write(json.dumps(row) + "\n")
+                        continue
+                    if writer is None:
+                        writer = csv.DictWriter(out, fieldnames=list(row), lineterminator="\n")
+                        writer.writeheader()
+                    writer.writerow(row)
     return 0
 
 
@@ -357,18 +417,29 @@ def erase_kept(folder: Path, address: Address) -> int:
 
 
 async def explain(args: argparse.Namespace, config: Config) -> int:
-    """optgate explain: the verdict for a marketing message and the reason, in words."""
-    try:
-        address = normalize(args.address)
-    except InvalidAddress as exc:
-        print(f"would NOT be sent: {exc}")
-        return 1
+    """optgate explain: the verdict for a marketing message and the reason, in words.
+
+    0 if it would be sent, 1 if not; a bad address is a bad input (exit 2).
+    """
+    address = normalize(args.address)
     topic = check_name(args.topic or config.policy.default_topic, "topic")
     rules = Rules(config.policy.require_consent, config.policy.consent_versions)
     async with opened_store(config) as store:
         decided = await verdict(store, address, MessageClass.MARKETING, topic, rules)
-    state = "would be sent" if decided.keep else "would NOT be sent"
-    print(f"marketing mail on topic {topic!r} to {args.address} {state}: {decided.explanation}")
+    if args.json:
+        shown = {
+            "address": args.address,
+            "sha256": address.sha256,
+            "class": MessageClass.MARKETING.value,
+            "topic": topic,
+            "sent": decided.keep,
+            "reason": decided.reason,
+            "explanation": decided.explanation,
+        }
+        print(json.dumps(shown, indent=2))
+    else:
+        state = "would be sent" if decided.keep else "would NOT be sent"
+        print(f"marketing mail on topic {topic!r} to {args.address} {state}: {decided.explanation}")
     return 0 if decided.keep else 1
 
 
@@ -450,37 +521,61 @@ def _verify_json(
 
 
 async def store_migrate(args: argparse.Namespace, config: Config) -> int:
-    """optgate store migrate: opening the store runs pending migrations."""
-    async with opened_store(config):
+    """optgate store migrate: make the store (its directory 0700) and the token key file if
+    missing, and bring the store to the current schema (opening it runs the migrations)."""
+    from suppression.postgres import safe_url
+
+    key_file = Path(config.unsubscribe.key_file)
+    made = await asyncio.to_thread(make_key_file, key_file)
+    await asyncio.to_thread(load_keys, key_file)  # made or not, it must be readable
+    async with opened_store(config, create=True):
         pass
-    print(f"store {config.store.url} is at the current schema")
+    print(f"store {safe_url(config.store.url)} is at the current schema")
+    print(f"token keys: {'made ' if made else ''}{key_file}")
     return 0
 
 
 async def report_compliance(args: argparse.Namespace, config: Config) -> int:
     """optgate report compliance: was marketing mail relayed to anyone after they opted out?"""
-    total = late = 0
+    total = 0
     worst = timedelta(0)
+    violations: list[dict[str, Any]] = []
     async with opened_store(config) as store:
         async for check in store.compliance():
             total += 1
             if check.sends_after == 0 or check.last_send_after is None:
                 continue
-            late += 1
             delay = check.last_send_after - check.at
             worst = max(worst, delay)
-            print(
-                f"VIOLATION {check.sha256[:16]} {check.scope} {check.reason.value} "
-                f"opted out {check.at:%Y-%m-%dT%H:%M:%SZ} via {check.source}: "
-                f"{check.sends_after} message(s) after, the last {_hours(delay)} later"
+            violations.append(
+                {
+                    "sha256": check.sha256,
+                    "scope": check.scope,
+                    "reason": check.reason.value,
+                    "source": check.source,
+                    "opted_out": _utc(check.at),
+                    "messages_after": check.sends_after,
+                    "last_message": _utc(check.last_send_after),
+                    "delay_hours": _hours(delay),
+                }
             )
-    print(
-        f"{total} opt-out(s), {late} with marketing mail relayed after the opt-out; "
-        f"longest delay {_hours(worst)} (Gmail allows 48 h, Yahoo 2 days, "
-        "CAN-SPAM 10 business days; optgate's own bar is zero)"
-    )
-    return 1 if late else 0
+            if not args.json:
+                print(
+                    f"VIOLATION {check.sha256[:16]} {check.scope} {check.reason.value} "
+                    f"opted out {_utc(check.at)} via {check.source}: "
+                    f"{check.sends_after} message(s) after, the last {_hours(delay)} h later"
+                )
+    if args.json:
+        report = {"opt_outs": total, "longest_delay_hours": _hours(worst), "violations": violations}
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"{total} opt-out(s), {len(violations)} with marketing mail relayed after the "
+            f"opt-out; longest delay {_hours(worst)} h (Gmail allows 48 h, Yahoo 2 days, "
+            "CAN-SPAM 10 business days; optgate's own bar is zero)"
+        )
+    return 1 if violations else 0
 
 
-def _hours(delay: timedelta) -> str:
-    return f"{delay.total_seconds() / 3600:.1f} h"
+def _hours(delay: timedelta) -> float:
+    return round(delay.total_seconds() / 3600, 1)

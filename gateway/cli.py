@@ -1,28 +1,32 @@
-"""The ``optgate`` command: parses, calls, prints. Errors become exit codes here only."""
+"""The ``optgate`` command: parses, calls, prints. Errors become exit codes here only.
+
+The command tree is built without importing what the commands run (aiosmtpd,
+asyncpg, aiohttp, ...): each command names its handler as ``module:function``,
+imported when the command runs, so ``--help`` and ``--version`` start fast.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from importlib.metadata import version
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import uvloop
-
-from gateway import admin, ingest, partner_admin, storecopy, workers
 from gateway.config import Config, load
-from gateway.workers import default_count
 from suppression.errors import OptgateError
-from suppression.formats import READ_FORMATS, WRITE_FORMATS, FormatError
+from suppression.formats import READ_FORMATS, WRITE_FORMATS
 from suppression.model import Reason
+from suppression.partners import TRANSITIONS
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR, EXIT_USAGE = 0, 1, 2, 64
+EXIT_PIPE = 128 + 13  # what a shell shows for a writer killed by SIGPIPE (`cmd | head`)
 
 Handler = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, int]]
+if TYPE_CHECKING:  # (not subscriptable at run time)
+    Group: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -34,54 +38,61 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _scope(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scope", default="global", help="global, topic:NAME or partner:NAME")
+def _scope(parser: argparse.ArgumentParser, **options: Any) -> None:
+    settings = {"default": "global", "help": "global, topic:NAME or partner:NAME (a known one)"}
+    parser.add_argument("--scope", **(settings | options))
 
 
-def _command(
-    group: argparse._SubParsersAction[argparse.ArgumentParser],
-    name: str,
-    handler: Handler,
-    help_text: str,
-) -> argparse.ArgumentParser:
+def _json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="JSON instead of lines")
+
+
+def _command(group: Group, name: str, handler: str, help_text: str) -> argparse.ArgumentParser:
+    """A command whose ``handler`` (``module:function``) is imported when it runs."""
     parser = group.add_parser(name, help=help_text, description=help_text)
     _config_option(parser)
     parser.set_defaults(handler=handler)
     return parser
 
 
-def _suppress_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _suppress_commands(group: Group) -> None:
     top = group.add_parser("suppress", help="manage the suppression list")
     sub = top.add_subparsers(dest="action", required=True, metavar="ACTION")
     reasons = [r.value for r in Reason]
-    add = _command(sub, "add", admin.suppress_add, "suppress addresses or @domains")
+    add = _command(sub, "add", "gateway.admin:suppress_add", "suppress addresses or @domains")
     add.add_argument("addresses", nargs="+", metavar="ADDR")
     _scope(add)
     add.add_argument("--reason", choices=reasons, default="manual")
-    remove = _command(sub, "remove", admin.suppress_remove, "lift suppressions (audited)")
+    remove = _command(sub, "remove", "gateway.admin:suppress_remove", "lift suppressions (audited)")
     remove.add_argument("addresses", nargs="+", metavar="ADDR")
     _scope(remove)
     check = _command(
-        sub, "check", admin.suppress_check, "show suppressions; exit 1 if any is suppressed"
+        sub,
+        "check",
+        "gateway.admin:suppress_check",
+        "show suppressions; exit 1 if any is suppressed",
     )
     check.add_argument("addresses", nargs="+", metavar="ADDR")
-    imp = _command(sub, "import", admin.suppress_import, "bulk import a file ('-' is stdin)")
+    _json(check)
+    imp = _command(
+        sub, "import", "gateway.admin:suppress_import", "bulk import a file ('-' is stdin)"
+    )
     imp.add_argument("file", metavar="FILE")
     imp.add_argument("--format", choices=READ_FORMATS, default="auto")
     _scope(imp)
     imp.add_argument("--reason", choices=reasons, help="override the reason rows carry")
-    exp = _command(sub, "export", admin.suppress_export, "bulk export")
+    exp = _command(sub, "export", "gateway.admin:suppress_export", "bulk export")
     exp.add_argument("--format", choices=WRITE_FORMATS, default="csv")
-    exp.add_argument("--scope", help="only this scope (default: all)")
+    _scope(exp, default=None, help="only this scope (default: all scopes)")
     exp.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
 
 
-def _consent_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _consent_commands(group: Group) -> None:
     top = group.add_parser("consent", help="manage consent records")
     sub = top.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, handler, text in (
-        ("add", admin.consent_add, "record consent"),
-        ("revoke", admin.consent_revoke, "record a revocation"),
+        ("add", "gateway.admin:consent_add", "record consent"),
+        ("revoke", "gateway.admin:consent_revoke", "record a revocation"),
     ):
         cmd = _command(sub, name, handler, text)
         cmd.add_argument("addresses", nargs="+", metavar="ADDR")
@@ -89,27 +100,30 @@ def _consent_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]
         cmd.add_argument("--source", default="cli")
         cmd.add_argument("--policy-version", metavar="V")
     request = _command(
-        sub, "request", admin.consent_request, "mail a double opt-in confirmation link"
+        sub, "request", "gateway.admin:consent_request", "mail a double opt-in confirmation link"
     )
     request.add_argument("addresses", nargs="+", metavar="ADDR")
     request.add_argument("--purpose", required=True, help="a topic name or partner-offers")
-    imp = _command(sub, "import", admin.consent_import, "bulk import consents")
+    imp = _command(sub, "import", "gateway.admin:consent_import", "bulk import consents")
     imp.add_argument("file", metavar="FILE")
     imp.add_argument("--purpose", required=True)
     imp.add_argument("--format", choices=("auto", "csv", "jsonl", "plain"), default="auto")
     imp.add_argument("--source", default="import")
     imp.add_argument("--policy-version", metavar="V")
-    exp = _command(sub, "export", admin.consent_export, "export consent records")
+    exp = _command(sub, "export", "gateway.admin:consent_export", "export consent records")
     exp.add_argument("--purpose", help="only this purpose")
     exp.add_argument("--format", choices=("csv", "jsonl"), default="csv")
     exp.add_argument("-o", "--output", metavar="FILE")
 
 
-def _dkim_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _dkim_commands(group: Group) -> None:
     top = group.add_parser("dkim", help="DKIM keys")
     sub = top.add_subparsers(dest="action", required=True, metavar="ACTION")
     keygen = _command(
-        sub, "keygen", admin.dkim_keygen, "make a key (0600) and print the DNS record to publish"
+        sub,
+        "keygen",
+        "gateway.admin:dkim_keygen",
+        "make a key (0600) and print the DNS record to publish",
     )
     keygen.add_argument("--domain", required=True, help="the signing domain (d=)")
     keygen.add_argument("--selector", required=True, help="the selector (s=)")
@@ -129,12 +143,16 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def _other_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _serve_command(group: Group) -> None:
     serve = group.add_parser(
-        "serve", help=SERVE_HELP, description=f"{SERVE_HELP}, in worker processes"
+        "serve",
+        help=SERVE_HELP,
+        description=f"{SERVE_HELP}, in worker processes; makes the store, the state "
+        "directory and the token key file if they do not exist",
     )
     _config_option(serve)
-    serve.set_defaults(supervise=workers.serve)
+    # forks processes, each with an event loop of its own
+    serve.set_defaults(handler="gateway.workers:serve", supervise=True)
     serve.add_argument(
         "--only", choices=("smtp", "web"), help="run one part (e.g. web behind a reverse proxy)"
     )
@@ -142,7 +160,7 @@ def _other_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--workers",
         type=_count,
         metavar="N",
-        help=f"processes sharing the listening ports (default: one per core, {default_count()})",
+        help="processes sharing the listening ports (default: one per core it may run on)",
     )
     serve.add_argument(
         "--cpu-affinity",
@@ -151,31 +169,41 @@ def _other_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="auto (default): with one worker per core, bind worker i to core i; "
         "none: let the kernel place the workers",
     )
-    _command(group, "demo", admin.demo, "show what optgate does, on a temporary store")
+
+
+def _other_commands(group: Group) -> None:
+    _serve_command(group)
+    _command(group, "demo", "gateway.admin:demo", "show what optgate does, on a temporary store")
     subject = group.add_parser("subject", help="data-subject access and erasure")
     sub = subject.add_subparsers(dest="action", required=True, metavar="ACTION")
-    show = _command(sub, "show", admin.subject_show, "print every record about ADDR as JSON")
+    show = _command(
+        sub, "show", "gateway.admin:subject_show", "print every record about ADDR as JSON"
+    )
     show.add_argument("address", metavar="ADDR")
-    erase = _command(sub, "erase", admin.subject_erase, "erase ADDR, keeping only its hash")
+    erase = _command(
+        sub, "erase", "gateway.admin:subject_erase", "erase ADDR, keeping only its hash"
+    )
     erase.add_argument("address", metavar="ADDR")
     explain = _command(
-        group, "explain", admin.explain, "would marketing mail to ADDR be sent, and why"
+        group, "explain", "gateway.admin:explain", "would marketing mail to ADDR be sent, and why"
     )
     explain.add_argument("address", metavar="ADDR")
     explain.add_argument("--topic", help="the topic (default: [policy] default_topic)")
+    _json(explain)
     report = group.add_parser("report", help="reports from the records")
     sub = report.add_subparsers(dest="action", required=True, metavar="ACTION")
-    _command(
+    compliance = _command(
         sub,
         "compliance",
-        admin.report_compliance,
+        "gateway.admin:report_compliance",
         "list opt-outs that were followed by marketing mail; exit 1 if any",
     )
+    _json(compliance)
     _dkim_commands(group)
     _command(
         group,
         "doctor",
-        admin.doctor,
+        "gateway.admin:doctor",
         "check the configuration and the sending domains' DNS; exit 1 on any FAIL",
     )
     store = group.add_parser("store", help="store maintenance")
@@ -183,7 +211,7 @@ def _other_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) 
     verify = _command(
         sub,
         "verify",
-        admin.store_verify,
+        "gateway.admin:store_verify",
         "prove the audit log's keyed chain unbroken and the tables the state it rebuilds; "
         "exit 1 if not",
     )
@@ -192,23 +220,47 @@ def _other_commands(group: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="SEQ:DIGEST",
         help="a head printed by an earlier verify: the chain must still hold it",
     )
-    verify.add_argument("--json", action="store_true", help="the report as one JSON object")
-    _command(sub, "migrate", admin.store_migrate, "create or upgrade the store's schema")
+    _json(verify)
+    _command(
+        sub,
+        "migrate",
+        "gateway.admin:store_migrate",
+        "create or upgrade the store's schema (and make the state directory and key files)",
+    )
     copy = _command(
         sub,
         "copy",
-        storecopy.store_copy,
+        "gateway.storecopy:store_copy",
         "copy every record into a new, empty store (e.g. SQLite to PostgreSQL), verified",
     )
     copy.add_argument("source", metavar="SRC_URL", help="sqlite:///PATH or postgresql://...")
     copy.add_argument("destination", metavar="DST_URL", help="an empty store's URL")
 
 
-def _ingest_command(group: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _config_commands(group: Group) -> None:
+    top = group.add_parser("config", help="the configuration in use, and a sample file")
+    sub = top.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = _command(
+        sub,
+        "show",
+        "gateway.configshow:show",
+        "print the effective configuration, where each value came from, and which store "
+        "and token key file are in use",
+    )
+    _json(show)
+    _command(
+        sub,
+        "example",
+        "gateway.configshow:example",
+        "print a commented sample TOML file holding every option at its default",
+    )
+
+
+def _ingest_command(group: Group) -> None:
     cmd = _command(
         group,
         "ingest",
-        ingest.run,
+        "gateway.ingest:run",
         "process an unsubscribe / bounce / complaint mailbox: mbox, Maildir, imap[s]:// URL",
     )
     cmd.add_argument(
@@ -224,19 +276,63 @@ def _ingest_command(group: argparse._SubParsersAction[argparse.ArgumentParser]) 
     password.add_argument("--password-env", metavar="VAR", help="IMAP: the password's variable")
 
 
+def _partner_commands(group: Group) -> None:
+    top = group.add_parser("partner", help="partners and their offers")
+    sub = top.add_subparsers(dest="action", required=True, metavar="ACTION")
+    module = "gateway.partner_admin"
+    add = _command(
+        sub, "add", f"{module}:partner_add", "register a partner; prints its credential once"
+    )
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--rate", type=int, metavar="N", help="offers per hour (default: config)")
+    add.add_argument("--max-size", type=int, metavar="BYTES", help="largest offer (config)")
+    _command(sub, "list", f"{module}:partner_list", "list partners")
+    disable = _command(
+        sub, "disable", f"{module}:partner_disable", "refuse a partner's submissions"
+    )
+    disable.add_argument("name", metavar="NAME")
+    report = _command(
+        sub, "report", f"{module}:partner_report", "a partner's offers: aggregate counts only"
+    )
+    report.add_argument("name", metavar="NAME")
+    _json(report)
+    export = _command(
+        sub,
+        "export-optouts",
+        f"{module}:partner_export_optouts",
+        "hashes of the people who opted out of a partner's offers (never addresses)",
+    )
+    export.add_argument("name", metavar="NAME")
+    export.add_argument("--format", choices=("md5", "sha256"), required=True)
+    export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    offers = _command(sub, "offers", f"{module}:partner_offers", "offers with their fan-out state")
+    offers.add_argument("name", metavar="NAME", nargs="?")
+    for change in TRANSITIONS:
+        cmd = _command(sub, change, f"{module}:offer_change", f"{change} an offer's fan-out")
+        cmd.add_argument("id", type=int, metavar="ID")
+        cmd.set_defaults(change=change)
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return f"optgate {version('optgate')}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree."""
     parser = argparse.ArgumentParser(
         prog="optgate", description="Gatekeeper for outbound marketing e-mail."
     )
-    parser.add_argument("--version", action="version", version=f"optgate {version('optgate')}")
+    parser.add_argument("--version", action="version", version=_version())
     _config_option(parser)
     group = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _suppress_commands(group)
     _consent_commands(group)
     _other_commands(group)
+    _config_commands(group)
     _ingest_command(group)
-    partner_admin.register(group, _command)
+    _partner_commands(group)
     return parser
 
 
@@ -248,20 +344,54 @@ def _user() -> str:
         return f"uid-{os.getuid()}"
 
 
+def _handler(name: str) -> Any:
+    """The function ``module:function`` names, imported now."""
+    module, _, function = name.partition(":")
+    return getattr(import_module(module), function)
+
+
+async def _checked(handler: Handler, args: argparse.Namespace, config: Config) -> int:
+    """Check a --scope (a partner's must be known to the store), then run the command."""
+    if getattr(args, "scope", None) is not None:
+        from gateway.admin import checked_scope
+
+        await checked_scope(config, args.scope)
+    return await handler(args, config)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load(getattr(args, "config", None))
+    handler = _handler(args.handler)
+    if getattr(args, "supervise", False):
+        status: int = handler(args, config)
+        return status
+    import asyncio
+
+    import uvloop  # the same asyncio API, a much cheaper event loop and transports
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_checked(handler, args, config))
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe: nothing more reaches stdout, not even the flush at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
     args.actor = f"cli:{_user()}"
     try:
-        config = load(getattr(args, "config", None))
-        if hasattr(args, "supervise"):  # forks processes, each with an event loop of its own
-            status: int = args.supervise(args, config)
-            return status
-        handler: Handler = args.handler
-        # uvloop: the same asyncio API, a much cheaper event loop and transports
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(handler(args, config))
-    except (OptgateError, FormatError) as exc:
+        status = _run(args)
+        sys.stdout.flush()  # a reader that went away shows here, not at exit
+        return status
+    except BrokenPipeError:  # `optgate suppress export | head`: the reader has what it wanted
+        _quiet_stdout()
+        return EXIT_PIPE
+    except OptgateError as exc:
         print(f"optgate: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -1,9 +1,15 @@
 """One typed, frozen settings object: TOML file, then OPTGATE_* environment, then defaults.
 
-Every option is declared once, below, with its default and its meaning.
-``OPTGATE_<SECTION>_<KEY>`` overrides ``[section] key``; section names never
-contain an underscore. Unknown keys and values of the wrong type are errors
-that name the key.
+Every option is declared once, below, with its default, its meaning and, where
+it has them, its choices; ``optgate config show`` and ``optgate config example``
+are generated from these declarations. ``OPTGATE_<SECTION>_<KEY>`` overrides
+``[section] key``; section names never contain an underscore. Unknown keys and
+values of the wrong type are errors that name the key.
+
+Paths: a relative path in a config file is relative to that file's directory,
+one in an environment variable to the current directory; ``load`` makes both
+absolute. The embedded store and the token key file default to the state
+directory (``gateway/statedir.py``).
 """
 
 from __future__ import annotations
@@ -12,19 +18,56 @@ import dataclasses
 import os
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway import statedir
 from suppression.errors import ConfigError
 
+Resolve = Callable[[str, Path], str]  # a value and the directory it is relative to
 
-def _opt(default: Any, doc: str) -> Any:
-    """A field with its default and its documentation."""
+
+def _path(value: str, base: Path) -> str:
+    """A file or directory option; empty stays empty (off, or derived)."""
+    return str(base / Path(value).expanduser()) if value else value
+
+
+def _store_url(value: str, base: Path) -> str:
+    """``sqlite:///PATH`` with PATH made absolute; other URLs as given."""
+    prefix = "sqlite:///"
+    rest = value.removeprefix(prefix)
+    if not value.startswith(prefix) or not rest or rest == ":memory:" or rest.startswith("/"):
+        return value
+    return prefix + _path(rest, base)
+
+
+def _dkim_key(value: str, base: Path) -> str:
+    """``DOMAIN:SELECTOR:ALGORITHM:KEYFILE`` with KEYFILE made absolute."""
+    parts = value.split(":", 3)
+    if len(parts) != 4 or not parts[3].strip():
+        return value  # the signer names the malformed entry
+    return ":".join([*parts[:3], _path(parts[3].strip(), base)])
+
+
+def _opt(
+    default: Any,
+    doc: str,
+    *,
+    choices: tuple[str, ...] = (),
+    path: Resolve | None = None,
+    secret: bool = False,
+) -> Any:
+    """A field with its default, its documentation and how it is checked and shown.
+
+    ``choices``: the values allowed; ``path``: how a relative path in the value
+    is resolved (for a list, in each entry); ``secret``: never printed.
+    """
+    metadata = {"doc": doc, "choices": choices, "path": path, "secret": secret}
     if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -47,7 +90,11 @@ class Relay:
     """The next hop every kept copy is relayed to."""
 
     next_hop: str = _opt("127.0.0.1:10026", "host:port of the next MTA")
-    starttls: str = _opt("opportunistic", "opportunistic, required or never")
+    starttls: str = _opt(
+        "opportunistic",
+        "STARTTLS to the next hop when offered, always (451 without), or never",
+        choices=("opportunistic", "required", "never"),
+    )
     pool_size: int = _opt(32, "most connections kept open to the next hop")
     timeout: int = _opt(60, "seconds to wait for the next hop before answering 451")
     ledger_hours: int = _opt(72, "how long a delivery is remembered to skip it on retry")
@@ -57,14 +104,31 @@ class Relay:
 class Store:
     """Where suppressions, consents and the audit log live."""
 
-    url: str = _opt("sqlite:///optgate.db", "sqlite:///PATH or postgresql://user@host/db")
+    state_dir: str = _opt(
+        "",
+        "directory of the embedded store and the token key file; empty: $STATE_DIRECTORY "
+        "(systemd), else /var/lib/optgate as root, else $XDG_STATE_HOME/optgate "
+        "(~/.local/state/optgate)",
+        path=_path,
+    )
+    url: str = _opt(
+        "",
+        "sqlite:///PATH or postgresql://user@host/db; empty: sqlite in the state directory "
+        "(optgate.db)",
+        path=_store_url,
+    )
     keep_addresses: bool = _opt(True, "keep plaintext addresses beside their hashes")
     audit_key_file: str = _opt(
-        "optgate-audit.key", "key of the audit log's HMAC chain, kept outside the database"
+        "",
+        "key of the audit log's HMAC chain, kept outside the database; made by optgate serve "
+        "or optgate store migrate; empty: optgate-audit.key in the state directory",
+        path=_path,
     )
     audit_anchor_file: str = _opt(
-        "optgate-audit.head",
-        "the audit log's head as last verified (SEQ:DIGEST), kept outside the database",
+        "",
+        "the audit log's head as last verified (SEQ:DIGEST), kept outside the database; "
+        "empty: optgate-audit.head in the state directory",
+        path=_path,
     )
     verify_minutes: int = _opt(
         60, "how often optgate serve verifies the audit log and the state it vouches for; 0: never"
@@ -75,7 +139,9 @@ class Store:
 class Policy:
     """What is sent and what is dropped."""
 
-    action: str = _opt("drop", "drop: accept and discard; reject: 550 at RCPT")
+    action: str = _opt(
+        "drop", "drop: accept and discard; reject: 550 at RCPT", choices=("drop", "reject")
+    )
     require_consent: bool = _opt(True, "marketing mail needs a consent record for its topic")
     default_topic: str = _opt("marketing", "topic of marketing mail without X-Optgate-Topic")
     consent_versions: dict[str, str] = _opt(
@@ -92,7 +158,12 @@ class Unsubscribe:
 
     base_url: str = _opt("http://127.0.0.1:8080", "public URL of the web endpoint")
     mailto: str = _opt("unsubscribe@example.com", "address for mailto: unsubscribes")
-    key_file: str = _opt("optgate.key", "token signing keys, one per line, first signs")
+    key_file: str = _opt(
+        "",
+        "token signing keys, hex, one per line, the first signs; made by optgate serve or "
+        "optgate store migrate; empty: optgate.key in the state directory",
+        path=_path,
+    )
     list_domain: str = _opt("lists.example.com", "domain of List-Id values (topic.DOMAIN)")
     feedback_id: str = _opt("optgate", "sender id part of the Feedback-ID header")
     company: str = _opt("Example Ltd", "company name shown in the footer and pages")
@@ -127,7 +198,7 @@ class Web:
     )
     accent_color: str = _opt("#0b57d0", "colour of buttons and headings, #rgb or #rrggbb")
     api_keys: list[str] = _opt(
-        [], "bearer keys for POST /api/consent-requests; none: the API is off"
+        [], "bearer keys for POST /api/consent-requests; none: the API is off", secret=True
     )
     page_note: str = _opt(
         "Questions about your data? Write to privacy@example.com.",
@@ -144,8 +215,13 @@ class Dkim:
         "DOMAIN:SELECTOR:ALGORITHM:KEYFILE entries (ALGORITHM rsa or ed25519); the key whose "
         "domain is the From domain (or its parent) signs, both when there are two (dual signing); "
         "none: no signing",
+        path=_dkim_key,
     )
-    canonicalization: str = _opt("relaxed/relaxed", "header/body: relaxed or simple each")
+    canonicalization: str = _opt(
+        "relaxed/relaxed",
+        "header/body: relaxed or simple each",
+        choices=("relaxed/relaxed", "relaxed/simple", "simple/relaxed", "simple/simple"),
+    )
     extra_headers: list[str] = _opt([], "headers signed besides the standard set")
 
 
@@ -166,7 +242,9 @@ class Inbound:
     )
     soft_bounce_days: int = _opt(14, "the window soft bounces are counted in, in days")
     keep_raw: str = _opt(
-        "", "directory that keeps each inbound message as DIGEST.eml (0600); empty: not kept"
+        "",
+        "directory that keeps each inbound message as DIGEST.eml (0600); empty: not kept",
+        path=_path,
     )
     max_message_size: int = _opt(10485760, "largest inbound message in bytes; 552 beyond it")
     listen: str = _opt(
@@ -186,9 +264,15 @@ class Partners:
     """Partner offers: the submission listener, the fan-out and the partners' reports."""
 
     listen: str = _opt("", "host:port partners submit offers to (SMTP AUTH); empty: off")
-    tls: str = _opt("starttls", "starttls (AUTH only after STARTTLS) or implicit (TLS at connect)")
-    tls_cert: str = _opt("", "PEM certificate file; empty: a self-signed one made at start (tests)")
-    tls_key: str = _opt("", "PEM private key of tls_cert")
+    tls: str = _opt(
+        "starttls",
+        "starttls (AUTH only after STARTTLS) or implicit (TLS at connect)",
+        choices=("starttls", "implicit"),
+    )
+    tls_cert: str = _opt(
+        "", "PEM certificate file; empty: a self-signed one made at start (tests)", path=_path
+    )
+    tls_key: str = _opt("", "PEM private key of tls_cert", path=_path)
     sender: str = _opt(
         "offers@example.com", "From address and envelope sender of every partner offer copy"
     )
@@ -280,22 +364,61 @@ class Config:
     esp: Esp = field(default_factory=Esp)
 
 
-_CHOICES = {
-    ("dkim", "canonicalization"): (
-        "relaxed/relaxed",
-        "relaxed/simple",
-        "simple/relaxed",
-        "simple/simple",
-    ),
-    ("relay", "starttls"): ("opportunistic", "required", "never"),
-    ("policy", "action"): ("drop", "reject"),
-    ("partners", "tls"): ("starttls", "implicit"),
-}
+@dataclass(frozen=True)
+class Option:
+    """One declared option, as the loader, ``config show`` and ``config example`` see it."""
+
+    section: str
+    key: str
+    kind: Any
+    default: Any
+    doc: str
+    choices: tuple[str, ...]
+    path: Resolve | None
+    secret: bool
+
+    @property
+    def env(self) -> str:
+        """The environment variable that overrides it."""
+        return f"OPTGATE_{self.section.upper()}_{self.key.upper()}"
 
 
-def _sections() -> dict[str, type[Any]]:
+def sections() -> dict[str, type[Any]]:
+    """Section name -> its dataclass, in declaration order."""
     hints = typing.get_type_hints(Config)
     return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def options() -> Iterator[Option]:
+    """Every declared option, section by section, in declaration order."""
+    for section, cls in sections().items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            meta = f.metadata
+            yield Option(
+                section,
+                f.name,
+                hints[f.name],
+                default,
+                meta["doc"],
+                meta["choices"],
+                meta["path"],
+                meta["secret"],
+            )
+
+
+@dataclass(frozen=True)
+class Effective:
+    """The loaded configuration and where each value came from.
+
+    ``origins[(section, key)]`` is ``default``, ``file PATH``, ``env OPTGATE_X_Y``
+    or, for the state directory and what lies in it, ``derived ...``.
+    """
+
+    config: Config
+    file: str | None
+    origins: Mapping[tuple[str, str], str]
 
 
 def _check(name: str, value: Any, kind: Any) -> Any:
@@ -337,49 +460,101 @@ def _from_env(name: str, text: str, kind: Any) -> Any:
         raise ConfigError(f"{name}: expected {_describe(kind)}, got {text!r}") from None
 
 
-def _merge(raw: Mapping[str, Any], environ: Mapping[str, str], origin: str) -> Config:
-    sections = _sections()
+def _resolved(option: Option, value: Any, base: Path) -> Any:
+    """The value with its relative paths resolved against ``base``."""
+    if option.path is None:
+        return value
+    if isinstance(value, list):
+        return [option.path(entry, base) for entry in value]
+    return option.path(value, base)
+
+
+def _values(
+    raw: Mapping[str, Any], environ: Mapping[str, str], origin: str, base: Path
+) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], str]]:
+    """Checked values per section (file, then environment) and where each came from."""
+    known = sections()
     for section in raw:
-        if section not in sections:
+        if section not in known:
             raise ConfigError(f"{origin}: unknown section [{section}]")
-    built: dict[str, Any] = {}
-    for section, cls in sections.items():
+    for section in known:
         table = raw.get(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{origin}: [{section}] must be a table")
-        hints = typing.get_type_hints(cls)
         for key in table:
-            if key not in hints:
+            if key not in typing.get_type_hints(known[section]):
                 raise ConfigError(f"{origin}: unknown key {key!r} in [{section}]")
-        values = {key: _check(f"[{section}] {key}", v, hints[key]) for key, v in table.items()}
-        for key, kind in hints.items():
-            env = f"OPTGATE_{section.upper()}_{key.upper()}"
-            if env in environ:
-                base = typing.get_origin(kind) or kind
-                values[key] = _check(env, _from_env(env, environ[env], base), kind)
-        for key, value in values.items():
-            choices = _CHOICES.get((section, key))
-            if choices and value not in choices:
-                raise ConfigError(f"[{section}] {key}: {value!r} is not one of {choices}")
-        built[section] = cls(**values)
-    _reject_unknown_env(environ, sections)
-    return Config(**built)
+    values: dict[str, dict[str, Any]] = {section: {} for section in known}
+    origins: dict[tuple[str, str], str] = {}
+    for option in options():
+        where = (option.section, option.key)
+        if option.key in raw.get(option.section, {}):
+            value = _check(
+                f"[{option.section}] {option.key}", raw[option.section][option.key], option.kind
+            )
+            values[option.section][option.key] = _resolved(option, value, base)
+            origins[where] = f"file {origin}"
+        if option.env in environ:
+            base_kind = typing.get_origin(option.kind) or option.kind
+            value = _from_env(option.env, environ[option.env], base_kind)
+            value = _check(option.env, value, option.kind)
+            here = Path.cwd() if option.path else Path()  # relative to where it is run
+            values[option.section][option.key] = _resolved(option, value, here)
+            origins[where] = f"env {option.env}"
+        value = values[option.section].get(option.key, option.default)
+        if option.choices and value not in option.choices:
+            name = f"[{option.section}] {option.key}"
+            raise ConfigError(f"{name}: {value!r} is not one of {option.choices}")
+        origins.setdefault(where, "default")
+    return values, origins
 
 
-def _reject_unknown_env(environ: Mapping[str, str], sections: Mapping[str, type[Any]]) -> None:
-    known = {"OPTGATE_CONFIG"}
-    for section, cls in sections.items():
-        known |= {f"OPTGATE_{section.upper()}_{k.upper()}" for k in typing.get_type_hints(cls)}
+_IN_STATE_DIR = {  # options that, left empty, name this file in the state directory
+    ("store", "url"): statedir.STORE_FILE,
+    ("store", "audit_key_file"): statedir.AUDIT_KEY_FILE,
+    ("store", "audit_anchor_file"): statedir.AUDIT_ANCHOR_FILE,
+    ("unsubscribe", "key_file"): statedir.KEY_FILE,
+}
+
+
+def _derive(
+    values: dict[str, dict[str, Any]],
+    origins: dict[tuple[str, str], str],
+    environ: Mapping[str, str],
+) -> None:
+    """Fill in the state directory, and the store and key files that default to it."""
+    store = values["store"]
+    needed = any(not values[section].get(key) for section, key in _IN_STATE_DIR)
+    if not store.get("state_dir"):
+        try:
+            directory, origins["store", "state_dir"] = statedir.default(environ, os.geteuid())
+        except ConfigError:
+            if needed:
+                raise
+            return  # nothing lives there: it need not be found
+        store["state_dir"] = str(directory)
+    directory = Path(store["state_dir"])
+    for (section, key), name in _IN_STATE_DIR.items():
+        if not values[section].get(key):
+            path = directory / name
+            values[section][key] = f"sqlite:///{path}" if key == "url" else str(path)
+            origins[section, key] = "derived from the state directory"
+
+
+def _reject_unknown_env(environ: Mapping[str, str]) -> None:
+    known = {"OPTGATE_CONFIG"} | {option.env for option in options()}
     for name in environ:
         if name.startswith("OPTGATE_") and name not in known:
             raise ConfigError(f"unknown environment variable {name}: no such setting")
 
 
-def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Load settings from a file (or $OPTGATE_CONFIG, or none) plus the environment."""
+def effective(path: str | None = None, environ: Mapping[str, str] | None = None) -> Effective:
+    """Load settings from a file (or $OPTGATE_CONFIG, or none) plus the environment,
+    with the origin of every value."""
     env = os.environ if environ is None else environ
-    chosen = path or env.get("OPTGATE_CONFIG")
+    chosen = path or env.get("OPTGATE_CONFIG") or None
     raw: dict[str, Any] = {}
+    base = Path()
     if chosen:
         try:
             raw = tomllib.loads(Path(chosen).read_text(encoding="utf-8"))
@@ -387,7 +562,18 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
             raise ConfigError(f"cannot read config {chosen}: {exc.strerror}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config {chosen} is not valid TOML: {exc}") from None
-    return _merge(raw, env, chosen or "environment")
+        chosen = str(Path(chosen).absolute())
+        base = Path(chosen).parent
+    values, origins = _values(raw, env, chosen or "environment", base)
+    _reject_unknown_env(env)
+    _derive(values, origins, env)
+    built = {section: cls(**values[section]) for section, cls in sections().items()}
+    return Effective(Config(**built), chosen, origins)
+
+
+def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load settings from a file (or $OPTGATE_CONFIG, or none) plus the environment."""
+    return effective(path, environ).config
 
 
 def host_port(value: str, name: str) -> tuple[str, int]:

@@ -161,6 +161,7 @@ async def run_demo() -> None:
                 "OPTGATE_STORE_URL": f"sqlite:///{Path(tmp) / 'demo.db'}",
                 "OPTGATE_UNSUBSCRIBE_KEY_FILE": str(Path(tmp) / "demo.key"),
                 "OPTGATE_STORE_AUDIT_KEY_FILE": str(Path(tmp) / "demo-audit.key"),
+                "OPTGATE_STORE_AUDIT_ANCHOR_FILE": str(Path(tmp) / "demo-audit.head"),
                 "OPTGATE_UNSUBSCRIBE_BASE_URL": "https://unsubscribe.shop.example",
                 "OPTGATE_UNSUBSCRIBE_MAILTO": "unsubscribe@shop.example",
             },

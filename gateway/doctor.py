@@ -43,7 +43,7 @@ from gateway.signing import load_private_key, parse_key_entry
 from gateway.stores import load_audit_key, open_configured
 from gateway.tokens import SHORT_TOKEN_CHARS
 from gateway.web import SECURITY_HEADERS
-from suppression.errors import ConfigError, OptgateError
+from suppression.errors import ConfigError, OptgateError, StoreMissing
 from suppression.sqlite import MIGRATIONS
 
 PROBE_SECONDS = 5.0  # the next hop's greeting and EHLO
@@ -111,11 +111,11 @@ async def run_checks(
 
 
 def _missing(name: str, path: Path, later: str) -> Check:
-    """A file that is made on first start: fine if its directory lets it be made."""
-    parent = path.absolute().parent
-    if os.access(parent, os.W_OK | os.X_OK):
+    """A file that is made on first start (with its directories): fine if they can be made."""
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if parent.is_dir() and os.access(parent, os.W_OK | os.X_OK):
         return Check(Status.PASS, name, f"{path} not there yet: {later}")
-    state = "is not writable by this user" if parent.is_dir() else "does not exist"
+    state = "is not writable by this user" if parent.is_dir() else "is not a directory"
     return Check(
         Status.WARN,
         name,
@@ -369,7 +369,9 @@ async def _store(config: Config) -> Check:
             "(a new key would make the whole audit log look forged)",
         )
     try:
-        store = await open_configured(config)
+        store = await open_configured(config)  # the doctor changes nothing
+    except StoreMissing as exc:
+        return Check(Status.WARN, "store", str(exc))
     except OptgateError as exc:
         return Check(Status.FAIL, "store", str(exc))
     await store.close()

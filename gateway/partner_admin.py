@@ -6,14 +6,12 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable
 
 from gateway.admin import opened_store, output_file
 from gateway.config import Config
 from suppression.formats import ExportRecord, write_records
 from suppression.model import Reason, check_name, now
 from suppression.partners import (
-    TRANSITIONS,
     OfferStatus,
     Partner,
     UnknownPartner,
@@ -156,40 +154,3 @@ async def offer_change(args: argparse.Namespace, config: Config) -> int:
         state = await store.change_offer(args.id, args.change, actor=args.actor)
     print(f"offer {args.id} {state.value}")
     return 0
-
-
-CHANGES = tuple(TRANSITIONS)
-
-
-def register(
-    group: argparse._SubParsersAction[argparse.ArgumentParser],
-    command: Callable[..., argparse.ArgumentParser],
-) -> None:
-    """``optgate partner …`` under the CLI's command group (``command`` adds one command)."""
-    top = group.add_parser("partner", help="partners and their offers")
-    sub = top.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add = command(sub, "add", partner_add, "register a partner; prints its credential once")
-    add.add_argument("name", metavar="NAME")
-    add.add_argument("--rate", type=int, metavar="N", help="offers per hour (default: config)")
-    add.add_argument("--max-size", type=int, metavar="BYTES", help="largest offer (config)")
-    command(sub, "list", partner_list, "list partners")
-    disable = command(sub, "disable", partner_disable, "refuse a partner's submissions")
-    disable.add_argument("name", metavar="NAME")
-    report = command(sub, "report", partner_report, "a partner's offers: aggregate counts only")
-    report.add_argument("name", metavar="NAME")
-    report.add_argument("--json", action="store_true", help="JSON instead of lines")
-    export = command(
-        sub,
-        "export-optouts",
-        partner_export_optouts,
-        "hashes of the people who opted out of a partner's offers (never addresses)",
-    )
-    export.add_argument("name", metavar="NAME")
-    export.add_argument("--format", choices=("md5", "sha256"), required=True)
-    export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
-    offers = command(sub, "offers", partner_offers, "offers with their fan-out state")
-    offers.add_argument("name", metavar="NAME", nargs="?")
-    for change in CHANGES:
-        cmd = command(sub, change, offer_change, f"{change} an offer's fan-out")
-        cmd.add_argument("id", type=int, metavar="ID")
-        cmd.set_defaults(change=change)

@@ -107,7 +107,8 @@ async def running(
     ``audit_watch``: verify the audit log every ``[store] verify_minutes`` (one worker).
     """
     metrics = metrics or Metrics()
-    signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
+    # serve (and store migrate) make the key files and the store; other commands refuse
+    signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file), create=True))
     async with contextlib.AsyncExitStack() as stack:
         store = await open_configured(config, create=True)
         stack.push_async_callback(store.close)

@@ -13,7 +13,7 @@ from gateway.config import Config
 from suppression.audit import parse_head
 from suppression.errors import ConfigError
 from suppression.statecheck import ChainReport
-from suppression.store import Store, open_store
+from suppression.store import Store, open_store, require_store
 
 AUDIT_KEY_BYTES = 32
 
@@ -23,6 +23,7 @@ def load_audit_key(path: Path, *, create: bool) -> tuple[bytes, bool]:
     made = False
     if create and not path.exists():
         try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the state directory
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:  # another worker made it first
             pass
@@ -47,15 +48,21 @@ def load_audit_key(path: Path, *, create: bool) -> tuple[bytes, bool]:
 
 
 async def open_configured(config: Config, *, create: bool = False) -> Store:
-    """The configured store; ``create`` (serve, store migrate) may make the audit key.
+    """The configured store; ``create`` (serve, store migrate) may make it and the audit key,
+    else a missing store is StoreMissing.
 
     A key made now for a store that already has a chain (keyed with a key since
     lost) is taken back, and the store refused: a new key would make every
     event look forged.
     """
-    path = Path(config.store.audit_key_file)
-    key, made = load_audit_key(path, create=create)
-    store = await open_store(config.store.url, audit_key=key)
+    url, path = config.store.url, Path(config.store.audit_key_file)
+    try:
+        key, made = load_audit_key(path, create=create)
+    except ConfigError:
+        if not create:
+            await require_store(url)  # a missing store is the clearer error
+        raise
+    store = await open_store(url, audit_key=key, create=create)
     try:
         lost = made and (await store.verify_chain()).broken_at is not None
     except BaseException:

@@ -406,8 +406,8 @@ async def _check_empty(url: str) -> None:
                 )
 
 
-async def _migrate(url: str, audit_key: bytes) -> None:
-    store = await open_store(url, audit_key=audit_key)
+async def _migrate(url: str, audit_key: bytes, *, create: bool) -> None:
+    store = await open_store(url, audit_key=audit_key, create=create)
     await store.close()
 
 
@@ -426,7 +426,8 @@ async def copy_store(
     """
     if source_url == destination_url:
         raise OptgateError("source and destination are the same store")
-    await _migrate(source_url, audit_key)  # (opening a store brings it to this optgate's schema)
+    # (opening a store brings it to this optgate's schema; a missing source is an error)
+    await _migrate(source_url, audit_key, create=False)
     async with _side(source_url) as source:
         unknown = await source.tables() - NOT_COPIED - {t.name for t in TABLES}
         if unknown:
@@ -435,7 +436,7 @@ async def copy_store(
                 "(add them to TABLES in suppression/copying.py); nothing was changed"
             )
         await _check_empty(destination_url)
-        await _migrate(destination_url, audit_key)  # the schema, empty
+        await _migrate(destination_url, audit_key, create=True)  # the schema, empty
         async with (
             _side(destination_url) as destination,
             source.transaction(write=False),

@@ -21,7 +21,7 @@ import asyncpg
 
 from suppression.address import Address
 from suppression.audit import GENESIS, Rekeying, event_body, link
-from suppression.errors import OptgateError, StoreError
+from suppression.errors import OptgateError, StoreError, StoreMissing
 from suppression.model import (
     AuditEvent,
     BatchResult,
@@ -259,6 +259,22 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+async def require_schema(url: str) -> None:
+    """StoreMissing unless the database exists and holds optgate's schema."""
+    try:
+        conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
+    except asyncpg.InvalidCatalogNameError:
+        raise StoreMissing(safe_url(url), " (no such database: create it first)") from None
+    except (*_FAILURES, ValueError) as exc:
+        shown = safe_url(url)
+        raise StoreError(f"cannot open PostgreSQL store {shown}: {_one_line(exc)}") from None
+    try:
+        if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+            raise StoreMissing(safe_url(url), " (the database holds no optgate schema)")
+    finally:
+        await conn.close()
+
+
 class PostgresStore:
     """Store on one PostgreSQL database, shared by any number of nodes."""
 
@@ -277,8 +293,13 @@ class PostgresStore:
             ) from None
 
     @classmethod
-    async def open(cls, url: str, audit_key: bytes, *, pool_size: int = POOL_SIZE) -> PostgresStore:
-        """Connect a pool and run pending migrations."""
+    async def open(
+        cls, url: str, audit_key: bytes, *, pool_size: int = POOL_SIZE, create: bool = True
+    ) -> PostgresStore:
+        """Connect a pool and run pending migrations.
+
+        Without ``create`` a database without optgate's schema is ``StoreMissing``.
+        """
         try:
             pool = await asyncpg.create_pool(
                 url,
@@ -287,6 +308,8 @@ class PostgresStore:
                 timeout=CONNECT_TIMEOUT,
                 server_settings={"timezone": "UTC", "application_name": "optgate"},
             )
+        except asyncpg.InvalidCatalogNameError:
+            raise StoreMissing(safe_url(url), " (no such database: create it first)") from None
         except (*_FAILURES, ValueError) as exc:
             raise StoreError(
                 f"cannot open PostgreSQL store {safe_url(url)}: {_one_line(exc)}"
@@ -294,18 +317,20 @@ class PostgresStore:
         store = cls(pool, url, audit_key)
         try:
             with store._errors("open"):
-                await store._migrate()
+                await store._migrate(create)
         except BaseException:
             await pool.close()
             raise
         return store
 
-    async def _migrate(self) -> None:
+    async def _migrate(self, create: bool) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             # nodes starting at once migrate one after another
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)
             # (a role that may only read can open a migrated store)
             if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+                if not create:
+                    raise StoreMissing(self._url, " (the database holds no optgate schema)")
                 await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
             version = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
             if version > len(MIGRATIONS):

@@ -17,7 +17,7 @@ import aiosqlite
 
 from suppression.address import Address
 from suppression.audit import GENESIS, Rekeying, event_body, link
-from suppression.errors import OptgateError, StoreError
+from suppression.errors import OptgateError, StoreError, StoreMissing
 from suppression.model import (
     AuditEvent,
     BatchResult,
@@ -314,8 +314,11 @@ class SQLiteStore:
         self._ledger = GroupCommit(self._record_sends, self._ledger_thread)
 
     @classmethod
-    async def open(cls, path: str, audit_key: bytes) -> SQLiteStore:
-        """Open the file, switch to WAL and run pending migrations."""
+    async def open(cls, path: str, audit_key: bytes, *, create: bool = True) -> SQLiteStore:
+        """Open the file, switch to WAL and run pending migrations.
+
+        Without ``create`` a file without optgate's schema is ``StoreMissing``.
+        """
         try:
             hot = _connect(path, "FULL")
             hot.execute("PRAGMA query_only = 1")
@@ -324,7 +327,7 @@ class SQLiteStore:
         db = await aiosqlite.connect(path, isolation_level=None)
         store = cls(db, hot, path, audit_key)
         try:
-            await store._prepare()
+            await store._prepare(create)
         except (sqlite3.Error, StoreError) as exc:
             await store.close()
             if isinstance(exc, StoreError):
@@ -332,17 +335,17 @@ class SQLiteStore:
             raise StoreError(f"cannot use SQLite store {path}: {exc}") from None
         return store
 
-    async def _prepare(self) -> None:
+    async def _prepare(self, create: bool) -> None:
         await self._db.execute("PRAGMA busy_timeout = 5000")
+        if not create and await self._version() == 0:  # before WAL: nothing is written
+            raise StoreMissing(self._path, " (the file holds no optgate schema)")
         await self._db.execute("PRAGMA journal_mode = WAL")
         # FULL (the default): a committed opt-out survives a power cut
         await self._db.execute("PRAGMA synchronous = FULL")
         # erased plaintext must not linger in free pages
         await self._db.execute("PRAGMA secure_delete = ON")
         await self._db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-        async with self._db.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
-        version = int(row[0]) if row else 0
+        version = await self._version()
         if version > len(MIGRATIONS):
             raise StoreError(
                 f"store {self._path} has schema {version}, newer than this optgate "
@@ -355,6 +358,11 @@ class SQLiteStore:
             await self._db.executescript(
                 f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
             )
+
+    async def _version(self) -> int:
+        async with self._db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
 
     async def _rekey(self, version: int) -> None:
         """Chain the events of the unkeyed era with the key, and vouch for their rows as a

@@ -14,6 +14,15 @@ from tests.support.people import seed
 from tests.support.smtp import Sink, gateway_config, sink
 
 
+@pytest.fixture(autouse=True)
+def state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test's own state directory (not made yet): none touches ~/.local/state/optgate
+    or /var/lib/optgate. Tests of the state directory itself clear $STATE_DIRECTORY."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("STATE_DIRECTORY", str(path))
+    return path
+
+
 @pytest.fixture
 async def next_hop() -> AsyncIterator[Sink]:
     async with sink() as recorder:

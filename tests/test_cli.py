@@ -27,6 +27,7 @@ from gateway import cli
 from suppression import importing
 
 OPTGATE = Path(sys.prefix) / "bin" / "optgate"
+BASH = shutil.which("bash") or "/bin/bash"
 SINCE = re.compile(r"since (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)$")
 
 
@@ -46,14 +47,15 @@ Run = Callable[..., Result]
 
 @pytest.fixture
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh store named by OPTGATE_STORE_URL, as a user would set it; cwd is tmp_path."""
+    """A new store (made by `optgate store migrate`) named by OPTGATE_STORE_URL, as a user
+    would set it; the token key file in the test's state directory; cwd is tmp_path."""
     for name in list(os.environ):
         if name.startswith("OPTGATE_"):
             monkeypatch.delenv(name)
     path = tmp_path / "store" / "optgate.db"
-    path.parent.mkdir()
     monkeypatch.setenv("OPTGATE_STORE_URL", f"sqlite:///{path}")
     monkeypatch.chdir(tmp_path)
+    assert cli.main(["store", "migrate"]) == 0
     return path
 
 
@@ -409,7 +411,7 @@ def test_missing_file(optgate: Run, db: Path) -> None:
     result = optgate("suppress", "import", "nope.csv")
     assert result.code == 2
     one_line_error(result.err, "nope.csv", "No such file")
-    assert not db.exists()
+    assert count(db, "audit") == 0
 
 
 def test_directory(optgate: Run, db: Path, tmp_path: Path) -> None:
@@ -509,8 +511,7 @@ def test_store_in_a_missing_directory(
     monkeypatch.setenv("OPTGATE_STORE_URL", f"sqlite:///{missing}")
     result = optgate("suppress", "check", "a@example.com")
     assert result.code == 2
-    # the first line is the error; see the report for the thread traceback that may follow
-    assert result.err.startswith(f"optgate: cannot open SQLite store {missing}")
+    one_line_error(result.err, f"no optgate store at {missing}: ")
     assert not missing.parent.exists()
 
 
@@ -607,6 +608,7 @@ def test_exported_csv_reimports_to_the_same_set(
     original = comparable(exported(optgate))
     assert len(original) == 5
     monkeypatch.setenv("OPTGATE_STORE_URL", f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert optgate("store", "migrate").code == 0
     result = optgate("suppress", "import", str(path))
     assert result.out == "read 5, added 5, already present 0, invalid 0, duplicates 0\n"
     assert comparable(exported(optgate)) == original
@@ -665,9 +667,9 @@ def test_explain_says_why(optgate: Run, monkeypatch: pytest.MonkeyPatch) -> None
         f"{head} none@example.com would be sent: not suppressed, and consent is not required\n",
     )
 
-    invalid = optgate("explain", "not-an-address")
-    assert invalid.code == 1
-    assert invalid.out.startswith("would NOT be sent: 'not-an-address' is not a valid address")
+    invalid = optgate("explain", "not-an-address")  # a bad input, as for every command
+    assert (invalid.code, invalid.out) == (2, "")
+    one_line_error(invalid.err, "'not-an-address' is not a valid address")
 
 
 def test_explain_uses_the_default_topic(optgate: Run, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -725,6 +727,7 @@ def test_consent_export_reimports_with_its_revocations(
     assert optgate("consent", "export", "--purpose", "news", "-o", str(path)).code == 0
 
     monkeypatch.setenv("OPTGATE_STORE_URL", f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert optgate("store", "migrate").code == 0
     result = optgate("consent", "import", str(path), "--purpose", "news")
     assert result.out == "read 3, added 3, already present 0, invalid 0, duplicates 0\n"
     assert optgate("explain", "stays@example.com", "--topic", "news").code == 0
@@ -888,7 +891,7 @@ def test_store_verify_finds_tampering(
 
 
 def test_store_verify_rebuilds_the_state_and_anchors_the_head(
-    optgate: Run, db: Path, tmp_path: Path
+    optgate: Run, db: Path, state_directory: Path
 ) -> None:
     for address in ("v1@example.com", "v2@example.com"):
         optgate("suppress", "add", address)
@@ -897,7 +900,7 @@ def test_store_verify_rebuilds_the_state_and_anchors_the_head(
     head = re.search(r"head (\d+:[0-9a-f]{64})", ok.out)
     assert head is not None
     assert "state matches: the tables suppression (2 rows), consent (0 rows)" in ok.out
-    assert (tmp_path / "optgate-audit.head").read_text().strip() == head.group(1)
+    assert (state_directory / "optgate-audit.head").read_text().strip() == head.group(1)
     assert optgate("store", "verify", "--expect", head.group(1)).code == 0
 
     # the newest event cut off with its row: the chain that is left holds, the anchor not
@@ -907,7 +910,7 @@ def test_store_verify_rebuilds_the_state_and_anchors_the_head(
     cut = optgate("store", "verify")
     assert cut.code == 1
     assert "newest events were removed" in cut.out
-    (tmp_path / "optgate-audit.head").unlink()
+    (state_directory / "optgate-audit.head").unlink()
     assert optgate("store", "verify").code == 0, "only the anchor can tell"
     forgotten = optgate("store", "verify", "--expect", head.group(1))
     assert forgotten.code == 1, "the head printed earlier is proof enough"
@@ -923,11 +926,30 @@ def test_store_verify_rebuilds_the_state_and_anchors_the_head(
     assert optgate("store", "verify", "--expect", "nonsense").code == 2
 
 
-def test_store_migrate(optgate: Run, db: Path) -> None:
+def test_store_migrate_makes_the_store_its_directory_and_the_key_files(
+    optgate: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_directory: Path
+) -> None:
+    path = tmp_path / "new" / "dir" / "optgate.db"
+    key = tmp_path / "keys" / "optgate.key"
+    monkeypatch.setenv("OPTGATE_STORE_URL", f"sqlite:///{path}")
+    monkeypatch.setenv("OPTGATE_UNSUBSCRIBE_KEY_FILE", str(key))
     result = optgate("store", "migrate")
-    assert result.code == 0
-    assert db.exists()
-    assert sql(db, "PRAGMA user_version")[0][0] >= 1
+    assert result.code == 0, result
+    assert result.lines == [
+        f"store sqlite:///{path} is at the current schema",
+        f"token keys: made {key}",
+    ]
+    assert sql(path, "PRAGMA user_version")[0][0] >= 1
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    audit_key = state_directory / "optgate-audit.key"  # the audit chain's, derived
+    assert stat.S_IMODE(audit_key.stat().st_mode) == 0o600
+    first = key.read_bytes()
+    again = optgate("store", "migrate")  # twice: the same store, the same key
+    assert again.lines[-1] == f"token keys: {key}"
+    assert key.read_bytes() == first
+    assert list(key.parent.iterdir()) == [key]  # no temporary file left behind
 
 
 # version, help, actor -------------------------------------------------------------------
@@ -1063,3 +1085,484 @@ def test_console_script_read_only_database(db: Path, tmp_path: Path) -> None:
     # TODO(report): the error is a traceback, not one line naming the store (sqlite.py)
     assert check.returncode == 1, "the store still reads"
     assert sql(db, "SELECT address FROM suppression") == [("before@example.com",)]
+
+
+# no silent new store ------------------------------------------------------------------
+
+
+def mbox(tmp_path: Path) -> str:
+    return write(tmp_path / "inbox.mbox", "From x@y Thu Jan  1 00:00:00 2024\nSubject: hi\n\nhi\n")
+
+
+NEEDS_A_STORE = [
+    ("suppress", "add", "a@example.com"),
+    ("suppress", "add", "a@example.com", "--scope", "partner:acme"),
+    ("suppress", "remove", "a@example.com"),
+    ("suppress", "check", "a@example.com"),
+    ("suppress", "import", "{list}"),
+    ("suppress", "export"),
+    ("consent", "add", "a@example.com", "--purpose", "news"),
+    ("consent", "revoke", "a@example.com", "--purpose", "news"),
+    ("consent", "request", "a@example.com", "--purpose", "news"),
+    ("consent", "import", "{list}", "--purpose", "news"),
+    ("consent", "export"),
+    ("subject", "show", "a@example.com"),
+    ("subject", "erase", "a@example.com"),
+    ("explain", "a@example.com"),
+    ("report", "compliance"),
+    ("store", "verify"),
+    ("partner", "add", "acme"),
+    ("partner", "list"),
+    ("partner", "report", "acme"),
+    ("partner", "offers"),
+    ("ingest", "{mbox}"),
+]
+
+
+@pytest.mark.parametrize("argv", NEEDS_A_STORE, ids=" ".join)
+def test_a_missing_store_is_refused_and_none_is_made(
+    optgate: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: tuple[str, ...]
+) -> None:
+    missing = tmp_path / "elsewhere" / "optgate.db"
+    monkeypatch.setenv("OPTGATE_STORE_URL", f"sqlite:///{missing}")
+    files = {"list": write(tmp_path / "list.txt", "a@example.com\n"), "mbox": mbox(tmp_path)}
+    result = optgate(*(word.format(**files) for word in argv))
+    assert result.code == 2, result
+    assert result.out == ""
+    one_line_error(result.err, f"no optgate store at {missing}:", "optgate store migrate")
+    assert not missing.parent.exists()
+
+
+def test_a_file_without_the_schema_is_missing_too(
+    optgate: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, make in (("empty.db", b""), ("other.db", None)):
+        path = tmp_path / name
+        if make is None:
+            with closing(sqlite3.connect(path)) as conn:
+                conn.execute("CREATE TABLE notes (text TEXT)")
+        else:
+            path.write_bytes(make)
+        before = path.read_bytes()
+        monkeypatch.setenv("OPTGATE_STORE_URL", f"sqlite:///{path}")
+        result = optgate("suppress", "add", "a@example.com")
+        assert result.code == 2
+        one_line_error(result.err, f"no optgate store at {path}", "no optgate schema")
+        assert path.read_bytes() == before
+        assert sorted(p.name for p in tmp_path.glob(f"{name}*")) == [name], "no WAL made"
+
+
+async def test_a_postgresql_database_without_the_schema_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import asyncpg
+
+    from tests.support.backends import postgres_database
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return console_with(env, *argv)
+
+    async with postgres_database() as url:
+        env = {"OPTGATE_STORE_URL": url}
+        refused = await asyncio.to_thread(run, "suppress", "add", "a@example.com")
+        assert refused.returncode == 2
+        one_line_error(refused.stderr, f"no optgate store at {url}", "no optgate schema")
+        conn = await asyncpg.connect(url)
+        try:
+            tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+            assert await conn.fetchval(tables) == 0, "nothing was made"
+            assert (await asyncio.to_thread(run, "store", "migrate")).returncode == 0
+            added = await asyncio.to_thread(run, "suppress", "add", "a@example.com")
+            assert added.returncode == 0, added.stderr
+        finally:
+            await conn.close()
+        gone = url.rsplit("/", 1)[0] + "/optgate_no_such_database"
+        absent = await asyncio.to_thread(
+            console_with, {"OPTGATE_STORE_URL": gone}, "store", "verify"
+        )
+        assert absent.returncode == 2
+        one_line_error(absent.stderr, "no optgate store at", "optgate_no_such_database")
+
+
+def console_with(
+    env: dict[str, str], *argv: str, cwd: Path | None = None, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run the real console script with these variables over the caller's (no OPTGATE_*)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OPTGATE_")}
+    return subprocess.run(  # noqa: S603 - our own console script
+        [*prefix, str(OPTGATE), *argv],
+        env=base | env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("consent", "request", "a@example.com", "--purpose", "news"),
+        ("ingest", "{mbox}"),
+    ],
+    ids=" ".join,
+)
+def test_a_missing_token_key_file_is_refused_and_none_is_made(
+    optgate: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: tuple[str, ...]
+) -> None:
+    missing = tmp_path / "keys" / "optgate.key"
+    monkeypatch.setenv("OPTGATE_UNSUBSCRIBE_KEY_FILE", str(missing))
+    result = optgate(*(word.format(mbox=mbox(tmp_path)) for word in argv))
+    assert result.code == 2, result
+    one_line_error(result.err, f"key_file {missing} does not exist", "optgate store migrate")
+    assert not missing.parent.exists()
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A fresh machine for the real console script: nothing of optgate's exists yet."""
+
+    env: dict[str, str]  # HOME and XDG_STATE_HOME in tmp dirs; no OPTGATE_*, no $STATE_DIRECTORY
+    prefix: tuple[str, ...]  # as root: a mount namespace whose /var/lib is a tmp dir
+    state: Path  # where the state directory must appear, as the test sees it
+    seen: Path  # the same directory as optgate sees it
+
+    def run(self, *argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+        return console_with(self.env, *argv, cwd=cwd, prefix=self.prefix)
+
+
+@pytest.fixture
+def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Machine:
+    """Non-root: the state directory is $XDG_STATE_HOME/optgate. Root: /var/lib/optgate,
+    which the test reaches through a private mount namespace binding a tmp dir there."""
+    monkeypatch.delenv("STATE_DIRECTORY")
+    env = {"HOME": str(tmp_path / "home"), "XDG_STATE_HOME": str(tmp_path / "xdg")}
+    if os.geteuid() != 0:
+        state = tmp_path / "xdg" / "optgate"
+        return Machine(env, (), state, state)
+    varlib = tmp_path / "varlib"
+    varlib.mkdir()
+    prefix = (
+        shutil.which("unshare") or "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount --bind "$0" /var/lib && exec "$@"',
+        str(varlib),
+    )
+    return Machine(env, prefix, varlib / "optgate", Path("/var/lib/optgate"))
+
+
+def test_every_command_from_any_directory_uses_the_one_state_directory(
+    machine: Machine, tmp_path: Path
+) -> None:
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    refused = machine.run("suppress", "add", "gone@example.com", cwd=here)
+    assert refused.returncode == 2
+    one_line_error(refused.stderr, f"no optgate store at {machine.seen / 'optgate.db'}")
+    assert not machine.state.exists()
+
+    made = machine.run("store", "migrate", cwd=here)
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(machine.state.stat().st_mode) == 0o700
+    made_files = {p.name for p in machine.state.iterdir()}
+    assert {"optgate.db", "optgate.key", "optgate-audit.key"} <= made_files
+
+    assert machine.run("suppress", "add", "gone@example.com", cwd=there).returncode == 0
+    assert machine.run("suppress", "check", "gone@example.com", cwd=here).returncode == 1
+    assert list(here.iterdir()) == list(there.iterdir()) == []  # no second store, no key
+    shown = json.loads(machine.run("config", "show", "--json", cwd=there).stdout)
+    assert shown["state_dir"]["path"] == str(machine.seen)
+    assert shown["store"] == {
+        "url": f"sqlite:///{machine.seen / 'optgate.db'}",
+        "from": "derived from the state directory",
+        "path": str(machine.seen / "optgate.db"),
+        "exists": True,
+    }
+    assert shown["key_file"]["path"] == str(machine.seen / "optgate.key")
+    assert shown["audit_key_file"] == {
+        "path": str(machine.seen / "optgate-audit.key"),
+        "from": "derived from the state directory",
+        "exists": True,
+    }
+    expected = "XDG_STATE_HOME" if os.geteuid() else "root"
+    assert expected in shown["state_dir"]["from"]
+
+
+async def test_serve_on_a_fresh_machine_makes_the_state_directory(
+    machine: Machine, tmp_path: Path
+) -> None:
+    """The README's first command, as this user (root or not), from some directory."""
+    import asyncio
+    import signal
+
+    from tests.support.serving import optgate_serve
+
+    here = tmp_path / "here"
+    here.mkdir()
+    ports = {"OPTGATE_SMTP_LISTEN": "127.0.0.1:0", "OPTGATE_WEB_LISTEN": "127.0.0.1:0"}
+    env = machine.env | ports
+    async with optgate_serve(
+        env, "--workers", "1", ready=1, prefix=machine.prefix, cwd=here
+    ) as served:
+        assert (machine.state / "optgate.db").exists()
+        assert stat.S_IMODE((machine.state / "optgate.key").stat().st_mode) == 0o600
+        added = await asyncio.to_thread(
+            console_with,
+            machine.env,
+            "suppress",
+            "add",
+            "gone@example.com",
+            cwd=tmp_path,
+            prefix=machine.prefix,
+        )
+        assert added.returncode == 0, added.stderr
+        served.process.send_signal(signal.SIGTERM)
+        assert await served.exit_code() == 0
+    assert stat.S_IMODE(machine.state.stat().st_mode) == 0o700
+    assert list(here.iterdir()) == []
+
+
+# config show / config example ------------------------------------------------------------
+
+
+def test_config_show_says_where_each_value_came_from(
+    optgate: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db: Path
+) -> None:
+    chosen = write(
+        tmp_path / "optgate.toml",
+        '[relay]\nnext_hop = "mx.internal:25"\n[web]\napi_keys = ["s3cret-key"]\n'
+        '[unsubscribe]\nkey_file = "keys/optgate.key"\n',
+    )
+    monkeypatch.setenv("OPTGATE_RELAY_POOL_SIZE", "7")
+    result = optgate("--config", chosen, "config", "show")
+    assert result.code == 0, result
+    assert f"# config file: {chosen}" in result.lines
+    assert 'next_hop = "mx.internal:25"  # file ' + chosen in result.lines
+    assert "pool_size = 7  # env OPTGATE_RELAY_POOL_SIZE" in result.lines
+    assert 'listen = "127.0.0.1:10025"  # default' in result.lines
+    assert f'url = "sqlite:///{db}"  # env OPTGATE_STORE_URL' in result.lines
+    assert f'key_file = "{tmp_path / "keys" / "optgate.key"}"  # file {chosen}' in result.lines
+    assert f"# store: sqlite:///{db} (env OPTGATE_STORE_URL): exists" in result.lines
+    assert "s3cret-key" not in result.out
+    assert 'api_keys = ["<hidden>"]  # file ' + chosen in result.lines
+
+    shown = json.loads(optgate("--config", chosen, "config", "show", "--json").out)
+    assert shown["config_file"] == chosen
+    assert shown["settings"]["relay"]["pool_size"] == {
+        "value": 7,
+        "from": "env OPTGATE_RELAY_POOL_SIZE",
+    }
+    assert shown["key_file"] == {
+        "path": str(tmp_path / "keys" / "optgate.key"),
+        "from": f"file {chosen}",
+        "exists": False,
+    }
+    assert shown["settings"]["web"]["api_keys"]["value"] == ["<hidden>"]
+
+
+def test_config_show_hides_a_database_password(
+    optgate: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPTGATE_STORE_URL", "postgresql://optgate:hunter2@db.internal/optgate")
+    result = optgate("config", "show")
+    assert result.code == 0
+    assert "hunter2" not in result.out
+    assert 'url = "postgresql://optgate@db.internal/optgate"  # env OPTGATE_STORE_URL' in result.out
+
+
+def test_config_example_fed_back_loads_to_the_defaults(tmp_path: Path) -> None:
+    example = console_with({}, "config", "example")
+    assert example.returncode == 0, example.stderr
+    assert example.stdout.startswith("# optgate configuration")
+    path = write(tmp_path / "example.toml", example.stdout)
+    with_file = json.loads(console_with({}, "--config", path, "config", "show", "--json").stdout)
+    without = json.loads(console_with({}, "config", "show", "--json").stdout)
+    for section, values in without["settings"].items():
+        for key, shown in values.items():
+            assert with_file["settings"][section][key]["value"] == shown["value"], (section, key)
+            if shown["from"] == "default":
+                assert with_file["settings"][section][key]["from"] == f"file {path}"
+
+
+# scripts and pipes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["suppress", "consent"])
+def test_export_into_a_closed_pipe_ends_quietly(db: Path, tmp_path: Path, kind: str) -> None:
+    rows = "".join(f"user{i}@example.com\n" for i in range(30_000))  # far beyond a pipe's 64 KiB
+    many = write(tmp_path / "many.txt", rows)
+    purpose = ("--purpose", "news") if kind == "consent" else ()
+    assert console(db, kind, "import", many, *purpose).returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTGATE_")}
+    env["OPTGATE_STORE_URL"] = f"sqlite:///{db}"
+    shell = f'{OPTGATE} {kind} export | head -n 2; echo "status ${{PIPESTATUS[0]}}"'
+    done = subprocess.run(  # noqa: S603 - bash for PIPESTATUS
+        [BASH, "-c", shell], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("email,")
+    assert lines[-1] == "status 141", done.stdout
+    assert done.stderr == "", "no BrokenPipeError traceback"
+
+
+def test_a_reader_gone_before_the_first_line_ends_quietly(db: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTGATE_")}
+    env["OPTGATE_STORE_URL"] = f"sqlite:///{db}"
+    shell = f"{OPTGATE} suppress check a@example.com b@example.com | true; echo ${{PIPESTATUS[0]}}"
+    done = subprocess.run(  # noqa: S603 - bash for PIPESTATUS
+        [BASH, "-c", shell], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stderr == ""
+    assert done.stdout.strip() in ("0", "141")  # 0: written before `true` closed the pipe
+
+
+def test_suppress_check_json(optgate: Run) -> None:
+    optgate("suppress", "add", "Jane@Example.com", "--reason", "complained")
+    optgate("suppress", "add", "@example.org")
+    result = optgate(
+        "suppress", "check", "jane@example.com", "x@example.org", "n@example.net", "--json"
+    )
+    assert result.code == 1
+    checked = json.loads(result.out)["addresses"]
+    assert [(c["address"], c["suppressed"]) for c in checked] == [
+        ("jane@example.com", True),
+        ("x@example.org", True),
+        ("n@example.net", False),
+    ]
+    assert checked[0]["sha256"] == hashlib.sha256(b"jane@example.com").hexdigest()
+    (jane,) = checked[0]["suppressions"]
+    assert (jane["kind"], jane["scope"], jane["reason"], jane["source"]) == (
+        "sha256",
+        "global",
+        "complained",
+        "cli",
+    )
+    assert SINCE.fullmatch(f"since {jane['created']}")
+    assert [s["kind"] for s in checked[1]["suppressions"]] == ["domain"]
+    assert checked[2]["suppressions"] == []
+    none = optgate("suppress", "check", "n@example.net", "--json")
+    assert none.code == 0
+
+
+def test_explain_json_and_a_bad_address_is_exit_2(optgate: Run) -> None:
+    optgate("consent", "add", "fan@example.com", "--purpose", "news")
+    sent = optgate("explain", "fan@example.com", "--topic", "news", "--json")
+    assert sent.code == 0
+    shown = json.loads(sent.out)
+    assert (shown["address"], shown["topic"], shown["class"], shown["sent"]) == (
+        "fan@example.com",
+        "news",
+        "marketing",
+        True,
+    )
+    assert shown["reason"]
+    assert "given on" in shown["explanation"]
+    dropped = json.loads(optgate("explain", "stranger@example.com", "--json").out)
+    assert dropped["sent"] is False
+    assert dropped["topic"] == "marketing"
+
+    bad = optgate("explain", "not an address")
+    assert (bad.code, bad.out) == (2, "")
+    one_line_error(bad.err, "'not an address' is not a valid address")
+
+
+def test_report_compliance_json(optgate: Run, db: Path) -> None:
+    import asyncio
+    from datetime import timedelta
+
+    from gateway.config import load
+    from gateway.stores import open_configured
+    from suppression.address import normalize
+    from suppression.model import ImportItem, Reason, Send, now
+
+    clean = json.loads(optgate("report", "compliance", "--json").out)
+    assert clean == {"opt_outs": 0, "longest_delay_hours": 0.0, "violations": []}
+
+    fan = normalize("fan@example.com")
+
+    async def late_mail() -> None:
+        store = await open_configured(load())  # the one db's migrate made
+        try:
+            hour_ago = now() - timedelta(hours=2)
+            item = ImportItem(fan.sha256, "sha256", None, Reason.UNSUBSCRIBED, hour_ago)
+            await store.suppress([item], scope="global", source="one-click", actor="test")
+            await store.record_sends([Send("m1", fan.sha256, "news", "marketing", now())])
+        finally:
+            await store.close()
+
+    asyncio.run(late_mail())
+    result = optgate("report", "compliance", "--json")
+    assert result.code == 1
+    report = json.loads(result.out)
+    assert report["opt_outs"] == 1
+    (violation,) = report["violations"]
+    assert violation["sha256"] == fan.sha256
+    assert (violation["scope"], violation["reason"], violation["messages_after"]) == (
+        "global",
+        "unsubscribed",
+        1,
+    )
+    assert 1.9 <= violation["delay_hours"] == report["longest_delay_hours"] <= 2.1
+    assert "fan@example.com" not in result.out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("suppress", "add", "a@example.com"),
+        ("suppress", "remove", "a@example.com"),
+        ("suppress", "import", "{list}"),
+        ("suppress", "export"),
+    ],
+    ids=" ".join,
+)
+def test_a_partner_scope_must_name_a_known_partner(
+    optgate: Run, db: Path, tmp_path: Path, argv: tuple[str, ...]
+) -> None:
+    path = write(tmp_path / "list.txt", "a@example.com\n")
+    command = [word.format(list=path) for word in argv]
+    unknown = optgate(*command, "--scope", "partner:ghost")
+    assert unknown.code == 2
+    assert unknown.out == ""
+    one_line_error(unknown.err, "partner:ghost", "no partner named 'ghost'", "optgate partner list")
+    assert count(db, "suppression") == 0
+    events = count(db, "audit")
+    bad = optgate(*command, "--scope", "topic:Not Valid")
+    assert bad.code == 2
+    one_line_error(bad.err, "topic 'Not Valid' is not valid")
+
+    assert optgate("partner", "add", "ghost").code == 0
+    assert optgate(*command, "--scope", "partner:ghost").code == 0
+    assert count(db, "audit") > events
+
+
+# start-up ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["suppress", "--help"]])
+def test_version_and_help_import_none_of_the_heavy_modules(argv: list[str]) -> None:
+    probe = (
+        "import sys\n"
+        "from gateway import cli\n"
+        "try:\n"
+        f"    cli.main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = {'aiosmtpd', 'asyncpg', 'aiohttp', 'aiosqlite', 'uvloop', 'dkim', 'dns',\n"
+        "         'gateway.admin', 'gateway.service', 'cryptography', 'structlog'}\n"
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules} |\n"
+        "             heavy & set(sys.modules)), file=sys.stderr)\n"
+    )
+    done = subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stderr.strip() == "[]", done.stderr
+    assert done.stdout.startswith("optgate " if argv == ["--version"] else "usage: optgate")

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import pwd
+import tomllib
 import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway import cli
-from gateway.config import Config, host_port, load
+from gateway import cli, configshow, statedir
+from gateway.config import Config, effective, host_port, load, options, sections
 from suppression.errors import ConfigError
 
 
@@ -21,11 +22,6 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("OPTGATE_"):
             monkeypatch.delenv(name)
-
-
-def sections() -> dict[str, type[Any]]:
-    hints = typing.get_type_hints(Config)
-    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
 
 
 def keys() -> list[tuple[str, str, Any]]:
@@ -44,19 +40,22 @@ def write(tmp_path: Path, text: str, name: str = "optgate.toml") -> str:
 
 
 def test_defaults_need_no_file_and_match_the_spec() -> None:
-    config = load(None, {})
+    config = load(None, {"STATE_DIRECTORY": "/var/lib/x"})
     assert config.smtp.listen == "127.0.0.1:10025"
     assert config.smtp.allowed_clients == ["127.0.0.0/8", "::1/128"]
     assert config.smtp.max_message_size == 26214400
     assert config.relay.next_hop == "127.0.0.1:10026"
-    assert config.store.url == "sqlite:///optgate.db"
+    assert Config().store.url == Config().store.state_dir == ""  # derived, below
+    assert config.store.url == "sqlite:////var/lib/x/optgate.db"
+    assert config.unsubscribe.key_file == "/var/lib/x/optgate.key"
     assert config.policy.action == "drop"
     assert config.policy.require_consent is True
     assert config.policy.default_topic == "marketing"
     assert config.unsubscribe.base_url == "http://127.0.0.1:8080"
     assert config.unsubscribe.mailto == "unsubscribe@example.com"
     assert config.web.listen == "127.0.0.1:8080"
-    assert config == Config()
+    derived = {"store", "unsubscribe"}
+    assert all(getattr(config, s) == getattr(Config(), s) for s in sections() if s not in derived)
 
 
 def test_list_and_table_defaults_are_not_shared() -> None:
@@ -108,7 +107,7 @@ def test_optgate_config_names_the_file_and_an_explicit_path_wins(tmp_path: Path)
     explicit = write(tmp_path, '[relay]\nnext_hop = "flag.example:25"\n', "flag.toml")
     assert load(None, {"OPTGATE_CONFIG": from_env}).relay.next_hop == "env.example:25"
     assert load(explicit, {"OPTGATE_CONFIG": from_env}).relay.next_hop == "flag.example:25"
-    assert load(None, {"OPTGATE_CONFIG": ""}) == Config()
+    assert load(None, {"OPTGATE_CONFIG": ""}) == load(None, {})
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
@@ -134,6 +133,15 @@ def sample(kind: Any) -> tuple[str, Any]:
     }
 
 
+PATHS = {
+    ("store", "state_dir"),
+    ("store", "audit_key_file"),
+    ("store", "audit_anchor_file"),
+    ("unsubscribe", "key_file"),
+    ("inbound", "keep_raw"),
+    ("partners", "tls_cert"),
+    ("partners", "tls_key"),
+}
 CHOICES = {
     ("relay", "starttls"): "never",
     ("policy", "action"): "reject",
@@ -147,6 +155,8 @@ def test_every_key_has_an_environment_override(section: str, key: str, kind: Any
     text, value = sample(kind)
     if (section, key) in CHOICES:
         text = value = CHOICES[section, key]
+    if (section, key) in PATHS:
+        value = str(Path.cwd() / text)  # a relative path in the environment: from here
     if kind is bool and value == getattr(getattr(Config(), section), key):
         text, value = "true", True  # a switch that is off by default
     config = load(None, {f"OPTGATE_{section.upper()}_{key.upper()}": text})
@@ -270,7 +280,8 @@ def test_unknown_environment_variables_are_errors(name: str) -> None:
 
 
 def test_other_environment_variables_are_ignored() -> None:
-    assert load(None, {"PATH": "/bin", "OPTGATEWAY": "x", "HOME": "/root"}) == Config()
+    others = {"PATH": "/bin", "OPTGATEWAY": "x", "STATE_DIRECTORY": "/s"}
+    assert load(None, others) == load(None, {"STATE_DIRECTORY": "/s"})
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
@@ -356,3 +367,178 @@ def test_host_port(value: str, expected: tuple[str, int]) -> None:
 def test_host_port_errors_name_the_key(value: str) -> None:
     with pytest.raises(ConfigError, match=r"\[relay\] next_hop"):
         host_port(value, "[relay] next_hop")
+
+
+# the state directory ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "euid", "expected", "origin"),
+    [
+        ({"STATE_DIRECTORY": "/var/lib/optgate"}, 0, "/var/lib/optgate", "$STATE_DIRECTORY"),
+        ({"STATE_DIRECTORY": "/s/one:/s/two", "HOME": "/h"}, 1000, "/s/one", "$STATE_DIRECTORY"),
+        ({"HOME": "/home/ann", "XDG_STATE_HOME": "/x"}, 0, "/var/lib/optgate", "root"),
+        ({"HOME": "/home/ann", "XDG_STATE_HOME": "/x/state"}, 1000, "/x/state/optgate", "XDG"),
+        ({"HOME": "/home/ann"}, 1000, "/home/ann/.local/state/optgate", "$HOME"),
+        # the XDG spec: a relative $XDG_STATE_HOME is ignored
+        ({"HOME": "/home/ann", "XDG_STATE_HOME": "st"}, 1000, "/home/ann/.local/state/optgate", ""),
+    ],
+)
+def test_state_directory(environ: dict[str, str], euid: int, expected: str, origin: str) -> None:
+    directory, where = statedir.default(environ, euid)
+    assert directory == Path(expected)
+    assert where.startswith("derived")
+    assert origin in where
+
+
+def test_state_directory_errors_say_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"\$STATE_DIRECTORY 'rel/dir'"):
+        statedir.default({"STATE_DIRECTORY": "rel/dir"}, 1000)
+
+    def no_entry(uid: int) -> None:  # a uid unknown to /etc/passwd (containers)
+        raise KeyError(uid)
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    with pytest.raises(ConfigError, match=r"set \[store\] state_dir"):
+        statedir.default({}, 1000)
+    # where nothing lives in the state directory, it need not be found
+    broken = {"STATE_DIRECTORY": "rel/dir"}
+    with pytest.raises(ConfigError, match="STATE_DIRECTORY"):
+        load(None, broken | {"OPTGATE_STORE_URL": "postgresql://db/optgate"})
+    explicit = {
+        "OPTGATE_STORE_URL": "postgresql://db/optgate",
+        "OPTGATE_UNSUBSCRIBE_KEY_FILE": "/k",
+        "OPTGATE_STORE_AUDIT_KEY_FILE": "/a",
+        "OPTGATE_STORE_AUDIT_ANCHOR_FILE": "/h",
+    }
+    config = load(None, broken | explicit)
+    assert config.store.state_dir == ""
+
+
+def test_the_store_and_key_file_follow_the_state_directory(tmp_path: Path) -> None:
+    state = {"STATE_DIRECTORY": "/run/state"}
+    assert load(None, state).store.url == "sqlite:////run/state/optgate.db"
+    chosen = write(tmp_path, '[store]\nstate_dir = "/srv/optgate"\n')
+    config = load(chosen, state)  # [store] state_dir wins over $STATE_DIRECTORY
+    assert config.store.state_dir == "/srv/optgate"
+    assert config.store.url == "sqlite:////srv/optgate/optgate.db"
+    assert config.unsubscribe.key_file == "/srv/optgate/optgate.key"
+    env = state | {"OPTGATE_STORE_STATE_DIR": "/env/dir"}
+    assert load(chosen, env).unsubscribe.key_file == "/env/dir/optgate.key"
+    both = write(
+        tmp_path,
+        '[store]\nurl = "postgresql://optgate@db/optgate"\n[unsubscribe]\nkey_file = "/k/x.key"\n',
+        "both.toml",
+    )
+    config = load(both, state)
+    assert (config.store.url, config.unsubscribe.key_file) == (
+        "postgresql://optgate@db/optgate",
+        "/k/x.key",
+    )
+
+
+def test_relative_paths_in_a_file_are_relative_to_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    chosen = write(
+        etc,
+        """
+        [store]
+        state_dir = "state"
+        url = "sqlite:///data/optgate.db"
+        [unsubscribe]
+        key_file = "keys/optgate.key"
+        [inbound]
+        keep_raw = "raw"
+        [partners]
+        tls_cert = "/abs/cert.pem"
+        tls_key = "tls/key.pem"
+        [dkim]
+        keys = ["shop.example:s1:rsa:dkim/s1.pem", "shop.example:s2:ed25519:/abs/s2.pem"]
+        """,
+    )
+    monkeypatch.chdir(tmp_path)
+    config = load("etc/optgate.toml", {})  # a relative --config too
+    assert config.store.state_dir == str(etc / "state")
+    assert config.store.url == f"sqlite:///{etc / 'data' / 'optgate.db'}"
+    assert config.unsubscribe.key_file == str(etc / "keys" / "optgate.key")
+    assert config.inbound.keep_raw == str(etc / "raw")
+    assert config.partners.tls_cert == "/abs/cert.pem"
+    assert config.partners.tls_key == str(etc / "tls" / "key.pem")
+    assert config.dkim.keys == [
+        f"shop.example:s1:rsa:{etc / 'dkim' / 's1.pem'}",
+        "shop.example:s2:ed25519:/abs/s2.pem",
+    ]
+    assert load(chosen, {}) == config
+
+
+def test_relative_paths_in_the_environment_are_relative_to_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load(
+        None,
+        {
+            "OPTGATE_STORE_URL": "sqlite:///here.db",
+            "OPTGATE_UNSUBSCRIBE_KEY_FILE": "here.key",
+            "OPTGATE_INBOUND_KEEP_RAW": "",
+        },
+    )
+    assert config.store.url == f"sqlite:///{tmp_path / 'here.db'}"
+    assert config.unsubscribe.key_file == str(tmp_path / "here.key")
+    assert config.inbound.keep_raw == ""  # empty is off, not the current directory
+    for url in ("sqlite:////abs/x.db", "postgresql://u@h/db", "sqlite:///:memory:"):
+        assert load(None, {"OPTGATE_STORE_URL": url}).store.url == url
+
+
+def test_every_value_says_where_it_came_from(tmp_path: Path) -> None:
+    chosen = write(tmp_path, '[relay]\nnext_hop = "file.example:25"\npool_size = 4\n')
+    loaded = effective(
+        chosen, {"OPTGATE_RELAY_POOL_SIZE": "8", "XDG_STATE_HOME": "/x", "HOME": "/h"}
+    )
+    assert loaded.file == chosen
+    origins = loaded.origins
+    assert origins["relay", "next_hop"] == f"file {chosen}"
+    assert origins["relay", "pool_size"] == "env OPTGATE_RELAY_POOL_SIZE"
+    assert origins["smtp", "listen"] == "default"
+    assert origins["store", "url"] == "derived from the state directory"
+    assert origins["unsubscribe", "key_file"] == "derived from the state directory"
+    assert origins["store", "state_dir"].startswith("derived")
+    assert set(origins) == {(o.section, o.key) for o in options()}
+
+
+# config example -----------------------------------------------------------------
+
+
+def test_the_example_loads_to_the_defaults_and_documents_every_option(tmp_path: Path) -> None:
+    text = configshow.sample()
+    parsed = tomllib.loads(text)
+    assert {(s, k) for s, table in parsed.items() for k in table} == {
+        (o.section, o.key) for o in options()
+    }
+    for option in options():
+        assert parsed[option.section][option.key] == option.default, option
+        assert option.doc.split()[0] in text
+    env = {"STATE_DIRECTORY": "/var/lib/optgate"}
+    assert load(write(tmp_path, text), env) == load(None, env)
+    assert "(one of: drop, reject)" in text
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        'quote " and backslash \\ and tab \t',
+        "new\nline and \x7f and \x00",
+        "unicode é ✓ 😀",
+        ["a", 'b"c'],
+        {"news@shop.example": "news", "bare_key-1": "x", "": "empty", "a.b": 'q"'},
+        {},
+        [],
+        0,
+        True,
+    ],
+)
+def test_toml_values_round_trip(value: Any) -> None:
+    assert tomllib.loads(f"v = {configshow.toml_value(value)}")["v"] == value

@@ -131,8 +131,10 @@ def test_dockerfile_settings_are_the_config_contract(docker: list[tuple[str, str
     config = load(None, optgate)
     assert host_port(config.smtp.listen, "smtp")[0] == EVERY_INTERFACE
     assert host_port(config.web.listen, "web")[0] == EVERY_INTERFACE
-    assert config.store.url.startswith(f"sqlite:///{KEY_DIR}/")
-    assert config.unsubscribe.key_file.startswith(f"{KEY_DIR}/")
+    # the state directory is the volume, for `docker exec ... optgate ...` as for serve
+    assert config.store.state_dir == KEY_DIR
+    assert config.store.url == f"sqlite:///{KEY_DIR}/optgate.db"
+    assert config.unsubscribe.key_file == f"{KEY_DIR}/optgate.key"
     ports = {host_port(config.smtp.listen, "smtp")[1], host_port(config.web.listen, "web")[1]}
     assert {int(p) for p in all_of(docker, "EXPOSE")[-1].split()} == ports
 
@@ -221,11 +223,13 @@ def test_compose_nodes_share_postgres_and_the_key(compose: dict[str, Any]) -> No
             str(host_port(config.smtp.listen, "smtp")[1]),
             str(host_port(config.web.listen, "web")[1]),
         }
-        # the key file lies on a named volume every node mounts
+        # the key files lie on a named volume every node mounts
         assert config.unsubscribe.key_file.startswith(f"{KEY_DIR}/")
+        assert config.store.audit_key_file.startswith(f"{KEY_DIR}/")
     a, b = (configs[node] for node in NODES)
     assert a.store.url == b.store.url
     assert a.unsubscribe.key_file == b.unsubscribe.key_file
+    assert a.store.audit_key_file == b.store.audit_key_file
     assert a.unsubscribe.base_url == b.unsubscribe.base_url
     mounts = [
         {v for v in services[node]["volumes"] if v.split(":")[1] == KEY_DIR} for node in NODES
@@ -233,6 +237,33 @@ def test_compose_nodes_share_postgres_and_the_key(compose: dict[str, Any]) -> No
     assert mounts[0] == mounts[1] != set()
     volume = next(iter(mounts[0])).split(":")[0]
     assert volume in compose["volumes"], "a named volume, shared, not a per-node directory"
+
+
+def test_compose_migrates_once_before_the_nodes(compose: dict[str, Any]) -> None:
+    """One `optgate store migrate` makes the shared key file and the schema, then the
+    nodes start: two nodes making the key at once would each sign with their own."""
+    services = compose["services"]
+    migrate = services["optgate-migrate"]
+    assert migrate["command"] == ["store", "migrate"]
+    assert "entrypoint" not in migrate  # the image's: optgate
+    assert migrate["restart"] == "no"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    env = {k: interpolate(v) for k, v in environment(migrate).items()}
+    made = load(None, {k: v for k, v in env.items() if k.startswith("OPTGATE_")})
+    assert "PGPASSWORD" in env
+    for node in NODES:
+        service = services[node]
+        assert service["depends_on"]["optgate-migrate"]["condition"] == (
+            "service_completed_successfully"
+        )
+        node_env = {k: interpolate(v) for k, v in environment(service).items()}
+        config = load(None, {k: v for k, v in node_env.items() if k.startswith("OPTGATE_")})
+        assert (config.store.url, config.unsubscribe.key_file, config.store.audit_key_file) == (
+            made.store.url,
+            made.unsubscribe.key_file,
+            made.store.audit_key_file,
+        )
+        assert set(service["volumes"]) == set(migrate["volumes"])
 
 
 def test_compose_subnet_is_the_allowed_clients(compose: dict[str, Any]) -> None:
@@ -316,10 +347,16 @@ def test_unit_settings_are_the_config_contract() -> None:
     for line in unit_values("Environment"):
         env |= dict(word.split("=", 1) for word in shlex.split(line))
     optgate = {k: v for k, v in env.items() if k.startswith("OPTGATE_")}
-    assert optgate
     for name, value in optgate.items():
         check_setting(name, value)
-    config = load(None, optgate)
-    # StateDirectory=optgate is /var/lib/optgate, the only place the service may write
+    # StateDirectory=optgate is /var/lib/optgate, the only place the service may write;
+    # systemd names it in $STATE_DIRECTORY, optgate's state directory: the store and
+    # key file are not set apart from it (root's optgate commands find them there too)
+    assert not {"OPTGATE_STORE_URL", "OPTGATE_UNSUBSCRIBE_KEY_FILE"} & set(optgate)
+    assert not {"OPTGATE_STORE_AUDIT_KEY_FILE", "OPTGATE_STORE_AUDIT_ANCHOR_FILE"} & set(optgate)
+    assert "OPTGATE_STORE_STATE_DIR" not in optgate
+    config = load(None, optgate | {"STATE_DIRECTORY": KEY_DIR})
     assert config.store.url == f"sqlite:///{KEY_DIR}/optgate.db"
-    assert config.unsubscribe.key_file.startswith(f"{KEY_DIR}/")
+    assert config.unsubscribe.key_file == f"{KEY_DIR}/optgate.key"
+    assert config.store.audit_key_file == f"{KEY_DIR}/optgate-audit.key"
+    assert config == load(None, optgate | {"STATE_DIRECTORY": f"{KEY_DIR}:/var/lib/other"})

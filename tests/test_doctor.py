@@ -97,7 +97,7 @@ class Setup:
 async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     rsa_key = keygen(DOMAIN, "s1", "rsa", out=tmp_path / "s1.pem")
     ed_key = keygen(DOMAIN, "s2", "ed25519", out=tmp_path / "s2.pem")
-    load_keys(tmp_path / "optgate.key")
+    load_keys(tmp_path / "optgate.key", create=True)
     store_url = f"sqlite:///{tmp_path / 'optgate.db'}"
     audit_key = tmp_path / "optgate-audit.key"
     audit_key.write_text(AUDIT_KEY.hex())

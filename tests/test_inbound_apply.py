@@ -86,7 +86,7 @@ async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[R
             },
         )
         store = await open_configured(config, create=True)
-        signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
+        signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file), create=True))
         try:
             yield Rig(store, config, signer)
         finally:

@@ -115,7 +115,7 @@ async def test_corpus_through_the_socket_matches_the_direct_path_and_the_labels(
     for config in (live_config, direct_config):
         await mailed_everyone(config.store.url)
     direct = await open_configured(direct_config, create=True)
-    signer = TokenSigner(load_keys(Path(direct_config.unsubscribe.key_file)))
+    signer = TokenSigner(load_keys(Path(direct_config.unsubscribe.key_file), create=True))
     quiet_broken: list[str] = []
     found = total = 0
     async with running(live_config, ("smtp",)) as gate:

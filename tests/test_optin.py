@@ -32,6 +32,7 @@ async def test_request_mails_a_signed_confirm_link_and_records_no_consent(
             "OPTGATE_UNSUBSCRIBE_BASE_URL": "https://unsub.example.com",
         }.items():
             monkeypatch.setenv(name, value)
+        assert await asyncio.to_thread(main, ["store", "migrate"]) == 0  # the store and key
         code = await asyncio.to_thread(
             main, ["consent", "request", "new@example.com", "--purpose", "news"]
         )

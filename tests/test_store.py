@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
+import stat
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -13,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from suppression.address import identity, normalize
-from suppression.errors import StoreError
+from suppression.errors import StoreError, StoreMissing
 from suppression.model import Consent, ConsentItem, ImportItem, Reason, Send, now
 from suppression.store import open_store
 from tests.support.backends import Backend, postgres_database, postgres_sql
@@ -314,8 +315,16 @@ async def test_reopening_keeps_data_and_a_newer_schema_is_refused(tmp_path: Path
 
 
 async def test_unwritable_store_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="cannot"):
-        await open_store(f"sqlite:///{tmp_path / 'missing' / 'dir' / 's.db'}", audit_key=AUDIT_KEY)
+    (tmp_path / "a-file").write_text("not a directory\n")
+    with pytest.raises(StoreError, match="cannot make directory"):
+        await open_store(f"sqlite:///{tmp_path / 'a-file' / 'dir' / 's.db'}", audit_key=AUDIT_KEY)
+    missing = tmp_path / "missing" / "dir" / "s.db"
+    with pytest.raises(StoreMissing, match=f"no optgate store at {missing}"):
+        await open_store(f"sqlite:///{missing}", audit_key=AUDIT_KEY, create=False)
+    assert not missing.parent.parent.exists()
+    store = await open_store(f"sqlite:///{missing}", audit_key=AUDIT_KEY)  # serve, store migrate
+    await store.close()
+    assert stat.S_IMODE(missing.parent.stat().st_mode) == 0o700
 
 
 async def test_locked_store_is_a_clear_error_and_changes_nothing(tmp_path: Path) -> None:

@@ -89,17 +89,25 @@ def alive(pid: int) -> bool:
 
 @contextlib.asynccontextmanager
 async def optgate_serve(
-    env: Mapping[str, str], *args: str, ready: int | None = None
+    env: Mapping[str, str],
+    *args: str,
+    ready: int | None = None,
+    prefix: Sequence[str] = (),
+    cwd: Path | None = None,
 ) -> AsyncIterator[Served]:
     """Start `optgate serve ARGS` with these OPTGATE_* variables; wait for `ready` workers.
 
-    On exit a supervisor still running gets SIGKILL, as do its workers.
+    ``prefix`` runs it through another command that execs it (the pid stays the
+    supervisor's); ``cwd`` is its working directory. On exit a supervisor still
+    running gets SIGKILL, as do its workers.
     """
     base = {k: v for k, v in os.environ.items() if not k.startswith("OPTGATE_")}
     process = await asyncio.create_subprocess_exec(
+        *prefix,
         OPTGATE,
         "serve",
         *args,
+        cwd=cwd,
         env={**base, **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
