@@ -338,9 +338,12 @@ class Esp:
         [],
         "HTTP webhook signing keys (the account's, a parent account's, old and new while "
         "rotating); none: /hooks/mailgun is off",
+        secret=True,
     )
     postmark_credentials: list[str] = _opt(
-        [], "USER:PASSWORD of each Postmark webhook's basic auth; none: /hooks/postmark is off"
+        [],
+        "USER:PASSWORD of each Postmark webhook's basic auth; none: /hooks/postmark is off",
+        secret=True,
     )
     max_age: int = _opt(
         300, "seconds a SendGrid or Mailgun signature's timestamp may be from now; older is stale"

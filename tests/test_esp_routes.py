@@ -3,14 +3,18 @@ limit that spares them, logs without addresses, and the routes in `optgate serve
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 from structlog.testing import capture_logs
 
+from gateway import cli
 from gateway.service import running
 from gateway.stores import open_configured
 from suppression.address import normalize
@@ -129,3 +133,20 @@ async def test_optgate_serve_takes_esp_webhooks_on_its_web_listener(tmp_path: Pa
         async with http.get(url + "/metrics") as response:
             text = await response.text()
         assert 'optgate_esp_notifications_total{outcome="accepted",vendor="mailgun"} 1.0' in text
+
+
+def test_config_show_hides_the_esp_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("OPTGATE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPTGATE_ESP_MAILGUN_SIGNING_KEYS", "key-s3cret-one")
+    monkeypatch.setenv("OPTGATE_ESP_POSTMARK_CREDENTIALS", "hooks:s3cret-two")
+    monkeypatch.setenv("OPTGATE_ESP_SES_TOPICS", "arn:aws:sns:eu-west-1:1:topic")
+    assert cli.main(["config", "show", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["settings"]["esp"]
+    assert shown["mailgun_signing_keys"]["value"] == ["<hidden>"]
+    assert shown["postmark_credentials"]["value"] == ["<hidden>"]
+    assert shown["ses_topics"]["value"] == ["arn:aws:sns:eu-west-1:1:topic"]  # no secret

@@ -619,7 +619,8 @@ async def esp_site(
 ) -> AsyncIterator[EspSite]:
     """The web app as `optgate serve` runs it, with ``[esp]`` hooks, on a free port."""
     opened = store or await open_configured(config, create=True)
-    signer, metrics = TokenSigner(load_keys(Path(config.unsubscribe.key_file))), Metrics()
+    signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file), create=True))
+    metrics = Metrics()
     hooks = Hooks.from_config(config, store=opened, signer=signer, metrics=metrics, sns=sns)
     app = make_app(
         store=opened,
