@@ -13,11 +13,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO, TypeVar
 
+from gateway import logs
 from gateway.config import Config
 from gateway.demo import run_demo
 from gateway.doctor import failed, run_checks
 from gateway.keygen import config_line, keygen
-from gateway.keys import load_keys, make_key_file
+from gateway.keys import load_keys, load_log_key, make_key_file
 from gateway.optin import request_consent
 from gateway.pipeline import verdict
 from gateway.policy import MessageClass, Rules
@@ -579,3 +580,14 @@ async def report_compliance(args: argparse.Namespace, config: Config) -> int:
 
 def _hours(delay: timedelta) -> float:
     return round(delay.total_seconds() / 3600, 1)
+
+
+async def log_id(args: argparse.Namespace, config: Config) -> int:
+    """optgate log-id: what the log lines say for addresses (``rcpt``) or other values."""
+    logs.use_key(load_log_key(Path(config.unsubscribe.key_file)))
+    for value in args.values:
+        if args.message_id:
+            print(f"{logs.digest(value)}  {value}")
+        else:
+            print(f"{logs.recipient_id(normalize(value).sha256)}  {value}")
+    return 0

@@ -190,6 +190,13 @@ def _other_commands(group: Group) -> None:
     explain.add_argument("address", metavar="ADDR")
     explain.add_argument("--topic", help="the topic (default: [policy] default_topic)")
     _json(explain)
+    log_id = _command(
+        group, "log-id", "gateway.admin:log_id", "the keyed digests log lines carry for addresses"
+    )
+    log_id.add_argument("values", nargs="+", metavar="ADDR")
+    log_id.add_argument(
+        "--message-id", action="store_true", help="the values are Message-IDs (or other text)"
+    )
     report = group.add_parser("report", help="reports from the records")
     sub = report.add_subparsers(dest="action", required=True, metavar="ACTION")
     compliance = _command(

@@ -174,15 +174,40 @@ class Unsubscribe:
         "Example Ltd, 1 Example Street, Example City", "postal address (CAN-SPAM)"
     )
     footer_text: str = _opt(
-        "\n-- \nYou receive this because you subscribed to {topic}.\n"
-        "Unsubscribe: {url}\n{postal_address}\n",
-        "plain-text footer; {url}, {topic}, {postal_address}",
+        "",
+        "plain-text footer for every language, replacing the built-in localised one; "
+        "{url}, {topic} (its display name), {postal_address}; empty: the built-in one",
     )
     footer_html: str = _opt(
-        '<p style="font-size:12px;color:#666">You receive this because you subscribed to '
-        '{topic}. <a href="{url}">Unsubscribe</a><br>{postal_address}</p>',
-        "HTML footer; {url}, {topic}, {postal_address}",
+        "",
+        "HTML footer for every language, replacing the built-in localised one; "
+        "{url}, {topic}, {postal_address}; empty: the built-in one",
     )
+
+
+@dataclass(frozen=True)
+class Footer:
+    """The language of footers and pages, and footer wording for every topic."""
+
+    default_language: str = _opt(
+        "en",
+        "language of footers (message without a Content-Language or lang optgate knows) and "
+        "pages (browser asking for none): en, de, fr, es, it, nl, pt, or one worded below",
+    )
+    reason: dict[str, str] = _opt(
+        {}, "language -> the footer's sentence; {topic} (display name), {company}"
+    )
+    unsubscribe: dict[str, str] = _opt({}, "language -> the words of the footer's link")
+
+
+@dataclass(frozen=True)
+class Topic:
+    """One topic as readers see it ([topics.NAME], in the file only): name and wording."""
+
+    name: str = _opt("", "display name in footers and pages; empty: the topic itself")
+    names: dict[str, str] = _opt({}, "language -> display name")
+    reason: dict[str, str] = _opt({}, "language -> this topic's footer sentence")
+    unsubscribe: dict[str, str] = _opt({}, "language -> this topic's link words")
 
 
 @dataclass(frozen=True)
@@ -203,6 +228,15 @@ class Web:
     page_note: str = _opt(
         "Questions about your data? Write to privacy@example.com.",
         "a sentence at the foot of every page, above the postal address",
+    )
+
+
+@dataclass(frozen=True)
+class Api:
+    """The admin listener: /metrics and /healthz (and the REST API to come), never public."""
+
+    listen: str = _opt(
+        "127.0.0.1:8081", "host:port of the admin listener (runs with the web part); empty: off"
     )
 
 
@@ -256,6 +290,33 @@ class Inbound:
     )
     verp_transactional: bool = _opt(
         False, "transactional mail gets a VERP envelope sender too (else it keeps its own)"
+    )
+    # who wrote an opt-out by mail without a genuine token: DMARC-aligned DKIM or SPF of the
+    # From domain, or the own MTA's Authentication-Results; else it waits for a mailed link
+    authserv_ids: list[str] = _opt(
+        [],
+        "authserv-ids of the own MTA: its topmost Authentication-Results header (RFC 8601) is "
+        "believed, every other one ignored; none: optgate's own DKIM and SPF checks only",
+    )
+    trusted_relays: list[str] = _opt(
+        ["127.0.0.0/8", "::1/128"],
+        "networks of the own MTAs that hand inbound mail over: for them the client is the one "
+        "their topmost Received header names; any other peer is the sending MTA itself",
+    )
+    dns_servers: list[str] = _opt(
+        [], "host or host:port of the resolvers for DKIM, SPF and DMARC lookups; none: the system's"
+    )
+    optout_rate_client: int = _opt(
+        20, "opt-out mails held for a confirmation link an hour per client IP; beyond it 451"
+    )
+    optout_rate_domain: int = _opt(
+        50, "opt-out mails held for a confirmation link an hour per From domain; beyond it 451"
+    )
+    optout_rate_address: int = _opt(
+        3, "confirmation links mailed (held opt-outs, lift requests) an hour per address"
+    )
+    optout_rate_authenticated: int = _opt(
+        1000, "authenticated opt-out mails an hour per From domain; beyond it 451"
     )
 
 
@@ -361,10 +422,13 @@ class Config:
     policy: Policy = field(default_factory=Policy)
     unsubscribe: Unsubscribe = field(default_factory=Unsubscribe)
     web: Web = field(default_factory=Web)
+    api: Api = field(default_factory=Api)
     dkim: Dkim = field(default_factory=Dkim)
     inbound: Inbound = field(default_factory=Inbound)
     partners: Partners = field(default_factory=Partners)
     esp: Esp = field(default_factory=Esp)
+    footer: Footer = field(default_factory=Footer)
+    topics: dict[str, Topic] = field(default_factory=dict)  # [topics.NAME] tables
 
 
 @dataclass(frozen=True)
@@ -389,7 +453,22 @@ class Option:
 def sections() -> dict[str, type[Any]]:
     """Section name -> its dataclass, in declaration order."""
     hints = typing.get_type_hints(Config)
-    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config) if f.name != "topics"}
+
+
+def _topics(raw: Any, origin: str) -> dict[str, Topic]:
+    """The [topics.NAME] tables (no environment variables: topic names need not fit them)."""
+    if not isinstance(raw, dict) or not all(isinstance(t, dict) for t in raw.values()):
+        raise ConfigError(f"{origin}: [topics] holds one table per topic, as [topics.NAME]")
+    hints = typing.get_type_hints(Topic)
+    topics = {}
+    for name, table in raw.items():
+        for key in table:
+            if key not in hints:
+                raise ConfigError(f"{origin}: unknown key {key!r} in [topics.{name}]")
+        checked = {k: _check(f"[topics.{name}] {k}", v, hints[k]) for k, v in table.items()}
+        topics[name] = Topic(**checked)
+    return topics
 
 
 def options() -> Iterator[Option]:
@@ -478,7 +557,7 @@ def _values(
     """Checked values per section (file, then environment) and where each came from."""
     known = sections()
     for section in raw:
-        if section not in known:
+        if section not in known and section != "topics":
             raise ConfigError(f"{origin}: unknown section [{section}]")
     for section in known:
         table = raw.get(section, {})
@@ -571,7 +650,8 @@ def effective(path: str | None = None, environ: Mapping[str, str] | None = None)
     _reject_unknown_env(env)
     _derive(values, origins, env)
     built = {section: cls(**values[section]) for section, cls in sections().items()}
-    return Effective(Config(**built), chosen, origins)
+    topics = _topics(raw.get("topics", {}), chosen or "environment")
+    return Effective(Config(**built, topics=topics), chosen, origins)
 
 
 def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:

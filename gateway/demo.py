@@ -157,6 +157,7 @@ async def run_demo() -> None:
             {
                 "OPTGATE_SMTP_LISTEN": "127.0.0.1:0",
                 "OPTGATE_WEB_LISTEN": "127.0.0.1:0",
+                "OPTGATE_API_LISTEN": "",  # no admin listener for a demo
                 "OPTGATE_RELAY_NEXT_HOP": f"127.0.0.1:{server.sockets[0].getsockname()[1]}",
                 "OPTGATE_STORE_URL": f"sqlite:///{Path(tmp) / 'demo.db'}",
                 "OPTGATE_UNSUBSCRIBE_KEY_FILE": str(Path(tmp) / "demo.key"),

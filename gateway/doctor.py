@@ -45,6 +45,7 @@ from gateway.tokens import SHORT_TOKEN_CHARS
 from gateway.web import SECURITY_HEADERS
 from suppression.errors import ConfigError, OptgateError, StoreMissing
 from suppression.sqlite import MIGRATIONS
+from suppression.store import require_store
 
 PROBE_SECONDS = 5.0  # the next hop's greeting and EHLO
 HOLDER_SECONDS = 2.0  # whatever holds a listen port: optgate greets or answers at once
@@ -360,6 +361,12 @@ async def _store(config: Config) -> Check:
         early = await asyncio.to_thread(_sqlite_first, url)
         if early is not None:
             return early
+    try:
+        await require_store(url)  # a store not made yet needs no key yet
+    except StoreMissing as exc:
+        return Check(Status.WARN, "store", str(exc))
+    except OptgateError as exc:
+        return Check(Status.FAIL, "store", str(exc))
     key = Path(config.store.audit_key_file)
     if not await asyncio.to_thread(key.exists):
         return Check(

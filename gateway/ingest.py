@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -28,14 +29,17 @@ import structlog
 from gateway import logs
 from gateway.config import Config
 from gateway.inbound.apply import Applied, apply
+from gateway.inbound.authentication import Origin
 from gateway.inbound.classify import classify
 from gateway.inbound.imap import Imap, parse_url
+from gateway.inbound.mailboxes import Mailboxes
+from gateway.inbound.optouts import OptOuts
 from gateway.inbound.receive import keep
 from gateway.inbound.sources import MessageError, Pending, Source, SourceError, open_local
-from gateway.keys import load_keys
+from gateway.keys import load_keys, load_log_key
 from gateway.stores import open_configured
 from gateway.tokens import TokenSigner
-from suppression.errors import OptgateError
+from suppression.errors import ConfigError, OptgateError
 from suppression.model import now
 from suppression.store import Store
 
@@ -58,7 +62,8 @@ class Summary:
         return (
             f"read {self.read}, unsubscribes {a.unsubscribes}, hard bounces {a.hard_bounces}, "
             f"soft bounces {a.soft_bounces}, complaints {a.complaints}, ignored {a.ignored}, "
-            f"errors {self.errors} (new suppressions {a.suppressed}, forged tokens {a.forged})"
+            f"errors {self.errors} (new suppressions {a.suppressed}, held for a confirmation "
+            f"link {a.held}, forged tokens {a.forged})"
         )
 
 
@@ -121,6 +126,7 @@ class Ingest:
     config: Config
     signer: TokenSigner
     dry_run: bool
+    optouts: OptOuts
 
     async def run(self, limit: int | None) -> Summary:
         """Process the unprocessed messages (at most ``limit``); a lost source stops the run."""
@@ -176,6 +182,8 @@ class Ingest:
             dry_run=self.dry_run,
             signer=self.signer,
             at=arrived(raw),
+            origin=Origin(raw, None),  # the own MTAs' trace fields tell the sending client
+            optouts=self.optouts,
         )
         if not self.dry_run:
             await asyncio.to_thread(self.source.mark, pending.key)
@@ -198,10 +206,15 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     logs.configure(cache=False)
     source = await asyncio.to_thread(open_source, args)
     try:
-        signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
-        store = await open_configured(config)
+        store = await open_configured(config)  # a missing store first: the clearer error
         try:
-            summary = await Ingest(source, store, config, signer, args.dry_run).run(args.limit)
+            key_file = Path(config.unsubscribe.key_file)
+            signer = TokenSigner(load_keys(key_file))
+            with contextlib.suppress(ConfigError):  # no log key yet: digests stay unlinkable
+                logs.use_key(load_log_key(key_file))
+            optouts = OptOuts.from_config(config, store, Mailboxes.from_config(config.inbound))
+            ingest = Ingest(source, store, config, signer, args.dry_run, optouts)
+            summary = await ingest.run(args.limit)
         finally:
             await store.close()
     finally:

@@ -21,6 +21,7 @@ import codecs
 import functools
 import itertools
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from email import policy
 from email.message import Message
@@ -86,6 +87,23 @@ class TextPart:
     start: int
     end: int
     separated: bool  # whether an empty line separates the part's header block from its body
+    header_end: int = 0  # where the part's header fields end (a new field goes here)
+    cte_fields: tuple[Field, ...] = ()  # its Content-Transfer-Encoding fields
+    type_fields: tuple[Field, ...] = ()  # its Content-Type fields
+    language: str = ""  # its own Content-Language field, raw
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One entity of the message tree: a leaf, or a multipart with its children."""
+
+    path: str  # "" for the top level
+    content_type: str
+    block: HeaderBlock
+    end: int  # where its body ends
+    children: tuple[Node, ...] = ()
+    opaque: bool = False  # a multipart left alone: signed or encrypted, too deep, no boundary
+    text: TextPart | None = None  # set for a body text part a reader sees
 
 
 @dataclass(slots=True)
@@ -94,6 +112,7 @@ class Walk:
 
     parts: list[TextPart] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    tree: Node | None = None
 
 
 def split_headers(buf: bytes, start: int, end: int) -> HeaderBlock:
@@ -132,10 +151,37 @@ def _mime_fields(buf: bytes, block: HeaderBlock) -> bytes:
 
 
 def find_text_parts(buf: bytes, top: HeaderBlock, body_end: int) -> Walk:
-    """Every body text part of the message whose header block is ``top``."""
+    """Every body text part of the message whose header block is ``top``, and its tree."""
     walk = Walk()
-    _visit(buf, top, "text/plain", body_end, _Place("", "", 0, 0), walk)
+    walk.tree = _visit(buf, top, "text/plain", body_end, _Place("", "", 0, 0), walk)
     return walk
+
+
+def parse_tree(buf: bytes, top: HeaderBlock, body_end: int) -> Node:
+    """The tree of the entity whose header block is ``top`` (message/rfc822 bodies are leaves)."""
+    tree = find_text_parts(buf, top, body_end).tree
+    assert tree is not None
+    return tree
+
+
+def shown(node: Node, changed: Collection[str]) -> bool:
+    """Whether every reader sees one of the ``changed`` text parts, whichever alternative
+    their client shows: all text alternatives of a multipart/alternative, the root of a
+    multipart/related, any part of other multiparts; never inside an opaque multipart."""
+    if node.text is not None:
+        return node.text.path in changed
+    if node.opaque or not node.children:
+        return False
+    if node.content_type == "multipart/alternative":
+        candidates = [child for child in node.children if _has_text(child)]
+        return bool(candidates) and all(shown(child, changed) for child in candidates)
+    if node.content_type == "multipart/related":
+        return shown(node.children[0], changed)
+    return any(shown(child, changed) for child in node.children)
+
+
+def _has_text(node: Node) -> bool:
+    return node.text is not None or node.opaque or any(map(_has_text, node.children))
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,43 +206,61 @@ class _Place:
 
 def _visit(
     buf: bytes, block: HeaderBlock, default_type: str, end: int, place: _Place, walk: Walk
-) -> None:
+) -> Node:
     headers = parse_header_block(buf, block, default_type)
     ctype = headers.get_content_type()
     if headers.get_content_maintype() == "multipart":
-        _visit_multipart(buf, headers, block, end, place, walk)
-    elif ctype in BODY_TYPES and _is_inline(headers, place):
-        walk.parts.append(
-            TextPart(
-                path=place.leaf_path,
-                content_type=ctype,
-                charset=_charset(headers),
-                cte=str(headers.get("content-transfer-encoding", "7bit")).strip().lower(),
-                start=block.body_start,
-                end=end,
-                separated=block.body_start > block.end,
-            )
+        return _visit_multipart(buf, headers, block, end, place, walk)
+    text = None
+    if ctype in BODY_TYPES and _is_inline(headers, place):
+        text = TextPart(
+            path=place.leaf_path,
+            content_type=ctype,
+            charset=_charset(headers),
+            cte=str(headers.get("content-transfer-encoding", "7bit")).strip().lower(),
+            start=block.body_start,
+            end=end,
+            separated=block.body_start > block.end,
+            header_end=block.end,
+            cte_fields=tuple(f for f in block.fields if f.name == "content-transfer-encoding"),
+            type_fields=tuple(f for f in block.fields if f.name == "content-type"),
+            language=raw_value(buf, block, "content-language"),
         )
+        walk.parts.append(text)
+    return Node(place.path, ctype, block, end, text=text)
+
+
+def raw_value(buf: bytes, block: HeaderBlock, name: str) -> str:
+    """The first value of a header field, unfolded ("" when absent)."""
+    for found in block.fields:
+        if found.name == name:
+            value = buf[found.start : found.end].partition(b":")[2]
+            return b" ".join(value.split()).decode("latin-1")
+    return ""
 
 
 def _visit_multipart(
     buf: bytes, headers: Message, block: HeaderBlock, end: int, place: _Place, walk: Walk
-) -> None:
+) -> Node:
     ctype = " ".join(headers.get_content_type().split())[:60]  # goes into a log line
+    opaque = Node(place.path, ctype, block, end, opaque=True)
     if ctype in _SIGNED_TYPES:
         walk.skipped.append(f"{place.label}: {ctype} left alone (changing it breaks it)")
-        return
+        return opaque
     if place.depth >= MAX_DEPTH:
         walk.skipped.append(f"{place.label}: nested deeper than {MAX_DEPTH} levels")
-        return
+        return opaque
     children = _children(buf, headers, block, end)
     if children is None:
         walk.skipped.append(f"{place.label}: {ctype} without its boundary")
-        return
+        return opaque
     default_type = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
+    nodes = []
     for index, (child_start, child_end) in enumerate(children):
         child_block = split_headers(buf, child_start, child_end)
-        _visit(buf, child_block, default_type, child_end, place.child(ctype, index), walk)
+        child = place.child(ctype, index)
+        nodes.append(_visit(buf, child_block, default_type, child_end, child, walk))
+    return Node(place.path, ctype, block, end, tuple(nodes))
 
 
 def _children(
@@ -354,3 +418,38 @@ def base64_lines(data: bytes, eol: bytes, *, trailing: bool) -> bytes:
     encoded = binascii.b2a_base64(data, newline=False)
     lines = eol.join([encoded[i : i + 76] for i in range(0, len(encoded), 76)])
     return lines + eol if trailing and lines else lines
+
+
+# --- line lengths ----------------------------------------------------------------------
+
+MAX_LINE = 998  # octets of a line, line break excluded (RFC 5322 §2.1.1, RFC 5321 §4.5.3.1.6)
+# On the wire a lone CR or LF becomes CRLF as well (the SMTP client normalises them).
+LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+
+
+class Lines(NamedTuple):
+    """The line lengths of a piece of a body, for joining pieces without rescanning them."""
+
+    first: int  # octets before the first line break (all of them without one)
+    last: int  # octets after the last line break
+    longest: int  # the longest line between two line breaks
+    breaks: bool  # whether there is a line break at all
+
+
+def lines(data: bytes) -> Lines:
+    """The :class:`Lines` of ``data``."""
+    pieces = LINE_BREAK.split(data)
+    inner = max(map(len, pieces[1:-1]), default=0)
+    return Lines(len(pieces[0]), len(pieces[-1]), inner, len(pieces) > 1)
+
+
+def follow(longest: int, current: int, piece: Lines) -> tuple[int, int]:
+    """(longest line so far, length of the open line) after appending ``piece``."""
+    if not piece.breaks:
+        return longest, current + piece.first
+    return max(longest, current + piece.first, piece.longest), piece.last
+
+
+def longest_line(data: bytes) -> int:
+    """The longest line of ``data`` in octets, line breaks excluded."""
+    return max(map(len, LINE_BREAK.split(data)))

@@ -57,6 +57,19 @@ async def request_consent(
     signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
     token = signer.issue(Claims(address.sha256, f"confirm:{purpose}", int(time.time())))
     link = f"{config.unsubscribe.base_url.rstrip('/')}/c/{token}"
+    outcome = await send_mail(
+        config, address.normalized, confirmation(config, address, purpose, link)
+    )
+    detail = {"purpose": purpose, "relayed": outcome.code}
+    await store.audit(
+        actor=actor, action="consent-requested", subject=address.sha256, detail=detail
+    )
+    return outcome
+
+
+async def send_mail(config: Config, to: str, message: bytes) -> Outcome:
+    """Mail one message of optgate's own (a confirmation link) through the next hop,
+    from ``[unsubscribe] confirm_from``, on a connection of its own."""
     host, port = host_port(config.relay.next_hop, "[relay] next_hop")
     relay = Relay(
         host,
@@ -67,15 +80,6 @@ async def request_consent(
         local_hostname=config.smtp.hostname or socket.getfqdn(),
     )
     try:
-        outcome = await relay.send(
-            config.unsubscribe.confirm_from,
-            address.normalized,
-            confirmation(config, address, purpose, link),
-        )
+        return await relay.send(config.unsubscribe.confirm_from, to, message)
     finally:
         await relay.close()
-    detail = {"purpose": purpose, "relayed": outcome.code}
-    await store.audit(
-        actor=actor, action="consent-requested", subject=address.sha256, detail=detail
-    )
-    return outcome

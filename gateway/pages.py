@@ -1,24 +1,48 @@
-"""The HTML of the web endpoint: small functions that return escaped, self-contained pages.
+"""The HTML of the web endpoint, in the reader's language: Jinja2 templates
+(gateway/templates/pages/) with autoescaping, so every value shown is escaped.
 
 Plain HTML and one inline style sheet: no JavaScript, no external resources
 (the Content-Security-Policy allows neither), readable on a phone, every
 button labelled with what it does. Nothing here shows an address in full.
+The words are gateway/wording.py's in :attr:`Look.language` (the web endpoint
+picks it from the browser's Accept-Language); topics go by their display names.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from html import escape
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from markupsafe import Markup, escape
+
+from gateway.templating import ENVIRONMENT
+from gateway.wording import WORDS
 
 
 @dataclass(frozen=True, slots=True)
 class Look:
-    """What every page is dressed in: the company's name, accent colour and closing words."""
+    """What every page is dressed in, and the language it speaks."""
 
     company: str
     accent: str  # a checked #rgb / #rrggbb value: it goes into the style sheet
     note: str = ""
     postal_address: str = ""
+    language: str = "en"  # one of gateway.wording.LANGUAGES
+    names: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # topic -> lang -> name
+
+    def speaking(self, language: str) -> Look:
+        """The same look in another language."""
+        return dataclasses.replace(self, language=language if language in WORDS else "en")
+
+    def say(self, key: str, **values: str) -> str:
+        """A sentence of the wording in this language, as plain text."""
+        return WORDS[self.language][key].format(**values)
+
+    def topic(self, name: str) -> str:
+        """A topic's display name in this language."""
+        names = self.names.get(name, {})
+        return names.get(self.language) or names.get("") or name
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +58,7 @@ class Topic:
 class Standing:
     """What a recipient receives, as far as the pages tell it."""
 
-    address: str  # already masked
+    address: str  # already masked; "" when optgate holds none
     topics: tuple[Topic, ...]
     all_off: bool  # unsubscribed from everything (or blocked)
     can_resume_all: bool  # that was the recipient's own unsubscribe
@@ -55,25 +79,45 @@ class Form:
     quiet: bool = False  # a secondary button
 
 
-INVALID_LINK = "This link is not valid. Nothing was changed."
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """One list on the preference page, as shown."""
+
+    name: str
+    state: str
+    form: Form | None
+
+
+_DONE = {  # ?done= after a preference change -> its status line
+    "unsubscribed": "done_unsubscribed",
+    "resubscribed": "done_resubscribed",
+    "unsubscribed-all": "done_unsubscribed_all",
+    "resubscribed-all": "done_resubscribed_all",
+}
 
 
 def mask(address: str | None) -> str:
-    """``j***@example.com``; without a stored address, "your address"."""
+    """``j***@example.com``; "" without a stored address (the pages say "your address")."""
     if not address or "@" not in address:
-        return "your address"
+        return ""
     local, _, domain = address.rpartition("@")
     return f"{local[:1]}***@{domain}"
 
 
-def scope_words(scope: str, company: str) -> str:
+def scope_words(look: Look, scope: str) -> str:
     """A scope as a reader would say it."""
     kind, _, name = scope.partition(":")
     if kind == "topic":
-        return f"the “{name}” e-mails from {company}"
+        return look.say("scope_topic", name=look.topic(name), company=look.company)
     if kind == "partner":
-        return f"offers {company} sends on behalf of {name}"
-    return f"all marketing e-mail from {company}"
+        return look.say("scope_partner", name=name, company=look.company)
+    return look.say("scope_global", company=look.company)
+
+
+def done(look: Look, what: str, topic: str) -> str | None:
+    """The status line after a preference change (``?done=``), or None for an unknown one."""
+    key = _DONE.get(what)
+    return look.say(key, topic=look.topic(topic)) if key else None
 
 
 def unsubscribe(
@@ -86,122 +130,160 @@ def unsubscribe(
 ) -> str:
     """GET /u: what the link would do, one button to do it (and a wider second choice),
     what the recipient gets now."""
-    also = f"<p>Or, wider:</p>{_form(wider)}" if wider else ""
-    body = (
-        f"<h1>Unsubscribe</h1>"
-        f"<p>Stop {_e(scope_words(scope, look.company))} to <strong>{_e(standing.address)}"
-        f"</strong>?</p>{_form(button)}{also}{_receives(standing)}"
-        f'<p><a href="{_e(prefs)}">Choose what you receive</a></p>'
+    return _page(
+        "unsubscribe",
+        look,
+        look.say("unsubscribe_title"),
+        scope=scope_words(look, scope),
+        address=_address(look, standing.address),
+        standing=standing,
+        subscribed=[look.topic(name) for name in standing.subscribed],
+        button=button,
+        wider=wider,
+        prefs=prefs,
     )
-    return _page(look, "Unsubscribe", body)
 
 
 def unsubscribed(look: Look, scope: str, standing: Standing, undo: Form | None, prefs: str) -> str:
     """After the page's button: done, and a way back for a slipped finger."""
-    again = f"<p>Did not mean to?</p>{_form(undo)}" if undo else ""
-    body = (
-        f'<h1>You are unsubscribed</h1><p role="status">{_e(standing.address)} will no longer '
-        f"receive {_e(scope_words(scope, look.company))}.</p>{again}"
-        f'<p><a href="{_e(prefs)}">Choose what you receive</a></p>'
+    return _page(
+        "unsubscribed",
+        look,
+        look.say("unsubscribed_title"),
+        scope=scope_words(look, scope),
+        address=_address(look, standing.address),
+        undo=undo,
+        prefs=prefs,
     )
-    return _page(look, "You are unsubscribed", body)
 
 
 def preferences(look: Look, standing: Standing, action: str, status: str | None) -> str:
     """The preference page: one row per list, and everything at once."""
-    note = f'<p class="status" role="status">{_e(status)}</p>' if status else ""
-    rows = "".join(_topic_row(topic, action) for topic in standing.topics)
-    lists = f'<ul class="topics">{rows}</ul>' if rows else "<p>You are on no lists with us.</p>"
-    body = (
-        f"<h1>Your e-mail preferences</h1>{note}"
-        f"<p>For <strong>{_e(standing.address)}</strong>.</p>"
-        f"{_all_off(standing, action, look.company)}{lists}{_stop_all(standing, action)}"
+    resume = Form(action, (("action", "resubscribe-all"),), look.say("resubscribe_all"))
+    stop = Form(action, (("action", "unsubscribe-all"),), look.say("unsubscribe_all"))
+    return _page(
+        "preferences",
+        look,
+        look.say("preferences_title"),
+        status=status,
+        address=_address(look, standing.address),
+        standing=standing,
+        rows=[_row(look, topic, action) for topic in standing.topics],
+        resume_all=resume if standing.all_off and standing.can_resume_all else None,
+        stop_all=None if standing.all_off else stop,
     )
-    return _page(look, "Your e-mail preferences", body)
 
 
 def confirm(look: Look, purpose: str, address: str, button: Form | None) -> str:
     """GET /c: confirm a subscription someone asked for (or see it is already confirmed)."""
-    ask = (
-        f"<p>Someone, hopefully you, asked {_e(look.company)} to send “{_e(purpose)}” e-mail "
-        f"to <strong>{_e(address)}</strong>.</p>{_form(button)}"
-        "<p>If it was not you, close this page: nothing will be sent.</p>"
-        if button
-        else f"<p>“{_e(purpose)}” e-mail to <strong>{_e(address)}</strong> is already "
-        "confirmed.</p>"
+    return _page(
+        "confirm",
+        look,
+        look.say("confirm_title"),
+        purpose=look.topic(purpose),
+        address=_address(look, address),
+        button=button,
     )
-    return _page(look, "Confirm your subscription", f"<h1>Confirm your subscription</h1>{ask}")
 
 
 def confirmed(look: Look, purpose: str, current: bool) -> str:
     """After POST /c: confirmed, or a link older than the recipient's latest choice."""
-    text = (
-        f"Thank you: you will receive “{purpose}” e-mail from {look.company}."
-        if current
-        else "You changed this subscription after this link was sent. Nothing was changed."
-    )
-    title = "Subscription confirmed" if current else "This link is out of date"
-    return _page(look, title, f'<h1>{_e(title)}</h1><p role="status">{_e(text)}</p>')
+    shown = look.topic(purpose)
+    if current:
+        text = look.say("confirmed_text", purpose=shown, company=look.company)
+        return _page("message", look, look.say("confirmed_title"), text=text, status=True)
+    text = look.say("outdated_text")
+    return _page("message", look, look.say("outdated_title"), text=text, status=True)
 
 
-def problem(look: Look, title: str, text: str) -> str:
-    """An error page: what happened, in one sentence."""
-    return _page(look, title, f"<h1>{_e(title)}</h1><p>{_e(text)}</p>")
+def held(look: Look, action: str, address: str, button: Form | None) -> str:
+    """GET /r: what a mailed link would do, and the button that does it (none: done).
 
-
-def _receives(standing: Standing) -> str:
-    if standing.all_off:
-        return "<p>You are unsubscribed from all our e-mail.</p>"
-    if not standing.subscribed:
-        return "<p>You are on no lists with us.</p>"
-    items = "".join(f"<li>{_e(name)}</li>" for name in standing.subscribed)
-    return f"<p>You receive:</p><ul>{items}</ul>"
-
-
-def _all_off(standing: Standing, action: str, company: str) -> str:
-    if not standing.all_off:
-        return ""
-    note = f"<p>You are unsubscribed from all e-mail from {_e(company)}.</p>"
-    if not standing.can_resume_all:
-        return note
-    return note + _form(Form(action, (("action", "resubscribe-all"),), "Resubscribe to everything"))
-
-
-def _stop_all(standing: Standing, action: str) -> str:
-    if standing.all_off:
-        return ""
-    stop = Form(action, (("action", "unsubscribe-all"),), "Unsubscribe from everything")
-    return f"<h2>Everything</h2>{_form(stop)}"
-
-
-def _topic_row(topic: Topic, action: str) -> str:
-    name = _e(topic.name)
-    if topic.subscribed:
-        state, verb, label = "subscribed", "unsubscribe", f"Unsubscribe from {topic.name}"
-    elif topic.can_resubscribe:
-        state, verb, label = "unsubscribed", "resubscribe", f"Resubscribe to {topic.name}"
+    In English only so far: the wording tables do not have these sentences yet."""
+    shown = _address(look, address)
+    if action == "unsubscribe":
+        title = "Stop our e-mail"
+        ask = Markup("We received an e-mail asking {} to stop sending marketing e-mail to {}.")
+        done_text = "This address is unsubscribed from all our marketing e-mail."
     else:
-        return f"<li><span>{name}</span> <em>not sent to you</em></li>"
-    form = Form(action, (("action", verb), ("topic", topic.name)), label)
-    return f"<li><span>{name}</span> <em>{state}</em>{_form(form)}</li>"
+        title = "Receive our e-mail again"
+        ask = Markup(
+            "A report that mail to {1} could not be delivered, or a complaint about it, "
+            "stopped {0}'s marketing e-mail to it."
+        )
+        done_text = "You receive the e-mail you subscribed to again."
+    question = ask.format(look.company, _strong(shown))
+    return _page("held", look, title, question=question, button=button, done=done_text)
 
 
-def _form(form: Form | None) -> str:
-    if form is None:
-        return ""
-    hidden = "".join(
-        f'<input type="hidden" name="{_e(name)}" value="{_e(value)}">'
-        for name, value in form.fields
+def held_done(look: Look, action: str) -> str:
+    """After POST /r: done."""
+    if action == "unsubscribe":
+        title, text = "You are unsubscribed", "You will no longer receive our marketing e-mail."
+    else:
+        title, text = "Welcome back", "You receive the e-mail you subscribed to again."
+    return _page("message", look, title, text=text, status=True)
+
+
+def lift_form(look: Look, action: str) -> str:
+    """GET /lift: ask for a link that lifts a stop caused by a delivery report."""
+    return _page("lift", look, "Not receiving our e-mail?", action=action)
+
+
+def lift_sent(look: Look) -> str:
+    """After POST /lift: the same words whatever was found, so nobody learns about others."""
+    text = (
+        "If such a report stopped our e-mail to this address, we have mailed it a link. "
+        "It works for 7 days."
     )
-    kind = ' class="quiet"' if form.quiet else ""
-    return (
-        f'<form method="post" action="{_e(form.action)}">{hidden}'
-        f'<button type="submit"{kind}>{_e(form.label)}</button></form>'
+    return _page("message", look, "Check your inbox", text=text, status=True)
+
+
+def problem(look: Look, title: str, text: str, **values: str) -> str:
+    """An error page: what happened, in one sentence. ``title`` and ``text`` are wording
+    keys (``bad_link_title``), or else shown as they are."""
+    words = WORDS[look.language]
+    heading = words[title].format(**values) if title in words else title
+    sentence = words[text].format(**values) if text in words else text
+    return _page("message", look, heading, text=sentence, status=False)
+
+
+def _row(look: Look, topic: Topic, action: str) -> _Row:
+    shown = look.topic(topic.name)
+    if topic.subscribed:
+        state, verb, label = "state_subscribed", "unsubscribe", "unsubscribe_from"
+    elif topic.can_resubscribe:
+        state, verb, label = "state_unsubscribed", "resubscribe", "resubscribe_to"
+    else:
+        return _Row(shown, look.say("state_not_sent"), None)
+    fields = (("action", verb), ("topic", topic.name))
+    return _Row(shown, look.say(state), Form(action, fields, look.say(label, topic=shown)))
+
+
+def _address(look: Look, masked: str) -> str:
+    return masked or look.say("your_address")
+
+
+def _strong(text: str) -> Markup:
+    return Markup("<strong>{}</strong>").format(text)
+
+
+def _page(template: str, look: Look, title: str, **context: object) -> str:
+    words = WORDS[look.language]
+
+    def t(key: str, **values: object) -> Markup:
+        """A sentence of the wording, its values escaped unless they are Markup."""
+        return escape(words[key]).format(**values)
+
+    style = _STYLE.replace("ACCENT", look.accent)
+    return ENVIRONMENT.get_template(f"pages/{template}.html").render(
+        look=look,
+        title=title,
+        t=t,
+        strong=_strong,
+        style=Markup(style),  # noqa: S704 - our style sheet; the accent is a checked colour
+        **context,
     )
-
-
-def _e(text: str) -> str:
-    return escape(text, quote=True)
 
 
 _STYLE = """
@@ -227,17 +309,3 @@ padding:.5rem 0;border-bottom:1px solid #e3e3e3}
 .status{background:#eef6ee;border-left:4px solid #1e7e34;padding:.5rem .75rem}
 footer{max-width:36rem;margin:0 auto 2rem;padding:0 1.25rem;color:#555;font-size:.875rem}
 """
-
-
-def _page(look: Look, title: str, body: str) -> str:
-    company = _e(look.company)
-    style = _STYLE.replace("ACCENT", look.accent)
-    return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta name="robots" content="noindex">'
-        f"<title>{_e(title)} · {company}</title><style>{style}</style></head>"
-        f"<body><header>{company}</header><main>{body}</main>"
-        f"<footer><p>{_e(look.note)}</p><p>{_e(look.postal_address)}</p></footer>"
-        "</body></html>"
-    )

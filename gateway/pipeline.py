@@ -20,11 +20,12 @@ from datetime import timedelta
 import structlog
 
 from gateway import mime
+from gateway.footers import Footers
 from gateway.metrics import Metrics
 from gateway.policy import MessageClass, Rules, Verdict, decide, scopes_for
 from gateway.relay import Outcome, Relay
-from gateway.rewrite import FooterTemplates, Links, Prepared, prepare, strip_headers
-from gateway.signing import Signer
+from gateway.rewrite import Footer, Links, Prepared, prepare, strip_headers
+from gateway.signing import Signer, for_next_hop
 from gateway.tokens import Claims, TokenSigner
 from suppression.address import Address, normalize
 from suppression.errors import InvalidAddress, OptgateError
@@ -38,6 +39,10 @@ OFFLOAD_BYTES = 256 * 1024
 
 class BadControlHeader(OptgateError):
     """An X-Optgate-* header with a value optgate cannot honour."""
+
+    def __init__(self, problem: str, header: str, value: str) -> None:
+        super().__init__(problem)
+        self.header, self.value = header, value  # the value only as a digest in logs
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,22 +84,16 @@ class Branding:
     mailto: str
     list_domain: str
     feedback_id: str
-    footer_text: str
-    footer_html: str
-    postal_address: str
+    footers: Footers
 
     def links(self, token: str, short: str) -> Links:
         """Personal unsubscribe links: the web link's token, the mailto's short token."""
         local, _, domain = self.mailto.partition("@")
         return Links(f"{self.base_url.rstrip('/')}/u/{token}", f"{local}+{short}@{domain}")
 
-    def footer(self, topic: str) -> FooterTemplates:
-        """Footer templates for one topic."""
-        return FooterTemplates(
-            self.footer_text.replace("{topic}", topic),
-            self.footer_html.replace("{topic}", topic),
-            self.postal_address,
-        )
+    def footer(self, topic: str) -> Footer:
+        """The footer of one topic, in the language of each message."""
+        return self.footers.topic(topic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +131,9 @@ def classify(
     except ValueError:
         raise BadControlHeader(
             f"X-Optgate-Class {raw_class!r} is not one of "
-            f"{', '.join(c.value for c in MessageClass)}"
+            f"{', '.join(c.value for c in MessageClass)}",
+            "X-Optgate-Class",
+            raw_class,
         ) from None
     topic = headers.get("x-optgate-topic", "").lower() or sender_topic(
         mail_from, sender_topics, default_topic
@@ -140,7 +141,7 @@ def classify(
     try:
         check_name(topic, "X-Optgate-Topic")
     except OptgateError as exc:
-        raise BadControlHeader(str(exc)) from None
+        raise BadControlHeader(str(exc), "X-Optgate-Topic", topic) from None
     message_id = headers.get("message-id", "")
     key = message_id or hashlib.sha256(content).hexdigest()
     return Classified(kind, topic, message_id, hashlib.sha256(key.encode()).hexdigest()[:32])
@@ -262,7 +263,8 @@ class Pipeline:
         try:
             message = self.classify(envelope)
         except BadControlHeader as exc:
-            log.warning("message_refused", problem=str(exc))
+            # the value is the sender's: logged as its keyed digest (gateway/logs.py)
+            log.warning("message_refused", header=exc.header, value=exc.value)
             self._metrics.messages.labels("5xx").inc()
             return Reply(550, f"5.6.0 {exc}")
         with self._metrics.lookup_seconds.time():
@@ -346,7 +348,7 @@ class Pipeline:
         content: bytes,
         message_id: str,
         *,
-        footer: FooterTemplates,
+        footer: Footer,
         list_id: str,
         feedback_id: str,
     ) -> Prepared:
@@ -383,12 +385,15 @@ class Pipeline:
         return self._verp.sender(self._signer.issue_short(self._claims(message, rcpt)))
 
     async def sign(self, data: bytes, message_id: str) -> bytes:
-        """DKIM-sign a copy after its rewrite (in a thread: RSA takes about a millisecond)."""
-        if self._dkim is None:
+        """DKIM-sign a copy after its rewrite (in a thread: RSA takes about a millisecond),
+        made 7bit first when the next hop does not offer 8BITMIME (RFC 6152)."""
+        seven_bit = not await self._relay.offers_8bitmime()
+        if self._dkim is None and not seven_bit:
             return data
         loop = asyncio.get_running_loop()
-        signed = await loop.run_in_executor(self._signing, self._dkim.sign, data)
-        if signed is data:
+        work = functools.partial(for_next_hop, data, self._dkim, seven_bit=seven_bit)
+        signed, done = await loop.run_in_executor(self._signing, work)
+        if self._dkim is not None and not done:
             log.warning("dkim_unsigned", message_id=message_id)
         return signed
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from suppression.model import HARD_REASONS, PARTNER_OFFERS, Facts, Reason, Suppression
+from suppression.model import PARTNER_OFFERS, Facts, Reason, Suppression, stops_transactional
 
 
 class MessageClass(StrEnum):
@@ -58,7 +58,8 @@ def _blocking(facts: Facts, kind: MessageClass) -> Suppression | None:
     for record in facts.suppressions:
         if record.reason is Reason.ERASED and _fresh_consent(facts, record):
             continue
-        if kind is not MessageClass.TRANSACTIONAL or record.reason in HARD_REASONS:
+        # transactional mail stops only for a vouched-for bounce, complaint, invalid or erased
+        if kind is not MessageClass.TRANSACTIONAL or stops_transactional(record):
             return record
     return None
 

@@ -62,15 +62,31 @@ class Relay:
         self._local_hostname = local_hostname
         self._idle: list[Connection] = []
         self._slots = asyncio.Semaphore(size)
+        self._extensions: frozenset[str] | None = None  # of the last connection opened
 
     async def _connect(self) -> Connection:
-        return await Connection.open(
+        client = await Connection.open(
             self._host,
             self._port,
             seconds=self._timeout,
             local_hostname=self._local_hostname,
             starttls=self._starttls,
         )
+        self._extensions = client.extensions
+        return client
+
+    async def offers_8bitmime(self) -> bool:
+        """Whether the next hop's EHLO offers 8BITMIME (RFC 6152). Learnt from the
+        connections the pool opens; the first call opens one (kept in the pool). A next
+        hop that cannot be reached counts as not offering it: 7bit always goes through."""
+        if self._extensions is None:
+            async with self._slots:
+                if self._extensions is None:
+                    try:
+                        self._idle.append(await self._connect())
+                    except _FAILURES:
+                        return False
+        return self._extensions is not None and "8BITMIME" in self._extensions
 
     def _pooled(self) -> Connection | None:
         """An idle connection still in step, if there is one."""

@@ -10,6 +10,15 @@ Two phases, because the relay sends one copy per kept recipient:
   (the List-Unsubscribe line, the link, a footer, or for base64 parts the
   re-encoded tail of the part), then joins the bytes.
 
+Every reader sees the link: when no body part a reader's client shows can
+take the footer (an unknown charset, bad base64, multipart/signed, nesting
+too deep), the message becomes multipart/mixed with its own body first,
+byte for byte, and a footer part after it, as Mailman does.
+
+No line the rewrite writes is longer than 998 octets: a footer that would
+lengthen a long line of a 7bit, 8bit or binary part goes on lines of its own,
+and a part that would still have a longer line goes out quoted-printable.
+
 Everything outside the changed text parts, including every kept header
 field, is copied from the original bytes. Nothing here raises on any message
 bytes: parts that cannot be changed safely are left alone and named in
@@ -19,11 +28,15 @@ bytes: parts that cannot be changed safely are left alone and named in
 from __future__ import annotations
 
 import binascii
+import hashlib
 import html
 import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from email import policy
 from email.header import Header
+from email.message import Message
+from typing import Protocol
 
 from gateway import mime
 
@@ -31,7 +44,7 @@ PLACEHOLDER = "{{optgate_unsubscribe_url}}"
 CONTROL_HEADERS = ("x-optgate-class", "x-optgate-topic")
 ONE_CLICK = "List-Unsubscribe-Post: List-Unsubscribe=One-Click"
 FOLD_AT = 78
-MAX_LINE = 998  # octets in a header line (RFC 5322)
+MAX_LINE = mime.MAX_LINE  # octets in a line (RFC 5322)
 MAX_LINK = 900  # so that each folded List-Unsubscribe line stays under MAX_LINE
 
 # The placeholder as written, or as a campaign tool may have percent-encoded it inside a URL.
@@ -42,15 +55,48 @@ _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 _URL_SAFE = re.compile(r"[\x21-\x3b=\x3f-\x7e]+")  # printable ASCII except "<" and ">"
 _PRINTABLE = re.compile(r"[\x20-\x7e]+")
 _B64_CHUNK = 57  # input bytes per 76-character base64 line
+_TAG = re.compile(r"[A-Za-z]{1,8}(?:[-_][A-Za-z0-9]{1,8})*")
+# The lang attribute of the html element, looked for near the start of an HTML part.
+_HTML_LANG = re.compile(
+    r"<html\b[^>]*?\slang\s*=\s*[\"']?\s*([A-Za-z]{1,8}(?:[-_][A-Za-z0-9]{1,8})*)", re.IGNORECASE
+)
+_LANG_SCAN = 65536  # characters of an HTML part searched for its lang attribute
+
+
+@dataclass(frozen=True, slots=True)
+class FooterPieces:
+    """A footer ready to insert: each form split where the recipient's URL goes."""
+
+    text: tuple[str, ...]
+    html: tuple[str, ...]  # HTML already: inserted as it is
+    language: str = ""  # the language tag it is written in ("" when unknown)
+
+
+class Footer(Protocol):
+    """Where :func:`prepare` gets the footer for a part in a language."""
+
+    def pieces(self, language: str | None) -> FooterPieces:
+        """The footer for text in ``language`` (a tag as the message gives it, or None)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
 class FooterTemplates:
-    """Footers with ``{url}`` and ``{postal_address}`` placeholders."""
+    """Footers with ``{url}`` and ``{postal_address}`` placeholders, in one language."""
 
     text: str
     html: str  # both values are HTML-escaped on insertion
     postal_address: str
+
+    def pieces(self, language: str | None = None) -> FooterPieces:
+        """The same footer whatever the language."""
+        escaped = html.escape(self.postal_address)
+        return FooterPieces(
+            tuple(
+                p.replace("{postal_address}", self.postal_address) for p in _split_url(self.text)
+            ),
+            tuple(p.replace("{postal_address}", escaped) for p in _split_url(self.html)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +129,7 @@ class Prepared:
     footer_parts: int  # body parts that received a footer or had the placeholder replaced
     skipped_parts: tuple[str, ...]  # why body parts were left alone, for the log
     footer_paths: tuple[str, ...] = ()  # section numbers ("1", "2.1") of the changed parts
+    footer_part: bool = False  # the footer went into a part of its own (multipart/mixed)
 
     def render(self, links: Links) -> bytes:
         statics = self.statics
@@ -96,7 +143,7 @@ class Prepared:
 def prepare(
     message: bytes,
     *,
-    footer: FooterTemplates,
+    footer: Footer,
     list_id: str | None,
     feedback_id: str | None,
     remove_headers: Collection[str] = CONTROL_HEADERS,
@@ -109,18 +156,16 @@ def prepare(
     remove |= {"list-unsubscribe", "list-unsubscribe-post"}
     remove |= {"list-id"} if list_id is not None else set()
     remove |= {"feedback-id"} if feedback_id is not None else set()
-    pieces = _footer_pieces(footer)
     try:
-        return _prepare(message, eol, added, remove, pieces)
+        return _prepare(message, eol, added, remove, footer)
     except Exception as exc:  # a bug must not cost the message: headers only, body untouched
         reason = f"message: body left unchanged after internal error {type(exc).__name__}"
     try:
         return _prepare(message, eol, added, remove, None, (reason,))
     except Exception:  # even the header block: prepend our fields to the original bytes
-        builder = _Builder()
-        builder.hole(_ListUnsubscribe(eol))
-        builder.add(added + message)
-        return builder.finish(0, [reason], [])
+        edits = _Edits()
+        edits.insert(0, [_ListUnsubscribe(eol), added])
+        return edits.prepared(message, [reason], [], footer_part=False)
 
 
 def strip_headers(message: bytes, names: Collection[str] = CONTROL_HEADERS) -> bytes:
@@ -136,48 +181,106 @@ def _prepare(
     eol: bytes,
     added: bytes,
     remove: set[str],
-    pieces: _FooterPieces | None,
+    footer: Footer | None,
     notes: tuple[str, ...] = (),
 ) -> Prepared:
-    """The plan; with ``pieces`` None only the header block is rewritten."""
+    """The plan; with ``footer`` None only the header block is rewritten."""
     top = mime.split_headers(message, 0, len(message))
-    builder = _Builder()
+    edits = _Edits()
     fields = top.fields
+    start = 0
     if fields and not fields[0].name and message.startswith(b"From "):
-        builder.add(message[: fields[0].end])  # keep a unix From_ line first
+        start = fields[0].end  # keep a unix From_ line first
         fields = fields[1:]
-    builder.hole(_ListUnsubscribe(eol))
-    builder.add(added)
+    edits.insert(start, [_ListUnsubscribe(eol), added])
     for field in fields:
-        if field.name not in remove:
-            builder.add(message[field.start : field.end])
-    if pieces is None:
-        builder.add(message[top.end :])
-        return builder.finish(0, list(notes), [])
-    skipped, done = _rewrite_body(builder, message, top, pieces, eol)
-    return builder.finish(len(done), [*notes, *skipped], done)
+        if field.name in remove:
+            edits.replace(field.start, field.end, [])
+    if footer is None:
+        return edits.prepared(message, list(notes), [], footer_part=False)
+    skipped, done, wrapped = _rewrite_body(edits, message, top, footer, eol, remove)
+    return edits.prepared(message, [*notes, *skipped], done, footer_part=wrapped)
 
 
 def _rewrite_body(
-    builder: _Builder, message: bytes, top: mime.HeaderBlock, pieces: _FooterPieces, eol: bytes
-) -> tuple[list[str], list[str]]:
-    """Add the body from ``top.end`` on to ``builder``; return (skip reasons, changed parts)."""
+    edits: _Edits,
+    message: bytes,
+    top: mime.HeaderBlock,
+    footer: Footer,
+    eol: bytes,
+    remove: set[str],
+) -> tuple[list[str], list[str], bool]:
+    """Plan the body's edits; return (skip reasons, changed parts, whether it was wrapped)."""
     walk = mime.find_text_parts(message, top, len(message))
-    cursor, skipped, done = top.end, list(walk.skipped), []
-    for part in walk.parts:
-        planned = _plan_part(message, part, pieces, eol)
+    found = [(part, _decode_part(message[part.start : part.end], part)) for part in walk.parts]
+    language = _language(message, top, found)
+    skipped, done = list(walk.skipped), []
+    for part, decoded in found:
+        pieces = footer.pieces(_first_tag(part.language) or language)
+        planned = _plan_part(message, part, decoded, pieces, eol)
         if isinstance(planned, str):
             skipped.append(f"part {part.path}: {planned}")
             continue
-        builder.add(message[cursor : part.start])
-        if part.start == part.end and not part.separated:  # no body: start one
-            ended = part.start == 0 or message[part.start - 1] == 0x0A
-            builder.add(eol if ended else eol + eol)
-        builder.extend(planned)
-        cursor = part.end
+        for start, end, segments in planned:
+            edits.replace(start, end, segments)
         done.append(part.path)
-    builder.add(message[cursor:])
-    return skipped, done
+    assert walk.tree is not None
+    if mime.shown(walk.tree, done):
+        return skipped, done, False
+    _wrap(edits, message, top, footer.pieces(language), eol, remove)
+    return skipped, done, True
+
+
+def _language(
+    message: bytes, top: mime.HeaderBlock, found: list[tuple[mime.TextPart, _Decoded | str]]
+) -> str | None:
+    """The message's language: its Content-Language, else the lang of its HTML, else None."""
+    tag = _first_tag(mime.raw_value(message, top, "content-language"))
+    if tag:
+        return tag
+    for part, decoded in found:
+        if part.content_type == "text/html" and not isinstance(decoded, str):
+            match = _HTML_LANG.search(decoded[3], 0, _LANG_SCAN)
+            if match:
+                return match.group(1)
+    return None
+
+
+def _first_tag(value: str) -> str | None:
+    """The first language tag of a Content-Language value ("de-DE, en" -> "de-DE")."""
+    match = _TAG.match(value.split(",")[0].strip())
+    return match.group() if match else None
+
+
+_Edit = tuple[int, int, Sequence["Segment"]]
+
+
+class _Edits:
+    """Replacements of byte ranges of the message; :meth:`prepared` applies them in order."""
+
+    def __init__(self) -> None:
+        self._edits: list[tuple[int, int, int, Sequence[Segment]]] = []
+
+    def replace(self, start: int, end: int, segments: Sequence[Segment]) -> None:
+        self._edits.append((start, end, len(self._edits), segments))
+
+    def insert(self, at: int, segments: Sequence[Segment]) -> None:
+        """Insert at ``at``, after what was inserted there before."""
+        self.replace(at, at, segments)
+
+    def prepared(
+        self, message: bytes, skipped: list[str], paths: list[str], *, footer_part: bool
+    ) -> Prepared:
+        builder = _Builder()
+        cursor = 0
+        for start, end, _, segments in sorted(self._edits, key=lambda edit: edit[:3]):
+            if start < cursor:
+                raise ValueError("overlapping edits")
+            builder.add(message[cursor:start])
+            builder.extend(segments)
+            cursor = end
+        builder.add(message[cursor:])
+        return builder.finish(len(paths), skipped, paths, footer_part)
 
 
 class _Builder:
@@ -204,9 +307,13 @@ class _Builder:
             else:
                 self.hole(segment)
 
-    def finish(self, footers: int, skipped: list[str], paths: list[str]) -> Prepared:
+    def finish(
+        self, footers: int, skipped: list[str], paths: list[str], footer_part: bool
+    ) -> Prepared:
         statics = (*self._statics, b"".join(self._chunks))
-        return Prepared(statics, tuple(self._holes), footers, tuple(skipped), tuple(paths))
+        return Prepared(
+            statics, tuple(self._holes), footers, tuple(skipped), tuple(paths), footer_part
+        )
 
 
 # --- headers ---------------------------------------------------------------------------
@@ -263,24 +370,6 @@ class _ListUnsubscribe:
 # --- footers ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _FooterPieces:
-    """The footers split at ``{url}``, the postal address already filled in."""
-
-    text: tuple[str, ...]
-    html: tuple[str, ...]
-
-
-def _footer_pieces(footer: FooterTemplates) -> _FooterPieces:
-    escaped = html.escape(footer.postal_address)
-    return _FooterPieces(
-        text=tuple(
-            p.replace("{postal_address}", footer.postal_address) for p in _split_url(footer.text)
-        ),
-        html=tuple(p.replace("{postal_address}", escaped) for p in _split_url(footer.html)),
-    )
-
-
 def _split_url(template: str) -> list[str]:
     return template.replace("\r\n", "\n").split("{url}")
 
@@ -299,13 +388,13 @@ class _Fill:
 
 # --- planning one text part ------------------------------------------------------------
 
+_Decoded = tuple[str, bytes, str, str]  # transfer encoding, decoded bytes, codec, text
+
 
 def _plan_part(
-    buf: bytes, part: mime.TextPart, pieces: _FooterPieces, eol: bytes
-) -> list[Segment] | str:
-    """The segments that replace the part's body, or why the part is left alone."""
-    raw = buf[part.start : part.end]
-    found = _decode_part(raw, part)
+    buf: bytes, part: mime.TextPart, found: _Decoded | str, pieces: FooterPieces, eol: bytes
+) -> list[_Edit] | str:
+    """The edits that change the part, or why the part is left alone."""
     if isinstance(found, str):
         return found
     cte, decoded, codec, text = found
@@ -314,17 +403,40 @@ def _plan_part(
     slices = _byte_slices(decoded, text, spans, codec)
     if slices is None:
         return f"charset {codec} does not round-trip"
-    fill = _make_fill(pieces, codec, is_html, is_footer, cte, _line_ending(decoded, eol))
-    if isinstance(fill, str):
-        return fill
+    part_eol = _line_ending(decoded, eol)
+    upgradable = codec == "ascii" and decoded.isascii() and part.content_type == "text/plain"
+    made = _make_fill(pieces, codec, is_html, is_footer, cte, part_eol, upgradable=upgradable)
+    if isinstance(made, str):
+        return made
+    fill, utf8, quoted = made
+    declare = b""
+    if utf8:  # an ASCII part that now holds UTF-8
+        declared = _utf8_content_type(buf, part)
+        if declared is None:
+            return f"footer cannot be written in charset {codec}"
+        declare = declared + eol
+    lead = _body_lead(buf, part, eol)
     if cte in mime.RAW_ENCODINGS:
-        return _interleave(slices, fill)
+        body = _RawBody(slices, fill, part_eol, eol, breakable=is_footer, quoted=quoted)
+        return [*_header_edits(buf, part, body, declare, eol), (part.start, part.end, [lead, body])]
+    raw = buf[part.start : part.end]
     if cte == "quoted-printable":
-        return _qp_segments(raw, slices, fill, eol)
-    return _base64_segments(slices, fill, eol, trailing=raw.endswith(b"\n"))
+        segments = _qp_segments(raw, slices, fill, eol)
+    else:
+        segments = _base64_segments(slices, fill, eol, trailing=raw.endswith(b"\n"))
+    edits = _header_edits(buf, part, None, declare, eol) if declare else []
+    return [*edits, (part.start, part.end, [lead, *segments])]
 
 
-def _decode_part(raw: bytes, part: mime.TextPart) -> tuple[str, bytes, str, str] | str:
+def _body_lead(buf: bytes, part: mime.TextPart, eol: bytes) -> bytes:
+    """What an empty part without an empty line after its header needs before a footer."""
+    if part.start != part.end or part.separated:
+        return b""
+    ended = part.start == 0 or buf[part.start - 1] == 0x0A
+    return eol if ended else eol + eol
+
+
+def _decode_part(raw: bytes, part: mime.TextPart) -> _Decoded | str:
     """(transfer encoding, decoded bytes, codec, text) of a part, or why it cannot be read."""
     cte = mime.transfer_encoding(part.cte)
     if cte is None:
@@ -391,36 +503,292 @@ def _encode(text: str, codec: str) -> bytes:
     return text.encode(codec, "surrogateescape")
 
 
+# Typographic punctuation and what a charset without it writes instead.
+_PLAIN = str.maketrans(
+    dict.fromkeys("\u201c\u201d\u201e\u00ab\u00bb", '"')  # double quotes, guillemets
+    | dict.fromkeys("\u2018\u2019\u201a\u2039\u203a", "'")  # single quotes
+    | dict.fromkeys("\u2013\u2014", "-")  # dashes
+    | dict.fromkeys("\u00a0\u202f", " ")  # no-break spaces
+    | {"\u2026": "..."}
+)
+
+
 def _make_fill(
-    pieces: _FooterPieces, codec: str, is_html: bool, is_footer: bool, cte: str, eol: bytes
-) -> _Fill | str:
+    pieces: FooterPieces,
+    codec: str,
+    is_html: bool,
+    is_footer: bool,
+    cte: str,
+    eol: bytes,
+    *,
+    upgradable: bool,
+) -> tuple[_Fill, bool, bool] | str:
+    """The fill, whether the part must now declare charset=utf-8, and whether it must go
+    out quoted-printable for it; or why the footer cannot be written into the part.
+
+    HTML takes character references for what its charset lacks. Text is written in
+    the part's charset, else with plain punctuation, else (a 7bit part) in its charset
+    quoted-printable, else (an ASCII part) in UTF-8, which the part then declares.
+    """
     if not is_footer:
-        return _Fill((b"", b""), is_html)
+        return _Fill((b"", b""), is_html), False, False
     newline = eol.decode("ascii")
     texts = [piece.replace("\n", newline) for piece in (pieces.html if is_html else pieces.text)]
-    target = "ascii" if cte == "7bit" else codec
+    seven = cte == "7bit"
     if is_html:
-        return _Fill(tuple(t.encode(target, "xmlcharrefreplace") for t in texts), True)
-    try:
-        return _Fill(tuple(t.encode(target) for t in texts), False)
-    except UnicodeEncodeError:
-        where = "a 7bit part" if target == "ascii" and codec != "ascii" else f"charset {codec}"
-        return f"footer cannot be written in {where}"
+        target = "ascii" if seven else codec
+        return (
+            _Fill(tuple(t.encode(target, "xmlcharrefreplace") for t in texts), True),
+            False,
+            False,
+        )
+    tries = [("ascii", False, False), ("ascii", True, False)] if seven else []
+    tries += [(codec, False, seven), (codec, True, seven)]
+    tries += [("utf-8", False, seven)] if upgradable else []
+    for index, (charset, plain, quoted) in enumerate(tries):
+        try:
+            written = tuple((t.translate(_PLAIN) if plain else t).encode(charset) for t in texts)
+        except UnicodeEncodeError:
+            continue
+        return _Fill(written, False), upgradable and index == len(tries) - 1, quoted
+    return f"footer cannot be written in charset {codec}"
 
 
-def _interleave(slices: list[bytes], fill: Hole) -> list[Segment]:
-    segments: list[Segment] = [slices[0]]
-    for piece in slices[1:]:
-        segments += [fill, piece]
+def _utf8_content_type(buf: bytes, part: mime.TextPart) -> bytes | None:
+    """The part's Content-Type field with charset=utf-8 (ASCII text is UTF-8 as it is)."""
+    if not part.type_fields:
+        return b"Content-Type: text/plain; charset=utf-8"
+    first = part.type_fields[0]
+    source = buf[first.start : first.end].decode("ascii", "surrogateescape")
+    field = Message()
+    field.set_raw(*policy.compat32.header_source_parse([source]))
+    field.set_param("charset", "utf-8")
+    line = f"Content-Type: {field.get('content-type')}"
+    return line.encode("ascii") if line.isascii() and len(line) <= MAX_LINE else None
+
+
+# --- 7bit, 8bit and binary parts: lines within MAX_LINE ------------------------------------
+
+
+class _RawBody:
+    """An unencoded part with its links or footer, every line within MAX_LINE octets.
+
+    A footer that would make a line too long goes on lines of its own (it sits
+    before ``</body>`` or at the end of the text, where a line break changes
+    nothing a reader sees); a link inside the text cannot move. When a line is
+    still too long (the part had one already, or a footer line with a long URL),
+    the part goes out quoted-printable and its Content-Transfer-Encoding field
+    says so (:class:`_Switch`). Decided per recipient: URLs differ in length.
+    """
+
+    __slots__ = (
+        "_always",
+        "_breakable",
+        "_eol",
+        "_fill",
+        "_lines",
+        "_plans",
+        "_quoted",
+        "_slices",
+        "_wire_eol",
+    )
+
+    def __init__(
+        self,
+        slices: list[bytes],
+        fill: _Fill,
+        eol: bytes,
+        wire_eol: bytes,
+        *,
+        breakable: bool,
+        quoted: bool = False,
+    ) -> None:
+        self._slices = tuple(slices)
+        self._lines = tuple(map(mime.lines, slices))
+        self._fill, self._eol, self._wire_eol = fill, eol, wire_eol
+        self._breakable = breakable
+        self._always = quoted  # the fill is 8-bit and the part 7bit: quoted-printable always
+        self._quoted: list[Segment] | None = None  # made when first needed
+        # fill length -> line breaks around each fill, or None: quoted-printable. Only the
+        # URL's length varies between recipients, and tokens have one or two lengths.
+        self._plans: dict[int, tuple[tuple[bool, bool], ...] | None] = {}
+
+    def fits(self, links: Links) -> bool:
+        """Whether the part goes out unencoded for these links."""
+        return self._plan(self._fill(links)) is not None
+
+    def __call__(self, links: Links) -> bytes:
+        fill = self._fill(links)
+        plan = self._plan(fill)
+        if plan is not None:
+            out = [self._slices[0]]
+            for piece, (before, after) in zip(self._slices[1:], plan, strict=True):
+                out += [self._eol, fill] if before else [fill]
+                out += [self._eol, piece] if after else [piece]
+            return b"".join(out)
+        if self._quoted is None:
+            self._quoted = _qp_segments(None, list(self._slices), self._fill, self._wire_eol)
+        return b"".join(s if isinstance(s, bytes) else s(links) for s in self._quoted)
+
+    def _plan(self, fill: bytes) -> tuple[tuple[bool, bool], ...] | None:
+        if self._always:
+            return None
+        if len(fill) not in self._plans:
+            if len(self._plans) > 64:  # URLs of many lengths: a bound, not a leak
+                self._plans.clear()
+            self._plans[len(fill)] = self._layout(mime.lines(fill))
+        return self._plans[len(fill)]
+
+    def _layout(self, added: mime.Lines) -> tuple[tuple[bool, bool], ...] | None:
+        """Where line breaks go around each fill, or None when a line stays too long."""
+        breaks = []
+        longest, current = mime.follow(0, 0, self._lines[0])
+        for stats in self._lines[1:]:
+            before = self._breakable and current and current + added.first > MAX_LINE
+            if before:
+                longest, current = max(longest, current), 0
+            longest, current = mime.follow(longest, current, added)
+            after = self._breakable and current and current + stats.first > MAX_LINE
+            if after:
+                longest, current = max(longest, current), 0
+            longest, current = mime.follow(longest, current, stats)
+            breaks.append((bool(before), bool(after)))
+        return tuple(breaks) if max(longest, current) <= MAX_LINE else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Switch:
+    """A part's Content-Transfer-Encoding field: as it was, or the quoted-printable one."""
+
+    body: _RawBody
+    original: bytes
+    quoted: bytes
+
+    def __call__(self, links: Links) -> bytes:
+        return self.original if self.body.fits(links) else self.quoted
+
+
+def _header_edits(
+    buf: bytes, part: mime.TextPart, body: _RawBody | None, declare: bytes, eol: bytes
+) -> list[_Edit]:
+    """The part's header changes: a new Content-Type field (``declare``, if any), and for an
+    unencoded part Content-Transfer-Encoding fields that follow ``body`` (:class:`_Switch`)."""
+    quoted = b"Content-Transfer-Encoding: quoted-printable" + eol
+    fields = part.cte_fields if body is not None else ()
+    edits: list[_Edit] = []
+    if declare and part.type_fields:
+        first = part.type_fields[0]
+        edits.append((first.start, first.end, [declare]))
+    added: list[Segment] = [declare] if declare and not part.type_fields else []
+    if body is not None and not fields:
+        added.append(_Switch(body, b"", quoted))
+    if added:
+        at = part.header_end
+        ended = at == 0 or buf[at - 1] in b"\r\n"
+        edits.append((at, at, added if ended else [eol, *added]))
+    if fields and body is not None:
+        first, *others = fields
+        edits.append(
+            (first.start, first.end, [_Switch(body, buf[first.start : first.end], quoted)])
+        )
+        edits += [(f.start, f.end, [_Switch(body, buf[f.start : f.end], b"")]) for f in others]
+    return edits
+
+
+# --- a footer part of its own ----------------------------------------------------------
+
+
+def _wrap(
+    edits: _Edits,
+    message: bytes,
+    top: mime.HeaderBlock,
+    pieces: FooterPieces,
+    eol: bytes,
+    remove: set[str],
+) -> None:
+    """Make the message multipart/mixed: its own body first, unchanged, then a footer part.
+
+    The top's Content-* fields move into the first part, byte for byte; so does the
+    body (a multipart/signed stays intact inside it).
+    """
+    moved = [f for f in top.fields if f.name.startswith("content-") and f.name not in remove]
+    for found in moved:
+        edits.replace(found.start, found.end, [])
+    fields = b"".join(message[f.start : f.end] for f in moved)
+    if fields and not fields.endswith((b"\n", b"\r")):
+        fields += eol
+    outer, inner = _boundaries(message)
+    head = b"" if top.end == 0 or message[top.end - 1] in b"\r\n" else eol
+    if not any(f.name == "mime-version" for f in top.fields):
+        head += b"MIME-Version: 1.0" + eol
+    head += b'Content-Type: multipart/mixed; boundary="' + outer + b'"' + eol
+    head += eol + b"--" + outer + eol + fields
+    if top.body_start == top.end:  # no empty line ended the header block: the part needs one
+        head += eol
+    edits.insert(top.end, [head])
+    edits.insert(len(message), [eol + b"--" + outer + eol, *_footer_part(pieces, inner, eol)])
+    edits.insert(len(message), [eol + b"--" + outer + b"--" + eol])
+
+
+def _boundaries(message: bytes) -> tuple[bytes, bytes]:
+    """Two boundaries that occur nowhere in the message, neither a prefix of the other."""
+    seed = hashlib.sha256(message).hexdigest()
+    for counter in range(1000):
+        stem = f"=_optgate_{seed[:16]}_{counter}".encode("ascii")
+        if stem not in message:
+            return stem + b"_m", stem + b"_a"
+    raise ValueError("no boundary found")  # 1000 stems, each in the message: a bug
+
+
+def _footer_part(pieces: FooterPieces, boundary: bytes, eol: bytes) -> list[Segment]:
+    """A multipart/alternative with the footer as text and as HTML, both quoted-printable."""
+    text = [*pieces.text]
+    text[0] = text[0].lstrip("\n")
+    page = [*pieces.html]
+    lang = f' lang="{html.escape(pieces.language)}"' if pieces.language else ""
+    page[0] = f'<!DOCTYPE html><html{lang}><head><meta charset="utf-8"></head><body>{page[0]}'
+    page[-1] += "</body></html>"
+    language = f"Content-Language: {pieces.language}".encode("ascii") if pieces.language else b""
+    language_field = language + eol if language else b""
+    segments: list[Segment] = [
+        b'Content-Type: multipart/alternative; boundary="'
+        + boundary
+        + b'"'
+        + eol
+        + b"Content-Disposition: inline"
+        + eol
+        + eol
+    ]
+    for subtype, forms, is_html in ((b"plain", text, False), (b"html", page, True)):
+        fill = _Fill(tuple(form.encode("utf-8") for form in forms), is_html)
+        segments += [
+            b"--"
+            + boundary
+            + eol
+            + b"Content-Type: text/"
+            + subtype
+            + b"; charset=utf-8"
+            + eol
+            + b"Content-Transfer-Encoding: quoted-printable"
+            + eol
+            + language_field
+            + eol,
+            _QPFill(fill, eol, soft_after=False),
+            eol,
+        ]
+    segments.append(b"--" + boundary + b"--")
     return segments
 
 
 # --- quoted-printable and base64 -------------------------------------------------------
 
 
-def _qp_segments(raw: bytes, slices: list[bytes], fill: _Fill, eol: bytes) -> list[Segment]:
-    cut = _encoded_cut(raw, slices)
-    if cut is not None:  # one change where the original encoded bytes can be split: keep them
+def _qp_segments(raw: bytes | None, slices: list[bytes], fill: _Fill, eol: bytes) -> list[Segment]:
+    """Quoted-printable with the fill; the original encoded bytes kept where they can be
+    (``raw`` given, its lines within MAX_LINE, one change where it can be split)."""
+    fine = raw is not None and mime.longest_line(raw) <= MAX_LINE
+    cut = _encoded_cut(raw, slices) if raw is not None and fine else None
+    if raw is not None and cut is not None:  # keep the original encoded bytes
         head, tail = raw[:cut], raw[cut:]
         if head.endswith(b"="):
             head += eol  # a dangling "=" becomes a soft line break

@@ -1,21 +1,26 @@
-"""The aiosmtpd side: admission, limits, and a thin handler that calls the pipeline."""
+"""The aiosmtpd side: admission, envelope rules, limits, a thin handler calling the pipeline."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import mmap
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.inbound.receive import MIXED, NOT_INBOUND, Receiver, one_reply
+from gateway.inbound.trace import Client
 from gateway.pipeline import Envelope as Message
 from gateway.pipeline import Pipeline
 from gateway.policy import MessageClass
+from gateway.smtp_paths import NULL, POSTMASTER, PathError, parse_path
+from suppression.address import normalize
+from suppression.errors import InvalidAddress
 
 log = structlog.get_logger("optgate.smtp")
 
@@ -24,10 +29,21 @@ DENIED_CONNECT = "554 5.7.1 Access denied: this client may not relay through opt
 BUSY = "421 4.7.0 Too many sessions, try again later"
 TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 OPTED_OUT = "550 5.7.1 Recipient has opted out"
-BAD_ADDRESS = "550 5.1.3 Recipient address is not valid"
 INTERNAL = "451 4.3.0 Temporary local problem, try again later"
+BAD_SENDER_SYNTAX = "501 5.1.7 Bad sender address syntax: {problem}"
+BAD_RCPT_SYNTAX = "501 5.1.3 Bad recipient address syntax: {problem}"
+NO_DOMAIN_SENDER = "501 5.1.7 A sender address needs a domain (<Postmaster> is a recipient only)"
+NULL_RECIPIENT = "501 5.1.3 The null path <> is a sender only"
+NEEDS_SMTPUTF8 = "553 5.6.7 Non-ASCII addresses need MAIL FROM with SMTPUTF8 (RFC 6531)"
+NOT_RELAYED = (
+    "553 5.1.3 Recipient address not accepted: optgate relays only to addresses it can keep "
+    "opt-outs for (no quoted local parts that need quotes, address literals, or special-use "
+    "or single-label domains)"
+)
+CANNOT_VRFY = "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+ANYONE = ("0.0.0.0/0", "::/0")
 
 
 def null_to_empty(mail_from: str | None) -> str:
@@ -35,15 +51,81 @@ def null_to_empty(mail_from: str | None) -> str:
     return mail_from if mail_from and mail_from != "<>" else ""
 
 
+class Sessions:
+    """The sessions of one listener in this process."""
+
+    def __init__(self) -> None:
+        self._count = 0
+
+    def total(self) -> int:
+        """Sessions open now."""
+        return self._count
+
+    def add(self, delta: int) -> None:
+        """A session started (+1) or ended (-1)."""
+        self._count += delta
+
+
+class SharedSessions(Sessions):
+    """The sessions of one listener in every worker: each worker counts in its own slot of
+    memory the supervisor shares with all of them, and reads the sum.
+
+    A slot has one writer (its worker's event loop), so no lock is needed; two workers
+    admitting at the same instant may each see the other's count one short, so the
+    limit may be passed by up to workers - 1. A worker that replaces a dead one starts
+    its slot at 0 (the dead one's connections died with it).
+    """
+
+    def __init__(self, slots: memoryview, slot: int) -> None:
+        super().__init__()
+        self._slots, self._slot = slots, slot
+        slots[slot] = 0
+
+    def total(self) -> int:
+        """Sessions open now, in all workers."""
+        return sum(self._slots)
+
+    def add(self, delta: int) -> None:
+        """A session of this worker started (+1) or ended (-1)."""
+        self._slots[self._slot] += delta
+
+
+LISTENERS = ("smtp", "inbound", "partners")
+
+
+class SessionBoard:
+    """Memory for every worker's session counts, made by the supervisor before it forks."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._memory = mmap.mmap(-1, 4 * workers * len(LISTENERS))  # shared with children
+        self._view = memoryview(self._memory).cast("i")
+
+    def sessions(self, listener: str, worker: int) -> SharedSessions:
+        """One worker's counter for one listener."""
+        start = LISTENERS.index(listener) * self.workers
+        return SharedSessions(self._view[start : start + self.workers], worker)
+
+
+def peer_client(session: Session) -> Client | None:
+    """The connecting client's address and HELO name (for SPF and per-client limits)."""
+    peer = session.peer
+    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
+        return None
+    return Client(peer[0], session.host_name or "")
+
+
 class Admission:
     """Who may connect, and how many at once."""
 
-    def __init__(self, networks: Sequence[str], max_sessions: int) -> None:
+    def __init__(
+        self, networks: Sequence[str], max_sessions: int, sessions: Sessions | None = None
+    ) -> None:
         self.networks: tuple[Network, ...] = tuple(
             ipaddress.ip_network(n, strict=False) for n in networks
         )
         self.max_sessions = max_sessions
-        self.sessions = 0
+        self.sessions = sessions or Sessions()
 
     def refusal(self, peer: Any) -> str | None:
         """The reply that refuses a new connection, or None to admit it."""
@@ -55,17 +137,20 @@ class Admission:
             ip = ip.ipv4_mapped
         if ip is None or not any(ip in net for net in self.networks):
             return DENIED_CONNECT
-        if self.sessions >= self.max_sessions:
+        if self.sessions.total() >= self.max_sessions:
             return BUSY
         return None
 
 
 class GateSMTP(SMTP):
-    """aiosmtpd's SMTP that refuses clients outside the allowed networks at connect."""
+    """aiosmtpd's SMTP behind an Admission, with RFC 5321's path grammar.
 
-    def __init__(
-        self, handler: Handler | InboundHandler, admission: Admission, **kwargs: Any
-    ) -> None:
+    Clients outside the allowed networks get 554 at connect, clients over the
+    session limit 421; malformed paths in MAIL and RCPT get 501 (aiosmtpd's own
+    parser is the e-mail header parser, see gateway/smtp_paths.py).
+    """
+
+    def __init__(self, handler: Any, admission: Admission, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._admission = admission
         self._admitted = False
@@ -75,20 +160,44 @@ class GateSMTP(SMTP):
         refusal = self._admission.refusal(transport.get_extra_info("peername"))
         if refusal is not None:
             log.warning("connection_refused", reply=refusal[:3])
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(f"{refusal}\r\n".encode())
+            # uvloop's transports write like asyncio's but are not its WriteTransport
+            cast(asyncio.WriteTransport, transport).write(f"{refusal}\r\n".encode())
             transport.close()
             return
         self._admitted = True
-        self._admission.sessions += 1
+        self._admission.sessions.add(1)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         """Forget the session (refused connections were never started)."""
         if self._admitted:
             self._admitted = False
-            self._admission.sessions -= 1
+            self._admission.sessions.add(-1)
             super().connection_lost(error)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """The path by RFC 5321's grammar (aiosmtpd's parser hook); PathError if malformed."""
+        return parse_path(arg) if arg else ("", "")
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        """MAIL FROM, with 501 for a malformed path."""
+        try:
+            await super().smtp_MAIL(arg)
+        except PathError as exc:
+            await self.push(BAD_SENDER_SYNTAX.format(problem=exc))
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        """RCPT TO, with 501 for a malformed path."""
+        try:
+            await super().smtp_RCPT(arg)
+        except PathError as exc:
+            await self.push(BAD_RCPT_SYNTAX.format(problem=exc))
+
+    async def smtp_VRFY(self, arg: str | None) -> None:
+        """VRFY confirms nothing (RFC 5321 3.5.3), so it needs no parsing."""
+        if await self.check_auth_needed("VRFY"):
+            return
+        await self.push(CANNOT_VRFY if arg else "501 5.5.4 Syntax: VRFY <address>")
 
 
 class GateLMTP(GateSMTP, LMTP):
@@ -125,7 +234,34 @@ class Pipelining:
         return [responses[0], "250-PIPELINING", *responses[1:]]
 
 
-class Handler(Pipelining):
+class EnvelopeRules:
+    """What MAIL FROM and RCPT TO may carry beyond the path grammar, for every listener that
+    takes mail (the handlers below): SMTPUTF8 for non-ASCII, ``<>`` for senders only,
+    ``<Postmaster>`` for recipients only."""
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        """Accept a sender the rules allow (aiosmtpd checked the parameters)."""
+        if address.lower() == POSTMASTER:
+            return NO_DOMAIN_SENDER
+        if not address.isascii() and not envelope.smtp_utf8:
+            return NEEDS_SMTPUTF8
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return OK
+
+    @staticmethod
+    def recipient_problem(envelope: Envelope, address: str) -> str | None:
+        """The refusal of a recipient path the rules do not allow, or None."""
+        if address == NULL:
+            return NULL_RECIPIENT
+        if not address.isascii() and not envelope.smtp_utf8:
+            return NEEDS_SMTPUTF8
+        return None
+
+
+class Handler(Pipelining, EnvelopeRules):
     """SMTP events in, pipeline call (or the inbound receiver for its addresses), reply out."""
 
     def __init__(
@@ -148,10 +284,21 @@ class Handler(Pipelining):
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        """Count recipients; keep inbound and outbound apart; in reject mode, refuse opt-outs."""
+        """Refuse what cannot be relayed; count recipients; keep inbound and outbound apart;
+        in reject mode, refuse opt-outs."""
+        problem = self.recipient_problem(envelope, address)
+        if problem is not None:
+            return problem
         if len(envelope.rcpt_tos) >= self._max_recipients:
             return TOO_MANY_RCPTS
         inbound = self._inbound(address)
+        if not inbound:
+            try:
+                normalize(address)
+            except InvalidAddress:
+                # every 250 here ends in a relayed copy or a policy's drop, never in an
+                # "invalid" drop after DATA
+                return NOT_RELAYED
         if envelope.rcpt_tos and inbound != self._inbound(envelope.rcpt_tos[0]):
             return MIXED
         if self._reject and not inbound:
@@ -165,7 +312,7 @@ class Handler(Pipelining):
                     topic=topic,
                     rcpt=decision.sha256[:16] or None,
                 )
-                return BAD_ADDRESS if decision.address is None else OPTED_OUT
+                return OPTED_OUT
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return OK
@@ -176,16 +323,19 @@ class Handler(Pipelining):
         if task is not None:
             self.in_flight.add(task)
         try:
-            return await self._data(envelope)
+            return await self._data(session, envelope)
         finally:
             if task is not None:
                 self.in_flight.discard(task)
 
-    async def _data(self, envelope: Envelope) -> str:
+    async def _data(self, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""
         mail_from = null_to_empty(envelope.mail_from)
         if self._receiver is not None and self._inbound(envelope.rcpt_tos[0]):
-            return one_reply(await self._receiver.receive(content, mail_from, envelope.rcpt_tos))
+            replies = await self._receiver.receive(
+                content, mail_from, envelope.rcpt_tos, peer_client(session)
+            )
+            return one_reply(replies)
         message = Message(
             mail_from,
             tuple(envelope.rcpt_tos),
@@ -199,7 +349,7 @@ class Handler(Pipelining):
         return session_error(error)
 
 
-class InboundHandler(Pipelining):
+class InboundHandler(Pipelining, EnvelopeRules):
     """The listener of [inbound] listen: inbound addresses only, SMTP or LMTP, never relays."""
 
     def __init__(self, receiver: Receiver, *, max_recipients: int, lmtp: bool) -> None:
@@ -211,6 +361,9 @@ class InboundHandler(Pipelining):
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         """Accept the inbound addresses, refuse everything else (no relaying here)."""
+        problem = self.recipient_problem(envelope, address)
+        if problem is not None:
+            return problem
         if len(envelope.rcpt_tos) >= self._max_recipients:
             return TOO_MANY_RCPTS
         if not self._receiver.takes(address):
@@ -222,7 +375,10 @@ class InboundHandler(Pipelining):
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         """Receive; LMTP answers once per recipient (RFC 2033), SMTP once."""
         replies = await self._receiver.receive(
-            envelope.original_content or b"", null_to_empty(envelope.mail_from), envelope.rcpt_tos
+            envelope.original_content or b"",
+            null_to_empty(envelope.mail_from),
+            envelope.rcpt_tos,
+            peer_client(session),
         )
         return "\r\n".join(replies) if self._lmtp else one_reply(replies)
 

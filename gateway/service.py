@@ -17,20 +17,31 @@ import structlog
 from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
-from gateway import auditwatch
+from gateway import auditwatch, logs
+from gateway.admin_web import make_admin_app
 from gateway.api import add_consent_api
 from gateway.config import Config, host_port
 from gateway.esp.routes import Hooks
 from gateway.fanout import FanOut
+from gateway.footers import Footers
+from gateway.held import Held
 from gateway.inbound.mailboxes import Mailboxes, Role
 from gateway.inbound.receive import Receiver
-from gateway.keys import load_keys
+from gateway.keys import load_keys, load_log_key
 from gateway.metrics import Metrics
 from gateway.optin import request_consent
 from gateway.pipeline import Branding, Pipeline, Verp
 from gateway.policy import Rules
 from gateway.relay import Relay
-from gateway.server import Admission, GateLMTP, GateSMTP, Handler, InboundHandler
+from gateway.server import (
+    ANYONE,
+    Admission,
+    GateLMTP,
+    GateSMTP,
+    Handler,
+    InboundHandler,
+    Sessions,
+)
 from gateway.signing import Signer
 from gateway.stores import open_configured
 from gateway.submission import listening
@@ -59,9 +70,7 @@ def build_pipeline(
             u.mailto,
             u.list_domain,
             u.feedback_id,
-            u.footer_text,
-            u.footer_html,
-            u.postal_address,
+            Footers.from_config(config),
         ),
         default_topic=config.policy.default_topic,
         sender_topics=config.policy.sender_topics,
@@ -89,6 +98,7 @@ class Running:
     metrics: Metrics
     inbound_port: int = 0  # the own inbound listener ([inbound] listen), with the smtp part
     partners_port: int = 0
+    api_port: int = 0  # the admin listener ([api] listen), with the web part
 
 
 @contextlib.asynccontextmanager
@@ -98,17 +108,23 @@ async def running(
     *,
     reuse_port: bool = False,
     metrics: Metrics | None = None,
+    sessions: Callable[[str], Sessions] | None = None,
     audit_watch: bool = False,
 ) -> AsyncIterator[Running]:
     """Start the SMTP gateway and the web endpoint; on exit drain and shut down.
 
     ``reuse_port``: listen with SO_REUSEPORT beside the other workers of
-    ``optgate serve --workers`` (the kernel spreads connections over them).
+    ``optgate serve --workers`` (the kernel spreads connections over them);
+    ``sessions``: each listener's session count by name (``smtp``, ``inbound``,
+    ``partners``), shared by the workers; by default this process's own.
     ``audit_watch``: verify the audit log every ``[store] verify_minutes`` (one worker).
     """
+    count = sessions or (lambda _: Sessions())
     metrics = metrics or Metrics()
     # serve (and store migrate) make the key files and the store; other commands refuse
-    signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file), create=True))
+    key_file = Path(config.unsubscribe.key_file)
+    signer = TokenSigner(load_keys(key_file, create=True))
+    logs.use_key(load_log_key(key_file, create=True))
     async with contextlib.AsyncExitStack() as stack:
         store = await open_configured(config, create=True)
         stack.push_async_callback(store.close)
@@ -118,24 +134,32 @@ async def running(
             # the [smtp] listener takes inbound mail too (Postfix's content filter hands it
             # over there); [inbound] listen adds a listener for inbound mail only
             smtp_port = await stack.enter_async_context(
-                _smtp(config, store, signer, metrics, receiver, reuse_port)
+                _smtp(config, store, signer, metrics, receiver, reuse_port, count("smtp"))
             )
             if receiver is not None and config.inbound.listen:
                 inbound_port = await stack.enter_async_context(
-                    _inbound(config, receiver, reuse_port)
+                    _inbound(config, receiver, reuse_port, count("inbound"))
                 )
+        api_port = 0
         if "web" in parts:
             web_port = await stack.enter_async_context(
                 _web(config, store, signer, metrics, reuse_port)
             )
+            if config.api.listen:
+                admin = make_admin_app(store=store, metrics=metrics)
+                api_port = await stack.enter_async_context(
+                    _http(admin, config.api.listen, "[api] listen", reuse_port)
+                )
         if audit_watch and config.store.verify_minutes > 0:
             await stack.enter_async_context(_audit_watch(config, metrics))
         partners_port = 0
         if "smtp" in parts and config.partners.listen:
             partners_port = await stack.enter_async_context(
-                _partners(config, store, signer, metrics, reuse_port)
+                _partners(config, store, signer, metrics, reuse_port, count("partners"))
             )
-        yield Running(smtp_port, web_port, asyncio.Event(), metrics, inbound_port, partners_port)
+        yield Running(
+            smtp_port, web_port, asyncio.Event(), metrics, inbound_port, partners_port, api_port
+        )
     log.info("stopped")
 
 
@@ -174,11 +198,13 @@ async def _listen(protocol: Callable[[], SMTP], listen: str, name: str, reuse_po
 
 
 @contextlib.asynccontextmanager
-async def _inbound(config: Config, receiver: Receiver, reuse_port: bool) -> AsyncIterator[int]:
+async def _inbound(
+    config: Config, receiver: Receiver, reuse_port: bool, sessions: Sessions
+) -> AsyncIterator[int]:
     """The own inbound listener ([inbound] listen, SMTP or LMTP); yields the bound port."""
     inbound = config.inbound
     handler = InboundHandler(receiver, max_recipients=config.smtp.max_recipients, lmtp=inbound.lmtp)
-    admission = Admission(inbound.allowed_clients, config.smtp.max_sessions)
+    admission = Admission(inbound.allowed_clients, config.smtp.max_sessions, sessions)
     kind = GateLMTP if inbound.lmtp else GateSMTP
     server = await _listen(
         lambda: kind(
@@ -210,6 +236,7 @@ async def _smtp(
     metrics: Metrics,
     receiver: Receiver | None,
     reuse_port: bool,
+    sessions: Sessions,
 ) -> AsyncIterator[int]:
     """The SMTP listener and its relay pool; yields the bound port."""
     host, _ = host_port(config.smtp.listen, "[smtp] listen")
@@ -222,7 +249,7 @@ async def _smtp(
         reject=config.policy.action == "reject",
         receiver=receiver,
     )
-    admission = Admission(config.smtp.allowed_clients, config.smtp.max_sessions)
+    admission = Admission(config.smtp.allowed_clients, config.smtp.max_sessions, sessions)
     server = await _listen(
         lambda: GateSMTP(
             handler,
@@ -265,7 +292,12 @@ def _relay(config: Config, hostname: str) -> Relay:
 
 @contextlib.asynccontextmanager
 async def _partners(
-    config: Config, store: Store, signer: TokenSigner, metrics: Metrics, reuse_port: bool
+    config: Config,
+    store: Store,
+    signer: TokenSigner,
+    metrics: Metrics,
+    reuse_port: bool,
+    sessions: Sessions,
 ) -> AsyncIterator[int]:
     """The partner submission listener and this node's fan-out worker; yields the port."""
     hostname = config.smtp.hostname or socket.getfqdn()
@@ -286,8 +318,11 @@ async def _partners(
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
+        # partners connect from anywhere and authenticate; the session limit still holds
+        admission = Admission(ANYONE, config.smtp.max_sessions, sessions)
+        idle = config.smtp.timeout
         async with listening(
-            config.partners, store, hostname, config.smtp.timeout, worker.wake, reuse_port
+            config.partners, store, hostname, idle, worker.wake, reuse_port, admission
         ) as port:
             yield port
     finally:
@@ -303,19 +338,29 @@ async def _partners(
 async def _web(
     config: Config, store: Store, signer: TokenSigner, metrics: Metrics, reuse_port: bool
 ) -> AsyncIterator[int]:
-    """The web endpoint (one-click, pages, /healthz, /metrics); yields the bound port."""
-    host, port = host_port(config.web.listen, "[web] listen")
+    """The web endpoint (one-click, pages, /healthz, ESP hooks); yields the bound port."""
     hooks = Hooks.from_config(config, store=store, signer=signer, metrics=metrics)
     app = make_app(
         store=store,
         signer=signer,
         metrics=metrics,
         settings=WebSettings.from_config(config),
+        held=Held.from_config(config, store),
         hooks=hooks,
     )
     if config.web.api_keys:
         requester = functools.partial(request_consent, config, store, actor="api")
         add_consent_api(app, requester, config.web.api_keys)
+    async with _http(app, config.web.listen, "[web] listen", reuse_port) as bound:
+        yield bound
+
+
+@contextlib.asynccontextmanager
+async def _http(
+    app: web.Application, listen: str, name: str, reuse_port: bool
+) -> AsyncIterator[int]:
+    """Serve an aiohttp app on a listen address; yields the bound port."""
+    host, port = host_port(listen, name)
     runner = web.AppRunner(app, access_log=None)  # an access log would hold IPs and tokens
     await runner.setup()
     try:
@@ -323,9 +368,9 @@ async def _web(
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise ConfigError(f"[web] listen {config.web.listen}: {exc.strerror}") from None
+        raise ConfigError(f"{name} {listen}: {exc.strerror}") from None
     bound = int(runner.addresses[0][1])
-    log.info("web_listening", host=host, port=bound)
+    log.info("http_listening", listener=name, host=host, port=bound)
     try:
         yield bound
     finally:
@@ -339,11 +384,17 @@ async def serve(
     reuse_port: bool = False,
     metrics: Metrics | None = None,
     ready: Callable[[], None] | None = None,
+    sessions: Callable[[str], Sessions] | None = None,
     audit_watch: bool = False,
 ) -> None:
     """Run until SIGTERM or SIGINT; ``ready`` is called once every part listens."""
     async with running(
-        config, parts, reuse_port=reuse_port, metrics=metrics, audit_watch=audit_watch
+        config,
+        parts,
+        reuse_port=reuse_port,
+        metrics=metrics,
+        sessions=sessions,
+        audit_watch=audit_watch,
     ) as gate:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

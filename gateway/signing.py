@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 from dkim.canonicalization import correct_empty_body, strip_trailing_lines
 
+from gateway.downgrade import to_seven_bit
 from suppression.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -117,6 +118,16 @@ def parse_key_entry(entry: str) -> DkimKey:
 def load_private_key(key: DkimKey) -> PrivateKey:
     """The key's private key, loaded once per file content; ValueError says what is wrong."""
     return _private_key(key.algorithm, key.private_key)
+
+
+def for_next_hop(data: bytes, signer: Signer | None, *, seven_bit: bool) -> tuple[bytes, bool]:
+    """A copy as it goes out: 7bit when the next hop lacks 8BITMIME (RFC 6152), so that
+    no later hop converts the body under the signature, then signed; whether it was."""
+    ready = to_seven_bit(data) if seven_bit else data
+    if signer is None:
+        return ready, False
+    signed = signer.sign(ready)
+    return signed, signed is not ready
 
 
 def sender_domain(message: bytes) -> str | None:

@@ -236,6 +236,8 @@ class Connection:
         """
         utf8 = any(option.upper() == "SMTPUTF8" for option in options)
         encoding = "utf-8" if utf8 else "ascii"
+        if "8BITMIME" not in self.extensions:  # the copy was made 7bit (RFC 6152 §3)
+            options = [o for o in options if not o.upper().startswith("BODY=")]
         mail = b" ".join(
             [b"MAIL FROM:" + _address(sender, encoding)]
             + [option.encode("ascii") for option in options]

@@ -5,34 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from gateway.config import Config
+from gateway.keys import make_key_file
 from suppression.audit import parse_head
 from suppression.errors import ConfigError
 from suppression.statecheck import ChainReport
 from suppression.store import Store, open_store, require_store
 
-AUDIT_KEY_BYTES = 32
-
 
 def load_audit_key(path: Path, *, create: bool) -> tuple[bytes, bool]:
     """The audit chain's key (hex in a 0600 file) and whether it was made just now."""
-    made = False
-    if create and not path.exists():
-        try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the state directory
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another worker made it first
-            pass
-        except OSError as exc:
-            raise ConfigError(f"[store] audit_key_file {path}: {exc.strerror}") from None
-        else:
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_hex(AUDIT_KEY_BYTES) + "\n")
-            made = True
+    made = create and make_key_file(path, "[store] audit_key_file")
     try:
         key = bytes.fromhex(path.read_text().strip())
     except FileNotFoundError:

@@ -30,7 +30,7 @@ from gateway import keygen
 from gateway.config import Partners, host_port
 from gateway.pipeline import header_values
 from gateway.ratelimit import RateLimiter
-from gateway.server import session_error
+from gateway.server import Admission, GateSMTP, session_error
 from suppression.errors import ConfigError, OptgateError
 from suppression.model import check_name, now
 from suppression.partners import Partner, check_credential, hash_credential
@@ -258,15 +258,21 @@ class Intake:
 
 
 def _session(
-    intake: Intake, settings: Partners, context: ssl.SSLContext, hostname: str, idle: int
+    intake: Intake,
+    admission: Admission,
+    settings: Partners,
+    context: ssl.SSLContext,
+    hostname: str,
+    idle: int,
 ) -> SMTP:
-    """One partner connection's SMTP protocol."""
+    """One partner connection's SMTP protocol (421 at connect beyond the session limit)."""
     implicit = settings.tls == "implicit"
     with warnings.catch_warnings():
         # aiosmtpd cannot see TLS that began at connect, and warns of AUTH without it
         warnings.simplefilter("ignore", UserWarning)
-        return SMTP(
+        return GateSMTP(
             intake,
+            admission,
             hostname=hostname,
             ident="optgate partners",
             data_size_limit=settings.max_message_size,
@@ -289,9 +295,10 @@ async def listening(
     idle_seconds: int,
     accepted: Callable[[], None],
     reuse_port: bool,
+    admission: Admission,
 ) -> AsyncIterator[int]:
-    """The submission listener (``accepted()`` after each stored offer); yields the bound
-    port; on exit drains offers in flight."""
+    """The submission listener (``accepted()`` after each stored offer, ``admission`` at
+    connect); yields the bound port; on exit drains offers in flight."""
     host, port = host_port(settings.listen, "[partners] listen")
     context = tls_context(settings, hostname)
     intake = Intake(store, settings, accepted)
@@ -299,7 +306,9 @@ async def listening(
     loop = asyncio.get_running_loop()
     try:
         server = await loop.create_server(
-            functools.partial(_session, intake, settings, context, hostname, idle_seconds),
+            functools.partial(
+                _session, intake, admission, settings, context, hostname, idle_seconds
+            ),
             host,
             port,
             ssl=context if implicit else None,

@@ -1,31 +1,36 @@
-"""Signed, opaque unsubscribe tokens.
+"""Signed, opaque unsubscribe tokens: only the key opens them.
 
-A token names a recipient only by the SHA-256 identity hash of the address,
-so it can travel in URLs and in ``unsubscribe+TOKEN@domain`` without revealing
-the address. Layout of the binary payload, before URL-safe base64 without
-padding::
+A token names a recipient by the SHA-256 identity hash of the address, sealed
+with the token key, so neither the address nor its hash can be read from a
+link or an ``unsubscribe+TOKEN@`` address (an unsealed hash is re-identified
+by hashing a list of candidate addresses). Layout of the binary payload,
+before URL-safe base64 without padding::
 
-    version   1 byte   (1)
+    version   1 byte   (2)
     key id    4 bytes  first bytes of sha256(key): finds the key without trying all
-    recipient 32 bytes raw identity hash
-    issued    4 bytes  unix seconds, big-endian unsigned (good until 2106)
-    kind      1 byte   0 global, 1 topic, 2 partner, 3 confirm (a double opt-in)
-    name      rest     utf-8 topic or partner name (empty for global)
-    tag       16 bytes HMAC-SHA256 over everything before it, truncated
+    siv       16 bytes HMAC-SHA256(mac key, version, key id, plaintext), truncated
+    sealed    rest     the plaintext XOR a keystream drawn from the siv:
+                       kind 1 byte (0 global, 1 topic, 2 partner, 3 confirm: a double
+                       opt-in), recipient 32 bytes (raw identity hash), issued 4 bytes
+                       (unix seconds, big-endian unsigned, good until 2106), name (utf-8
+                       topic or partner name; empty for global)
 
-Keys rotate by prepending: ``keys[0]`` signs, every key in the list verifies.
+That is SIV, deterministic authenticated encryption (Rogaway and Shrimpton; the
+construction of RFC 5297) with HMAC-SHA256 as its PRF: the siv authenticates
+everything and is the IV of the keystream (HMAC-SHA256(encryption key, header,
+siv, counter) blocks). The mac and encryption keys are derived from each token
+key. Keys rotate by prepending: ``keys[0]`` issues, every key in the list verifies.
 
 Short tokens go where an address's local part must hold them
 (``unsubscribe+T@``, the VERP sender ``bounce+T@``): RFC 5321 allows 64
 octets there and MTAs may lower-case it. 25 bytes as lower-case base32, 40
-characters::
+characters, sealed the same way with an 8-byte siv::
 
-    version   1 byte   0x20 | kind (0 global, 1 topic, 2 partner)
+    version   1 byte   0x30 | kind (0 global, 1 topic, 2 partner)
     key id    2 bytes  first bytes of sha256(key)
-    recipient 8 bytes  prefix of the identity hash
-    scope     4 bytes  prefix of sha256(scope)
-    issued    2 bytes  unix days, big-endian
-    tag       8 bytes  HMAC-SHA256 over everything before it, truncated
+    sealed    14 bytes recipient: prefix 8 bytes of the identity hash; scope: prefix
+                       4 bytes of sha256(scope); issued: 2 bytes, unix days, big-endian
+    siv       8 bytes
 
 The recipient is found through the send ledger, which holds the full hash of
 everyone mailed: the ledger's hashes with this prefix, and of those the ones
@@ -33,6 +38,10 @@ mailed in a topic matching the scope digest. Forging needs the key (a blind
 guess passes with odds 2^-64, and every guess costs a mail); another recipient
 shares a 64-bit prefix with odds n/2^64 (5e-13 for ten million addresses),
 and if two ever did the token would be ambiguous and honoured for neither.
+
+Tokens mailed before sealing (long version 1, short 0x20: the same fields, the
+recipient in the clear, an HMAC tag with the key itself) keep verifying; none is
+issued any more.
 """
 
 from __future__ import annotations
@@ -47,14 +56,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-VERSION = 1
+VERSION = 2
+LEGACY_VERSION = 1  # the recipient in the clear: verified, never issued
 MIN_KEY_BYTES = 16
 KEY_ID_BYTES = 4
 TAG_BYTES = 16
 MAX_TOKEN_CHARS = 512  # far above any real token; refuse to decode more
 
-_HEAD = struct.Struct(">B4s32sIB")  # version, key id, recipient, issued, kind
-_MIN_PAYLOAD = _HEAD.size + TAG_BYTES
+_SEALED = struct.Struct(">B32sI")  # kind, recipient, issued; the name follows
+_SEALED_HEAD = 1 + KEY_ID_BYTES  # version, key id
+_LEGACY = struct.Struct(">B4s32sIB")  # version, key id, recipient, issued, kind
+_MIN_PAYLOAD = _SEALED_HEAD + TAG_BYTES + _SEALED.size  # the legacy layout's minimum too
 # "confirm:PURPOSE" is not an opt-out: it confirms a double opt-in request
 _KINDS = {"global": 0, "topic": 1, "partner": 2, "confirm": 3}
 _KIND_NAMES = {number: name for name, number in _KINDS.items()}
@@ -62,12 +74,15 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
 
 
-SHORT_VERSION = 0x20
+SHORT_VERSION = 0x30
+SHORT_LEGACY_VERSION = 0x20
 SHORT_KEY_ID_BYTES = 2
 SHORT_RECIPIENT_BYTES = 8
 SHORT_TAG_BYTES = 8
 SHORT_TOKEN_CHARS = 40
-_SHORT = struct.Struct(">B2s8s4sH")  # version|kind, key id, recipient prefix, scope, day
+_SHORT_HEAD = 1 + SHORT_KEY_ID_BYTES
+_SHORT_SEALED = struct.Struct(">8s4sH")  # recipient prefix, scope digest, day
+_SHORT_LEGACY = struct.Struct(">B2s8s4sH")  # version|kind, key id, prefix, scope, day
 _SHORT_KINDS = {"global": 0, "topic": 1, "partner": 2}
 _SHORT_KIND_NAMES = {number: name for name, number in _SHORT_KINDS.items()}
 _BASE32 = re.compile(r"[a-z2-7]{40}")
@@ -118,22 +133,59 @@ def key_id(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()[:KEY_ID_BYTES]
 
 
-class TokenSigner:
-    """Issues and verifies tokens; ``keys[0]`` signs, all keys verify."""
+@dataclass(frozen=True, slots=True)
+class _Key:
+    """One token key, ready to use: its id, the sealing keys derived from it, its legacy mac."""
 
-    __slots__ = ("_macs", "_signing_id", "_signing_mac")
+    full_id: bytes
+    mac: hmac.HMAC  # the siv
+    cipher: hmac.HMAC  # the keystream
+    legacy: hmac.HMAC  # the tag of tokens mailed before sealing
+
+    @classmethod
+    def of(cls, key: bytes) -> _Key:
+        def derived(label: bytes) -> hmac.HMAC:
+            sub = hmac.new(key, label, hashlib.sha256).digest()
+            return hmac.new(sub, digestmod=hashlib.sha256)
+
+        return cls(
+            key_id(key),
+            derived(b"optgate token siv"),
+            derived(b"optgate token keystream"),
+            hmac.new(key, digestmod=hashlib.sha256),
+        )
+
+    def seal(self, head: bytes, plain: bytes, siv_bytes: int) -> bytes:
+        """``siv || sealed`` for a plaintext under this header."""
+        siv = _mac(self.mac, head + plain)[:siv_bytes]
+        return siv + _xor(plain, self._keystream(head, siv, len(plain)))
+
+    def open(self, head: bytes, siv: bytes, sealed: bytes) -> bytes | None:
+        """The plaintext, or None when the siv does not authenticate it under this key."""
+        plain = _xor(sealed, self._keystream(head, siv, len(sealed)))
+        return plain if _tag_matches(self.mac, head + plain, siv) else None
+
+    def _keystream(self, head: bytes, siv: bytes, length: int) -> bytes:
+        blocks = (_mac(self.cipher, head + siv + bytes([n])) for n in range(-(-length // 32)))
+        return b"".join(blocks)[:length]
+
+
+class TokenSigner:
+    """Issues and verifies tokens; ``keys[0]`` issues, all keys verify."""
+
+    __slots__ = ("_keys", "_signing")
 
     def __init__(self, keys: Sequence[bytes]) -> None:
         if not keys:
             raise ValueError("at least one token key is required")
-        macs: dict[bytes, list[hmac.HMAC]] = {}
+        by_id: dict[bytes, list[_Key]] = {}
         for position, key in enumerate(keys):
             if len(key) < MIN_KEY_BYTES:
                 raise ValueError(f"token key #{position} is shorter than {MIN_KEY_BYTES} bytes")
-            macs.setdefault(key_id(key), []).append(hmac.new(key, digestmod=hashlib.sha256))
-        self._macs = macs
-        self._signing_id = key_id(keys[0])
-        self._signing_mac = hmac.new(keys[0], digestmod=hashlib.sha256)
+            ready = _Key.of(key)
+            by_id.setdefault(ready.full_id, []).append(ready)
+        self._keys = by_id
+        self._signing = by_id[key_id(keys[0])][0]
 
     def issue(self, claims: Claims) -> str:
         """Return the URL- and local-part-safe token for ``claims``."""
@@ -141,28 +193,31 @@ class TokenSigner:
         kind, name = _split_scope(claims.scope)
         if not 0 <= claims.issued <= 0xFFFFFFFF:
             raise ValueError("issued must be unix seconds between 1970 and 2106")
-        body = _HEAD.pack(VERSION, self._signing_id, recipient, claims.issued, kind) + name
-        mac = self._signing_mac.copy()
-        mac.update(body)
-        payload = body + mac.digest()[:TAG_BYTES]
+        head = bytes([VERSION]) + self._signing.full_id
+        plain = _SEALED.pack(kind, recipient, claims.issued) + name
+        payload = head + self._signing.seal(head, plain, TAG_BYTES)
         return base64.urlsafe_b64encode(payload).rstrip(b"=").decode("ascii")
 
     def verify(self, token: str, *, max_age: int | None = None, now: int | None = None) -> Claims:
         """Return the claims of a genuine token or raise :class:`InvalidToken`."""
         payload = _decode(token)
-        body, tag = payload[:-TAG_BYTES], payload[-TAG_BYTES:]
-        version, kid, recipient, issued, kind = _HEAD.unpack_from(body)
-        if version != VERSION:
+        version, kid = payload[0], payload[1:_SEALED_HEAD]
+        if version not in (VERSION, LEGACY_VERSION):
             raise InvalidToken(f"unsupported token version {version}")
-        candidates = self._macs.get(kid)
+        candidates = self._keys.get(kid)
         if candidates is None:
             raise InvalidToken("token signed with an unknown or retired key")
-        if not any(_tag_matches(mac, body, tag) for mac in candidates):
-            raise InvalidToken("bad token signature")
-        claims = Claims(recipient.hex(), _join_scope(kind, body[_HEAD.size :]), issued)
+        if version == LEGACY_VERSION:
+            claims = _legacy_claims(payload, candidates)
+        else:
+            head, siv = payload[:_SEALED_HEAD], payload[_SEALED_HEAD : _SEALED_HEAD + TAG_BYTES]
+            sealed = payload[_SEALED_HEAD + TAG_BYTES :]
+            plain = _open(candidates, head, siv, sealed)
+            kind, recipient, issued = _SEALED.unpack_from(plain)
+            claims = Claims(recipient.hex(), _join_scope(kind, plain[_SEALED.size :]), issued)
         if max_age is not None:
             current = int(time.time()) if now is None else now
-            if current - issued > max_age:
+            if current - claims.issued > max_age:
                 raise InvalidToken("token expired")
         return claims
 
@@ -174,16 +229,14 @@ class TokenSigner:
             raise ValueError(
                 f"a short token's scope is global, topic:NAME or partner:NAME, not {claims.scope!r}"
             )
-        body = _SHORT.pack(
-            SHORT_VERSION | _SHORT_KINDS[kind],
-            self._signing_id[:SHORT_KEY_ID_BYTES],
+        head = bytes([SHORT_VERSION | _SHORT_KINDS[kind]]) + self._signing.full_id[:2]
+        plain = _SHORT_SEALED.pack(
             recipient[:SHORT_RECIPIENT_BYTES],
             scope_digest(claims.scope),
             min(claims.issued // DAY, 0xFFFF),
         )
-        mac = self._signing_mac.copy()
-        mac.update(body)
-        payload = body + mac.digest()[:SHORT_TAG_BYTES]
+        sealed = self._signing.seal(head, plain, SHORT_TAG_BYTES)
+        payload = head + sealed[SHORT_TAG_BYTES:] + sealed[:SHORT_TAG_BYTES]  # siv last
         return base64.b32encode(payload).decode("ascii").lower()
 
     def verify_short(self, token: str) -> ShortClaims:
@@ -192,32 +245,64 @@ class TokenSigner:
         if not _BASE32.fullmatch(text):
             raise InvalidToken("malformed short token: expected 40 base32 characters")
         payload = base64.b32decode(text.upper())
-        body, tag = payload[:-SHORT_TAG_BYTES], payload[-SHORT_TAG_BYTES:]
-        head, kid, prefix, digest, day = _SHORT.unpack(body)
-        if head & 0xF0 != SHORT_VERSION or head & 0x0F not in _SHORT_KIND_NAMES:
+        head, kid = payload[0], payload[1:_SHORT_HEAD]
+        version, kind = head & 0xF0, head & 0x0F
+        if version not in (SHORT_VERSION, SHORT_LEGACY_VERSION) or kind not in _SHORT_KIND_NAMES:
             raise InvalidToken(f"unsupported short token version {head:#04x}")
         candidates = [
-            mac
-            for full, macs in self._macs.items()
+            key
+            for full, keys in self._keys.items()
             if full[:SHORT_KEY_ID_BYTES] == kid
-            for mac in macs
+            for key in keys
         ]
         if not candidates:
             raise InvalidToken("token signed with an unknown or retired key")
-        if not any(_tag_matches(mac, body, tag, SHORT_TAG_BYTES) for mac in candidates):
-            raise InvalidToken("bad token signature")
-        return ShortClaims(prefix.hex(), _SHORT_KIND_NAMES[head & 0x0F], digest, day * DAY)
+        body, siv = payload[:-SHORT_TAG_BYTES], payload[-SHORT_TAG_BYTES:]
+        if version == SHORT_LEGACY_VERSION:
+            if not any(_tag_matches(key.legacy, body, siv) for key in candidates):
+                raise InvalidToken("bad token signature")
+            plain = body[_SHORT_HEAD:]
+        else:
+            plain = _open(candidates, body[:_SHORT_HEAD], siv, body[_SHORT_HEAD:])
+        prefix, digest, day = _SHORT_SEALED.unpack(plain)
+        return ShortClaims(prefix.hex(), _SHORT_KIND_NAMES[kind], digest, day * DAY)
+
+
+def _open(candidates: Sequence[_Key], head: bytes, siv: bytes, sealed: bytes) -> bytes:
+    """The plaintext under the first key that authenticates it, or InvalidToken."""
+    for key in candidates:
+        plain = key.open(head, siv, sealed)
+        if plain is not None:
+            return plain
+    raise InvalidToken("bad token signature")
+
+
+def _legacy_claims(payload: bytes, candidates: Sequence[_Key]) -> Claims:
+    """The claims of a token mailed before sealing (its tag made with the key itself)."""
+    body, tag = payload[:-TAG_BYTES], payload[-TAG_BYTES:]
+    _, _, recipient, issued, kind = _LEGACY.unpack_from(body)
+    if not any(_tag_matches(key.legacy, body, tag) for key in candidates):
+        raise InvalidToken("bad token signature")
+    return Claims(recipient.hex(), _join_scope(kind, body[_LEGACY.size :]), issued)
+
+
+def _tag_matches(mac: hmac.HMAC, body: bytes, tag: bytes) -> bool:
+    return hmac.compare_digest(_mac(mac, body)[: len(tag)], tag)
+
+
+def _mac(mac: hmac.HMAC, data: bytes) -> bytes:
+    copy = mac.copy()
+    copy.update(data)
+    return copy.digest()
+
+
+def _xor(data: bytes, stream: bytes) -> bytes:
+    return (int.from_bytes(data) ^ int.from_bytes(stream)).to_bytes(len(data))
 
 
 def is_short(token: str) -> bool:
     """Whether a token has the short form (it may still be forged)."""
     return len(token) == SHORT_TOKEN_CHARS and _BASE32.fullmatch(token.lower()) is not None
-
-
-def _tag_matches(mac: hmac.HMAC, body: bytes, tag: bytes, size: int = TAG_BYTES) -> bool:
-    copy = mac.copy()
-    copy.update(body)
-    return hmac.compare_digest(copy.digest()[:size], tag)
 
 
 def _decode(token: str) -> bytes:

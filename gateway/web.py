@@ -6,8 +6,13 @@ Link routes live under the path of ``[unsubscribe] base_url`` (as in the mail):
     GET  /u/TOKEN   a page with that button; changes nothing (scanners open every link)
     GET  /p/TOKEN   the preference page; POST acts, then 303 back to it
     GET  /c/TOKEN   confirm a double opt-in; POST records the consent
-    GET  /healthz   200 while the store answers;  GET /metrics  Prometheus text
+    GET  /r/SECRET  a held request's mailed link (gateway/held.py); POST carries it out
+    GET  /lift      ask for a link that lifts an unverified bounce / complaint; POST mails it
+    GET  /healthz   200 while the store answers
     POST /hooks/VENDOR  an ESP's bounces and complaints ([esp]; gateway/esp/routes.py)
+
+/metrics is on the admin listener only (gateway/admin_web.py), and no answer
+carries aiohttp's ``Server`` header with the Python and aiohttp versions.
 
 The token is the only credential. Errors become pages in one place (the error
 middleware); every answer carries the security headers. The client's IP is
@@ -21,23 +26,29 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web, web_response
 from yarl import URL
 
-from gateway import pages
+from gateway import languages, pages
 from gateway.config import Config
 from gateway.esp.routes import Hooks
+from gateway.footers import Footers
+from gateway.held import Held
 from gateway.metrics import Metrics
 from gateway.ratelimit import RateLimiter
 from gateway.tokens import Claims, InvalidToken, TokenSigner
+from gateway.wording import LANGUAGES
+from suppression.address import normalize
 from suppression.errors import ConfigError, OptgateError, StoreError
 from suppression.model import (
     PARTNER_OFFERS,
+    UNVERIFIED_SOURCES,
     Consent,
+    HeldRequest,
     ImportItem,
     Reason,
     Source,
@@ -52,8 +63,7 @@ CONFIRM_MAX_AGE = 7 * 24 * 3600  # seconds a double opt-in link stays valid
 
 ACTOR = "web"
 MAX_BODY = 64 * 1024  # a one-click or page form is a few dozen bytes
-PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
-UNLIMITED = frozenset({"/healthz", "/metrics"})  # monitoring is not rate-limited
+UNLIMITED = frozenset({"/healthz"})  # monitoring is not rate-limited
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -63,12 +73,6 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 _COLOR = re.compile(r"#[0-9a-fA-F]{3}(?:[0-9a-fA-F]{3})?")
-_DONE = {  # ?done= after a preference change -> the status line (fixed words only)
-    "unsubscribed": "You are unsubscribed from “{topic}”.",
-    "resubscribed": "You are subscribed to “{topic}” again.",
-    "unsubscribed-all": "You are unsubscribed from all our e-mail.",
-    "resubscribed-all": "You receive the e-mail you subscribed to again.",
-}
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -90,6 +94,8 @@ class WebSettings:
     consent_versions: Mapping[str, str]
     page_note: str = ""
     postal_address: str = ""
+    default_language: str = "en"  # pages for a browser that asks for none optgate speaks
+    topic_names: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not _COLOR.fullmatch(self.accent_color):
@@ -108,6 +114,8 @@ class WebSettings:
             consent_versions=dict(config.policy.consent_versions),
             page_note=config.web.page_note,
             postal_address=config.unsubscribe.postal_address,
+            default_language=config.footer.default_language,
+            topic_names=Footers.from_config(config).names(),
         )
 
 
@@ -162,8 +170,10 @@ def standing(holder: Holder, topic: str | None) -> pages.Standing:
 
 
 def _own(record: Suppression | None) -> bool:
-    """A suppression the recipient made, and so may undo."""
-    return record is not None and record.reason == Reason.UNSUBSCRIBED
+    """A suppression the recipient made, or a report nobody vouched for: theirs to undo."""
+    return record is not None and (
+        record.reason == Reason.UNSUBSCRIBED or record.source in UNVERIFIED_SOURCES
+    )
 
 
 def _iso(unix: int) -> str:
@@ -182,19 +192,22 @@ def _topic(text: str) -> str:
         raise BadRequest("no valid list was chosen") from None
 
 
-def _status(query: Mapping[str, str]) -> str | None:
-    template = _DONE.get(query.get("done", ""))
-    if template is None:
-        return None
-    topic = query.get("topic", "")
+def _status(look: pages.Look, query: Mapping[str, str]) -> str | None:
+    """The status line after a preference change: fixed words and a valid topic only."""
+    what = query.get("done", "")
+    if what.endswith("-all"):
+        return pages.done(look, what, "")
     try:
-        return template.format(topic=check_name(topic, "topic")) if "{" in template else template
+        return pages.done(look, what, check_name(query.get("topic", ""), "topic"))
     except OptgateError:
         return None
 
 
-def _html(text: str, status: int = 200) -> web.Response:
-    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+def _html(look: pages.Look, text: str, status: int = 200) -> web.Response:
+    response = web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+    response.headers["Content-Language"] = look.language
+    response.headers["Vary"] = "Accept-Language"
+    return response
 
 
 def _route(request: web.Request) -> str | None:
@@ -205,12 +218,22 @@ class _Endpoint:
     """The handlers and middlewares, sharing the store, the signer and the settings."""
 
     def __init__(
-        self, store: Store, signer: TokenSigner, metrics: Metrics, settings: WebSettings
+        self,
+        store: Store,
+        signer: TokenSigner,
+        metrics: Metrics,
+        settings: WebSettings,
+        held: Held | None = None,
     ) -> None:
-        self.store, self.signer, self.metrics = store, signer, metrics
+        self.store, self.signer, self.metrics, self.held = store, signer, metrics, held
         self.versions = settings.consent_versions
         self.look = pages.Look(
-            settings.company, settings.accent_color, settings.page_note, settings.postal_address
+            settings.company,
+            settings.accent_color,
+            settings.page_note,
+            settings.postal_address,
+            languages.best(settings.default_language, LANGUAGES, "en"),
+            settings.topic_names,
         )
         self.prefix = URL(settings.base_url).path.rstrip("/")
         self.proxies = networks(settings.trusted_proxies)
@@ -233,6 +256,11 @@ class _Endpoint:
             )
         return claims
 
+    def look_for(self, request: web.Request) -> pages.Look:
+        """The pages' look in the language the browser prefers (Accept-Language)."""
+        header = request.headers.get("Accept-Language")
+        return self.look.speaking(languages.negotiate(header, LANGUAGES, self.look.language))
+
     def url(self, kind: str, request: web.Request) -> str:
         """The path of the /u, /p or /c page of this request's token."""
         return f"{self.prefix}/{kind}/{request.match_info['token']}"
@@ -251,21 +279,24 @@ class _Endpoint:
     async def unsubscribe_page(self, request: web.Request) -> web.Response:
         """GET /u/TOKEN: the question and the button; changes nothing."""
         claims = self.claims(request, confirm=False)
-        button = pages.Form(self.url("u", request), (("via", "page"),), "Unsubscribe")
+        look = self.look_for(request)
+        button = pages.Form(
+            self.url("u", request), (("via", "page"),), look.say("unsubscribe_button")
+        )
         wider = None
         if claims.scope.startswith("partner:"):
             # an offer's link: no more from this partner (the button), or from any partner
             fields = (("action", "unsubscribe"), ("topic", PARTNER_OFFERS))
-            wider = pages.Form(self.url("p", request), fields, "No more offers from any partner")
+            wider = pages.Form(self.url("p", request), fields, look.say("no_partner_offers"))
         page = pages.unsubscribe(
-            self.look,
+            look,
             claims.scope,
             await self.standing(claims),
             button,
             self.url("p", request),
             wider,
         )
-        return _html(page)
+        return _html(look, page)
 
     async def unsubscribe(self, request: web.Request) -> web.Response:
         """POST /u/TOKEN: RFC 8058 one-click (text answer) or the page's button (a page)."""
@@ -280,18 +311,22 @@ class _Endpoint:
         if not by_page:
             return web.Response(text="You are unsubscribed.\n")
         after, prefs = await self.standing(claims), self.url("p", request)
-        undo = self.undo(claims.scope, after, prefs)
-        return _html(pages.unsubscribed(self.look, claims.scope, after, undo, prefs))
+        look = self.look_for(request)
+        undo = self.undo(look, claims.scope, after, prefs)
+        return _html(look, pages.unsubscribed(look, claims.scope, after, undo, prefs))
 
     @staticmethod
-    def undo(scope: str, standing: pages.Standing, action: str) -> pages.Form | None:
+    def undo(
+        look: pages.Look, scope: str, standing: pages.Standing, action: str
+    ) -> pages.Form | None:
         """The resubscribe button for an unsubscribe the recipient may take back."""
         kind, _, name = scope.partition(":")
+        label = look.say("resubscribe_button")
         if kind == "global" and standing.can_resume_all:
-            return pages.Form(action, (("action", "resubscribe-all"),), "Resubscribe", quiet=True)
+            return pages.Form(action, (("action", "resubscribe-all"),), label, quiet=True)
         if kind == "topic" and any(t.name == name and t.can_resubscribe for t in standing.topics):
             fields = (("action", "resubscribe"), ("topic", name))
-            return pages.Form(action, fields, "Resubscribe", quiet=True)
+            return pages.Form(action, fields, label, quiet=True)
         return None
 
     async def opt_out(
@@ -323,13 +358,14 @@ class _Endpoint:
     async def preferences_page(self, request: web.Request) -> web.Response:
         """GET /p/TOKEN: the lists with a button each; changes nothing."""
         claims = self.claims(request, confirm=False)
+        look = self.look_for(request)
         page = pages.preferences(
-            self.look,
+            look,
             await self.standing(claims),
             self.url("p", request),
-            _status(request.query),
+            _status(look, request.query),
         )
-        return _html(page)
+        return _html(look, page)
 
     async def preferences(self, request: web.Request) -> web.Response:
         """POST /p/TOKEN: act, then send the browser back to the page (POST/redirect/GET)."""
@@ -397,13 +433,15 @@ class _Endpoint:
         purpose = claims.scope.removeprefix("confirm:")
         holder = await self.store.holder(claims.recipient)
         answered = _answered(holder, purpose, claims.issued)
+        look = self.look_for(request)
         if answered is not None and not answered.granted:
-            return _html(pages.confirmed(self.look, purpose, current=False))
-        button = pages.Form(self.url("c", request), (), f"Yes, send me “{purpose}” e-mail")
+            return _html(look, pages.confirmed(look, purpose, current=False))
+        label = look.say("confirm_button", purpose=look.topic(purpose))
+        button = pages.Form(self.url("c", request), (), label)
         page = pages.confirm(
-            self.look, purpose, pages.mask(holder.address), None if answered else button
+            look, purpose, pages.mask(holder.address), None if answered else button
         )
-        return _html(page)
+        return _html(look, page)
 
     async def confirm(self, request: web.Request) -> web.Response:
         """POST /c/TOKEN: record the consent once; lift the same list's older unsubscribe."""
@@ -416,7 +454,8 @@ class _Endpoint:
             await self.store.record_consents([consent], actor=ACTOR)
             await self.lift_older(holder, f"topic:{purpose}", claims.issued)
         current = answered is None or answered.granted
-        return _html(pages.confirmed(self.look, purpose, current=current))
+        look = self.look_for(request)
+        return _html(look, pages.confirmed(look, purpose, current=current))
 
     async def lift_older(self, holder: Holder, scope: str, issued: int) -> None:
         """Lift the recipient's own unsubscribe from a list they asked for again since."""
@@ -424,54 +463,89 @@ class _Endpoint:
             if record.scope == scope and _own(record) and record.created.timestamp() < issued:
                 await self.store.unsuppress([record.key], scope=scope, actor=ACTOR)
 
+    # --- /r: held requests; /lift: ask for a lift link (gateway/held.py) -------------------
+
+    async def held_request(self, request: web.Request) -> tuple[Held, HeldRequest]:
+        """The request a mailed link names; InvalidToken when unknown or expired."""
+        assert self.held is not None  # routed only with it
+        found = await self.held.find(request.match_info["secret"])
+        if found is None:
+            raise InvalidToken("a held request's link that is unknown or expired")
+        return self.held, found
+
+    async def held_page(self, request: web.Request) -> web.Response:
+        """GET /r/SECRET: the question and the button; changes nothing."""
+        _, found = await self.held_request(request)
+        holder = await self.store.holder(found.sha256)
+        label = "Unsubscribe me" if found.action == "unsubscribe" else "Send me your e-mail again"
+        path = f"{self.prefix}/r/{request.match_info['secret']}"
+        button = None if found.done else pages.Form(path, (), label)
+        look = self.look_for(request)
+        return _html(look, pages.held(look, found.action, pages.mask(holder.address), button))
+
+    async def held_confirm(self, request: web.Request) -> web.Response:
+        """POST /r/SECRET: carry the request out, once."""
+        held, found = await self.held_request(request)
+        await held.confirm(found, self.ip(request))
+        look = self.look_for(request)
+        return _html(look, pages.held_done(look, found.action))
+
+    async def lift_page(self, request: web.Request) -> web.Response:
+        """GET /lift: the form asking for the address."""
+        look = self.look_for(request)
+        return _html(look, pages.lift_form(look, f"{self.prefix}/lift"))
+
+    async def lift_request(self, request: web.Request) -> web.Response:
+        """POST /lift: mail a link if there is something to lift; the same answer either way."""
+        assert self.held is not None  # routed only with it
+        form = await request.post()
+        try:
+            address = normalize(_text(form, "address"))
+        except OptgateError:
+            raise BadRequest("that is not an e-mail address") from None
+        mailed = await self.held.request_lift(address, self.ip(request))
+        log.info("web_lift_requested", mailed=mailed, rcpt=address.sha256[:16])
+        look = self.look_for(request)
+        return _html(look, pages.lift_sent(look))
+
     # --- monitoring -----------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
         """GET /healthz: 200 while the store answers a read, else 503."""
-        try:
-            await self.store.holder("0" * 64)
-        except Exception as exc:  # whatever the failure, the store does not answer
-            log.error("web_unhealthy", error=type(exc).__name__)
-            return web.Response(status=503, text="store unavailable")
-        return web.Response(text="ok")
-
-    async def exposition(self, request: web.Request) -> web.Response:
-        """GET /metrics: the shared registry in Prometheus text format."""
-        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": PROMETHEUS})
+        return await store_health(self.store)
 
     # --- middlewares ----------------------------------------------------------------------
 
     @web.middleware
     async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Every error becomes a page here, and only here."""
+        look = self.look_for(request)
         try:
             return await handler(request)
         except InvalidToken as exc:
             log.warning("web_bad_token", reason=str(exc), route=_route(request))
-            return _html(pages.problem(self.look, "Link not valid", pages.INVALID_LINK), 400)
+            return _html(look, pages.problem(look, "bad_link_title", "bad_link_text"), 400)
         except BadRequest as exc:
             log.warning("web_bad_request", problem=str(exc), route=_route(request))
-            text = f"This request was not understood ({exc}). Nothing was changed."
-            return _html(pages.problem(self.look, "Request not understood", text), 400)
+            page = pages.problem(look, "bad_request_title", "bad_request_detail", detail=str(exc))
+            return _html(look, page, 400)
         except StoreError as exc:
             log.error("web_store_error", error=type(exc).__name__, route=_route(request))
-            text = "Please try again in a few minutes. Nothing was changed."
-            return _html(pages.problem(self.look, "Temporarily unavailable", text), 503)
+            page = pages.problem(look, "unavailable_title", "unavailable_text")
+            return _html(look, page, 503)
         except web.HTTPException as exc:
-            return self.http_error(exc)
+            return self.http_error(look, exc)
         except Exception as exc:  # a bug: aiohttp would log the client's IP with it
             log.error("web_error", error=type(exc).__name__, route=_route(request))
-            text = "Something went wrong on our side. Please try again later."
-            return _html(pages.problem(self.look, "Something went wrong", text), 500)
+            return _html(look, pages.problem(look, "error_title", "error_text"), 500)
 
-    def http_error(self, exc: web.HTTPException) -> web.Response:
+    def http_error(self, look: pages.Look, exc: web.HTTPException) -> web.Response:
         """aiohttp's own errors (404, 405, 413) as pages."""
-        text = (
-            "There is no page at this address."
-            if exc.status == 404
-            else "This request was not understood. Nothing was changed."
-        )
-        response = _html(pages.problem(self.look, exc.reason, text), exc.status)
+        if exc.status == 404:
+            page = pages.problem(look, "not_found_title", "not_found_text")
+        else:
+            page = pages.problem(look, exc.reason, "bad_request_text")
+        response = _html(look, page, exc.status)
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
@@ -485,8 +559,9 @@ class _Endpoint:
         delay = self.limiter.wait(self.ip(request))
         if delay and not self.genuine_one_click(request):
             log.warning("web_rate_limited", route=_route(request))
-            text = "Too many requests from your network. Please wait a minute and try again."
-            response = _html(pages.problem(self.look, "Too many requests", text), 429)
+            look = self.look_for(request)
+            page = pages.problem(look, "too_many_title", "too_many_text")
+            response = _html(look, page, 429)
             response.headers["Retry-After"] = str(math.ceil(delay))
             return response
         return await handler(request)
@@ -508,8 +583,34 @@ def _answered(holder: Holder, purpose: str, issued: int) -> Consent | None:
     return latest if latest is not None and latest.created.timestamp() >= issued else None
 
 
+async def store_health(store: Store) -> web.Response:
+    """200 while the store answers a read, else 503 (/healthz here and on the admin listener)."""
+    try:
+        await store.holder("0" * 64)
+    except Exception as exc:  # whatever the failure, the store does not answer
+        log.error("web_unhealthy", error=type(exc).__name__)
+        return web.Response(status=503, text="store unavailable")
+    return web.Response(text="ok")
+
+
 async def _secure(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.update(SECURITY_HEADERS)
+    response.headers.popall(hdrs.SERVER, None)
+
+
+async def _unnamed(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.popall(hdrs.SERVER, None)
+
+
+def anonymous(app: web.Application, *, secure: bool = False) -> None:
+    """No ``Server`` header in the app's answers (aiohttp sends ``Python/3.x aiohttp/x.y``),
+    with the security headers when ``secure``.
+
+    aiohttp's own answers to requests it cannot parse reach no hook of the app:
+    the constant they take the header from names optgate alone, without a version.
+    """
+    web_response.SERVER_SOFTWARE = "optgate"  # type: ignore[attr-defined]
+    app.on_response_prepare.append(_secure if secure else _unnamed)
 
 
 def make_app(
@@ -518,16 +619,18 @@ def make_app(
     signer: TokenSigner,
     metrics: Metrics,
     settings: WebSettings,
+    held: Held | None = None,
     hooks: Hooks | None = None,
 ) -> web.Application:
     """The web endpoint as an aiohttp application; run it without an access log (IPs, tokens).
 
+    With ``held``, the links of held requests (/r) and the lift form (/lift) are routed too;
     ``hooks``: the ESP webhooks of ``[esp]`` (gateway/esp/routes.py), under the same prefix.
     """
-    endpoint = _Endpoint(store, signer, metrics, settings)
+    endpoint = _Endpoint(store, signer, metrics, settings, held)
     middlewares = [endpoint.limit, endpoint.errors] if endpoint.limiter else [endpoint.errors]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
-    app.on_response_prepare.append(_secure)
+    anonymous(app, secure=True)
     prefix = endpoint.prefix
     for name, page, act in (
         ("u", endpoint.unsubscribe_page, endpoint.unsubscribe),
@@ -536,8 +639,18 @@ def make_app(
     ):
         app.router.add_get(f"{prefix}/{name}/{{token}}", page, name=name)
         app.router.add_post(f"{prefix}/{name}/{{token}}", act, name=name)
+    if held is not None:
+        _route_held(app, endpoint)
     app.router.add_get("/healthz", endpoint.health)
-    app.router.add_get("/metrics", endpoint.exposition)
     if hooks is not None:
         endpoint.unlimited |= hooks.route(app, prefix)
     return app
+
+
+def _route_held(app: web.Application, endpoint: _Endpoint) -> None:
+    """The held requests' links and the lift form, under the path of base_url."""
+    prefix = endpoint.prefix
+    app.router.add_get(f"{prefix}/r/{{secret}}", endpoint.held_page, name="r")
+    app.router.add_post(f"{prefix}/r/{{secret}}", endpoint.held_confirm, name="r")
+    app.router.add_get(f"{prefix}/lift", endpoint.lift_page, name="lift")
+    app.router.add_post(f"{prefix}/lift", endpoint.lift_request, name="lift")

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import os
 import selectors
 import signal
@@ -37,6 +38,7 @@ import uvloop
 from gateway import logs, service
 from gateway.config import Config, host_port
 from gateway.metrics import across_processes
+from gateway.server import SessionBoard
 from suppression.errors import ConfigError, OptgateError
 
 log = structlog.get_logger("optgate.workers")
@@ -153,6 +155,7 @@ class Supervisor:
     ) -> None:
         self.config, self.parts, self.count, self.metrics_dir = config, parts, count, metrics_dir
         self.cpus = cpus  # worker i runs on cpus[i] only; None: wherever the kernel likes
+        self.sessions = SessionBoard(count)  # every worker's session counts, shared
         self.workers: dict[int, Worker] = {}  # by pid
         self.due: dict[int, float] = {}  # slot -> when to (re)start it
         self.selector = selectors.DefaultSelector()
@@ -236,6 +239,7 @@ class Supervisor:
                 reuse_port=True,
                 metrics=across_processes(self.metrics_dir),
                 ready=ready,
+                sessions=functools.partial(self.sessions.sessions, worker=index),
                 audit_watch=index == 0,  # one worker verifies the audit log for all
             )
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -354,6 +358,9 @@ def serve(args: argparse.Namespace, config: Config) -> int:
         if "web" in parts:
             web = stack.enter_context(reserved(config.web.listen, "[web] listen"))
             config = dataclasses.replace(config, web=dataclasses.replace(config.web, listen=web))
+        if "web" in parts and config.api.listen:
+            api = stack.enter_context(reserved(config.api.listen, "[api] listen"))
+            config = dataclasses.replace(config, api=dataclasses.replace(config.api, listen=api))
         metrics_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="optgate-metrics-"))
         log.info(
             "workers_starting",
@@ -362,6 +369,8 @@ def serve(args: argparse.Namespace, config: Config) -> int:
             smtp=config.smtp.listen if "smtp" in parts else None,
             web=config.web.listen if "web" in parts else None,
             inbound=config.inbound.listen or None,
+            partners=config.partners.listen or None,
+            api=config.api.listen if "web" in parts and config.api.listen else None,
         )
         status = Supervisor(config, parts, count, metrics_dir, cpus).run()
     return status

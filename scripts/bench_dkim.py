@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from gateway.config import Unsubscribe
-from gateway.rewrite import FooterTemplates, Links, prepare
+from gateway.footers import Footers
+from gateway.rewrite import Links, prepare
 from gateway.signing import DkimKey, Signer
 
 DOMAIN = "news.example.com"
@@ -61,10 +62,8 @@ def campaign(size: int) -> bytes:
 def copies(message: bytes, count: int) -> list[bytes]:
     """``count`` per-recipient copies, as the relay makes them: rewritten, each its own token."""
     settings = Unsubscribe()
-    footer = FooterTemplates(
-        settings.footer_text.replace("{topic}", "newsletter"),
-        settings.footer_html.replace("{topic}", "newsletter"),
-        settings.postal_address,
+    footer = Footers(company=settings.company, postal_address=settings.postal_address).topic(
+        "newsletter"
     )
     list_id = f"newsletter <newsletter.{settings.list_domain}>"
     prepared = prepare(message, footer=footer, list_id=list_id, feedback_id="newsletter:m:x")

@@ -25,6 +25,8 @@ _SIMPLE = re.compile(
 # Special-use names email-validator refuses (RFC 6761 and friends).
 _SPECIAL_TLDS = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
 _HEX = re.compile(r"[0-9a-f]+")
+# RFC 5321 4.5.1: the one address without a domain every SMTP server must take
+POSTMASTER = "postmaster"
 
 
 def identity(address: str) -> str:
@@ -51,8 +53,9 @@ class Address:
 
     @property
     def domain(self) -> str:
-        """The domain part."""
-        return self.normalized.rpartition("@")[2]
+        """The domain part ('' for the domain-less postmaster)."""
+        _, at, domain = self.normalized.rpartition("@")
+        return domain if at else ""
 
     @property
     def md5(self) -> str:
@@ -81,6 +84,8 @@ def normalize(raw: str) -> Address:
     """Validate and normalise an address; raise InvalidAddress with the reason."""
     text = raw.strip()
     lowered = text.lower()
+    if lowered == POSTMASTER:
+        return Address(POSTMASTER, identity(POSTMASTER))
     normalized = _simple(lowered)
     if normalized is None:
         try:

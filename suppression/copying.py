@@ -153,6 +153,21 @@ TABLES: tuple[Table, ...] = (
         ),
         "offer, sha256",
     ),
+    Table("rate_window", (("key", "text"), ("slot", "int"), ("count", "int")), "key, slot"),
+    Table(
+        "held_request",
+        (
+            ("secret", "text"),
+            ("sha256", "text"),
+            ("action", "text"),
+            ("scope", "text"),
+            ("created", "time"),
+            ("detail", "text"),
+            ("mailed", "time"),
+            ("done", "time"),
+        ),
+        "secret",
+    ),
     Table("esp_token", (("vendor", "text"), ("token", "text"), ("at", "time")), "vendor, token"),
 )
 # bookkeeping of the schema itself (each store makes its own), not data

@@ -42,6 +42,18 @@ class Source(StrEnum):
     API = "api"
     ERASURE = "erasure"
     ESP = "esp"  # an ESP's webhook (gateway/esp): its bounces, complaints and unsubscribes
+    # a bounce or complaint no genuine token vouches for: anyone can write one naming anyone
+    UNVERIFIED_BOUNCE = "unverified-bounce"
+    UNVERIFIED_COMPLAINT = "unverified-complaint"
+
+
+# Suppressions only marketing heeds, and that their subject may lift by a confirmed link.
+UNVERIFIED_SOURCES = frozenset({Source.UNVERIFIED_BOUNCE, Source.UNVERIFIED_COMPLAINT})
+
+
+def stops_transactional(record: Suppression) -> bool:
+    """Whether a suppression stops transactional mail too: a hard reason, vouched for."""
+    return record.reason in HARD_REASONS and record.source not in UNVERIFIED_SOURCES
 
 
 PARTNER_OFFERS = "partner-offers"
@@ -185,3 +197,22 @@ class Ledger:
 
     message: str
     since: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRequest:
+    """A change that waits until its subject follows the link mailed to the address.
+
+    ``secret`` is the SHA-256 of the link's secret (the store never holds the link);
+    ``action`` is ``unsubscribe`` (an opt-out by mail nobody authenticated) or ``lift``
+    (a suppression an unverified bounce or complaint caused).
+    """
+
+    secret: str
+    sha256: str
+    action: str
+    scope: str
+    created: datetime
+    detail: str  # JSON: channel, inbound message id and digest ... (no address)
+    mailed: datetime | None = None
+    done: datetime | None = None

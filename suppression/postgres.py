@@ -22,12 +22,14 @@ import asyncpg
 from suppression.address import Address
 from suppression.audit import GENESIS, Rekeying, event_body, link
 from suppression.errors import OptgateError, StoreError, StoreMissing
+from suppression.held_rows import HELD_COLUMNS, rate_slot, to_held, within_limits
 from suppression.model import (
     AuditEvent,
     BatchResult,
     Consent,
     ConsentItem,
     Facts,
+    HeldRequest,
     ImportItem,
     Ledger,
     OptOutCheck,
@@ -182,15 +184,38 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # the audit chain is keyed (HMAC) and records row sums from here on: _rekey
     "",
+    # opt-outs by mail: per-source counters (one fixed window each) and the requests
+    # held until the address confirms them by a mailed link (IF NOT EXISTS: a store set
+    # back to an older schema version runs this again)
+    """
+    CREATE TABLE IF NOT EXISTS rate_window (
+        key TEXT COLLATE "C" NOT NULL,
+        slot BIGINT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (key, slot)
+    );
+    CREATE INDEX IF NOT EXISTS rate_window_by_slot ON rate_window (slot);
+    CREATE TABLE IF NOT EXISTS held_request (
+        secret TEXT COLLATE "C" PRIMARY KEY,
+        sha256 TEXT COLLATE "C" NOT NULL,
+        action TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        created TIMESTAMPTZ NOT NULL,
+        detail TEXT NOT NULL,
+        mailed TIMESTAMPTZ,
+        done TIMESTAMPTZ
+    );
+    CREATE INDEX IF NOT EXISTS held_request_by_subject ON held_request (sha256);
+    """,
     # ESP webhooks: each signed notification's replay key, accepted once (gateway/esp)
     """
-    CREATE TABLE esp_token (
+    CREATE TABLE IF NOT EXISTS esp_token (
         vendor TEXT COLLATE "C" NOT NULL,
         token TEXT COLLATE "C" NOT NULL,
         at TIMESTAMPTZ NOT NULL,
         PRIMARY KEY (vendor, token)
     );
-    CREATE INDEX esp_token_by_time ON esp_token (vendor, at);
+    CREATE INDEX IF NOT EXISTS esp_token_by_time ON esp_token (vendor, at);
     """,
 )
 KEYED_CHAIN = 5  # the schema version whose migration is _rekey
@@ -1177,4 +1202,101 @@ class PostgresStore:
             return replace(result, event=seq)
 
         result: BatchResult = await self._write(work)
+        return result
+
+    # --- opt-outs by mail: per-source rate limits, requests held for a link ---
+
+    async def take_rate(
+        self, buckets: Sequence[tuple[str, int]], *, window: int, at: datetime
+    ) -> bool:
+        """Count one event in each bucket's current window if none is full; else nothing.
+
+        Rows are locked in key order (no deadlock between nodes counting the same keys);
+        the audit lock is not taken: nothing here is audited.
+        """
+        slot = rate_slot(at, window)
+        keys = sorted({key for key, _ in buckets})
+        with self._errors("write to"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("DELETE FROM rate_window WHERE slot < $1", slot)
+                await conn.executemany(
+                    "INSERT INTO rate_window (key, slot, count) VALUES ($1, $2, 0) "
+                    "ON CONFLICT DO NOTHING",
+                    [(key, slot) for key in keys],
+                )
+                rows = await conn.fetch(
+                    "SELECT key, count FROM rate_window WHERE slot = $1 AND key = ANY($2) "
+                    "ORDER BY key FOR UPDATE",
+                    slot,
+                    keys,
+                )
+                if not within_limits(buckets, {row[0]: row[1] for row in rows}):
+                    return False
+                await conn.execute(
+                    "UPDATE rate_window SET count = count + 1 WHERE slot = $1 AND key = ANY($2)",
+                    slot,
+                    keys,
+                )
+        return True
+
+    async def hold_request(self, request: HeldRequest, *, actor: str) -> HeldRequest:
+        """Keep a request until its link is used (audited); the stored one if already known."""
+
+        async def work(conn: Any) -> HeldRequest:
+            status = await conn.execute(
+                f"INSERT INTO held_request ({HELD_COLUMNS}) "
+                "VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL) ON CONFLICT DO NOTHING",
+                request.secret,
+                request.sha256,
+                request.action,
+                request.scope,
+                _utc(request.created),
+                request.detail,
+            )
+            if _count(status):
+                detail = {"action": request.action, "scope": request.scope}
+                await self._audit(conn, actor, "request-held", request.sha256, detail)
+            row = await conn.fetchrow(
+                f"SELECT {HELD_COLUMNS} FROM held_request WHERE secret = $1", request.secret
+            )
+            return to_held(row)
+
+        result: HeldRequest = await self._write(work)
+        return result
+
+    async def held_request(self, secret: str) -> HeldRequest | None:
+        """The request whose link secret hashes to ``secret``, or None."""
+        with self._errors("read"):
+            row = await self._pool.fetchrow(
+                f"SELECT {HELD_COLUMNS} FROM held_request WHERE secret = $1", secret
+            )
+        return to_held(row) if row is not None else None
+
+    async def mark_mailed(self, secret: str, *, at: datetime) -> None:
+        """Record that a request's link went to the next hop."""
+        with self._errors("write to"):
+            await self._pool.execute(
+                "UPDATE held_request SET mailed = $1 WHERE secret = $2", _utc(at), secret
+            )
+
+    async def finish_request(
+        self, secret: str, *, at: datetime, actor: str, detail: Mapping[str, object]
+    ) -> bool:
+        """Mark a request done (audited); False when it was done already."""
+
+        async def work(conn: Any) -> bool:
+            row = await conn.fetchrow(
+                "UPDATE held_request SET done = $1 WHERE secret = $2 AND done IS NULL "
+                "RETURNING sha256, action",
+                _utc(at),
+                secret,
+            )
+            if row is None:
+                return False
+            await self._audit(
+                conn, actor, "request-confirmed", row[0], {"action": row[1], **detail}
+            )
+            return True
+
+        result: bool = await self._write(work)
         return result

@@ -18,12 +18,14 @@ import aiosqlite
 from suppression.address import Address
 from suppression.audit import GENESIS, Rekeying, event_body, link
 from suppression.errors import OptgateError, StoreError, StoreMissing
+from suppression.held_rows import HELD_COLUMNS, rate_slot, to_held, within_limits
 from suppression.model import (
     AuditEvent,
     BatchResult,
     Consent,
     ConsentItem,
     Facts,
+    HeldRequest,
     ImportItem,
     Ledger,
     OptOutCheck,
@@ -176,15 +178,38 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # the audit chain is keyed (HMAC) and records row sums from here on: _rekey
     "",
+    # opt-outs by mail: per-source counters (one fixed window each) and the requests
+    # held until the address confirms them by a mailed link (IF NOT EXISTS: a store set
+    # back to an older schema version runs this again)
+    """
+    CREATE TABLE IF NOT EXISTS rate_window (
+        key TEXT NOT NULL,
+        slot INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (key, slot)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS rate_window_by_slot ON rate_window (slot);
+    CREATE TABLE IF NOT EXISTS held_request (
+        secret TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        action TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        created TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        mailed TEXT,
+        done TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS held_request_by_subject ON held_request (sha256);
+    """,
     # ESP webhooks: each signed notification's replay key, accepted once (gateway/esp)
     """
-    CREATE TABLE esp_token (
+    CREATE TABLE IF NOT EXISTS esp_token (
         vendor TEXT NOT NULL,
         token TEXT NOT NULL,
         at TEXT NOT NULL,
         PRIMARY KEY (vendor, token)
     ) WITHOUT ROWID;
-    CREATE INDEX esp_token_by_time ON esp_token (vendor, at);
+    CREATE INDEX IF NOT EXISTS esp_token_by_time ON esp_token (vendor, at);
     """,
 )
 KEYED_CHAIN = 5  # the schema version whose migration is _rekey
@@ -235,6 +260,10 @@ def _partner(row: Sequence[Any]) -> Partner:
 
 def _offer(row: Sequence[Any]) -> Offer:
     return to_offer(row, _parse_time)
+
+
+def _held(row: Sequence[Any]) -> HeldRequest:
+    return to_held(row, _parse_time)
 
 
 def _connect(path: str, synchronous: str) -> sqlite3.Connection:
@@ -1260,4 +1289,101 @@ class SQLiteStore:
             return replace(result, event=seq)
 
         result: BatchResult = await self._write(work)
+        return result
+
+    # --- opt-outs by mail: per-source rate limits, requests held for a link ---
+
+    async def take_rate(
+        self, buckets: Sequence[tuple[str, int]], *, window: int, at: datetime
+    ) -> bool:
+        """Count one event in each bucket's current window if none is full; else nothing."""
+        slot = rate_slot(at, window)
+        keys = sorted({key for key, _ in buckets})
+
+        async def work() -> bool:
+            await self._db.execute("DELETE FROM rate_window WHERE slot < ?", (slot,))
+            counts = dict(
+                await self._all(
+                    f"SELECT key, count FROM rate_window WHERE slot = ? "
+                    f"AND key IN ({_marks(len(keys))})",
+                    (slot, *keys),
+                    lambda row: (row[0], row[1]),
+                )
+            )
+            if not within_limits(buckets, counts):
+                return False
+            await self._db.executemany(
+                "INSERT INTO rate_window (key, slot, count) VALUES (?, ?, 1) "
+                "ON CONFLICT (key, slot) DO UPDATE SET count = count + 1",
+                [(key, slot) for key in keys],
+            )
+            return True
+
+        result: bool = await self._write(work)
+        return result
+
+    async def hold_request(self, request: HeldRequest, *, actor: str) -> HeldRequest:
+        """Keep a request until its link is used (audited); the stored one if already known."""
+
+        async def work() -> HeldRequest:
+            cursor = await self._db.execute(
+                f"INSERT OR IGNORE INTO held_request ({HELD_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)",
+                (
+                    request.secret,
+                    request.sha256,
+                    request.action,
+                    request.scope,
+                    _time(request.created),
+                    request.detail,
+                ),
+            )
+            if cursor.rowcount:
+                detail = {"action": request.action, "scope": request.scope}
+                await self._audit(actor, "request-held", request.sha256, detail)
+            stored: list[HeldRequest] = await self._all(
+                f"SELECT {HELD_COLUMNS} FROM held_request WHERE secret = ?",
+                (request.secret,),
+                _held,
+            )
+            return stored[0]
+
+        result: HeldRequest = await self._write(work)
+        return result
+
+    async def held_request(self, secret: str) -> HeldRequest | None:
+        """The request whose link secret hashes to ``secret``, or None."""
+        found: list[HeldRequest] = await self._all(
+            f"SELECT {HELD_COLUMNS} FROM held_request WHERE secret = ?", (secret,), _held
+        )
+        return found[0] if found else None
+
+    async def mark_mailed(self, secret: str, *, at: datetime) -> None:
+        """Record that a request's link went to the next hop."""
+
+        async def work() -> None:
+            await self._db.execute(
+                "UPDATE held_request SET mailed = ? WHERE secret = ?", (_time(at), secret)
+            )
+
+        await self._write(work)
+
+    async def finish_request(
+        self, secret: str, *, at: datetime, actor: str, detail: Mapping[str, object]
+    ) -> bool:
+        """Mark a request done (audited); False when it was done already."""
+
+        async def work() -> bool:
+            cursor = await self._db.execute(
+                "UPDATE held_request SET done = ? WHERE secret = ? AND done IS NULL "
+                "RETURNING sha256, action",
+                (_time(at), secret),
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                return False
+            await self._audit(actor, "request-confirmed", row[0], {"action": row[1], **detail})
+            return True
+
+        result: bool = await self._write(work)
         return result

@@ -17,6 +17,7 @@ from suppression.model import (
     Consent,
     ConsentItem,
     Facts,
+    HeldRequest,
     ImportItem,
     Ledger,
     OptOutCheck,
@@ -170,6 +171,30 @@ class Store(Protocol):
 
     async def release_esp_token(self, vendor: str, token: str) -> None:
         """Forget a key whose notification was not applied, so that the vendor's retry is."""
+
+    # --- opt-outs by mail: per-source rate limits, requests held for a confirmation link ---
+
+    async def take_rate(
+        self, buckets: Sequence[tuple[str, int]], *, window: int, at: datetime
+    ) -> bool:
+        """Count one event in each (key, limit) bucket's current fixed window of ``window``
+        seconds if every one is below its limit, for every node at once; if any is full,
+        change nothing and return False. Counts of earlier windows are dropped."""
+
+    async def hold_request(self, request: HeldRequest, *, actor: str) -> HeldRequest:
+        """Keep a request until its link is used (audited); the one on record if its
+        secret is known already."""
+
+    async def held_request(self, secret: str) -> HeldRequest | None:
+        """The request whose link secret hashes to ``secret``, or None."""
+
+    async def mark_mailed(self, secret: str, *, at: datetime) -> None:
+        """Record that a request's link went to the next hop."""
+
+    async def finish_request(
+        self, secret: str, *, at: datetime, actor: str, detail: Mapping[str, object]
+    ) -> bool:
+        """Mark a request done (audited with ``detail``); False when it was done already."""
 
     # --- partners, offers and their fan-out (suppression/partners.py) ---
 

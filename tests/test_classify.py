@@ -327,28 +327,28 @@ def only(classification: Classification) -> Finding:
     return classification.findings[0]
 
 
-def test_a_plain_request_unsubscribes_the_envelope_sender_and_the_writer() -> None:
+def test_a_plain_request_unsubscribes_its_author_never_the_envelope_sender() -> None:
     raw = mail("From: Ann <ann@example.org>", "To: unsubscribe@news.example.com", "Subject: stop")
     result = classify(
         raw, mail_from="ann+lists@example.org", rcpt_to="unsubscribe@news.example.com"
     )
-    assert result.findings == tuple(
-        Finding(Kind.UNSUBSCRIBE, person, (), None, "unsubscribe mail")
-        for person in ("ann+lists@example.org", "ann@example.org")
+    # the envelope sender is anyone's to write: it never counts (issue 14)
+    assert result.findings == (
+        Finding(Kind.UNSUBSCRIBE, "ann@example.org", (), None, "unsubscribe mail", True),
     )
     assert len(result.digest) == 64
     same = classify(raw, mail_from="ANN@example.org", rcpt_to="unsubscribe@news.example.com")
-    assert only(same).recipient == "ANN@example.org"  # one person, once
+    assert only(same).recipient == "ann@example.org"
 
 
-def test_a_forwarded_request_unsubscribes_the_writer_not_only_the_forwarder() -> None:
+def test_a_forwarded_request_unsubscribes_the_writer_not_the_forwarder() -> None:
     raw = mail("From: Ann <ann@example.org>", "To: unsubscribe@news.example.com")
     srs = "SRS0=HHH=TT=example.org=ann@forwarder.example.net"
     result = classify(raw, mail_from=srs, rcpt_to="unsubscribe@news.example.com")
-    assert [f.recipient for f in result.findings] == [srs, "ann@example.org"]
+    assert [f.recipient for f in result.findings] == ["ann@example.org"]
 
 
-def test_from_a_mailbox_the_return_path_and_from_name_the_senders() -> None:
+def test_from_a_mailbox_the_from_names_the_author() -> None:
     raw = mail(
         "Return-Path: <ann@example.org>",
         "Delivered-To: unsubscribe@news.example.com",
@@ -358,11 +358,19 @@ def test_from_a_mailbox_the_return_path_and_from_name_the_senders() -> None:
     )
     result = classify(raw)
     assert result.message_id == "<m1@example.org>"
-    assert [f.recipient for f in result.findings] == ["ann@example.org", "other@example.org"]
+    assert [f.recipient for f in result.findings] == ["other@example.org"]
     no_path = mail("From: Ann <ann@example.org>", "To: Unsubscribe@News.Example.com")
     assert only(classify(no_path)) == Finding(
-        Kind.UNSUBSCRIBE, "ann@example.org", (), None, "unsubscribe mail"
+        Kind.UNSUBSCRIBE, "ann@example.org", (), None, "unsubscribe mail", True
     )
+
+
+def test_a_request_without_a_from_address_unsubscribes_nobody() -> None:
+    raw = mail("From: undisclosed", "To: unsubscribe@news.example.com")
+    finding = only(
+        classify(raw, mail_from="ann@example.org", rcpt_to="unsubscribe@news.example.com")
+    )
+    assert (finding.kind, finding.recipient) == (Kind.IGNORED, None)
 
 
 def test_a_token_in_the_address_is_a_candidate() -> None:
@@ -424,7 +432,7 @@ def test_an_apple_mail_unsubscribe_is_one_despite_auto_submitted() -> None:
         pytest.skip("no corpus: set OPTGATE_CORPUS to the shared e-mail corpus")
     raw = (ROOT / "sisimai-set-of-emails" / "maildir-bsd" / "arf-26.eml").read_bytes()
     assert only(classify(raw)) == Finding(
-        Kind.UNSUBSCRIBE, "example@icloud.com", (), None, "unsubscribe mail"
+        Kind.UNSUBSCRIBE, "example@icloud.com", (), None, "unsubscribe mail", True
     )
 
 

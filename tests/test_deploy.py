@@ -35,6 +35,8 @@ def settings() -> set[str]:
     """Every OPTGATE_<SECTION>_<KEY> name the config contract declares."""
     names = {"OPTGATE_CONFIG"}
     for section in dataclasses.fields(Config):
+        if section.name == "topics":  # [topics.NAME] tables: the file only
+            continue
         cls = typing.get_type_hints(Config)[section.name]
         names |= {
             f"OPTGATE_{section.name.upper()}_{f.name.upper()}" for f in dataclasses.fields(cls)

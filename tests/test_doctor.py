@@ -27,6 +27,7 @@ from gateway.keys import load_keys
 from gateway.service import running
 from suppression.sqlite import MIGRATIONS
 from suppression.store import open_store
+from tests.support.backends import postgres_database
 from tests.support.dns import DnsServer, dns_server
 from tests.support.keys import AUDIT_KEY
 from tests.support.smtp import sink
@@ -300,6 +301,17 @@ async def test_one_broken_thing_is_named(
     others = [c for c in checks if c.name != name]
     assert all(c.status is Status.PASS for c in others), report(checks)
     assert failed(checks) == (status == "FAIL")
+
+
+async def test_a_new_postgresql_database_without_a_key_yet_is_not_a_failure(
+    setup: Setup,
+) -> None:
+    (setup.tmp / "optgate-audit.key").unlink()
+    async with postgres_database() as url:
+        setup.settings["store"]["url"] = url
+        checks = by_name(await setup.checks())
+    assert checks["store"].status is Status.WARN, checks["store"]
+    assert "store migrate" in checks["store"].detail
 
 
 async def test_a_store_without_its_audit_key_fails(setup: Setup) -> None:

@@ -130,8 +130,8 @@ async def test_optgate_serve_takes_esp_webhooks_on_its_web_listener(tmp_path: Pa
             ]
         finally:
             await store.close()
-        async with http.get(url + "/metrics") as response:
-            text = await response.text()
+        async with http.get(f"http://127.0.0.1:{gate.api_port}/metrics") as response:
+            text = await response.text()  # the admin listener's
         assert 'optgate_esp_notifications_total{outcome="accepted",vendor="mailgun"} 1.0' in text
 
 

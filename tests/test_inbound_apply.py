@@ -117,7 +117,7 @@ async def test_hard_bounce_suppresses_globally_with_evidence_and_a_repeat_change
     assert await rig.events() == events
     record = await rig.store.subject(normalize(REPORTED))
     [row] = record.suppressions
-    assert row.source == "bounce"
+    assert row.source == "unverified-bounce"  # no token vouches for it: marketing only
     assert row.address == normalize(REPORTED).normalized  # [store] keep_addresses
     evidence = json.loads(row.evidence or "{}")
     assert evidence["message_id"] == "<dsn@mx.example>"
@@ -154,13 +154,24 @@ async def test_unsubscribe_with_a_long_token_from_a_link_already_sent(rig: Rig) 
     assert await rig.scopes(JANE) == {"global": Reason.UNSUBSCRIBED}
 
 
-async def test_unsubscribe_without_a_token_suppresses_the_sender_globally(rig: Rig) -> None:
+async def test_an_unsubscribe_without_a_token_and_no_way_to_check_it_changes_nothing(
+    rig: Rig,
+) -> None:
+    # who wrote it is checked (and a link mailed) only given the message and OptOuts:
+    # tests/test_optout_auth.py; without them nothing is suppressed on its word
+    events = await rig.events()
     assert await rig.apply(message(finding(Kind.UNSUBSCRIBE, "Jane@Example.com"))) == Applied(
-        unsubscribes=1, suppressed=1
+        unsubscribes=1
     )
-    assert await rig.scopes(JANE) == {"global": Reason.UNSUBSCRIBED}
+    assert await rig.scopes(JANE) == {}
+    assert await rig.events() == events
+
+
+async def test_a_genuine_token_bounce_is_vouched_for(rig: Rig) -> None:
+    await rig.mailed(JANE)
+    await rig.apply(message(finding(Kind.HARD_BOUNCE, REPORTED, rig.token(JANE), status="5.1.1")))
     [row] = (await rig.store.holder(normalize(JANE).sha256)).suppressions
-    assert row.source == "mailbox"
+    assert (row.reason, row.source) == (Reason.BOUNCED, "bounce")
 
 
 @pytest.mark.parametrize("kind", [Kind.UNSUBSCRIBE, Kind.HARD_BOUNCE, Kind.COMPLAINT])
@@ -211,13 +222,6 @@ async def test_a_report_without_a_token_about_an_address_never_mailed_changes_no
     assert await rig.events() == events
     await rig.mailed(REPORTED)
     assert await rig.apply(message(finding(kind, REPORTED, status="5.1.1"))) != Applied(ignored=1)
-
-
-async def test_an_unsubscribe_mail_without_a_token_counts_for_its_sender(rig: Rig) -> None:
-    # a person may ask to be left alone before optgate ever mailed them
-    request = message(finding(Kind.UNSUBSCRIBE, REPORTED))
-    assert await rig.apply(request) == Applied(unsubscribes=1, suppressed=1)
-    assert await rig.scopes(REPORTED) == {"global": Reason.UNSUBSCRIBED}
 
 
 async def test_an_ambiguous_prefix_is_honoured_for_nobody(rig: Rig) -> None:

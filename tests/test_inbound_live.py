@@ -73,8 +73,24 @@ def config_for(tmp_path: Path, next_hop: Sink, **settings: str) -> Config:
         0,
         inbound_domains=DOMAIN,
         inbound_soft_bounce_limit="3",
+        inbound_authserv_ids=f"mx.{DOMAIN}",
         **settings,
     )
+
+
+def authentic(raw: bytes) -> bytes:
+    """A person's mail as the own MTA hands it over: its DMARC verdict on top (RFC 8601);
+    tests/test_optout_auth.py covers DKIM, SPF and forgeries."""
+    return (
+        f"Authentication-Results: mx.{DOMAIN}; dmarc=pass header.from=example.com\r\n".encode()
+        + raw
+    )
+
+
+def links(next_hop: Sink, config: Config) -> list[str]:
+    """The recipients of the confirmation links optgate mailed."""
+    sender = config.unsubscribe.confirm_from
+    return [m.rcpt_tos[0] for m in next_hop.messages if m.mail_from == sender]
 
 
 @pytest.fixture
@@ -92,10 +108,18 @@ def mailto_token(copy: bytes) -> str:
     return found.group(1)
 
 
-async def test_mail_to_unsubscribe_suppresses_its_sender(live: Live) -> None:
-    assert await live.inbound(FAN, UNSUBSCRIBE, person(sender=FAN, to=UNSUBSCRIBE)) == 250
+async def test_authenticated_mail_to_unsubscribe_suppresses_its_author(live: Live) -> None:
+    raw = authentic(person(sender=FAN, to=UNSUBSCRIBE))
+    assert await live.inbound(FAN, UNSUBSCRIBE, raw) == 250
     assert await live.suppressions(FAN) == {"global": Reason.UNSUBSCRIBED}
     assert live.next_hop.messages == []  # never relayed
+
+
+async def test_unauthenticated_mail_to_unsubscribe_is_held_for_a_link(live: Live) -> None:
+    assert await live.inbound(FAN, UNSUBSCRIBE, person(sender=FAN, to=UNSUBSCRIBE)) == 250
+    assert await live.suppressions(FAN) == {}
+    assert links(live.next_hop, live.config) == [FAN]  # and nothing else went out
+    assert len(live.next_hop.messages) == 1
 
 
 async def test_mail_to_unsubscribe_plus_token_suppresses_the_tokens_recipient_in_its_scope(
@@ -198,9 +222,10 @@ async def test_no_recipient_address_in_any_log_line(live: Live) -> None:
         token = mailto_token(copy)
         rcpt = f"unsubscribe+{token}@{DOMAIN}"
         await live.inbound(FORWARD, rcpt, person(sender=FORWARD, to=rcpt))
-        await live.inbound(FAN, UNSUBSCRIBE, person(sender=FAN, to=UNSUBSCRIBE))
-        bounce = dsn(copy, to=live.verp(), recipient=FAN, status="5.1.1", diagnostic="550 gone")
-        await live.inbound("", live.verp(), bounce)
+        verp = live.verp()
+        await live.inbound(FAN, UNSUBSCRIBE, person(sender=FAN, to=UNSUBSCRIBE))  # held
+        bounce = dsn(copy, to=verp, recipient=FAN, status="5.1.1", diagnostic="550 gone")
+        await live.inbound("", verp, bounce)
         await live.inbound("fbl@isp.example", FBL, arf(copy, to=FBL))
     text = json.dumps(logs, default=str)
     assert text.count('"inbound_message"') == 4
@@ -211,7 +236,7 @@ async def test_no_recipient_address_in_any_log_line(live: Live) -> None:
 
 async def test_inbound_and_outbound_recipients_go_in_separate_transactions(live: Live) -> None:
     sent = await send(
-        live.gate.smtp_port, FAN, [UNSUBSCRIBE, FAN], person(sender=FAN, to=UNSUBSCRIBE)
+        live.gate.smtp_port, FAN, [UNSUBSCRIBE, FAN], authentic(person(sender=FAN, to=UNSUBSCRIBE))
     )
     assert sent.code == 250
     assert sent.refused[FAN][0] == 452  # the client sends it again, in its own transaction
@@ -241,7 +266,7 @@ async def test_own_lmtp_listener_answers_per_recipient_and_refuses_other_mail(
     tmp_path: Path, next_hop: Sink
 ) -> None:
     config = config_for(tmp_path, next_hop, inbound_listen="127.0.0.1:0", inbound_lmtp="true")
-    data = person(sender=FAN, to=UNSUBSCRIBE)
+    data = authentic(person(sender=FAN, to=UNSUBSCRIBE))
 
     def lmtp(port: int) -> tuple[list[int], list[int]]:
         with smtplib.LMTP("127.0.0.1", port) as client:
@@ -278,8 +303,28 @@ async def test_raw_messages_are_kept_only_when_configured(tmp_path: Path, next_h
 async def test_reject_mode_never_refuses_an_inbound_address(tmp_path: Path, next_hop: Sink) -> None:
     config = config_for(tmp_path, next_hop, policy_action="reject")
     async with running(config, ("smtp",)) as gate:
-        sent = await send(gate.smtp_port, FAN, [UNSUBSCRIBE], person(sender=FAN, to=UNSUBSCRIBE))
+        data = authentic(person(sender=FAN, to=UNSUBSCRIBE))
+        sent = await send(gate.smtp_port, FAN, [UNSUBSCRIBE], data)
         refused = await send(gate.smtp_port, SENDER, ["nobody@example.com"], message())
     assert sent.code == 250
     assert refused.refused["nobody@example.com"][0] == 550  # outbound: no consent
     assert await Live(gate, config, next_hop).suppressions(FAN) == {"global": Reason.UNSUBSCRIBED}
+
+
+async def test_authenticated_opt_outs_beyond_the_domains_hourly_limit_wait(
+    tmp_path: Path, next_hop: Sink
+) -> None:
+    config = config_for(tmp_path, next_hop, inbound_optout_rate_authenticated="1")
+    await seed(config)
+    other = "other.person@example.com"
+    async with running(config, ("smtp",)) as gate:
+        first = await send(
+            gate.smtp_port, FAN, [UNSUBSCRIBE], authentic(person(sender=FAN, to=UNSUBSCRIBE))
+        )
+        second = await send(
+            gate.smtp_port, other, [UNSUBSCRIBE], authentic(person(sender=other, to=UNSUBSCRIBE))
+        )
+    assert (first.code, second.code) == (250, 451)  # example.com's one for this hour is used
+    live = Live(gate, config, next_hop)
+    assert await live.suppressions(FAN) == {"global": Reason.UNSUBSCRIBED}
+    assert await live.suppressions(other) == {}

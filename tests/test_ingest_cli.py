@@ -12,9 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from aiosmtpd.controller import Controller
 
 from gateway.inbound.classify import classify
 from gateway.inbound.imap import KEYWORD, Imap, parse_url
+from gateway.inbound.optouts import OptOuts
 from gateway.ingest import Ingest, arrived
 from gateway.keys import load_keys
 from gateway.stores import open_configured
@@ -26,7 +28,7 @@ from tests import test_cli
 from tests.support.dovecot import Dovecot, private_dovecot
 from tests.support.keys import AUDIT_KEY
 from tests.support.postfix import free_port
-from tests.support.smtp import gateway_config
+from tests.support.smtp import Sink, gateway_config
 from tests.test_cli import Run, count, one_line_error, reasons
 from tests.test_rewrite import corpus_root
 
@@ -54,7 +56,9 @@ ABUSE = "maildir-bsd/arf-01.eml"
 NOT_BOUNCES = ("not-bounce/is-not-bounce-01.eml", "not-bounce/is-not-bounce-02.eml")
 GARBAGE = b"\x00\xff\xfe not a message at all \x80\x81\n\n\xff"
 
-EXPECTED = {address: "bounced" for address in HARD_BOUNCES.values()} | {OPT_OUT[1]: "unsubscribed"}
+# the opt-out report is held: a third party's word suppresses nobody until the address
+# confirms by the link mailed to it (issue 14)
+EXPECTED = {address: "bounced" for address in HARD_BOUNCES.values()}
 EVERY_ADDRESS = [*HARD_BOUNCES.values(), OPT_OUT[1]]
 
 
@@ -107,7 +111,20 @@ async def mailed_everyone(url: str) -> None:
 
 
 @pytest.fixture
-def keyed(db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def hop(db: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sink]:
+    """The next hop the confirmation links go through: a recording sink on its own thread."""
+    recorder = Sink()
+    controller = Controller(recorder, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    monkeypatch.setenv("OPTGATE_RELAY_NEXT_HOP", f"127.0.0.1:{controller.port}")
+    try:
+        yield recorder
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def keyed(db: Path, hop: Sink, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The token key file made beforehand and a send ledger, as `optgate serve` would have."""
     key = db.parent / "optgate.key"
     key.write_text("ab" * 32 + "\n")
@@ -119,8 +136,13 @@ def keyed(db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return db
 
 
+def linked(hop: Sink) -> list[str]:
+    """Whom the confirmation links went to."""
+    return [m.rcpt_tos[0] for m in hop.messages]
+
+
 def test_mbox_of_corpus_mail(
-    optgate: Run, keyed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    optgate: Run, keyed: Path, hop: Sink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = make_mbox(tmp_path / "inbound.mbox", messages())
     original = path.read_bytes()
@@ -131,8 +153,9 @@ def test_mbox_of_corpus_mail(
     dry = optgate("ingest", str(path), "--dry-run")
     assert dry.code == 0, dry
     assert summary_line(dry.out) == f"mbox inbound.mbox: dry run, nothing changed: {SUMMARY} " + (
-        "(new suppressions 11, forged tokens 0)"
+        "(new suppressions 10, held for a confirmation link 1, forged tokens 0)"
     )
+    assert linked(hop) == []  # a dry run mails nothing
     assert path.read_bytes() == original
     assert reasons(optgate) == {}
     assert count(keyed, "audit") == 0
@@ -141,8 +164,10 @@ def test_mbox_of_corpus_mail(
     real = optgate("ingest", str(path))
     assert real.code == 0, real
     assert summary_line(real.out) == (
-        f"mbox inbound.mbox: {SUMMARY} (new suppressions 11, forged tokens 0)"
+        f"mbox inbound.mbox: {SUMMARY} (new suppressions 10, held for a confirmation link 1, "
+        "forged tokens 0)"
     )
+    assert linked(hop) == [OPT_OUT[1]]
     no_addresses(dry.out, dry.err, real.out, real.err)
     assert reasons(optgate) == EXPECTED
     copies = sorted(kept.iterdir())
@@ -158,10 +183,30 @@ def test_mbox_of_corpus_mail(
     assert again.code == 0, again
     assert summary_line(again.out) == (
         "mbox inbound.mbox: read 0, unsubscribes 0, hard bounces 0, soft bounces 0, "
-        "complaints 0, ignored 0, errors 0 (new suppressions 0, forged tokens 0)"
+        "complaints 0, ignored 0, errors 0 (new suppressions 0, held for a confirmation link 0, "
+        "forged tokens 0)"
     )
+    assert linked(hop) == [OPT_OUT[1]]
     assert count(keyed, "audit") == audit
     assert reasons(optgate) == EXPECTED
+
+
+def test_a_held_opt_out_waits_for_the_next_hop(
+    optgate: Run, keyed: Path, hop: Sink, tmp_path: Path
+) -> None:
+    path = make_mbox(tmp_path / "optout.mbox", [corpus(OPT_OUT[0])])
+    hop.fail_next.append("451 4.3.0 Try again later")
+    first = optgate("ingest", str(path))
+    assert first.code == 1, first  # the link could not go out: left unmarked for the next run
+    assert "errors 1 " in summary_line(first.out)
+    assert [m.get("Status") for m in mailbox.mbox(path)] == [None]
+    assert linked(hop) == []
+    second = optgate("ingest", str(path))
+    assert second.code == 0, second
+    assert "held for a confirmation link 1," in summary_line(second.out)
+    assert linked(hop) == [OPT_OUT[1]]
+    assert [m.get("Status") for m in mailbox.mbox(path)] == ["RO"]
+    assert reasons(optgate) == {}  # held, not suppressed
 
 
 def maildir(path: Path, content: list[bytes]) -> Path:
@@ -376,12 +421,13 @@ async def test_imap_connection_lost(dovecot: Dovecot, imap: str, tmp_path: Path)
     await mailed_everyone(config.store.url)
     store = await open_configured(config, create=True)
     signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file), create=True))
+    optouts = OptOuts.from_config(config, store, None)
     try:
         source = Imap(parse_url(dovecot.url(imap, tls=True)), dovecot.password, None)
-        done = await Ingest(source, store, config, signer, dry_run=False).run(limit=3)
+        done = await Ingest(source, store, config, signer, False, optouts).run(limit=3)
         assert (done.read, done.applied.hard_bounces, done.stopped) == (3, 3, None)
         dovecot.kick()
-        lost = await Ingest(source, store, config, signer, dry_run=False).run(limit=None)
+        lost = await Ingest(source, store, config, signer, False, optouts).run(limit=None)
         source.close()
     finally:
         await store.close()

@@ -10,7 +10,16 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway.policy import MessageClass, Rules, decide, scopes_for, version_key
-from suppression.model import HARD_REASONS, Consent, Facts, KeyKind, Reason, Suppression
+from suppression.model import (
+    HARD_REASONS,
+    UNVERIFIED_SOURCES,
+    Consent,
+    Facts,
+    KeyKind,
+    Reason,
+    Source,
+    Suppression,
+)
 
 T0 = datetime(2024, 3, 5, 14, 30, tzinfo=UTC)
 T1 = datetime(2024, 6, 7, 9, 0, tzinfo=UTC)
@@ -146,6 +155,30 @@ CASES = [
         "complained",
     ),
     case(
+        "transactional ignores a bounce no token vouches for",
+        TRANSACTIONAL,
+        [suppression(Reason.BOUNCED, source=Source.UNVERIFIED_BOUNCE)],
+        None,
+        CONSENTING,
+        "transactional",
+    ),
+    case(
+        "transactional ignores a complaint no token vouches for",
+        TRANSACTIONAL,
+        [suppression(Reason.COMPLAINED, source=Source.UNVERIFIED_COMPLAINT)],
+        None,
+        CONSENTING,
+        "transactional",
+    ),
+    case(
+        "marketing stops at a bounce no token vouches for",
+        MARKETING,
+        [suppression(Reason.BOUNCED, source=Source.UNVERIFIED_BOUNCE)],
+        consent(),
+        CONSENTING,
+        "bounced",
+    ),
+    case(
         "transactional ignores a topic's bounce",
         TRANSACTIONAL,
         [suppression(Reason.BOUNCED, scope="topic:news")],
@@ -207,7 +240,9 @@ def oracle(
         fresh = given is not None and given.granted and given.created > record.created
         if record.reason is Reason.ERASED and fresh:
             continue  # only a consent given since the erasure mails an erased person again
-        if kind is not TRANSACTIONAL or record.reason in HARD_REASONS:
+        # a bounce or complaint no token vouches for stops marketing only
+        vouched = record.source not in UNVERIFIED_SOURCES
+        if kind is not TRANSACTIONAL or (record.reason in HARD_REASONS and vouched):
             return False, record.reason.value
     if kind is TRANSACTIONAL:
         return True, "transactional"
@@ -231,6 +266,16 @@ SUPPRESSION_CHOICES: list[tuple[Suppression, ...]] = [
     (),
     *((suppression(r, s, k),) for r, s, k in itertools.product(Reason, SCOPES, KINDS)),
     (suppression(Reason.UNSUBSCRIBED), suppression(Reason.BOUNCED, kind="domain")),
+    *(
+        (suppression(reason, scope, source=source),)
+        for reason, scope, source in itertools.product(
+            (Reason.BOUNCED, Reason.COMPLAINED), SCOPES, UNVERIFIED_SOURCES
+        )
+    ),
+    (
+        suppression(Reason.BOUNCED, source=Source.UNVERIFIED_BOUNCE),
+        suppression(Reason.COMPLAINED, source=Source.COMPLAINT),
+    ),
 ]
 CONSENT_CHOICES: list[Consent | None] = [
     None,

@@ -18,6 +18,7 @@ from gateway.service import running
 from gateway.stores import open_configured
 from suppression.address import normalize
 from suppression.model import Reason
+from tests.support.dns import dns_server
 from tests.support.people import FAN, SENDER, STRANGER, seed
 from tests.support.postfix import (
     SNIPPET_DIR,
@@ -26,7 +27,8 @@ from tests.support.postfix import (
     postfix_available,
     private_postfix,
 )
-from tests.support.reports import dsn, person
+from tests.support.reports import dsn
+from tests.support.senders import request, signed, zone
 from tests.support.smtp import gateway_config, message, send, sink
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix needs root")
@@ -68,6 +70,11 @@ def inbound_main_cf(transport: Path) -> dict[str, str]:
 async def test_a_bounce_and_an_unsubscribe_through_postfix_end_in_the_suppression_list(
     tmp_path: Path,
 ) -> None:
+    async with dns_server(zone()) as dns:  # the unsubscribing writer's DKIM key
+        await _bounce_and_unsubscribe(tmp_path, dns.port)
+
+
+async def _bounce_and_unsubscribe(tmp_path: Path, dns_port: int) -> None:
     ports = PostfixPorts.pick()
     mx_port, lmtp_port = free_ports(2)
     config = gateway_config(
@@ -77,6 +84,7 @@ async def test_a_bounce_and_an_unsubscribe_through_postfix_end_in_the_suppressio
         inbound_domains=DOMAIN,
         inbound_listen=f"127.0.0.1:{lmtp_port}",
         inbound_lmtp="true",
+        inbound_dns_servers=f"127.0.0.1:{dns_port}",
     )
     await seed(config)
     extra_main = inbound_main_cf(transport_map(tmp_path / "optgate_transport", lmtp_port))
@@ -101,7 +109,8 @@ async def test_a_bounce_and_an_unsubscribe_through_postfix_end_in_the_suppressio
             )
             assert (await send(mx_port, "", [copy.mail_from], bounce)).code == 250
             unsubscribe = f"unsubscribe@{DOMAIN}"
-            mail = person(sender=STRANGER, to=unsubscribe)
+            # signed by the writer's domain (DKIM, DMARC-aligned): it counts at once
+            mail = signed(request(STRANGER, unsubscribe))
             assert (await send(mx_port, STRANGER, [unsubscribe], mail)).code == 250
             stray = await send(mx_port, STRANGER, [f"postmaster@{DOMAIN}"], mail)
             await asyncio.to_thread(postfix.wait_queue_empty, 30)

@@ -1,14 +1,16 @@
-"""Unsubscribe tokens: round trip, rotation and every way a token can be wrong."""
+"""Unsubscribe tokens: round trip, rotation, sealing, tokens already mailed, and every way a
+token can be wrong."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import random
 import re
 
 import pytest
 
-from gateway.tokens import Claims, InvalidToken, TokenSigner, is_short
+from gateway.tokens import Claims, InvalidToken, TokenSigner, is_short, key_id
 
 OLD_KEY = b"old-key-0123456789abcdef"
 NEW_KEY = b"new-key-fedcba9876543210"
@@ -111,7 +113,7 @@ def test_garbage_is_rejected(token: str) -> None:
 def test_wrong_version_is_rejected_even_when_signed() -> None:
     signer = TokenSigner([NEW_KEY])
     payload = bytearray(_raw(signer.issue(CLAIMS)))
-    payload[0] = 2
+    payload[0] = 3
     with pytest.raises(InvalidToken, match="version"):
         signer.verify(_text(bytes(payload)))
 
@@ -150,6 +152,119 @@ def test_keys_must_exist_and_be_long_enough(keys: list[bytes]) -> None:
         TokenSigner(keys)
 
 
+def _windows(data: bytes, size: int) -> set[bytes]:
+    return {data[i : i + size] for i in range(len(data) - size + 1)}
+
+
+@pytest.mark.parametrize("scope", ["global", "topic:newsletter", "partner:acme", "confirm:news"])
+def test_a_token_shows_neither_the_hash_nor_the_scope_without_the_key(scope: str) -> None:
+    signer = TokenSigner([NEW_KEY])
+    payload = _raw(signer.issue(Claims(RECIPIENT, scope, 1_700_000_000)))
+    hashed = bytes.fromhex(RECIPIENT)
+    assert not _windows(payload, 4) & _windows(hashed, 4)  # no 4 bytes of it, anywhere
+    name = scope.partition(":")[2].encode()
+    assert not name or name not in payload
+    assert payload[1:5] == key_id(NEW_KEY)  # only the key's public name is in the clear
+
+
+def test_the_same_claims_for_two_recipients_share_nothing_but_the_header() -> None:
+    signer = TokenSigner([NEW_KEY])
+    other = hashlib.sha256(b"john@example.com").hexdigest()
+    one, two = (_raw(signer.issue(Claims(r, "topic:news", 1))) for r in (RECIPIENT, other))
+    assert one[:5] == two[:5]
+    assert sum(a == b for a, b in zip(one[5:], two[5:], strict=True)) < 8  # chance: ~0.2
+
+
+# Tokens issued before sealing (version 1 long, 0x20 short), with NEW_KEY, for RECIPIENT at
+# 1_700_000_000: links and addresses already mailed, which must keep working.
+MAILED = {
+    "global": "AYJE5KCG4LnlbBfMTRI4fhlJuFBT--c7w85aEYhxOp0wDMYTPWVT8QAAFvNALDqNWVgCFV9JU3pCZA",
+    "topic:newsletter": "AYJE5KCG4LnlbBfMTRI4fhlJuFBT--c7w85aEYhxOp0wDMYTPWVT8QABbmV3c2xldH"
+    "Rlci-ay3LzmlBmHrwrXW6HovQ",
+    "partner:acme": "AYJE5KCG4LnlbBfMTRI4fhlJuFBT--c7w85aEYhxOp0wDMYTPWVT8QACYWNtZcPYsK2-bW4S"
+    "ELr-jJjyBj0",
+    "confirm:newsletter": "AYJE5KCG4LnlbBfMTRI4fhlJuFBT--c7w85aEYhxOp0wDMYTPWVT8QADbmV3c2xl"
+    "dHRlcvAi7BO3-qnpK8nJeu3iKAE",
+}
+MAILED_SHORT = {
+    "global": "ecbejbxaxhswyf6mjwaadqtujtnsybpvy7zpxbf5",
+    "topic:newsletter": "egbejbxaxhswyf6mju2j4de2jtnuvnu6mbimrfja",
+    "partner:acme": "ekbejbxaxhswyf6mjwu46uczjtn5prl354m43d76",
+}
+
+
+@pytest.mark.parametrize(("scope", "token"), MAILED.items())
+def test_tokens_mailed_before_sealing_keep_working(scope: str, token: str) -> None:
+    signer = TokenSigner([b"a-newer-key-0123456789", NEW_KEY])  # rotated since, too
+    assert signer.verify(token) == Claims(RECIPIENT, scope, 1_700_000_000)
+    assert signer.issue(Claims(RECIPIENT, scope, 1_700_000_000)) != token  # never issued again
+    altered = token[:-2] + ("AA" if token[-2:] != "AA" else "BA")
+    with pytest.raises(InvalidToken, match=r"signature|non-canonical"):
+        signer.verify(altered)
+
+
+@pytest.mark.parametrize(("scope", "token"), MAILED_SHORT.items())
+def test_short_tokens_mailed_before_sealing_keep_working(scope: str, token: str) -> None:
+    signer = TokenSigner([NEW_KEY])
+    claims = signer.verify_short(token.upper())
+    assert (claims.prefix, claims.issued) == (RECIPIENT[:16], 1_700_000_000 // 86400 * 86400)
+    assert claims.kind == scope.partition(":")[0]
+    assert signer.issue_short(Claims(RECIPIENT, scope, 1_700_000_000)) != token
+    payload = bytearray(base64.b32decode(token.upper()))
+    payload[5] ^= 1  # inside the recipient prefix
+    with pytest.raises(InvalidToken, match="signature"):
+        signer.verify_short(_b32(bytes(payload)))
+
+
+FORGERIES = 10_000  # scripts/forge_tokens.py runs 10^6
+
+
+def test_ten_thousand_forged_tokens_are_accepted_zero_times() -> None:
+    """Forgeries that get past every cheap check (right version, length and key id) to the
+    siv: random bytes, genuine tokens with bits flipped, and the sealed part of one
+    recipient's token spliced onto another's."""
+    signer = TokenSigner([NEW_KEY])
+    rng = random.Random(14)
+    kid = key_id(NEW_KEY)
+    genuine = _raw(signer.issue(CLAIMS))
+    other = _raw(signer.issue(Claims(hashlib.sha256(b"x@example.com").hexdigest(), "global", 1)))
+    accepted = 0
+    for n in range(FORGERIES):
+        if n % 3 == 0:
+            forged = bytes([2]) + kid + rng.randbytes(len(genuine) - 5)
+        elif n % 3 == 1:
+            flipped = bytearray(genuine)
+            for _ in range(rng.randint(1, 4)):
+                flipped[rng.randrange(5, len(flipped))] ^= 1 << rng.randrange(8)
+            forged = bytes(flipped)
+        else:
+            cut = rng.randrange(6, len(other))
+            forged = genuine[:cut] + other[cut:]
+        if forged in (genuine, other):  # a splice that happens to be one of the two
+            continue
+        try:
+            signer.verify(_text(forged))
+        except InvalidToken:
+            continue
+        accepted += 1
+    assert accepted == 0
+
+
+def test_ten_thousand_forged_short_tokens_are_accepted_zero_times() -> None:
+    signer = TokenSigner([NEW_KEY])
+    rng = random.Random(15)
+    genuine = base64.b32decode(signer.issue_short(CLAIMS).upper())
+    accepted = 0
+    for _ in range(FORGERIES):
+        forged = genuine[:3] + rng.randbytes(len(genuine) - 3)
+        try:
+            signer.verify_short(_b32(forged))
+        except InvalidToken:
+            continue
+        accepted += 1
+    assert accepted == 0
+
+
 # --- short tokens (local parts: unsubscribe+T@, bounce+T@) ---------------------------
 
 
@@ -169,6 +284,8 @@ def test_short_token_fits_a_local_part_in_any_letter_case() -> None:
     assert claims.issued == CLAIMS.issued - CLAIMS.issued % 86400
     assert claims.scope_for("newsletter") == "topic:newsletter"
     assert claims.scope_for("deals") is None
+    payload = base64.b32decode(token.upper())
+    assert not _windows(payload, 3) & _windows(bytes.fromhex(RECIPIENT[:16]), 3)
 
 
 def test_short_global_token_matches_a_copy_of_any_topic() -> None:

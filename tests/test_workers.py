@@ -63,12 +63,12 @@ async def test_two_workers_serve_mail_and_both_answer(tmp_path: Path, next_hop: 
         assert len(next_hop.to(FAN)) == MESSAGES
         lines = await served.wait_for("message", MESSAGES, reply=250)
         assert {line["worker"] for line in lines} == {0, 1}
-        _, web = served.address("web")
+        _, api = served.address("api")  # the admin listener
         seen = set()
         async with aiohttp.ClientSession() as http:
             for _ in range(20):  # new connections: both workers answer, each with the sum
                 async with http.get(
-                    f"http://127.0.0.1:{web}/metrics", headers={"Connection": "close"}
+                    f"http://127.0.0.1:{api}/metrics", headers={"Connection": "close"}
                 ) as response:
                     text = await response.text()
                 total = re.search(r'^optgate_messages_total\{reply="2xx"\} (\S+)$', text, re.M)

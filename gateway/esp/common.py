@@ -116,7 +116,7 @@ def finding(
     scope: str | None = None,
 ) -> Finding:
     """One recipient's finding; the tokens are those the vendor carried back, if any."""
-    return Finding(kind, recipient, tokens, status, reason, scope)
+    return Finding(kind, recipient, tokens, status, reason, scope=scope)
 
 
 def bounce(kind: Kind, status: str | None, text: str) -> tuple[Kind, str | None]:

@@ -2,10 +2,15 @@
 
 A genuine token is authoritative over the address a report writes; a token
 that is not genuine (forged, altered, another system's) makes its finding
-change nothing. Without a token the finding's own address is used. Every
-change is audited with the inbound message's Message-ID and digest, and a
-second application of the same message changes nothing: suppressions exist
-already, and a soft bounce is counted once per (recipient, message digest).
+change nothing. Without a token the finding's own address is used, and then
+nobody vouches for it: a bounce or complaint is recorded with an ``unverified-*``
+source (marketing heeds it, transactional mail does not, and the person may lift
+it by a mailed link), and an opt-out by mail counts at once only for its
+authenticated author, else it is held for a confirmation link
+(gateway/inbound/optouts.py). Every change is audited with the inbound message's
+Message-ID and digest, and a second application of the same message changes
+nothing: suppressions exist already, a held request is found again, and a soft
+bounce is counted once per (recipient, message digest).
 """
 
 from __future__ import annotations
@@ -13,17 +18,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
 
 from gateway.config import Config
+from gateway.inbound.authentication import Authentication, Origin
 from gateway.inbound.model import Classification, Finding, Kind
+from gateway.inbound.optouts import OptOuts
 from gateway.keys import load_keys
 from gateway.tokens import InvalidToken, TokenSigner, is_short
-from suppression.address import normalize
+from suppression.address import Address, normalize
 from suppression.errors import InvalidAddress
 from suppression.model import ImportItem, Reason, Source, now
 from suppression.store import Store
@@ -38,6 +45,11 @@ _ACTIONS: dict[Kind, tuple[Reason, Source]] = {
     Kind.SOFT_BOUNCE: (Reason.BOUNCED, Source.BOUNCE),
     Kind.COMPLAINT: (Reason.COMPLAINED, Source.COMPLAINT),
 }
+# the same without a genuine token: anyone can write a report naming anyone
+_UNVERIFIED = {
+    Source.BOUNCE: Source.UNVERIFIED_BOUNCE,
+    Source.COMPLAINT: Source.UNVERIFIED_COMPLAINT,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +63,7 @@ class Applied:
     ignored: int = 0  # IGNORED findings, and findings with no recipient to act on
     forged: int = 0  # findings whose tokens were all not genuine: nothing was changed
     suppressed: int = 0  # suppressions that were new
+    held: int = 0  # opt-outs held for a confirmation link (mailed, or mailed before)
 
     def counts(self) -> dict[str, int]:
         """Every count by name."""
@@ -93,14 +106,20 @@ async def apply(
     dry_run: bool = False,
     signer: TokenSigner | None = None,
     at: datetime | None = None,
+    origin: Origin | None = None,
+    optouts: OptOuts | None = None,
     channel: Source | None = None,
 ) -> Applied:
     """Apply every finding of one inbound message; return the counts.
 
     ``signer`` defaults to the keys of ``[unsubscribe] key_file``; ``at`` is
     when the message arrived (a mailbox's Date), default now: soft bounces
-    are counted in the window before it. ``channel``: the source (and actor)
-    of every change when the findings did not come by mail (an ESP's webhook).
+    are counted in the window before it. An opt-out by mail without a genuine
+    token needs ``origin`` (the message as it came) and ``optouts``; without
+    them it changes nothing. Raises ``Deferred`` when such an opt-out must wait.
+    ``channel``: the findings did not come by mail but through a channel that
+    vouches for the addresses it names (an ESP's authenticated webhook): it is the
+    source and actor of every change, and an unsubscribe it names counts at once.
     """
     context = _Context(
         classification,
@@ -109,6 +128,9 @@ async def apply(
         dry_run,
         signer or TokenSigner(load_keys(Path(config.unsubscribe.key_file))),
         at or now(),
+        origin,
+        optouts,
+        {},
         channel,
     )
     total = Applied()
@@ -131,6 +153,9 @@ class _Context:
     dry_run: bool
     signer: TokenSigner
     at: datetime
+    origin: Origin | None
+    optouts: OptOuts | None
+    authenticated: dict[str, Authentication]  # the message's, once found: checked / named
     channel: Source | None
 
     @property
@@ -151,6 +176,8 @@ class _Context:
             self._log(finding, "no-recipient")
             return Applied(ignored=1)
         counted = Applied(**{_COUNTER[finding.kind]: 1})
+        if finding.kind is Kind.UNSUBSCRIBE and target.via == "address" and not self.channel:
+            return counted + await self._by_mail(finding, target)
         if finding.kind is Kind.SOFT_BOUNCE and not await self._soft_limit_reached(finding, target):
             return counted
         added = await self._suppress(finding, target)
@@ -213,6 +240,43 @@ class _Context:
         (sha256, scope), *_ = sorted(matches)
         return Target(sha256, None, scope, "token", short.issued)
 
+    async def _by_mail(self, finding: Finding, target: Target) -> Applied:
+        """An opt-out by mail that no token vouches for (gateway/inbound/optouts.py)."""
+        holder = await self.store.holder(target.sha256)
+        if any(s.scope == "global" for s in holder.suppressions):
+            self._log(finding, "already", target)
+            return Applied()
+        if self.optouts is None or self.origin is None or finding.recipient is None:
+            self._log(finding, "unconfirmed", target)
+            return Applied()
+        address = normalize(finding.recipient)
+        # only an author asking for itself can be authenticated: no DNS for anyone else
+        kind = "checked" if finding.by_author else "named"
+        auth = self.authenticated.get(kind)
+        if auth is None:
+            auth = await self.optouts.authenticate(self.origin, check=finding.by_author)
+            self.authenticated[kind] = auth
+        author = auth.author is not None and _same(auth.author, address)
+        if finding.by_author and author and auth.authenticated:
+            if not self.dry_run:
+                await self.optouts.may_count(auth)
+            added = await self._suppress(
+                finding, replace(target, via=f"authenticated {auth.method}")
+            )
+            self._log(finding, "suppressed" if added else "already", target, auth=auth.method)
+            return Applied(suppressed=added)
+        if not await self.optouts.known(address, third_party=not finding.by_author):
+            self._log(finding, "unknown", target)
+            return Applied()
+        if self.dry_run:
+            self._log(finding, "would-hold", target)
+            return Applied(held=1)
+        mailed = await self.optouts.hold(
+            address, auth, self.message.digest, self._note(finding, target)
+        )
+        self._log(finding, "held", target, link=mailed.value)
+        return Applied(held=1)
+
     async def _soft_limit_reached(self, finding: Finding, target: Target) -> bool:
         """Count the soft bounce; True once the limit is reached within the window."""
         inbound = self.config.inbound
@@ -237,7 +301,10 @@ class _Context:
     async def _suppress(self, finding: Finding, target: Target) -> int:
         """Suppress the target (1 if that was new); a dry run only looks."""
         reason, source = _ACTIONS[finding.kind]
-        source = self.channel or source
+        if self.channel is not None:
+            source = self.channel
+        elif target.via == "address":
+            source = _UNVERIFIED.get(source, source)
         scope = target.scope if finding.kind is Kind.UNSUBSCRIBE else "global"
         if self.dry_run:
             holder = await self.store.holder(target.sha256)
@@ -283,3 +350,11 @@ class _Context:
             dry_run=self.dry_run,
             **extra,
         )
+
+
+def _same(written: str, address: Address) -> bool:
+    """Whether an address as written is the given one."""
+    try:
+        return normalize(written).sha256 == address.sha256
+    except InvalidAddress:
+        return False

@@ -18,6 +18,7 @@ Tokens are candidates only, never verified here.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -194,18 +195,13 @@ def _unsubscribe(mail: _Mail) -> list[Finding]:
         why = "list traffic"
     if why is not None:
         return [mail.finding(Kind.IGNORED, None, f"unsubscribe mail: {why}")]
-    if not senders:
-        return [mail.finding(Kind.IGNORED, None, "unsubscribe mail without a sender")]
-    # the envelope sender and the writer (From): a forwarder rewrites the envelope sender
-    # (SRS), and a person may write from another address than the one mailed
-    envelope = parsing.addresses(mail.path())[:1]
+    # the writer (From) asks for itself; the envelope sender alone never counts (anyone can
+    # write any, and forwarders rewrite it)
     writer = parsing.addresses(parsing.headers(mail.message, "From"))[:1]
-    people: dict[str, str] = {}
-    for address in envelope + writer:
-        people.setdefault(address.lower(), address)
-    return [
-        mail.finding(Kind.UNSUBSCRIBE, person, "unsubscribe mail") for person in people.values()
-    ]
+    if not writer:
+        return [mail.finding(Kind.IGNORED, None, "unsubscribe mail without a From address")]
+    found = mail.finding(Kind.UNSUBSCRIBE, writer[0], "unsubscribe mail")
+    return [dataclasses.replace(found, by_author=True)]
 
 
 def _automatic(mail: _Mail) -> list[Finding]:

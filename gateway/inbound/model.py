@@ -30,6 +30,9 @@ class Finding:
     tokens: tuple[str, ...]
     status: str | None  # DSN status such as "5.1.1", when known
     reason: str  # short, for logs and audit: "dsn 5.1.1", "arf abuse", "auto-reply", ...
+    # the recipient is the message's own author (From) asking for itself, not someone a
+    # report or a third party names
+    by_author: bool = False
     scope: str | None = None  # where an unsubscribe without a token applies (default global)
 
 

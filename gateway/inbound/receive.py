@@ -17,8 +17,11 @@ import structlog
 
 from gateway.config import Config
 from gateway.inbound.apply import apply
+from gateway.inbound.authentication import Origin
 from gateway.inbound.classify import classify
 from gateway.inbound.mailboxes import Mailboxes, Role
+from gateway.inbound.optouts import Deferred, OptOuts
+from gateway.inbound.trace import Client
 from gateway.metrics import Metrics
 from gateway.tokens import TokenSigner
 from suppression.store import Store
@@ -30,6 +33,7 @@ MIXED = "452 4.5.3 Inbound and outbound recipients go in separate transactions: 
 NOT_INBOUND = "550 5.7.1 This listener only takes mail for optgate's inbound addresses"
 TOO_BIG = "552 5.3.4 Message too big for an inbound address"
 FAILED = "451 4.3.0 Temporary local problem, try again later"
+LATER = "451 4.7.1 This request cannot be dealt with now, try again later"
 
 
 class Receiver:
@@ -47,13 +51,22 @@ class Receiver:
         self._store, self._config, self._signer = store, config, signer
         self._mailboxes, self._metrics = mailboxes, metrics
         self._keep = Path(config.inbound.keep_raw) if config.inbound.keep_raw else None
+        self._optouts = OptOuts.from_config(config, store, mailboxes)
 
     def takes(self, address: str) -> bool:
         """Whether an envelope recipient is one of the inbound addresses."""
         return self._mailboxes.role(address) is not None
 
-    async def receive(self, raw: bytes, mail_from: str, rcpt_tos: Sequence[str]) -> list[str]:
-        """Classify and apply once per recipient; never relays, never answers by mail."""
+    async def receive(
+        self,
+        raw: bytes,
+        mail_from: str,
+        rcpt_tos: Sequence[str],
+        client: Client | None = None,
+    ) -> list[str]:
+        """Classify and apply once per recipient; never relays, never answers by mail
+        (a confirmation link goes to the address an opt-out names, never to the sender).
+        ``client`` is the connecting peer: its address and HELO name."""
         if len(raw) > self._config.inbound.max_message_size:
             log.warning("inbound_refused", problem="too big", size=len(raw))
             return [TOO_BIG] * len(rcpt_tos)
@@ -62,9 +75,11 @@ class Receiver:
         except OSError as exc:
             log.error("inbound_keep_failed", error=exc.strerror)
             return [FAILED] * len(rcpt_tos)
-        return [await self._one(raw, mail_from, rcpt) for rcpt in rcpt_tos]
+        origin = Origin(raw, mail_from, client)
+        return [await self._one(origin, rcpt) for rcpt in rcpt_tos]
 
-    async def _one(self, raw: bytes, mail_from: str, rcpt: str) -> str:
+    async def _one(self, origin: Origin, rcpt: str) -> str:
+        raw, mail_from = origin.raw, origin.mail_from
         boxes = self._mailboxes
         try:
             classification = await asyncio.to_thread(
@@ -76,8 +91,16 @@ class Receiver:
                 bounce_local=boxes.local(Role.BOUNCE),
             )
             applied = await apply(
-                classification, store=self._store, config=self._config, signer=self._signer
+                classification,
+                store=self._store,
+                config=self._config,
+                signer=self._signer,
+                origin=origin,
+                optouts=self._optouts,
             )
+        except Deferred as exc:
+            log.warning("inbound_deferred", problem=str(exc), role=boxes.role(rcpt))
+            return LATER
         except Exception as exc:  # the store failed: the sender retries, nothing is lost
             log.error("inbound_failed", error=type(exc).__name__, role=boxes.role(rcpt))
             return FAILED

@@ -40,6 +40,7 @@ class Sink(Pipelining):
     fail_rcpt: dict[str, list[str]] = field(default_factory=dict)
     arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
     pipelining: bool = True  # offer PIPELINING, as Postfix does
+    eight_bit: bool = True  # offer 8BITMIME (RFC 6152), as aiosmtpd and Postfix do
 
     async def handle_EHLO(
         self,
@@ -50,6 +51,8 @@ class Sink(Pipelining):
         responses: list[str],
     ) -> list[str]:
         """optgate's own EHLO reply (with PIPELINING), or aiosmtpd's plain one."""
+        if not self.eight_bit:
+            responses = [line for line in responses if line[4:].upper() != "8BITMIME"]
         if self.pipelining:
             return await super().handle_EHLO(server, session, envelope, hostname, responses)
         session.host_name = hostname
@@ -88,13 +91,17 @@ class Sink(Pipelining):
 
 @contextlib.asynccontextmanager
 async def sink(
-    port: int = 0, tls: ssl.SSLContext | None = None, *, pipelining: bool = True
+    port: int = 0,
+    tls: ssl.SSLContext | None = None,
+    *,
+    pipelining: bool = True,
+    eight_bit: bool = True,
 ) -> AsyncIterator[Sink]:
     """A recording SMTP server on a loopback port (default: a free one), in this event loop.
 
     With ``tls`` it offers STARTTLS and refuses mail without it.
     """
-    recorder = Sink(pipelining=pipelining)
+    recorder = Sink(pipelining=pipelining, eight_bit=eight_bit)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: SMTP(
@@ -127,6 +134,7 @@ def gateway_env(
     env = {
         "OPTGATE_SMTP_LISTEN": f"127.0.0.1:{listen_port}",
         "OPTGATE_WEB_LISTEN": "127.0.0.1:0",
+        "OPTGATE_API_LISTEN": "127.0.0.1:0",
         "OPTGATE_RELAY_NEXT_HOP": f"127.0.0.1:{next_port}",
         "OPTGATE_RELAY_TIMEOUT": "5",
         "OPTGATE_STORE_URL": f"sqlite:///{tmp_path / 'optgate.db'}",
