@@ -9,6 +9,7 @@ Link routes live under the path of ``[unsubscribe] base_url`` (as in the mail):
     GET  /r/SECRET  a held request's mailed link (gateway/held.py); POST carries it out
     GET  /lift      ask for a link that lifts an unverified bounce / complaint; POST mails it
     GET  /healthz   200 while the store answers
+    POST /hooks/VENDOR  an ESP's bounces and complaints ([esp]; gateway/esp/routes.py)
 
 /metrics is on the admin listener only (gateway/admin_web.py), and no answer
 carries aiohttp's ``Server`` header with the Python and aiohttp versions.
@@ -34,6 +35,7 @@ from yarl import URL
 
 from gateway import languages, pages
 from gateway.config import Config
+from gateway.esp.routes import Hooks
 from gateway.footers import Footers
 from gateway.held import Held
 from gateway.metrics import Metrics
@@ -236,6 +238,7 @@ class _Endpoint:
         self.prefix = URL(settings.base_url).path.rstrip("/")
         self.proxies = networks(settings.trusted_proxies)
         self.limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
+        self.unlimited = set(UNLIMITED)
 
     # --- tokens, addresses, evidence ---------------------------------------------------
 
@@ -551,7 +554,7 @@ class _Endpoint:
     async def limit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """429 and Retry-After once a client's bucket is empty; genuine one-clicks pass."""
         assert self.limiter is not None  # installed only with a limit
-        if request.path in UNLIMITED:
+        if request.path in self.unlimited:
             return await handler(request)
         delay = self.limiter.wait(self.ip(request))
         if delay and not self.genuine_one_click(request):
@@ -617,10 +620,12 @@ def make_app(
     metrics: Metrics,
     settings: WebSettings,
     held: Held | None = None,
+    hooks: Hooks | None = None,
 ) -> web.Application:
     """The web endpoint as an aiohttp application; run it without an access log (IPs, tokens).
 
-    With ``held``, the links of held requests (/r) and the lift form (/lift) are routed too.
+    With ``held``, the links of held requests (/r) and the lift form (/lift) are routed too;
+    ``hooks``: the ESP webhooks of ``[esp]`` (gateway/esp/routes.py), under the same prefix.
     """
     endpoint = _Endpoint(store, signer, metrics, settings, held)
     middlewares = [endpoint.limit, endpoint.errors] if endpoint.limiter else [endpoint.errors]
@@ -637,6 +642,8 @@ def make_app(
     if held is not None:
         _route_held(app, endpoint)
     app.router.add_get("/healthz", endpoint.health)
+    if hooks is not None:
+        endpoint.unlimited |= hooks.route(app, prefix)
     return app
 
 

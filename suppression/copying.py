@@ -168,6 +168,7 @@ TABLES: tuple[Table, ...] = (
         ),
         "secret",
     ),
+    Table("esp_token", (("vendor", "text"), ("token", "text"), ("at", "time")), "vendor, token"),
 )
 # bookkeeping of the schema itself (each store makes its own), not data
 NOT_COPIED = frozenset({"schema_version"})

@@ -41,6 +41,7 @@ class Source(StrEnum):
     CLI = "cli"
     API = "api"
     ERASURE = "erasure"
+    ESP = "esp"  # an ESP's webhook (gateway/esp): its bounces, complaints and unsubscribes
     # a bounce or complaint no genuine token vouches for: anyone can write one naming anyone
     UNVERIFIED_BOUNCE = "unverified-bounce"
     UNVERIFIED_COMPLAINT = "unverified-complaint"

@@ -205,6 +205,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX IF NOT EXISTS held_request_by_subject ON held_request (sha256);
     """,
+    # ESP webhooks: each signed notification's replay key, accepted once (gateway/esp)
+    """
+    CREATE TABLE IF NOT EXISTS esp_token (
+        vendor TEXT COLLATE "C" NOT NULL,
+        token TEXT COLLATE "C" NOT NULL,
+        at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (vendor, token)
+    );
+    CREATE INDEX IF NOT EXISTS esp_token_by_time ON esp_token (vendor, at);
+    """,
 )
 KEYED_CHAIN = 5  # the schema version whose migration is _rekey
 
@@ -892,6 +902,37 @@ class PostgresStore:
                 _utc(until),
             )
         return frozenset(row[0] for row in rows)
+
+    # --- ESP webhooks: the replay keys of signed notifications, each accepted once ---------
+
+    async def claim_esp_token(
+        self, vendor: str, token: str, *, at: datetime, forget_before: datetime
+    ) -> bool:
+        """Record a notification's replay key; False if it is on record (a replay). Keys
+        recorded before ``forget_before`` are forgotten first: a replay that late is stale."""
+        with self._errors("write to"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "DELETE FROM esp_token WHERE vendor = $1 AND at < $2",
+                    vendor,
+                    _utc(forget_before),
+                )
+                # a concurrent claim of the same key waits for this one, then adds nothing
+                status = await conn.execute(
+                    "INSERT INTO esp_token (vendor, token, at) VALUES ($1, $2, $3) "
+                    "ON CONFLICT DO NOTHING",
+                    vendor,
+                    token,
+                    _utc(at),
+                )
+        return bool(_count(status))
+
+    async def release_esp_token(self, vendor: str, token: str) -> None:
+        """Forget a key whose notification was not applied, so that the vendor's retry is."""
+        with self._errors("write to"):
+            await self._pool.execute(
+                "DELETE FROM esp_token WHERE vendor = $1 AND token = $2", vendor, token
+            )
 
     # --- partners, offers and their fan-out (suppression/partners.py) ---------------------
 

@@ -198,6 +198,16 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS held_request_by_subject ON held_request (sha256);
     """,
+    # ESP webhooks: each signed notification's replay key, accepted once (gateway/esp)
+    """
+    CREATE TABLE IF NOT EXISTS esp_token (
+        vendor TEXT NOT NULL,
+        token TEXT NOT NULL,
+        at TEXT NOT NULL,
+        PRIMARY KEY (vendor, token)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS esp_token_by_time ON esp_token (vendor, at);
+    """,
 )
 KEYED_CHAIN = 5  # the schema version whose migration is _rekey
 
@@ -921,6 +931,37 @@ class SQLiteStore:
             lambda row: row[0],
         )
         return frozenset(rows)
+
+    # --- ESP webhooks: the replay keys of signed notifications, each accepted once ---------
+
+    async def claim_esp_token(
+        self, vendor: str, token: str, *, at: datetime, forget_before: datetime
+    ) -> bool:
+        """Record a notification's replay key; False if it is on record (a replay). Keys
+        recorded before ``forget_before`` are forgotten first: a replay that late is stale."""
+
+        async def work() -> bool:
+            await self._db.execute(
+                "DELETE FROM esp_token WHERE vendor = ? AND at < ?", (vendor, _time(forget_before))
+            )
+            cursor = await self._db.execute(
+                "INSERT OR IGNORE INTO esp_token (vendor, token, at) VALUES (?, ?, ?)",
+                (vendor, token, _time(at)),
+            )
+            return bool(cursor.rowcount)
+
+        result: bool = await self._write(work)
+        return result
+
+    async def release_esp_token(self, vendor: str, token: str) -> None:
+        """Forget a key whose notification was not applied, so that the vendor's retry is."""
+
+        async def work() -> None:
+            await self._db.execute(
+                "DELETE FROM esp_token WHERE vendor = ? AND token = ?", (vendor, token)
+            )
+
+        await self._write(work)
 
     # --- partners, offers and their fan-out (suppression/partners.py) ---------------------
 

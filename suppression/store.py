@@ -203,6 +203,17 @@ class Store(Protocol):
     async def soft_bounces(self, sha256: str, since: datetime, until: datetime) -> frozenset[str]:
         """The reporting messages of a recipient's soft bounces from ``since`` to ``until``."""
 
+    # --- ESP webhooks: the replay keys of signed notifications, each accepted once ---
+
+    async def claim_esp_token(
+        self, vendor: str, token: str, *, at: datetime, forget_before: datetime
+    ) -> bool:
+        """Record a notification's replay key; False if it is on record (a replay). Keys
+        recorded before ``forget_before`` are forgotten first: a replay that late is stale."""
+
+    async def release_esp_token(self, vendor: str, token: str) -> None:
+        """Forget a key whose notification was not applied, so that the vendor's retry is."""
+
     # --- opt-outs by mail: per-source rate limits, requests held for a confirmation link ---
 
     async def take_rate(

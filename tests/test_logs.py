@@ -74,8 +74,11 @@ def test_other_libraries_lines_go_through_the_same_processors(
 
 def test_the_log_key_is_a_line_of_the_key_file_added_once(tmp_path: Path) -> None:
     path = tmp_path / "optgate.key"
-    tokens = load_keys(path)
-    key = load_log_key(path)
+    tokens = load_keys(path, create=True)
+    with pytest.raises(ConfigError, match="no log key yet"):
+        load_log_key(path)  # only serve adds it
+    key = load_log_key(path, create=True)
+    assert load_log_key(path, create=True) == key
     assert load_log_key(path) == key
     assert len(key) == 32
     assert path.read_text().count(LOG_KEY) == 1
@@ -86,7 +89,7 @@ def test_the_log_key_is_a_line_of_the_key_file_added_once(tmp_path: Path) -> Non
 def test_a_key_file_without_a_final_newline_keeps_its_keys(tmp_path: Path) -> None:
     path = tmp_path / "optgate.key"
     path.write_text("ab" * 32)
-    load_log_key(path)
+    load_log_key(path, create=True)
     assert load_keys(path) == [bytes.fromhex("ab" * 32)]
 
 
@@ -106,11 +109,13 @@ def test_log_id_prints_what_the_log_lines_say(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "optgate.key"
-    load_keys(path)
+    load_keys(path, create=True)
+    load_log_key(path, create=True)  # as optgate serve's first start did
+    capsys.readouterr()
     monkeypatch.setenv("OPTGATE_UNSUBSCRIBE_KEY_FILE", str(path))
     assert main(["log-id", " Jane.Doe@Example.com", "--message-id"]) == 0
     assert main(["log-id", "Jane.Doe@Example.com"]) == 0
-    *_, raw, rcpt = capsys.readouterr().out.splitlines()  # after the log_key_created line
+    raw, rcpt = capsys.readouterr().out.splitlines()
     logs.use_key(load_log_key(path))
     assert rcpt == f"{logs.recipient_id(IDENTITY)}  Jane.Doe@Example.com"
     assert raw.split()[0] == logs.digest(" Jane.Doe@Example.com")

@@ -490,6 +490,42 @@ async def test_soft_bounces_count_once_per_reporting_message_within_a_window(
     assert "<dsn@mx.example>" in bounces[0].body
 
 
+async def test_an_esp_replay_key_is_accepted_once_until_forgotten(backend: Backend) -> None:
+    store = backend.store
+    t0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    later = t0 + timedelta(minutes=5)
+    claim = store.claim_esp_token
+    assert await claim("mailgun", "tok-1", at=t0, forget_before=t0 - timedelta(minutes=10))
+    assert not await claim("mailgun", "tok-1", at=later, forget_before=t0 - timedelta(minutes=5))
+    assert await claim("sendgrid", "tok-1", at=later, forget_before=t0)  # another vendor's key
+    # a key whose notification failed is released: the vendor's retry is taken
+    await store.release_esp_token("mailgun", "tok-1")
+    assert await claim("mailgun", "tok-1", at=later, forget_before=t0 - timedelta(minutes=5))
+    # keys older than forget_before are dropped: the table stays as small as the window
+    assert await claim("mailgun", "tok-2", at=later, forget_before=later + timedelta(seconds=1))
+    rows = backend.query("SELECT vendor, token FROM esp_token ORDER BY vendor, token")
+    assert rows == [("mailgun", "tok-2"), ("sendgrid", "tok-1")]
+    # bookkeeping, not a record about anyone: the audit log is untouched
+    assert (await store.verify_chain()).events == 0
+
+
+async def test_concurrent_claims_of_one_esp_key_on_any_node_accept_one(backend: Backend) -> None:
+    at = now()
+    results = await asyncio.gather(
+        *(
+            backend.store.claim_esp_token("mailgun", "same", at=at, forget_before=at)
+            for _ in range(8)
+        )
+    )
+    assert sorted(results) == [False] * 7 + [True]
+    # another node (or worker) on the same database sees the key too
+    other = await open_store(backend.url, audit_key=AUDIT_KEY)
+    try:
+        assert not await other.claim_esp_token("mailgun", "same", at=at, forget_before=at)
+    finally:
+        await other.close()
+
+
 async def test_a_revocation_without_a_time_is_never_lost_to_an_older_one(
     backend: Backend,
 ) -> None:
