@@ -186,20 +186,6 @@ async def record_consent(
     return await store.record_consents(records, actor=actor)
 
 
-def consent_json(c: Consent) -> dict[str, Any]:
-    """One consent record as the export and the API show it."""
-    return {
-        "email": c.address or "",
-        "sha256": c.sha256,
-        "purpose": c.purpose,
-        "state": "granted" if c.granted else "revoked",
-        "source": c.source,
-        "policy_version": c.policy_version or "",
-        "created": c.created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "evidence": c.evidence or "",
-    }
-
-
 # --- data subjects --------------------------------------------------------------------
 
 

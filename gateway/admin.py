@@ -7,10 +7,9 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any, BinaryIO, TextIO, TypeVar
 
 from yarl import URL
 
@@ -27,16 +26,11 @@ from suppression.address import normalize
 from suppression.apikeys import check_scopes, new_key
 from suppression.audit import parse_head
 from suppression.errors import OptgateError
-from suppression.formats import ExportRecord, read_rows, write_records
-from suppression.importing import Summary, import_consents, import_suppressions
 from suppression.model import Reason, Source, check_name, now, parse_scope
 from suppression.outbox import PendingState, Webhook, check_events, new_secret
 from suppression.partners import UnknownPartner
 from suppression.rates import COUNTED, Counts
 from suppression.store import Store
-
-EXPORT_PAGE = 5000
-T = TypeVar("T")
 
 
 @contextlib.asynccontextmanager
@@ -63,56 +57,6 @@ async def checked_scope(config: Config, text: str) -> str:
                 f"the partners, `optgate partner add {name}` adds one"
             )
     return scope
-
-
-@contextlib.asynccontextmanager
-async def _closing(rows: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
-    """A store's stream, ended on the way out: a write that fails midway (a closed pipe)
-    ends its query while the store is still open, not at the event loop's shutdown."""
-    try:
-        yield rows
-    finally:
-        close = getattr(rows, "aclose", None)
-        if close is not None:
-            await close()
-
-
-@contextlib.contextmanager
-def _input(name: str) -> Iterator[BinaryIO]:
-    if name == "-":
-        yield sys.stdin.buffer
-        return
-    try:
-        handle = Path(name).open("rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise OptgateError(f"cannot read {name}: {exc.strerror}") from None
-    with handle:
-        yield handle
-
-
-@contextlib.contextmanager
-def output_file(name: str | None) -> Iterator[TextIO]:
-    """The file ``name`` for writing, or stdout when None; a failure is an OptgateError."""
-    if name is None:
-        yield sys.stdout
-        return
-    try:
-        handle = Path(name).open("w", encoding="utf-8", newline="")  # noqa: SIM115
-    except OSError as exc:
-        raise OptgateError(f"cannot write {name}: {exc.strerror}") from None
-    with handle:
-        yield handle
-
-
-def _progress(stream: IO[str]) -> Any:
-    if not stream.isatty():
-        return None
-
-    def show(summary: Summary) -> None:
-        stream.write(f"\r{summary.read:,} rows read, {summary.added:,} added")
-        stream.flush()
-
-    return show
 
 
 async def suppress_add(args: argparse.Namespace, config: Config) -> int:
@@ -171,64 +115,6 @@ def _rules(config: Config) -> Rules:
 _utc = actions.utc
 
 
-async def suppress_import(args: argparse.Namespace, config: Config) -> int:
-    """optgate suppress import."""
-    scope = parse_scope(args.scope)
-    reason = Reason(args.reason) if args.reason else None
-    name = "<stdin>" if args.file == "-" else args.file
-    # the audit log is never erased: a file name that looks like an address stays out
-    shown = Path(name).name
-    note = {"file": "(withheld)" if "@" in shown else shown, "format": args.format}
-    with _input(args.file) as handle:
-        async with opened_store(config) as store:
-            summary = await import_suppressions(
-                store,
-                read_rows(handle, args.format, name),
-                scope=scope,
-                reason=reason,
-                actor=args.actor,
-                note=note,
-                keep_addresses=config.store.keep_addresses,
-                progress=_progress(sys.stderr),
-            )
-    if sys.stderr.isatty():
-        sys.stderr.write("\n")
-    print(summary)
-    return 0
-
-
-async def suppress_export(args: argparse.Namespace, config: Config) -> int:
-    """optgate suppress export (streams)."""
-    scope = parse_scope(args.scope) if args.scope else None
-    async with opened_store(config) as store:
-        with output_file(args.output) as out:
-            written, skipped = await _export_stream(store, scope, args.format, out)
-    print(f"exported {written}, skipped {skipped}", file=sys.stderr)
-    return 0
-
-
-async def _export_stream(store: Store, scope: str | None, fmt: str, out: TextIO) -> tuple[int, int]:
-    """Write suppressions page by page, so memory stays flat; (written, skipped)."""
-    written = skipped = 0
-    page: list[ExportRecord] = []
-
-    def flush() -> None:
-        nonlocal written, skipped
-        result = write_records(page, fmt, out, header=written + skipped == 0)
-        written, skipped = written + result.written, skipped + result.skipped
-        page.clear()
-
-    async with _closing(store.iter_suppressions(scope)) as rows:
-        async for s in rows:
-            page.append(
-                ExportRecord(s.key, s.address, s.scope, s.reason.value, s.source, s.created, s.kind)
-            )
-            if len(page) == EXPORT_PAGE:
-                flush()
-    flush()
-    return written, skipped
-
-
 async def _consent(args: argparse.Namespace, config: Config, granted: bool) -> int:
     purpose = check_name(args.purpose, "purpose")
     addresses = [normalize(text) for text in args.addresses]
@@ -268,46 +154,6 @@ async def consent_request(args: argparse.Namespace, config: Config) -> int:
             state = "sent" if outcome.delivered else f"NOT sent ({outcome.code} {outcome.message})"
             print(f"{text}\tconfirmation request {state}")
     return 1 if failed else 0
-
-
-async def consent_import(args: argparse.Namespace, config: Config) -> int:
-    """optgate consent import."""
-    purpose = check_name(args.purpose, "purpose")
-    name = "<stdin>" if args.file == "-" else args.file
-    with _input(args.file) as handle:
-        async with opened_store(config) as store:
-            summary = await import_consents(
-                store,
-                read_rows(handle, args.format, name),
-                purpose=purpose,
-                source=args.source,
-                version=args.policy_version,
-                actor=args.actor,
-                keep_addresses=config.store.keep_addresses,
-            )
-    print(summary)
-    return 0
-
-
-async def consent_export(args: argparse.Namespace, config: Config) -> int:
-    """optgate consent export: every record, in order (csv or jsonl)."""
-    import csv
-
-    purpose = check_name(args.purpose, "purpose") if args.purpose else None
-    async with opened_store(config) as store:
-        with output_file(args.output) as out:
-            writer: Any = None
-            async with _closing(store.iter_consents(purpose)) as records:
-                async for consent in records:
-                    row = actions.consent_json(consent)
-                    if args.format == "jsonl":
-                        out.write(json.dumps(row) + "\n")
-                        continue
-                    if writer is None:
-                        writer = csv.DictWriter(out, fieldnames=list(row), lineterminator="\n")
-                        writer.writeheader()
-                    writer.writerow(row)
-    return 0
 
 
 async def subject_show(args: argparse.Namespace, config: Config) -> int:

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from gateway.config import Config, load
 from suppression.errors import OptgateError
-from suppression.formats import READ_FORMATS, WRITE_FORMATS
+from suppression.formats import READ_FORMATS
 from suppression.model import Reason
 from suppression.partners import TRANSITIONS
+from suppression.writers import CONSENT_FORMATS, WRITE_FORMATS
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR, EXIT_USAGE = 0, 1, 2, 64
 EXIT_PIPE = 128 + 13  # what a shell shows for a writer killed by SIGPIPE (`cmd | head`)
@@ -43,8 +44,8 @@ def _scope(parser: argparse.ArgumentParser, **options: Any) -> None:
     parser.add_argument("--scope", **(settings | options))
 
 
-def _json(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="JSON instead of lines")
+def _json(parser: argparse.ArgumentParser, help_text: str = "JSON instead of lines") -> None:
+    parser.add_argument("--json", action="store_true", help=help_text)
 
 
 def _command(group: Group, name: str, handler: str, help_text: str) -> argparse.ArgumentParser:
@@ -75,16 +76,26 @@ def _suppress_commands(group: Group) -> None:
     check.add_argument("addresses", nargs="+", metavar="ADDR")
     _json(check)
     imp = _command(
-        sub, "import", "gateway.admin:suppress_import", "bulk import a file ('-' is stdin)"
+        sub,
+        "import",
+        "gateway.bulk:suppress_import",
+        "bulk import a file ('-' is stdin), all or nothing",
     )
     imp.add_argument("file", metavar="FILE")
     imp.add_argument("--format", choices=READ_FORMATS, default="auto")
-    _scope(imp)
+    _scope(imp, default=None, help="the scope of rows without one (default global)")
     imp.add_argument("--reason", choices=reasons, help="override the reason rows carry")
-    exp = _command(sub, "export", "gateway.admin:suppress_export", "bulk export")
+    imp.add_argument(
+        "--allow-subscribed",
+        action="store_true",
+        help="import a list whose status column says subscribed (normally refused)",
+    )
+    _json(imp, "print the summary as one JSON object (stdout)")
+    exp = _command(sub, "export", "gateway.bulk:suppress_export", "bulk export")
     exp.add_argument("--format", choices=WRITE_FORMATS, default="csv")
     _scope(exp, default=None, help="only this scope (default: all scopes)")
     exp.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    _json(exp, "print the summary as one JSON object (stderr)")
 
 
 def _consent_commands(group: Group) -> None:
@@ -104,16 +115,22 @@ def _consent_commands(group: Group) -> None:
     )
     request.add_argument("addresses", nargs="+", metavar="ADDR")
     request.add_argument("--purpose", required=True, help="a topic name or partner-offers")
-    imp = _command(sub, "import", "gateway.admin:consent_import", "bulk import consents")
+    imp = _command(
+        sub, "import", "gateway.bulk:consent_import", "bulk import consents, all or nothing"
+    )
     imp.add_argument("file", metavar="FILE")
-    imp.add_argument("--purpose", required=True)
+    imp.add_argument(
+        "--purpose", help="the purpose of rows without a purpose column; rows for another fail"
+    )
     imp.add_argument("--format", choices=("auto", "csv", "jsonl", "plain"), default="auto")
-    imp.add_argument("--source", default="import")
-    imp.add_argument("--policy-version", metavar="V")
-    exp = _command(sub, "export", "gateway.admin:consent_export", "export consent records")
+    imp.add_argument("--source", default="import", help="the source of rows without one")
+    imp.add_argument("--policy-version", metavar="V", help="the version of rows without one")
+    _json(imp, "print the summary as one JSON object (stdout)")
+    exp = _command(sub, "export", "gateway.bulk:consent_export", "export consent records")
     exp.add_argument("--purpose", help="only this purpose")
-    exp.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    exp.add_argument("--format", choices=CONSENT_FORMATS, default="csv")
     exp.add_argument("-o", "--output", metavar="FILE")
+    _json(exp, "print the summary as one JSON object (stderr)")
 
 
 def _dkim_commands(group: Group) -> None:
@@ -211,7 +228,7 @@ def _other_commands(group: Group) -> None:
         "rates",
         "gateway.admin:report_rates",
         "sent, unsubscribed, bounced, complained per topic and campaign; exit 1 if "
-        "complaints reach Gmail's 0.3%",
+        "complaints reach Gmail's line (0.3 percent)",
     )
     rates.add_argument(
         "--since", default="7d", help="a duration back (7d, 12h, 30m) or a time (default 7d)"

@@ -409,6 +409,39 @@ class Partners:
 
 
 @dataclass(frozen=True)
+class Esp:
+    """Bounces and complaints an ESP reports over HTTP: POST {base_url path}/hooks/VENDOR."""
+
+    ses_topics: list[str] = _opt(
+        [], "ARNs of the SNS topics whose SES notifications /hooks/ses takes; none: it is off"
+    )
+    sendgrid_public_key: str = _opt(
+        "",
+        "the Signed Event Webhook's verification key (base64 or PEM); empty: /hooks/sendgrid off",
+    )
+    sendgrid_groups: dict[str, str] = _opt(
+        {},
+        "SendGrid unsubscribe group id -> the optgate topic its group_unsubscribe stops; "
+        "a group not named here stops everything (global)",
+    )
+    mailgun_signing_keys: list[str] = _opt(
+        [],
+        "HTTP webhook signing keys (the account's, a parent account's, old and new while "
+        "rotating); none: /hooks/mailgun is off",
+        secret=True,
+    )
+    postmark_credentials: list[str] = _opt(
+        [],
+        "USER:PASSWORD of each Postmark webhook's basic auth; none: /hooks/postmark is off",
+        secret=True,
+    )
+    max_age: int = _opt(
+        300, "seconds a SendGrid or Mailgun signature's timestamp may be from now; older is stale"
+    )
+    max_body: int = _opt(1048576, "largest notification in bytes; 413 beyond it")
+
+
+@dataclass(frozen=True)
 class Config:
     """All settings."""
 
@@ -423,6 +456,7 @@ class Config:
     dkim: Dkim = field(default_factory=Dkim)
     inbound: Inbound = field(default_factory=Inbound)
     partners: Partners = field(default_factory=Partners)
+    esp: Esp = field(default_factory=Esp)
     footer: Footer = field(default_factory=Footer)
     topics: dict[str, Topic] = field(default_factory=dict)  # [topics.NAME] tables
 

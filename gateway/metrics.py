@@ -48,6 +48,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.esp = Counter(
+            "optgate_esp_notifications",
+            "ESP webhook requests, by vendor and what became of them (accepted, forged, ...)",
+            ["vendor", "outcome"],
+            registry=r,
+        )
         self.smtp_seconds = Histogram(
             "optgate_smtp_transaction_seconds",
             "Time from end of DATA to the reply",

@@ -9,15 +9,16 @@ import sys
 
 from gateway import actions
 from gateway.actions import known_partner
-from gateway.admin import opened_store, output_file
+from gateway.admin import opened_store
+from gateway.bulk import output_file
 from gateway.config import Config
-from suppression.formats import ExportRecord, write_records
 from suppression.model import Reason, check_name, now
 from suppression.partners import (
     Partner,
     hash_credential,
     new_credential,
 )
+from suppression.writers import ExportRecord, write_records
 
 
 async def partner_add(args: argparse.Namespace, config: Config) -> int:

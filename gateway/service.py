@@ -22,6 +22,7 @@ from gateway.admin_web import make_admin_app
 from gateway.api.legacy import add_consent_api
 from gateway.api.routes import Api
 from gateway.config import Config, host_port
+from gateway.esp.routes import Hooks
 from gateway.fanout import FanOut
 from gateway.footers import Footers
 from gateway.held import Held
@@ -349,7 +350,8 @@ async def _partners(
 async def _web(
     config: Config, store: Store, signer: TokenSigner, metrics: Metrics, reuse_port: bool
 ) -> AsyncIterator[int]:
-    """The web endpoint (one-click, pages, /healthz); yields the bound port."""
+    """The web endpoint (one-click, pages, /healthz, ESP hooks); yields the bound port."""
+    hooks = Hooks.from_config(config, store=store, signer=signer, metrics=metrics)
     app = make_app(
         store=store,
         signer=signer,
@@ -357,6 +359,7 @@ async def _web(
         settings=WebSettings.from_config(config),
         held=Held.from_config(config, store),
         limiter=minute_limiter(config, store),
+        hooks=hooks,
     )
     if config.web.api_keys:
         requester = functools.partial(request_consent, config, store, actor="api")

@@ -9,6 +9,7 @@ Link routes live under the path of ``[unsubscribe] base_url`` (as in the mail):
     GET  /r/SECRET  a held request's mailed link (gateway/held.py); POST carries it out
     GET  /lift      ask for a link that lifts an unverified bounce / complaint; POST mails it
     GET  /healthz   200 while the store answers
+    POST /hooks/VENDOR  an ESP's bounces and complaints ([esp]; gateway/esp/routes.py)
 
 /metrics is on the admin listener only (gateway/admin_web.py), and no answer
 carries aiohttp's ``Server`` header with the Python and aiohttp versions.
@@ -33,6 +34,7 @@ from yarl import URL
 
 from gateway import languages, pages
 from gateway.config import Config
+from gateway.esp.routes import Hooks
 from gateway.footers import Footers
 from gateway.held import Held
 from gateway.metrics import Metrics
@@ -237,6 +239,7 @@ class _Endpoint:
         self.proxies = networks(settings.trusted_proxies)
         self.rate_limit = settings.rate_limit
         self.limiter = limiter if settings.rate_limit else None
+        self.unlimited = set(UNLIMITED)
 
     # --- tokens, addresses, evidence ---------------------------------------------------
 
@@ -554,7 +557,7 @@ class _Endpoint:
         the store, so over every worker and node); genuine one-clicks pass uncounted."""
         limiter = self.limiter
         assert limiter is not None  # installed only with a limit
-        if request.path in UNLIMITED or self.genuine_one_click(request):
+        if request.path in self.unlimited or self.genuine_one_click(request):
             return await handler(request)
         try:
             allowed = await limiter.take([("web", self.ip(request), self.rate_limit)])
@@ -624,11 +627,13 @@ def make_app(
     settings: WebSettings,
     held: Held | None = None,
     limiter: SharedLimiter | None = None,
+    hooks: Hooks | None = None,
 ) -> web.Application:
     """The web endpoint as an aiohttp application; run it without an access log (IPs, tokens).
 
     With ``held``, the links of held requests (/r) and the lift form (/lift) are routed too;
-    ``limiter`` (a minute's window) counts each client's requests when ``rate_limit`` is set.
+    ``limiter`` (a minute's window) counts each client's requests when ``rate_limit`` is set;
+    ``hooks``: the ESP webhooks of ``[esp]`` (gateway/esp/routes.py), under the same prefix.
     """
     if settings.rate_limit and limiter is None:
         raise ValueError("a rate limit needs a limiter")
@@ -647,6 +652,8 @@ def make_app(
     if held is not None:
         _route_held(app, endpoint)
     app.router.add_get("/healthz", endpoint.health)
+    if hooks is not None:
+        endpoint.unlimited |= hooks.route(app, prefix)
     return app
 
 

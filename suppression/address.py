@@ -17,10 +17,13 @@ from email_validator import EmailNotValidError, validate_email
 from suppression.errors import InvalidAddress
 
 # A strict subset of what email-validator accepts: dot-atom ASCII local part,
-# LDH labels, an alphabetic TLD. Anything else goes through email-validator.
+# LDH labels (no hyphen first or last: checked after the match, which is faster
+# than a pattern that backtracks over each label), an alphabetic TLD. Anything
+# else goes through email-validator.
 _SIMPLE = re.compile(
-    r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@((?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63})"
+    r"(?=[^@]{1,64}@)(?=.{1,254}\Z)"  # a local part of at most 64, at most 254 in all
+    r"[a-z0-9!#$%&'*+/=?^_`{|}~-]++(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]++)*+"
+    r"@((?:[a-z0-9-]{1,63}\.)+([a-z]{2,63}))"
 )
 # Special-use names email-validator refuses (RFC 6761 and friends).
 _SPECIAL_TLDS = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
@@ -70,22 +73,28 @@ class Address:
 
 def _simple(lowered: str) -> str | None:
     match = _SIMPLE.fullmatch(lowered)
-    if match is None or len(lowered) > 254 or lowered.index("@") > 64:
+    if match is None:
         return None
-    domain = match.group(1)
+    domain, tld = match.group(1, 2)
     # "--" marks Punycode (xn--, which email-validator turns into Unicode) or a
     # reserved label it refuses (ab--c): leave both to email-validator
-    if domain.rpartition(".")[2] in _SPECIAL_TLDS or "--" in domain:
+    if tld in _SPECIAL_TLDS or ("-" in domain and _bad_hyphen(domain)):
         return None
     return lowered
 
 
-def normalize(raw: str) -> Address:
-    """Validate and normalise an address; raise InvalidAddress with the reason."""
+def _bad_hyphen(domain: str) -> bool:
+    """A hyphen that starts or ends a label, or two in a row."""
+    return "--" in domain or "-." in domain or ".-" in domain or domain[0] == "-"
+
+
+def normal_form(raw: str) -> str:
+    """The normalised form of a valid address (its identity is the SHA-256 of it);
+    InvalidAddress with the reason otherwise."""
     text = raw.strip()
     lowered = text.lower()
     if lowered == POSTMASTER:
-        return Address(POSTMASTER, identity(POSTMASTER))
+        return POSTMASTER
     normalized = _simple(lowered)
     if normalized is None:
         try:
@@ -93,6 +102,12 @@ def normalize(raw: str) -> Address:
         except EmailNotValidError as exc:
             raise InvalidAddress(f"{text!r} is not a valid address: {exc}") from None
         normalized = info.normalized.lower()
+    return normalized
+
+
+def normalize(raw: str) -> Address:
+    """Validate and normalise an address; raise InvalidAddress with the reason."""
+    normalized = normal_form(raw)
     return Address(normalized, identity(normalized))
 
 

@@ -186,6 +186,7 @@ TABLES: tuple[Table, ...] = (
         ),
         "secret",
     ),
+    Table("esp_token", (("vendor", "text"), ("token", "text"), ("at", "time")), "vendor, token"),
     *(declared(table) for table in INTEGRATION_TABLES),
 )
 # bookkeeping of the schema itself (each store makes its own), not data

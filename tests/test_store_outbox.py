@@ -4,13 +4,17 @@ change they tell of, leased deliveries, API keys, suppression listings, rates.""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from suppression import importing
 from suppression.address import normalize
 from suppression.apikeys import new_key, split_key
 from suppression.errors import OptgateError, StoreError
+from suppression.fields import Row
 from suppression.model import Consent, ImportItem, Reason, Send, now
 from suppression.outbox import EVENT_TYPES, Webhook, new_secret
 from suppression.sql.integration import SuppressionFilter, decode_cursor, stored_cursor_of
@@ -280,3 +284,51 @@ async def test_limits_of_different_windows_share_the_counters(backend: Backend) 
         await store.take_rate([("minute", 5)], window=60, at=at + timedelta(seconds=120))
     # the minute limiter's clean-up kept the hour's count
     assert not await store.take_rate([("hourly", 1)], window=3600, at=at + timedelta(seconds=1))
+
+
+async def test_import_runs_make_an_event_per_row_they_added(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from suppression import rows as shared_rows
+    from suppression.sql import integration
+
+    monkeypatch.setattr(integration, "PAGE", 4)  # events read back a few rows at a time
+    assert shared_rows.PAGE > 4
+    store = backend.store
+    await store.add_webhook(hook(), actor="t")
+    texts = [f"i{n}@example.com" for n in range(10)]
+    await store.suppress([item(texts[0])], scope="global", source="cli", actor="t")
+    await importing.import_suppressions(
+        store,
+        Given([Row(n, text, "address") for n, text in enumerate(texts, 1)]),
+        options=importing.SuppressionOptions(scope="global"),
+        actor="cli:ops",
+        note={"file": "list.csv", "format": "csv"},
+    )
+    await importing.import_consents(
+        store,
+        Given([Row(n, text, "address") for n, text in enumerate(texts[:3], 1)]),
+        options=importing.ConsentOptions(purpose="news"),
+        actor="cli:ops",
+        note={"file": "c.csv", "format": "csv"},
+    )
+    rows = await pending(backend)
+    imported = [json.loads(r[2]) for r in rows if json.loads(r[2])["actor"] == "cli:ops"]
+    added = [d for d in imported if "key" in d]
+    assert sorted(d["key"] for d in added) == sorted(normalize(t).sha256 for t in texts[1:])
+    assert {d["source"] for d in added} == {"import"}
+    assert [t for _, t, *_ in rows].count("consent.given") == 3
+    assert len({r[4] for r in rows}) == len(rows)  # every event its own id
+    assert {r[3] for r in rows if r[1] == "suppression.added"} >= set(texts[1:])
+
+
+@dataclass
+class Given:
+    """Rows as a reader gives them."""
+
+    rows: list[Row]
+    source: str = "list.csv"
+    format: str = "csv"
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.rows)

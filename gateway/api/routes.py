@@ -38,6 +38,7 @@ from suppression.model import Reason, Source, check_name, parse_scope
 from suppression.partners import UnknownPartner
 from suppression.sql.integration import SuppressionFilter, decode_cursor, stored_cursor_of
 from suppression.store import Store
+from suppression.writers import consent_object
 
 log = structlog.get_logger("optgate.api")
 OPERATION = web.RequestKey("operation", str)
@@ -284,7 +285,7 @@ async def list_consents(api: Api, call: Call) -> web.Response:
     """GET /consents/{address}: every consent record of an address, oldest first."""
     address = _address(call)
     records = (await api.store.subject(address)).consents
-    return _json({"sha256": address.sha256, "consents": [actions.consent_json(c) for c in records]})
+    return _json({"sha256": address.sha256, "consents": [consent_object(c) for c in records]})
 
 
 async def consent_requests(api: Api, call: Call) -> web.Response:

@@ -108,6 +108,7 @@ async def apply(
     at: datetime | None = None,
     origin: Origin | None = None,
     optouts: OptOuts | None = None,
+    channel: Source | None = None,
 ) -> Applied:
     """Apply every finding of one inbound message; return the counts.
 
@@ -116,6 +117,9 @@ async def apply(
     are counted in the window before it. An opt-out by mail without a genuine
     token needs ``origin`` (the message as it came) and ``optouts``; without
     them it changes nothing. Raises ``Deferred`` when such an opt-out must wait.
+    ``channel``: the findings did not come by mail but through a channel that
+    vouches for the addresses it names (an ESP's authenticated webhook): it is the
+    source and actor of every change, and an unsubscribe it names counts at once.
     """
     context = _Context(
         classification,
@@ -127,6 +131,7 @@ async def apply(
         origin,
         optouts,
         {},
+        channel,
     )
     total = Applied()
     for finding in classification.findings:
@@ -151,6 +156,11 @@ class _Context:
     origin: Origin | None
     optouts: OptOuts | None
     authenticated: dict[str, Authentication]  # the message's, once found: checked / named
+    channel: Source | None
+
+    @property
+    def actor(self) -> str:
+        return self.channel.value if self.channel else ACTOR
 
     async def apply(self, finding: Finding) -> Applied:
         """One finding: find its recipient, then act by kind."""
@@ -166,7 +176,7 @@ class _Context:
             self._log(finding, "no-recipient")
             return Applied(ignored=1)
         counted = Applied(**{_COUNTER[finding.kind]: 1})
-        if finding.kind is Kind.UNSUBSCRIBE and target.via == "address":
+        if finding.kind is Kind.UNSUBSCRIBE and target.via == "address" and not self.channel:
             return counted + await self._by_mail(finding, target)
         if finding.kind is Kind.SOFT_BOUNCE and not await self._soft_limit_reached(finding, target):
             return counted
@@ -204,7 +214,7 @@ class _Context:
         if finding.kind is not Kind.UNSUBSCRIBE and not await self.store.sent_to(address.sha256):
             return None
         keep = address.normalized if self.config.store.keep_addresses else None
-        return Target(address.sha256, keep, "global", "address")
+        return Target(address.sha256, keep, finding.scope or "global", "address")
 
     async def _resolve(self, token: str) -> Target | None:
         """A genuine token's recipient (None when the ledger cannot name it exactly)."""
@@ -279,7 +289,7 @@ class _Context:
                 target.sha256,
                 self.message.digest,
                 at=self.at,
-                actor=ACTOR,
+                actor=self.actor,
                 detail=self._note(finding, target),
             )
             count = len(await self.store.soft_bounces(target.sha256, since, self.at))
@@ -291,7 +301,9 @@ class _Context:
     async def _suppress(self, finding: Finding, target: Target) -> int:
         """Suppress the target (1 if that was new); a dry run only looks."""
         reason, source = _ACTIONS[finding.kind]
-        if target.via == "address":
+        if self.channel is not None:
+            source = self.channel
+        elif target.via == "address":
             source = _UNVERIFIED.get(source, source)
         scope = target.scope if finding.kind is Kind.UNSUBSCRIBE else "global"
         if self.dry_run:
@@ -306,7 +318,7 @@ class _Context:
             [ImportItem(target.sha256, "sha256", target.address, reason)],
             scope=scope,
             source=source,
-            actor=ACTOR,
+            actor=self.actor,
             evidence=json.dumps(evidence, sort_keys=True),
             note=note,
         )

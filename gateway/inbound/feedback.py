@@ -48,12 +48,17 @@ def feedback(message: Message, original: Message | None) -> list[Feedback]:
     return found
 
 
+def feedback_kind(feedback_type: str) -> Kind:
+    """What a Feedback-Type asks for (an ESP's complaint report carries one too)."""
+    return _KINDS.get(feedback_type.lower(), Kind.IGNORED)
+
+
 def _feedback(kind_name: str, named: list[str], original: Message | None) -> Feedback:
     if original is not None and not named:  # the returned original's one addressee
         addressed = parsing.addresses(parsing.headers(original, "To"))
         named = addressed if len(addressed) == 1 else []
     recipients = [a for a in parsing.addresses(named) if not _REDACTED.search(a)]
-    return Feedback(_KINDS.get(kind_name, Kind.IGNORED), kind_name, tuple(recipients[:100]))
+    return Feedback(feedback_kind(kind_name), kind_name, tuple(recipients[:100]))
 
 
 def _fields(text: str) -> dict[str, list[str]]:

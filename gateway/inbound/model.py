@@ -33,6 +33,7 @@ class Finding:
     # the recipient is the message's own author (From) asking for itself, not someone a
     # report or a third party names
     by_author: bool = False
+    scope: str | None = None  # where an unsubscribe without a token applies (default global)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ statements written once with ``$n`` placeholders, times as each backend stores t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -19,6 +19,9 @@ class Sql(Protocol):
 
     async def fetch(self, statement: str, *args: object) -> list[Row]:
         """Rows of a query."""
+
+    def stream(self, statement: str, *args: object) -> AsyncIterator[Row]:
+        """Rows of a query, a page at a time (memory flat whatever their number)."""
 
     async def execute(self, statement: str, *args: object) -> int:
         """Run a statement; the rows it changed."""

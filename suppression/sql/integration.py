@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
@@ -21,7 +21,14 @@ from suppression.errors import OptgateError
 from suppression.model import Consent, Suppression
 from suppression.outbox import Delivery, Event, PendingState, Webhook, events_of
 from suppression.rates import COUNTED, Counts, tally
-from suppression.rows import SUPPRESSION_COLUMNS, to_suppression
+from suppression.rows import (
+    CONSENT_COLUMNS,
+    PAGE,
+    SUPPRESSION_COLUMNS,
+    Time,
+    to_consent,
+    to_suppression,
+)
 from suppression.sql.driver import Row, Sql, Transaction
 from suppression.sql.schema import AddColumn, Column, Table
 
@@ -224,19 +231,42 @@ def _delivery(row: Row, sql: Sql) -> Delivery:
 
 
 def outbox_rows(
-    events: Sequence[Event], hooks: Sequence[Row], ref: str, at: datetime
+    events: Sequence[Event], hooks: Sequence[Row], ref: str, at: datetime, first: int = 0
 ) -> list[tuple[object, ...]]:
     """One outbox row per event and endpoint that wants its type; ``ref`` (the audit
-    event's digest) makes the event ids stable and unique."""
+    event's digest) and the event's place in the change (from ``first``) make the event
+    ids stable and unique."""
     wanted = [(name, events_text) for name, events_text in hooks]
     rows: list[tuple[object, ...]] = []
-    for index, event in enumerate(events):
+    for index, event in enumerate(events, start=first):
         data = json.dumps(event.data, separators=(",", ":"), sort_keys=True)
         uid = f"evt_{ref[:24]}_{index}"
         for name, types in wanted:
             if f",{event.type}," in types:
                 rows.append((name, uid, event.type, event.key, data, event.address, at))
     return rows
+
+
+ACTIONS_WITH_EVENTS = frozenset({"suppress", "unsuppress", "consent", "erase"})
+_ADDED_BY: dict[str, tuple[str, str, Callable[[Row, Time], Suppression | Consent]]] = {
+    "suppress": ("suppression", SUPPRESSION_COLUMNS, to_suppression),
+    "consent": ("consent", CONSENT_COLUMNS, to_consent),
+}
+
+
+async def _append_page(
+    sql: Sql,
+    action: str,
+    actor: str,
+    page: Sequence[Suppression | Consent],
+    hooks: Sequence[Row],
+    ref: str,
+    at: datetime,
+    first: int,
+) -> None:
+    rows = outbox_rows(events_of(action, None, actor, page), hooks, ref, at, first)
+    if rows:
+        await sql.executemany(INSERT_OUTBOX, rows)
 
 
 class Integration:
@@ -254,22 +284,38 @@ class Integration:
     async def _append_events(
         sql: Sql,
         *,
+        seq: int,
         ref: str,
         at: datetime,
         actor: str,
         action: str,
         subject: str | None,
+        detail: Mapping[str, object],
         changed: Sequence[Suppression | Consent],
     ) -> None:
         """The webhook events of an audited change, in its transaction (none without an
-        endpoint that wants them). Called by each store's audit append."""
-        events = events_of(action, subject, actor, changed)
-        if not events:
+        endpoint that wants them). Called by each store's audit append with the rows the
+        change added or removed; an import run, which adds its rows in one statement,
+        passes none, and its event's rows are read back from the table, a page at a time."""
+        if action not in ACTIONS_WITH_EVENTS:
             return
         hooks = await sql.fetch("SELECT name, events FROM webhook")
-        rows = outbox_rows(events, hooks, ref, at) if hooks else []
-        if rows:
-            await sql.executemany(INSERT_OUTBOX, rows)
+        if not hooks:
+            return
+        if changed or action not in _ADDED_BY or "rows" not in detail:
+            rows = outbox_rows(events_of(action, subject, actor, changed), hooks, ref, at)
+            if rows:
+                await sql.executemany(INSERT_OUTBOX, rows)
+            return
+        table, columns, convert = _ADDED_BY[action]
+        page: list[Suppression | Consent] = []
+        offset = 0
+        async for row in sql.stream(f"SELECT {columns} FROM {table} WHERE event = $1", seq):
+            page.append(convert(row, sql.time))
+            if len(page) == PAGE:
+                await _append_page(sql, action, actor, page, hooks, ref, at, offset)
+                offset, page = offset + len(page), []
+        await _append_page(sql, action, actor, page, hooks, ref, at, offset)
 
     # --- API keys ---------------------------------------------------------------------
 

@@ -1,0 +1,82 @@
+"""An import's progress on a terminal: rows read, rows a second, time left.
+
+One line on stderr, redrawn twice a second by a task that runs whenever the
+import awaits the store (every batch); the time left comes from the bytes
+read out of the file's size (a pipe has none: rows and rate only). Nothing
+is drawn when stderr is not a terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import BinaryIO, TextIO
+
+from suppression.importing import Summary
+
+INTERVAL = 0.5  # seconds between redraws
+
+
+def _where(handle: BinaryIO) -> tuple[Callable[[], int] | None, int | None]:
+    """How far into the file the reader is, and the file's size, when it is a file."""
+    try:
+        size = os.fstat(handle.fileno()).st_size
+        handle.tell()
+    except (OSError, ValueError):
+        return None, None
+    return (handle.tell, size) if size else (None, None)
+
+
+class Progress:
+    """The line for one import."""
+
+    def __init__(self, out: TextIO, summary: Summary, handle: BinaryIO) -> None:
+        self._out, self._summary = out, summary
+        self._position, self._size = _where(handle)
+        self._start = time.monotonic()
+
+    def line(self) -> str:
+        """What the line says now."""
+        elapsed = max(time.monotonic() - self._start, 1e-6)
+        read = self._summary.read
+        if self._summary.writing:
+            return f"{read:,} rows read; writing them to the store, {elapsed:.0f} s so far"
+        text = f"{read:,} rows, {read / elapsed:,.0f} rows/s"
+        if self._position and self._size:
+            done = min(self._position() / self._size, 1.0)
+            if done > 0:
+                left = elapsed * (1 - done) / done
+                text += f", {done:.0%}, about {left:.0f} s left"
+        return text
+
+    def draw(self) -> None:
+        """Redraw the line."""
+        self._out.write("\r\x1b[K" + self.line())
+        self._out.flush()
+
+
+@contextlib.asynccontextmanager
+async def shown(out: TextIO, summary: Summary, handle: BinaryIO) -> AsyncIterator[None]:
+    """Draw the progress line while the block runs, if ``out`` is a terminal."""
+    if not out.isatty():
+        yield
+        return
+    progress = Progress(out, summary, handle)
+
+    async def redraw() -> None:
+        while True:
+            progress.draw()
+            await asyncio.sleep(INTERVAL)
+
+    task = asyncio.create_task(redraw())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        progress.draw()
+        out.write("\n")
