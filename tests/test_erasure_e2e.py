@@ -4,10 +4,12 @@ no byte of the address is left in any file of the store, and nobody mails the pe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
 import re
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -73,6 +75,14 @@ async def optgate(*argv: str) -> str:
     return out.getvalue()
 
 
+def outbox_addresses() -> int:
+    """Webhook deliveries waiting with an address (the store of this test's gateway)."""
+    path = os.environ["OPTGATE_STORE_URL"].removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        row = db.execute("SELECT count(*) FROM outbox WHERE address IS NOT NULL").fetchone()
+    return int(row[0])
+
+
 def store_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()]
 
@@ -87,6 +97,10 @@ async def test_erasure_after_a_realistic_history_leaves_no_byte_of_the_address(
     gate: Running, next_hop: Sink, tmp_path: Path
 ) -> None:
     a = normalize(PERSON)
+    # an endpoint that wants addresses and is down: its events wait in the outbox with them
+    await optgate(
+        "webhooks", "add", "http://127.0.0.1:9/down", "--events", "all", "--include-address"
+    )
     # an import, a consent with evidence, and the person's own opt-out of one list
     (tmp_path / "list.csv").write_text(f"email\n{PERSON}\n")
     await optgate("suppress", "import", "list.csv", "--scope", "topic:deals")
@@ -116,6 +130,7 @@ async def test_erasure_after_a_realistic_history_leaves_no_byte_of_the_address(
     written = person(sender=PERSON, to=f"unsubscribe@{DOMAIN}")
     assert (await send(gate.smtp_port, PERSON, [f"unsubscribe@{DOMAIN}"], written)).code == 250
     assert holding(tmp_path, PERSON), "the history did leave the address in the store"
+    assert outbox_addresses() >= 3  # import, consent, one-click, bounce, unsubscribe@
 
     shown = json.loads(await optgate("subject", "show", PERSON))
     assert [s["topic"] for s in shown["sends"]] == ["marketing"]
@@ -123,6 +138,7 @@ async def test_erasure_after_a_realistic_history_leaves_no_byte_of_the_address(
     assert "deleted 2 kept inbound message(s)" in erased
 
     # while optgate serve still runs, and once it has stopped
+    assert outbox_addresses() == 0
     assert holding(tmp_path, PERSON) == []
     assert not any(
         a.normalized in json.dumps(e)

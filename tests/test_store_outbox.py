@@ -332,3 +332,15 @@ class Given:
 
     def __iter__(self) -> Iterator[Row]:
         return iter(self.rows)
+
+
+async def test_an_event_by_hash_alone_gets_the_address_the_store_keeps(backend: Backend) -> None:
+    store = backend.store
+    await store.add_webhook(hook(), actor="t")
+    a, b = normalize(A), normalize(B)
+    await store.record_consents([grant(A)], actor="t")  # the store keeps A's address
+    by_token = [ImportItem(x.sha256, "sha256", None, Reason.UNSUBSCRIBED) for x in (a, b)]
+    await store.suppress(by_token, scope="global", source="one-click", actor="web")
+    addresses = {json.loads(r[2]).get("key"): r[3] for r in await pending(backend)}
+    assert addresses[a.sha256] == A
+    assert addresses[b.sha256] is None  # nobody knows B's

@@ -12,14 +12,21 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TypeVar
 
 from suppression.apikeys import ApiKey
 from suppression.errors import OptgateError
 from suppression.model import Consent, Suppression
-from suppression.outbox import Delivery, Event, PendingState, Webhook, events_of
+from suppression.outbox import (
+    SUBJECT_ERASED,
+    Delivery,
+    Event,
+    PendingState,
+    Webhook,
+    events_of,
+)
 from suppression.rates import COUNTED, Counts, tally
 from suppression.rows import (
     CONSENT_COLUMNS,
@@ -254,6 +261,27 @@ _ADDED_BY: dict[str, tuple[str, str, Callable[[Row, Time], Suppression | Consent
 }
 
 
+async def _addressed(sql: Sql, events: list[Event]) -> list[Event]:
+    """Events of a change that named its subject by hash alone (a one-click, a bounce by
+    token) with the address the store keeps for that hash, if it keeps one: an endpoint
+    that includes addresses gets it (erasure clears it from the outbox as elsewhere)."""
+    keys = sorted({e.key for e in events if e.address is None and e.type != SUBJECT_ERASED})
+    if not keys:
+        return events
+    marks = ", ".join(f"${n}" for n in range(1, len(keys) + 1))
+    rows = await sql.fetch(
+        f"SELECT sha256, address FROM consent WHERE sha256 IN ({marks}) AND address IS NOT NULL "
+        f"UNION ALL SELECT key, address FROM suppression WHERE key IN ({marks}) "
+        "AND kind = 'sha256' AND address IS NOT NULL",
+        *keys,
+    )
+    known = {str(key): str(address) for key, address in rows}
+    return [
+        replace(e, address=known[e.key]) if e.address is None and e.key in known else e
+        for e in events
+    ]
+
+
 async def _append_page(
     sql: Sql,
     action: str,
@@ -264,7 +292,8 @@ async def _append_page(
     at: datetime,
     first: int,
 ) -> None:
-    rows = outbox_rows(events_of(action, None, actor, page), hooks, ref, at, first)
+    events = await _addressed(sql, events_of(action, None, actor, page))
+    rows = outbox_rows(events, hooks, ref, at, first)
     if rows:
         await sql.executemany(INSERT_OUTBOX, rows)
 
@@ -303,7 +332,8 @@ class Integration:
         if not hooks:
             return
         if changed or action not in _ADDED_BY or "rows" not in detail:
-            rows = outbox_rows(events_of(action, subject, actor, changed), hooks, ref, at)
+            events = await _addressed(sql, events_of(action, subject, actor, changed))
+            rows = outbox_rows(events, hooks, ref, at)
             if rows:
                 await sql.executemany(INSERT_OUTBOX, rows)
             return
