@@ -1379,31 +1379,49 @@ class SQLiteStore(Integration):
     async def take_rate(
         self, buckets: Sequence[tuple[str, int]], *, window: int, at: datetime
     ) -> bool:
-        """Count one event in each bucket's current window if none is full; else nothing."""
-        slot = rate_slot(at, window)
-        keys = sorted({key for key, _ in buckets})
+        """Count one event in each bucket's current window if none is full; else nothing.
 
-        async def work() -> bool:
-            await self._db.execute("DELETE FROM rate_window WHERE slot < ?", (stale_slot(at),))
+        On the send ledger's thread and connection (synchronous NORMAL: a commit without
+        an fsync; a power cut may forget the last counts, never an opt-out): every web
+        request and API call is counted, and an fsync each would halve their rate.
+        """
+        slot, stale = rate_slot(at, window), stale_slot(at)
+        keys = sorted({key for key, _ in buckets})
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._ledger_thread, self._take_rate, buckets, keys, slot, stale
+            )
+        except (sqlite3.Error, RuntimeError) as exc:  # RuntimeError: closed (its thread too)
+            raise StoreError(f"cannot write to SQLite store {self._path}: {exc}") from None
+
+    def _take_rate(
+        self, buckets: Sequence[tuple[str, int]], keys: list[str], slot: int, stale: int
+    ) -> bool:
+        db = self._ledger_db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM rate_window WHERE slot < ?", (stale,))
             counts = dict(
-                await self._all(
+                db.execute(
                     f"SELECT key, count FROM rate_window WHERE slot = ? "
                     f"AND key IN ({_marks(len(keys))})",
                     (slot, *keys),
-                    lambda row: (row[0], row[1]),
-                )
+                ).fetchall()
             )
             if not within_limits(buckets, counts):
+                db.execute("ROLLBACK")
                 return False
-            await self._db.executemany(
+            db.executemany(
                 "INSERT INTO rate_window (key, slot, count) VALUES (?, ?, 1) "
                 "ON CONFLICT (key, slot) DO UPDATE SET count = count + 1",
                 [(key, slot) for key in keys],
             )
-            return True
-
-        result: bool = await self._write(work)
-        return result
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return True
 
     async def hold_request(self, request: HeldRequest, *, actor: str) -> HeldRequest:
         """Keep a request until its link is used (audited); the stored one if already known."""
