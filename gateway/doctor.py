@@ -36,6 +36,7 @@ from dns.rdtypes.ANY.TXT import TXT
 from yarl import URL
 
 from gateway.config import Config, host_port
+from gateway.inbound.alignment import organisational
 from gateway.inbound.mailboxes import MAX_LOCAL_PART, Mailboxes, Role
 from gateway.keygen import PrivateKey, public_key_bytes, zone_line
 from gateway.keys import load_keys
@@ -587,11 +588,6 @@ def _b64(text: str) -> bytes | None:
         return None
 
 
-def _organizational(domain: str) -> str:
-    """The organizational domain, approximated as the last two labels (no public suffix list)."""
-    return ".".join(domain.split(".")[-2:])
-
-
 async def _dmarc_at(resolver: dns.asyncresolver.Resolver, domain: str) -> list[dict[str, str]]:
     texts = await _texts(resolver, f"_dmarc.{domain}")
     return [_tags(t) for t in texts if t.replace(" ", "").upper().startswith("V=DMARC1")]
@@ -600,7 +596,7 @@ async def _dmarc_at(resolver: dns.asyncresolver.Resolver, domain: str) -> list[d
 async def _dmarc(resolver: dns.asyncresolver.Resolver, domain: str) -> Found:
     """A DMARC record with a policy, at the domain or (sp=, else p=) its organizational domain."""
     where, records, policy_tag = domain, await _dmarc_at(resolver, domain), "p"
-    organizational = _organizational(domain)
+    organizational = organisational(domain)  # by the public suffix list
     if not records and organizational != domain:
         where, records = organizational, await _dmarc_at(resolver, organizational)
         policy_tag = "sp" if records and "sp" in records[0] else "p"

@@ -358,6 +358,20 @@ async def test_dmarc_of_a_subdomain_comes_from_the_organizational_domain(setup: 
     assert by_name(checks)["dmarc news.shop.test"].detail == "_dmarc.shop.test sp=quarantine"
 
 
+async def test_the_organizational_domain_comes_from_the_public_suffix_list(
+    setup: Setup,
+) -> None:
+    """news.shop.co.uk's organisational domain is shop.co.uk, not co.uk (the last two labels)."""
+    setup.settings["unsubscribe"]["mailto"] = "unsubscribe@news.shop.co.uk"
+    setup.settings["inbound"]["domains"] = ["news.shop.co.uk"]
+    setup.dns.records[("news.shop.co.uk", "TXT")] = ['"v=spf1 include:shop.test -all"']
+    setup.dns.records[("news.shop.co.uk", "MX")] = ["10 mx1.shop.test."]
+    setup.dns.records[("_dmarc.shop.co.uk", "TXT")] = ['"v=DMARC1; p=reject"']
+    setup.dns.records[("_dmarc.co.uk", "TXT")] = ['"v=DMARC1; p=none"']
+    checks = by_name(await setup.checks())
+    assert checks["dmarc news.shop.co.uk"].detail == "_dmarc.shop.co.uk p=reject"
+
+
 async def test_a_silent_resolver_fails_the_dns_checks(setup: Setup) -> None:
     silent = DnsServer(port=free_port()).resolver()
     silent.timeout = silent.lifetime = 0.3
