@@ -7,7 +7,9 @@ id), none of a change that rolled back."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import os
 import re
 import signal
@@ -329,3 +331,24 @@ async def test_events_survive_an_optgate_killed_mid_delivery(
     assert not [e for e in events if e["type"].startswith("consent")]  # the rollback's none
     sent = {e["data"]["key"] for e in events}
     assert sent == {normalize(p).sha256 for p in people}
+
+
+async def test_an_esp_notification_makes_its_event_too(tmp_path: Path) -> None:
+    from tests.support.esp import esp_config, esp_site, postmark_bounce
+
+    config = esp_config(tmp_path, postmark_credentials="hooks:s3cret")
+    async with esp_site(config) as site:
+        await site.mailed("jane@example.com")
+        await hook(config, "http://127.0.0.1:9/crm")
+        auth = base64.b64encode(b"hooks:s3cret").decode()
+        bounce = postmark_bounce("jane@example.com")
+        status, _ = await site.post("/hooks/postmark", bounce, Authorization=f"Basic {auth}")
+        assert status == 200
+        [waiting] = await site.store.deliveries("pending", 10)
+    data = json.loads(waiting.data)
+    assert (waiting.type, data["reason"], data["scope"]) == (
+        "suppression.added",
+        "bounced",
+        "global",
+    )
+    assert data["key"] == normalize("jane@example.com").sha256

@@ -34,7 +34,7 @@ from suppression.address import Address, normalize
 from suppression.apikeys import ApiKey, split_key
 from suppression.audit import parse_head
 from suppression.errors import OptgateError, StoreError
-from suppression.model import Reason, Source, check_name, parse_scope
+from suppression.model import Reason, Source, Suppression, check_name, parse_scope
 from suppression.partners import UnknownPartner
 from suppression.sql.integration import SuppressionFilter, decode_cursor, stored_cursor_of
 from suppression.store import Store
@@ -164,7 +164,7 @@ async def openapi(api: Api, call: Call) -> web.Response:
     return web.Response(body=schema.raw(), content_type="application/json")
 
 
-def _suppression(s: Any) -> dict[str, object]:
+def _suppression(s: Suppression) -> dict[str, object]:
     return {**actions.suppression_json(s), "key": s.key, "address": s.address}
 
 
