@@ -1,9 +1,11 @@
-"""The administrative operations, one function each.
+"""The administrative operations that only read (or audit a read), one function each.
 
 The command line (gateway/admin.py) and the REST API (gateway/api/) call the
 same functions: they parse their own input, call one of these, and show the
 result their own way (lines or JSON, exit codes or HTTP statuses). A result is
-a frozen dataclass; ``as_json`` where both show the same JSON.
+a frozen dataclass; ``as_json`` where both show the same JSON. What changes a
+suppression or a consent (opt out, lift, consent, revoke, erase) is in
+gateway/optouts.py, the one path every channel takes.
 """
 
 from __future__ import annotations
@@ -19,13 +21,9 @@ from typing import Any
 from gateway.pipeline import purpose_of
 from gateway.policy import MessageClass, Rules, Verdict, decide, scopes_for
 from gateway.stores import read_anchor, write_anchor
-from suppression.address import Address, identity, md5_identity, normalize, normalize_domain
+from suppression.address import Address, normalize
 from suppression.errors import OptgateError
 from suppression.model import (
-    BatchResult,
-    Consent,
-    ImportItem,
-    Reason,
     Suppression,
     check_name,
     now,
@@ -47,54 +45,6 @@ def hours(delay: timedelta) -> float:
 
 
 # --- suppressions ---------------------------------------------------------------------
-
-
-def target(text: str, keep: bool, reason: Reason = Reason.MANUAL) -> ImportItem:
-    """An address or ``@domain`` as a suppression item (the plaintext only if ``keep``)."""
-    if text.strip().startswith("@"):
-        domain = "@" + normalize_domain(text)
-        return ImportItem(identity(domain), "domain", domain, reason)
-    address = normalize(text)
-    return ImportItem(address.sha256, "sha256", address.normalized if keep else None, reason)
-
-
-async def opt_out(
-    store: Store,
-    texts: Sequence[str],
-    *,
-    scope: str,
-    reason: Reason,
-    source: str,
-    actor: str,
-    keep_addresses: bool,
-) -> BatchResult:
-    """Suppress addresses and @domains in one scope (one transaction, one audit event).
-
-    Every text is parsed first: one that is not an address changes nothing.
-    """
-    items = [target(text, keep_addresses, reason) for text in texts]
-    return await store.suppress(items, scope=scope, source=source, actor=actor)
-
-
-@dataclass(frozen=True, slots=True)
-class Lifted:
-    """What a lift did: how many of the distinct targets had a suppression in the scope."""
-
-    removed: int
-    targets: int
-
-
-async def lift(store: Store, texts: Sequence[str], *, scope: str, actor: str) -> Lifted:
-    """Lift suppressions of addresses and @domains in a scope (audited per target)."""
-    # an address may be suppressed by its SHA-256 and by an MD5 list entry: lift both
-    targets = dict.fromkeys(
-        (t.key,) if t.kind == "domain" else (t.key, md5_identity(t.address or ""))
-        for t in (target(text, True) for text in texts)
-    )
-    removed = 0
-    for keys in targets:
-        removed += await store.unsuppress(keys, scope=scope, actor=actor) > 0
-    return Lifted(removed, len(targets))
 
 
 def suppression_json(record: Suppression) -> dict[str, object]:
@@ -153,39 +103,6 @@ async def check(store: Store, texts: Sequence[str], *, topic: str, rules: Rules)
     return checked
 
 
-# --- consents -------------------------------------------------------------------------
-
-
-async def record_consent(
-    store: Store,
-    addresses: Sequence[Address],
-    *,
-    purpose: str,
-    granted: bool,
-    source: str,
-    policy_version: str | None,
-    actor: str,
-    keep_addresses: bool,
-    evidence: str | None = None,
-) -> int:
-    """Record a consent (or a revocation) for each address, in one transaction."""
-    at = now()
-    records = [
-        Consent(
-            sha256=a.sha256,
-            purpose=purpose,
-            granted=granted,
-            source=source,
-            created=at,
-            policy_version=policy_version,
-            address=a.normalized if keep_addresses else None,
-            evidence=evidence,
-        )
-        for a in addresses
-    ]
-    return await store.record_consents(records, actor=actor)
-
-
 # --- data subjects --------------------------------------------------------------------
 
 
@@ -216,44 +133,6 @@ async def subject_access(store: Store, address: Address, *, actor: str) -> dict[
             {"seq": e.seq, "at": e.at.isoformat(), **json.loads(e.body)} for e in record.events
         ],
     }
-
-
-@dataclass(frozen=True, slots=True)
-class Erased:
-    """What an erasure did."""
-
-    sha256: str
-    cleared: int  # records whose plaintext or evidence was deleted
-    revoked: int  # consents revoked
-    files: int  # kept inbound messages deleted
-
-    def as_json(self) -> dict[str, object]:
-        """The API's answer."""
-        return {
-            "sha256": self.sha256,
-            "cleared": self.cleared,
-            "revoked": self.revoked,
-            "kept_messages_deleted": self.files,
-        }
-
-
-async def erase(store: Store, address: Address, *, actor: str, keep_raw: str) -> Erased:
-    """Erase the store's records of an address (keeping its hash), then the kept inbound
-    messages ([inbound] keep_raw) that hold it."""
-    erased = await store.erase(address, actor=actor)
-    files = await asyncio.to_thread(erase_kept, Path(keep_raw), address) if keep_raw else 0
-    return Erased(address.sha256, erased.cleared, erased.revoked, files)
-
-
-def erase_kept(folder: Path, address: Address) -> int:
-    """Delete the kept inbound messages ([inbound] keep_raw) that hold the address."""
-    needle = address.normalized.encode()
-    deleted = 0
-    for path in folder.glob("*.eml") if folder.is_dir() else ():
-        if needle in path.read_bytes().lower():
-            path.unlink()
-            deleted += 1
-    return deleted
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,23 +13,25 @@ from pathlib import Path
 
 from yarl import URL
 
-from gateway import actions, logs
+from gateway import actions, logs, optouts
 from gateway.config import Config
 from gateway.demo import run_demo
 from gateway.doctor import failed, run_checks
 from gateway.keygen import config_line, keygen
 from gateway.keys import load_keys, load_log_key, make_key_file
 from gateway.optin import request_consent
+from gateway.optouts import Recipient, SuppressionEvent
 from gateway.policy import Rules
 from gateway.stores import opened
 from suppression.address import normalize
 from suppression.apikeys import check_scopes, new_key
 from suppression.audit import parse_head
 from suppression.errors import OptgateError
-from suppression.model import Reason, Source, check_name, now, parse_scope
+from suppression.model import Reason, Source, check_name, now
 from suppression.outbox import PendingState, Webhook, check_events, new_secret
 from suppression.partners import UnknownPartner
 from suppression.rates import COUNTED, Counts
+from suppression.scope import Scope
 from suppression.store import Store
 
 
@@ -44,43 +46,39 @@ async def opened_store(config: Config, *, create: bool = False) -> AsyncIterator
         yield store
 
 
-async def checked_scope(config: Config, text: str) -> str:
-    """A --scope: valid, and a partner's must name a partner the store knows."""
-    scope = parse_scope(text)
-    kind, _, name = scope.partition(":")
-    if kind == "partner":
+async def checked_scope(config: Config, text: str) -> Scope:
+    """A --scope, parsed: valid, and a partner's must name a partner the store knows."""
+    scope = Scope.parse(text)
+    if scope.kind == "partner":
         async with opened_store(config) as store:
-            known = await store.partner(name)
+            known = await store.partner(scope.name)
         if known is None:
             raise UnknownPartner(
-                f"scope {scope}: no partner named {name!r}: `optgate partner list` shows "
-                f"the partners, `optgate partner add {name}` adds one"
+                f"scope {scope}: no partner named {scope.name!r}: `optgate partner list` shows "
+                f"the partners, `optgate partner add {scope.name}` adds one"
             )
     return scope
 
 
 async def suppress_add(args: argparse.Namespace, config: Config) -> int:
-    """optgate suppress add."""
-    scope = parse_scope(args.scope)
+    """optgate suppress add (``args.scope`` parsed by the CLI's checked_scope)."""
+    scope, reason, keep = args.scope, Reason(args.reason), config.store.keep_addresses
+    events = [
+        SuppressionEvent(Recipient.parse(text, keep=keep), scope, reason, Source.CLI)
+        for text in args.addresses  # every one parsed first: a bad one changes nothing
+    ]
     async with opened_store(config) as store:
-        result = await actions.opt_out(
-            store,
-            args.addresses,
-            scope=scope,
-            reason=Reason(args.reason),
-            source=Source.CLI,
-            actor=args.actor,
-            keep_addresses=config.store.keep_addresses,
-        )
+        result = await optouts.opt_out(store, events, actor=args.actor)
     print(f"suppressed {result.added} new, {result.present + result.duplicates} already ({scope})")
     return 0
 
 
 async def suppress_remove(args: argparse.Namespace, config: Config) -> int:
     """optgate suppress remove."""
-    scope = parse_scope(args.scope)
+    scope = args.scope
+    recipients = [Recipient.parse(text, keep=True) for text in args.addresses]
     async with opened_store(config) as store:
-        lifted = await actions.lift(store, args.addresses, scope=scope, actor=args.actor)
+        lifted = await optouts.lift(store, recipients, scope=scope, actor=args.actor)
     removed = lifted.removed
     print(f"lifted {removed} suppression(s) in {scope}; {lifted.targets - removed} had none")
     return 0
@@ -119,7 +117,7 @@ async def _consent(args: argparse.Namespace, config: Config, granted: bool) -> i
     purpose = check_name(args.purpose, "purpose")
     addresses = [normalize(text) for text in args.addresses]
     async with opened_store(config) as store:
-        count = await actions.record_consent(
+        count = await optouts.consent(
             store,
             addresses,
             purpose=purpose,
@@ -169,7 +167,7 @@ async def subject_erase(args: argparse.Namespace, config: Config) -> int:
     """optgate subject erase: the store's records, then the kept inbound messages."""
     address = normalize(args.address)
     async with opened_store(config) as store:
-        erased = await actions.erase(
+        erased = await optouts.erase(
             store, address, actor=args.actor, keep_raw=config.inbound.keep_raw
         )
     print(

@@ -32,7 +32,8 @@ from suppression.importing import (
     import_consents,
     import_suppressions,
 )
-from suppression.model import Reason, check_name, parse_scope
+from suppression.model import Reason, check_name
+from suppression.scope import Scope
 from suppression.store import Store
 from suppression.textio import FormatError
 from suppression.writers import ExportRecord, WriteSummary, write_consents, write_records
@@ -120,7 +121,7 @@ async def _run_import(
 async def suppress_import(args: argparse.Namespace, config: Config) -> int:
     """optgate suppress import."""
     options = SuppressionOptions(
-        scope=parse_scope(args.scope) if args.scope else None,
+        scope=args.scope,  # parsed by the CLI (None: each row's own, else global)
         reason=Reason(args.reason) if args.reason else None,
         keep_addresses=config.store.keep_addresses,
         allow_subscribed=args.allow_subscribed,
@@ -192,8 +193,8 @@ async def _paged(
     return WriteSummary(written, skipped)
 
 
-async def _suppression_records(store: Store, scope: str | None) -> AsyncIterator[ExportRecord]:
-    found = store.iter_suppressions(scope)
+async def _suppression_records(store: Store, scope: Scope | None) -> AsyncIterator[ExportRecord]:
+    found = store.iter_suppressions(str(scope) if scope else None)
     async with _ended(found):
         async for s in found:
             yield ExportRecord(
@@ -222,7 +223,7 @@ def _exported(fmt: str, summary: WriteSummary, as_json: bool) -> None:
 
 async def suppress_export(args: argparse.Namespace, config: Config) -> int:
     """optgate suppress export (streams)."""
-    scope = parse_scope(args.scope) if args.scope else None
+    scope = args.scope  # parsed by the CLI
     async with opened(config) as store:
         with output_file(args.output) as out:
             summary = await _paged(

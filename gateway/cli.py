@@ -463,11 +463,12 @@ def _handler(name: str) -> Any:
 
 
 async def _checked(handler: Handler, args: argparse.Namespace, config: Config) -> int:
-    """Check a --scope (a partner's must be known to the store), then run the command."""
+    """Parse a --scope once (a partner's must be known to the store), then run the command
+    with the parsed Scope in its place."""
     if getattr(args, "scope", None) is not None:
         from gateway.admin import checked_scope
 
-        await checked_scope(config, args.scope)
+        args.scope = await checked_scope(config, args.scope)
     return await handler(args, config)
 
 

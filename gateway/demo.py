@@ -14,14 +14,16 @@ from pathlib import Path
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from gateway import logs
+from gateway import logs, optouts
 from gateway.config import Config, load
+from gateway.optouts import Recipient, SuppressionEvent
 from gateway.pipeline import verdict
 from gateway.policy import MessageClass, Rules
 from gateway.service import running
 from gateway.stores import open_configured
 from suppression.address import normalize
-from suppression.model import Consent, ImportItem, Reason, now
+from suppression.model import Consent, Reason, Source, now
+from suppression.scope import GLOBAL
 from suppression.store import Store
 
 SENDER = "news@shop.example"
@@ -83,17 +85,14 @@ async def _seed(store: Store) -> None:
         [Consent(normalize(a).sha256, "marketing", True, "demo", now()) for a in everyone],
         actor="demo",
     )
-    for address, reason in (
-        ("gone@example.com", Reason.UNSUBSCRIBED),
-        ("bounced@example.com", Reason.BOUNCED),
+    for address, reason, source in (
+        ("gone@example.com", Reason.UNSUBSCRIBED, Source.WEB),
+        ("bounced@example.com", Reason.BOUNCED, Source.BOUNCE),
     ):
         a = normalize(address)
-        await store.suppress(
-            [ImportItem(a.sha256, "sha256", a.normalized, reason)],
-            scope="global",
-            source="demo",
-            actor="demo",
-        )
+        recipient = Recipient.hashed(a.sha256, a.normalized)
+        event = SuppressionEvent(recipient, GLOBAL, reason, source)
+        await optouts.opt_out(store, [event], actor="demo")
 
 
 def _added_lines(original: bytes, copy: bytes) -> list[str]:

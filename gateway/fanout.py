@@ -35,6 +35,7 @@ from gateway.tokens import Claims
 from suppression.errors import OptgateError
 from suppression.model import PARTNER_OFFERS, Send, now
 from suppression.partners import Claim, CopyState, Offer, OfferState
+from suppression.scope import Scope
 from suppression.store import Store
 
 log = structlog.get_logger("optgate.fanout")
@@ -267,7 +268,7 @@ class FanOut:
     async def _copy(self, offer: Offer, prepared: Prepared, claim: Claim) -> Outcome | None:
         """One recipient's copy: tokens, rewrite, DKIM, relay (from the VERP address when
         [inbound] has domains, else [partners] sender) with the commit point."""
-        claims = Claims(claim.sha256, f"partner:{offer.partner}", int(time.time()))
+        claims = Claims(claim.sha256, Scope.partner(offer.partner), int(time.time()))
         data, sender = self._pipeline.personal(prepared, claims, self._settings.sender)
         data = await self._pipeline.sign(data, f"offer-{offer.id}")
 

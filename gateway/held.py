@@ -35,21 +35,16 @@ from pathlib import Path
 
 import structlog
 
+from gateway import optouts
 from gateway.config import Config
 from gateway.keys import load_keys
 from gateway.optin import send_mail
+from gateway.optouts import HeldEvidence, InboundNote, Recipient, link_may_lift
 from gateway.ratelimit import SharedLimiter
 from gateway.relay import Outcome
 from suppression.address import Address
-from suppression.model import (
-    UNVERIFIED_SOURCES,
-    HeldRequest,
-    ImportItem,
-    Reason,
-    Source,
-    Suppression,
-    now,
-)
+from suppression.model import HeldRequest, Reason, Source, Suppression, now
+from suppression.scope import GLOBAL, Scope
 from suppression.store import Store
 
 log = structlog.get_logger("optgate.held")
@@ -88,9 +83,10 @@ def inbound_secret(key: bytes, message_digest: str, sha256: str) -> str:
     return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")
 
 
-def lifts(holder_suppressions: Sequence[Suppression], scope: str = "global") -> bool:
-    """Whether a suppression in the scope was caused by an unverified bounce or complaint."""
-    return any(s.scope == scope and s.source in UNVERIFIED_SOURCES for s in holder_suppressions)
+def lifts(suppressions: Sequence[Suppression]) -> bool:
+    """Whether a lift link may lift a global suppression (gateway/optouts.py's rule)."""
+    found = optouts.in_scope(suppressions, GLOBAL)
+    return found is not None and link_may_lift(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,15 +114,17 @@ class Held:
         address: Address,
         action: Action,
         secret: str,
-        detail: dict[str, object],
+        inbound: InboundNote | None,
         sources: Sources,
     ) -> Mailed:
-        """Keep the request and mail its link to the address, within the source limits."""
+        """Keep the request (an opt-out's inbound message, or None: a lift asked for on
+        the web) and mail its link to the address, within the source limits."""
+        detail = inbound.as_dict() if inbound else {"channel": "web"}
         request = HeldRequest(
             digest(secret),
             address.sha256,
             action,
-            "global",
+            str(GLOBAL),
             now(),
             json.dumps(detail, sort_keys=True),
         )
@@ -155,7 +153,7 @@ class Held:
         sources = [("lift-client", client, self.config.inbound.optout_rate_client)]
         sources.append(("address", address.sha256, limit))
         return await self.hold(
-            address, Action.LIFT, secrets.token_urlsafe(SECRET_BYTES), {"channel": "web"}, sources
+            address, Action.LIFT, secrets.token_urlsafe(SECRET_BYTES), None, sources
         )
 
     async def find(self, secret: str) -> HeldRequest | None:
@@ -171,21 +169,19 @@ class Held:
         """Carry a request out (the page's POST); False when it was done already."""
         if request.done is not None:
             return False
-        detail = json.loads(request.detail)
+        scope = Scope.parse(request.scope)
         if request.action == Action.UNSUBSCRIBE:
-            evidence = {**detail, "confirmed": "link", "ip": ip}
-            await self.store.suppress(
-                [ImportItem(request.sha256, "sha256", None, Reason.UNSUBSCRIBED)],
-                scope=request.scope,
-                source=Source.MAILBOX,
-                actor="web",
-                evidence=json.dumps(evidence, sort_keys=True),
-                note={**detail, "confirmed": "link"},
+            evidence = HeldEvidence(InboundNote.parse(request.detail), ip)
+            event = optouts.SuppressionEvent(
+                Recipient.hashed(request.sha256),
+                scope,
+                Reason.UNSUBSCRIBED,
+                Source.MAILBOX,
+                evidence,
             )
+            await optouts.opt_out(self.store, [event], actor="web")
         else:
-            holder = await self.store.holder(request.sha256)
-            if lifts(holder.suppressions, request.scope):
-                await self.store.unsuppress([request.sha256], scope=request.scope, actor="web")
+            await optouts.lift_report(self.store, request.sha256, scope, actor="web")
         done = await self.store.finish_request(
             request.secret, at=now(), actor="web", detail={"channel": "link"}
         )

@@ -17,7 +17,7 @@ from gateway.keys import load_keys
 from gateway.pipeline import verdict
 from gateway.policy import MessageClass, Rules
 from gateway.relay import Outcome, Relay
-from gateway.tokens import Claims, TokenSigner
+from gateway.tokens import Claims, Confirmation, TokenSigner
 from suppression.address import Address
 from suppression.model import now
 from suppression.store import Store
@@ -55,7 +55,7 @@ async def request_consent(
     if not allowed.keep:
         return Outcome(550, f"5.7.1 not sent: {allowed.explanation}")
     signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
-    token = signer.issue(Claims(address.sha256, f"confirm:{purpose}", int(time.time())))
+    token = signer.issue(Claims(address.sha256, Confirmation(purpose), int(time.time())))
     link = f"{config.unsubscribe.base_url.rstrip('/')}/c/{token}"
     outcome = await send_mail(
         config, address.normalized, confirmation(config, address, purpose, link)

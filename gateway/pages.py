@@ -18,6 +18,7 @@ from markupsafe import Markup, escape
 
 from gateway.templating import ENVIRONMENT
 from gateway.wording import WORDS
+from suppression.scope import Scope
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,13 +105,12 @@ def mask(address: str | None) -> str:
     return f"{local[:1]}***@{domain}"
 
 
-def scope_words(look: Look, scope: str) -> str:
+def scope_words(look: Look, scope: Scope) -> str:
     """A scope as a reader would say it."""
-    kind, _, name = scope.partition(":")
-    if kind == "topic":
-        return look.say("scope_topic", name=look.topic(name), company=look.company)
-    if kind == "partner":
-        return look.say("scope_partner", name=name, company=look.company)
+    if scope.kind == "topic":
+        return look.say("scope_topic", name=look.topic(scope.name), company=look.company)
+    if scope.kind == "partner":
+        return look.say("scope_partner", name=scope.name, company=look.company)
     return look.say("scope_global", company=look.company)
 
 
@@ -122,7 +122,7 @@ def done(look: Look, what: str, topic: str) -> str | None:
 
 def unsubscribe(
     look: Look,
-    scope: str,
+    scope: Scope,
     standing: Standing,
     button: Form,
     prefs: str,
@@ -144,7 +144,9 @@ def unsubscribe(
     )
 
 
-def unsubscribed(look: Look, scope: str, standing: Standing, undo: Form | None, prefs: str) -> str:
+def unsubscribed(
+    look: Look, scope: Scope, standing: Standing, undo: Form | None, prefs: str
+) -> str:
     """After the page's button: done, and a way back for a slipped finger."""
     return _page(
         "unsubscribed",

@@ -18,6 +18,7 @@ from suppression.partners import (
     hash_credential,
     new_credential,
 )
+from suppression.scope import Scope
 from suppression.writers import ExportRecord, write_records
 
 
@@ -83,7 +84,7 @@ async def partner_export_optouts(args: argparse.Namespace, config: Config) -> in
     async with opened_store(config) as store:
         partner = await known_partner(store, args.name)
         optouts = await store.partner_optouts(partner.name)
-    at, scope = now(), f"partner:{partner.name}"
+    at, scope = now(), str(Scope.partner(partner.name))
     records = (
         ExportRecord(sha, address, scope, Reason.UNSUBSCRIBED.value, "", at)
         for sha, address in optouts

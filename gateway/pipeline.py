@@ -30,6 +30,7 @@ from gateway.tokens import Claims, TokenSigner
 from suppression.address import Address, normalize
 from suppression.errors import InvalidAddress, OptgateError
 from suppression.model import Ledger, Send, check_name, now
+from suppression.scope import Scope
 from suppression.store import Store
 
 log = structlog.get_logger("optgate.relay")
@@ -390,7 +391,7 @@ class Pipeline:
         return prepared
 
     def _claims(self, message: Classified, rcpt: Decision) -> Claims:
-        return Claims(rcpt.sha256, f"topic:{message.topic}", int(time.time()))
+        return Claims(rcpt.sha256, Scope.topic(message.topic), int(time.time()))
 
     def personal(self, prepared: Prepared, claims: Claims, mail_from: str) -> tuple[bytes, str]:
         """The copy for one recipient, with links carrying its own tokens; its envelope

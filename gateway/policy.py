@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from suppression.model import PARTNER_OFFERS, Facts, Reason, Suppression, stops_transactional
+from gateway.optouts import stops_transactional
+from suppression.model import PARTNER_OFFERS, Facts, Reason, Suppression
+from suppression.scope import GLOBAL, Scope
 
 
 class MessageClass(StrEnum):
@@ -36,14 +38,16 @@ class Verdict:
 
 
 def scopes_for(kind: MessageClass, topic: str, partner: str | None = None) -> tuple[str, ...]:
-    """The suppression scopes that apply to a message."""
+    """The suppression scopes that apply to a message, as the store's lookup takes them."""
     if kind is MessageClass.TRANSACTIONAL:
-        return ("global",)
-    scopes: tuple[str, ...] = ("global", f"topic:{topic}")
+        return (str(GLOBAL),)
+    scopes = [GLOBAL, Scope.topic(topic)]
     if kind is MessageClass.PARTNER and topic != PARTNER_OFFERS:
         # "no more partner offers" is the topic partner-offers, whatever the offer's topic
-        scopes = (*scopes, f"topic:{PARTNER_OFFERS}")
-    return (*scopes, f"partner:{partner}") if partner else scopes
+        scopes.append(Scope.topic(PARTNER_OFFERS))
+    if partner:
+        scopes.append(Scope.partner(partner))
+    return tuple(str(scope) for scope in scopes)
 
 
 def version_key(version: str) -> tuple[tuple[int, str], ...]:

@@ -56,6 +56,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from suppression.errors import OptgateError
+from suppression.model import check_name
+from suppression.scope import GLOBAL, Scope, ScopeKind
+
 VERSION = 2
 LEGACY_VERSION = 1  # the recipient in the clear: verified, never issued
 MIN_KEY_BYTES = 16
@@ -83,7 +87,7 @@ SHORT_TOKEN_CHARS = 40
 _SHORT_HEAD = 1 + SHORT_KEY_ID_BYTES
 _SHORT_SEALED = struct.Struct(">8s4sH")  # recipient prefix, scope digest, day
 _SHORT_LEGACY = struct.Struct(">B2s8s4sH")  # version|kind, key id, prefix, scope, day
-_SHORT_KINDS = {"global": 0, "topic": 1, "partner": 2}
+_SHORT_KINDS: dict[ScopeKind, int] = {"global": 0, "topic": 1, "partner": 2}
 _SHORT_KIND_NAMES = {number: name for name, number in _SHORT_KINDS.items()}
 _BASE32 = re.compile(r"[a-z2-7]{40}")
 DAY = 86400
@@ -94,11 +98,21 @@ class InvalidToken(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Confirmation:
+    """What a double opt-in request's link confirms: consent to a purpose (no opt-out)."""
+
+    purpose: str
+
+    def __post_init__(self) -> None:
+        check_name(self.purpose, "purpose")
+
+
+@dataclass(frozen=True, slots=True)
 class Claims:
-    """What a token asserts: this recipient opted out of this scope."""
+    """What a token asserts: this recipient opts out of this scope (or confirms a consent)."""
 
     recipient: str  # 64-char lowercase hex sha256 identity of the address
-    scope: str  # "global", "topic:NAME" or "partner:NAME"
+    scope: Scope | Confirmation
     issued: int  # unix seconds
 
 
@@ -107,25 +121,32 @@ class ShortClaims:
     """What a short token asserts; the recipient is known by a hash prefix only."""
 
     prefix: str  # 16-char lowercase hex: the identity hash's first 8 bytes
-    kind: str  # "global", "topic" or "partner"
+    kind: ScopeKind
     scope_digest: bytes  # sha256(scope)[:4]
     issued: int  # unix seconds at the start of the issue day
 
-    def scope_for(self, topic: str) -> str | None:
+    def scope_for(self, topic: str) -> Scope | None:
         """The scope to honour if a copy mailed in ``topic`` could have carried the token.
 
         A partner's name is not in the ledger, so a partner token matches any copy and
         its opt-out by mail is honoured globally (more than asked, never less).
         """
-        if self.kind == "partner":
-            return "global"
-        scope = "global" if self.kind == "global" else f"topic:{topic}"
-        return scope if scope_digest(scope) == self.scope_digest else None
+        if self.kind != "topic":
+            return GLOBAL if self.kind == "partner" or _digest_of(GLOBAL, self) else None
+        try:
+            scope = Scope.topic(topic)
+        except OptgateError:  # not a topic optgate mails in
+            return None
+        return scope if _digest_of(scope, self) else None
 
 
-def scope_digest(scope: str) -> bytes:
+def _digest_of(scope: Scope, claims: ShortClaims) -> bool:
+    return scope_digest(scope) == claims.scope_digest
+
+
+def scope_digest(scope: Scope) -> bytes:
     """The 4 bytes a short token keeps of its scope."""
-    return hashlib.sha256(scope.encode("utf-8")).digest()[:4]
+    return hashlib.sha256(str(scope).encode("utf-8")).digest()[:4]
 
 
 def key_id(key: bytes) -> bytes:
@@ -224,15 +245,13 @@ class TokenSigner:
     def issue_short(self, claims: Claims) -> str:
         """The 40-character, case-insensitive token for a local part (not for confirm: scopes)."""
         recipient = _recipient_bytes(claims.recipient)
-        kind, _, name = claims.scope.partition(":")
-        if kind not in _SHORT_KINDS or (kind == "global") == bool(name):
-            raise ValueError(
-                f"a short token's scope is global, topic:NAME or partner:NAME, not {claims.scope!r}"
-            )
-        head = bytes([SHORT_VERSION | _SHORT_KINDS[kind]]) + self._signing.full_id[:2]
+        scope = claims.scope
+        if not isinstance(scope, Scope):
+            raise ValueError(f"a short token's scope is a suppression scope, not {scope!r}")
+        head = bytes([SHORT_VERSION | _SHORT_KINDS[scope.kind]]) + self._signing.full_id[:2]
         plain = _SHORT_SEALED.pack(
             recipient[:SHORT_RECIPIENT_BYTES],
-            scope_digest(claims.scope),
+            scope_digest(scope),
             min(claims.issued // DAY, 0xFFFF),
         )
         sealed = self._signing.seal(head, plain, SHORT_TAG_BYTES)
@@ -326,29 +345,28 @@ def _recipient_bytes(recipient: str) -> bytes:
     return bytes.fromhex(recipient)
 
 
-def _split_scope(scope: str) -> tuple[int, bytes]:
-    if scope == "global":
-        return _KINDS["global"], b""
-    kind, sep, name = scope.partition(":")
-    if not sep or kind not in ("topic", "partner", "confirm") or not name:
-        raise ValueError(
-            f"scope must be 'global', 'topic:NAME', 'partner:NAME' or 'confirm:PURPOSE', "
-            f"not {scope!r}"
-        )
-    return _KINDS[kind], name.encode("utf-8")
+def _split_scope(scope: Scope | Confirmation) -> tuple[int, bytes]:
+    if isinstance(scope, Confirmation):
+        return _KINDS["confirm"], scope.purpose.encode("utf-8")
+    return _KINDS[scope.kind], scope.name.encode("utf-8")
 
 
-def _join_scope(kind: int, name: bytes) -> str:
+def _join_scope(kind: int, name: bytes) -> Scope | Confirmation:
     kind_name = _KIND_NAMES.get(kind)
     if kind_name is None:
         raise InvalidToken("malformed token: unknown scope kind")
     if kind_name == "global":
         if name:
             raise InvalidToken("malformed token: extra bytes after a global scope")
-        return "global"
+        return GLOBAL
     if not name:
         raise InvalidToken("malformed token: empty scope name")
     try:
-        return f"{kind_name}:{name.decode('utf-8')}"
+        text = name.decode("utf-8")
+        if kind_name == "confirm":
+            return Confirmation(text)
+        return Scope.topic(text) if kind_name == "topic" else Scope.partner(text)
     except UnicodeDecodeError as exc:
         raise InvalidToken("malformed token: scope is not utf-8") from exc
+    except OptgateError as exc:
+        raise InvalidToken("malformed token: the scope's name is not valid") from exc

@@ -22,39 +22,28 @@ evidence kept with the record it caused, never logged.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import structlog
 from aiohttp import hdrs, web, web_response
 from yarl import URL
 
-from gateway import languages, pages
+from gateway import languages, optouts, pages
 from gateway.config import Config
 from gateway.esp.routes import Hooks
 from gateway.footers import Footers
 from gateway.held import Held
 from gateway.metrics import Metrics
+from gateway.optouts import LinkEvidence, PageConsent, Recipient, may_resubscribe
 from gateway.ratelimit import SharedLimiter
-from gateway.tokens import Claims, InvalidToken, TokenSigner
+from gateway.tokens import Claims, Confirmation, InvalidToken, TokenSigner
 from gateway.wording import LANGUAGES
 from suppression.address import normalize
 from suppression.errors import ConfigError, OptgateError, StoreError
-from suppression.model import (
-    PARTNER_OFFERS,
-    UNVERIFIED_SOURCES,
-    Consent,
-    HeldRequest,
-    ImportItem,
-    Reason,
-    Source,
-    Suppression,
-    check_name,
-    now,
-)
+from suppression.model import PARTNER_OFFERS, HeldRequest, Source, Suppression, check_name, now
+from suppression.scope import GLOBAL, Scope
 from suppression.store import Holder, Store
 
 log = structlog.get_logger("optgate.web")
@@ -147,36 +136,28 @@ def _trusted(host: str, proxies: Sequence[Network]) -> bool:
 
 def standing(holder: Holder, topic: str | None) -> pages.Standing:
     """What the pages tell a recipient: their lists, and whether everything is off."""
-    stopped = {s.scope: s for s in holder.suppressions}
+    stopped = {Scope.parse(s.scope): s for s in holder.suppressions}
     revoked = {c.purpose for c in holder.consents if not c.granted}
-    names = set(holder.consented()) | {
-        scope.removeprefix("topic:") for scope in stopped if scope.startswith("topic:")
-    }
+    names = set(holder.consented()) | {scope.name for scope in stopped if scope.kind == "topic"}
     if topic:
         names.add(topic)
     topics = tuple(
         pages.Topic(
             name,
-            f"topic:{name}" not in stopped and name not in revoked,
-            _own(stopped.get(f"topic:{name}")),
+            Scope.topic(name) not in stopped and name not in revoked,
+            _own(stopped.get(Scope.topic(name))),
         )
         for name in sorted(names)
     )
-    everything = stopped.get("global")
+    everything = stopped.get(GLOBAL)
     return pages.Standing(
         pages.mask(holder.address), topics, everything is not None, _own(everything)
     )
 
 
 def _own(record: Suppression | None) -> bool:
-    """A suppression the recipient made, or a report nobody vouched for: theirs to undo."""
-    return record is not None and (
-        record.reason == Reason.UNSUBSCRIBED or record.source in UNVERIFIED_SOURCES
-    )
-
-
-def _iso(unix: int) -> str:
-    return datetime.fromtimestamp(unix, UTC).isoformat()
+    """A suppression the recipient may take back (gateway/optouts.py's rule)."""
+    return record is not None and may_resubscribe(record)
 
 
 def _text(form: Mapping[str, object], name: str) -> str:
@@ -184,9 +165,9 @@ def _text(form: Mapping[str, object], name: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def _topic(text: str) -> str:
+def _topic(text: str) -> Scope:
     try:
-        return check_name(text, "topic")
+        return Scope.topic(text)
     except OptgateError:
         raise BadRequest("no valid list was chosen") from None
 
@@ -243,19 +224,19 @@ class _Endpoint:
 
     # --- tokens, addresses, evidence ---------------------------------------------------
 
-    def claims(self, request: web.Request, *, confirm: bool) -> Claims:
-        """The token's claims; a confirmation link works only on /c, an opt-out link not there."""
-        # an opt-out link must work for as long as the mail is read; a sign-up
-        # confirmation must not be usable for ever
-        max_age = CONFIRM_MAX_AGE if confirm else None
-        claims = self.signer.verify(request.match_info["token"], max_age=max_age)
-        if claims.scope.startswith("confirm:") != confirm:
-            raise InvalidToken(
-                "an opt-out link used to confirm"
-                if confirm
-                else "a confirmation link used as an opt-out link"
-            )
-        return claims
+    def link(self, request: web.Request) -> tuple[Claims, Scope]:
+        """An opt-out link's claims and scope (it works for as long as the mail is read)."""
+        claims = self.signer.verify(request.match_info["token"])
+        if not isinstance(claims.scope, Scope):
+            raise InvalidToken("a confirmation link used as an opt-out link")
+        return claims, claims.scope
+
+    def confirmation(self, request: web.Request) -> tuple[Claims, str]:
+        """A double opt-in link's claims and purpose; only on /c, and not for ever."""
+        claims = self.signer.verify(request.match_info["token"], max_age=CONFIRM_MAX_AGE)
+        if not isinstance(claims.scope, Confirmation):
+            raise InvalidToken("an opt-out link used to confirm")
+        return claims, claims.scope.purpose
 
     def look_for(self, request: web.Request) -> pages.Look:
         """The pages' look in the language the browser prefers (Accept-Language)."""
@@ -270,29 +251,29 @@ class _Endpoint:
         """The client's IP (evidence only)."""
         return client_ip(request.remote, request.headers.get("X-Forwarded-For"), self.proxies)
 
-    async def standing(self, claims: Claims) -> pages.Standing:
+    async def standing(self, claims: Claims, scope: Scope) -> pages.Standing:
         """The recipient's lists as the pages show them."""
-        topic = claims.scope.removeprefix("topic:") if claims.scope.startswith("topic:") else None
+        topic = scope.name if scope.kind == "topic" else None
         return standing(await self.store.holder(claims.recipient), topic)
 
     # --- /u: one-click and the unsubscribe page -----------------------------------------
 
     async def unsubscribe_page(self, request: web.Request) -> web.Response:
         """GET /u/TOKEN: the question and the button; changes nothing."""
-        claims = self.claims(request, confirm=False)
+        claims, scope = self.link(request)
         look = self.look_for(request)
         button = pages.Form(
             self.url("u", request), (("via", "page"),), look.say("unsubscribe_button")
         )
         wider = None
-        if claims.scope.startswith("partner:"):
+        if scope.kind == "partner":
             # an offer's link: no more from this partner (the button), or from any partner
             fields = (("action", "unsubscribe"), ("topic", PARTNER_OFFERS))
             wider = pages.Form(self.url("p", request), fields, look.say("no_partner_offers"))
         page = pages.unsubscribe(
             look,
-            claims.scope,
-            await self.standing(claims),
+            scope,
+            await self.standing(claims, scope),
             button,
             self.url("p", request),
             wider,
@@ -301,55 +282,47 @@ class _Endpoint:
 
     async def unsubscribe(self, request: web.Request) -> web.Response:
         """POST /u/TOKEN: RFC 8058 one-click (text answer) or the page's button (a page)."""
-        claims = self.claims(request, confirm=False)
+        claims, scope = self.link(request)
         form = await request.post()
         by_page = _text(form, "via") == "page"
         if not by_page and _text(form, "List-Unsubscribe") != "One-Click":
             raise BadRequest("a one-click unsubscribe sends List-Unsubscribe=One-Click")
-        await self.opt_out(
-            request, claims, claims.scope, Source.WEB if by_page else Source.ONE_CLICK
-        )
+        await self.opt_out(request, claims, scope, Source.WEB if by_page else Source.ONE_CLICK)
         if not by_page:
             return web.Response(text="You are unsubscribed.\n")
-        after, prefs = await self.standing(claims), self.url("p", request)
+        after, prefs = await self.standing(claims, scope), self.url("p", request)
         look = self.look_for(request)
-        undo = self.undo(look, claims.scope, after, prefs)
-        return _html(look, pages.unsubscribed(look, claims.scope, after, undo, prefs))
+        undo = self.undo(look, scope, after, prefs)
+        return _html(look, pages.unsubscribed(look, scope, after, undo, prefs))
 
     @staticmethod
     def undo(
-        look: pages.Look, scope: str, standing: pages.Standing, action: str
+        look: pages.Look, scope: Scope, standing: pages.Standing, action: str
     ) -> pages.Form | None:
         """The resubscribe button for an unsubscribe the recipient may take back."""
-        kind, _, name = scope.partition(":")
         label = look.say("resubscribe_button")
-        if kind == "global" and standing.can_resume_all:
+        if scope.is_global and standing.can_resume_all:
             return pages.Form(action, (("action", "resubscribe-all"),), label, quiet=True)
-        if kind == "topic" and any(t.name == name and t.can_resubscribe for t in standing.topics):
-            fields = (("action", "resubscribe"), ("topic", name))
+        if scope.kind == "topic" and any(
+            t.name == scope.name and t.can_resubscribe for t in standing.topics
+        ):
+            fields = (("action", "resubscribe"), ("topic", scope.name))
             return pages.Form(action, fields, label, quiet=True)
         return None
 
     async def opt_out(
-        self, request: web.Request, claims: Claims, scope: str, channel: Source
+        self, request: web.Request, claims: Claims, scope: Scope, channel: Source
     ) -> None:
         """Suppress the token's recipient in a scope; committed before the answer is sent."""
-        issued = _iso(claims.issued)
-        evidence = {"channel": channel, "ip": self.ip(request), "token_issued": issued}
-        result = await self.store.suppress(
-            [ImportItem(claims.recipient, "sha256", None, Reason.UNSUBSCRIBED)],
-            scope=scope,
-            source=channel,
-            actor=ACTOR,
-            evidence=json.dumps(evidence),
-            note={"channel": channel, "token_issued": issued},
-        )
+        evidence = LinkEvidence(channel, self.ip(request), claims.issued)
+        event = optouts.unsubscribe(Recipient.hashed(claims.recipient), scope, evidence)
+        result = await optouts.opt_out(self.store, [event], actor=ACTOR)
         if result.added:
             self.metrics.unsubscribes.labels(channel).inc()
         log.info(
             "web_unsubscribe",
             channel=channel,
-            scope=scope,
+            scope=str(scope),
             added=result.added,
             rcpt=claims.recipient[:16],
         )
@@ -358,11 +331,11 @@ class _Endpoint:
 
     async def preferences_page(self, request: web.Request) -> web.Response:
         """GET /p/TOKEN: the lists with a button each; changes nothing."""
-        claims = self.claims(request, confirm=False)
+        claims, scope = self.link(request)
         look = self.look_for(request)
         page = pages.preferences(
             look,
-            await self.standing(claims),
+            await self.standing(claims, scope),
             self.url("p", request),
             _status(look, request.query),
         )
@@ -370,19 +343,29 @@ class _Endpoint:
 
     async def preferences(self, request: web.Request) -> web.Response:
         """POST /p/TOKEN: act, then send the browser back to the page (POST/redirect/GET)."""
-        claims = self.claims(request, confirm=False)
+        claims, _ = self.link(request)
         form = await request.post()
         action, topic = _text(form, "action"), _text(form, "topic")
         match action:
             case "unsubscribe":
-                await self.opt_out(request, claims, f"topic:{_topic(topic)}", Source.WEB)
+                await self.opt_out(request, claims, _topic(topic), Source.WEB)
             case "unsubscribe-all":
-                await self.opt_out(request, claims, "global", Source.WEB)
+                await self.opt_out(request, claims, GLOBAL, Source.WEB)
             case "resubscribe":
-                await self.resubscribe(request, claims, _topic(topic))
+                scope = _topic(topic)
+                consent = optouts.page_consent(
+                    claims.recipient,
+                    scope.name,
+                    PageConsent(self.ip(request)),
+                    self.version(scope.name),
+                )
+                await optouts.resubscribe(
+                    self.store, claims.recipient, scope, consent=consent, actor=ACTOR
+                )
             case "resubscribe-all":
-                if await self.liftable(claims, "global"):
-                    await self.store.unsuppress([claims.recipient], scope="global", actor=ACTOR)
+                await optouts.resubscribe(
+                    self.store, claims.recipient, GLOBAL, consent=None, actor=ACTOR
+                )
             case _:
                 raise BadRequest("the form asked for no known change")
         done = action.replace("subscribe", "subscribed")
@@ -390,50 +373,17 @@ class _Endpoint:
         location = str(request.rel_url.with_query(query))
         return web.Response(status=303, headers={"Location": location})
 
-    async def resubscribe(self, request: web.Request, claims: Claims, topic: str) -> None:
-        """Take back the recipient's own unsubscribe from a list: a new consent, then the lift."""
-        scope = f"topic:{topic}"
-        if await self.liftable(claims, scope):
-            # consent first: if the lift then fails, the recipient is still not mailed
-            await self.store.record_consents(
-                [self.consent(request, claims.recipient, topic)], actor=ACTOR
-            )
-            await self.store.unsuppress([claims.recipient], scope=scope, actor=ACTOR)
-
-    async def liftable(self, claims: Claims, scope: str) -> bool:
-        """Whether there is an unsubscribe to lift; a bounce or a block is not the recipient's."""
-        holder = await self.store.holder(claims.recipient)
-        found = next((s for s in holder.suppressions if s.scope == scope), None)
-        if found is not None and not _own(found):
-            raise BadRequest("this subscription was stopped for another reason")
-        return found is not None
-
-    def consent(
-        self, request: web.Request, sha256: str, purpose: str, requested: int | None = None
-    ) -> Consent:
-        """A consent given on a page now, with the request as evidence."""
-        at = now()
-        proof = {"channel": Source.WEB, "ip": self.ip(request)}
-        if requested is not None:
-            proof |= {"requested_at": _iso(requested), "confirmed_at": at.isoformat()}
-        return Consent(
-            sha256,
-            purpose,
-            True,
-            Source.WEB,
-            at,
-            policy_version=self.versions.get(purpose),
-            evidence=json.dumps(proof),
-        )
+    def version(self, purpose: str) -> str | None:
+        """The policy version a consent to ``purpose`` is given under now."""
+        return self.versions.get(purpose)
 
     # --- /c: double opt-in ----------------------------------------------------------------
 
     async def confirm_page(self, request: web.Request) -> web.Response:
         """GET /c/TOKEN: the question and the button; changes nothing."""
-        claims = self.claims(request, confirm=True)
-        purpose = claims.scope.removeprefix("confirm:")
+        claims, purpose = self.confirmation(request)
         holder = await self.store.holder(claims.recipient)
-        answered = _answered(holder, purpose, claims.issued)
+        answered = optouts.answered(holder, purpose, claims.issued)
         look = self.look_for(request)
         if answered is not None and not answered.granted:
             return _html(look, pages.confirmed(look, purpose, current=False))
@@ -446,23 +396,14 @@ class _Endpoint:
 
     async def confirm(self, request: web.Request) -> web.Response:
         """POST /c/TOKEN: record the consent once; lift the same list's older unsubscribe."""
-        claims = self.claims(request, confirm=True)
-        purpose = claims.scope.removeprefix("confirm:")
+        claims, purpose = self.confirmation(request)
         holder = await self.store.holder(claims.recipient)
-        answered = _answered(holder, purpose, claims.issued)
-        if answered is None:
-            consent = self.consent(request, claims.recipient, purpose, claims.issued)
-            await self.store.record_consents([consent], actor=ACTOR)
-            await self.lift_older(holder, f"topic:{purpose}", claims.issued)
+        evidence = PageConsent(self.ip(request), claims.issued, now())
+        consent = optouts.page_consent(claims.recipient, purpose, evidence, self.version(purpose))
+        answered = await optouts.confirm(self.store, holder, consent, claims.issued, actor=ACTOR)
         current = answered is None or answered.granted
         look = self.look_for(request)
         return _html(look, pages.confirmed(look, purpose, current=current))
-
-    async def lift_older(self, holder: Holder, scope: str, issued: int) -> None:
-        """Lift the recipient's own unsubscribe from a list they asked for again since."""
-        for record in holder.suppressions:
-            if record.scope == scope and _own(record) and record.created.timestamp() < issued:
-                await self.store.unsuppress([record.key], scope=scope, actor=ACTOR)
 
     # --- /r: held requests; /lift: ask for a lift link (gateway/held.py) -------------------
 
@@ -526,7 +467,7 @@ class _Endpoint:
         except InvalidToken as exc:
             log.warning("web_bad_token", reason=str(exc), route=_route(request))
             return _html(look, pages.problem(look, "bad_link_title", "bad_link_text"), 400)
-        except BadRequest as exc:
+        except (BadRequest, optouts.NotYours) as exc:
             log.warning("web_bad_request", problem=str(exc), route=_route(request))
             page = pages.problem(look, "bad_request_title", "bad_request_detail", detail=str(exc))
             return _html(look, page, 400)
@@ -577,16 +518,10 @@ class _Endpoint:
         if request.method != "POST" or _route(request) != "u":
             return False
         try:
-            self.claims(request, confirm=False)
+            self.link(request)
         except InvalidToken:
             return False
         return True
-
-
-def _answered(holder: Holder, purpose: str, issued: int) -> Consent | None:
-    """The recipient's latest choice on a purpose, if made since the link was issued."""
-    latest = next((c for c in holder.consents if c.purpose == purpose), None)
-    return latest if latest is not None and latest.created.timestamp() >= issued else None
 
 
 async def store_health(store: Store) -> web.Response:

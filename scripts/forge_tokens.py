@@ -20,10 +20,11 @@ import time
 from collections.abc import Callable
 
 from gateway.tokens import Claims, InvalidToken, TokenSigner, key_id
+from suppression.scope import Scope
 
 KEY = b"forge-test-key-0123456789abcdef"
-CLAIMS = Claims(hashlib.sha256(b"jane.doe@example.com").hexdigest(), "topic:newsletter", 1)
-OTHER = Claims(hashlib.sha256(b"john.doe@example.com").hexdigest(), "topic:newsletter", 1)
+CLAIMS = Claims(hashlib.sha256(b"jane.doe@example.com").hexdigest(), Scope.topic("newsletter"), 1)
+OTHER = Claims(hashlib.sha256(b"john.doe@example.com").hexdigest(), Scope.topic("newsletter"), 1)
 
 
 def long_forgeries(signer: TokenSigner, rng: random.Random) -> Callable[[int], str | None]:

@@ -42,8 +42,8 @@ from suppression.model import (
     Source,
     check_name,
     now,
-    parse_scope,
 )
+from suppression.scope import GLOBAL, Scope
 from suppression.store import Store
 from suppression.textio import FormatError
 
@@ -136,7 +136,7 @@ class Summary:
 class SuppressionOptions:
     """What the command line says about the rows of a suppression import."""
 
-    scope: str | None = None  # fills rows without a scope; a row's other scope is refused
+    scope: Scope | None = None  # fills rows without a scope; a row's other scope is refused
     reason: Reason | None = None  # overrides the rows' reasons
     keep_addresses: bool = True
     allow_subscribed: bool = False
@@ -175,21 +175,21 @@ def _batches(
 
 
 class _Scopes:
-    """Scopes of rows, checked once per distinct value."""
+    """Scopes of rows, parsed once per distinct value; the store's text of each."""
 
-    def __init__(self, given: str | None, source: str) -> None:
+    def __init__(self, given: Scope | None, source: str) -> None:
         self._given, self._source = given, source
-        self._known: dict[str | None, str] = {None: given or "global"}
+        self._known: dict[str | None, str] = {None: str(given or GLOBAL)}
 
     def of(self, row: Row) -> str:
         scope = self._known.get(row.scope)
         if scope is None:
-            scope = self._known[row.scope] = self._check(row)
+            scope = self._known[row.scope] = str(self._check(row))
         return scope
 
-    def _check(self, row: Row) -> str:
+    def _check(self, row: Row) -> Scope:
         try:
-            scope = parse_scope(row.scope or "")
+            scope = Scope.parse(row.scope or "")
         except OptgateError as exc:
             raise RowError(self._source, row.line, str(exc)) from None
         if self._given and scope != self._given:
@@ -228,7 +228,7 @@ class SuppressionRows:
         self._options, self._source, self._summary = options, source, summary
         self._scopes = _Scopes(options.scope, source)
         self.plain = Shape(
-            "sha256", options.scope or "global", options.reason or Reason.IMPORTED, "import"
+            "sha256", str(options.scope or GLOBAL), options.reason or Reason.IMPORTED, "import"
         )
 
     def convert(self, row: Row) -> Converted | None:

@@ -25,10 +25,6 @@ class Reason(StrEnum):
     ERASED = "erased"  # the person had everything erased: only a fresh consent mails again
 
 
-# Suppressions that stop transactional mail too: the address cannot or must not receive.
-HARD_REASONS = frozenset({Reason.BOUNCED, Reason.COMPLAINED, Reason.INVALID, Reason.ERASED})
-
-
 class Source(StrEnum):
     """The channel a record came through."""
 
@@ -47,15 +43,6 @@ class Source(StrEnum):
     UNVERIFIED_COMPLAINT = "unverified-complaint"
 
 
-# Suppressions only marketing heeds, and that their subject may lift by a confirmed link.
-UNVERIFIED_SOURCES = frozenset({Source.UNVERIFIED_BOUNCE, Source.UNVERIFIED_COMPLAINT})
-
-
-def stops_transactional(record: Suppression) -> bool:
-    """Whether a suppression stops transactional mail too: a hard reason, vouched for."""
-    return record.reason in HARD_REASONS and record.source not in UNVERIFIED_SOURCES
-
-
 PARTNER_OFFERS = "partner-offers"
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
@@ -68,16 +55,6 @@ def check_name(name: str, what: str) -> str:
             "use 1-64 of a-z 0-9 . _ - starting with a letter or digit"
         )
     return name
-
-
-def parse_scope(text: str) -> str:
-    """Validate a scope: ``global``, ``topic:NAME`` or ``partner:NAME``."""
-    if text == "global":
-        return text
-    kind, sep, name = text.partition(":")
-    if not sep or kind not in ("topic", "partner"):
-        raise OptgateError(f"scope {text!r} is not valid: use global, topic:NAME or partner:NAME")
-    return f"{kind}:{check_name(name, kind)}"
 
 
 def now() -> datetime:

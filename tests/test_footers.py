@@ -18,6 +18,7 @@ from gateway import languages
 from gateway.config import Topic, load
 from gateway.footers import Footers
 from gateway.rewrite import Links, prepare
+from gateway.tokens import Confirmation
 from gateway.web import WebSettings
 from gateway.wording import LANGUAGES, WORDS
 from suppression.errors import ConfigError
@@ -369,7 +370,7 @@ async def test_preferences_and_confirm_pages_in_german(named_site: Site) -> None
     _, page = await named_site.call("GET", response.headers["Location"], headers=german)
     assert "Sie sind von „Unser Newsletter“ abgemeldet." in page
     confirm = named_site.signer.issue(
-        dataclasses.replace(named_site.signer.verify(token), scope="confirm:weekly")
+        dataclasses.replace(named_site.signer.verify(token), scope=Confirmation("weekly"))
     )
     _, page = await named_site.call("GET", f"/c/{confirm}", headers=german)
     assert "Bestätigen Sie Ihr Abonnement" in page

@@ -23,6 +23,7 @@ from suppression.importing import (
     import_suppressions,
 )
 from suppression.model import Reason
+from suppression.scope import GLOBAL, Scope
 from suppression.store import Store
 from suppression.textio import FormatError
 from tests.support.backends import Backend
@@ -119,7 +120,7 @@ async def test_a_refused_row_keeps_nothing_and_names_its_line(
     rows.append(Row(11, "late@example.com", "address", scope="topic:news"))
     before = await state(store)
     with pytest.raises(RowError, match=r"^list\.csv:11: the row's scope topic:news is not"):
-        await run(store, rows, scope="global")
+        await run(store, rows, scope=GLOBAL)
     assert await state(store) == before
     # the same file without --scope: every row in its own scope
     summary = await run(store, rows)
@@ -284,12 +285,13 @@ async def test_each_row_keeps_its_scope_reason_source_time_and_evidence(store: S
 
 async def test_scope_option_fills_rows_without_one_and_reason_overrides(store: Store) -> None:
     rows = [Row(1, "a@example.com", "address", "unsubscribed"), Row(2, "b@example.com", "address")]
-    await run(store, rows, scope="topic:news", reason=Reason.COMPLAINED)
+    await run(store, rows, scope=Scope.topic("news"), reason=Reason.COMPLAINED)
     found = [s async for s in store.iter_suppressions("topic:news")]
     assert {s.reason for s in found} == {Reason.COMPLAINED}
     assert await keys(store, "global") == set()
     same = [Row(1, "c@example.com", "address", scope="topic:news")]
-    assert (await run(store, same, scope="topic:news")).added == 1, "the same scope is no conflict"
+    same_scope = await run(store, same, scope=Scope.topic("news"))
+    assert same_scope.added == 1, "the same scope is no conflict"
 
 
 @pytest.mark.parametrize(

@@ -21,8 +21,10 @@ from gateway.stores import open_configured
 from gateway.tokens import Claims, TokenSigner
 from suppression.address import normalize
 from suppression.model import Reason, Send, now
+from suppression.scope import GLOBAL, Scope
 from suppression.store import Store
 from tests.support.backends import postgres_database
+from tests.support.tokens import claimed
 
 JANE = "jane@example.com"  # the recipient a token names
 REPORTED = "someone-else@example.net"  # what a report writes, when it is not Jane
@@ -48,7 +50,7 @@ class Rig:
         )
 
     def token(self, address: str, scope: str = "topic:news", short: bool = True) -> str:
-        claims = Claims(normalize(address).sha256, scope, int(now().timestamp()))
+        claims = Claims(normalize(address).sha256, claimed(scope), int(now().timestamp()))
         return self.signer.issue_short(claims) if short else self.signer.issue(claims)
 
     async def mailed(self, address: str, topic: str = "news") -> None:
@@ -179,7 +181,7 @@ async def test_a_forged_token_suppresses_nothing(rig: Rig, kind: Kind) -> None:
     await rig.mailed(JANE)
     genuine = rig.token(JANE)
     forged = genuine[:-1] + ("a" if genuine[-1] != "a" else "b")
-    other = TokenSigner([b"another-system-key-0123"]).issue(Claims("0" * 64, "global", 1))
+    other = TokenSigner([b"another-system-key-0123"]).issue(Claims("0" * 64, GLOBAL, 1))
     events = await rig.events()
     with capture_logs() as logs:
         result = await rig.apply(message(finding(kind, REPORTED, forged, other)))
@@ -228,7 +230,7 @@ async def test_an_ambiguous_prefix_is_honoured_for_nobody(rig: Rig) -> None:
     prefix = normalize(JANE).sha256[:16]
     twins = [prefix + "0" * 48, prefix + "1" * 48]
     await rig.store.record_sends([Send("m1", t, "news", "marketing", now()) for t in twins])
-    token = rig.signer.issue_short(Claims(twins[0], "topic:news", 1_700_000_000))
+    token = rig.signer.issue_short(Claims(twins[0], Scope.topic("news"), 1_700_000_000))
     with capture_logs() as logs:
         result = await rig.apply(message(finding(Kind.COMPLAINT, None, token)))
     assert result == Applied(ignored=1)

@@ -13,7 +13,7 @@ import pytest
 from gateway.cli import main
 from gateway.keys import load_keys
 from gateway.stores import open_configured
-from gateway.tokens import TokenSigner
+from gateway.tokens import Confirmation, TokenSigner
 from suppression.address import normalize
 from suppression.model import ImportItem, Reason
 from tests.support.smtp import gateway_config, sink
@@ -45,7 +45,7 @@ async def test_request_mails_a_signed_confirm_link_and_records_no_consent(
     match = re.search(r"https://unsub\.example\.com/c/([A-Za-z0-9_-]+)", body.get_content())
     assert match is not None
     claims = TokenSigner(load_keys(Path(config.unsubscribe.key_file))).verify(match.group(1))
-    assert claims.scope == "confirm:news"
+    assert claims.scope == Confirmation("news")
     assert claims.recipient == normalize("new@example.com").sha256
     store = await open_configured(config, create=True)
     try:

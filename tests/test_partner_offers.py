@@ -30,6 +30,7 @@ from suppression.address import normalize
 from suppression.errors import ConfigError
 from suppression.model import ImportItem, Ledger, Reason, now
 from suppression.partners import Offer, OfferState
+from suppression.scope import Scope
 from tests.support.partners import add_partner, consenting, submit, until_done
 from tests.support.smtp import Sink, gateway_config, self_signed
 
@@ -142,7 +143,7 @@ async def test_an_offer_reaches_each_consenting_unsuppressed_recipient_once(
         token = re.search(r"/u/([A-Za-z0-9_-]+)>", str(copy["List-Unsubscribe"]))
         assert token is not None
         claims = signer.verify(token.group(1))
-        assert claims.scope == "partner:acme"
+        assert claims.scope == Scope.partner("acme")
         assert claims.recipient == normalize(received.rcpt_tos[0]).sha256
         body = received.data.decode()
         assert "Dear {{email}}, *|EMAIL|*" in body  # placeholders never filled in

@@ -9,10 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from gateway.optouts import HARD_REASONS, UNVERIFIED_SOURCES
 from gateway.policy import MessageClass, Rules, decide, scopes_for, version_key
 from suppression.model import (
-    HARD_REASONS,
-    UNVERIFIED_SOURCES,
     Consent,
     Facts,
     KeyKind,

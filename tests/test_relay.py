@@ -19,6 +19,7 @@ from gateway.stores import open_configured
 from gateway.tokens import TokenSigner
 from suppression.address import normalize
 from suppression.model import Consent, ImportItem, Reason, now
+from suppression.scope import Scope
 from tests.support.people import BOUNCED, FAN, GONE, SENDER, STRANGER, seed
 from tests.support.smtp import Sink, gateway_config, message, send, sink
 
@@ -47,7 +48,7 @@ async def test_consented_recipient_gets_a_personal_copy_others_are_dropped(
     assert match is not None, unsubscribe
     claims = TokenSigner(load_keys(Path(config.unsubscribe.key_file))).verify(match.group(1))
     assert claims.recipient == normalize(FAN).sha256
-    assert claims.scope == "topic:marketing"
+    assert claims.scope == Scope.topic("marketing")
     assert f"https://unsub.example.com/u/{match.group(1)}" in copy.get_content()
     assert copy["List-Id"] == "marketing <marketing.lists.example.com>"
     assert FAN not in unsubscribe

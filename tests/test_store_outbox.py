@@ -17,6 +17,7 @@ from suppression.errors import OptgateError, StoreError
 from suppression.fields import Row
 from suppression.model import Consent, ImportItem, Reason, Send, now
 from suppression.outbox import EVENT_TYPES, Webhook, new_secret
+from suppression.scope import GLOBAL
 from suppression.sql.integration import SuppressionFilter, decode_cursor, stored_cursor_of
 from tests.support.backends import Backend
 
@@ -301,7 +302,7 @@ async def test_import_runs_make_an_event_per_row_they_added(
     await importing.import_suppressions(
         store,
         Given([Row(n, text, "address") for n, text in enumerate(texts, 1)]),
-        options=importing.SuppressionOptions(scope="global"),
+        options=importing.SuppressionOptions(scope=GLOBAL),
         actor="cli:ops",
         note={"file": "list.csv", "format": "csv"},
     )

@@ -12,6 +12,7 @@ from gateway.keys import load_keys
 from gateway.service import running
 from gateway.tokens import TokenSigner
 from suppression.address import normalize
+from suppression.scope import Scope
 from tests.support.people import FAN, SENDER, seed
 from tests.support.smtp import Received, Sink, gateway_config, message, send
 
@@ -50,7 +51,7 @@ async def test_marketing_copy_gets_a_verp_sender_carrying_its_mailto_token(
     assert f"<mailto:unsubscribe+{token}@example.com>" in str(parsed["List-Unsubscribe"])
     claims = signer(config).verify_short(token)
     assert claims.prefix == normalize(FAN).sha256[:16]
-    assert claims.scope_for("marketing") == "topic:marketing"
+    assert claims.scope_for("marketing") == Scope.topic("marketing")
 
 
 async def test_transactional_mail_keeps_its_sender_unless_configured(

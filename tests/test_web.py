@@ -28,8 +28,10 @@ from gateway.web import SECURITY_HEADERS, WebSettings, client_ip, make_app, netw
 from suppression.address import Address, normalize
 from suppression.errors import ConfigError
 from suppression.model import Consent, ImportItem, Reason, now
+from suppression.scope import GLOBAL
 from suppression.store import Store, open_store
 from tests.support.keys import AUDIT_KEY
+from tests.support.tokens import claimed
 
 JANE = normalize("jane@example.com")  # consented to news and deals; the store keeps her address
 HIDDEN = normalize("hidden@example.org")  # consented to news; the store keeps only the hash
@@ -88,7 +90,7 @@ class Site:
 
     def token(self, who: Address, scope: str = "global", issued: int | None = None) -> str:
         issued = int(time.time()) if issued is None else issued
-        return self.signer.issue(Claims(who.sha256, scope, issued))
+        return self.signer.issue(Claims(who.sha256, claimed(scope), issued))
 
     async def call(
         self, method: str, path: str, data: Any = None, **kwargs: Any
@@ -333,7 +335,7 @@ def forged(site: Site, kind: str, route: str) -> str:
         "garbage": "not-a-token",
         "truncated": good[:-6],
         "altered": good[:middle] + swapped + good[middle + 1 :],
-        "unknown-key": TokenSigner([b"x" * 32]).issue(Claims(JANE.sha256, "global", 1)),
+        "unknown-key": TokenSigner([b"x" * 32]).issue(Claims(JANE.sha256, GLOBAL, 1)),
         "wrong-kind": site.token(JANE, "topic:news" if route == "c" else "confirm:news"),
     }[kind]
 

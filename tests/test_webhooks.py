@@ -29,11 +29,12 @@ from gateway.config import Config, load
 from gateway.keys import load_keys
 from gateway.service import running
 from gateway.stores import opened
-from gateway.tokens import Claims, TokenSigner
+from gateway.tokens import Claims, Confirmation, TokenSigner
 from suppression.address import normalize
 from suppression.errors import ConfigError
 from suppression.model import ImportItem, Reason, now
 from suppression.outbox import EVENT_TYPES, Delivery, Webhook, new_secret
+from suppression.scope import Scope
 from tests.support.api import api_key, call
 from tests.support.people import FAN, seed
 from tests.support.receiver import Got, Receiver
@@ -121,11 +122,11 @@ async def test_every_channel_sends_signed_events(tmp_path: Path, next_hop: Sink)
         signer = TokenSigner(load_keys(Path(config.unsubscribe.key_file)))
         fan = normalize(FAN)
         async with aiohttp.ClientSession() as http:  # the one-click of a copy's header
-            token = signer.issue(Claims(fan.sha256, "topic:marketing", int(time.time())))
+            token = signer.issue(Claims(fan.sha256, Scope.topic("marketing"), int(time.time())))
             one_click = f"http://127.0.0.1:{gate.web_port}/u/{token}"
             answer = await http.post(one_click, data={"List-Unsubscribe": "One-Click"})
             assert answer.status == 200
-            confirm = signer.issue(Claims(fan.sha256, "confirm:news", int(time.time())))
+            confirm = signer.issue(Claims(fan.sha256, Confirmation("news"), int(time.time())))
             page = await http.post(f"http://127.0.0.1:{gate.web_port}/c/{confirm}")
             assert page.status == 200
         port = gate.api_port

@@ -25,6 +25,7 @@ from gateway.keys import load_keys
 from gateway.tokens import Claims, TokenSigner
 from gateway.workers import bind, cpu_plan
 from suppression.address import normalize
+from suppression.scope import GLOBAL
 from tests.support.people import FAN, SENDER, seed
 from tests.support.serving import alive, optgate_serve
 from tests.support.smtp import Sink, gateway_env, message, send, sink
@@ -240,7 +241,7 @@ async def test_concurrent_opt_outs_through_both_workers_all_land_in_one_chain(
 def token_for(env: dict[str, str], address: str) -> str:
     """An unsubscribe token as the running gateway would issue it (same key file)."""
     signer = TokenSigner(load_keys(Path(load(None, env).unsubscribe.key_file)))
-    return signer.issue(Claims(normalize(address).sha256, "global", int(time.time())))
+    return signer.issue(Claims(normalize(address).sha256, GLOBAL, int(time.time())))
 
 
 def threads_cpus(pid: int) -> dict[int, set[int]]:

@@ -22,20 +22,22 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from gateway import actions
+from gateway import actions, optouts
 from gateway.api import schema
 from gateway.api.problems import Problem, bad_request, forbidden, not_found, unauthorized
 from gateway.config import Config
 from gateway.metrics import Metrics
 from gateway.optin import request_consent
+from gateway.optouts import ApiConsent, Recipient, SuppressionEvent
 from gateway.policy import Rules
 from gateway.ratelimit import SharedLimiter
 from suppression.address import Address, normalize
 from suppression.apikeys import ApiKey, split_key
 from suppression.audit import parse_head
 from suppression.errors import OptgateError, StoreError
-from suppression.model import Reason, Source, Suppression, check_name, parse_scope
+from suppression.model import Reason, Source, Suppression, check_name
 from suppression.partners import UnknownPartner
+from suppression.scope import GLOBAL, Scope
 from suppression.sql.integration import SuppressionFilter, decode_cursor, stored_cursor_of
 from suppression.store import Store
 from suppression.writers import consent_object
@@ -114,19 +116,20 @@ def _addresses(texts: Sequence[str], api: Api, field: str = "addresses") -> list
     return parsed
 
 
-def _targets(texts: Sequence[str], api: Api) -> list[str]:
-    """Addresses or @domains of a body, all checked first (as ``suppress add`` takes them)."""
+def _targets(texts: Sequence[str], api: Api, *, keep: bool) -> list[Recipient]:
+    """Addresses or @domains of a body, all parsed first (as ``suppress add`` takes them);
+    every bad one named."""
     if len(texts) > api.config.api.max_items:
         raise bad_request(f"addresses: at most {api.config.api.max_items} per request")
-    errors = []
+    parsed, errors = [], []
     for n, text in enumerate(texts):
         try:
-            actions.target(text, False)
+            parsed.append(Recipient.parse(text, keep=keep))
         except OptgateError as exc:
             errors.append({"pointer": f"/addresses/{n}", "detail": str(exc)})
     if errors:
         raise bad_request(f"{len(errors)} invalid address(es); nothing was changed", errors)
-    return list(texts)
+    return parsed
 
 
 def _address(call: Call) -> Address:
@@ -136,12 +139,12 @@ def _address(call: Call) -> Address:
         raise bad_request(str(exc)) from None
 
 
-async def _scope(api: Api, text: str) -> str:
-    """A scope; a partner's must name a partner the store knows."""
-    scope = parse_scope(text)
-    kind, _, name = scope.partition(":")
-    if kind == "partner" and await api.store.partner(name) is None:
-        raise bad_request(f"scope {scope}: no partner named {name!r}")
+async def _scope(api: Api, text: str | None) -> Scope:
+    """A body's or query's scope (default global); a partner's must name a partner the
+    store knows."""
+    scope = GLOBAL if text is None else Scope.parse(text)
+    if scope.kind == "partner" and await api.store.partner(scope.name) is None:
+        raise bad_request(f"scope {scope}: no partner named {scope.name!r}")
     return scope
 
 
@@ -173,7 +176,7 @@ async def list_suppressions(api: Api, call: Call) -> web.Response:
     q = call.query
     try:
         f = SuppressionFilter(
-            scope=parse_scope(q["scope"]) if "scope" in q else None,
+            scope=str(Scope.parse(q["scope"])) if "scope" in q else None,
             reason=Reason(q["reason"]).value if "reason" in q else None,
             source=q.get("source"),
             since=actions.since(q["since"]) if "since" in q else None,
@@ -192,36 +195,31 @@ async def list_suppressions(api: Api, call: Call) -> web.Response:
 async def add_suppressions(api: Api, call: Call) -> web.Response:
     """POST /suppressions: suppress addresses and @domains in one scope."""
     body = call.body
-    scope = await _scope(api, body.get("scope", "global"))
-    texts = _targets(body["addresses"], api)
-    result = await actions.opt_out(
-        api.store,
-        texts,
-        scope=scope,
-        reason=Reason(body.get("reason", Reason.MANUAL.value)),
-        source=Source.API,
-        actor=call.actor,
-        keep_addresses=api.config.store.keep_addresses,
-    )
+    scope = await _scope(api, body.get("scope"))
+    reason = Reason(body.get("reason", Reason.MANUAL.value))
+    recipients = _targets(body["addresses"], api, keep=api.config.store.keep_addresses)
+    events = [SuppressionEvent(r, scope, reason, Source.API) for r in recipients]
+    result = await optouts.opt_out(api.store, events, actor=call.actor)
     already = result.present + result.duplicates
-    return _json({"added": result.added, "already": already, "scope": scope})
+    return _json({"added": result.added, "already": already, "scope": str(scope)})
 
 
-async def _lift(api: Api, call: Call, texts: Sequence[str], scope_text: str) -> web.Response:
+async def _lift(api: Api, call: Call, texts: Sequence[str], scope_text: str | None) -> web.Response:
     scope = await _scope(api, scope_text)
-    lifted = await actions.lift(api.store, _targets(texts, api), scope=scope, actor=call.actor)
+    recipients = _targets(texts, api, keep=True)
+    lifted = await optouts.lift(api.store, recipients, scope=scope, actor=call.actor)
     had_none = lifted.targets - lifted.removed
-    return _json({"lifted": lifted.removed, "had_none": had_none, "scope": scope})
+    return _json({"lifted": lifted.removed, "had_none": had_none, "scope": str(scope)})
 
 
 async def lift_suppressions(api: Api, call: Call) -> web.Response:
     """POST /suppressions/lift: lift the suppressions of many addresses in one scope."""
-    return await _lift(api, call, call.body["addresses"], call.body.get("scope", "global"))
+    return await _lift(api, call, call.body["addresses"], call.body.get("scope"))
 
 
 async def remove_suppression(api: Api, call: Call) -> web.Response:
     """DELETE /suppressions/{address}: lift one address's (or @domain's) suppression."""
-    return await _lift(api, call, [call.path("address")], call.query.get("scope", "global"))
+    return await _lift(api, call, [call.path("address")], call.query.get("scope"))
 
 
 async def check_suppressions(api: Api, call: Call) -> web.Response:
@@ -233,30 +231,28 @@ async def check_suppressions(api: Api, call: Call) -> web.Response:
     return _json({"addresses": [c.as_json() for c in checked]})
 
 
-def _evidence(body: Mapping[str, Any]) -> str:
-    """The consent's evidence: channel, IP, user agent, the consent text's digest (and
-    the text when given). Erased with the subject."""
-    proof: dict[str, object] = {"channel": Source.API}
+def _evidence(body: Mapping[str, Any]) -> ApiConsent:
+    """The consent's evidence: IP, user agent, the consent text's digest (and the text
+    when given). Erased with the subject."""
+    ip = None
     if "ip" in body:
         try:
-            proof["ip"] = str(ipaddress.ip_address(body["ip"]))
+            ip = str(ipaddress.ip_address(body["ip"]))
         except ValueError:
             raise bad_request(f"ip: {body['ip']!r} is not an IP address") from None
-    if "user_agent" in body:
-        proof["user_agent"] = body["user_agent"]
-    if "text" in body:
-        proof["text"] = body["text"]
-        proof["text_sha256"] = hashlib.sha256(body["text"].encode()).hexdigest()
-    elif "text_sha256" in body:
-        proof["text_sha256"] = body["text_sha256"].lower()
-    return json.dumps(proof, sort_keys=True)
+    text, digest = body.get("text"), body.get("text_sha256")
+    if text is not None:
+        digest = hashlib.sha256(text.encode()).hexdigest()
+    elif digest is not None:
+        digest = digest.lower()
+    return ApiConsent(ip, body.get("user_agent"), text, digest)
 
 
 async def _record(api: Api, call: Call, granted: bool) -> web.Response:
     body = call.body
     purpose = check_name(body["purpose"], "purpose")
     addresses = _addresses(body["addresses"], api)
-    count = await actions.record_consent(
+    count = await optouts.consent(
         api.store,
         addresses,
         purpose=purpose,
@@ -317,7 +313,7 @@ async def show_subject(api: Api, call: Call) -> web.Response:
 async def erase_subject(api: Api, call: Call) -> web.Response:
     """DELETE /subjects/{address}: erase, keeping only the hash's tombstone."""
     address = _address(call)
-    erased = await actions.erase(
+    erased = await optouts.erase(
         api.store, address, actor=call.actor, keep_raw=api.config.inbound.keep_raw
     )
     return _json(erased.as_json())

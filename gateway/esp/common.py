@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Protocol
 
 from gateway.inbound.diagnosis import judge, status_of
 from gateway.inbound.model import Classification, Finding, Kind
+from suppression.scope import Scope
 
 MAX_ID = 200  # characters of a vendor's message id kept in evidence and logs
 
@@ -113,7 +114,7 @@ def finding(
     *,
     status: str | None = None,
     tokens: tuple[str, ...] = (),
-    scope: str | None = None,
+    scope: Scope | None = None,
 ) -> Finding:
     """One recipient's finding; the tokens are those the vendor carried back, if any."""
     return Finding(kind, recipient, tokens, status, reason, scope=scope)

@@ -46,7 +46,7 @@ from gateway.esp.common import (
 )
 from gateway.inbound.model import Finding, Kind
 from suppression.errors import ConfigError, OptgateError
-from suppression.model import check_name
+from suppression.scope import Scope
 
 SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP = "X-Twilio-Email-Event-Webhook-Timestamp"
@@ -74,10 +74,10 @@ def public_key(value: str) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def group_topics(groups: Mapping[str, str]) -> dict[str, str]:
-    """``[esp] sendgrid_groups``: unsubscribe group id -> a valid topic name."""
+def group_topics(groups: Mapping[str, str]) -> dict[str, Scope]:
+    """``[esp] sendgrid_groups``: unsubscribe group id -> the scope of its topic."""
     try:
-        return {str(group): check_name(topic, "topic") for group, topic in groups.items()}
+        return {str(group): Scope.topic(topic) for group, topic in groups.items()}
     except OptgateError as exc:
         raise ConfigError(f"[esp] sendgrid_groups: {exc}") from None
 
@@ -88,7 +88,7 @@ class SendGrid:
 
     key: ec.EllipticCurvePublicKey
     max_age: int
-    groups: Mapping[str, str] = field(default_factory=dict)
+    groups: Mapping[str, Scope] = field(default_factory=dict)
     name: ClassVar[str] = "sendgrid"
 
     async def read(self, headers: Mapping[str, str], body: bytes, at: datetime) -> Notification:
@@ -138,10 +138,10 @@ class SendGrid:
             return finding(Kind.UNSUBSCRIBE, text(data, "email"), "sendgrid unsubscribe")
         if kind_name == "group_unsubscribe":
             group = str(data.get("asm_group_id", ""))
-            topic = self.groups.get(group)
-            scope = f"topic:{topic}" if topic else None
             reason = f"sendgrid group_unsubscribe {word(group, 20)}"
-            return finding(Kind.UNSUBSCRIBE, text(data, "email"), reason, scope=scope)
+            return finding(
+                Kind.UNSUBSCRIBE, text(data, "email"), reason, scope=self.groups.get(group)
+            )
         return None
 
 

@@ -17,39 +17,28 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
 
+from gateway import optouts
 from gateway.config import Config
 from gateway.inbound.authentication import Authentication, Origin
 from gateway.inbound.model import Classification, Finding, Kind
 from gateway.inbound.optouts import OptOuts
 from gateway.keys import load_keys
-from gateway.tokens import InvalidToken, TokenSigner, is_short
+from gateway.optouts import InboundNote, Recipient
+from gateway.tokens import Confirmation, InvalidToken, TokenSigner, is_short
 from suppression.address import Address, normalize
 from suppression.errors import InvalidAddress
-from suppression.model import ImportItem, Reason, Source, now
+from suppression.model import Source, now
+from suppression.scope import GLOBAL, Scope
 from suppression.store import Store
 
 log = structlog.get_logger("optgate.inbound")
 ACTOR = "inbound"
-
-# what each kind of finding does: reason and source of the suppression
-_ACTIONS: dict[Kind, tuple[Reason, Source]] = {
-    Kind.UNSUBSCRIBE: (Reason.UNSUBSCRIBED, Source.MAILBOX),
-    Kind.HARD_BOUNCE: (Reason.BOUNCED, Source.BOUNCE),
-    Kind.SOFT_BOUNCE: (Reason.BOUNCED, Source.BOUNCE),
-    Kind.COMPLAINT: (Reason.COMPLAINED, Source.COMPLAINT),
-}
-# the same without a genuine token: anyone can write a report naming anyone
-_UNVERIFIED = {
-    Source.BOUNCE: Source.UNVERIFIED_BOUNCE,
-    Source.COMPLAINT: Source.UNVERIFIED_COMPLAINT,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +78,7 @@ class Target:
 
     sha256: str
     address: str | None  # normalised plaintext, when the finding named it (not a token)
-    scope: str
+    scope: Scope
     via: str  # "token" or "address"
     token_issued: int | None = None
 
@@ -214,13 +203,13 @@ class _Context:
         if finding.kind is not Kind.UNSUBSCRIBE and not await self.store.sent_to(address.sha256):
             return None
         keep = address.normalized if self.config.store.keep_addresses else None
-        return Target(address.sha256, keep, finding.scope or "global", "address")
+        return Target(address.sha256, keep, finding.scope or GLOBAL, "address")
 
     async def _resolve(self, token: str) -> Target | None:
         """A genuine token's recipient (None when the ledger cannot name it exactly)."""
         if not is_short(token):
             claims = self.signer.verify(token)
-            if claims.scope.startswith("confirm:"):
+            if isinstance(claims.scope, Confirmation):
                 raise InvalidToken("a confirmation token is not an opt-out")
             return Target(claims.recipient, None, claims.scope, "token", claims.issued)
         short = self.signer.verify_short(token)
@@ -243,7 +232,7 @@ class _Context:
     async def _by_mail(self, finding: Finding, target: Target) -> Applied:
         """An opt-out by mail that no token vouches for (gateway/inbound/optouts.py)."""
         holder = await self.store.holder(target.sha256)
-        if any(s.scope == "global" for s in holder.suppressions):
+        if optouts.in_scope(holder.suppressions, GLOBAL):
             self._log(finding, "already", target)
             return Applied()
         if self.optouts is None or self.origin is None or finding.recipient is None:
@@ -290,7 +279,7 @@ class _Context:
                 self.message.digest,
                 at=self.at,
                 actor=self.actor,
-                detail=self._note(finding, target),
+                detail=self._note(finding, target).as_dict(),
             )
             count = len(await self.store.soft_bounces(target.sha256, since, self.at))
         reached = count >= inbound.soft_bounce_limit
@@ -299,41 +288,33 @@ class _Context:
         return reached
 
     async def _suppress(self, finding: Finding, target: Target) -> int:
-        """Suppress the target (1 if that was new); a dry run only looks."""
-        reason, source = _ACTIONS[finding.kind]
-        if self.channel is not None:
-            source = self.channel
-        elif target.via == "address":
-            source = _UNVERIFIED.get(source, source)
-        scope = target.scope if finding.kind is Kind.UNSUBSCRIBE else "global"
+        """Suppress the target (1 if that was new) by the rules of gateway/optouts.py; a dry
+        run only looks."""
+        event = optouts.finding_event(
+            finding.kind,
+            Recipient.hashed(target.sha256, target.address),
+            target.scope,
+            vouched=target.via != "address",
+            channel=self.channel,
+            inbound=self._note(finding, target),
+            message_id=self.message.message_id,
+            token_issued=target.token_issued,
+        )
         if self.dry_run:
             holder = await self.store.holder(target.sha256)
-            return int(not any(s.scope == scope for s in holder.suppressions))
-        note = self._note(finding, target)
-        # the evidence (erased with the subject) names the message; the audit its digest
-        evidence = {"channel": source.value, **note, "message_id": self.message.message_id}
-        if target.token_issued is not None:
-            evidence["token_issued"] = target.token_issued
-        result = await self.store.suppress(
-            [ImportItem(target.sha256, "sha256", target.address, reason)],
-            scope=scope,
-            source=source,
-            actor=self.actor,
-            evidence=json.dumps(evidence, sort_keys=True),
-            note=note,
-        )
-        return result.added
+            return int(optouts.in_scope(holder.suppressions, event.scope) is None)
+        return (await optouts.opt_out(self.store, [event], actor=self.actor)).added
 
-    def _note(self, finding: Finding, target: Target) -> dict[str, object]:
-        """What the audit log keeps about the inbound message: never erased, so the
-        sender-chosen Message-ID (which may hold an address) only as its digest."""
-        return {
-            "message_id_sha256": _digest(self.message.message_id),
-            "digest": self.message.digest,
-            "finding": finding.reason,
-            "status": finding.status,
-            "via": target.via,
-        }
+    def _note(self, finding: Finding, target: Target) -> InboundNote:
+        """What the audit log keeps about the inbound message (the evidence, erased with the
+        subject, also names the message)."""
+        return InboundNote(
+            _digest(self.message.message_id),
+            self.message.digest,
+            finding.reason,
+            finding.status,
+            target.via,
+        )
 
     def _log(
         self, finding: Finding, outcome: str, target: Target | None = None, **extra: object

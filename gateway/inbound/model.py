@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from suppression.scope import Scope
+
 
 class Kind(enum.StrEnum):
     """What a finding asks the store to do about its recipient."""
@@ -33,7 +35,7 @@ class Finding:
     # the recipient is the message's own author (From) asking for itself, not someone a
     # report or a third party names
     by_author: bool = False
-    scope: str | None = None  # where an unsubscribe without a token applies (default global)
+    scope: Scope | None = None  # where an unsubscribe without a token applies (default global)
 
 
 @dataclass(frozen=True)

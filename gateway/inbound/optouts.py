@@ -31,6 +31,7 @@ from gateway.inbound.alignment import domain_of, organisational
 from gateway.inbound.authentication import Authentication, Authenticator, Origin
 from gateway.inbound.mailboxes import Mailboxes
 from gateway.keys import load_keys
+from gateway.optouts import InboundNote
 from suppression.address import Address
 from suppression.store import Store
 
@@ -98,7 +99,7 @@ class OptOuts:
         return bool(holder.suppressions or holder.consents)
 
     async def hold(
-        self, address: Address, auth: Authentication, message_digest: str, detail: dict[str, object]
+        self, address: Address, auth: Authentication, message_digest: str, note: InboundNote
     ) -> Mailed:
         """Hold the opt-out and mail its link; Deferred when that must wait."""
         inbound = self.config.inbound
@@ -109,7 +110,7 @@ class OptOuts:
             ("address", address.sha256, inbound.optout_rate_address),
         ]
         secret = inbound_secret(self.key, message_digest, address.sha256)
-        mailed = await self.held.hold(address, Action.UNSUBSCRIBE, secret, detail, sources)
+        mailed = await self.held.hold(address, Action.UNSUBSCRIBE, secret, note, sources)
         if mailed in (Mailed.LIMITED, Mailed.DEFERRED):
             raise Deferred(f"confirmation link {mailed}")
         return mailed

@@ -38,6 +38,7 @@ from gateway.web import WebSettings, make_app
 from suppression.address import normalize
 from suppression.model import Reason, Send, now
 from suppression.store import Store
+from tests.support.tokens import claimed
 
 REGION_HOST = "sns.eu-west-1.amazonaws.com"
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:ses-feedback"
@@ -610,7 +611,7 @@ class EspSite:
         return value or 0.0
 
     def token(self, address: str, scope: str = "topic:news", *, short: bool = True) -> str:
-        claims = Claims(normalize(address).sha256, scope, int(now().timestamp()))
+        claims = Claims(normalize(address).sha256, claimed(scope), int(now().timestamp()))
         return self.signer.issue_short(claims) if short else self.signer.issue(claims)
 
 
