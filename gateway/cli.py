@@ -1,4 +1,5 @@
-"""The ``optgate`` command: parses, calls, prints. Errors become exit codes here only.
+"""The ``optgate`` command: parses, calls, prints. Errors become exit codes here only, as
+the table of gateway/errors.py says.
 
 The command tree is built without importing what the commands run (aiosmtpd,
 asyncpg, aiohttp, ...): each command names its handler as ``module:function``,
@@ -16,14 +17,11 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from gateway.config import Config, load
-from suppression.errors import OptgateError
+from gateway.errors import EXITING, exit_for
 from suppression.formats import READ_FORMATS
 from suppression.model import Reason
 from suppression.partners import TRANSITIONS
 from suppression.writers import CONSENT_FORMATS, WRITE_FORMATS
-
-EXIT_OK, EXIT_FOUND, EXIT_ERROR, EXIT_USAGE = 0, 1, 2, 64
-EXIT_PIPE = 128 + 13  # what a shell shows for a writer killed by SIGPIPE (`cmd | head`)
 
 Handler = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, int]]
 if TYPE_CHECKING:  # (not subscriptable at run time)
@@ -501,15 +499,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = _run(args)
         sys.stdout.flush()  # a reader that went away shows here, not at exit
         return status
-    except BrokenPipeError:  # `optgate suppress export | head`: the reader has what it wanted
-        _quiet_stdout()
-        return EXIT_PIPE
-    except OptgateError as exc:
-        print(f"optgate: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("optgate: interrupted", file=sys.stderr)
-        return 130
+    except EXITING as exc:  # the exit status and words of gateway/errors.py
+        ending = exit_for(exc)
+        if ending.says is None:  # stdout's reader went away: nothing more goes there
+            _quiet_stdout()
+        else:
+            print(f"optgate: {ending.says.format(error=exc)}", file=sys.stderr)
+        return ending.status
 
 
 if __name__ == "__main__":

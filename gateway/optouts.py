@@ -31,9 +31,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from gateway.errors import NotYours
 from gateway.inbound.model import Kind
 from suppression.address import Address, identity, md5_identity, normalize, normalize_domain
-from suppression.errors import OptgateError
 from suppression.model import (
     BatchResult,
     Consent,
@@ -110,10 +110,6 @@ def answered(holder: Holder, purpose: str, issued: int) -> Consent | None:
     (a confirmation link then changes nothing: it is used once)."""
     latest = next((c for c in holder.consents if c.purpose == purpose), None)
     return latest if latest is not None and latest.created.timestamp() >= issued else None
-
-
-class NotYours(OptgateError):
-    """A resubscribe asked to lift what the recipient did not cause; nothing was changed."""
 
 
 # --- evidence -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from datetime import timedelta
 import structlog
 
 from gateway import mime
+from gateway.errors import BadControlHeader, Phase, smtp_reply
 from gateway.footers import Footers
 from gateway.metrics import Metrics
 from gateway.policy import MessageClass, Rules, Verdict, decide, scopes_for
@@ -36,14 +37,6 @@ from suppression.store import Store
 log = structlog.get_logger("optgate.relay")
 # Rewriting a message this large runs in a worker thread, off the event loop.
 OFFLOAD_BYTES = 256 * 1024
-
-
-class BadControlHeader(OptgateError):
-    """An X-Optgate-* header with a value optgate cannot honour."""
-
-    def __init__(self, problem: str, header: str, value: str) -> None:
-        super().__init__(problem)
-        self.header, self.value = header, value  # the value only as a digest in logs
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +276,8 @@ class Pipeline:
             # the value is the sender's: logged as its keyed digest (gateway/logs.py)
             log.warning("message_refused", header=exc.header, value=exc.value)
             self._metrics.messages.labels("5xx").inc()
-            return Reply(550, f"5.6.0 {exc}")
+            code, _, text = smtp_reply(exc, Phase.DATA).partition(" ")
+            return Reply(int(code), text)
         with self._metrics.lookup_seconds.time():
             decided = await self.verdicts(
                 envelope.rcpt_tos, message.kind, message.topic, message.ledger_key

@@ -13,33 +13,27 @@ import structlog
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from gateway.errors import PathError, Phase, smtp_reply
 from gateway.inbound.receive import MIXED, NOT_INBOUND, Receiver, one_reply
 from gateway.inbound.trace import Client
 from gateway.pipeline import Envelope as Message
 from gateway.pipeline import Pipeline
 from gateway.policy import MessageClass
-from gateway.smtp_paths import NULL, POSTMASTER, PathError, parse_path
+from gateway.smtp_paths import NULL, POSTMASTER, parse_path
 from suppression.address import normalize
 from suppression.errors import InvalidAddress
 
 log = structlog.get_logger("optgate.smtp")
 
+# the replies of policy and envelope rules; every error's reply is gateway/errors.py's
 OK = "250 OK"
 DENIED_CONNECT = "554 5.7.1 Access denied: this client may not relay through optgate"
 BUSY = "421 4.7.0 Too many sessions, try again later"
 TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 OPTED_OUT = "550 5.7.1 Recipient has opted out"
-INTERNAL = "451 4.3.0 Temporary local problem, try again later"
-BAD_SENDER_SYNTAX = "501 5.1.7 Bad sender address syntax: {problem}"
-BAD_RCPT_SYNTAX = "501 5.1.3 Bad recipient address syntax: {problem}"
 NO_DOMAIN_SENDER = "501 5.1.7 A sender address needs a domain (<Postmaster> is a recipient only)"
 NULL_RECIPIENT = "501 5.1.3 The null path <> is a sender only"
 NEEDS_SMTPUTF8 = "553 5.6.7 Non-ASCII addresses need MAIL FROM with SMTPUTF8 (RFC 6531)"
-NOT_RELAYED = (
-    "553 5.1.3 Recipient address not accepted: optgate relays only to addresses it can keep "
-    "opt-outs for (no quoted local parts that need quotes, address literals, or special-use "
-    "or single-label domains)"
-)
 CANNOT_VRFY = "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -184,14 +178,14 @@ class GateSMTP(SMTP):
         try:
             await super().smtp_MAIL(arg)
         except PathError as exc:
-            await self.push(BAD_SENDER_SYNTAX.format(problem=exc))
+            await self.push(smtp_reply(exc, Phase.MAIL))
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         """RCPT TO, with 501 for a malformed path."""
         try:
             await super().smtp_RCPT(arg)
         except PathError as exc:
-            await self.push(BAD_RCPT_SYNTAX.format(problem=exc))
+            await self.push(smtp_reply(exc, Phase.RCPT))
 
     async def smtp_VRFY(self, arg: str | None) -> None:
         """VRFY confirms nothing (RFC 5321 3.5.3), so it needs no parsing."""
@@ -210,7 +204,7 @@ def session_error(error: Exception) -> str:
     where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
     # the message itself may quote an address: log the type and place only
     log.error("session_error", error=type(error).__name__, where=where)
-    return INTERNAL
+    return smtp_reply(error, Phase.SESSION)
 
 
 class Pipelining:
@@ -295,10 +289,10 @@ class Handler(Pipelining, EnvelopeRules):
         if not inbound:
             try:
                 normalize(address)
-            except InvalidAddress:
+            except InvalidAddress as exc:
                 # every 250 here ends in a relayed copy or a policy's drop, never in an
                 # "invalid" drop after DATA
-                return NOT_RELAYED
+                return smtp_reply(exc, Phase.RCPT)
         if envelope.rcpt_tos and inbound != self._inbound(envelope.rcpt_tos[0]):
             return MIXED
         if self._reject and not inbound:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from gateway.errors import PathError
+
 NULL = "<>"
 POSTMASTER = "postmaster"
 
@@ -42,10 +44,6 @@ _QUOTED_PAIR = re.compile(r"\\(.)")
 _GENERAL_TAG = re.compile(r"[A-Za-z0-9-]*[A-Za-z0-9]")
 _UNFIT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _PARAM = re.compile(rf"[A-Za-z0-9][A-Za-z0-9-]*(?:=[\x21-\x3c\x3e-\x7e{_U}]+)?")
-
-
-class PathError(ValueError):
-    """A path or its parameters break the grammar; the message says how."""
 
 
 def parse_path(arg: str) -> tuple[str, str]:

@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 
 from gateway import keygen
 from gateway.config import Partners, host_port
+from gateway.errors import BadControlHeader, Phase, smtp_reply
 from gateway.pipeline import header_values
 from gateway.ratelimit import SharedLimiter
 from gateway.server import Admission, GateSMTP, session_error
@@ -42,7 +43,6 @@ AUDIENCE_HEADER = "x-optgate-audience"
 NOT_AUDIENCE = "550 5.7.1 Partners send to offer@{domain} or offer+TOPIC@{domain} only"
 ONE_AUDIENCE = "452 4.5.3 One audience per offer"
 BAD_CREDENTIALS = "535 5.7.8 Authentication credentials invalid"
-AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure"
 AUTH_THROTTLED = "454 4.7.0 Too many authentication attempts, try again later"
 MAX_TRUSTED = 64  # client addresses remembered per partner as having logged in
 DISABLED = "550 5.7.1 This partner may not submit offers"
@@ -117,6 +117,21 @@ def audience_topic(address: str, domain: str) -> str | None:
         return None
 
 
+def audience(header: str, topic: str | None) -> str | None:
+    """The offer's topic: its X-Optgate-Audience (lower-cased; none: ""), which must agree
+    with the recipient's (``topic``); BadControlHeader otherwise."""
+    if not header:
+        return topic
+    name = "X-Optgate-Audience"
+    try:
+        check_name(header, name)
+    except OptgateError as exc:
+        raise BadControlHeader(str(exc), name, header) from None
+    if topic and header != topic:
+        raise BadControlHeader(f"{name} names another topic than the recipient", name, header)
+    return header
+
+
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
@@ -181,8 +196,8 @@ class Intake:
         name, secret = _text(parsed.auth_data.login), _text(parsed.auth_data.password)
         try:
             partner = await self._store.partner(name)
-        except OptgateError:
-            return AuthResult(success=False, handled=False, message=AUTH_UNAVAILABLE)
+        except OptgateError as exc:
+            return AuthResult(success=False, handled=False, message=smtp_reply(exc, Phase.AUTH))
         client = _client(server)
         known = partner is not None and client in self._trusted.get(partner.name, ())
         if not known and not await self._limiter.take(
@@ -238,14 +253,10 @@ class Intake:
             return f"450 4.7.0 Rate limit: {limits.rate_per_hour} offers per hour"
         topic = audience_topic(envelope.rcpt_tos[0], self._settings.audience_domain) or None
         header = header_values(content, (AUDIENCE_HEADER,)).get(AUDIENCE_HEADER, "").lower()
-        if header:
-            try:
-                check_name(header, "X-Optgate-Audience")
-            except OptgateError as exc:
-                return f"550 5.6.0 {exc}"
-            if topic and header != topic:
-                return "550 5.6.0 X-Optgate-Audience names another topic than the recipient"
-            topic = header
+        try:
+            topic = audience(header, topic)
+        except BadControlHeader as exc:
+            return smtp_reply(exc, Phase.DATA)
         offer = await self._store.add_offer(name, topic, content, actor=f"partner:{name}")
         log.info("offer_accepted", partner=name, offer=offer, topic=topic, size=len(content))
         self._accepted()

@@ -56,6 +56,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway.errors import InvalidToken
 from suppression.errors import OptgateError
 from suppression.model import check_name
 from suppression.scope import GLOBAL, Scope, ScopeKind
@@ -91,10 +92,6 @@ _SHORT_KINDS: dict[ScopeKind, int] = {"global": 0, "topic": 1, "partner": 2}
 _SHORT_KIND_NAMES = {number: name for name, number in _SHORT_KINDS.items()}
 _BASE32 = re.compile(r"[a-z2-7]{40}")
 DAY = 86400
-
-
-class InvalidToken(Exception):
-    """A token that must not be honoured; the message says why, never which key."""
 
 
 @dataclass(frozen=True, slots=True)

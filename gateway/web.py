@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 from aiohttp import hdrs, web, web_response
@@ -32,13 +32,14 @@ from yarl import URL
 
 from gateway import languages, optouts, pages
 from gateway.config import Config
+from gateway.errors import BadRequest, HttpAnswer, InvalidToken, http_answer, http_status
 from gateway.esp.routes import Hooks
 from gateway.footers import Footers
 from gateway.held import Held
 from gateway.metrics import Metrics
 from gateway.optouts import LinkEvidence, PageConsent, Recipient, may_resubscribe
 from gateway.ratelimit import SharedLimiter
-from gateway.tokens import Claims, Confirmation, InvalidToken, TokenSigner
+from gateway.tokens import Claims, Confirmation, TokenSigner
 from gateway.wording import LANGUAGES
 from suppression.address import normalize
 from suppression.errors import ConfigError, OptgateError, StoreError
@@ -64,10 +65,6 @@ _COLOR = re.compile(r"#[0-9a-fA-F]{3}(?:[0-9a-fA-F]{3})?")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class BadRequest(OptgateError):
-    """A form the endpoint cannot act on; nothing was changed."""
 
 
 @dataclass(frozen=True)
@@ -192,6 +189,18 @@ def _html(look: pages.Look, text: str, status: int = 200) -> web.Response:
 
 def _route(request: web.Request) -> str | None:
     return request.match_info.route.name
+
+
+# the words of each problem type's page (gateway/wording.py)
+_PAGES = {
+    "bad-link": ("bad_link_title", "bad_link_text"),
+    "bad-request": ("bad_request_title", "bad_request_detail"),
+    "store-unavailable": ("unavailable_title", "unavailable_text"),
+    "not-found": ("not_found_title", "not_found_text"),
+    "internal": ("error_title", "error_text"),
+}
+# the problem types logged as warnings with their message: event and field
+_SAID = {"bad-link": ("web_bad_token", "reason"), "bad-request": ("web_bad_request", "problem")}
 
 
 class _Endpoint:
@@ -460,37 +469,32 @@ class _Endpoint:
 
     @web.middleware
     async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Every error becomes a page here, and only here."""
+        """Every error becomes a page here, and only here, as gateway/errors.py answers it."""
         look = self.look_for(request)
         try:
             return await handler(request)
-        except InvalidToken as exc:
-            log.warning("web_bad_token", reason=str(exc), route=_route(request))
-            return _html(look, pages.problem(look, "bad_link_title", "bad_link_text"), 400)
-        except (BadRequest, optouts.NotYours) as exc:
-            log.warning("web_bad_request", problem=str(exc), route=_route(request))
-            page = pages.problem(look, "bad_request_title", "bad_request_detail", detail=str(exc))
-            return _html(look, page, 400)
-        except StoreError as exc:
-            log.error("web_store_error", error=type(exc).__name__, route=_route(request))
-            page = pages.problem(look, "unavailable_title", "unavailable_text")
-            return _html(look, page, 503)
-        except web.HTTPException as exc:
-            return self.http_error(look, exc)
-        except Exception as exc:  # a bug: aiohttp would log the client's IP with it
-            log.error("web_error", error=type(exc).__name__, route=_route(request))
-            return _html(look, pages.problem(look, "error_title", "error_text"), 500)
+        except web.HTTPException as exc:  # aiohttp's own: 404, 405, 413
+            answer = replace(http_status(exc.status, exc.reason), title=exc.reason)
+            response = self.page(look, answer, "")
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
+        except Exception as exc:  # aiohttp would log the client's IP with a bug
+            answer = http_answer(exc)
+            said = _SAID.get(answer.kind)
+            if said is not None:  # the message of a bad link or form names no one
+                log.warning(said[0], **{said[1]: str(exc)}, route=_route(request))
+            else:  # the type only: a message may quote an address
+                event = "web_store_error" if answer.kind == "store-unavailable" else "web_error"
+                log.error(event, error=type(exc).__name__, route=_route(request))
+            return self.page(look, answer, str(exc))
 
-    def http_error(self, look: pages.Look, exc: web.HTTPException) -> web.Response:
-        """aiohttp's own errors (404, 405, 413) as pages."""
-        if exc.status == 404:
-            page = pages.problem(look, "not_found_title", "not_found_text")
-        else:
-            page = pages.problem(look, exc.reason, "bad_request_text")
-        response = _html(look, page, exc.status)
-        if "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
-        return response
+    @staticmethod
+    def page(look: pages.Look, answer: HttpAnswer, detail: str) -> web.Response:
+        """An answer as a page in the reader's language."""
+        title, text = _PAGES.get(answer.kind, (answer.title, "bad_request_text"))
+        shown = detail if answer.detail else ""
+        return _html(look, pages.problem(look, title, text, detail=shown), answer.status)
 
     @web.middleware
     async def limit(self, request: web.Request, handler: Handler) -> web.StreamResponse:

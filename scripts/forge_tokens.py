@@ -19,7 +19,8 @@ import random
 import time
 from collections.abc import Callable
 
-from gateway.tokens import Claims, InvalidToken, TokenSigner, key_id
+from gateway.errors import InvalidToken
+from gateway.tokens import Claims, TokenSigner, key_id
 from suppression.scope import Scope
 
 KEY = b"forge-test-key-0123456789abcdef"

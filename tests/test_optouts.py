@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway import optouts
+from gateway.errors import NotYours
 from gateway.inbound.model import Kind
 from gateway.optouts import (
     ApiConsent,
@@ -15,7 +16,6 @@ from gateway.optouts import (
     InboundEvidence,
     InboundNote,
     LinkEvidence,
-    NotYours,
     PageConsent,
     Recipient,
     SuppressionEvent,

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import Config
-from gateway.server import INTERNAL
+from gateway.errors import TRY_LATER
 from gateway.service import Running, running
 from tests.support.dialogue import Dialogue, Reply, dialogue
 from tests.support.people import FAN, SENDER, seed
@@ -133,7 +133,7 @@ async def fuzzed(config: Config) -> AsyncIterator[Running]:
 
 def well_formed(reply: Reply) -> None:
     assert 200 <= reply.code < 600, reply
-    assert reply.code != 451 or reply.text != INTERNAL[4:], reply
+    assert reply.code != 451 or reply.text != TRY_LATER[4:], reply
     assert not reply.text.startswith("Error: ("), reply  # aiosmtpd's text for an exception
 
 

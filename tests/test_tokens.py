@@ -11,7 +11,8 @@ import re
 import pytest
 
 from gateway import tokens
-from gateway.tokens import Claims, Confirmation, InvalidToken, TokenSigner, is_short, key_id
+from gateway.errors import InvalidToken
+from gateway.tokens import Claims, Confirmation, TokenSigner, is_short, key_id
 from suppression.scope import GLOBAL, Scope
 from tests.support.tokens import claimed
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import structlog
 from aiohttp import web
 
+from gateway.errors import http_answer
 from gateway.relay import Outcome
 from suppression.address import Address, normalize
 from suppression.errors import OptgateError
@@ -42,13 +43,11 @@ def add_consent_api(app: web.Application, requester: Requester, keys: Sequence[s
             body = await request.json()
             address = normalize(str(body["address"]))
             purpose = check_name(str(body["purpose"]), "purpose")
-        except (ValueError, KeyError, TypeError, OptgateError) as exc:
-            reason = (
-                str(exc)
-                if isinstance(exc, OptgateError)
-                else "expected JSON with address and purpose"
-            )
-            return web.json_response({"error": reason}, status=400)
+        except OptgateError as exc:  # answered as gateway/errors.py says
+            return web.json_response({"error": str(exc)}, status=http_answer(exc).status)
+        except (ValueError, KeyError, TypeError):
+            answer = {"error": "expected JSON with address and purpose"}
+            return web.json_response(answer, status=400)
         outcome = await requester(address, purpose)
         log.info("consent_requested", purpose=purpose, rcpt=address.sha256[:16], code=outcome.code)
         if outcome.delivered:

@@ -24,8 +24,9 @@ from aiohttp import web
 
 from gateway import actions, optouts
 from gateway.api import schema
-from gateway.api.problems import Problem, bad_request, forbidden, not_found, unauthorized
+from gateway.api.problems import Problem, bad_request, forbidden, unauthorized
 from gateway.config import Config
+from gateway.errors import http_answer, http_status
 from gateway.metrics import Metrics
 from gateway.optin import request_consent
 from gateway.optouts import ApiConsent, Recipient, SuppressionEvent
@@ -34,9 +35,8 @@ from gateway.ratelimit import SharedLimiter
 from suppression.address import Address, normalize
 from suppression.apikeys import ApiKey, split_key
 from suppression.audit import parse_head
-from suppression.errors import OptgateError, StoreError
+from suppression.errors import OptgateError
 from suppression.model import Reason, Source, Suppression, check_name
-from suppression.partners import UnknownPartner
 from suppression.scope import GLOBAL, Scope
 from suppression.sql.integration import SuppressionFilter, decode_cursor, stored_cursor_of
 from suppression.store import Store
@@ -333,10 +333,7 @@ async def rates_report(api: Api, call: Call) -> web.Response:
 async def partner_report(api: Api, call: Call) -> web.Response:
     """GET /partners/{name}/report: a partner's offers, counts of at least k only."""
     k = api.config.partners.report_threshold
-    try:
-        return _json(await actions.partner_report(api.store, call.path("name"), k))
-    except UnknownPartner as exc:
-        raise not_found(str(exc)) from None
+    return _json(await actions.partner_report(api.store, call.path("name"), k))
 
 
 async def verify_store(api: Api, call: Call) -> web.Response:
@@ -444,30 +441,32 @@ def _guarded(api: Api, route: Route) -> Callable[[web.Request], Awaitable[web.St
     return handle
 
 
+# what the framework's own answers and the errors without a message to show say
+_DETAILS = {
+    404: "no API operation at {path}",
+    405: "allowed: {allow}",
+    413: "the body exceeds [api] max_body",
+    503: "try again later",
+    500: "the error is logged",
+}
+
+
 def _problem_of(request: web.Request, exc: BaseException) -> Problem:
-    """The one mapping of errors to problems."""
+    """An error as a problem, as gateway/errors.py answers it (a Problem is one already)."""
     if isinstance(exc, Problem):
         return exc
+    headers = {}
     if isinstance(exc, web.HTTPException):
-        if exc.status == 413:
-            return Problem(
-                413, "too-large", "Request body too large", "the body exceeds [api] max_body"
-            )
-        if exc.status == 405:
-            allow = exc.headers.get("Allow", "")
-            problem = Problem(405, "method-not-allowed", "Method not allowed", f"allowed: {allow}")
-            problem.headers["Allow"] = allow
-            return problem
-        if exc.status == 404:
-            return not_found(f"no API operation at {request.path}")
-        return Problem(exc.status, "http-error", exc.reason, exc.text or exc.reason)
-    if isinstance(exc, StoreError):
-        return Problem(503, "store-unavailable", "Store unavailable", "try again later")
-    if isinstance(exc, UnknownPartner):
-        return bad_request(str(exc))
-    if isinstance(exc, OptgateError):
-        return bad_request(str(exc))
-    return Problem(500, "internal", "Internal error", "the error is logged")
+        answer = http_status(exc.status, exc.reason)
+        detail = exc.text or exc.reason
+        if "Allow" in exc.headers:
+            headers["Allow"] = exc.headers["Allow"]
+    else:
+        answer, detail = http_answer(exc), str(exc)
+    if not answer.detail:
+        allow = headers.get("Allow", "")
+        detail = _DETAILS.get(answer.status, detail).format(path=request.path, allow=allow)
+    return Problem(answer.status, answer.kind, answer.title, detail, headers=headers)
 
 
 def make_api(api: Api) -> web.Application:

@@ -4,7 +4,8 @@ Each vendor module turns one HTTP request into a ``Notification``: its events as
 ``Classification``s (one per event, its findings per recipient), the way an
 inbound message is classified, so that gateway/inbound/apply.py applies them the
 same way (tokens or the send ledger, thresholds, audit). A request that cannot be
-authenticated, parsed or accepted raises a ``Refused`` and changes nothing.
+authenticated, parsed or accepted raises a ``Refused`` (gateway/errors.py, with its
+HTTP status) and changes nothing.
 """
 
 from __future__ import annotations
@@ -18,64 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
+from gateway.errors import Malformed, Stale
 from gateway.inbound.diagnosis import judge, status_of
 from gateway.inbound.model import Classification, Finding, Kind
 from suppression.scope import Scope
 
 MAX_ID = 200  # characters of a vendor's message id kept in evidence and logs
-
-
-class Refused(Exception):
-    """A notification that changes nothing: its HTTP status and its outcome label."""
-
-    status = 400
-    outcome = "malformed"
-
-
-class Malformed(Refused):
-    """Not a notification of this vendor (not JSON, a field missing or of the wrong type)."""
-
-
-class TooLarge(Refused):
-    """Over ``[esp] max_body``."""
-
-    status = 413
-    outcome = "too_large"
-
-
-class Unauthenticated(Refused):
-    """No credential at all: no signature, no basic auth."""
-
-    status = 401
-    outcome = "unauthenticated"
-
-
-class Forged(Refused):
-    """A credential that does not verify, or one optgate does not accept (topic, host)."""
-
-    status = 403
-    outcome = "forged"
-
-
-class Stale(Refused):
-    """A genuine signature on a timestamp outside the window."""
-
-    status = 403
-    outcome = "stale"
-
-
-class Replayed(Refused):
-    """A genuine notification whose replay key was accepted before."""
-
-    status = 403
-    outcome = "replayed"
-
-
-class Unavailable(Refused):
-    """It cannot be verified now (the SNS certificate host does not answer): retry later."""
-
-    status = 503
-    outcome = "unavailable"
 
 
 @dataclass(frozen=True)

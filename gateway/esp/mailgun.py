@@ -25,11 +25,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
+from gateway.errors import Forged, Malformed, Unauthenticated
 from gateway.esp.common import (
-    Forged,
-    Malformed,
     Notification,
-    Unauthenticated,
     bounce,
     event,
     finding,

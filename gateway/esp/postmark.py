@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
+from gateway.errors import Forged, Unauthenticated
 from gateway.esp.common import (
-    Forged,
     Notification,
-    Unauthenticated,
     bounce,
     digest_of,
     event,

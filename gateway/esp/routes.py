@@ -22,14 +22,8 @@ import structlog
 from aiohttp import web
 
 from gateway.config import Config
-from gateway.esp.common import (
-    Notification,
-    Refused,
-    Replayed,
-    TooLarge,
-    Unauthenticated,
-    Vendor,
-)
+from gateway.errors import Refused, Replayed, TooLarge, Unauthenticated, http_answer
+from gateway.esp.common import Notification, Vendor
 from gateway.esp.mailgun import Mailgun
 from gateway.esp.postmark import Postmark, credentials
 from gateway.esp.sendgrid import SendGrid, group_topics, public_key
@@ -145,11 +139,13 @@ class Hooks:
         return total
 
     def _refused(self, vendor: str, exc: Refused) -> web.Response:
-        """A refusal's answer, log line and count: the one place their statuses are set."""
-        self.metrics.esp.labels(vendor, exc.outcome).inc()
-        log.warning("esp_refused", vendor=vendor, outcome=exc.outcome, problem=str(exc))
-        answer = {"status": exc.outcome, "problem": str(exc)}
-        response = web.json_response(answer, status=exc.status)
+        """A refusal's answer (its status and outcome from gateway/errors.py), log line
+        and count."""
+        answer = http_answer(exc)
+        self.metrics.esp.labels(vendor, answer.kind).inc()
+        log.warning("esp_refused", vendor=vendor, outcome=answer.kind, problem=str(exc))
+        body = {"status": answer.kind, "problem": str(exc)}
+        response = web.json_response(body, status=answer.status)
         if isinstance(exc, Unauthenticated) and vendor == "postmark":
             response.headers["WWW-Authenticate"] = 'Basic realm="optgate"'
         return response

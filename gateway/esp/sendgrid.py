@@ -29,11 +29,9 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.errors import Forged, Malformed, Unauthenticated
 from gateway.esp.common import (
-    Forged,
-    Malformed,
     Notification,
-    Unauthenticated,
     bounce,
     digest_of,
     event,

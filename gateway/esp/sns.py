@@ -32,7 +32,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from yarl import URL
 
-from gateway.esp.common import Forged, Malformed, Stale, Unauthenticated, Unavailable, text
+from gateway.errors import Forged, Malformed, Stale, Unauthenticated, Unavailable
+from gateway.esp.common import (
+    text,
+)
 
 log = structlog.get_logger("optgate.esp")
 

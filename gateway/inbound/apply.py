@@ -25,12 +25,13 @@ import structlog
 
 from gateway import optouts
 from gateway.config import Config
+from gateway.errors import InvalidToken
 from gateway.inbound.authentication import Authentication, Origin
 from gateway.inbound.model import Classification, Finding, Kind
 from gateway.inbound.optouts import OptOuts
 from gateway.keys import load_keys
 from gateway.optouts import InboundNote, Recipient
-from gateway.tokens import Confirmation, InvalidToken, TokenSigner, is_short
+from gateway.tokens import Confirmation, TokenSigner, is_short
 from suppression.address import Address, normalize
 from suppression.errors import InvalidAddress
 from suppression.model import Source, now

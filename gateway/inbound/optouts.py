@@ -26,6 +26,7 @@ from pathlib import Path
 import structlog
 
 from gateway.config import Config
+from gateway.errors import Deferred
 from gateway.held import Action, Held, Mailed, inbound_secret
 from gateway.inbound.alignment import domain_of, organisational
 from gateway.inbound.authentication import Authentication, Authenticator, Origin
@@ -36,10 +37,6 @@ from suppression.address import Address
 from suppression.store import Store
 
 log = structlog.get_logger("optgate.inbound")
-
-
-class Deferred(Exception):
-    """The request cannot be dealt with now (a limit, the next hop): try again later."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,11 +16,12 @@ from pathlib import Path
 import structlog
 
 from gateway.config import Config
+from gateway.errors import Deferred, Phase, smtp_reply
 from gateway.inbound.apply import apply
 from gateway.inbound.authentication import Origin
 from gateway.inbound.classify import classify
 from gateway.inbound.mailboxes import Mailboxes, Role
-from gateway.inbound.optouts import Deferred, OptOuts
+from gateway.inbound.optouts import OptOuts
 from gateway.inbound.trace import Client
 from gateway.metrics import Metrics
 from gateway.tokens import TokenSigner
@@ -32,8 +33,6 @@ ACCEPTED = "250 2.0.0 OK: processed, nothing is relayed"
 MIXED = "452 4.5.3 Inbound and outbound recipients go in separate transactions: send this one later"
 NOT_INBOUND = "550 5.7.1 This listener only takes mail for optgate's inbound addresses"
 TOO_BIG = "552 5.3.4 Message too big for an inbound address"
-FAILED = "451 4.3.0 Temporary local problem, try again later"
-LATER = "451 4.7.1 This request cannot be dealt with now, try again later"
 
 
 class Receiver:
@@ -74,7 +73,7 @@ class Receiver:
             await self._kept(raw)
         except OSError as exc:
             log.error("inbound_keep_failed", error=exc.strerror)
-            return [FAILED] * len(rcpt_tos)
+            return [smtp_reply(exc, Phase.DATA)] * len(rcpt_tos)
         origin = Origin(raw, mail_from, client)
         return [await self._one(origin, rcpt) for rcpt in rcpt_tos]
 
@@ -100,10 +99,10 @@ class Receiver:
             )
         except Deferred as exc:
             log.warning("inbound_deferred", problem=str(exc), role=boxes.role(rcpt))
-            return LATER
+            return smtp_reply(exc, Phase.DATA)
         except Exception as exc:  # the store failed: the sender retries, nothing is lost
             log.error("inbound_failed", error=type(exc).__name__, role=boxes.role(rcpt))
-            return FAILED
+            return smtp_reply(exc, Phase.DATA)
         counts = {name: count for name, count in applied.counts().items() if count}
         for name, count in counts.items():
             self._metrics.inbound.labels(name).inc(count)
