@@ -1,10 +1,13 @@
 """One typed, frozen settings object: TOML file, then OPTGATE_* environment, then defaults.
 
 Every option is declared once, below, with its default, its meaning and, where
-it has them, its choices; ``optgate config show`` and ``optgate config example``
-are generated from these declarations. ``OPTGATE_<SECTION>_<KEY>`` overrides
-``[section] key``; section names never contain an underscore. Unknown keys and
-values of the wrong type are errors that name the key.
+it has them, its choices (a ``Literal`` type); ``optgate config show`` and
+``optgate config example`` are generated from these declarations.
+``OPTGATE_<SECTION>_<KEY>`` overrides ``[section] key``; section names never
+contain an underscore. Values are typed at load: ``host:port`` becomes a
+``HostPort``, a list of networks a tuple of ``ip_network`` values, resolvers
+``HostPort`` values (port 53 unless given). Unknown keys, values of the wrong
+type and values that do not parse are errors that name the key.
 
 Paths: a relative path in a config file is relative to that file's directory,
 one in an environment variable to the current directory; ``load`` makes both
@@ -15,18 +18,74 @@ directory (``gateway/statedir.py``).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from gateway import statedir
 from suppression.errors import ConfigError
 
 Resolve = Callable[[str, Path], str]  # a value and the directory it is relative to
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Networks = tuple[Network, ...]
+
+
+class HostPort(NamedTuple):
+    """A host and a port (port 0: any free one); ``str`` writes ``host:port``."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> HostPort:
+        """``host:port`` or ``[v6]:port`` (an empty host is 127.0.0.1); ValueError if not."""
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"{text!r} is not host:port")
+        return cls(host.strip("[]") or "127.0.0.1", int(port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """How an option's TOML value (``raw``: str or list[str]) becomes its typed value at
+    load (``parse``: ValueError says what is wrong), and back for ``config show``."""
+
+    raw: Any
+    parse: Callable[[Any], Any]
+    show: Callable[[Any], Any]
+
+
+def _networks(texts: Sequence[str]) -> Networks:
+    return tuple(ipaddress.ip_network(text, strict=False) for text in texts)
+
+
+def _resolver(text: str) -> HostPort:
+    """An IP address, ``IPv4:port`` or ``[IPv6]:port`` (port 53 unless given)."""
+    with_port = text.startswith("[") or text.count(":") == 1
+    server = HostPort.parse(text) if with_port else HostPort(text, 53)
+    try:
+        ipaddress.ip_address(server.host)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address[:port]") from None
+    return server
+
+
+HOST_PORT = Parsed(str, HostPort.parse, str)
+HOST_PORT_OR_OFF = Parsed(
+    str, lambda text: HostPort.parse(text) if text else None, lambda v: str(v) if v else ""
+)
+NETWORKS = Parsed(list[str], _networks, lambda value: [str(n) for n in value])
+RESOLVERS = Parsed(
+    list[str], lambda texts: tuple(_resolver(t) for t in texts), lambda v: [str(s) for s in v]
+)
 
 
 def _path(value: str, base: Path) -> str:
@@ -55,16 +114,20 @@ def _opt(
     default: Any,
     doc: str,
     *,
-    choices: tuple[str, ...] = (),
+    parsed: Parsed | None = None,
     path: Resolve | None = None,
     secret: bool = False,
 ) -> Any:
-    """A field with its default, its documentation and how it is checked and shown.
+    """A field with its default (as TOML writes it), its documentation and how it is
+    checked and shown.
 
-    ``choices``: the values allowed; ``path``: how a relative path in the value
-    is resolved (for a list, in each entry); ``secret``: never printed.
+    ``parsed``: how its value is typed at load; ``path``: how a relative path in the
+    value is resolved (for a list, in each entry); ``secret``: never printed. The
+    choices of a ``Literal`` field are its type's.
     """
-    metadata = {"doc": doc, "choices": choices, "path": path, "secret": secret}
+    metadata = {"doc": doc, "parsed": parsed, "path": path, "secret": secret}
+    if parsed is not None:
+        return field(default=parsed.parse(default), metadata=metadata)
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -74,9 +137,9 @@ def _opt(
 class SMTP:
     """The listener senders (or Postfix's content_filter) connect to."""
 
-    listen: str = _opt("127.0.0.1:10025", "host:port to accept mail on")
-    allowed_clients: list[str] = _opt(
-        ["127.0.0.0/8", "::1/128"], "networks allowed to relay through optgate"
+    listen: HostPort = _opt("127.0.0.1:10025", "host:port to accept mail on", parsed=HOST_PORT)
+    allowed_clients: Networks = _opt(
+        ["127.0.0.0/8", "::1/128"], "networks allowed to relay through optgate", parsed=NETWORKS
     )
     max_message_size: int = _opt(26214400, "largest message in bytes (SIZE); 552 beyond it")
     max_recipients: int = _opt(1000, "recipients per message; 452 beyond it")
@@ -89,11 +152,9 @@ class SMTP:
 class Relay:
     """The next hop every kept copy is relayed to."""
 
-    next_hop: str = _opt("127.0.0.1:10026", "host:port of the next MTA")
-    starttls: str = _opt(
-        "opportunistic",
-        "STARTTLS to the next hop when offered, always (451 without), or never",
-        choices=("opportunistic", "required", "never"),
+    next_hop: HostPort = _opt("127.0.0.1:10026", "host:port of the next MTA", parsed=HOST_PORT)
+    starttls: Literal["opportunistic", "required", "never"] = _opt(
+        "opportunistic", "STARTTLS to the next hop when offered, always (451 without), or never"
     )
     pool_size: int = _opt(32, "most connections kept open to the next hop")
     timeout: int = _opt(60, "seconds to wait for the next hop before answering 451")
@@ -139,8 +200,8 @@ class Store:
 class Policy:
     """What is sent and what is dropped."""
 
-    action: str = _opt(
-        "drop", "drop: accept and discard; reject: 550 at RCPT", choices=("drop", "reject")
+    action: Literal["drop", "reject"] = _opt(
+        "drop", "drop: accept and discard; reject: 550 at RCPT"
     )
     require_consent: bool = _opt(True, "marketing mail needs a consent record for its topic")
     default_topic: str = _opt("marketing", "topic of marketing mail without X-Optgate-Topic")
@@ -214,12 +275,12 @@ class Topic:
 class Web:
     """The one-click and confirmation web endpoint."""
 
-    listen: str = _opt("127.0.0.1:8080", "host:port of the web endpoint")
+    listen: HostPort = _opt("127.0.0.1:8080", "host:port of the web endpoint", parsed=HOST_PORT)
     rate_limit: int = _opt(
         60, "requests per minute per client IP on the link pages (bursts up to it); 0: no limit"
     )
-    trusted_proxies: list[str] = _opt(
-        [], "networks of reverse proxies whose X-Forwarded-For names the client"
+    trusted_proxies: Networks = _opt(
+        [], "networks of reverse proxies whose X-Forwarded-For names the client", parsed=NETWORKS
     )
     accent_color: str = _opt("#0b57d0", "colour of buttons and headings, #rgb or #rrggbb")
     api_keys: list[str] = _opt(
@@ -235,8 +296,10 @@ class Web:
 class Api:
     """The admin listener: the REST API (/api/v1), /metrics and /healthz; never public."""
 
-    listen: str = _opt(
-        "127.0.0.1:8081", "host:port of the admin listener (runs with the web part); empty: off"
+    listen: HostPort | None = _opt(
+        "127.0.0.1:8081",
+        "host:port of the admin listener (runs with the web part); empty: off",
+        parsed=HOST_PORT_OR_OFF,
     )
     rate_limit: int = _opt(
         600, "API requests a minute per key, counted over all workers and nodes; 0: no limit"
@@ -280,11 +343,9 @@ class Dkim:
         "none: no signing",
         path=_dkim_key,
     )
-    canonicalization: str = _opt(
-        "relaxed/relaxed",
-        "header/body: relaxed or simple each",
-        choices=("relaxed/relaxed", "relaxed/simple", "simple/relaxed", "simple/simple"),
-    )
+    canonicalization: Literal[
+        "relaxed/relaxed", "relaxed/simple", "simple/relaxed", "simple/simple"
+    ] = _opt("relaxed/relaxed", "header/body: relaxed or simple each")
     extra_headers: list[str] = _opt([], "headers signed besides the standard set")
 
 
@@ -310,12 +371,16 @@ class Inbound:
         path=_path,
     )
     max_message_size: int = _opt(10485760, "largest inbound message in bytes; 552 beyond it")
-    listen: str = _opt(
-        "", "host:port of a listener for inbound mail only; empty: the [smtp] listener takes it"
+    listen: HostPort | None = _opt(
+        "",
+        "host:port of a listener for inbound mail only; empty: the [smtp] listener takes it",
+        parsed=HOST_PORT_OR_OFF,
     )
     lmtp: bool = _opt(False, "the inbound listener speaks LMTP (Postfix lmtp: transport)")
-    allowed_clients: list[str] = _opt(
-        ["127.0.0.0/8", "::1/128"], "networks that may connect to the inbound listener"
+    allowed_clients: Networks = _opt(
+        ["127.0.0.0/8", "::1/128"],
+        "networks that may connect to the inbound listener",
+        parsed=NETWORKS,
     )
     verp_transactional: bool = _opt(
         False, "transactional mail gets a VERP envelope sender too (else it keeps its own)"
@@ -327,13 +392,17 @@ class Inbound:
         "authserv-ids of the own MTA: its topmost Authentication-Results header (RFC 8601) is "
         "believed, every other one ignored; none: optgate's own DKIM and SPF checks only",
     )
-    trusted_relays: list[str] = _opt(
+    trusted_relays: Networks = _opt(
         ["127.0.0.0/8", "::1/128"],
         "networks of the own MTAs that hand inbound mail over: for them the client is the one "
         "their topmost Received header names; any other peer is the sending MTA itself",
+        parsed=NETWORKS,
     )
-    dns_servers: list[str] = _opt(
-        [], "host or host:port of the resolvers for DKIM, SPF and DMARC lookups; none: the system's"
+    dns_servers: tuple[HostPort, ...] = _opt(
+        [],
+        "IP or IP:port ([IPv6]:port) of the resolvers for DKIM, SPF and DMARC lookups; "
+        "none: the system's",
+        parsed=RESOLVERS,
     )
     optout_rate_client: int = _opt(
         20, "opt-out mails held for a confirmation link an hour per client IP; beyond it 451"
@@ -353,11 +422,11 @@ class Inbound:
 class Partners:
     """Partner offers: the submission listener, the fan-out and the partners' reports."""
 
-    listen: str = _opt("", "host:port partners submit offers to (SMTP AUTH); empty: off")
-    tls: str = _opt(
-        "starttls",
-        "starttls (AUTH only after STARTTLS) or implicit (TLS at connect)",
-        choices=("starttls", "implicit"),
+    listen: HostPort | None = _opt(
+        "", "host:port partners submit offers to (SMTP AUTH); empty: off", parsed=HOST_PORT_OR_OFF
+    )
+    tls: Literal["starttls", "implicit"] = _opt(
+        "starttls", "starttls (AUTH only after STARTTLS) or implicit (TLS at connect)"
     )
     tls_cert: str = _opt(
         "", "PEM certificate file; empty: a self-signed one made at start (tests)", path=_path
@@ -463,7 +532,8 @@ class Config:
 
 @dataclass(frozen=True)
 class Option:
-    """One declared option, as the loader, ``config show`` and ``config example`` see it."""
+    """One declared option, as the loader, ``config show`` and ``config example`` see it:
+    ``kind`` and ``default`` as TOML holds them (str, int, bool, list or table of strings)."""
 
     section: str
     key: str
@@ -473,11 +543,28 @@ class Option:
     choices: tuple[str, ...]
     path: Resolve | None
     secret: bool
+    parsed: Parsed | None
 
     @property
     def env(self) -> str:
         """The environment variable that overrides it."""
         return f"OPTGATE_{self.section.upper()}_{self.key.upper()}"
+
+    def typed(self, name: str, value: Any) -> Any:
+        """A checked TOML value as the option's type; a ConfigError naming ``name``."""
+        if self.choices and value not in self.choices:
+            where = f"[{self.section}] {self.key}"
+            raise ConfigError(f"{where}: {value!r} is not one of {self.choices}")
+        if self.parsed is None:
+            return value
+        try:
+            return self.parsed.parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+    def text(self, value: Any) -> Any:
+        """A loaded value as TOML would hold it."""
+        return self.parsed.show(value) if self.parsed else value
 
 
 def sections() -> dict[str, type[Any]]:
@@ -507,16 +594,19 @@ def options() -> Iterator[Option]:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-            meta = f.metadata
+            meta, kind = f.metadata, hints[f.name]
+            parsed: Parsed | None = meta["parsed"]
+            literal = typing.get_origin(kind) is Literal
             yield Option(
                 section,
                 f.name,
-                hints[f.name],
-                default,
+                parsed.raw if parsed else str if literal else kind,
+                parsed.show(default) if parsed else default,
                 meta["doc"],
-                meta["choices"],
+                typing.get_args(kind) if literal else (),
                 meta["path"],
                 meta["secret"],
+                parsed,
             )
 
 
@@ -601,22 +691,19 @@ def _values(
     for option in options():
         where = (option.section, option.key)
         if option.key in raw.get(option.section, {}):
-            value = _check(
-                f"[{option.section}] {option.key}", raw[option.section][option.key], option.kind
-            )
-            values[option.section][option.key] = _resolved(option, value, base)
+            name = f"[{option.section}] {option.key}"
+            value = _check(name, raw[option.section][option.key], option.kind)
+            value = _resolved(option, value, base)
+            values[option.section][option.key] = option.typed(name, value)
             origins[where] = f"file {origin}"
         if option.env in environ:
             base_kind = typing.get_origin(option.kind) or option.kind
             value = _from_env(option.env, environ[option.env], base_kind)
             value = _check(option.env, value, option.kind)
             here = Path.cwd() if option.path else Path()  # relative to where it is run
-            values[option.section][option.key] = _resolved(option, value, here)
+            value = _resolved(option, value, here)
+            values[option.section][option.key] = option.typed(option.env, value)
             origins[where] = f"env {option.env}"
-        value = values[option.section].get(option.key, option.default)
-        if option.choices and value not in option.choices:
-            name = f"[{option.section}] {option.key}"
-            raise ConfigError(f"{name}: {value!r} is not one of {option.choices}")
         origins.setdefault(where, "default")
     return values, origins
 
@@ -687,11 +774,3 @@ def effective(path: str | None = None, environ: Mapping[str, str] | None = None)
 def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Load settings from a file (or $OPTGATE_CONFIG, or none) plus the environment."""
     return effective(path, environ).config
-
-
-def host_port(value: str, name: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[v6]:port`` too); port 0 picks a free port."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"{name}: {value!r} is not host:port")
-    return host.strip("[]") or "127.0.0.1", int(port)

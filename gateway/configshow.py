@@ -75,7 +75,9 @@ async def example(args: argparse.Namespace, config: Config) -> int:
 
 
 def _shown(option: Option, value: Any) -> Any:
-    """A value as it may be printed: secrets hidden, no password in a store URL."""
+    """A loaded value as it may be printed, as TOML holds it: secrets hidden, no password
+    in a store URL."""
+    value = option.text(value)
     if option.secret:
         return [HIDDEN for _ in value] if isinstance(value, list) else HIDDEN
     if (option.section, option.key) == ("store", "url") and "@" in value:

@@ -35,7 +35,7 @@ from dns.rdtypes.ANY.MX import MX
 from dns.rdtypes.ANY.TXT import TXT
 from yarl import URL
 
-from gateway.config import Config, host_port
+from gateway.config import Config, HostPort
 from gateway.inbound.alignment import organisational
 from gateway.inbound.mailboxes import MAX_LOCAL_PART, Mailboxes, Role
 from gateway.keygen import PrivateKey, public_key_bytes, zone_line
@@ -224,13 +224,12 @@ def _probe_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104
 
 
-async def _listen(section: str, value: str, probe: Callable[[str, int], Awaitable[bool]]) -> Check:
+async def _listen(
+    section: str, value: HostPort, probe: Callable[[str, int], Awaitable[bool]]
+) -> Check:
     """A listen address is free to bind; taken by optgate itself is a WARN."""
     name = f"{section} listen"
-    try:
-        host, port = host_port(value, f"[{section}] listen")
-    except ConfigError as exc:
-        return Check(Status.FAIL, name, str(exc))
+    host, port = value
     if port == 0:
         return Check(Status.PASS, name, f"{value}: a free port is picked at start")
     error = await asyncio.to_thread(_bind_error, host, port)
@@ -289,10 +288,7 @@ async def _web_is_optgate(host: str, port: int) -> bool:
 async def _next_hop(config: Config) -> Check:
     """The next hop answers EHLO (and offers STARTTLS if that is required); it is not us."""
     name, where = "next hop", config.relay.next_hop
-    try:
-        host, port = host_port(where, "[relay] next_hop")
-    except ConfigError as exc:
-        return Check(Status.FAIL, name, str(exc))
+    host, port = where
     client = aiosmtplib.SMTP(
         hostname=host,
         port=port,

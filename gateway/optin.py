@@ -12,7 +12,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
-from gateway.config import Config, host_port
+from gateway.config import Config
 from gateway.keys import load_keys
 from gateway.pipeline import verdict
 from gateway.policy import MessageClass, Rules
@@ -70,7 +70,7 @@ async def request_consent(
 async def send_mail(config: Config, to: str, message: bytes) -> Outcome:
     """Mail one message of optgate's own (a confirmation link) through the next hop,
     from ``[unsubscribe] confirm_from``, on a connection of its own."""
-    host, port = host_port(config.relay.next_hop, "[relay] next_hop")
+    host, port = config.relay.next_hop
     relay = Relay(
         host,
         port,

@@ -6,13 +6,13 @@ import asyncio
 import ipaddress
 import mmap
 import traceback
-from collections.abc import Sequence
 from typing import Any, cast
 
 import structlog
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from gateway.config import Networks
 from gateway.errors import PathError, Phase, smtp_reply
 from gateway.inbound.receive import MIXED, NOT_INBOUND, Receiver, one_reply
 from gateway.inbound.trace import Client
@@ -36,8 +36,7 @@ NULL_RECIPIENT = "501 5.1.3 The null path <> is a sender only"
 NEEDS_SMTPUTF8 = "553 5.6.7 Non-ASCII addresses need MAIL FROM with SMTPUTF8 (RFC 6531)"
 CANNOT_VRFY = "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-ANYONE = ("0.0.0.0/0", "::/0")
+ANYONE: Networks = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 
 def null_to_empty(mail_from: str | None) -> str:
@@ -113,11 +112,9 @@ class Admission:
     """Who may connect, and how many at once."""
 
     def __init__(
-        self, networks: Sequence[str], max_sessions: int, sessions: Sessions | None = None
+        self, networks: Networks, max_sessions: int, sessions: Sessions | None = None
     ) -> None:
-        self.networks: tuple[Network, ...] = tuple(
-            ipaddress.ip_network(n, strict=False) for n in networks
-        )
+        self.networks = networks  # parsed by the configuration
         self.max_sessions = max_sessions
         self.sessions = sessions or Sessions()
 

@@ -21,7 +21,7 @@ from gateway import auditwatch, logs
 from gateway.admin_web import make_admin_app
 from gateway.api.legacy import add_consent_api
 from gateway.api.routes import Api
-from gateway.config import Config, host_port
+from gateway.config import Config, HostPort
 from gateway.esp.routes import Hooks
 from gateway.fanout import FanOut
 from gateway.footers import Footers
@@ -197,9 +197,11 @@ def _receiver(
     return Receiver(store=store, config=config, signer=signer, mailboxes=mailboxes, metrics=metrics)
 
 
-async def _listen(protocol: Callable[[], SMTP], listen: str, name: str, reuse_port: bool) -> Server:
+async def _listen(
+    protocol: Callable[[], SMTP], listen: HostPort, name: str, reuse_port: bool
+) -> Server:
     """Bind a listener; a bind error is a configuration error naming the key."""
-    host, port = host_port(listen, name)
+    host, port = listen
     try:
         return await asyncio.get_running_loop().create_server(
             protocol, host, port, reuse_address=True, reuse_port=reuse_port
@@ -214,6 +216,7 @@ async def _inbound(
 ) -> AsyncIterator[int]:
     """The own inbound listener ([inbound] listen, SMTP or LMTP); yields the bound port."""
     inbound = config.inbound
+    assert inbound.listen is not None  # started only when [inbound] listen is set
     handler = InboundHandler(receiver, max_recipients=config.smtp.max_recipients, lmtp=inbound.lmtp)
     admission = Admission(inbound.allowed_clients, config.smtp.max_sessions, sessions)
     kind = GateLMTP if inbound.lmtp else GateSMTP
@@ -250,7 +253,7 @@ async def _smtp(
     sessions: Sessions,
 ) -> AsyncIterator[int]:
     """The SMTP listener and its relay pool; yields the bound port."""
-    host, _ = host_port(config.smtp.listen, "[smtp] listen")
+    host = config.smtp.listen.host
     hostname = config.smtp.hostname or socket.getfqdn()
     relay = _relay(config, hostname)
     pipeline = build_pipeline(config, store, relay, signer, metrics)
@@ -276,7 +279,7 @@ async def _smtp(
         reuse_port,
     )
     bound = server.sockets[0].getsockname()[1]
-    log.info("smtp_listening", host=host, port=bound, next_hop=config.relay.next_hop)
+    log.info("smtp_listening", host=host, port=bound, next_hop=str(config.relay.next_hop))
     try:
         yield bound
     finally:
@@ -290,7 +293,7 @@ async def _smtp(
 
 def _relay(config: Config, hostname: str) -> Relay:
     """A connection pool to the next hop."""
-    next_host, next_port = host_port(config.relay.next_hop, "[relay] next_hop")
+    next_host, next_port = config.relay.next_hop
     return Relay(
         next_host,
         next_port,
@@ -376,10 +379,10 @@ def minute_limiter(config: Config, store: Store) -> SharedLimiter:
 
 @contextlib.asynccontextmanager
 async def _http(
-    app: web.Application, listen: str, name: str, reuse_port: bool
+    app: web.Application, listen: HostPort, name: str, reuse_port: bool
 ) -> AsyncIterator[int]:
     """Serve an aiohttp app on a listen address; yields the bound port."""
-    host, port = host_port(listen, name)
+    host, port = listen
     runner = web.AppRunner(app, access_log=None)  # an access log would hold IPs and tokens
     await runner.setup()
     try:

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from gateway import keygen
-from gateway.config import Partners, host_port
+from gateway.config import Partners
 from gateway.errors import BadControlHeader, Phase, smtp_reply
 from gateway.pipeline import header_values
 from gateway.ratelimit import SharedLimiter
@@ -318,7 +318,8 @@ async def listening(
     """The submission listener (``accepted()`` after each stored offer, ``admission`` at
     connect, ``limiter`` a minute's window for AUTH attempts); yields the bound port; on
     exit drains offers in flight."""
-    host, port = host_port(settings.listen, "[partners] listen")
+    assert settings.listen is not None  # started only when [partners] listen is set
+    host, port = settings.listen
     context = tls_context(settings, hostname)
     intake = Intake(store, settings, accepted, limiter)
     implicit = settings.tls == "implicit"

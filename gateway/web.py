@@ -31,7 +31,7 @@ from aiohttp import hdrs, web, web_response
 from yarl import URL
 
 from gateway import languages, optouts, pages
-from gateway.config import Config
+from gateway.config import Config, Network, Networks
 from gateway.errors import BadRequest, HttpAnswer, InvalidToken, http_answer, http_status
 from gateway.esp.routes import Hooks
 from gateway.footers import Footers
@@ -63,7 +63,6 @@ SECURITY_HEADERS = {
 }
 _COLOR = re.compile(r"#[0-9a-fA-F]{3}(?:[0-9a-fA-F]{3})?")
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -75,7 +74,7 @@ class WebSettings:
     company: str
     accent_color: str
     rate_limit: int  # requests per minute per client IP; 0: no limit
-    trusted_proxies: tuple[str, ...]
+    trusted_proxies: Networks
     consent_versions: Mapping[str, str]
     page_note: str = ""
     postal_address: str = ""
@@ -85,7 +84,6 @@ class WebSettings:
     def __post_init__(self) -> None:
         if not _COLOR.fullmatch(self.accent_color):
             raise ConfigError(f"[web] accent_color: {self.accent_color!r} is not #rgb or #rrggbb")
-        networks(self.trusted_proxies)
 
     @classmethod
     def from_config(cls, config: Config) -> WebSettings:
@@ -95,21 +93,13 @@ class WebSettings:
             company=config.unsubscribe.company,
             accent_color=config.web.accent_color,
             rate_limit=config.web.rate_limit,
-            trusted_proxies=tuple(config.web.trusted_proxies),
+            trusted_proxies=config.web.trusted_proxies,
             consent_versions=dict(config.policy.consent_versions),
             page_note=config.web.page_note,
             postal_address=config.unsubscribe.postal_address,
             default_language=config.footer.default_language,
             topic_names=Footers.from_config(config).names(),
         )
-
-
-def networks(texts: Sequence[str]) -> tuple[Network, ...]:
-    """Parse ``[web] trusted_proxies``."""
-    try:
-        return tuple(ipaddress.ip_network(text, strict=False) for text in texts)
-    except ValueError as exc:
-        raise ConfigError(f"[web] trusted_proxies: {exc}") from None
 
 
 def client_ip(peer: str | None, forwarded_for: str | None, proxies: Sequence[Network]) -> str:
@@ -226,7 +216,7 @@ class _Endpoint:
             settings.topic_names,
         )
         self.prefix = URL(settings.base_url).path.rstrip("/")
-        self.proxies = networks(settings.trusted_proxies)
+        self.proxies = settings.trusted_proxies
         self.rate_limit = settings.rate_limit
         self.limiter = limiter if settings.rate_limit else None
         self.unlimited = set(UNLIMITED)

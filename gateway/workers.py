@@ -36,7 +36,7 @@ import structlog
 import uvloop
 
 from gateway import logs, service
-from gateway.config import Config, host_port
+from gateway.config import Config, HostPort
 from gateway.metrics import across_processes
 from gateway.server import SessionBoard
 from suppression.errors import ConfigError, OptgateError
@@ -79,7 +79,7 @@ def cpu_plan(count: int, affinity: str) -> list[int] | None:
 
 
 @contextlib.contextmanager
-def reserved(listen: str, name: str) -> Iterator[str]:
+def reserved(listen: HostPort, name: str) -> Iterator[HostPort]:
     """Hold a listen address while workers come and go; yields it with the real port.
 
     A plain bind first fails on a port in use, even by another optgate's
@@ -87,7 +87,7 @@ def reserved(listen: str, name: str) -> Iterator[str]:
     bound again with SO_REUSEPORT and kept, not listening: it keeps the port
     (port 0 becomes a real one) and takes no connections itself.
     """
-    host, port = host_port(listen, name)
+    host, port = listen
     held: socket.socket | None = None
     try:
         family, _, _, _, address = socket.getaddrinfo(
@@ -106,7 +106,7 @@ def reserved(listen: str, name: str) -> Iterator[str]:
             held.close()
         raise ConfigError(f"{name} {listen}: {exc.strerror or exc}") from None
     with held:
-        yield f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        yield HostPort(host, port)
 
 
 @dataclass
@@ -335,6 +335,10 @@ class Supervisor:
                 os.kill(pid, signum)
 
 
+def _text(listen: HostPort | None) -> str | None:
+    return str(listen) if listen else None
+
+
 def serve(args: argparse.Namespace, config: Config) -> int:
     """optgate serve: the supervisor's side; runs until SIGTERM or SIGINT."""
     logs.configure()
@@ -366,11 +370,11 @@ def serve(args: argparse.Namespace, config: Config) -> int:
             "workers_starting",
             workers=count,
             cpus=cpus,
-            smtp=config.smtp.listen if "smtp" in parts else None,
-            web=config.web.listen if "web" in parts else None,
-            inbound=config.inbound.listen or None,
-            partners=config.partners.listen or None,
-            api=config.api.listen if "web" in parts and config.api.listen else None,
+            smtp=str(config.smtp.listen) if "smtp" in parts else None,
+            web=str(config.web.listen) if "web" in parts else None,
+            inbound=_text(config.inbound.listen),
+            partners=_text(config.partners.listen),
+            api=_text(config.api.listen) if "web" in parts else None,
         )
         status = Supervisor(config, parts, count, metrics_dir, cpus).run()
     return status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
 import tomllib
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway import cli, configshow, statedir
-from gateway.config import Config, effective, host_port, load, options, sections
+from gateway.config import Config, HostPort, effective, load, options, sections
 from suppression.errors import ConfigError
 
 
@@ -25,12 +26,14 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def keys() -> list[tuple[str, str, Any]]:
-    """Every (section, key, declared type)."""
-    return [
-        (section, key, kind)
-        for section, cls in sections().items()
-        for key, kind in typing.get_type_hints(cls).items()
-    ]
+    """Every (section, key, type as TOML holds it)."""
+    return [(option.section, option.key, option.kind) for option in options()]
+
+
+def text(section: str, key: str, value: Any) -> Any:
+    """A loaded value as TOML holds it (``host:port``, networks as text)."""
+    [option] = [o for o in options() if (o.section, o.key) == (section, key)]
+    return option.text(value)
 
 
 def write(tmp_path: Path, text: str, name: str = "optgate.toml") -> str:
@@ -41,10 +44,13 @@ def write(tmp_path: Path, text: str, name: str = "optgate.toml") -> str:
 
 def test_defaults_need_no_file_and_match_the_spec() -> None:
     config = load(None, {"STATE_DIRECTORY": "/var/lib/x"})
-    assert config.smtp.listen == "127.0.0.1:10025"
-    assert config.smtp.allowed_clients == ["127.0.0.0/8", "::1/128"]
+    assert config.smtp.listen == HostPort("127.0.0.1", 10025)
+    assert text("smtp", "allowed_clients", config.smtp.allowed_clients) == [
+        "127.0.0.0/8",
+        "::1/128",
+    ]
     assert config.smtp.max_message_size == 26214400
-    assert config.relay.next_hop == "127.0.0.1:10026"
+    assert config.relay.next_hop == HostPort("127.0.0.1", 10026)
     assert Config().store.url == Config().store.state_dir == ""  # derived, below
     assert config.store.url == "sqlite:////var/lib/x/optgate.db"
     assert config.unsubscribe.key_file == "/var/lib/x/optgate.key"
@@ -53,18 +59,21 @@ def test_defaults_need_no_file_and_match_the_spec() -> None:
     assert config.policy.default_topic == "marketing"
     assert config.unsubscribe.base_url == "http://127.0.0.1:8080"
     assert config.unsubscribe.mailto == "unsubscribe@example.com"
-    assert config.web.listen == "127.0.0.1:8080"
+    assert config.web.listen == HostPort("127.0.0.1", 8080)
+    assert config.api.listen == HostPort("127.0.0.1", 8081)
+    assert config.inbound.listen is None  # empty: off
     derived = {"store", "unsubscribe"}
     assert all(getattr(config, s) == getattr(Config(), s) for s in sections() if s not in derived)
 
 
 def test_list_and_table_defaults_are_not_shared() -> None:
     one, two = load(None, {}), load(None, {})
-    one.smtp.allowed_clients.append("10.0.0.0/8")
+    one.dkim.extra_headers.append("x-mine")
     one.policy.consent_versions["news"] = "2"
-    assert two.smtp.allowed_clients == ["127.0.0.0/8", "::1/128"]
+    assert two.dkim.extra_headers == []
     assert two.policy.consent_versions == {}
-    assert Config().smtp.allowed_clients == ["127.0.0.0/8", "::1/128"]
+    assert Config().dkim.extra_headers == []
+    assert isinstance(Config().smtp.allowed_clients, tuple)  # parsed networks: never changed
 
 
 def test_toml_file(tmp_path: Path) -> None:
@@ -88,11 +97,11 @@ def test_toml_file(tmp_path: Path) -> None:
         """,
     )
     config = load(path, {})
-    assert config.smtp.listen == "0.0.0.0:25"
-    assert config.smtp.allowed_clients == ["10.0.0.0/8"]
+    assert config.smtp.listen == HostPort("0.0.0.0", 25)  # noqa: S104
+    assert config.smtp.allowed_clients == (ipaddress.ip_network("10.0.0.0/8"),)
     assert config.smtp.max_message_size == 1048576
     assert config.smtp.max_recipients == 1000  # untouched keys keep their defaults
-    assert config.relay.next_hop == "mx.internal:25"
+    assert config.relay.next_hop == HostPort("mx.internal", 25)
     assert config.relay.starttls == "required"
     assert config.store.url == "sqlite:////var/lib/optgate/optgate.db"
     assert config.store.keep_addresses is False
@@ -105,15 +114,15 @@ def test_toml_file(tmp_path: Path) -> None:
 def test_optgate_config_names_the_file_and_an_explicit_path_wins(tmp_path: Path) -> None:
     from_env = write(tmp_path, '[relay]\nnext_hop = "env.example:25"\n', "env.toml")
     explicit = write(tmp_path, '[relay]\nnext_hop = "flag.example:25"\n', "flag.toml")
-    assert load(None, {"OPTGATE_CONFIG": from_env}).relay.next_hop == "env.example:25"
-    assert load(explicit, {"OPTGATE_CONFIG": from_env}).relay.next_hop == "flag.example:25"
+    assert str(load(None, {"OPTGATE_CONFIG": from_env}).relay.next_hop) == "env.example:25"
+    assert str(load(explicit, {"OPTGATE_CONFIG": from_env}).relay.next_hop) == "flag.example:25"
     assert load(None, {"OPTGATE_CONFIG": ""}) == load(None, {})
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, '[relay]\nnext_hop = "file.example:25"\npool_size = 4\n')
     config = load(path, {"OPTGATE_RELAY_NEXT_HOP": "env.example:2525"})
-    assert config.relay.next_hop == "env.example:2525"
+    assert config.relay.next_hop == HostPort("env.example", 2525)
     assert config.relay.pool_size == 4
 
 
@@ -126,7 +135,7 @@ def sample(kind: Any) -> tuple[str, Any]:
     if kind is bool:
         return "false", False
     if typing.get_origin(kind) is list:
-        return "10.1.0.0/16, 10.2.0.0/16", ["10.1.0.0/16", "10.2.0.0/16"]
+        return "10.1.0.0/16, 10.2.0.0/16", ["10.1.0.0/16", "10.2.0.0/16"]  # (also resolvers)
     return '{ news = "7", "partner-offers" = "2024-05" }', {
         "news": "7",
         "partner-offers": "2024-05",
@@ -148,20 +157,39 @@ CHOICES = {
     ("dkim", "canonicalization"): "simple/simple",
     ("partners", "tls"): "implicit",
 }
+HOST_PORTS = {
+    ("smtp", "listen"),
+    ("relay", "next_hop"),
+    ("web", "listen"),
+    ("api", "listen"),
+    ("inbound", "listen"),
+    ("partners", "listen"),
+}
+RESOLVERS = {
+    ("inbound", "dns_servers"): (
+        "10.1.0.1, [2001:db8::1]:5353",
+        ["10.1.0.1:53", "[2001:db8::1]:5353"],
+    )
+}
 
 
 @pytest.mark.parametrize(("section", "key", "kind"), keys(), ids=lambda v: str(v))
 def test_every_key_has_an_environment_override(section: str, key: str, kind: Any) -> None:
-    text, value = sample(kind)
+    given, value = sample(kind)
     if (section, key) in CHOICES:
-        text = value = CHOICES[section, key]
+        given = value = CHOICES[section, key]
+    if (section, key) in HOST_PORTS:
+        given = value = "192.0.2.1:2525"
+    if (section, key) in RESOLVERS:
+        given, value = RESOLVERS[section, key]
     if (section, key) in PATHS:
-        value = str(Path.cwd() / text)  # a relative path in the environment: from here
+        value = str(Path.cwd() / given)  # a relative path in the environment: from here
     if kind is bool and value == getattr(getattr(Config(), section), key):
-        text, value = "true", True  # a switch that is off by default
-    config = load(None, {f"OPTGATE_{section.upper()}_{key.upper()}": text})
-    assert getattr(getattr(config, section), key) == value
-    assert getattr(getattr(config, section), key) != getattr(getattr(Config(), section), key)
+        given, value = "true", True  # a switch that is off by default
+    config = load(None, {f"OPTGATE_{section.upper()}_{key.upper()}": given})
+    loaded = getattr(getattr(config, section), key)
+    assert text(section, key, loaded) == value
+    assert loaded != getattr(getattr(Config(), section), key)
 
 
 @pytest.mark.parametrize(
@@ -193,7 +221,8 @@ def test_environment_booleans(text: str, value: bool) -> None:
     ],
 )
 def test_environment_lists(text: str, value: list[str]) -> None:
-    assert load(None, {"OPTGATE_SMTP_ALLOWED_CLIENTS": text}).smtp.allowed_clients == value
+    loaded = load(None, {"OPTGATE_SMTP_ALLOWED_CLIENTS": text}).smtp.allowed_clients
+    assert [str(network) for network in loaded] == value
 
 
 def test_environment_tables_and_integers() -> None:
@@ -269,6 +298,98 @@ def test_environment_errors_name_the_key(name: str, text: str) -> None:
     message = error(None, {name: text})
     section, key = name.removeprefix("OPTGATE_").lower().split("_", 1)
     assert name in message or f"[{section}] {key}" in message
+
+
+# every option typed at load, with values of the right TOML type that do not parse
+NETWORK_OPTIONS = {
+    ("smtp", "allowed_clients"),
+    ("web", "trusted_proxies"),
+    ("inbound", "allowed_clients"),
+    ("inbound", "trusted_relays"),
+}
+BAD_VALUES: dict[str, list[Any]] = {
+    "host:port": ["localhost", "host:", "host:port", "host:65536", "host:-1", "[::1]"],
+    "networks": [["10.0.0.0/33"], ["not a network"], ["127.0.0.0/8", "10.0.0.1/8/2"], [""]],
+    "resolvers": [["not-an-ip"], ["dns.example:53"], ["10.0.0.1:port"], ["[::1]"]],
+    "choice": ["sometimes", "", "DROP"],
+}
+
+
+def typed_options() -> list[tuple[str, str, str]]:
+    found = []
+    for option in options():
+        where = (option.section, option.key)
+        if where in HOST_PORTS:
+            found.append((*where, "host:port"))
+        elif where in NETWORK_OPTIONS:
+            found.append((*where, "networks"))
+        elif where in RESOLVERS:
+            found.append((*where, "resolvers"))
+        elif option.choices:
+            found.append((*where, "choice"))
+    return found
+
+
+def test_the_typed_options_are_all_tested() -> None:
+    typed = {(o.section, o.key) for o in options() if o.parsed or o.choices}
+    assert typed == {(section, key) for section, key, _ in typed_options()}
+    assert len(typed) == 15  # 6 host:port, 4 network lists, the resolvers, 4 choices
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "kind", "bad"),
+    [(s, k, kind, bad) for s, k, kind in typed_options() for bad in BAD_VALUES[kind]],
+    ids=str,
+)
+def test_a_value_that_does_not_parse_names_its_key(
+    tmp_path: Path, section: str, key: str, kind: str, bad: Any
+) -> None:
+    """In the file and in the environment: a ConfigError naming the key, never a
+    ValueError from deep inside (a bad allowed_clients once ended in a traceback)."""
+    path = write(tmp_path, f"[{section}]\n{key} = {configshow.toml_value(bad)}\n")
+    assert error(path, {}).startswith(f"[{section}] {key}: ")
+    env = f"OPTGATE_{section.upper()}_{key.upper()}"
+    given = ", ".join(bad) if isinstance(bad, list) else bad
+    named = f"[{section}] {key}" if kind == "choice" else env  # a choice: the key, as ever
+    if given or not isinstance(bad, list):  # an empty list item is no item in the environment
+        assert error(None, {env: given}).startswith(f"{named}: ")
+
+
+def test_a_bad_network_stops_the_command_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPTGATE_SMTP_ALLOWED_CLIENTS", "10.0.0.0/8, 10.0.0.0/33")
+    assert cli.main(["doctor"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "optgate: OPTGATE_SMTP_ALLOWED_CLIENTS: '10.0.0.0/33' does not appear to be an IPv4 "
+        "or IPv6 network\n"
+    )
+
+
+def test_typed_values() -> None:
+    config = load(
+        None,
+        {
+            "OPTGATE_SMTP_ALLOWED_CLIENTS": "10.1.2.3/8, ::ffff:0:0/96",
+            "OPTGATE_INBOUND_DNS_SERVERS": "9.9.9.9, 192.0.2.1:5353, [2001:db8::53]:53, ::1",
+            "OPTGATE_PARTNERS_LISTEN": "[::]:587",
+            "OPTGATE_API_LISTEN": "",
+        },
+    )
+    assert config.smtp.allowed_clients == (
+        ipaddress.ip_network("10.0.0.0/8"),  # host bits dropped, as before
+        ipaddress.ip_network("::ffff:0:0/96"),
+    )
+    assert config.inbound.dns_servers == (
+        HostPort("9.9.9.9", 53),
+        HostPort("192.0.2.1", 5353),
+        HostPort("2001:db8::53", 53),
+        HostPort("::1", 53),
+    )
+    assert config.partners.listen == HostPort("::", 587)
+    assert config.api.listen is None
 
 
 @pytest.mark.parametrize(
@@ -351,22 +472,20 @@ def test_cli_config_option_before_and_after_the_command(
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"),
+    ("value", "expected", "shown"),
     [
-        ("127.0.0.1:10025", ("127.0.0.1", 10025)),
-        ("[::1]:25", ("::1", 25)),
-        (":2525", ("127.0.0.1", 2525)),
-        ("mx.example.com:0", ("mx.example.com", 0)),
+        ("127.0.0.1:10025", ("127.0.0.1", 10025), "127.0.0.1:10025"),
+        ("[::1]:25", ("::1", 25), "[::1]:25"),
+        (":2525", ("127.0.0.1", 2525), "127.0.0.1:2525"),
+        ("mx.example.com:0", ("mx.example.com", 0), "mx.example.com:0"),
     ],
 )
-def test_host_port(value: str, expected: tuple[str, int]) -> None:
-    assert host_port(value, "[relay] next_hop") == expected
-
-
-@pytest.mark.parametrize("value", ["localhost", "host:", "host:port", "host:65536", "host:-1"])
-def test_host_port_errors_name_the_key(value: str) -> None:
-    with pytest.raises(ConfigError, match=r"\[relay\] next_hop"):
-        host_port(value, "[relay] next_hop")
+def test_host_port(value: str, expected: tuple[str, int], shown: str) -> None:
+    parsed = load(None, {"OPTGATE_RELAY_NEXT_HOP": value}).relay.next_hop
+    assert parsed == HostPort(*expected)
+    assert (parsed.host, parsed.port) == expected
+    assert str(parsed) == shown
+    assert HostPort.parse(shown) == parsed
 
 
 # the state directory ----------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import Config, host_port, load
+from gateway.config import Config, load
 from suppression.errors import ConfigError
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -131,13 +131,13 @@ def test_dockerfile_settings_are_the_config_contract(docker: list[tuple[str, str
     for name, value in optgate.items():
         check_setting(name, value)
     config = load(None, optgate)
-    assert host_port(config.smtp.listen, "smtp")[0] == EVERY_INTERFACE
-    assert host_port(config.web.listen, "web")[0] == EVERY_INTERFACE
+    assert config.smtp.listen.host == EVERY_INTERFACE
+    assert config.web.listen.host == EVERY_INTERFACE
     # the state directory is the volume, for `docker exec ... optgate ...` as for serve
     assert config.store.state_dir == KEY_DIR
     assert config.store.url == f"sqlite:///{KEY_DIR}/optgate.db"
     assert config.unsubscribe.key_file == f"{KEY_DIR}/optgate.key"
-    ports = {host_port(config.smtp.listen, "smtp")[1], host_port(config.web.listen, "web")[1]}
+    ports = {config.smtp.listen.port, config.web.listen.port}
     assert {int(p) for p in all_of(docker, "EXPOSE")[-1].split()} == ports
 
 
@@ -149,7 +149,7 @@ def test_dockerfile_healthcheck_asks_healthz(docker: list[tuple[str, str]]) -> N
     assert argv[:2] == ["python", "-c"]
     compile(argv[2], "<healthcheck>", "exec")  # the script is valid Python
     assert "urllib" in argv[2]
-    web_port = host_port(load(None, docker_env(docker)).web.listen, "web")[1]
+    web_port = load(None, docker_env(docker)).web.listen.port
     assert f"http://127.0.0.1:{web_port}/healthz" in argv[2]
 
 
@@ -219,11 +219,11 @@ def test_compose_nodes_share_postgres_and_the_key(compose: dict[str, Any]) -> No
         assert ":" not in config.store.url.split("//", 1)[1].split("@", 1)[0], "no password in URL"
         assert "PGPASSWORD" in env
         assert config.smtp.allowed_clients != Config().smtp.allowed_clients
-        assert host_port(config.smtp.listen, "smtp")[0] == EVERY_INTERFACE
+        assert config.smtp.listen.host == EVERY_INTERFACE
         published = {p.rsplit(":", 1)[-1] for p in services[node]["ports"]}
         assert published == {
-            str(host_port(config.smtp.listen, "smtp")[1]),
-            str(host_port(config.web.listen, "web")[1]),
+            str(config.smtp.listen.port),
+            str(config.web.listen.port),
         }
         # the key files lie on a named volume every node mounts
         assert config.unsubscribe.key_file.startswith(f"{KEY_DIR}/")
@@ -278,7 +278,8 @@ def test_compose_subnet_is_the_allowed_clients(compose: dict[str, Any]) -> None:
         allowed = interpolate(
             environment(compose["services"][node])["OPTGATE_SMTP_ALLOWED_CLIENTS"]
         )
-        assert load(None, {"OPTGATE_SMTP_ALLOWED_CLIENTS": allowed}).smtp.allowed_clients == subnets
+        loaded = load(None, {"OPTGATE_SMTP_ALLOWED_CLIENTS": allowed}).smtp.allowed_clients
+        assert [str(network) for network in loaded] == subnets
 
 
 def test_no_stray_optgate_names_anywhere() -> None:

@@ -25,7 +25,7 @@ async def test_request_mails_a_signed_confirm_link_and_records_no_consent(
     async with sink() as hop:
         config = gateway_config(tmp_path, hop.port)
         for name, value in {
-            "OPTGATE_RELAY_NEXT_HOP": config.relay.next_hop,
+            "OPTGATE_RELAY_NEXT_HOP": str(config.relay.next_hop),
             "OPTGATE_STORE_URL": config.store.url,
             "OPTGATE_UNSUBSCRIBE_KEY_FILE": config.unsubscribe.key_file,
             "OPTGATE_STORE_AUDIT_KEY_FILE": config.store.audit_key_file,
@@ -71,7 +71,7 @@ async def test_no_request_to_an_address_that_bounced(
             actor="t",
         )
         await store.close()
-        monkeypatch.setenv("OPTGATE_RELAY_NEXT_HOP", config.relay.next_hop)
+        monkeypatch.setenv("OPTGATE_RELAY_NEXT_HOP", str(config.relay.next_hop))
         monkeypatch.setenv("OPTGATE_STORE_URL", config.store.url)
         monkeypatch.setenv("OPTGATE_UNSUBSCRIBE_KEY_FILE", config.unsubscribe.key_file)
         monkeypatch.setenv("OPTGATE_STORE_AUDIT_KEY_FILE", config.store.audit_key_file)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.config import Config
 from gateway.inbound.alignment import Modes, aligned, domain_of, modes, organisational
-from gateway.inbound.trace import Client, Pass, networks, received_client, trusted_passes
+from gateway.inbound.trace import Client, Pass, received_client, trusted_passes
 
-LOOPBACK = networks(["127.0.0.0/8", "::1/128"])
+LOOPBACK = Config().inbound.trusted_relays  # 127.0.0.0/8 and ::1/128
 
 
 @pytest.mark.parametrize(

@@ -35,11 +35,10 @@ import dns.resolver
 import spf
 import structlog
 
-from gateway.config import Inbound, host_port
+from gateway.config import Inbound
 from gateway.inbound import parsing
 from gateway.inbound.alignment import Modes, aligned, domain_of, modes, organisational
-from gateway.inbound.trace import Client, inside, networks, received_client, trusted_passes
-from suppression.errors import ConfigError
+from gateway.inbound.trace import Client, inside, received_client, trusted_passes
 
 log = structlog.get_logger("optgate.inbound")
 
@@ -76,12 +75,9 @@ class Authenticator:
     """Checks inbound messages against the own MTA's verdict, DKIM and SPF."""
 
     def __init__(self, inbound: Inbound) -> None:
-        try:
-            self._relays = networks(inbound.trusted_relays)
-        except ValueError as exc:
-            raise ConfigError(f"[inbound] trusted_relays: {exc}") from None
+        self._relays = inbound.trusted_relays
         self._authserv_ids = tuple(inbound.authserv_ids)
-        servers = [_nameserver(text) for text in inbound.dns_servers]
+        servers = [dns.nameserver.Do53Nameserver(*server) for server in inbound.dns_servers]
         self._resolver = dns.asyncresolver.Resolver(configure=not servers)
         self._blocking = dns.resolver.Resolver(configure=not servers)
         for resolver in (self._resolver, self._blocking):
@@ -203,16 +199,6 @@ class _Policy:
             self._modes = await self._authenticator.modes(self.domain)
         strict = self._modes.spf_strict if spf else self._modes.dkim_strict
         return aligned(authenticated, self.domain, strict)
-
-
-def _nameserver(text: str) -> dns.nameserver.Nameserver:
-    """An IP address, ``IPv4:port`` or ``[IPv6]:port`` of ``[inbound] dns_servers``."""
-    with_port = text.startswith("[") or text.count(":") == 1
-    host, port = host_port(text, "[inbound] dns_servers") if with_port else (text, 53)
-    try:
-        return dns.nameserver.Do53Nameserver(host, port)
-    except ValueError:
-        raise ConfigError(f"[inbound] dns_servers: {text!r} is not an IP address[:port]") from None
 
 
 def _signatures(raw: bytes) -> tuple[Any, list[tuple[str, str | None]]]:

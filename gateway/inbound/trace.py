@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import authres
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from gateway.config import Network
 
 # "from HELO (rDNS [192.0.2.1])", "from HELO ([IPv6:2001:db8::1])", "from [192.0.2.1] (...)"
 _FROM = re.compile(
@@ -40,11 +40,6 @@ class Pass:
 
     method: str  # "dmarc", "dkim" or "spf"
     domain: str  # header.from, header.d (or header.i) or smtp.mailfrom (or smtp.helo)
-
-
-def networks(texts: Sequence[str]) -> tuple[Network, ...]:
-    """Parse a list of networks (``[inbound] trusted_relays``); ValueError names a bad one."""
-    return tuple(ipaddress.ip_network(text, strict=False) for text in texts)
 
 
 def inside(ip: str, relays: Sequence[Network]) -> bool:
