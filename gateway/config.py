@@ -146,6 +146,9 @@ class SMTP:
     max_sessions: int = _opt(200, "concurrent SMTP sessions; 421 beyond it")
     timeout: int = _opt(300, "seconds a session may sit idle (command or data)")
     hostname: str = _opt("", "name in the greeting and EHLO; empty: the machine's name")
+    lmtp: bool = _opt(
+        False, "speak LMTP: one reply per recipient after DATA (Postfix content_filter = lmtp:)"
+    )
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,22 @@ class Metrics:
         self.relay_errors = Counter(
             "optgate_relay_errors", "Copies the next hop did not accept", ["kind"], registry=r
         )
+        self.already_delivered = Counter(
+            "optgate_already_delivered",
+            "Copies not sent again: the ledger has this message delivered to the recipient",
+            registry=r,
+        )
+        self.uncertain = Counter(
+            "optgate_uncertain",
+            "Copies sent whose reply after the final dot was lost (recorded as uncertain)",
+            registry=r,
+        )
+        self.dsns = Counter(
+            "optgate_dsns",
+            "Delivery status notifications for refused copies",
+            ["result"],
+            registry=r,
+        )
         self.inbound = Counter(
             "optgate_inbound",
             "Findings of mail to the inbound addresses, by what was done (suppressed: new)",

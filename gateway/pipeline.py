@@ -19,10 +19,11 @@ from datetime import timedelta
 
 import structlog
 
-from gateway import mime
+from gateway import dsn, mime
 from gateway.errors import BadControlHeader, Phase, smtp_reply
 from gateway.footers import Footers
 from gateway.metrics import Metrics
+from gateway.outcomes import ALREADY, DROPPED, Reply, Result, of_copy
 from gateway.policy import MessageClass, Rules, Verdict, decide, scopes_for
 from gateway.relay import Outcome, Relay
 from gateway.rewrite import Footer, Links, Prepared, prepare, strip_headers
@@ -64,17 +65,6 @@ class Classified:
         """Feedback-ID without its sender id: [campaign:]topic:class (Gmail's FBL fields)."""
         fields = (self.campaign, self.topic, self.kind.value)
         return ":".join(f for f in fields if f)
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """The one SMTP reply for a DATA transaction."""
-
-    code: int
-    text: str
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +142,15 @@ def classify(
         except OptgateError as exc:
             raise BadControlHeader(str(exc), "X-Optgate-Campaign", campaign) from None
     message_id = headers.get("message-id", "")
-    key = message_id or hashlib.sha256(content).hexdigest()
-    ledger_key = hashlib.sha256(key.encode()).hexdigest()[:32]
-    return Classified(kind, topic, message_id, ledger_key, campaign)
+    return Classified(kind, topic, message_id, ledger_key(message_id, content), campaign)
+
+
+def ledger_key(message_id: str, content: bytes) -> str:
+    """The send ledger's name for a message: its Message-ID and a digest of its content,
+    so a retry of the same bytes is recognised and a new message reusing an old
+    Message-ID is not (it is mailed again)."""
+    digest = hashlib.sha256(content).hexdigest()
+    return hashlib.sha256(f"{message_id}\0{digest}".encode()).hexdigest()[:32]
 
 
 def sender_topic(mail_from: str, rules: Mapping[str, str], default: str) -> str:
@@ -267,8 +263,8 @@ class Pipeline:
             for raw, a in parsed
         ]
 
-    async def process(self, envelope: Envelope) -> Reply:
-        """Decide, rewrite, relay and record one message."""
+    async def process(self, envelope: Envelope) -> Result:
+        """Decide, rewrite, relay and record one message: every recipient's reply."""
         started = time.perf_counter()
         try:
             message = self.classify(envelope)
@@ -277,7 +273,7 @@ class Pipeline:
             log.warning("message_refused", header=exc.header, value=exc.value)
             self._metrics.messages.labels("5xx").inc()
             code, _, text = smtp_reply(exc, Phase.DATA).partition(" ")
-            return Reply(int(code), text)
+            return Result((Reply(int(code), text),) * len(envelope.rcpt_tos))
         with self._metrics.lookup_seconds.time():
             decided = await self.verdicts(
                 envelope.rcpt_tos, message.kind, message.topic, message.ledger_key
@@ -296,25 +292,60 @@ class Pipeline:
                 message_id=message.message_id,
                 rcpt=d.sha256[:16] or None,
             )
+        skipped = [d for d in kept if d.delivered]
+        for d in skipped:
+            self._metrics.already_delivered.inc()
+            log.info("already_delivered", message_id=message.message_id, rcpt=d.sha256[:16])
         todo = [d for d in kept if not d.delivered]
-        reply = await self._deliver(envelope, message, todo) if todo else None
+        outcomes = await self._deliver(envelope, message, todo) if todo else {}
+        result = Result(tuple(_reply(d, outcomes) for d in decided))
         elapsed = time.perf_counter() - started
         self._metrics.smtp_seconds.observe(elapsed)
-        self._metrics.messages.labels(f"{reply.code // 100 if reply else 2}xx").inc()
+        reply = result.smtp()
+        self._metrics.messages.labels(f"{reply.code // 100}xx").inc()
         log.info(
             "message",
             message_id=message.message_id,
             recipients=len(decided),
             kept=len(kept),
-            relayed=len(todo),
-            reply=reply.code if reply else 250,
+            relayed=sum(1 for o in outcomes.values() if o.delivered),
+            already=len(skipped),
+            uncertain=sum(1 for o in outcomes.values() if o.uncertain),
+            refused=sum(1 for o in outcomes.values() if not o.delivered and not o.temporary),
+            reply=reply.code,
             ms=round(elapsed * 1000, 2),
         )
-        return reply or Reply(250, "2.0.0 OK: nothing left to relay")
+        return result
+
+    async def report(self, envelope: Envelope, result: Result, reporting_mta: str) -> Reply:
+        """The one reply of an SMTP transaction. Before a 250 with recipients refused for
+        good, their DSN goes to the envelope sender from the null sender (never about a
+        null-sender message); a DSN the next hop does not take makes the reply 451, so
+        the client retries (the delivered copies are then skipped, the refusal repeats)."""
+        reply, refused = result.smtp(), result.refused
+        if not envelope.mail_from or not refused or reply.code != 250:
+            return reply
+        failed = [
+            dsn.Failed(envelope.rcpt_tos[i], result.replies[i].code, result.replies[i].text)
+            for i in refused
+        ]
+        data = dsn.build(
+            mail_from=envelope.mail_from,
+            failed=failed,
+            original=envelope.content,
+            reporting_mta=reporting_mta,
+        )
+        outcome = await self._relay.send("", envelope.mail_from, data)
+        self._metrics.dsns.labels("sent" if outcome.delivered else "failed").inc()
+        log.info("dsn", recipients=len(failed), reply=outcome.code)
+        if not outcome.delivered:
+            return Reply(451, f"4.3.0 the delivery status notification failed: {outcome.code}")
+        return reply
 
     async def _deliver(
         self, envelope: Envelope, message: Classified, todo: list[Decision]
-    ) -> Reply:
+    ) -> dict[str, Outcome]:
+        """Each copy's outcome, by recipient hash; deliveries go into the ledger."""
         if message.kind is MessageClass.TRANSACTIONAL:
             # exempt from opt-outs, so no unsubscribe links: only our control headers go
             plain = strip_headers(envelope.content)
@@ -349,7 +380,7 @@ class Pipeline:
                 if o.delivered
             ]
         )
-        return summarize(outcomes)
+        return {d.sha256: o for d, o in zip(todo, outcomes, strict=True)}
 
     async def _prepare(self, envelope: Envelope, message: Classified) -> Prepared:
         """Plan the rewrite once per message (in a thread when the message is large)."""
@@ -437,14 +468,10 @@ class Pipeline:
         return outcome
 
 
-def summarize(outcomes: Sequence[Outcome]) -> Reply:
-    """One reply for many copies: any temporary failure asks for a retry."""
-    temporary = [o for o in outcomes if o.temporary]
-    if temporary:
-        return Reply(451, f"4.4.0 next hop: {temporary[0].code} {temporary[0].message}"[:400])
-    refused = [o for o in outcomes if not o.delivered]
-    if refused:
-        return Reply(554, f"5.0.0 next hop: {refused[0].code} {refused[0].message}"[:400])
-    return Reply(
-        250, f"2.0.0 OK: relayed {len(outcomes)} cop{'y' if len(outcomes) == 1 else 'ies'}"
-    )
+def _reply(rcpt: Decision, outcomes: Mapping[str, Outcome]) -> Reply:
+    """One recipient's reply: dropped, already delivered, or its copy's outcome."""
+    if not rcpt.verdict.keep or rcpt.address is None:
+        return DROPPED
+    if rcpt.delivered:
+        return ALREADY
+    return of_copy(outcomes[rcpt.sha256])

@@ -262,8 +262,10 @@ class Handler(Pipelining, EnvelopeRules):
         max_recipients: int,
         reject: bool,
         receiver: Receiver | None = None,
+        lmtp: bool = False,
     ) -> None:
         self._pipeline = pipeline
+        self._lmtp = lmtp
         self._max_recipients = max_recipients
         self._reject = reject
         self._receiver = receiver
@@ -314,26 +316,29 @@ class Handler(Pipelining, EnvelopeRules):
         if task is not None:
             self.in_flight.add(task)
         try:
-            return await self._data(session, envelope)
+            return await self._data(server, session, envelope)
         finally:
             if task is not None:
                 self.in_flight.discard(task)
 
-    async def _data(self, session: Session, envelope: Envelope) -> str:
+    async def _data(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""
         mail_from = null_to_empty(envelope.mail_from)
         if self._receiver is not None and self._inbound(envelope.rcpt_tos[0]):
             replies = await self._receiver.receive(
                 content, mail_from, envelope.rcpt_tos, peer_client(session)
             )
-            return one_reply(replies)
+            return "\r\n".join(replies) if self._lmtp else one_reply(replies)
         message = Message(
             mail_from,
             tuple(envelope.rcpt_tos),
             content,
             tuple(o for o in envelope.mail_options if o.upper().startswith(("SMTPUTF8", "BODY="))),
         )
-        return str(await self._pipeline.process(message))
+        result = await self._pipeline.process(message)
+        if self._lmtp:  # one reply per recipient (RFC 2033)
+            return "\r\n".join(str(r) for r in result.replies)
+        return str(await self._pipeline.report(message, result, server.hostname))
 
     async def handle_exception(self, error: Exception) -> str:
         """Log and ask the client to retry; never crash the server."""

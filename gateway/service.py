@@ -262,10 +262,12 @@ async def _smtp(
         max_recipients=config.smtp.max_recipients,
         reject=config.policy.action == "reject",
         receiver=receiver,
+        lmtp=config.smtp.lmtp,
     )
+    kind = GateLMTP if config.smtp.lmtp else GateSMTP
     admission = Admission(config.smtp.allowed_clients, config.smtp.max_sessions, sessions)
     server = await _listen(
-        lambda: GateSMTP(
+        lambda: kind(
             handler,
             admission,
             hostname=hostname,

@@ -1,0 +1,45 @@
+"""A raw SMTP/LMTP client for tests that read every reply after DATA (one per recipient
+in LMTP, RFC 2033), which smtplib does not."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+
+async def _reply(reader: asyncio.StreamReader) -> str:
+    """One (possibly multi-line) reply, as 'code text' of its last line."""
+    while True:
+        line = (await reader.readline()).decode().rstrip("\r\n")
+        if not line:
+            raise ConnectionError("the server closed the connection")
+        if line[3:4] != "-":
+            return line
+
+
+async def transaction(
+    port: int, mail_from: str, rcpts: Sequence[str], data: bytes, *, lmtp: bool = False
+) -> list[str]:
+    """Send one message; the replies after the final "." (one per accepted recipient
+    in LMTP, one in SMTP)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        await _reply(reader)
+        writer.write(f"{'LHLO' if lmtp else 'EHLO'} client.test\r\n".encode())
+        await _reply(reader)
+        writer.write(f"MAIL FROM:<{mail_from}>\r\n".encode())
+        assert (await _reply(reader)).startswith("250")
+        accepted = 0
+        for rcpt in rcpts:
+            writer.write(f"RCPT TO:<{rcpt}>\r\n".encode())
+            accepted += (await _reply(reader)).startswith("250")
+        writer.write(b"DATA\r\n")
+        assert (await _reply(reader)).startswith("354")
+        body = data.replace(b"\r\n.", b"\r\n..")
+        writer.write(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+        replies = [await _reply(reader) for _ in range(accepted if lmtp else 1)]
+        writer.write(b"QUIT\r\n")
+        await writer.drain()
+        return replies
+    finally:
+        writer.close()
