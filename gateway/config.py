@@ -162,6 +162,11 @@ class Relay:
     pool_size: int = _opt(32, "most connections kept open to the next hop")
     timeout: int = _opt(60, "seconds to wait for the next hop before answering 451")
     ledger_hours: int = _opt(72, "how long a delivery is remembered to skip it on retry")
+    uncertain: Literal["skip", "resend"] = _opt(
+        "skip",
+        "a copy whose reply after the final dot was lost (it may have arrived): not sent "
+        "again on the client's retry (skip), or sent again (resend, may duplicate)",
+    )
 
 
 @dataclass(frozen=True)

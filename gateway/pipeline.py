@@ -12,7 +12,7 @@ import functools
 import hashlib
 import os
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,7 +23,7 @@ from gateway import dsn, mime
 from gateway.errors import BadControlHeader, Phase, smtp_reply
 from gateway.footers import Footers
 from gateway.metrics import Metrics
-from gateway.outcomes import ALREADY, DROPPED, Reply, Result, of_copy
+from gateway.outcomes import ALREADY, DROPPED, UNCERTAIN, Reply, Result, of_copy
 from gateway.policy import MessageClass, Rules, Verdict, decide, scopes_for
 from gateway.relay import Outcome, Relay
 from gateway.rewrite import Footer, Links, Prepared, prepare, strip_headers
@@ -33,6 +33,8 @@ from suppression.address import Address, normalize
 from suppression.errors import InvalidAddress, OptgateError
 from suppression.model import Ledger, Send, check_name, now
 from suppression.scope import Scope
+from suppression.sql.ledger import HELD, UNSENT
+from suppression.sql.ledger import UNCERTAIN as UNCERTAIN_STATE
 from suppression.store import Store
 
 log = structlog.get_logger("optgate.relay")
@@ -167,6 +169,7 @@ class Decision:
     address: Address | None
     verdict: Verdict
     delivered: bool = False  # a retry: the next hop already accepted this copy
+    uncertain: bool = False  # a retry: this copy went out before, its reply was lost
 
     @property
     def sha256(self) -> str:
@@ -213,6 +216,7 @@ class Pipeline:
         sender_topics: Mapping[str, str],
         ledger_window: timedelta,
         metrics: Metrics,
+        resend_uncertain: bool = False,
         dkim: Signer | None = None,
         verp: Verp | None = None,
     ) -> None:
@@ -220,6 +224,7 @@ class Pipeline:
         self._rules, self._branding = rules, branding
         self._default_topic, self._sender_topics = default_topic, sender_topics
         self._window = ledger_window
+        self._resend_uncertain = resend_uncertain
         self._metrics = metrics
         self._dkim = dkim
         self._verp = verp
@@ -257,6 +262,7 @@ class Pipeline:
                 a,
                 decide(facts[a.sha256], kind, purpose, self._rules),
                 facts[a.sha256].delivered,
+                facts[a.sha256].uncertain,
             )
             if a is not None
             else Decision(raw, None, INVALID)
@@ -281,7 +287,13 @@ class Pipeline:
         kept = list({d.address.sha256: d for d in decided if d.address and d.verdict.keep}.values())
         for d in decided:
             verdict = "keep" if d.verdict.keep else "drop"
-            reason = "already-delivered" if d.delivered else d.verdict.reason
+            reason = (
+                "already-delivered"
+                if d.delivered
+                else "uncertain"
+                if d.uncertain and not self._resend_uncertain
+                else d.verdict.reason
+            )
             self._metrics.recipients.labels(verdict, reason).inc()
             log.info(
                 "recipient",
@@ -292,13 +304,17 @@ class Pipeline:
                 message_id=message.message_id,
                 rcpt=d.sha256[:16] or None,
             )
-        skipped = [d for d in kept if d.delivered]
+        skipped = [d for d in kept if self._skipped(d)]
         for d in skipped:
             self._metrics.already_delivered.inc()
-            log.info("already_delivered", message_id=message.message_id, rcpt=d.sha256[:16])
-        todo = [d for d in kept if not d.delivered]
+            log.info(
+                "already_delivered" if d.delivered else "uncertain_skipped",
+                message_id=message.message_id,
+                rcpt=d.sha256[:16],
+            )
+        todo = [d for d in kept if not self._skipped(d)]
         outcomes = await self._deliver(envelope, message, todo) if todo else {}
-        result = Result(tuple(_reply(d, outcomes) for d in decided))
+        result = Result(tuple(self._reply(d, outcomes) for d in decided))
         elapsed = time.perf_counter() - started
         self._metrics.smtp_seconds.observe(elapsed)
         reply = result.smtp()
@@ -316,6 +332,21 @@ class Pipeline:
             ms=round(elapsed * 1000, 2),
         )
         return result
+
+    def _skipped(self, rcpt: Decision) -> bool:
+        """A copy not sent again: delivered before, or uncertain under [relay] uncertain = skip."""
+        return rcpt.delivered or (rcpt.uncertain and not self._resend_uncertain)
+
+    def _reply(self, rcpt: Decision, outcomes: Mapping[str, Outcome]) -> Reply:
+        """One recipient's reply: dropped, already done, or its copy's outcome."""
+        if not rcpt.verdict.keep or rcpt.address is None:
+            return DROPPED
+        if self._skipped(rcpt):
+            return ALREADY if rcpt.delivered else UNCERTAIN
+        outcome = outcomes[rcpt.sha256]
+        if outcome.uncertain and not self._resend_uncertain:
+            return UNCERTAIN
+        return of_copy(outcome)
 
     async def report(self, envelope: Envelope, result: Result, reporting_mta: str) -> Reply:
         """The one reply of an SMTP transaction. Before a 250 with recipients refused for
@@ -365,22 +396,25 @@ class Pipeline:
                 for d in todo
             ]
         outcomes = [await copies[0]] if len(copies) == 1 else await asyncio.gather(*copies)
-        at = now()
+        # held rows settle: delivered, uncertain (reply lost), or removed (not taken)
         await self._store.record_sends(
             [
-                Send(
-                    message.ledger_key,
-                    d.sha256,
-                    message.topic,
-                    message.kind.value,
-                    at,
-                    message.campaign,
-                )
+                self._ledger_row(message, d, _settled_state(o))
                 for d, o in zip(todo, outcomes, strict=True)
-                if o.delivered
             ]
         )
         return {d.sha256: o for d, o in zip(todo, outcomes, strict=True)}
+
+    def _ledger_row(self, message: Classified, rcpt: Decision, state: str | None) -> Send:
+        return Send(
+            message.ledger_key,
+            rcpt.sha256,
+            message.topic,
+            message.kind.value,
+            now(),
+            message.campaign,
+            state,
+        )
 
     async def _prepare(self, envelope: Envelope, message: Classified) -> Prepared:
         """Plan the rewrite once per message (in a thread when the message is large)."""
@@ -454,8 +488,23 @@ class Pipeline:
         self, envelope: Envelope, message: Classified, rcpt: Decision, data: bytes, sender: str
     ) -> Outcome:
         data = await self.sign(data, message.message_id)
-        outcome = await self._relay.send(sender, rcpt.raw, data, envelope.mail_options)
-        if not outcome.delivered:
+
+        async def hold(finish: Callable[[], None]) -> bool:
+            # the ledger has the copy as held before its final "." goes out: a death
+            # from here on leaves it uncertain, never sent twice
+            await self._store.record_sends([self._ledger_row(message, rcpt, HELD)])
+            finish()
+            return True
+
+        outcome = await self._relay.send_committed(
+            sender, rcpt.raw, data, hold, envelope.mail_options
+        )
+        if outcome is None:  # hold() never declines
+            raise AssertionError("a held copy was abandoned")
+        if outcome.uncertain:
+            self._metrics.uncertain.inc()
+            log.warning("reply_lost", rcpt=rcpt.sha256[:16], message_id=message.message_id)
+        elif not outcome.delivered:
             self._metrics.relay_errors.labels(
                 "temporary" if outcome.temporary else "permanent"
             ).inc()
@@ -468,10 +517,8 @@ class Pipeline:
         return outcome
 
 
-def _reply(rcpt: Decision, outcomes: Mapping[str, Outcome]) -> Reply:
-    """One recipient's reply: dropped, already delivered, or its copy's outcome."""
-    if not rcpt.verdict.keep or rcpt.address is None:
-        return DROPPED
-    if rcpt.delivered:
-        return ALREADY
-    return of_copy(outcomes[rcpt.sha256])
+def _settled_state(outcome: Outcome) -> str | None:
+    """A copy's ledger state after the next hop's answer (None: delivered)."""
+    if outcome.delivered:
+        return None
+    return UNCERTAIN_STATE if outcome.uncertain else UNSENT

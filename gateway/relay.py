@@ -146,7 +146,12 @@ class Relay:
         return Outcome(250, message)
 
     async def send_committed(
-        self, mail_from: str, rcpt: str, data: bytes, commit: Commit
+        self,
+        mail_from: str,
+        rcpt: str,
+        data: bytes,
+        commit: Commit,
+        options: Sequence[str] = (),
     ) -> Outcome | None:
         """Relay one copy with a commit point: ``commit(finish)`` runs after the content
         went out; it stores that the copy is sent and calls ``finish()`` straight after,
@@ -164,7 +169,7 @@ class Relay:
         """
         async with self._slots:
             try:
-                client = await self._started(mail_from, rcpt, ())
+                client = await self._started(mail_from, rcpt, options)
             except _FAILURES as exc:
                 return _failure(exc)
             try:

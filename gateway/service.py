@@ -78,6 +78,7 @@ def build_pipeline(
         default_topic=config.policy.default_topic,
         sender_topics=config.policy.sender_topics,
         ledger_window=timedelta(hours=config.relay.ledger_hours),
+        resend_uncertain=config.relay.uncertain == "resend",
         metrics=metrics,
         dkim=Signer.from_config(config.dkim),
         verp=Verp(

@@ -126,6 +126,7 @@ TABLES: tuple[Table, ...] = (
             ("class", "text"),
             ("at", "time"),
             ("campaign", "text"),
+            ("state", "text"),
         ),
         "message, sha256",
     ),

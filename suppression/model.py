@@ -113,6 +113,7 @@ class Facts:
     suppressions: tuple[Suppression, ...]
     consent: Consent | None
     delivered: bool = False  # the ledger holds this message for this recipient
+    uncertain: bool = False  # ... as held or uncertain: it may have gone out
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +178,7 @@ class Send:
     kind: str
     at: datetime
     campaign: str | None = None  # X-Optgate-Campaign, the Feedback-ID's campaign
+    state: str | None = None  # "held", "uncertain"; None: delivered (suppression/sql/ledger.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,6 +88,7 @@ from suppression.sql.integration import (
     Integration,
 )
 from suppression.sql.integration import TABLES as INTEGRATION_TABLES
+from suppression.sql.ledger import SEND_STATE, UNSENT, UNSETTLED
 from suppression.sql.schema import AddColumn
 from suppression.statecheck import (
     ChainReport,
@@ -230,6 +231,7 @@ MIGRATIONS: tuple[str | AddColumn, ...] = (
     # integration (issue 17): API keys, webhook endpoints and their outbox
     "\n".join(table.ddl("postgresql") for table in INTEGRATION_TABLES),
     SEND_CAMPAIGN,
+    SEND_STATE,
 )
 KEYED_CHAIN = 5  # the schema version whose migration is _rekey
 
@@ -257,7 +259,7 @@ FROM (
     ORDER BY sha256, created DESC, id DESC
 ) latest
 UNION ALL
-SELECT 'd', sha256, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+SELECT 'd', sha256, state, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM send WHERE message = $5::text AND at >= $6::timestamptz AND sha256 = ANY($3::text[])
 """
 
@@ -721,7 +723,7 @@ class PostgresStore(Integration):
                 _utc(ledger.since) if ledger else None,
             )
         consents: dict[str, Consent] = {}
-        done: set[str] = set()
+        done: dict[str, str | None] = {}
         for row in rows:
             tag = row[0]
             if tag == "s":
@@ -734,8 +736,16 @@ class PostgresStore(Integration):
                 consent = to_consent(tuple(row[i] for i in (1, 2, 10, 5, 6, 3, 7, 8, 9)))
                 consents[consent.sha256] = consent
             else:
-                done.add(row[1])
-        return {key: Facts(tuple(found[key]), consents.get(key), key in done) for key in found}
+                done[row[1]] = row[2]
+        return {
+            key: Facts(
+                tuple(found[key]),
+                consents.get(key),
+                key in done and done[key] not in UNSETTLED,
+                done.get(key) in UNSETTLED,
+            )
+            for key in found
+        }
 
     async def audit(
         self, *, actor: str, action: str, subject: str | None, detail: Mapping[str, object] = {}
@@ -755,17 +765,29 @@ class PostgresStore(Integration):
         # one row per (message, recipient), the last one wins (as INSERT OR REPLACE)
         latest = {(s.message, s.sha256): s for s in sends}
         rows = [
-            (s.message, s.sha256, s.topic, s.kind, _utc(s.at), s.campaign) for s in latest.values()
+            (s.message, s.sha256, s.topic, s.kind, _utc(s.at), s.campaign, s.state)
+            for s in latest.values()
+            if s.state != UNSENT
         ]
+        gone = [s for s in latest.values() if s.state == UNSENT]
         with self._errors("write to"):
-            await self._pool.execute(
-                "INSERT INTO send (message, sha256, topic, class, at, campaign) "
-                "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
-                "$5::timestamptz[], $6::text[]) "
-                "ON CONFLICT (message, sha256) DO UPDATE SET at = excluded.at, "
-                "campaign = excluded.campaign",
-                *(list(column) for column in zip(*rows, strict=True)),
-            )
+            async with self._pool.acquire() as conn, conn.transaction():
+                if rows:
+                    await conn.execute(
+                        "INSERT INTO send (message, sha256, topic, class, at, campaign, state) "
+                        "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+                        "$5::timestamptz[], $6::text[], $7::text[]) "
+                        "ON CONFLICT (message, sha256) DO UPDATE SET at = excluded.at, "
+                        "campaign = excluded.campaign, state = excluded.state",
+                        *(list(column) for column in zip(*rows, strict=True)),
+                    )
+                if gone:
+                    await conn.execute(
+                        "DELETE FROM send WHERE (message, sha256) IN "
+                        "(SELECT * FROM unnest($1::text[], $2::text[]))",
+                        [s.message for s in gone],
+                        [s.sha256 for s in gone],
+                    )
 
     async def _stream(self, sql: str, *args: Any) -> AsyncGenerator[Any, None]:
         """Rows of a query through a server-side cursor, a page at a time."""

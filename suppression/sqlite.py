@@ -90,6 +90,7 @@ from suppression.sql.integration import (
     Integration,
 )
 from suppression.sql.integration import TABLES as INTEGRATION_TABLES
+from suppression.sql.ledger import SEND_STATE, UNSENT, UNSETTLED
 from suppression.sql.schema import AddColumn
 from suppression.statecheck import (
     ChainReport,
@@ -230,6 +231,7 @@ MIGRATIONS: tuple[str | AddColumn, ...] = (
     # integration (issue 17): API keys, webhook endpoints and their outbox
     "\n".join(table.ddl("sqlite") for table in INTEGRATION_TABLES),
     SEND_CAMPAIGN,
+    SEND_STATE,
 )
 KEYED_CHAIN = 5  # the schema version whose migration is _rekey
 
@@ -780,15 +782,23 @@ class SQLiteStore(Integration):
             for row in rows:
                 consent = _consent(row)
                 consents[consent.sha256] = consent
-        done: set[str] = set()
+        done: dict[str, str | None] = {}
         if ledger is not None:
             rows = self._hot.execute(
-                f"SELECT sha256 FROM send WHERE message = ? AND at >= ? "
+                f"SELECT sha256, state FROM send WHERE message = ? AND at >= ? "
                 f"AND sha256 IN ({_marks(len(found))})",
                 (ledger.message, _time(ledger.since), *found),
             ).fetchall()
-            done = {row[0] for row in rows}
-        return {key: Facts(tuple(found[key]), consents.get(key), key in done) for key in found}
+            done = {row[0]: row[1] for row in rows}
+        return {
+            key: Facts(
+                tuple(found[key]),
+                consents.get(key),
+                key in done and done[key] not in UNSETTLED,
+                done.get(key) in UNSETTLED,
+            )
+            for key in found
+        }
 
     async def audit(
         self, *, actor: str, action: str, subject: str | None, detail: Mapping[str, object] = {}
@@ -811,9 +821,17 @@ class SQLiteStore(Integration):
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(
-                "INSERT OR REPLACE INTO send (message, sha256, topic, class, at, campaign) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(s.message, s.sha256, s.topic, s.kind, _time(s.at), s.campaign) for s in sends],
+                "INSERT OR REPLACE INTO send (message, sha256, topic, class, at, campaign, state) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (s.message, s.sha256, s.topic, s.kind, _time(s.at), s.campaign, s.state)
+                    for s in sends
+                    if s.state != UNSENT
+                ],
+            )
+            db.executemany(
+                "DELETE FROM send WHERE message = ? AND sha256 = ?",
+                [(s.message, s.sha256) for s in sends if s.state == UNSENT],
             )
         except BaseException:
             db.execute("ROLLBACK")

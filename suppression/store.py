@@ -229,7 +229,8 @@ class Store(ApiKeys, Webhooks, Listings, Protocol):
         """Append an audit event that goes with no other change (e.g. a subject access)."""
 
     async def record_sends(self, sends: Sequence[Send]) -> None:
-        """Append to the send ledger."""
+        """Write send ledger rows (one per message and recipient, the last wins); a row in
+        state ``unsent`` is removed instead (suppression/sql/ledger.py)."""
 
     def compliance(self) -> AsyncIterator[OptOutCheck]:
         """Every address opt-out with the count and last time of mail relayed after it."""

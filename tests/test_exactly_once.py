@@ -1,0 +1,83 @@
+"""Exactly once per recipient: held before the final ".", uncertain when the reply is lost."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Config
+from gateway.service import Running, running
+from suppression.address import normalize
+from suppression.model import Ledger, Send, now
+from tests.support.backends import Backend
+from tests.support.dialog_client import transaction
+from tests.support.faults import FaultyHop, faulty_hop
+from tests.support.people import FAN, SENDER, seed
+from tests.support.smtp import gateway_config, message
+
+
+async def test_ledger_states_delivered_unsettled_and_removed(backend: Backend) -> None:
+    store = backend.store
+    fan = normalize(FAN)
+    at = now()
+    row = Send("m1", fan.sha256, "marketing", "marketing", at, None, "held")
+    await store.record_sends([row])
+    ledger = Ledger("m1", at - timedelta(hours=1))
+    facts = (await store.lookup_many([fan], ["global"], "marketing", ledger))[fan.sha256]
+    assert (facts.delivered, facts.uncertain) == (False, True)
+    await store.record_sends([Send("m1", fan.sha256, "marketing", "marketing", at)])
+    facts = (await store.lookup_many([fan], ["global"], "marketing", ledger))[fan.sha256]
+    assert (facts.delivered, facts.uncertain) == (True, False)
+    await store.record_sends([Send("m1", fan.sha256, "marketing", "marketing", at, None, "unsent")])
+    facts = (await store.lookup_many([fan], ["global"], "marketing", ledger))[fan.sha256]
+    assert (facts.delivered, facts.uncertain) == (False, False)
+
+
+@pytest.fixture
+async def hop() -> AsyncIterator[FaultyHop]:
+    async with faulty_hop() as faulty:
+        yield faulty
+
+
+async def gate_for(tmp_path: Path, hop: FaultyHop, **settings: str) -> Config:
+    config = gateway_config(tmp_path, hop.port, 0, **settings)
+    await seed(config)
+    return config
+
+
+@pytest.fixture
+async def gate(tmp_path: Path, hop: FaultyHop) -> AsyncIterator[Running]:
+    async with running(await gate_for(tmp_path, hop)) as running_gate:
+        yield running_gate
+
+
+async def test_a_lost_reply_is_uncertain_and_not_sent_again(gate: Running, hop: FaultyHop) -> None:
+    hop.script = ["drop-after"]
+    [first] = await transaction(gate.smtp_port, SENDER, [FAN], message())
+    [again] = await transaction(gate.smtp_port, SENDER, [FAN], message())
+    assert first.startswith("250"), first
+    assert "uncertain" in first
+    assert again.startswith("250"), again
+    assert sum(hop.delivered.values()) == 1
+    assert gate.metrics.registry.get_sample_value("optgate_uncertain_total") == 1
+
+
+async def test_a_refused_or_deferred_copy_is_sent_again(gate: Running, hop: FaultyHop) -> None:
+    hop.script = ["451", "drop-before"]
+    replies = [(await transaction(gate.smtp_port, SENDER, [FAN], message()))[0] for _ in range(3)]
+    assert [r[:3] for r in replies] == ["451", "451", "250"]
+    assert sum(hop.delivered.values()) == 1
+
+
+async def test_uncertain_resend_sends_again(tmp_path: Path, hop: FaultyHop) -> None:
+    config = await gate_for(tmp_path, hop, relay_uncertain="resend")
+    async with running(config) as gate:
+        hop.script = ["drop-after"]
+        [first] = await transaction(gate.smtp_port, SENDER, [FAN], message())
+        [again] = await transaction(gate.smtp_port, SENDER, [FAN], message())
+    assert first.startswith("451"), first
+    assert again.startswith("250"), again
+    assert sum(hop.delivered.values()) == 2  # the policy's known duplicate
