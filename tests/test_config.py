@@ -153,6 +153,7 @@ PATHS = {
 }
 CHOICES = {
     ("relay", "starttls"): "never",
+    ("relay", "uncertain"): "resend",
     ("policy", "action"): "reject",
     ("dkim", "canonicalization"): "simple/simple",
     ("partners", "tls"): "implicit",
@@ -333,7 +334,7 @@ def typed_options() -> list[tuple[str, str, str]]:
 def test_the_typed_options_are_all_tested() -> None:
     typed = {(o.section, o.key) for o in options() if o.parsed or o.choices}
     assert typed == {(section, key) for section, key, _ in typed_options()}
-    assert len(typed) == 15  # 6 host:port, 4 network lists, the resolvers, 4 choices
+    assert len(typed) == 16  # 6 host:port, 4 network lists, the resolvers, 5 choices
 
 
 @pytest.mark.parametrize(
