@@ -20,8 +20,8 @@ async def _reply(reader: asyncio.StreamReader) -> str:
 async def transaction(
     port: int, mail_from: str, rcpts: Sequence[str], data: bytes, *, lmtp: bool = False
 ) -> list[str]:
-    """Send one message; the replies after the final "." (one per accepted recipient
-    in LMTP, one in SMTP)."""
+    """Send one message. SMTP: the one reply after the final ".". LMTP: one reply per
+    recipient in envelope order (its RCPT refusal, or its reply after the final ".")."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         await _reply(reader)
@@ -29,15 +29,19 @@ async def transaction(
         await _reply(reader)
         writer.write(f"MAIL FROM:<{mail_from}>\r\n".encode())
         assert (await _reply(reader)).startswith("250")
-        accepted = 0
+        at_rcpt: list[str | None] = []
         for rcpt in rcpts:
             writer.write(f"RCPT TO:<{rcpt}>\r\n".encode())
-            accepted += (await _reply(reader)).startswith("250")
+            reply = await _reply(reader)
+            at_rcpt.append(None if reply.startswith("250") else reply)
         writer.write(b"DATA\r\n")
         assert (await _reply(reader)).startswith("354")
         body = data.replace(b"\r\n.", b"\r\n..")
         writer.write(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
-        replies = [await _reply(reader) for _ in range(accepted if lmtp else 1)]
+        if not lmtp:
+            replies = [await _reply(reader)]
+        else:
+            replies = [r if r is not None else await _reply(reader) for r in at_rcpt]
         writer.write(b"QUIT\r\n")
         await writer.drain()
         return replies

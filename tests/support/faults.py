@@ -1,5 +1,6 @@
-"""A next hop that misbehaves on purpose: it drops the connection before or after taking
-a copy, stalls, or answers 421/451/452/554, each with a given probability."""
+"""A next hop that misbehaves on purpose: it refuses the recipient, drops the connection
+before or after taking a copy, stalls, or answers 421/451/452/554 after the final ".",
+each with a given probability."""
 
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ class FaultyHop:
         if fault == "drop-before":
             _abort(server)
             return "421 4.3.0 gone"
+        if fault == "refuse":
+            return "550 5.1.1 no such user"
         self._rolled[id(session)] = fault
         envelope.rcpt_tos.append(address)
         return "250 OK"
@@ -61,7 +64,7 @@ class FaultyHop:
         fault = self._rolled.pop(id(session), None)
         data = envelope.original_content or b""
         key = _message_id(data) + " " + ",".join(envelope.rcpt_tos)
-        if fault in {"refuse", "554"}:
+        if fault == "554":
             return "554 5.7.1 refused"
         if fault in {"421", "451", "452"}:
             return f"{fault} 4.3.0 try again"
