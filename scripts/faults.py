@@ -29,7 +29,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         figures = asyncio.run(fault_run(args.messages, args.rate, Path(folder), args.seed))
     print("\n".join(figures.lines()))
-    bad = figures.lost or figures.duplicated or figures.refused_but_delivered
+    bad = figures.lost or figures.given_up or figures.duplicated or figures.refused_but_delivered
     return 1 if bad else 0
 
 

@@ -31,7 +31,7 @@ def main() -> int:
         run = kill_run(args.messages, args.kills, Path(folder), args.every, args.seed)
         figures = asyncio.run(run)
     print("\n".join(figures.lines()))
-    return 1 if figures.lost or figures.duplicated else 0
+    return 1 if figures.lost or figures.given_up or figures.duplicated else 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ async def test_faulty_next_hop_loses_and_duplicates_nothing(tmp_path: Path) -> N
     assert sum(figures.faults.values()) > 20  # the faults did happen
     assert figures.faults["drop-after"] > 0
     assert figures.lost == 0
+    assert figures.given_up == 0
     assert figures.duplicated == 0
     assert figures.refused_but_delivered == 0
     assert figures.delivered + figures.refused + figures.uncertain == figures.copies
@@ -24,5 +25,6 @@ async def test_sigkills_under_load_lose_and_duplicate_nothing(tmp_path: Path) ->
     print("\n".join(figures.lines()))
     assert figures.kills == 4
     assert figures.lost == 0
+    assert figures.given_up == 0
     assert figures.duplicated == 0
     assert figures.delivered + figures.uncertain == figures.copies
