@@ -17,7 +17,7 @@ import pytest
 
 from gateway.service import running
 from tests.support.people import BOUNCED, FAN, GONE, SENDER, STRANGER, seed
-from tests.support.postfix import PostfixPorts, postfix_available, private_postfix
+from tests.support.postfix import PostfixPorts, free_ports, postfix_available, private_postfix
 from tests.support.smtp import gateway_config, message, send, sink
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix needs root")
@@ -63,3 +63,33 @@ async def test_postfix_keeps_mail_queued_while_optgate_is_down(tmp_path: Path) -
                 await asyncio.wait_for(final.wait_for(1), 30)
                 await asyncio.to_thread(postfix.wait_queue_empty, 30)
     assert [m.rcpt_tos for m in final.messages] == [[FAN]]
+
+
+async def test_postfix_hands_mail_to_optgate_over_lmtp_as_the_guide_says(tmp_path: Path) -> None:
+    """deploy/postfix/README.md's LMTP section: an lmtp-optgate transport and a listener
+    whose content_filter names it; each recipient gets its own status in Postfix's log."""
+    ports = PostfixPorts.pick()
+    [lmtp_listener] = free_ports(1)
+    config = gateway_config(tmp_path, ports.reinject, ports.filter_port, smtp_lmtp="true")
+    await seed(config)
+    extra_master = (
+        "lmtp-optgate   unix  -       -       n       -       10      lmtp\n"
+        "  -o syslog_name=postfix/lmtp-optgate\n"
+        "  -o lmtp_send_xforward_command=yes\n"
+        "  -o disable_mime_output_conversion=yes\n"
+        "  -o lmtp_generic_maps=\n"
+        "  -o lmtp_tls_security_level=none\n"
+        f"127.0.0.1:{lmtp_listener} inet n - n - - smtpd\n"
+        f"  -o content_filter=lmtp-optgate:inet:127.0.0.1:{ports.filter_port}\n"
+        "  -o receive_override_options=no_address_mappings\n"
+    )
+    async with sink(ports.relayhost) as final, running(config):
+        with private_postfix(ports, tmp_path / "postfix", extra_master=extra_master) as postfix:
+            sent = await send(lmtp_listener, SENDER, [FAN, STRANGER], message())
+            assert sent.code == 250
+            await asyncio.wait_for(final.wait_for(1), 30)
+            await asyncio.to_thread(postfix.wait_queue_empty, 30)
+            log = postfix.maillog()
+    assert [m.rcpt_tos for m in final.messages] == [[FAN]]
+    lmtp_lines = [line for line in log.splitlines() if "postfix/lmtp-optgate" in line]
+    assert sum("status=sent" in line for line in lmtp_lines) == 2, lmtp_lines  # one per recipient
