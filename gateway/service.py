@@ -31,7 +31,7 @@ from gateway.inbound.receive import Receiver
 from gateway.keys import load_keys, load_log_key
 from gateway.metrics import Metrics
 from gateway.optin import request_consent
-from gateway.pipeline import Branding, Pipeline, Verp
+from gateway.pipeline import Pipeline
 from gateway.policy import Rules
 from gateway.ratelimit import MINUTE, SharedLimiter
 from gateway.relay import Relay
@@ -45,6 +45,7 @@ from gateway.server import (
     Sessions,
 )
 from gateway.signing import Signer
+from gateway.steps import Branding, Verp
 from gateway.stores import open_configured
 from gateway.submission import listening
 from gateway.tokens import TokenSigner
@@ -322,15 +323,10 @@ async def _partners(
     pipeline = build_pipeline(config, store, relay, signer, metrics)
     u = config.unsubscribe
     worker = FanOut(
-        store=store,
-        relay=relay,
         pipeline=pipeline,
         settings=config.partners,
         company=u.company,
         postal_address=u.postal_address,
-        list_domain=u.list_domain,
-        feedback_id=u.feedback_id,
-        metrics=metrics,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
