@@ -45,7 +45,7 @@ from gateway.server import (
     Sessions,
 )
 from gateway.signing import Signer
-from gateway.steps import Branding, Verp
+from gateway.steps import Branding, NextHop, Verp
 from gateway.stores import open_configured
 from gateway.submission import listening
 from gateway.tokens import TokenSigner
@@ -59,7 +59,7 @@ DRAIN_SECONDS = 30.0
 
 
 def build_pipeline(
-    config: Config, store: Store, relay: Relay, signer: TokenSigner, metrics: Metrics
+    config: Config, store: Store, relay: NextHop, signer: TokenSigner, metrics: Metrics
 ) -> Pipeline:
     """Wire the pipeline from the configuration."""
     u = config.unsubscribe
