@@ -4,7 +4,7 @@ claimed copy. The other steps of PARTNER_OFFERS are the outbound ones (gateway/s
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
@@ -15,7 +15,17 @@ from gateway.message import Classified
 from gateway.policy import MessageClass
 from gateway.relay import Outcome
 from gateway.rewrite import FooterTemplates
-from gateway.steps import Copy, Finish, Mail, OfferRun, Rewrite, Services, count_failure, ledger_row
+from gateway.steps import (
+    Copy,
+    Finish,
+    Mail,
+    OfferRun,
+    Rewrite,
+    Services,
+    count_failure,
+    ledger_row,
+    relay_each,
+)
 from suppression.model import PARTNER_OFFERS, now
 from suppression.partners import CopyState
 from suppression.store import Store
@@ -71,12 +81,7 @@ class RelayClaimed:
 
     async def __call__(self, mail: Mail, services: Services) -> Mail:
         """Relay every copy that goes out, all at once."""
-        run = offer_run(mail)
-        sending = [(i, c) for i, c in enumerate(mail.copies) if c.sends]
-        outcomes = await asyncio.gather(*(self._copy(run, services, c) for _, c in sending))
-        return mail.with_copies(
-            {i: replace(c, outcome=o) for (i, c), o in zip(sending, outcomes, strict=True)}
-        )
+        return await relay_each(mail, functools.partial(self._copy, offer_run(mail), services))
 
     @staticmethod
     async def _copy(run: OfferRun, services: Services, copy: Copy) -> Outcome | None:

@@ -195,9 +195,9 @@ class Mail:
         return self.message
 
     @property
-    def sending(self) -> list[Copy]:
-        """The copies that go to the next hop."""
-        return [c for c in self.copies if c.sends]
+    def sending(self) -> list[tuple[int, Copy]]:
+        """The copies that go to the next hop, with their positions."""
+        return [(i, c) for i, c in enumerate(self.copies) if c.sends]
 
     def with_copies(self, changed: Mapping[int, Copy]) -> Mail:
         """This Mail with the copies at the given positions replaced."""
@@ -223,10 +223,6 @@ async def run(steps: Steps, mail: Mail, services: Services) -> Mail:
             break
         mail = await step(mail, services)
     return mail
-
-
-def _sending(mail: Mail) -> list[tuple[int, Copy]]:
-    return [(i, c) for i, c in enumerate(mail.copies) if c.sends]
 
 
 # --- the steps --------------------------------------------------------------------------
@@ -363,7 +359,7 @@ class SkipDelivered:
         return mail.with_copies(
             {
                 i: replace(c, skipped=True)
-                for i, c in _sending(mail)
+                for i, c in mail.sending
                 if skips(c.decision, services.resend_uncertain)
             }
         )
@@ -378,7 +374,7 @@ class Render:
 
     async def __call__(self, mail: Mail, services: Services) -> Mail:
         """Render every copy that goes out."""
-        sending = _sending(mail)
+        sending = mail.sending
         if not sending:
             return mail
         message, envelope = mail.classified, mail.envelope
@@ -439,7 +435,7 @@ class Sign:
 
     async def __call__(self, mail: Mail, services: Services) -> Mail:
         """Sign every copy that goes out."""
-        sending = _sending(mail)
+        sending = mail.sending
         if not sending:
             return mail
         seven_bit = not await services.next_hop.offers_8bitmime()
@@ -483,6 +479,15 @@ def count_failure(services: Services, outcome: Outcome) -> None:
     services.metrics.relay_errors.labels(kind).inc()
 
 
+async def relay_each(mail: Mail, send: Callable[[Copy], Awaitable[Outcome | None]]) -> Mail:
+    """Every copy that goes out through ``send``, all at once, with its outcome."""
+    sending = mail.sending
+    outcomes = await asyncio.gather(*(send(c) for _, c in sending))
+    return mail.with_copies(
+        {i: replace(c, outcome=o) for (i, c), o in zip(sending, outcomes, strict=True)}
+    )
+
+
 class RelayHeld:
     """Each copy to the next hop with a commit point: the ledger holds it before its final
     "." goes out, so a death from there on leaves it uncertain, never sent twice."""
@@ -491,11 +496,7 @@ class RelayHeld:
 
     async def __call__(self, mail: Mail, services: Services) -> Mail:
         """Relay every copy that goes out, all at once."""
-        sending = _sending(mail)
-        outcomes = await asyncio.gather(*(self._copy(mail, services, c) for _, c in sending))
-        return mail.with_copies(
-            {i: replace(c, outcome=o) for (i, c), o in zip(sending, outcomes, strict=True)}
-        )
+        return await relay_each(mail, functools.partial(self._copy, mail, services))
 
     @staticmethod
     async def _copy(mail: Mail, services: Services, copy: Copy) -> Outcome:
@@ -539,7 +540,7 @@ class Record:
     async def __call__(self, mail: Mail, services: Services) -> Mail:
         """Settle, answer, log and count."""
         message, metrics = mail.classified, services.metrics
-        sent = [(c.decision.sha256, c.outcome) for c in mail.sending if c.outcome is not None]
+        sent = [(c.decision.sha256, c.outcome) for _, c in mail.sending if c.outcome]
         if sent:
             await services.store.record_sends(
                 [ledger_row(message, sha, settled_state(o)) for sha, o in sent]
