@@ -387,7 +387,9 @@ class Render:
                     for i, c in sending
                 }
             )
-        prepared = mail.prepared or await _prepare(envelope.content, message, mail.rewrite)
+        prepared = mail.prepared
+        if prepared is None:
+            prepared = await _prepare(envelope.content, message, mail.rewrite)
         changed = {}
         for i, c in sending:
             claims = Claims(c.decision.sha256, message.token_scope, int(time.time()))
