@@ -28,6 +28,7 @@ import aiosmtplib
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from gateway.doctor import Status, run_checks
 from gateway.service import running
 from tests.support.postfix import PostfixPorts, postfix_available, private_postfix
 from tests.support.smtp import gateway_config
@@ -143,3 +144,22 @@ async def test_300_messages_of_1_to_40_recipients_over_20_sessions_never_stall(
         f"99th {waits[len(waits) * 99 // 100]:.2f} s, longest {waits[-1]:.2f} s"
     )
     assert waits[-1] <= LONGEST_WAIT
+
+
+async def test_doctor_finds_the_guides_reinjection_port_serves_the_pools_and_no_more(
+    tmp_path: Path,
+) -> None:
+    """The guide's maxproc agrees with the default pools for every worker count; a
+    next_hop_sessions above it is named, with what to change."""
+    assert postfix_available(), "Postfix is not installed: see .ci/run"
+    ports = PostfixPorts.pick()
+    with private_postfix(ports, tmp_path / "postfix"):
+        for workers in (1, 2, 3, 8):
+            config = gateway_config(tmp_path, ports.reinject)
+            [check] = [c for c in await run_checks(config, workers=workers) if c.name == "next hop"]
+            assert check.status is Status.PASS, check.line()
+        config = gateway_config(tmp_path, ports.reinject, relay_next_hop_sessions="30")
+        [check] = [c for c in await run_checks(config, workers=1) if c.name == "next hop"]
+    assert check.status is Status.FAIL
+    assert "served 20 of 30 sessions at once" in check.detail
+    assert "maxproc" in check.detail
