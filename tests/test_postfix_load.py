@@ -29,9 +29,9 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.doctor import Status, run_checks
-from gateway.service import running
 from tests.support.postfix import PostfixPorts, postfix_available, private_postfix
-from tests.support.smtp import gateway_config
+from tests.support.serving import optgate_serve
+from tests.support.smtp import gateway_config, gateway_env
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix needs root")
 
@@ -105,20 +105,30 @@ async def session(port: int, indexes: list[int], sink: Arrivals, sent: dict[int,
             await asyncio.wait_for(arrived.wait(), 30)
 
 
-async def test_300_messages_of_1_to_40_recipients_over_20_sessions_never_stall(
-    tmp_path: Path,
-) -> None:
-    assert postfix_available(), "Postfix is not installed: see .ci/run"
-    ports = PostfixPorts.pick()
-    config = gateway_config(
+@contextlib.asynccontextmanager
+async def gateway(tmp_path: Path, ports: PostfixPorts, workers: int) -> AsyncIterator[None]:
+    """optgate as the content filter, as ``optgate serve --workers N`` runs it."""
+    env = gateway_env(
         tmp_path,
         ports.reinject,
         ports.filter_port,
         policy_require_consent="false",  # invented recipients; every copy is rewritten
         relay_busy_seconds="30",  # the production wait, not the tests' short one
     )
+    async with optgate_serve(env, "--only", "smtp", "--workers", str(workers), ready=workers) as s:
+        [starting] = s.events("workers_starting")
+        assert starting["pool_size"] == 20 // workers  # their share of the guide's maxproc
+        yield
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_300_messages_of_1_to_40_recipients_over_20_sessions_never_stall(
+    tmp_path: Path, workers: int
+) -> None:
+    assert postfix_available(), "Postfix is not installed: see .ci/run"
+    ports = PostfixPorts.pick()
     sent: dict[int, float] = {}
-    async with arrivals(ports.relayhost) as sink, running(config):
+    async with arrivals(ports.relayhost) as sink, gateway(tmp_path, ports, workers):
         with private_postfix(ports, tmp_path / "postfix") as postfix:
             started = time.monotonic()
             await asyncio.gather(
