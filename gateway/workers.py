@@ -339,7 +339,7 @@ def _text(listen: HostPort | None) -> str | None:
     return str(listen) if listen else None
 
 
-def _shared_pool(config: Config, count: int) -> Config:
+def shared_pool(config: Config, count: int) -> Config:
     """The configuration with each worker's pool size: its share of the next hop's sessions
     (``[relay] pool_size`` 0), or the size set; a warning when the workers would together
     hold more connections than ``[relay] next_hop_sessions``."""
@@ -361,7 +361,7 @@ def serve(args: argparse.Namespace, config: Config) -> int:
     parts = [args.only] if args.only else list(service.PARTS)
     count = args.workers or default_count()
     cpus = cpu_plan(count, args.cpu_affinity)
-    config = _shared_pool(config, count)
+    config = shared_pool(config, count)
     with contextlib.ExitStack() as stack:
         if "smtp" in parts:
             smtp = stack.enter_context(reserved(config.smtp.listen, "[smtp] listen"))

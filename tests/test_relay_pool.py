@@ -23,7 +23,7 @@ from gateway.config import Relay as RelaySettings
 from gateway.config import load
 from gateway.relay import Outcome, Relay
 from gateway.smtpclient import Connection
-from gateway.workers import _shared_pool
+from gateway.workers import shared_pool
 
 MESSAGE = b"Subject: hello\r\n\r\nbody\r\n"
 RCPT = "someone@rcpt.example"
@@ -257,11 +257,11 @@ async def test_the_pool_never_holds_more_connections_than_its_size() -> None:
 def test_serve_gives_each_worker_its_share_and_warns_when_set_sizes_add_up_to_more() -> None:
     config = load(None, {})
     with capture_logs() as logs:
-        shared = _shared_pool(config, 3)
+        shared = shared_pool(config, 3)
     assert shared.relay.pool_size == 6  # 20 // 3: 18 sessions, never more than 20
     assert logs == []
     set_size = load(None, {"OPTGATE_RELAY_POOL_SIZE": "10"})
     with capture_logs() as logs:
-        shared = _shared_pool(set_size, 3)
+        shared = shared_pool(set_size, 3)
     assert shared.relay.pool_size == 10  # an explicit size wins, with a warning
     assert [entry["event"] for entry in logs] == ["pool_exceeds_next_hop"]
