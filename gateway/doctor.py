@@ -3,8 +3,9 @@
 Each check is a small function giving one :class:`Check`. Nothing is changed:
 a missing store or key file is reported, not created, and an older store is
 not migrated. The only network traffic goes to the configured things: the
-listen addresses (bound for a moment; probed if taken), the next hop (EHLO),
-and the resolver (SPF, DKIM, DMARC, MX).
+listen addresses (bound for a moment; probed if taken), the next hop (EHLO, and
+as many sessions at once as the workers' pools may hold), and the resolver
+(SPF, DKIM, DMARC, MX).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from gateway.inbound.mailboxes import MAX_LOCAL_PART, Mailboxes, Role
 from gateway.keygen import PrivateKey, public_key_bytes, zone_line
 from gateway.keys import load_keys
 from gateway.signing import load_private_key, parse_key_entry
+from gateway.smtpclient import Broken, Connection
 from gateway.stores import load_audit_key, open_configured
 from gateway.tokens import SHORT_TOKEN_CHARS
 from gateway.web import SECURITY_HEADERS
@@ -91,9 +93,10 @@ def system_resolver() -> dns.asyncresolver.Resolver:
 
 
 async def run_checks(
-    config: Config, *, resolver: dns.asyncresolver.Resolver | None = None
+    config: Config, *, resolver: dns.asyncresolver.Resolver | None = None, workers: int = 1
 ) -> list[Check]:
-    """Every check, in report order: configuration first, then DNS per sending domain."""
+    """Every check, in report order: configuration first, then DNS per sending domain;
+    ``workers``: the ``optgate serve --workers`` count the pools are sized for."""
     keys = [_load_key(entry) for entry in config.dkim.keys]
     local = await asyncio.gather(
         asyncio.to_thread(_token_keys, Path(config.unsubscribe.key_file)),
@@ -101,7 +104,7 @@ async def run_checks(
         _listen("smtp", config.smtp.listen, _smtp_is_optgate),
         _listen("web", config.web.listen, _web_is_optgate),
         _store(config),
-        _next_hop(config),
+        _next_hop(config, workers),
     )
     dkim = [check for check, _ in keys] or [_no_dkim()]
     loaded = [key for _, key in keys if key is not None]
@@ -285,8 +288,9 @@ async def _web_is_optgate(host: str, port: int) -> bool:
     return policy == SECURITY_HEADERS["Content-Security-Policy"]
 
 
-async def _next_hop(config: Config) -> Check:
-    """The next hop answers EHLO (and offers STARTTLS if that is required); it is not us."""
+async def _next_hop(config: Config, workers: int) -> Check:
+    """The next hop answers EHLO (and offers STARTTLS if that is required); it is not us;
+    it serves every connection the workers' pools may hold at once."""
     name, where = "next hop", config.relay.next_hop
     host, port = where
     client = aiosmtplib.SMTP(
@@ -316,7 +320,54 @@ async def _next_hop(config: Config) -> Check:
             Status.FAIL, name, f"{where} offers no STARTTLS, and [relay] starttls = required"
         )
     server = reply.message.splitlines()[0] if reply.message else "?"
-    return Check(Status.PASS, name, f"{where} answers EHLO ({server})")
+    return await _sessions(config, workers, f"{where} answers EHLO ({server})")
+
+
+async def _session(config: Config) -> Connection | None:
+    """One greeted session at the next hop, or None when it refused or kept silent."""
+    host, port = config.relay.next_hop
+    try:
+        return await Connection.open(
+            host,
+            port,
+            seconds=PROBE_SECONDS,
+            local_hostname=config.smtp.hostname or socket.gethostname(),
+            starttls="never",
+        )
+    except (Broken, OSError, TimeoutError):
+        return None
+
+
+async def _sessions(config: Config, workers: int, found: str) -> Check:
+    """The next hop serves, at once, every connection the workers' pools may hold."""
+    name, relay = "next hop", config.relay
+    size = relay.per_worker(workers)
+    wanted = workers * size
+    sessions = await asyncio.gather(*(_session(config) for _ in range(wanted)))
+    for session in sessions:
+        if session is not None:
+            session.leave()
+    served = sum(session is not None for session in sessions)
+    shares = f"{workers} worker(s) x pool_size {size}"
+    if served < wanted:
+        return Check(
+            Status.FAIL,
+            name,
+            f"{found}, but served {served} of {wanted} sessions at once ({shares}): "
+            f"raise its limit to at least {wanted} (Postfix: the reinjection listener's "
+            "maxproc in master.cf) or lower [relay] next_hop_sessions; optgate's own "
+            "connections count too while it runs",
+        )
+    if wanted > relay.next_hop_sessions:
+        return Check(
+            Status.WARN,
+            name,
+            f"{found}; {shares} = {wanted} connections, more than [relay] "
+            f"next_hop_sessions = {relay.next_hop_sessions}: run fewer workers, lower "
+            "pool_size (0 shares next_hop_sessions), or raise next_hop_sessions with the "
+            "next hop's limit",
+        )
+    return Check(Status.PASS, name, f"{found}, serves {wanted} sessions at once ({shares})")
 
 
 # --- the store --------------------------------------------------------------------------------

@@ -135,11 +135,16 @@ async def running(
         stack.push_async_callback(store.close)
         smtp_port = web_port = inbound_port = 0
         receiver = _receiver(config, store, signer, metrics)
+        relay: Relay | None = None
         if "smtp" in parts:
+            # one pool per process: the SMTP listener and the partner fan-out share its
+            # share of the next hop's sessions; closed after both drained
+            relay = _relay(config, config.smtp.hostname or socket.getfqdn())
+            stack.push_async_callback(relay.close)
             # the [smtp] listener takes inbound mail too (Postfix's content filter hands it
             # over there); [inbound] listen adds a listener for inbound mail only
             smtp_port = await stack.enter_async_context(
-                _smtp(config, store, signer, metrics, receiver, reuse_port, count("smtp"))
+                _smtp(config, store, signer, metrics, receiver, reuse_port, count("smtp"), relay)
             )
             if receiver is not None and config.inbound.listen:
                 inbound_port = await stack.enter_async_context(
@@ -166,9 +171,9 @@ async def running(
         # every worker of every node delivers a share of the webhook outbox
         await stack.enter_async_context(delivering(store, config.webhooks, metrics))
         partners_port = 0
-        if "smtp" in parts and config.partners.listen:
+        if relay is not None and config.partners.listen:
             partners_port = await stack.enter_async_context(
-                _partners(config, store, signer, metrics, reuse_port, count("partners"))
+                _partners(config, store, signer, metrics, reuse_port, count("partners"), relay)
             )
         yield Running(
             smtp_port, web_port, asyncio.Event(), metrics, inbound_port, partners_port, api_port
@@ -253,11 +258,11 @@ async def _smtp(
     receiver: Receiver | None,
     reuse_port: bool,
     sessions: Sessions,
+    relay: Relay,
 ) -> AsyncIterator[int]:
-    """The SMTP listener and its relay pool; yields the bound port."""
+    """The SMTP listener, relaying through ``relay``; yields the bound port."""
     host = config.smtp.listen.host
     hostname = config.smtp.hostname or socket.getfqdn()
-    relay = _relay(config, hostname)
     pipeline = build_pipeline(config, store, relay, signer, metrics)
     handler = Handler(
         pipeline,
@@ -291,20 +296,23 @@ async def _smtp(
         if handler.in_flight:
             log.info("draining", messages=len(handler.in_flight))
             await asyncio.wait(handler.in_flight, timeout=DRAIN_SECONDS)
-        await relay.close()
         pipeline.close()
 
 
 def _relay(config: Config, hostname: str) -> Relay:
-    """A connection pool to the next hop."""
-    next_host, next_port = config.relay.next_hop
+    """A connection pool to the next hop: ``[relay] pool_size``, or with 0 all of
+    ``next_hop_sessions`` (``optgate serve --workers`` sets each worker's share)."""
+    settings = config.relay
+    next_host, next_port = settings.next_hop
     return Relay(
         next_host,
         next_port,
-        size=config.relay.pool_size,
-        timeout=config.relay.timeout,
-        starttls=config.relay.starttls,
+        size=settings.per_worker(1),
+        timeout=settings.timeout,
+        starttls=settings.starttls,
         local_hostname=hostname,
+        idle_seconds=settings.idle_seconds,
+        busy_seconds=settings.busy_seconds,
     )
 
 
@@ -316,10 +324,11 @@ async def _partners(
     metrics: Metrics,
     reuse_port: bool,
     sessions: Sessions,
+    relay: Relay,
 ) -> AsyncIterator[int]:
-    """The partner submission listener and this node's fan-out worker; yields the port."""
+    """The partner submission listener and this node's fan-out worker, relaying through
+    ``relay``; yields the port."""
     hostname = config.smtp.hostname or socket.getfqdn()
-    relay = _relay(config, hostname)
     pipeline = build_pipeline(config, store, relay, signer, metrics)
     u = config.unsubscribe
     worker = FanOut(
@@ -344,7 +353,6 @@ async def _partners(
         try:
             await asyncio.wait_for(task, DRAIN_SECONDS)
         finally:
-            await relay.close()
             pipeline.close()
 
 

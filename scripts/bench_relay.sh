@@ -80,6 +80,9 @@ async def seed(url: str) -> None:
 
 asyncio.run(seed(sys.argv[1]))
 EOF
+# the audit log's key, as the store was seeded with (serve refuses a store chained with another)
+.venv/bin/python -c "import sys; from tests.support.keys import AUDIT_KEY; open(sys.argv[1], 'w').write(AUDIT_KEY.hex())" "$WORK/audit.key"
+chmod 600 "$WORK/audit.key"
 # a SQLite store starts each run as seeded; PostgreSQL keeps the ledger of earlier runs
 FRESH=""
 if [ "$STORE" = "sqlite:///$WORK/bench.db" ]; then
@@ -96,7 +99,8 @@ fi
 optgate_cmd() {
     echo "$FRESH OPTGATE_SMTP_LISTEN=127.0.0.1:{RELAY_PORT} OPTGATE_RELAY_NEXT_HOP=127.0.0.1:{SINK_PORT} \
 OPTGATE_STORE_URL=$STORE OPTGATE_POLICY_REQUIRE_CONSENT=false $DKIM_ENV \
-OPTGATE_UNSUBSCRIBE_KEY_FILE=$WORK/key exec $REPO/.venv/bin/optgate serve --only smtp --workers $1 --cpu-affinity $AFFINITY"
+OPTGATE_UNSUBSCRIBE_KEY_FILE=$WORK/key OPTGATE_STORE_AUDIT_KEY_FILE=$WORK/audit.key \
+OPTGATE_STORE_AUDIT_ANCHOR_FILE=$WORK/audit.head exec $REPO/.venv/bin/optgate serve --only smtp --workers $1 --cpu-affinity $AFFINITY"
 }
 PASS_CMD="exec $REPO/.venv/bin/python $BENCH/passthrough_relay.py --listen-port {RELAY_PORT} --next-port {SINK_PORT}"
 
