@@ -18,9 +18,10 @@ from typing import Any
 import asyncpg
 
 from suppression.address import identity, normalize
-from suppression.copying import TABLES, Digest
+from suppression.copying import Digest
 from suppression.model import PARTNER_OFFERS, Consent, ImportItem, Reason, Send, now
 from suppression.partners import Partner, hash_credential
+from suppression.sql.tables import TABLES
 from suppression.store import open_store
 from tests.support.backends import postgres_database
 from tests.support.keys import AUDIT_KEY
