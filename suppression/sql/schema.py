@@ -56,12 +56,16 @@ class Column:
     kind: Kind
     null: bool = False
     references: str | None = None  # "table (column)"
+    default: bool | None = None  # (of a bool column)
 
     def ddl(self, dialect: Dialect) -> str:
         """The column's definition."""
         types = _SQLITE if dialect == "sqlite" else _POSTGRES
         null = "" if self.null or self.kind == "id" else " NOT NULL"
         refers = f" REFERENCES {self.references}" if self.references else ""
+        if self.default is not None:
+            value = str(self.default).lower() if dialect == "postgresql" else int(self.default)
+            refers = f" DEFAULT {value}{refers}"
         return f"{self.name} {types[self.kind]}{null}{refers}"
 
 

@@ -82,7 +82,7 @@ PARTNER = Table(
     (
         Column("name", "key"),
         Column("credential", "text"),
-        Column("disabled", "bool"),
+        Column("disabled", "bool", default=False),
         Column("rate_per_hour", "small", null=True),
         Column("max_size", "small", null=True),
         Column("created", "time"),
