@@ -36,7 +36,7 @@ from suppression.errors import OptgateError
 from suppression.model import PARTNER_OFFERS, Send, now
 from suppression.partners import Claim, CopyState, Offer, OfferState
 from suppression.scope import Scope
-from suppression.store import Store
+from suppression.store import Partnering
 
 log = structlog.get_logger("optgate.fanout")
 Finish = Callable[[], None]
@@ -74,7 +74,7 @@ def owner_name() -> str:
 class Commits:
     """Marks copies sent, many in one store transaction (those that arrive meanwhile)."""
 
-    def __init__(self, store: Store, owner: str) -> None:
+    def __init__(self, store: Partnering, owner: str) -> None:
         self._store, self._owner = store, owner
         self._waiting: dict[tuple[int, str], tuple[asyncio.Future[bool], Finish]] = {}
         self._flusher: asyncio.Task[None] | None = None
@@ -121,7 +121,7 @@ class FanOut:
     def __init__(
         self,
         *,
-        store: Store,
+        store: Partnering,
         relay: Relay,
         pipeline: Pipeline,
         settings: Partners,

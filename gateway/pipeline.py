@@ -35,7 +35,7 @@ from suppression.model import Ledger, Send, check_name, now
 from suppression.scope import Scope
 from suppression.sql.ledger import HELD, UNSENT
 from suppression.sql.ledger import UNCERTAIN as UNCERTAIN_STATE
-from suppression.store import Store
+from suppression.store import Lookups
 
 log = structlog.get_logger("optgate.relay")
 # Rewriting a message this large runs in a worker thread, off the event loop.
@@ -186,7 +186,7 @@ def purpose_of(kind: MessageClass, topic: str) -> str:
 
 
 async def verdict(
-    store: Store, address: Address, kind: MessageClass, topic: str, rules: Rules
+    store: Lookups, address: Address, kind: MessageClass, topic: str, rules: Rules
 ) -> Verdict:
     """One recipient's verdict straight from the store (for explain and the demo)."""
     purpose = purpose_of(kind, topic)
@@ -207,7 +207,7 @@ class Pipeline:
     def __init__(
         self,
         *,
-        store: Store,
+        store: Lookups,
         relay: Relay,
         signer: TokenSigner,
         rules: Rules,

@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 from suppression.address import normalize
+from suppression.opening import open_store
 from suppression.sql.tables import MIGRATIONS, TABLES
-from suppression.store import open_store
 
 OPTGATE = Path(sys.executable).with_name("optgate")
 CREATED = "2026-01-01T00:00:00.000000Z"

@@ -29,11 +29,11 @@ import aiosqlite
 import asyncpg
 
 from suppression.errors import OptgateError, StoreError
+from suppression.opening import open_store, sqlite_path
 from suppression.postgres import safe_url
 from suppression.sql.schema import Kind, Table
 from suppression.sql.tables import TABLES
 from suppression.sqlite import _parse_time, _time
-from suppression.store import open_store, sqlite_path
 
 _FAILURES = (OSError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError)
 Row = tuple[Any, ...]

@@ -16,7 +16,8 @@ import pytest
 from suppression.address import identity, normalize
 from suppression.errors import StoreError, StoreMissing
 from suppression.model import BatchResult, Consent, ConsentItem, ImportItem, Reason, Send, now
-from suppression.store import Store, open_store
+from suppression.opening import open_store
+from suppression.store import Store
 from tests.support.backends import Backend, postgres_database, postgres_sql
 from tests.support.keys import AUDIT_KEY
 

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from suppression.address import normalize
+from suppression.opening import open_store
 from suppression.sql.tables import TABLES
-from suppression.store import open_store
 from tests.support.backends import Backend
 from tests.support.keys import AUDIT_KEY
 
