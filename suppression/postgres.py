@@ -73,6 +73,11 @@ UNION ALL
 SELECT 'd', sha256, state, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM send WHERE message = $5::text AND at >= $6::timestamptz AND sha256 = ANY($3::text[])
 """
+_UPSERT_SENDS = SEND_UPSERT.replace(
+    "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], "
+    "$6::text[], $7::text[])",
+)
 
 
 def _utc(value: datetime) -> datetime:
@@ -403,12 +408,14 @@ class PostgresStore(SqlStore):
         }
 
     async def record_sends(self, sends: Sequence[Send]) -> None:
-        """Remember delivered copies (the send ledger) in one transaction."""
+        """Remember delivered copies (the send ledger) in one transaction: SEND_UPSERT's
+        rows in one statement (unnest), not one each."""
         kept, gone = ledger_rows(sends)
 
         async def work(tx: Transaction) -> None:
             if kept:
-                await tx.executemany(SEND_UPSERT, kept)
+                columns = [list(map(_arg, column)) for column in zip(*kept, strict=True)]
+                await tx.execute(_UPSERT_SENDS, *columns)
             if gone:
                 await tx.executemany(SEND_FORGET, gone)
 
