@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import (
-    AsyncIterator,
+    AsyncGenerator,
     Awaitable,
     Callable,
     Iterable,
@@ -147,7 +147,7 @@ class _Sql:
     async def fetch(self, statement: str, *args: object) -> list[Row]:
         return list(await self._conn.fetch(statement, *map(_arg, args)))
 
-    async def stream(self, statement: str, *args: object) -> AsyncIterator[Row]:
+    async def stream(self, statement: str, *args: object) -> AsyncGenerator[Row, None]:
         # (inside the caller's transaction; other statements may run between pages)
         cursor = await self._conn.cursor(statement, *map(_arg, args))
         while rows := await cursor.fetch(PAGE):
@@ -306,7 +306,7 @@ class PostgresStore(SqlStore):
             async with self._pool.acquire() as conn:
                 return await work(_Sql(conn))
 
-    async def _sql_stream(self, statement: str, *args: object) -> AsyncIterator[Row]:
+    async def _sql_stream(self, statement: str, *args: object) -> AsyncGenerator[Row, None]:
         """Rows through a server-side cursor in a read-only snapshot."""
         with self._errors("read"):
             async with (

@@ -12,7 +12,7 @@ import json
 import re
 import sqlite3
 from collections.abc import (
-    AsyncIterator,
+    AsyncGenerator,
     Awaitable,
     Callable,
     Iterable,
@@ -114,7 +114,7 @@ class _Sql:
         async with self._db.execute(_sqlite(statement), _args(args)) as cursor:
             return list(await cursor.fetchall())
 
-    async def stream(self, statement: str, *args: object) -> AsyncIterator[Row]:
+    async def stream(self, statement: str, *args: object) -> AsyncGenerator[Row, None]:
         async with self._db.execute(_sqlite(statement), _args(args)) as cursor:
             while rows := await cursor.fetchmany(PAGE):
                 for row in rows:
@@ -169,7 +169,7 @@ class _Peek(_Sql):
     async def fetch(self, statement: str, *args: object) -> list[Row]:
         return list(self._hot.execute(_sqlite(statement), _args(args)).fetchall())
 
-    async def stream(self, statement: str, *args: object) -> AsyncIterator[Row]:
+    async def stream(self, statement: str, *args: object) -> AsyncGenerator[Row, None]:
         for row in await self.fetch(statement, *args):
             yield row
 
@@ -391,10 +391,11 @@ class SQLiteStore(SqlStore):
         with self._reading():
             return await work(_Peek(self._hot))
 
-    async def _sql_stream(self, statement: str, *args: object) -> AsyncIterator[Row]:
+    async def _sql_stream(self, statement: str, *args: object) -> AsyncGenerator[Row, None]:
         with self._reading():
-            async for row in _Sql(self._db).stream(statement, *args):
-                yield row
+            async with contextlib.aclosing(_Sql(self._db).stream(statement, *args)) as rows:
+                async for row in rows:
+                    yield row
 
     # --- what the import runs build on (suppression/sqlite_imports.py) ---
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import replace
 
 from suppression.model import Consent
@@ -62,7 +63,7 @@ class Consents(Driver):
     async def iter_consents(self, purpose: str | None) -> AsyncIterator[Consent]:
         """Stream consent records in the order they were made."""
         where, args = (" WHERE purpose = $1", [purpose]) if purpose else ("", [])
-        async for row in self._sql_stream(
-            f"SELECT {CONSENT_COLUMNS} FROM consent{where} ORDER BY id", *args
-        ):
-            yield to_consent(row, self._parse)
+        statement = f"SELECT {CONSENT_COLUMNS} FROM consent{where} ORDER BY id"
+        async with aclosing(self._sql_stream(statement, *args)) as rows:
+            async for row in rows:
+                yield to_consent(row, self._parse)

@@ -4,7 +4,14 @@ stores them; and the hooks a store provides (``Driver``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -25,7 +32,7 @@ class Sql(Protocol):
     async def fetch(self, statement: str, *args: object) -> list[Row]:
         """Rows of a query."""
 
-    def stream(self, statement: str, *args: object) -> AsyncIterator[Row]:
+    def stream(self, statement: str, *args: object) -> AsyncGenerator[Row, None]:
         """Rows of a query, a page at a time (memory flat whatever their number)."""
 
     async def execute(self, statement: str, *args: object) -> int:
@@ -79,6 +86,7 @@ class Driver:
         connection, no thread hop)."""
         return await self._sql_read(work)
 
-    def _sql_stream(self, statement: str, *args: object) -> AsyncIterator[Row]:
-        """Rows of a query in one snapshot, a page at a time."""
+    def _sql_stream(self, statement: str, *args: object) -> AsyncGenerator[Row, None]:
+        """Rows of a query in one snapshot, a page at a time (a caller that may stop early
+        closes it: contextlib.aclosing)."""
         raise NotImplementedError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
 
 from suppression.address import Address
 from suppression.model import (
@@ -134,9 +135,12 @@ class Suppressions(Driver):
     async def compliance(self) -> AsyncIterator[OptOutCheck]:
         """Opt-outs (address keys) joined with the non-transactional sends after them."""
         parse = self._parse
-        async for key, scope, reason, source, created, count, last in self._sql_stream(_COMPLIANCE):
-            last_at = parse(last) if last else None
-            yield OptOutCheck(key, scope, Reason(reason), source, parse(created), count, last_at)
+        async with aclosing(self._sql_stream(_COMPLIANCE)) as rows:
+            async for key, scope, reason, source, created, count, last in rows:
+                at = parse(created)
+                yield OptOutCheck(
+                    key, scope, Reason(reason), source, at, count, parse(last) if last else None
+                )
 
     async def holder(self, sha256: str) -> Holder:
         """Suppressions and latest consent per purpose of one identity hash (committed rows)."""
@@ -238,12 +242,14 @@ class Suppressions(Driver):
     async def iter_suppressions(self, scope: str | None) -> AsyncIterator[Suppression]:
         """Stream suppressions in key order, a page at a time."""
         where, args = (" WHERE scope = $1", [scope]) if scope else ("", [])
-        async for row in self._sql_stream(
-            f"SELECT {SUPPRESSION_COLUMNS} FROM suppression{where}", *args
-        ):
-            yield to_suppression(row, self._parse)
+        statement = f"SELECT {SUPPRESSION_COLUMNS} FROM suppression{where}"
+        async with aclosing(self._sql_stream(statement, *args)) as rows:
+            async for row in rows:
+                yield to_suppression(row, self._parse)
 
     async def iter_events(self) -> AsyncGenerator[AuditEvent, None]:
         """Stream the audit log in sequence order."""
-        async for row in self._sql_stream(f"SELECT {EVENT_COLUMNS} FROM audit ORDER BY seq"):
-            yield to_event(row, self._parse)
+        statement = f"SELECT {EVENT_COLUMNS} FROM audit ORDER BY seq"
+        async with aclosing(self._sql_stream(statement)) as rows:
+            async for row in rows:
+                yield to_event(row, self._parse)
