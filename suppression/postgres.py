@@ -164,22 +164,12 @@ class _Sql:
         return value  # type: ignore[no-any-return]
 
 
-class _Transaction(_Sql):
+class _Transaction(audit.Chained, _Sql):
     """A write transaction (holding the audit chain lock where it audits)."""
 
     def __init__(self, conn: Any, key: bytes) -> None:
         super().__init__(conn)
         self._key = key
-
-    async def audit(
-        self,
-        actor: str,
-        action: str,
-        subject: str | None,
-        detail: Mapping[str, object],
-        changed: Sequence[Suppression | Consent] = (),
-    ) -> int:
-        return await audit.append(self, self._key, actor, action, subject, detail, changed)
 
     async def insert(self, table: Table, columns: Sequence[str], rows: Sequence[Row]) -> int:
         names = ", ".join(columns)

@@ -131,22 +131,12 @@ class _Sql:
         return _parse_time(value)
 
 
-class _Transaction(_Sql):
+class _Transaction(audit.Chained, _Sql):
     """A write transaction of the store, with its audit chain."""
 
     def __init__(self, store: SQLiteStore) -> None:
         super().__init__(store._db)
         self._key = store._key
-
-    async def audit(
-        self,
-        actor: str,
-        action: str,
-        subject: str | None,
-        detail: Mapping[str, object],
-        changed: Sequence[Suppression | Consent] = (),
-    ) -> int:
-        return await audit.append(self, self._key, actor, action, subject, detail, changed)
 
     async def insert(self, table: Table, columns: Sequence[str], rows: Sequence[Row]) -> int:
         marks = ", ".join(f"${n}" for n in range(1, len(columns) + 1))

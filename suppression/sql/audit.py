@@ -4,6 +4,7 @@ its webhook events), and the one-time keying of an unkeyed chain."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 from suppression.audit import GENESIS, Rekeying, event_body, link
 from suppression.errors import StoreError
@@ -66,6 +67,24 @@ async def append(
         changed=changed,
     )
     return seq
+
+
+class Chained:
+    """The audit method of a backend's write transaction (a base before its Sql)."""
+
+    _key: bytes  # the chain's key
+
+    async def audit(
+        self,
+        actor: str,
+        action: str,
+        subject: str | None,
+        detail: Mapping[str, object],
+        changed: Sequence[Suppression | Consent] = (),
+    ) -> int:
+        """Append this transaction's event (suppression/sql/driver.py: Transaction.audit)."""
+        sql = cast(Sql, self)
+        return await append(sql, self._key, actor, action, subject, detail, changed)
 
 
 async def rekey(tx: Transaction, key: bytes, shown: str) -> None:
