@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import Config, Effective, Option, effective, options, sections
-from suppression.store import sqlite_path
+from suppression.opening import sqlite_path
 
 HIDDEN = "<hidden>"
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")

@@ -47,8 +47,8 @@ from gateway.stores import load_audit_key, open_configured
 from gateway.tokens import SHORT_TOKEN_CHARS
 from gateway.web import SECURITY_HEADERS
 from suppression.errors import ConfigError, OptgateError, StoreMissing
-from suppression.sqlite import MIGRATIONS
-from suppression.store import require_store
+from suppression.opening import require_store
+from suppression.sql.tables import MIGRATIONS
 
 PROBE_SECONDS = 5.0  # the next hop's greeting and EHLO
 HOLDER_SECONDS = 2.0  # whatever holds a listen port: optgate greets or answers at once

@@ -32,7 +32,7 @@ from gateway.steps import Finish, Mail, OfferRun, run
 from suppression.errors import OptgateError
 from suppression.model import PARTNER_OFFERS, now
 from suppression.partners import Claim, CopyState, Offer, OfferState
-from suppression.store import Store
+from suppression.store import OfferQueue
 
 log = structlog.get_logger("optgate.fanout")
 
@@ -68,7 +68,7 @@ def owner_name() -> str:
 class Commits:
     """Marks copies sent, many in one store transaction (those that arrive meanwhile)."""
 
-    def __init__(self, store: Store, owner: str) -> None:
+    def __init__(self, store: OfferQueue, owner: str) -> None:
         self._store, self._owner = store, owner
         self._waiting: dict[tuple[int, str], tuple[asyncio.Future[bool], Finish]] = {}
         self._flusher: asyncio.Task[None] | None = None

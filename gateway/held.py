@@ -45,7 +45,7 @@ from gateway.relay import Outcome
 from suppression.address import Address
 from suppression.model import HeldRequest, Reason, Source, Suppression, now
 from suppression.scope import GLOBAL, Scope
-from suppression.store import Store
+from suppression.store import Confirmations
 
 log = structlog.get_logger("optgate.held")
 MAX_AGE = timedelta(days=7)
@@ -94,12 +94,12 @@ class Held:
     """Holding requests, mailing their links and carrying them out on confirmation."""
 
     config: Config
-    store: Store
+    store: Confirmations
     mailer: Mailer
     limiter: SharedLimiter
 
     @classmethod
-    def from_config(cls, config: Config, store: Store) -> Held:
+    def from_config(cls, config: Config, store: Confirmations) -> Held:
         """Links mailed through the next hop; limits keyed with the token key."""
         key = load_keys(Path(config.unsubscribe.key_file))[0]
         mailer = functools.partial(send_mail, config)

@@ -28,7 +28,7 @@ from gateway.steps import (
 )
 from suppression.model import PARTNER_OFFERS, now
 from suppression.partners import CopyState
-from suppression.store import Store
+from suppression.store import Partnering
 
 log = structlog.get_logger("optgate.fanout")
 
@@ -145,7 +145,7 @@ class RecordClaimed:
 
 
 async def _settle(
-    store: Store,
+    store: Partnering,
     run: OfferRun,
     hashes: Sequence[str],
     state: CopyState,

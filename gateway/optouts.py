@@ -45,7 +45,7 @@ from suppression.model import (
     now,
 )
 from suppression.scope import GLOBAL, Scope
-from suppression.store import Holder, Store
+from suppression.store import Holder, OptOuts
 
 # --- rules ----------------------------------------------------------------------------
 
@@ -331,7 +331,7 @@ def finding_event(
 # --- actions --------------------------------------------------------------------------
 
 
-async def opt_out(store: Store, events: Sequence[SuppressionEvent], *, actor: str) -> BatchResult:
+async def opt_out(store: OptOuts, events: Sequence[SuppressionEvent], *, actor: str) -> BatchResult:
     """Suppress: events of one scope, source and evidence in one transaction with one
     audit event (existing suppressions stay as they are)."""
     groups: dict[tuple[Scope, Source, Evidence | None], list[ImportItem]] = {}
@@ -369,7 +369,7 @@ class Lifted:
 
 
 async def lift(
-    store: Store, recipients: Sequence[Recipient], *, scope: Scope, actor: str
+    store: OptOuts, recipients: Sequence[Recipient], *, scope: Scope, actor: str
 ) -> Lifted:
     """An operator's lift of any suppression in a scope (audited per target); an address
     is lifted by its hash and by the MD5 a partner list may hold (``address`` needed)."""
@@ -384,7 +384,7 @@ async def lift(
 
 
 async def resubscribe(
-    store: Store, sha256: str, scope: Scope, *, consent: Consent | None, actor: str
+    store: OptOuts, sha256: str, scope: Scope, *, consent: Consent | None, actor: str
 ) -> bool:
     """The recipient takes back a suppression of theirs (``may_resubscribe``): the consent
     first (if the lift then fails, nothing is mailed), then the lift. False when there was
@@ -400,7 +400,7 @@ async def resubscribe(
     return True
 
 
-async def lift_report(store: Store, sha256: str, scope: Scope, *, actor: str) -> bool:
+async def lift_report(store: OptOuts, sha256: str, scope: Scope, *, actor: str) -> bool:
     """A lift link's lift: the unverified report in the scope, nothing else."""
     found = in_scope((await store.holder(sha256)).suppressions, scope)
     if found is None or not link_may_lift(found):
@@ -410,7 +410,7 @@ async def lift_report(store: Store, sha256: str, scope: Scope, *, actor: str) ->
 
 
 async def confirm(
-    store: Store, holder: Holder, consent: Consent, issued: int, *, actor: str
+    store: OptOuts, holder: Holder, consent: Consent, issued: int, *, actor: str
 ) -> Consent | None:
     """A double opt-in confirmed by its link: the consent, once (the choice made since the
     link was issued, if any, is returned and nothing changes); then the recipient's own
@@ -431,7 +431,7 @@ async def confirm(
 
 
 async def consent(
-    store: Store,
+    store: OptOuts,
     addresses: Sequence[Address],
     *,
     purpose: str,
@@ -493,7 +493,7 @@ class Erased:
         }
 
 
-async def erase(store: Store, address: Address, *, actor: str, keep_raw: str) -> Erased:
+async def erase(store: OptOuts, address: Address, *, actor: str, keep_raw: str) -> Erased:
     """Erase the store's records of an address (keeping its hash), then the kept inbound
     messages ([inbound] keep_raw) that hold it."""
     erased = await store.erase(address, actor=actor)

@@ -21,13 +21,13 @@ from gateway.signing import Signer
 from gateway.steps import Branding, Mail, NextHop, Services, Verp, decisions, run
 from gateway.tokens import TokenSigner
 from suppression.address import Address
-from suppression.store import Store
+from suppression.store import Lookups, Partnering
 
 log = structlog.get_logger("optgate.relay")
 
 
 async def verdict(
-    store: Store, address: Address, kind: MessageClass, topic: str, rules: Rules
+    store: Lookups, address: Address, kind: MessageClass, topic: str, rules: Rules
 ) -> Verdict:
     """One recipient's verdict straight from the store (for explain and the demo)."""
     purpose = purpose_of(kind, topic)
@@ -41,7 +41,7 @@ class Pipeline:
     def __init__(
         self,
         *,
-        store: Store,
+        store: Partnering,
         relay: NextHop,
         signer: TokenSigner,
         rules: Rules,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from suppression.model import now
-from suppression.store import Store
+from suppression.store import RateLimits
 
 WINDOW = 3600  # seconds: the opt-out limits count per hour
 MINUTE = 60  # the request and login limits count per minute
@@ -26,7 +26,7 @@ class SharedLimiter:
 
     def __init__(
         self,
-        store: Store,
+        store: RateLimits,
         key: bytes,
         clock: Callable[[], datetime] = now,
         *,

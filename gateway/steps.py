@@ -45,7 +45,7 @@ from suppression.model import Ledger, Send, now
 from suppression.partners import Claim, Offer
 from suppression.sql.ledger import HELD, UNSENT
 from suppression.sql.ledger import UNCERTAIN as UNCERTAIN_STATE
-from suppression.store import Store
+from suppression.store import Lookups, Partnering
 
 log = structlog.get_logger("optgate.relay")
 # Rewriting a message this large runs in a worker thread, off the event loop.
@@ -115,7 +115,7 @@ class Verp:
 class Services:
     """Everything a step may use besides the Mail: the store, the next hop, keys, settings."""
 
-    store: Store
+    store: Partnering
     next_hop: NextHop
     signer: TokenSigner
     rules: Rules
@@ -272,7 +272,7 @@ def _parse(rcpt: str) -> Address | None:
 
 
 async def decisions(
-    store: Store,
+    store: Lookups,
     rules: Rules,
     recipients: Sequence[str],
     kind: MessageClass,

@@ -8,7 +8,7 @@ from pathlib import Path
 from gateway.config import Config
 from gateway.stores import load_audit_key
 from suppression.copying import Copied, Mismatch, copy_store
-from suppression.store import open_store
+from suppression.opening import open_store
 
 
 def _line(copied: Copied) -> str:

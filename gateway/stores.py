@@ -12,8 +12,9 @@ from gateway.config import Config
 from gateway.keys import make_key_file
 from suppression.audit import parse_head
 from suppression.errors import ConfigError
+from suppression.opening import open_store, require_store
 from suppression.statecheck import ChainReport
-from suppression.store import Store, open_store, require_store
+from suppression.store import Store
 
 
 def load_audit_key(path: Path, *, create: bool) -> tuple[bytes, bool]:

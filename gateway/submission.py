@@ -35,7 +35,7 @@ from gateway.server import Admission, GateSMTP, session_error
 from suppression.errors import ConfigError, OptgateError
 from suppression.model import check_name, now
 from suppression.partners import Partner, check_credential, hash_credential
-from suppression.store import Store
+from suppression.store import OfferQueue
 
 log = structlog.get_logger("optgate.partners")
 
@@ -153,7 +153,7 @@ class Intake:
 
     def __init__(
         self,
-        store: Store,
+        store: OfferQueue,
         settings: Partners,
         accepted: Callable[[], None],
         limiter: SharedLimiter,
@@ -307,7 +307,7 @@ def _session(
 @contextlib.asynccontextmanager
 async def listening(
     settings: Partners,
-    store: Store,
+    store: OfferQueue,
     hostname: str,
     idle_seconds: int,
     accepted: Callable[[], None],

@@ -45,7 +45,7 @@ from suppression.address import normalize
 from suppression.errors import ConfigError, OptgateError, StoreError
 from suppression.model import PARTNER_OFFERS, HeldRequest, Source, Suppression, check_name, now
 from suppression.scope import GLOBAL, Scope
-from suppression.store import Holder, Store
+from suppression.store import Holder, OptOuts
 
 log = structlog.get_logger("optgate.web")
 CONFIRM_MAX_AGE = 7 * 24 * 3600  # seconds a double opt-in link stays valid
@@ -198,7 +198,7 @@ class _Endpoint:
 
     def __init__(
         self,
-        store: Store,
+        store: OptOuts,
         signer: TokenSigner,
         metrics: Metrics,
         settings: WebSettings,
@@ -518,7 +518,7 @@ class _Endpoint:
         return True
 
 
-async def store_health(store: Store) -> web.Response:
+async def store_health(store: OptOuts) -> web.Response:
     """200 while the store answers a read, else 503 (/healthz here and on the admin listener)."""
     try:
         await store.holder("0" * 64)
@@ -550,7 +550,7 @@ def anonymous(app: web.Application, *, secure: bool = False) -> None:
 
 def make_app(
     *,
-    store: Store,
+    store: OptOuts,
     signer: TokenSigner,
     metrics: Metrics,
     settings: WebSettings,

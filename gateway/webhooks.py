@@ -39,7 +39,7 @@ from gateway.metrics import Metrics
 from suppression.errors import ConfigError, OptgateError
 from suppression.model import now
 from suppression.outbox import SECRET_PREFIX, Delivery, PendingState, Webhook
-from suppression.store import Store
+from suppression.store import Webhooks
 
 log = structlog.get_logger("optgate.webhooks")
 POLL_SECONDS = 1.0
@@ -95,7 +95,7 @@ class Deliverer:
 
     def __init__(
         self,
-        store: Store,
+        store: Webhooks,
         settings: Settings,
         metrics: Metrics,
         clock: Callable[[], datetime] = now,
@@ -201,7 +201,7 @@ class Deliverer:
 
 @contextlib.asynccontextmanager
 async def delivering(
-    store: Store, settings: Settings, metrics: Metrics
+    store: Webhooks, settings: Settings, metrics: Metrics
 ) -> AsyncIterator[Deliverer]:
     """Run this worker's deliverer while the gateway runs; on exit let the attempts in
     flight finish (up to the timeout: a delivery cut short is sent again)."""

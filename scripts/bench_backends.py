@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import secrets
 import statistics
 import subprocess
@@ -78,10 +79,15 @@ def store_figures(work: Path, rows: int, server: str) -> None:
             name: rows / store_import(url, source)[0] for name, url in backends(sqlite_url, pg_url)
         }
         store_import(small_url, small)
-        for label, url, count in (("small", small_url, rows // 4), ("large", sqlite_url, rows)):
+        for label, url, count, csv in (
+            ("small", small_url, rows // 4, small),
+            ("large", sqlite_url, rows, source),
+        ):
+            # the source's state directory (store_import's): its audit key keys the copy
+            env = {**os.environ, "OPTGATE_STORE_STATE_DIR": str(csv.with_name(f"{csv.stem}-state"))}
             with database(server) as destination:
                 started = time.perf_counter()
-                _, rss = run_child([str(OPTGATE), "store", "copy", url, destination])
+                _, rss = run_child([str(OPTGATE), "store", "copy", url, destination], env)
                 seconds = time.perf_counter() - started
             print(
                 f"store copy sqlite -> postgresql, {count:,} suppressions ({label}): "

@@ -31,8 +31,8 @@ from gateway.config import load
 from gateway.service import running
 from suppression.address import normalize
 from suppression.model import PARTNER_OFFERS, Consent, now
+from suppression.opening import open_store
 from suppression.partners import Partner, hash_credential, new_credential
-from suppression.store import open_store
 from tests.support.keys import AUDIT_KEY
 
 SECRET = new_credential()

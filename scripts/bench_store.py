@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 from suppression.address import normalize
-from suppression.sqlite import MIGRATIONS
-from suppression.store import open_store
+from suppression.opening import open_store
+from suppression.sql.tables import MIGRATIONS, TABLES
 
 OPTGATE = Path(sys.executable).with_name("optgate")
 CREATED = "2026-01-01T00:00:00.000000Z"
@@ -102,7 +102,7 @@ def build_lookup_store(path: Path, rows: int) -> None:
     this measures lookups, not imports."""
     keyed = sorted((hashlib.sha256(address(n).encode()).hexdigest(), n) for n in range(rows))
     with sqlite3.connect(path) as db:
-        scripts = [m if isinstance(m, str) else m.ddl("sqlite") for m in MIGRATIONS]
+        scripts = [table.ddl("sqlite") for table in TABLES]
         db.executescript(";".join(scripts) + f"; PRAGMA user_version = {len(MIGRATIONS)};")
         db.execute("PRAGMA journal_mode = WAL")
         db.executemany(

@@ -1,9 +1,10 @@
 """Copy a whole store to another (SQLite <-> PostgreSQL), streaming, verified per table.
 
-Table-driven: ``TABLES`` names every table with its columns, each typed so it
-converts between the backends, and the order that makes the copy and its
-digest reproducible. A table added to the schema gets an entry here; a source
-table without one stops the copy before anything is written.
+Table-driven: the schema declared once (suppression/sql/tables.py: ``TABLES``)
+names every table with its columns, each typed so it converts between the
+backends, and the order that makes the copy and its digest reproducible. A
+source table the schema does not declare stops the copy before anything is
+written.
 
 The source is read in one snapshot, a batch at a time; the destination is
 written in one transaction (COPY into PostgreSQL) that commits only if every
@@ -22,174 +23,21 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import aiosqlite
 import asyncpg
 
 from suppression.errors import OptgateError, StoreError
+from suppression.opening import open_store, sqlite_path
 from suppression.postgres import safe_url
-from suppression.sql import schema
-from suppression.sql.integration import TABLES as INTEGRATION_TABLES
+from suppression.sql.schema import Kind, Table
+from suppression.sql.tables import TABLES
 from suppression.sqlite import _parse_time, _time
-from suppression.store import open_store, sqlite_path
 
-Kind = Literal["text", "int", "bool", "time", "bytes"]  # bytes: a BLOB / BYTEA column
 _FAILURES = (OSError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError)
 Row = tuple[Any, ...]
 BATCH = 5000
-
-
-@dataclass(frozen=True)
-class Table:
-    """One table as the copy sees it."""
-
-    name: str
-    columns: tuple[tuple[str, Kind], ...]
-    order: str  # a total order, the same under SQLite's and PostgreSQL's (C) collation
-    identity: str | None = None  # a generated id column: PostgreSQL's sequence moves past it
-
-    @property
-    def names(self) -> list[str]:
-        """The column names, in copy order."""
-        return [name for name, _ in self.columns]
-
-
-def declared(table: schema.Table) -> Table:
-    """A table of suppression/sql/ as the copy sees it (its primary key, or id, orders it)."""
-    kinds: dict[schema.Kind, Kind] = {
-        "text": "text",
-        "key": "text",
-        "int": "int",
-        "bool": "bool",
-        "time": "time",
-        "id": "int",
-    }
-    columns = tuple((c.name, kinds[c.kind]) for c in table.columns)
-    order = ", ".join(table.primary) if table.primary else str(table.identity)
-    return Table(table.name, columns, order, identity=table.identity)
-
-
-TABLES: tuple[Table, ...] = (
-    Table(
-        "suppression",
-        (
-            ("key", "text"),
-            ("scope", "text"),
-            ("kind", "text"),
-            ("address", "text"),
-            ("reason", "text"),
-            ("source", "text"),
-            ("evidence", "text"),
-            ("created", "time"),
-            ("event", "int"),
-        ),
-        "key, scope",
-    ),
-    Table(
-        "consent",
-        (
-            ("id", "int"),
-            ("sha256", "text"),
-            ("purpose", "text"),
-            ("granted", "bool"),
-            ("source", "text"),
-            ("policy_version", "text"),
-            ("address", "text"),
-            ("evidence", "text"),
-            ("created", "time"),
-            ("event", "int"),
-        ),
-        "id",
-        identity="id",
-    ),
-    Table(
-        "audit",
-        (
-            ("seq", "int"),
-            ("at", "time"),
-            ("actor", "text"),
-            ("action", "text"),
-            ("subject", "text"),
-            ("body", "text"),
-            ("prev", "text"),
-            ("digest", "text"),
-        ),
-        "seq",
-    ),
-    Table(
-        "send",
-        (
-            ("message", "text"),
-            ("sha256", "text"),
-            ("topic", "text"),
-            ("class", "text"),
-            ("at", "time"),
-            ("campaign", "text"),
-            ("state", "text"),
-        ),
-        "message, sha256",
-    ),
-    Table(
-        "soft_bounce",
-        (("sha256", "text"), ("message", "text"), ("at", "time")),
-        "sha256, message",
-    ),
-    # partner offers: partners before their offers before the offers' copies (foreign keys)
-    Table(
-        "partner",
-        (
-            ("name", "text"),
-            ("credential", "text"),
-            ("disabled", "bool"),
-            ("rate_per_hour", "int"),
-            ("max_size", "int"),
-            ("created", "time"),
-        ),
-        "name",
-    ),
-    Table(
-        "offer",
-        (
-            ("id", "int"),
-            ("partner", "text"),
-            ("topic", "text"),
-            ("content", "bytes"),
-            ("state", "text"),
-            ("created", "time"),
-        ),
-        "id",
-        identity="id",
-    ),
-    Table(
-        "offer_copy",
-        (
-            ("offer", "int"),
-            ("sha256", "text"),
-            ("state", "text"),
-            ("owner", "text"),
-            ("until", "time"),
-        ),
-        "offer, sha256",
-    ),
-    Table("rate_window", (("key", "text"), ("slot", "int"), ("count", "int")), "key, slot"),
-    Table(
-        "held_request",
-        (
-            ("secret", "text"),
-            ("sha256", "text"),
-            ("action", "text"),
-            ("scope", "text"),
-            ("created", "time"),
-            ("detail", "text"),
-            ("mailed", "time"),
-            ("done", "time"),
-        ),
-        "secret",
-    ),
-    Table("esp_token", (("vendor", "text"), ("token", "text"), ("at", "time")), "vendor, token"),
-    *(declared(table) for table in INTEGRATION_TABLES),
-)
 # bookkeeping of the schema itself (each store makes its own), not data
 NOT_COPIED = frozenset({"schema_version"})
 
@@ -398,10 +246,10 @@ class PostgresSide:
 
 
 def _converters(
-    table: Table, by_kind: dict[str, Callable[[Any], Any]]
+    table: Table, by_kind: dict[Kind, Callable[[Any], Any]]
 ) -> Callable[[Sequence[Any]], Row]:
     """A row converter applying ``by_kind`` to the non-null values of those kinds."""
-    steps = [by_kind.get(kind) for _, kind in table.columns]
+    steps = [by_kind.get(c.kind) for c in table.columns]
 
     def convert(row: Sequence[Any]) -> Row:
         return tuple(
@@ -468,7 +316,7 @@ async def copy_store(
         if unknown:
             raise OptgateError(
                 f"source has tables store copy does not know: {', '.join(sorted(unknown))} "
-                "(add them to TABLES in suppression/copying.py); nothing was changed"
+                "(declare them in suppression/sql/tables.py); nothing was changed"
             )
         await _check_empty(destination_url)
         await _migrate(destination_url, audit_key, create=True)  # the schema, empty

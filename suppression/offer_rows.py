@@ -1,6 +1,6 @@
 """What the SQLite and PostgreSQL stores share for partners and offers: SQL and row conversion.
 
-Statements use ``$n`` placeholders (asyncpg); the SQLite store swaps them for ``?``.
+Statements use ``$n`` placeholders (suppression/sql/driver.py).
 """
 
 from __future__ import annotations
@@ -58,15 +58,16 @@ def _granted(purpose: str) -> str:
     )
 
 
-def audience_sql(topic: bool, epoch: str) -> str:
-    """Insert offer $1's copies: everyone whose latest partner-offers consent is a grant
-    (and, with a topic, whose latest consent for topic $2 is a grant too)."""
+def audience_sql(topic: bool) -> str:
+    """Insert offer $1's copies, leased until $2 (never): everyone whose latest
+    partner-offers consent is a grant (and, with a topic, whose latest consent for topic
+    $3 is a grant too)."""
     audience = _granted(f"'{PARTNER_OFFERS}'")
     if topic:
-        audience += f" INTERSECT {_granted('$2')}"
+        audience += f" INTERSECT {_granted('$3::text')}"
     return (
         "INSERT INTO offer_copy (offer, sha256, state, owner, until) "
-        f"SELECT $1, sha256, 'todo', NULL, {epoch} FROM ({audience}) audience"
+        f"SELECT $1::bigint, sha256, 'todo', NULL, $2::timestamptz FROM ({audience}) audience"
     )
 
 

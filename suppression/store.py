@@ -1,18 +1,16 @@
-"""The Store interface every backend passes, and the URL that picks one."""
+"""The Store interface every backend passes, as narrow interfaces named for their callers
+(a caller depends only on what it uses); suppression/opening.py opens one by URL."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Protocol
 
 from suppression.address import Address
 from suppression.apikeys import ApiKey
-from suppression.errors import StoreError, StoreMissing
 from suppression.model import (
     AuditEvent,
     BatchResult,
@@ -180,8 +178,25 @@ class ConsentImport(Protocol):
         """Append the audit event (if anything was added) and commit."""
 
 
-class Store(ApiKeys, Webhooks, Listings, Protocol):
-    """Suppressions, consents and the audit log, behind one async interface."""
+class Lookups(Protocol):
+    """The relay's per-message facts and its send ledger (gateway/pipeline.py)."""
+
+    async def lookup_many(
+        self,
+        recipients: Sequence[Address],
+        scopes: Sequence[str],
+        purpose: str | None,
+        ledger: Ledger | None = None,
+    ) -> dict[str, Facts]:
+        """Facts for every recipient (keyed by sha256) in one round trip."""
+
+    async def record_sends(self, sends: Sequence[Send]) -> None:
+        """Write send ledger rows (one per message and recipient, the last wins); a row in
+        state ``unsent`` is removed instead (suppression/sql/ledger.py)."""
+
+
+class OptOuts(Protocol):
+    """What every opt-out channel changes and reads (web, inbound, CLI, partners, API)."""
 
     async def suppress(
         self,
@@ -198,72 +213,29 @@ class Store(ApiKeys, Webhooks, Listings, Protocol):
         ``evidence`` is kept on each new row, ``note`` only in the audit event.
         """
 
-    def suppression_import(
-        self, *, actor: str, note: Mapping[str, object]
-    ) -> AbstractAsyncContextManager[SuppressionImport]:
-        """A suppression import run; ``note`` (file, format) goes in its audit event."""
-
-    def consent_import(
-        self, *, actor: str, note: Mapping[str, object]
-    ) -> AbstractAsyncContextManager[ConsentImport]:
-        """A consent import run; ``note`` goes in its audit event."""
-
     async def unsuppress(self, keys: Sequence[str], *, scope: str, actor: str) -> int:
         """Lift suppressions (audited); return how many existed."""
 
     async def record_consents(self, consents: Sequence[Consent], *, actor: str) -> int:
         """Append consent or revocation records in one transaction; return how many."""
 
-    async def lookup_many(
-        self,
-        recipients: Sequence[Address],
-        scopes: Sequence[str],
-        purpose: str | None,
-        ledger: Ledger | None = None,
-    ) -> dict[str, Facts]:
-        """Facts for every recipient (keyed by sha256) in one round trip."""
+    async def erase(self, address: Address, *, actor: str) -> Erasure:
+        """Delete plaintext and evidence, revoke every consent and keep a tombstone (a
+        global suppression, reason erased, keyed by the hash alone); audited. Afterwards
+        no byte of the address is left in the store's files (SQLite) or rows (PostgreSQL)."""
+
+    async def holder(self, sha256: str) -> Holder:
+        """Suppressions and current consents of one identity hash."""
 
     async def audit(
         self, *, actor: str, action: str, subject: str | None, detail: Mapping[str, object] = {}
     ) -> int:
         """Append an audit event that goes with no other change (e.g. a subject access)."""
 
-    async def record_sends(self, sends: Sequence[Send]) -> None:
-        """Write send ledger rows (one per message and recipient, the last wins); a row in
-        state ``unsent`` is removed instead (suppression/sql/ledger.py)."""
 
-    def compliance(self) -> AsyncIterator[OptOutCheck]:
-        """Every address opt-out with the count and last time of mail relayed after it."""
-
-    async def holder(self, sha256: str) -> Holder:
-        """Suppressions and current consents of one identity hash."""
-
-    async def subject(self, address: Address) -> SubjectRecord:
-        """Every record about one address."""
-
-    async def erase(self, address: Address, *, actor: str) -> Erasure:
-        """Delete plaintext and evidence, revoke every consent and keep a tombstone (a
-        global suppression, reason erased, keyed by the hash alone); audited. Afterwards
-        no byte of the address is left in the store's files (SQLite) or rows (PostgreSQL)."""
-
-    def iter_suppressions(self, scope: str | None) -> AsyncIterator[Suppression]:
-        """Stream suppressions (of one scope, or all)."""
-
-    def iter_consents(self, purpose: str | None) -> AsyncIterator[Consent]:
-        """Stream consent records (of one purpose, or all)."""
-
-    def iter_events(self) -> AsyncGenerator[AuditEvent, None]:
-        """Stream the audit log in sequence order."""
-
-    async def verify_chain(self, expect: Sequence[tuple[int, str]] = ()) -> ChainReport:
-        """Walk the audit log, check every link and rebuild the suppression and consent
-        state it vouches for against the tables (suppression/statecheck.py); ``expect``:
-        (seq, digest) heads anchored earlier that the chain must still hold."""
-
-    async def close(self) -> None:
-        """Release connections."""
-
-    # --- inbound: short tokens resolve through the ledger; soft bounces are counted ---
+class InboundFacts(Protocol):
+    """What inbound mail and ESP notifications need: short tokens resolve through the
+    ledger, soft bounces are counted, replay keys accepted once."""
 
     async def sent_to(self, prefix: str) -> list[tuple[str, str]]:
         """(recipient hash, topic) pairs of the send ledger whose hash starts with ``prefix``."""
@@ -282,8 +254,6 @@ class Store(ApiKeys, Webhooks, Listings, Protocol):
     async def soft_bounces(self, sha256: str, since: datetime, until: datetime) -> frozenset[str]:
         """The reporting messages of a recipient's soft bounces from ``since`` to ``until``."""
 
-    # --- ESP webhooks: the replay keys of signed notifications, each accepted once ---
-
     async def claim_esp_token(
         self, vendor: str, token: str, *, at: datetime, forget_before: datetime
     ) -> bool:
@@ -293,7 +263,9 @@ class Store(ApiKeys, Webhooks, Listings, Protocol):
     async def release_esp_token(self, vendor: str, token: str) -> None:
         """Forget a key whose notification was not applied, so that the vendor's retry is."""
 
-    # --- opt-outs by mail: per-source rate limits, requests held for a confirmation link ---
+
+class RateLimits(Protocol):
+    """Per-source rate limits (gateway/ratelimit.py), for every node at once."""
 
     async def take_rate(
         self, buckets: Sequence[tuple[str, int]], *, window: int, at: datetime
@@ -302,6 +274,10 @@ class Store(ApiKeys, Webhooks, Listings, Protocol):
         seconds if every one is below its limit, for every node at once; if any is full,
         change nothing and return False. Windows are at most an hour long (limits of
         several windows share the counters); counts of windows over for an hour go."""
+
+
+class HeldRequests(Protocol):
+    """Opt-outs by mail held for a confirmation link (gateway/held.py)."""
 
     async def hold_request(self, request: HeldRequest, *, actor: str) -> HeldRequest:
         """Keep a request until its link is used (audited); the one on record if its
@@ -318,7 +294,9 @@ class Store(ApiKeys, Webhooks, Listings, Protocol):
     ) -> bool:
         """Mark a request done (audited with ``detail``); False when it was done already."""
 
-    # --- partners, offers and their fan-out (suppression/partners.py) ---
+
+class OfferQueue(Protocol):
+    """Partners, offers and their fan-out (suppression/partners.py, gateway/fanout.py)."""
 
     async def add_partner(self, partner: Partner, *, actor: str) -> None:
         """Register a partner (credential hashed); an existing name is an error. Audited."""
@@ -380,53 +358,71 @@ class Store(ApiKeys, Webhooks, Listings, Protocol):
         """(hash, plaintext if kept) of the people who opted out of a partner's offers."""
 
 
-def sqlite_path(url: str) -> str:
-    """The file a ``sqlite:///PATH`` URL names."""
-    path = url.removeprefix("sqlite://").removeprefix("/")
-    if not path or path == ":memory:":
-        raise StoreError("sqlite store url needs a file: sqlite:///PATH")
-    return path
+class Admin(Protocol):
+    """The command line's imports, reports, exports and checks."""
+
+    def suppression_import(
+        self, *, actor: str, note: Mapping[str, object]
+    ) -> AbstractAsyncContextManager[SuppressionImport]:
+        """A suppression import run; ``note`` (file, format) goes in its audit event."""
+
+    def consent_import(
+        self, *, actor: str, note: Mapping[str, object]
+    ) -> AbstractAsyncContextManager[ConsentImport]:
+        """A consent import run; ``note`` goes in its audit event."""
+
+    def compliance(self) -> AsyncIterator[OptOutCheck]:
+        """Every address opt-out with the count and last time of mail relayed after it."""
+
+    async def subject(self, address: Address) -> SubjectRecord:
+        """Every record about one address."""
+
+    def iter_suppressions(self, scope: str | None) -> AsyncIterator[Suppression]:
+        """Stream suppressions (of one scope, or all)."""
+
+    def iter_consents(self, purpose: str | None) -> AsyncIterator[Consent]:
+        """Stream consent records (of one purpose, or all)."""
+
+    def iter_events(self) -> AsyncGenerator[AuditEvent, None]:
+        """Stream the audit log in sequence order."""
+
+    async def verify_chain(self, expect: Sequence[tuple[int, str]] = ()) -> ChainReport:
+        """Walk the audit log, check every link and rebuild the suppression and consent
+        state it vouches for against the tables (suppression/statecheck.py); ``expect``:
+        (seq, digest) heads anchored earlier that the chain must still hold."""
+
+    async def close(self) -> None:
+        """Release connections."""
 
 
-def sqlite_file(url: str, *, create: bool) -> str:
-    """The file of a ``sqlite:///PATH`` store: its directory made (0700) with ``create``,
-    else known to exist (``StoreMissing``)."""
-    path = Path(sqlite_path(url))
-    if create:
-        try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot make directory {path.parent}: {exc.strerror}") from None
-    elif not path.exists():
-        raise StoreMissing(str(path))
-    return str(path)
+class Store(
+    Lookups,
+    OptOuts,
+    InboundFacts,
+    RateLimits,
+    HeldRequests,
+    OfferQueue,
+    Admin,
+    ApiKeys,
+    Webhooks,
+    Listings,
+    Protocol,
+):
+    """Suppressions, consents and the audit log, behind one async interface: every
+    narrow interface at once (what a backend implements, and what opening one gives)."""
 
 
-async def require_store(url: str) -> None:
-    """StoreMissing unless the store a URL names exists with optgate's schema (reads only)."""
-    if url.startswith("sqlite://"):
-        await asyncio.to_thread(sqlite_file, url, create=False)
-    elif url.startswith(("postgresql://", "postgres://")):
-        from suppression.postgres import require_schema
-
-        await require_schema(url)
+class Partnering(OfferQueue, Lookups, Protocol):
+    """The partner fan-out (gateway/fanout.py): offers, and the relay's facts and ledger."""
 
 
-async def open_store(url: str, *, audit_key: bytes, create: bool = True) -> Store:
-    """Open (and migrate) the store a URL names; ``audit_key`` keys its audit chain.
+class Confirmations(HeldRequests, RateLimits, OptOuts, Protocol):
+    """Opt-outs held for a mailed link (gateway/held.py): counted, held, then applied."""
 
-    ``create``: make a missing store (and a SQLite file's directory, 0700); without
-    it a missing store, or a database without optgate's schema, is ``StoreMissing``.
-    """
-    if url.startswith("sqlite://"):
-        from suppression.sqlite import SQLiteStore
 
-        path = await asyncio.to_thread(sqlite_file, url, create=create)
-        return await SQLiteStore.open(path, audit_key, create=create)
-    if url.startswith(("postgresql://", "postgres://")):
-        from suppression.postgres import PostgresStore
+class InboundApply(InboundFacts, OptOuts, Protocol):
+    """Inbound findings applied (gateway/inbound/apply.py)."""
 
-        return await PostgresStore.open(url, audit_key, create=create)
-    raise StoreError(
-        f"store url {url!r} is not supported: use sqlite:///PATH or postgresql://HOST/DATABASE"
-    )
+
+class Mailbox(InboundFacts, Confirmations, Protocol):
+    """The inbound listener (gateway/inbound/): findings applied, or held for a link."""

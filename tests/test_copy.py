@@ -18,10 +18,11 @@ from typing import Any
 import asyncpg
 
 from suppression.address import identity, normalize
-from suppression.copying import TABLES, Digest
+from suppression.copying import Digest
 from suppression.model import PARTNER_OFFERS, Consent, ImportItem, Reason, Send, now
+from suppression.opening import open_store
 from suppression.partners import Partner, hash_credential
-from suppression.store import open_store
+from suppression.sql.tables import TABLES
 from tests.support.backends import postgres_database
 from tests.support.keys import AUDIT_KEY
 from tests.support.serving import OPTGATE

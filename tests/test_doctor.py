@@ -25,8 +25,8 @@ from gateway.doctor import Check, Status, failed, run_checks
 from gateway.keygen import NewKey, generate, keygen, private_pem, record_value, zone_strings
 from gateway.keys import load_keys
 from gateway.service import running
-from suppression.sqlite import MIGRATIONS
-from suppression.store import open_store
+from suppression.opening import open_store
+from suppression.sql.tables import MIGRATIONS
 from tests.support.backends import postgres_database
 from tests.support.dns import DnsServer, dns_server
 from tests.support.keys import AUDIT_KEY

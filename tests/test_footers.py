@@ -22,7 +22,8 @@ from gateway.tokens import Confirmation
 from gateway.web import WebSettings
 from gateway.wording import LANGUAGES, WORDS
 from suppression.errors import ConfigError
-from suppression.store import Store, open_store
+from suppression.opening import open_store
+from suppression.store import Store
 from tests.support.keys import AUDIT_KEY
 from tests.test_rewrite import body_text_parts, content
 from tests.test_web import JANE, SETTINGS, Site, seed, site_for

@@ -30,7 +30,8 @@ from gateway.tokens import TokenSigner
 from suppression.address import normalize
 from suppression.errors import InvalidAddress
 from suppression.model import Reason, Send, now
-from suppression.store import Store, open_store
+from suppression.opening import open_store
+from suppression.store import Store
 from tests.support.keys import AUDIT_KEY
 from tests.support.smtp import Sink, gateway_config
 from tests.test_rewrite import corpus_root

@@ -23,7 +23,7 @@ from gateway.stores import open_configured
 from gateway.tokens import TokenSigner
 from suppression.address import normalize
 from suppression.model import Send, now
-from suppression.store import open_store
+from suppression.opening import open_store
 from tests import test_cli
 from tests.support.dovecot import Dovecot, private_dovecot
 from tests.support.keys import AUDIT_KEY

@@ -11,8 +11,8 @@ from pathlib import Path
 from gateway.actions import shown
 from suppression.address import normalize
 from suppression.model import PARTNER_OFFERS, Consent, ImportItem, Reason, now
+from suppression.opening import open_store
 from suppression.partners import CopyState, check_credential
-from suppression.store import open_store
 from tests import test_cli
 from tests.support.keys import AUDIT_KEY
 from tests.test_cli import Run, sql

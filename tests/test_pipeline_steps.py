@@ -33,9 +33,10 @@ from gateway.steps import Mail, Services, Step, Steps, run
 from gateway.tokens import TokenSigner
 from suppression.address import normalize
 from suppression.model import PARTNER_OFFERS, Consent, ImportItem, Reason, Send, now
+from suppression.opening import open_store
 from suppression.partners import Partner, hash_credential
 from suppression.scope import Scope
-from suppression.store import Store, open_store
+from suppression.store import Store
 from tests.support.keys import AUDIT_KEY
 from tests.support.smtp import gateway_config, message
 

@@ -16,7 +16,8 @@ import pytest
 from suppression.address import identity, normalize
 from suppression.errors import StoreError, StoreMissing
 from suppression.model import BatchResult, Consent, ConsentItem, ImportItem, Reason, Send, now
-from suppression.store import Store, open_store
+from suppression.opening import open_store
+from suppression.store import Store
 from tests.support.backends import Backend, postgres_database, postgres_sql
 from tests.support.keys import AUDIT_KEY
 
@@ -546,3 +547,22 @@ async def test_a_revocation_without_a_time_is_never_lost_to_an_older_one(
     # and that revocation, now the latest record, is on record for the next import
     third = (await add_consents(store, [timed(replace(revoked, created=now()), False)]))[0]
     assert (third.added, third.present) == (0, 1)
+
+
+async def test_a_failing_statement_is_a_store_error_on_both_backends(backend: Backend) -> None:
+    """One error mapping per backend: the send ledger's batched writes (SQLite's own
+    thread), reads, streams and the hot path all fail as StoreError, never a driver's
+    exception."""
+    store, at = backend.store, now()
+    for table in ("send", "soft_bounce", "consent"):
+        backend.raw_sql(f"DROP TABLE {table}")
+    with pytest.raises(StoreError, match="cannot write"):
+        await store.record_sends([Send("<m@x>", "0" * 64, "news", "marketing", at)])
+    with pytest.raises(StoreError, match="cannot read"):
+        await store.soft_bounces("0" * 64, at - timedelta(days=1), at)
+    with pytest.raises(StoreError, match="cannot read"):
+        await store.sent_to("00")
+    with pytest.raises(StoreError, match="cannot read"):
+        [c async for c in store.iter_consents(None)]
+    with pytest.raises(StoreError, match="cannot read"):
+        await store.lookup_many([normalize("a@example.com")], ["global"], "news")

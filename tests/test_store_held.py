@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 from suppression.model import HeldRequest
-from suppression.store import open_store
+from suppression.opening import open_store
 from tests.support.backends import Backend
 from tests.support.keys import AUDIT_KEY
 

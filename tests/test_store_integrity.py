@@ -15,7 +15,8 @@ from suppression.address import normalize
 from suppression.audit import GENESIS, event_body, plain_link
 from suppression.errors import StoreError
 from suppression.model import Consent, ImportItem, Reason, Send, now
-from suppression.store import Store, open_store
+from suppression.opening import open_store
+from suppression.store import Store
 from tests.support.backends import Backend
 from tests.support.keys import AUDIT_KEY
 

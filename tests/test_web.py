@@ -29,8 +29,9 @@ from gateway.web import SECURITY_HEADERS, WebSettings, client_ip, make_app
 from suppression.address import Address, normalize
 from suppression.errors import ConfigError
 from suppression.model import Consent, ImportItem, Reason, now
+from suppression.opening import open_store
 from suppression.scope import GLOBAL
-from suppression.store import Store, open_store
+from suppression.store import Store
 from tests.support.keys import AUDIT_KEY
 from tests.support.tokens import claimed
 

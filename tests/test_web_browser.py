@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from suppression.store import Store, open_store
+from suppression.opening import open_store
+from suppression.store import Store
 from tests.support.keys import AUDIT_KEY
 from tests.test_web import JANE, Site, seed, site_for
 

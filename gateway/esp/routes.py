@@ -33,7 +33,7 @@ from gateway.inbound.apply import Applied, apply
 from gateway.metrics import Metrics
 from gateway.tokens import TokenSigner
 from suppression.model import Source, now
-from suppression.store import Store
+from suppression.store import InboundApply
 
 log = structlog.get_logger("optgate.esp")
 CHUNK = 64 * 1024
@@ -46,7 +46,7 @@ class Hooks:
         self,
         vendors: Sequence[Vendor],
         *,
-        store: Store,
+        store: InboundApply,
         config: Config,
         signer: TokenSigner,
         metrics: Metrics,
@@ -59,7 +59,7 @@ class Hooks:
         cls,
         config: Config,
         *,
-        store: Store,
+        store: InboundApply,
         signer: TokenSigner,
         metrics: Metrics,
         sns: SnsClient | None = None,

@@ -36,7 +36,7 @@ from suppression.address import Address, normalize
 from suppression.errors import InvalidAddress
 from suppression.model import Source, now
 from suppression.scope import GLOBAL, Scope
-from suppression.store import Store
+from suppression.store import InboundApply
 
 log = structlog.get_logger("optgate.inbound")
 ACTOR = "inbound"
@@ -91,7 +91,7 @@ class Forged(Exception):
 async def apply(
     classification: Classification,
     *,
-    store: Store,
+    store: InboundApply,
     config: Config,
     dry_run: bool = False,
     signer: TokenSigner | None = None,
@@ -138,7 +138,7 @@ class _Context:
     """One message's application: what every finding of it shares."""
 
     message: Classification
-    store: Store
+    store: InboundApply
     config: Config
     dry_run: bool
     signer: TokenSigner

@@ -34,7 +34,7 @@ from gateway.inbound.mailboxes import Mailboxes
 from gateway.keys import load_keys
 from gateway.optouts import InboundNote
 from suppression.address import Address
-from suppression.store import Store
+from suppression.store import Mailbox
 
 log = structlog.get_logger("optgate.inbound")
 
@@ -45,14 +45,14 @@ class OptOuts:
     and a way to ask the address itself."""
 
     config: Config
-    store: Store
+    store: Mailbox
     authenticator: Authenticator
     held: Held
     mailboxes: Mailboxes | None  # None: no [inbound] domains (a mailbox read by ingest)
     key: bytes  # the token key: secrets of inbound requests, digests of rate-limit sources
 
     @classmethod
-    def from_config(cls, config: Config, store: Store, mailboxes: Mailboxes | None) -> OptOuts:
+    def from_config(cls, config: Config, store: Mailbox, mailboxes: Mailboxes | None) -> OptOuts:
         """Wired from the configuration."""
         key = load_keys(Path(config.unsubscribe.key_file))[0]
         held = Held.from_config(config, store)

@@ -25,7 +25,7 @@ from gateway.inbound.optouts import OptOuts
 from gateway.inbound.trace import Client
 from gateway.metrics import Metrics
 from gateway.tokens import TokenSigner
-from suppression.store import Store
+from suppression.store import Mailbox
 
 log = structlog.get_logger("optgate.inbound")
 
@@ -41,7 +41,7 @@ class Receiver:
     def __init__(
         self,
         *,
-        store: Store,
+        store: Mailbox,
         config: Config,
         signer: TokenSigner,
         mailboxes: Mailboxes,

@@ -3,15 +3,14 @@ endpoints and their outbox, the send ledger's campaign, and the listings and rep
 the REST API reads.
 
 ``Integration`` implements each operation once over the driver interface
-(suppression/sql/driver.py); a store provides ``_sql_write`` (one transaction with
-its audit chain) and ``_sql_read``.
+(suppression/sql/driver.py).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TypeVar
@@ -36,66 +35,9 @@ from suppression.rows import (
     to_consent,
     to_suppression,
 )
-from suppression.sql.driver import Row, Sql, Transaction
-from suppression.sql.schema import AddColumn, Column, Table
+from suppression.sql.driver import Driver, Row, Sql, Transaction
 
 T = TypeVar("T")
-
-API_KEY = Table(
-    "api_key",
-    (
-        Column("id", "key"),
-        Column("name", "key"),
-        Column("scopes", "text"),
-        Column("salt", "text"),
-        Column("digest", "text"),
-        Column("created", "time"),
-        Column("revoked", "time", null=True),
-    ),
-    primary=("id",),
-    indexes=(("api_key_by_name", ("name",)),),
-)
-WEBHOOK = Table(
-    "webhook",
-    (
-        Column("name", "key"),
-        Column("url", "text"),
-        Column("events", "text"),  # ",type,type,": matched with LIKE
-        Column("include_address", "bool", null=True),
-        Column("secret", "text"),
-        Column("previous_secret", "text", null=True),
-        Column("previous_until", "time", null=True),
-        Column("created", "time"),
-    ),
-    primary=("name",),
-)
-OUTBOX = Table(
-    "outbox",
-    (
-        Column("id", "id"),
-        Column("webhook", "key"),
-        Column("uid", "key"),
-        Column("type", "text"),
-        Column("key", "key"),  # the subject's hash: erasure clears the address by it
-        Column("data", "text"),
-        Column("address", "text", null=True),
-        Column("created", "time"),
-        Column("state", "text"),
-        Column("attempts", "int"),
-        Column("due", "time"),  # next attempt; while leased, the end of the lease
-        Column("owner", "text", null=True),
-        Column("status", "text", null=True),
-        Column("done", "time", null=True),
-    ),
-    indexes=(
-        ("outbox_due", ("state", "due")),
-        ("outbox_by_key", ("key",)),
-        ("outbox_by_webhook", ("webhook",)),
-    ),
-)
-TABLES = (API_KEY, WEBHOOK, OUTBOX)
-# the send ledger's Feedback-ID campaign (X-Optgate-Campaign), for the rates report
-SEND_CAMPAIGN = AddColumn("send", Column("campaign", "text", null=True))
 
 KEY_COLUMNS = "id, name, scopes, salt, digest, created, revoked"
 HOOK_COLUMNS = (
@@ -298,16 +240,8 @@ async def _append_page(
         await sql.executemany(INSERT_OUTBOX, rows)
 
 
-class Integration:
+class Integration(Driver):
     """The integration operations, once for both stores."""
-
-    async def _sql_write(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
-        """Run ``work`` in one write transaction holding the audit chain."""
-        raise NotImplementedError
-
-    async def _sql_read(self, work: Callable[[Sql], Awaitable[T]]) -> T:
-        """Run ``work`` on a connection for reading (errors as StoreError)."""
-        raise NotImplementedError
 
     @staticmethod
     async def _append_events(

@@ -16,7 +16,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from suppression.store import Store, open_store
+from suppression.opening import open_store
+from suppression.store import Store
 from tests.support.keys import AUDIT_KEY
 
 

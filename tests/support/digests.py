@@ -4,7 +4,8 @@ was written: two stores holding the same records have the same digests."""
 
 from __future__ import annotations
 
-from suppression.copying import TABLES, Digest, PostgresSide, Side, SQLiteSide
+from suppression.copying import Digest, PostgresSide, Side, SQLiteSide
+from suppression.sql.tables import TABLES
 
 # the columns that point to the audit log, or number rows: they differ between stores
 NOT_CONTENT = {"suppression": ("event",), "consent": ("id", "event")}
