@@ -24,11 +24,12 @@ from gateway.errors import BadControlHeader, Phase, smtp_reply
 from gateway.footers import Footers
 from gateway.metrics import Metrics
 from gateway.outcomes import ALREADY, DROPPED, UNCERTAIN, Reply, Result, of_copy
-from gateway.policy import MessageClass, Rules, Verdict, decide, scopes_for
+from gateway.policy import IP, ClassRules, MessageClass, Rules, Verdict, decide, scopes_for
 from gateway.relay import Outcome, Relay
 from gateway.rewrite import Footer, Links, Prepared, prepare, strip_headers
 from gateway.signing import Signer, for_next_hop
 from gateway.tokens import Claims, TokenSigner
+from gateway.xforward import Forwarded
 from suppression.address import Address, normalize
 from suppression.errors import InvalidAddress, OptgateError
 from suppression.model import Ledger, Send, check_name, now
@@ -50,6 +51,7 @@ class Envelope:
     rcpt_tos: tuple[str, ...]
     content: bytes
     mail_options: tuple[str, ...] = ()
+    client: Forwarded | None = None  # the original client (XFORWARD, else the session's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ class Classified:
     message_id: str
     ledger_key: str
     campaign: str | None = None  # X-Optgate-Campaign: the Feedback-ID's first field
+    class_by: str = "header"  # what gave the class: header, sender, domain, network, default
 
     @property
     def feedback_id(self) -> str:
@@ -114,13 +117,23 @@ def header_values(content: bytes, names: Collection[str]) -> dict[str, str]:
 
 
 def classify(
-    content: bytes, mail_from: str, default_topic: str, sender_topics: Mapping[str, str]
+    content: bytes,
+    mail_from: str,
+    default_topic: str,
+    sender_topics: Mapping[str, str],
+    classes: ClassRules | None = None,
+    client: IP | None = None,
 ) -> Classified:
-    """Class and topic from X-Optgate-* headers, else the sender rules, else the default."""
+    """Class and topic from X-Optgate-* headers, else the envelope rules (``classes`` by
+    sender, domain, client network; ``sender_topics``), else the defaults."""
     headers = header_values(
         content, ("x-optgate-class", "x-optgate-topic", "x-optgate-campaign", "message-id")
     )
-    raw_class = headers.get("x-optgate-class", "").lower() or "marketing"
+    raw_class = headers.get("x-optgate-class", "").lower()
+    by = "header"
+    if not raw_class:
+        by_envelope = (classes or ClassRules()).classify(mail_from, client)
+        raw_class, by = by_envelope[0].value, by_envelope[1]
     try:
         kind = MessageClass(raw_class)
     except ValueError:
@@ -144,7 +157,7 @@ def classify(
         except OptgateError as exc:
             raise BadControlHeader(str(exc), "X-Optgate-Campaign", campaign) from None
     message_id = headers.get("message-id", "")
-    return Classified(kind, topic, message_id, ledger_key(message_id, content), campaign)
+    return Classified(kind, topic, message_id, ledger_key(message_id, content), campaign, by)
 
 
 def ledger_key(message_id: str, content: bytes) -> str:
@@ -216,6 +229,7 @@ class Pipeline:
         sender_topics: Mapping[str, str],
         ledger_window: timedelta,
         metrics: Metrics,
+        classes: ClassRules | None = None,
         resend_uncertain: bool = False,
         dkim: Signer | None = None,
         verp: Verp | None = None,
@@ -223,6 +237,7 @@ class Pipeline:
         self._store, self._relay, self._signer = store, relay, signer
         self._rules, self._branding = rules, branding
         self._default_topic, self._sender_topics = default_topic, sender_topics
+        self._classes = classes or ClassRules()
         self._window = ledger_window
         self._resend_uncertain = resend_uncertain
         self._metrics = metrics
@@ -234,8 +249,17 @@ class Pipeline:
     def classify(self, envelope: Envelope) -> Classified:
         """Classify a message with the configured defaults."""
         return classify(
-            envelope.content, envelope.mail_from, self._default_topic, self._sender_topics
+            envelope.content,
+            envelope.mail_from,
+            self._default_topic,
+            self._sender_topics,
+            self._classes,
+            envelope.client.client_ip if envelope.client else None,
         )
+
+    def envelope_class(self, mail_from: str, client: IP | None) -> tuple[MessageClass, str]:
+        """The class a message from this sender and client has without a header."""
+        return self._classes.classify(mail_from, client)
 
     def sender_topic(self, mail_from: str) -> str:
         """The topic a message from this envelope sender has without a header."""
@@ -301,6 +325,7 @@ class Pipeline:
                 reason=reason,
                 topic=message.topic,
                 kind=message.kind.value,
+                class_by=message.class_by,
                 message_id=message.message_id,
                 rcpt=d.sha256[:16] or None,
             )
@@ -497,7 +522,7 @@ class Pipeline:
             return True
 
         outcome = await self._relay.send_committed(
-            sender, rcpt.raw, data, hold, envelope.mail_options
+            sender, rcpt.raw, data, hold, envelope.mail_options, envelope.client
         )
         if outcome is None:  # hold() never declines
             raise AssertionError("a held copy was abandoned")
