@@ -18,6 +18,7 @@ import ipaddress
 import os
 import socket
 import sqlite3
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -40,6 +41,8 @@ from gateway.inbound.alignment import organisational
 from gateway.inbound.mailboxes import MAX_LOCAL_PART, Mailboxes, Role
 from gateway.keygen import PrivateKey, public_key_bytes, zone_line
 from gateway.keys import load_keys
+from gateway.relay_tls import client_context
+from gateway.server import advertised_size
 from gateway.signing import load_private_key, parse_key_entry
 from gateway.stores import load_audit_key, open_configured
 from gateway.tokens import SHORT_TOKEN_CHARS
@@ -286,9 +289,15 @@ async def _web_is_optgate(host: str, port: int) -> bool:
 
 
 async def _next_hop(config: Config) -> Check:
-    """The next hop answers EHLO (and offers STARTTLS if that is required); it is not us."""
+    """The next hop answers EHLO (and offers STARTTLS if that is required, with a
+    certificate that verifies where [relay] tls_verify checks it); it is not us; its SIZE
+    takes what [smtp] max_message_size lets in."""
     name, where = "next hop", config.relay.next_hop
     host, port = where
+    try:
+        tls = client_context(config.relay)
+    except ConfigError as exc:
+        return Check(Status.FAIL, name, str(exc))
     client = aiosmtplib.SMTP(
         hostname=host,
         port=port,
@@ -296,10 +305,17 @@ async def _next_hop(config: Config) -> Check:
         start_tls=False,
         local_hostname=config.smtp.hostname or socket.gethostname(),
     )
+    tls_failed = ""
     try:
         greeting = await client.connect()
         reply = await client.ehlo()
         starttls = client.supports_extension("starttls")
+        size = client.esmtp_extensions.get("size", "")
+        if starttls and tls is not None and config.relay.starttls != "never":
+            try:
+                await client.starttls(tls_context=tls, server_hostname=host)
+            except (aiosmtplib.SMTPException, ssl.SSLError) as exc:
+                tls_failed = str(exc) or type(exc).__name__
         with contextlib.suppress(aiosmtplib.SMTPException, OSError):
             await client.quit()
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
@@ -315,7 +331,27 @@ async def _next_hop(config: Config) -> Check:
         return Check(
             Status.FAIL, name, f"{where} offers no STARTTLS, and [relay] starttls = required"
         )
+    if tls_failed:
+        return Check(
+            Status.FAIL,
+            name,
+            f"{where}: its certificate does not verify ({tls_failed}): every copy would get "
+            "451 4.7.5; set [relay] tls_ca_file to its CA, or tls_verify = never",
+        )
     server = reply.message.splitlines()[0] if reply.message else "?"
+    own = config.smtp.max_message_size
+    hop = int(size) if size.strip().isdigit() and int(size) > 0 else None
+    agreed = advertised_size(own, hop)
+    if hop is not None and (own == 0 or agreed < own):
+        return Check(
+            Status.WARN,
+            name,
+            f"{where} takes at most {hop} bytes (SIZE), [smtp] max_message_size is "
+            f"{own or 'unlimited'}: "
+            f"optgate offers {agreed} (room for the footer) and refuses larger mail at MAIL "
+            f"FROM; set [smtp] max_message_size = {agreed}, or raise the next hop's limit "
+            "(Postfix: message_size_limit)",
+        )
     return Check(Status.PASS, name, f"{where} answers EHLO ({server})")
 
 
