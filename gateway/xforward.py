@@ -23,7 +23,6 @@ MAX_COMMAND = 512 - 2  # RFC 5321's command line, without its CRLF
 
 _XTEXT = re.compile(rb"\+([0-9A-F]{2})")
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
-_IDENT = re.compile(r"[A-Za-z0-9._-]+")
 _SPECIALS = set('()<>@,;:\\"[]')
 
 
@@ -60,7 +59,7 @@ def _valid(name: str, value: str) -> bool:
     if name == "PROTO":
         return len(value) <= 64 and not _SPECIALS & set(value)
     if name == "IDENT":
-        return bool(_IDENT.fullmatch(value))
+        return not _SPECIALS & set(value)
     return value.upper() in ("LOCAL", "REMOTE")  # SOURCE
 
 
