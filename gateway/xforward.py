@@ -54,7 +54,9 @@ def _valid(name: str, value: str) -> bool:
         return True
     if name == "PORT":
         return value.isdigit() and int(value) < 65536
-    if name in ("NAME", "HELO"):
+    if name == "HELO":  # whatever the client said: a name, an address literal, worse
+        return True
+    if name == "NAME":
         return value.upper() == "[TEMPUNAVAIL]" or bool(_HOST.fullmatch(value))
     if name == "PROTO":
         return len(value) <= 64 and not _SPECIALS & set(value)
@@ -109,7 +111,8 @@ class Forwarded:
         if mapped is not None:
             address = mapped
         shown = f"IPV6:{address}" if address.version == 6 else str(address)
-        helo_ok = helo if _HOST.fullmatch(helo or "") else UNAVAILABLE
+        plain = bool(helo) and len(helo) <= MAX_VALUE and all(0x21 <= ord(c) <= 0x7E for c in helo)
+        helo_ok = helo if plain else UNAVAILABLE
         return cls.start(
             {
                 "ADDR": shown,

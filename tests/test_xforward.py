@@ -44,6 +44,7 @@ def test_attributes_are_decoded_from_xtext_and_checked() -> None:
         "PORT=http",
         "NAME=bad_host!",
         "HELO=a+0Ab",  # a control character, encoded
+        "HELO=a+20b",  # a space, encoded
         "NAME=a+4",  # not xtext
         "SOURCE=SOMEWHERE",
         "IDENT=a<b",
