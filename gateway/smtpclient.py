@@ -17,10 +17,12 @@ from collections import deque
 from collections.abc import Sequence
 from typing import NamedTuple, cast
 
+import structlog
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
 from gateway.xforward import Forwarded
 
+log = structlog.get_logger("optgate.relay")
 # the replies that let MAIL, RCPT and DATA go on
 _GO_AHEAD = ((250,), (250, 251), (354,))
 MAX_REPLY = 65536  # bytes of one reply (RFC 5321 allows 512 per line; some send many lines)
@@ -161,6 +163,13 @@ def _wire(data: bytes) -> bytes:
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
+def _forwarded(reply: Reply) -> None:
+    """An XFORWARD reply: the copy goes on whatever it says (as Postfix's client does), a
+    refusal is logged."""
+    if reply.code != 250:
+        log.warning("xforward_refused", code=reply.code)
+
+
 class Connection:
     """An open, greeted SMTP connection, STARTTLS done where wanted."""
 
@@ -274,8 +283,8 @@ class Connection:
         size: int = 0,
         xforward: Forwarded | None = None,
     ) -> None:
-        """XFORWARD (when the next hop offers it), MAIL, RCPT and DATA (in one write when
-        PIPELINING is offered), up to the 354.
+        """XFORWARD (when the next hop offers it; its refusal stops nothing), MAIL, RCPT and
+        DATA (in one write when PIPELINING is offered), up to the 354.
 
         ``size``: the copy's length, said as SIZE= when the next hop offers SIZE; a copy
         over the next hop's SIZE is refused here (552 5.3.4) and nothing is sent.
@@ -301,14 +310,19 @@ class Connection:
         if xforward is not None and "XFORWARD" in self.extensions:
             forward = xforward.commands(frozenset(self.parameters["XFORWARD"].upper().split()))
         commands = (*forward, mail, b"RCPT TO:" + _address(recipient, encoding), b"DATA")
-        wants = ((250,),) * len(forward) + _GO_AHEAD
         if "PIPELINING" not in self.extensions:
-            for command, wanted in zip(commands, wants, strict=True):
+            for command in forward:
+                self._write(command + b"\r\n")
+                _forwarded(await self._reply())
+            for command, wanted in zip(commands[len(forward) :], _GO_AHEAD, strict=True):
                 await self._command(command, *wanted)
             return
         self._write(b"".join(command + b"\r\n" for command in commands))
         replies = [await self._reply() for _ in commands]
-        for reply, wanted in zip(replies, wants, strict=True):
+        for reply in replies[: len(forward)]:
+            _forwarded(reply)
+        replies = replies[len(forward) :]
+        for reply, wanted in zip(replies, _GO_AHEAD, strict=True):
             if reply.code not in wanted:
                 if replies[-1].code == 354:  # a DATA the next hop took in spite of it
                     # closing ends the transaction; RFC 2920's single "." instead could

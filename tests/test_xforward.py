@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.service import running
+from gateway.smtpclient import Connection
 from gateway.xforward import BadXforward, Forwarded, parse_xforward
 from tests.support.people import FAN, SENDER, seed
 from tests.support.smtp import gateway_config, message, sink
@@ -137,3 +138,43 @@ async def test_a_next_hop_without_xforward_gets_none(tmp_path: Path) -> None:
 
             await asyncio.to_thread(talk)
     assert [m.xforward for m in hop.messages] == [[]]
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_a_refused_xforward_does_not_stop_the_copy(pipelining: bool) -> None:
+    """As Postfix's client: the next hop's log lacks the client, the copy still goes."""
+    seen: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 hop.test\r\n")
+        await reader.readline()
+        extra = b"250-PIPELINING\r\n" if pipelining else b""
+        writer.write(b"250-hop.test\r\n" + extra + b"250 XFORWARD NAME ADDR\r\n")
+        replies = [b"550 5.7.0 Error: insufficient authorization", b"250 ok", b"250 ok", b"354 go"]
+        for reply in replies:
+            seen.append(await reader.readline())
+            if not pipelining or reply.startswith(b"354"):
+                writer.write(b"\r\n".join(replies if pipelining else [reply]) + b"\r\n")
+        while await reader.readline() not in (b".\r\n", b""):
+            pass
+        writer.write(b"250 queued\r\n")
+        await reader.readline()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        connection = await Connection.open(
+            "127.0.0.1", port, seconds=5, local_hostname="optgate.test", starttls="never"
+        )
+        forwarded = Forwarded.start({"ADDR": "10.0.0.1", "HELO": "app.test"})
+        await connection.start("a@sender.example", "b@rcpt.example", xforward=forwarded)
+        connection.write_content(b"Subject: hi\r\n\r\nhello\r\n", end=True)
+        reply = await connection.end_reply()
+        connection.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert reply.code == 250
+    assert seen[0] == b"XFORWARD NAME=[UNAVAILABLE] ADDR=10.0.0.1\r\n"  # only what is offered
+    assert seen[1].startswith(b"MAIL FROM:<a@sender.example>")
