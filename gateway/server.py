@@ -447,7 +447,9 @@ class Handler(Pipelining, EnvelopeRules):
             mail_from = envelope.mail_from or ""
             client = forwarded(session, envelope)
             topic = self._pipeline.sender_topic(mail_from)
-            kind, _ = self._pipeline.envelope_class(mail_from, client.client_ip if client else None)
+            kind, by = self._pipeline.envelope_class(
+                mail_from, client.client_ip if client else None
+            )
             [decision] = await self._pipeline.verdicts([address], kind, topic)
             if not decision.verdict.keep:
                 log.info(
@@ -455,6 +457,8 @@ class Handler(Pipelining, EnvelopeRules):
                     verdict="reject",
                     reason=decision.verdict.reason,
                     topic=topic,
+                    kind=kind.value,
+                    class_by=by,
                     rcpt=decision.sha256[:16] or None,
                 )
                 return OPTED_OUT
