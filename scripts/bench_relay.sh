@@ -62,6 +62,8 @@ trap 'rm -rf "$WORK"' EXIT
 RESULTS=$WORK/results.jsonl
 
 [ -n "$STORE" ] || STORE=sqlite:///$WORK/bench.db
+# the store's audit chain is keyed with the tests' key: optgate serve gets it as a file
+.venv/bin/python -c "import sys; from pathlib import Path; from tests.support.keys import AUDIT_KEY; p = Path(sys.argv[1]); p.write_text(AUDIT_KEY.hex()); p.chmod(0o600)" "$WORK/audit.key"
 .venv/bin/python - "$STORE" <<'EOF'
 import asyncio, sys
 from tests.support.keys import AUDIT_KEY
@@ -96,7 +98,8 @@ fi
 optgate_cmd() {
     echo "$FRESH OPTGATE_SMTP_LISTEN=127.0.0.1:{RELAY_PORT} OPTGATE_RELAY_NEXT_HOP=127.0.0.1:{SINK_PORT} \
 OPTGATE_STORE_URL=$STORE OPTGATE_POLICY_REQUIRE_CONSENT=false $DKIM_ENV \
-OPTGATE_UNSUBSCRIBE_KEY_FILE=$WORK/key exec $REPO/.venv/bin/optgate serve --only smtp --workers $1 --cpu-affinity $AFFINITY"
+OPTGATE_UNSUBSCRIBE_KEY_FILE=$WORK/key OPTGATE_STORE_AUDIT_KEY_FILE=$WORK/audit.key \
+OPTGATE_STORE_AUDIT_ANCHOR_FILE=$WORK/audit.head exec $REPO/.venv/bin/optgate serve --only smtp --workers $1 --cpu-affinity $AFFINITY"
 }
 PASS_CMD="exec $REPO/.venv/bin/python $BENCH/passthrough_relay.py --listen-port {RELAY_PORT} --next-port {SINK_PORT}"
 
