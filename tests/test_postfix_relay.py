@@ -97,6 +97,12 @@ async def test_postfix_hands_mail_to_optgate_over_lmtp_as_the_guide_says(tmp_pat
     assert [m.rcpt_tos for m in final.messages] == [[FAN]]
     lmtp_lines = [line for line in log.splitlines() if "postfix/lmtp-optgate" in line]
     assert sum("status=sent" in line for line in lmtp_lines) == 2, lmtp_lines  # one per recipient
+    # Postfix's lmtp client sent XFORWARD, optgate passed it on: the queue id of the original
+    reinjected = [
+        line for line in log.splitlines() if "reinject/smtpd" in line and "client=" in line
+    ]
+    assert reinjected
+    assert all("orig_queue_id=" in line for line in reinjected), reinjected
 
 
 GUIDE_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "postfix" / "optgate.toml"
