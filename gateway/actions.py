@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from gateway.pipeline import purpose_of
+from gateway.message import purpose_of
 from gateway.policy import MessageClass, Rules, Verdict, decide, scopes_for
 from gateway.stores import read_anchor, write_anchor
 from suppression.address import Address, normalize

@@ -216,7 +216,9 @@ async def dkim_keygen(args: argparse.Namespace, config: Config) -> int:
 
 async def doctor(args: argparse.Namespace, config: Config) -> int:
     """optgate doctor: one line per check; 1 if any failed."""
-    checks = await run_checks(config)
+    from gateway.workers import default_count  # forks and event loops: only here
+
+    checks = await run_checks(config, workers=args.workers or default_count())
     for check in checks:
         print(check.line())
     return 1 if failed(checks) else 0

@@ -233,11 +233,18 @@ def _other_commands(group: Group) -> None:
     )
     _json(rates)
     _dkim_commands(group)
-    _command(
+    doctor = _command(
         group,
         "doctor",
         "gateway.admin:doctor",
         "check the configuration and the sending domains' DNS; exit 1 on any FAIL",
+    )
+    doctor.add_argument(
+        "--workers",
+        type=_count,
+        metavar="N",
+        help="the optgate serve --workers count to check the next hop's sessions for "
+        "(default: one per core, as serve)",
     )
     store = group.add_parser("store", help="store maintenance")
     sub = store.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -201,7 +201,22 @@ class Relay:
         "empty: the system's CAs",
         path=_path,
     )
-    pool_size: int = _opt(32, "most connections kept open to the next hop")
+    next_hop_sessions: int = _opt(
+        20,
+        "SMTP sessions the next hop serves this node at once (Postfix: the reinjection "
+        "listener's maxproc, which must be at least this); the workers share them",
+    )
+    pool_size: int = _opt(
+        0,
+        "most connections each worker holds to the next hop; 0: next_hop_sessions / workers "
+        "(at least 1)",
+    )
+    idle_seconds: int = _opt(2, "a pooled connection idle this long is closed (QUIT)")
+    busy_seconds: int = _opt(
+        30,
+        "how long a copy waits while the next hop is busy (connection refused, 421) "
+        "before 451 4.4.5",
+    )
     timeout: int = _opt(60, "seconds to wait for the next hop before answering 451")
     ledger_hours: int = _opt(72, "how long a delivery is remembered to skip it on retry")
     uncertain: Literal["skip", "resend"] = _opt(
@@ -209,6 +224,11 @@ class Relay:
         "a copy whose reply after the final dot was lost (it may have arrived): not sent "
         "again on the client's retry (skip), or sent again (resend, may duplicate)",
     )
+
+    def per_worker(self, workers: int) -> int:
+        """Each worker's pool: ``pool_size`` if set, else its share of the next hop's
+        sessions (at least one), so that all workers together never hold more."""
+        return self.pool_size or max(1, self.next_hop_sessions // max(1, workers))
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 Each check is a small function giving one :class:`Check`. Nothing is changed:
 a missing store or key file is reported, not created, and an older store is
 not migrated. The only network traffic goes to the configured things: the
-listen addresses (bound for a moment; probed if taken), the next hop (EHLO),
-and the resolver (SPF, DKIM, DMARC, MX).
+listen addresses (bound for a moment; probed if taken), the next hop (EHLO, and
+as many sessions at once as the workers' pools may hold), and the resolver
+(SPF, DKIM, DMARC, MX).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from gateway.keys import load_keys
 from gateway.relay_tls import client_context
 from gateway.server import advertised_size
 from gateway.signing import load_private_key, parse_key_entry
+from gateway.smtpclient import Broken, Connection
 from gateway.stores import load_audit_key, open_configured
 from gateway.tokens import SHORT_TOKEN_CHARS
 from gateway.web import SECURITY_HEADERS
@@ -94,9 +96,10 @@ def system_resolver() -> dns.asyncresolver.Resolver:
 
 
 async def run_checks(
-    config: Config, *, resolver: dns.asyncresolver.Resolver | None = None
+    config: Config, *, resolver: dns.asyncresolver.Resolver | None = None, workers: int = 1
 ) -> list[Check]:
-    """Every check, in report order: configuration first, then DNS per sending domain."""
+    """Every check, in report order: configuration first, then DNS per sending domain;
+    ``workers``: the ``optgate serve --workers`` count the pools are sized for."""
     keys = [_load_key(entry) for entry in config.dkim.keys]
     local = await asyncio.gather(
         asyncio.to_thread(_token_keys, Path(config.unsubscribe.key_file)),
@@ -104,7 +107,7 @@ async def run_checks(
         _listen("smtp", config.smtp.listen, _smtp_is_optgate),
         _listen("web", config.web.listen, _web_is_optgate),
         _store(config),
-        _next_hop(config),
+        _next_hop(config, workers),
     )
     dkim = [check for check, _ in keys] or [_no_dkim()]
     loaded = [key for _, key in keys if key is not None]
@@ -288,10 +291,11 @@ async def _web_is_optgate(host: str, port: int) -> bool:
     return policy == SECURITY_HEADERS["Content-Security-Policy"]
 
 
-async def _next_hop(config: Config) -> Check:
+async def _next_hop(config: Config, workers: int) -> Check:
     """The next hop answers EHLO (and offers STARTTLS if that is required, with a
-    certificate that verifies where [relay] tls_verify checks it); it is not us; its SIZE
-    takes what [smtp] max_message_size lets in."""
+    certificate that verifies where [relay] tls_verify checks it); it is not us; it
+    serves every connection the workers' pools may hold at once; its SIZE takes what
+    [smtp] max_message_size lets in."""
     name, where = "next hop", config.relay.next_hop
     host, port = where
     try:
@@ -339,20 +343,69 @@ async def _next_hop(config: Config) -> Check:
             "451 4.7.5; set [relay] tls_ca_file to its CA, or tls_verify = never",
         )
     server = reply.message.splitlines()[0] if reply.message else "?"
+    sessions = await _sessions(config, workers, f"{where} answers EHLO ({server})")
     own = config.smtp.max_message_size
     hop = int(size) if size.strip().isdigit() and int(size) > 0 else None
     agreed = advertised_size(own, hop)
-    if hop is not None and (own == 0 or agreed < own):
+    if sessions.status is Status.FAIL or hop is None or (own and agreed >= own):
+        return sessions
+    also = f"; {sessions.detail}" if sessions.status is Status.WARN else ""
+    return Check(
+        Status.WARN,
+        name,
+        f"{where} takes at most {hop} bytes (SIZE), [smtp] max_message_size is "
+        f"{own or 'unlimited'}: "
+        f"optgate offers {agreed} (room for the footer) and refuses larger mail at MAIL "
+        f"FROM; set [smtp] max_message_size = {agreed}, or raise the next hop's limit "
+        f"(Postfix: message_size_limit){also}",
+    )
+
+
+async def _session(config: Config) -> Connection | None:
+    """One greeted session at the next hop, or None when it refused or kept silent."""
+    host, port = config.relay.next_hop
+    try:
+        return await Connection.open(
+            host,
+            port,
+            seconds=PROBE_SECONDS,
+            local_hostname=config.smtp.hostname or socket.gethostname(),
+            starttls="never",
+        )
+    except (Broken, OSError, TimeoutError):
+        return None
+
+
+async def _sessions(config: Config, workers: int, found: str) -> Check:
+    """The next hop serves, at once, every connection the workers' pools may hold."""
+    name, relay = "next hop", config.relay
+    size = relay.per_worker(workers)
+    wanted = workers * size
+    sessions = await asyncio.gather(*(_session(config) for _ in range(wanted)))
+    for session in sessions:
+        if session is not None:
+            session.leave()
+    served = sum(session is not None for session in sessions)
+    shares = f"{workers} worker(s) x pool_size {size}"
+    if served < wanted:
+        return Check(
+            Status.FAIL,
+            name,
+            f"{found}, but served {served} of {wanted} sessions at once ({shares}): "
+            f"raise its limit to at least {wanted} (Postfix: the reinjection listener's "
+            "maxproc in master.cf) or lower [relay] next_hop_sessions; optgate's own "
+            "connections count too while it runs",
+        )
+    if wanted > relay.next_hop_sessions:
         return Check(
             Status.WARN,
             name,
-            f"{where} takes at most {hop} bytes (SIZE), [smtp] max_message_size is "
-            f"{own or 'unlimited'}: "
-            f"optgate offers {agreed} (room for the footer) and refuses larger mail at MAIL "
-            f"FROM; set [smtp] max_message_size = {agreed}, or raise the next hop's limit "
-            "(Postfix: message_size_limit)",
+            f"{found}; {shares} = {wanted} connections, more than [relay] "
+            f"next_hop_sessions = {relay.next_hop_sessions}: run fewer workers, lower "
+            "pool_size (0 shares next_hop_sessions), or raise next_hop_sessions with the "
+            "next hop's limit",
         )
-    return Check(Status.PASS, name, f"{where} answers EHLO ({server})")
+    return Check(Status.PASS, name, f"{found}, serves {wanted} sessions at once ({shares})")
 
 
 # --- the store --------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The partner fan-out: each node claims copies of running offers and mails them itself.
 
-Per batch: plan queued offers (audience snapshot), claim copies (a lease),
-decide each recipient again (suppressions and consents of this moment), then for
-each kept one: the offer as the company's message (partner headers filtered by
-the allow-list, From and envelope sender the company's), the personal
+Per batch: plan queued offers (audience snapshot), claim copies (a lease), then
+each offer's claimed copies through pipelines.PARTNER_OFFERS: decide
+each recipient again (suppressions and consents of this moment), then for each
+kept one the offer as the company's message (``compose``: partner headers filtered
+by the allow-list, From and envelope sender the company's), the personal
 unsubscribe token of ``partner:NAME``, the rewrite, DKIM, and the relay with a
 commit point: the copy is marked sent in the store after its content went to
 the next hop and before the final "." (gateway/relay.py, ``send_committed``).
@@ -17,32 +18,25 @@ import asyncio
 import functools
 import secrets
 import socket
-import time
-from collections.abc import Callable, Sequence
 from datetime import timedelta
 from email.utils import formataddr
 
 import structlog
 
-from gateway import mime
+from gateway import mime, pipelines
 from gateway.config import Partners
-from gateway.metrics import Metrics
+from gateway.message import Envelope
 from gateway.pipeline import Pipeline
-from gateway.policy import MessageClass
-from gateway.relay import Outcome, Relay
-from gateway.rewrite import FooterTemplates, Prepared
-from gateway.tokens import Claims
+from gateway.rewrite import Prepared
+from gateway.steps import Finish, Mail, OfferRun, run
 from suppression.errors import OptgateError
-from suppression.model import PARTNER_OFFERS, Send, now
+from suppression.model import PARTNER_OFFERS, now
 from suppression.partners import Claim, CopyState, Offer, OfferState
-from suppression.scope import Scope
 from suppression.store import Store
 
 log = structlog.get_logger("optgate.fanout")
-Finish = Callable[[], None]
 
 IDLE_SECONDS = 1.0  # between polls when there is nothing to do
-RETRY = timedelta(minutes=1)  # a copy the next hop deferred (4xx) is tried again after this
 # fields optgate writes itself: never taken from the partner, whatever the allow-list says
 OURS = frozenset({"from", "sender", "reply-to", "to", "cc", "bcc", "message-id", "return-path"})
 
@@ -121,23 +115,17 @@ class FanOut:
     def __init__(
         self,
         *,
-        store: Store,
-        relay: Relay,
         pipeline: Pipeline,
         settings: Partners,
         company: str,
         postal_address: str,
-        list_domain: str,
-        feedback_id: str,
-        metrics: Metrics,
         owner: str | None = None,
     ) -> None:
-        self._store, self._relay, self._pipeline = store, relay, pipeline
-        self._settings, self._company = settings, company
-        self._postal, self._list_domain, self._feedback = postal_address, list_domain, feedback_id
-        self._metrics = metrics
+        self._services = pipeline.services
+        self._store = self._services.store
+        self._settings, self._company, self._postal = settings, company, postal_address
         self.owner = owner or owner_name()
-        self._commits = Commits(store, self.owner)
+        self._commits = Commits(self._store, self.owner)
         self._prepared: dict[int, Prepared] = {}
         self._news = asyncio.Event()
 
@@ -185,106 +173,29 @@ class FanOut:
 
     async def _offer_batch(self, offer_id: int, claims: list[Claim]) -> None:
         offer = await self._store.offer(offer_id)
-        hashes = [c.sha256 for c in claims]
         if offer is None or offer.state is not OfferState.RUNNING:
             # paused or cancelled meanwhile: give the copies back untouched
-            await self._settle(offer_id, hashes, CopyState.TODO, retry=timedelta(0))
+            hashes = [c.sha256 for c in claims]
+            await self._store.settle_copies(
+                self.owner, offer_id, hashes, CopyState.TODO, retry_at=now()
+            )
             return
-        mailable = [c for c in claims if c.address]
-        decisions = await self._pipeline.verdicts(
-            [c.address or "" for c in mailable],
-            MessageClass.PARTNER,
-            offer.topic or PARTNER_OFFERS,
-            partner=offer.partner,
+        settings = self._settings
+        batch = OfferRun(
+            offer,
+            tuple(claims),
+            self.owner,
+            self._commits.commit,
+            settings,
+            self._company,
+            self._postal,
         )
-        kept = [c for c, d in zip(mailable, decisions, strict=True) if d.verdict.keep]
-        if offer.topic and kept:
-            # the audience topic's own consent and suppression, as of now
-            topical = await self._pipeline.verdicts(
-                [c.address or "" for c in kept], MessageClass.MARKETING, offer.topic
-            )
-            kept = [c for c, d in zip(kept, topical, strict=True) if d.verdict.keep]
-        keep = {c.sha256 for c in kept}
-        await self._settle(offer_id, [h for h in hashes if h not in keep], CopyState.SUPPRESSED)
-        if not kept:
-            return
-        prepared = await self._prepare(offer)
-        outcomes = await asyncio.gather(*(self._copy(offer, prepared, c) for c in kept))
-        # an uncertain copy (no reply after the end of data) stays sent: never twice
-        failed = [(c, o) for c, o in zip(kept, outcomes, strict=True) if o and not o.uncertain]
-        # a copy deferred for too long fails, as an MTA's queue lifetime ends, so the
-        # offer can finish
-        expired = now() - offer.created > timedelta(hours=self._settings.retry_hours)
-        temporary = [c.sha256 for c, o in failed if o.temporary and not expired]
-        refused = [c.sha256 for c, o in failed if not o.delivered and (expired or not o.temporary)]
-        went = [
-            c.sha256
-            for c, o in zip(kept, outcomes, strict=True)
-            if o and (o.delivered or o.uncertain)
-        ]
-        at = now()
-        topic = offer.topic or PARTNER_OFFERS
-        await self._store.record_sends(
-            [Send(f"offer-{offer.id}", sha, topic, "partner", at) for sha in went]
+        envelope = Envelope(
+            settings.sender,
+            tuple(c.address or "" for c in claims),
+            compose(offer, settings, self._company),
         )
-        # marked again: a copy whose "." went out but whose commit failed is still claimed
-        await self._settle(offer_id, went, CopyState.SENT)
-        await self._settle(offer_id, temporary, CopyState.TODO, retry=RETRY)
-        await self._settle(offer_id, refused, CopyState.FAILED)
-        log.info(
-            "fanout_batch",
-            offer=offer_id,
-            claimed=len(claims),
-            sent=sum(1 for o in outcomes if o and o.delivered),
-            suppressed=len(claims) - len(kept),
-            deferred=len(temporary),
-            failed=len(refused),
-        )
-
-    async def _settle(
-        self, offer: int, hashes: Sequence[str], state: CopyState, retry: timedelta | None = None
-    ) -> None:
-        if hashes:
-            retry_at = now() + retry if retry is not None else None
-            await self._store.settle_copies(self.owner, offer, hashes, state, retry_at=retry_at)
-
-    async def _prepare(self, offer: Offer) -> Prepared:
-        """The rewrite plan of an offer, made once per node."""
-        if offer.id not in self._prepared:
-            text, html = (
-                template.replace("{partner}", offer.partner).replace("{company}", self._company)
-                for template in (self._settings.footer_text, self._settings.footer_html)
-            )
-            footer = FooterTemplates(text, html, self._postal)
-            self._prepared[offer.id] = await self._pipeline.prepare(
-                compose(offer, self._settings, self._company),
-                f"offer-{offer.id}",
-                footer=footer,
-                list_id=f"{PARTNER_OFFERS} <{PARTNER_OFFERS}.{self._list_domain}>",
-                feedback_id=f"{offer.id}:{offer.partner}:partner:{self._feedback}",
-            )
-        return self._prepared[offer.id]
-
-    async def _copy(self, offer: Offer, prepared: Prepared, claim: Claim) -> Outcome | None:
-        """One recipient's copy: tokens, rewrite, DKIM, relay (from the VERP address when
-        [inbound] has domains, else [partners] sender) with the commit point."""
-        claims = Claims(claim.sha256, Scope.partner(offer.partner), int(time.time()))
-        data, sender = self._pipeline.personal(prepared, claims, self._settings.sender)
-        data = await self._pipeline.sign(data, f"offer-{offer.id}")
-
-        async def commit(finish: Finish) -> bool:
-            return await self._commits.commit(offer.id, claim.sha256, finish)
-
-        outcome = await self._relay.send_committed(sender, claim.address or "", data, commit)
-        if outcome is None:
-            log.warning("fanout_taken_over", offer=offer.id, rcpt=claim.sha256[:16])
-        elif outcome.uncertain:
-            log.warning("fanout_reply_lost", offer=offer.id, rcpt=claim.sha256[:16])
-        elif not outcome.delivered:
-            self._metrics.relay_errors.labels(
-                "temporary" if outcome.temporary else "permanent"
-            ).inc()
-            log.warning(
-                "fanout_relay_failed", offer=offer.id, code=outcome.code, rcpt=claim.sha256[:16]
-            )
-        return outcome
+        mail = Mail(envelope, offer=batch, prepared=self._prepared.get(offer.id))
+        done = await run(pipelines.PARTNER_OFFERS, mail, self._services)
+        if done.prepared is not None:  # the rewrite plan of an offer, made once per node
+            self._prepared[offer.id] = done.prepared

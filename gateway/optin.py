@@ -79,6 +79,8 @@ async def send_mail(config: Config, to: str, message: bytes) -> Outcome:
         timeout=config.relay.timeout,
         starttls=config.relay.starttls,
         local_hostname=config.smtp.hostname or socket.getfqdn(),
+        idle_seconds=config.relay.idle_seconds,
+        busy_seconds=config.relay.busy_seconds,
         tls=client_context(config.relay),
     )
     try:

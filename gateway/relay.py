@@ -1,19 +1,32 @@
-"""The client side: pooled connections to the next hop (gateway/smtpclient.py), and outcomes."""
+"""The client side: pooled connections to the next hop (gateway/smtpclient.py), and outcomes.
+
+The pool never holds more connections than its size, in use and idle together,
+and closes a connection idle for ``idle_seconds``: the next hop serves a fixed
+number of sessions (Postfix: the reinjection listener's ``maxproc``), and an
+idle connection holds one of them from every other worker and node. A next hop
+that refuses a connection or answers 421 is busy, not failing: the copy waits
+for a connection another copy gives back, or tries a new one as the pauses
+grow, for up to ``busy_seconds``; only then does it get 451 4.4.5.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
 
-from gateway.smtpclient import Broken, Connection, Refused, TlsFailed
+from gateway.smtpclient import Broken, Busy, Connection, Refused, TlsFailed
 from gateway.xforward import Forwarded
 
 log = structlog.get_logger("optgate.relay")
+
+FIRST_PAUSE = 0.05  # seconds before a busy next hop is tried again; doubled each time
+LONGEST_PAUSE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +78,16 @@ class Relay:
         timeout: float,
         starttls: str,
         local_hostname: str,
+        idle_seconds: float,
+        busy_seconds: float,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self._host, self._port, self._timeout = host, port, timeout
         self._starttls, self._tls = starttls, tls  # tls None: certificates not checked
         self._local_hostname = local_hostname
-        self._idle: list[Connection] = []
+        self._idle_seconds, self._busy_seconds = idle_seconds, busy_seconds
+        self._idle: dict[Connection, asyncio.TimerHandle] = {}  # each with its closing
+        self._waiters: deque[asyncio.Future[Connection]] = deque()  # copies the hop made wait
         self._slots = asyncio.Semaphore(size)
         self._extensions: frozenset[str] | None = None  # of the last connection opened
         self._size: int | None = None  # its SIZE (None: no limit said)
@@ -100,7 +117,7 @@ class Relay:
             async with self._slots:
                 if self._extensions is None:
                     with contextlib.suppress(*_FAILURES):
-                        self._idle.append(await self._connect())
+                        self._give_back(await self._connect())
         return self._extensions
 
     async def offers_8bitmime(self) -> bool:
@@ -116,13 +133,49 @@ class Relay:
         return self._size
 
     def _pooled(self) -> Connection | None:
-        """An idle connection still in step, if there is one."""
+        """An idle connection still in step, if there is one (the most recent first)."""
         while self._idle:
-            client = self._idle.pop()
+            client, closing = self._idle.popitem()
+            closing.cancel()
             if client.usable:
                 return client
             client.close()
         return None
+
+    def _give_back(self, client: Connection) -> None:
+        """A connection done with its copy: to a copy waiting for one, else idle in the pool
+        until ``idle_seconds`` pass."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(client)
+                return
+        loop = asyncio.get_running_loop()
+        self._idle[client] = loop.call_later(self._idle_seconds, self._expire, client)
+
+    def _expire(self, client: Connection) -> None:
+        """Close a connection that sat idle for ``idle_seconds``."""
+        if self._idle.pop(client, None) is not None:
+            client.leave()
+
+    async def _given_back(self, seconds: float) -> Connection | None:
+        """An idle connection, or the next one a copy gives back within ``seconds``."""
+        client = self._pooled()
+        if client is not None:
+            return client
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait([waiter], timeout=seconds)
+        except BaseException:  # cancelled: a connection handed over meanwhile goes back
+            if waiter.done():
+                self._give_back(waiter.result())
+            raise
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+                self._waiters.remove(waiter)
+        return waiter.result() if not waiter.cancelled() else None
 
     async def _started(
         self,
@@ -132,24 +185,46 @@ class Relay:
         size: int,
         xforward: Forwarded | None,
     ) -> Connection:
-        """A connection at the 354 of a new transaction, pooled if one still works."""
+        """A connection at the 354 of a new transaction: a pooled one if one still works,
+        else a new one. While the next hop is busy, the next connection another copy gives
+        back, or a new one after a pause, for up to ``busy_seconds`` (then Busy). ``size``
+        and ``xforward``: as Connection.start takes them."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._busy_seconds
+        pause = FIRST_PAUSE
         client = self._pooled()
-        if client is not None:
+        while True:
+            fresh = client is None
             try:
+                if client is None:
+                    client = await self._connect()
                 await client.start(mail_from, rcpt, options, size=size, xforward=xforward)
                 return client
+            except Busy:
+                if client is not None:
+                    client.close()
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise
+                client = await self._given_back(min(pause, left))
+                pause = min(2 * pause, LONGEST_PAUSE)
             except Broken:
-                client.close()  # the next hop closed it while idle: once more on a new one
+                if client is not None:
+                    client.close()
+                if fresh:
+                    raise
+                client = None  # the next hop closed it while idle: once more on a new one
             except BaseException:
-                client.close()
+                if client is not None:
+                    client.close()
                 raise
-        client = await self._connect()
-        try:
-            await client.start(mail_from, rcpt, options, size=size, xforward=xforward)
-        except BaseException:
-            client.close()
-            raise
-        return client
+
+    def _busy(self) -> Outcome:
+        """The answer for a copy the next hop had no room for within ``busy_seconds``."""
+        log.warning(
+            "next_hop_busy", next_hop=f"{self._host}:{self._port}", seconds=self._busy_seconds
+        )
+        return Outcome(451, "4.4.5 next hop busy, try again later")
 
     async def send(
         self, mail_from: str, rcpt: str, data: bytes, options: Sequence[str] = ()
@@ -158,6 +233,8 @@ class Relay:
         async with self._slots:
             try:
                 client = await self._started(mail_from, rcpt, options, len(data), None)
+            except Busy:
+                return self._busy()
             except _FAILURES as exc:
                 return _failure(exc)
             try:
@@ -176,7 +253,7 @@ class Relay:
         if code != 250:
             client.close()
             return Outcome(code, message)
-        self._idle.append(client)
+        self._give_back(client)
         return Outcome(250, message)
 
     async def send_committed(
@@ -206,6 +283,8 @@ class Relay:
         async with self._slots:
             try:
                 client = await self._started(mail_from, rcpt, options, len(data), xforward)
+            except Busy:
+                return self._busy()
             except _FAILURES as exc:
                 return _failure(exc)
             try:
@@ -248,4 +327,6 @@ class Relay:
     async def close(self) -> None:
         """Say goodbye on every idle connection."""
         while self._idle:
-            await self._idle.pop().quit()
+            client, closing = self._idle.popitem()
+            closing.cancel()
+            await client.quit()

@@ -17,7 +17,7 @@ from gateway.config import Networks
 from gateway.errors import PathError, Phase, smtp_reply
 from gateway.inbound.receive import MIXED, NOT_INBOUND, Receiver, one_reply
 from gateway.inbound.trace import Client
-from gateway.pipeline import Envelope as Message
+from gateway.message import Envelope as Message
 from gateway.pipeline import Pipeline
 from gateway.relay import Relay
 from gateway.smtp_paths import NULL, POSTMASTER, parse_path

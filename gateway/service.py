@@ -31,7 +31,7 @@ from gateway.inbound.receive import Receiver
 from gateway.keys import load_keys, load_log_key
 from gateway.metrics import Metrics
 from gateway.optin import request_consent
-from gateway.pipeline import Branding, Pipeline, Verp
+from gateway.pipeline import Pipeline
 from gateway.policy import ClassRules, Rules
 from gateway.ratelimit import MINUTE, SharedLimiter
 from gateway.relay import Relay
@@ -47,6 +47,7 @@ from gateway.server import (
     SizeLimit,
 )
 from gateway.signing import Signer
+from gateway.steps import Branding, NextHop, Verp
 from gateway.stores import open_configured
 from gateway.submission import listening
 from gateway.tokens import TokenSigner
@@ -60,7 +61,7 @@ DRAIN_SECONDS = 30.0
 
 
 def build_pipeline(
-    config: Config, store: Store, relay: Relay, signer: TokenSigner, metrics: Metrics
+    config: Config, store: Store, relay: NextHop, signer: TokenSigner, metrics: Metrics
 ) -> Pipeline:
     """Wire the pipeline from the configuration."""
     u = config.unsubscribe
@@ -142,11 +143,16 @@ async def running(
         stack.push_async_callback(store.close)
         smtp_port = web_port = inbound_port = 0
         receiver = _receiver(config, store, signer, metrics)
+        relay: Relay | None = None
         if "smtp" in parts:
+            # one pool per process: the SMTP listener and the partner fan-out share its
+            # share of the next hop's sessions; closed after both drained
+            relay = _relay(config, config.smtp.hostname or socket.getfqdn())
+            stack.push_async_callback(relay.close)
             # the [smtp] listener takes inbound mail too (Postfix's content filter hands it
             # over there); [inbound] listen adds a listener for inbound mail only
             smtp_port = await stack.enter_async_context(
-                _smtp(config, store, signer, metrics, receiver, reuse_port, count("smtp"))
+                _smtp(config, store, signer, metrics, receiver, reuse_port, count("smtp"), relay)
             )
             if receiver is not None and config.inbound.listen:
                 inbound_port = await stack.enter_async_context(
@@ -173,9 +179,9 @@ async def running(
         # every worker of every node delivers a share of the webhook outbox
         await stack.enter_async_context(delivering(store, config.webhooks, metrics))
         partners_port = 0
-        if "smtp" in parts and config.partners.listen:
+        if relay is not None and config.partners.listen:
             partners_port = await stack.enter_async_context(
-                _partners(config, store, signer, metrics, reuse_port, count("partners"))
+                _partners(config, store, signer, metrics, reuse_port, count("partners"), relay)
             )
         yield Running(
             smtp_port, web_port, asyncio.Event(), metrics, inbound_port, partners_port, api_port
@@ -260,11 +266,11 @@ async def _smtp(
     receiver: Receiver | None,
     reuse_port: bool,
     sessions: Sessions,
+    relay: Relay,
 ) -> AsyncIterator[int]:
-    """The SMTP listener and its relay pool; yields the bound port."""
+    """The SMTP listener, relaying through ``relay``; yields the bound port."""
     host = config.smtp.listen.host
     hostname = config.smtp.hostname or socket.getfqdn()
-    relay = _relay(config, hostname)
     pipeline = build_pipeline(config, store, relay, signer, metrics)
     handler = Handler(
         pipeline,
@@ -300,21 +306,24 @@ async def _smtp(
         if handler.in_flight:
             log.info("draining", messages=len(handler.in_flight))
             await asyncio.wait(handler.in_flight, timeout=DRAIN_SECONDS)
-        await relay.close()
         pipeline.close()
 
 
 def _relay(config: Config, hostname: str) -> Relay:
-    """A connection pool to the next hop."""
-    next_host, next_port = config.relay.next_hop
+    """A connection pool to the next hop: ``[relay] pool_size``, or with 0 all of
+    ``next_hop_sessions`` (``optgate serve --workers`` sets each worker's share)."""
+    settings = config.relay
+    next_host, next_port = settings.next_hop
     return Relay(
         next_host,
         next_port,
-        size=config.relay.pool_size,
-        timeout=config.relay.timeout,
-        starttls=config.relay.starttls,
+        size=settings.per_worker(1),
+        timeout=settings.timeout,
+        starttls=settings.starttls,
         local_hostname=hostname,
-        tls=client_context(config.relay),
+        idle_seconds=settings.idle_seconds,
+        busy_seconds=settings.busy_seconds,
+        tls=client_context(settings),
     )
 
 
@@ -326,22 +335,18 @@ async def _partners(
     metrics: Metrics,
     reuse_port: bool,
     sessions: Sessions,
+    relay: Relay,
 ) -> AsyncIterator[int]:
-    """The partner submission listener and this node's fan-out worker; yields the port."""
+    """The partner submission listener and this node's fan-out worker, relaying through
+    ``relay``; yields the port."""
     hostname = config.smtp.hostname or socket.getfqdn()
-    relay = _relay(config, hostname)
     pipeline = build_pipeline(config, store, relay, signer, metrics)
     u = config.unsubscribe
     worker = FanOut(
-        store=store,
-        relay=relay,
         pipeline=pipeline,
         settings=config.partners,
         company=u.company,
         postal_address=u.postal_address,
-        list_domain=u.list_domain,
-        feedback_id=u.feedback_id,
-        metrics=metrics,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
@@ -359,7 +364,6 @@ async def _partners(
         try:
             await asyncio.wait_for(task, DRAIN_SECONDS)
         finally:
-            await relay.close()
             pipeline.close()
 
 

@@ -63,6 +63,14 @@ def unverified_tls() -> ssl.SSLContext:
     return context
 
 
+class Busy(Broken):
+    """The next hop has no room for this session now: it refused the connection, or
+    answered 421 (RFC 5321 3.8) to the greeting, EHLO, MAIL, RCPT or DATA."""
+
+
+BUSY = 421
+
+
 class _Replies(asyncio.Protocol):
     """Reads replies off the connection and hands them out in order."""
 
@@ -196,12 +204,16 @@ class Connection:
     ) -> Connection:
         """Connect, read the greeting, EHLO; STARTTLS when offered, unless ``starttls`` is
         ``never``; Broken when it is ``required`` and not offered, or when the next hop
-        refuses the session. ``tls`` checks the next hop's certificate as it says (None:
-        not at all); a failed check or handshake is TlsFailed, and nothing is sent.
+        refuses the session; Busy when it refuses the connection or answers 421. ``tls``
+        checks the next hop's certificate as it says (None: not at all); a failed check
+        or handshake is TlsFailed, and nothing is sent.
         ``seconds`` bounds the connect and each reply."""
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(seconds):
-            _, protocol = await loop.create_connection(_Replies, host, port)
+        try:
+            async with asyncio.timeout(seconds):
+                _, protocol = await loop.create_connection(_Replies, host, port)
+        except ConnectionRefusedError:
+            raise Busy("next hop refused the connection") from None
         connection = cls(protocol, seconds)
         try:
             await connection._expect(220)
@@ -228,6 +240,8 @@ class Connection:
                 raise Broken("next hop does not offer STARTTLS, which [relay] starttls requires")
         except Refused as exc:  # the session, not this copy: try again later
             connection.close()
+            if exc.reply.code == BUSY:
+                raise Busy(f"next hop is busy: {exc}") from None
             raise Broken(f"next hop refused the session: {exc}") from None
         except BaseException:
             connection.close()
@@ -289,13 +303,30 @@ class Connection:
         ``size``: the copy's length, said as SIZE= when the next hop offers SIZE; a copy
         over the next hop's SIZE is refused here (552 5.3.4) and nothing is sent.
         Refused carries the first reply that was not a go-ahead. Every reply of a
-        pipelined group is read before that, so the connection stays in step.
+        pipelined group is read before that, so the connection stays in step. A 421
+        is Busy instead: the next hop is closing the session, the copy may go on another.
         """
         limit = self.size_limit
         if limit is not None and size > limit:
             raise Refused(
                 Reply(552, f"5.3.4 message of {size} bytes exceeds the next hop's {limit}")
             )
+        try:
+            await self._start(sender, recipient, options, size, xforward)
+        except Refused as exc:
+            if exc.reply.code != BUSY:
+                raise
+            self.close()
+            raise Busy(f"next hop is busy: {exc}") from None
+
+    async def _start(
+        self,
+        sender: str,
+        recipient: str,
+        options: Sequence[str],
+        size: int,
+        xforward: Forwarded | None,
+    ) -> None:
         utf8 = any(option.upper() == "SMTPUTF8" for option in options)
         encoding = "utf-8" if utf8 else "ascii"
         if "8BITMIME" not in self.extensions:  # the copy was made 7bit (RFC 6152 §3)
@@ -341,6 +372,13 @@ class Connection:
     async def end_reply(self) -> Reply:
         """The next hop's answer to the final "."."""
         return await self._reply()
+
+    def leave(self) -> None:
+        """QUIT and close at once, not waiting for the 221: an idle connection has
+        nothing pending, and its place at the next hop is free straight away."""
+        with contextlib.suppress(Broken):
+            self._write(b"QUIT\r\n")
+        self.close()
 
     async def quit(self) -> None:
         """QUIT, then close; errors on the way out are ignored."""

@@ -29,7 +29,7 @@ from cryptography.x509.oid import NameOID
 from gateway import keygen
 from gateway.config import Partners
 from gateway.errors import BadControlHeader, Phase, smtp_reply
-from gateway.pipeline import header_values
+from gateway.message import header_values
 from gateway.ratelimit import SharedLimiter
 from gateway.server import Admission, GateSMTP, session_error
 from suppression.errors import ConfigError, OptgateError

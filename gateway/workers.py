@@ -339,12 +339,29 @@ def _text(listen: HostPort | None) -> str | None:
     return str(listen) if listen else None
 
 
+def shared_pool(config: Config, count: int) -> Config:
+    """The configuration with each worker's pool size: its share of the next hop's sessions
+    (``[relay] pool_size`` 0), or the size set; a warning when the workers would together
+    hold more connections than ``[relay] next_hop_sessions``."""
+    relay = config.relay
+    size = relay.per_worker(count)
+    if count * size > relay.next_hop_sessions:
+        log.warning(
+            "pool_exceeds_next_hop",
+            workers=count,
+            pool_size=size,
+            next_hop_sessions=relay.next_hop_sessions,
+        )
+    return dataclasses.replace(config, relay=dataclasses.replace(relay, pool_size=size))
+
+
 def serve(args: argparse.Namespace, config: Config) -> int:
     """optgate serve: the supervisor's side; runs until SIGTERM or SIGINT."""
     logs.configure()
     parts = [args.only] if args.only else list(service.PARTS)
     count = args.workers or default_count()
     cpus = cpu_plan(count, args.cpu_affinity)
+    config = shared_pool(config, count)
     with contextlib.ExitStack() as stack:
         if "smtp" in parts:
             smtp = stack.enter_context(reserved(config.smtp.listen, "[smtp] listen"))
@@ -369,6 +386,7 @@ def serve(args: argparse.Namespace, config: Config) -> int:
         log.info(
             "workers_starting",
             workers=count,
+            pool_size=config.relay.pool_size,
             cpus=cpus,
             smtp=str(config.smtp.listen) if "smtp" in parts else None,
             web=str(config.web.listen) if "web" in parts else None,

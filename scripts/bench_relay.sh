@@ -82,6 +82,9 @@ async def seed(url: str) -> None:
 
 asyncio.run(seed(sys.argv[1]))
 EOF
+# the audit log's key, as the store was seeded with (serve refuses a store chained with another)
+.venv/bin/python -c "import sys; from tests.support.keys import AUDIT_KEY; open(sys.argv[1], 'w').write(AUDIT_KEY.hex())" "$WORK/audit.key"
+chmod 600 "$WORK/audit.key"
 # a SQLite store starts each run as seeded; PostgreSQL keeps the ledger of earlier runs
 FRESH=""
 if [ "$STORE" = "sqlite:///$WORK/bench.db" ]; then

@@ -430,3 +430,62 @@ async def test_a_next_hop_certificate_that_does_not_verify_fails(setup: Setup) -
     assert unknown.status is Status.FAIL
     assert "certificate does not verify" in unknown.detail
     assert known.status is Status.PASS, known.detail
+
+
+@contextlib.asynccontextmanager
+async def limited_hop(sessions: int) -> AsyncIterator[int]:
+    """A next hop that serves ``sessions`` connections at once and answers 421 beyond."""
+    open_now = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now
+        open_now += 1
+        try:
+            if open_now > sessions:
+                writer.write(b"421 4.7.0 hop.test too many connections\r\n")
+                return
+            writer.write(b"220 hop.test ESMTP\r\n")
+            while line := await reader.readline():
+                if line.upper().startswith(b"QUIT"):
+                    writer.write(b"221 bye\r\n")
+                    return
+                writer.write(b"250 hop.test\r\n")
+        finally:
+            open_now -= 1
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def test_a_next_hop_serving_fewer_sessions_than_the_pools_hold_fails(setup: Setup) -> None:
+    async with limited_hop(3) as port:
+        setup.settings["relay"]["next_hop"] = f"127.0.0.1:{port}"
+        checks = await run_checks(setup.config(), resolver=setup.dns.resolver(), workers=2)
+    found = by_name(checks)["next hop"]
+    assert found.status is Status.FAIL, report(checks)
+    assert "served 3 of 20 sessions at once (2 worker(s) x pool_size 10)" in found.detail
+    assert "maxproc" in found.detail
+
+
+async def test_the_next_hop_check_opens_the_workers_share_of_next_hop_sessions(
+    setup: Setup,
+) -> None:
+    async with limited_hop(6) as port:
+        setup.settings["relay"]["next_hop"] = f"127.0.0.1:{port}"
+        setup.settings["relay"]["next_hop_sessions"] = 6  # type: ignore[assignment]
+        checks = await run_checks(setup.config(), resolver=setup.dns.resolver(), workers=4)
+    found = by_name(checks)["next hop"]
+    assert found.status is Status.PASS, report(checks)
+    assert "serves 4 sessions at once (4 worker(s) x pool_size 1)" in found.detail
+
+
+async def test_pools_set_larger_than_next_hop_sessions_are_a_warning(setup: Setup) -> None:
+    setup.settings["relay"]["pool_size"] = 10  # type: ignore[assignment]
+    checks = await run_checks(setup.config(), resolver=setup.dns.resolver(), workers=3)
+    found = by_name(checks)["next hop"]
+    assert found.status is Status.WARN, report(checks)
+    assert "= 30 connections, more than [relay] next_hop_sessions = 20" in found.detail

@@ -11,7 +11,14 @@ from tests.support.smtp import Sink, message
 
 def relay(sink: Sink) -> Relay:
     return Relay(
-        "127.0.0.1", sink.port, size=2, timeout=5, starttls="never", local_hostname="t.test"
+        "127.0.0.1",
+        sink.port,
+        size=2,
+        timeout=5,
+        starttls="never",
+        local_hostname="t.test",
+        idle_seconds=2,
+        busy_seconds=1,
     )
 
 

@@ -80,6 +80,8 @@ async def test_a_copy_over_the_next_hops_size_is_refused_before_anything_is_sent
             timeout=5,
             starttls="never",
             local_hostname="optgate.test",
+            idle_seconds=2,
+            busy_seconds=1,
         )
         try:
             small = await relay.send(

@@ -44,6 +44,8 @@ def relay(port: int, timeout: float = 5) -> Relay:
         timeout=timeout,
         starttls="opportunistic",
         local_hostname="optgate.test",
+        idle_seconds=2,
+        busy_seconds=1,
     )
 
 
@@ -318,7 +320,14 @@ async def test_a_refused_session_or_a_missing_required_starttls_is_temporary() -
 
     async with sink() as hop:
         plain = Relay(
-            "127.0.0.1", hop.port, size=1, timeout=5, starttls="required", local_hostname="o.test"
+            "127.0.0.1",
+            hop.port,
+            size=1,
+            timeout=5,
+            starttls="required",
+            local_hostname="o.test",
+            idle_seconds=2,
+            busy_seconds=1,
         )
         outcome = await plain.send("a@sender.example", "b@rcpt.example", MESSAGE)
     assert outcome == Outcome(451, "next hop unavailable (Broken)")

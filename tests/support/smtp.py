@@ -165,6 +165,7 @@ def gateway_env(
         "OPTGATE_API_LISTEN": "127.0.0.1:0",
         "OPTGATE_RELAY_NEXT_HOP": f"127.0.0.1:{next_port}",
         "OPTGATE_RELAY_TIMEOUT": "5",
+        "OPTGATE_RELAY_BUSY_SECONDS": "1",  # a next hop that is down answers 451 soon
         "OPTGATE_STORE_URL": f"sqlite:///{tmp_path / 'optgate.db'}",
         "OPTGATE_UNSUBSCRIBE_KEY_FILE": str(tmp_path / "optgate.key"),
         "OPTGATE_STORE_AUDIT_KEY_FILE": str(tmp_path / "optgate-audit.key"),
