@@ -78,7 +78,38 @@ def _resolver(text: str) -> HostPort:
     return server
 
 
+def _senders(texts: Sequence[str]) -> tuple[str, ...]:
+    """Envelope sender addresses, lower-cased (``local@domain``)."""
+    senders = []
+    for text in texts:
+        local, at, domain = text.strip().lower().rpartition("@")
+        if not at or not local or not _domain_like(domain) or any(c.isspace() for c in local):
+            raise ValueError(f"{text!r} is not an address (local@domain)")
+        senders.append(f"{local}@{domain}")
+    return tuple(senders)
+
+
+def _domain_like(text: str) -> bool:
+    labels = text.split(".")
+    return len(labels) > 1 and all(
+        label and len(label) < 64 and label.replace("-", "").isalnum() for label in labels
+    )
+
+
+def _domains(texts: Sequence[str]) -> tuple[str, ...]:
+    """Domain names, lower-cased (a leading @ dropped)."""
+    domains = []
+    for text in texts:
+        domain = text.strip().lower().removeprefix("@").rstrip(".")
+        if not _domain_like(domain):
+            raise ValueError(f"{text!r} is not a domain name")
+        domains.append(domain)
+    return tuple(domains)
+
+
 HOST_PORT = Parsed(str, HostPort.parse, str)
+SENDERS = Parsed(list[str], _senders, list)
+DOMAINS = Parsed(list[str], _domains, list)
 HOST_PORT_OR_OFF = Parsed(
     str, lambda text: HostPort.parse(text) if text else None, lambda v: str(v) if v else ""
 )
@@ -159,6 +190,17 @@ class Relay:
     starttls: Literal["opportunistic", "required", "never"] = _opt(
         "opportunistic", "STARTTLS to the next hop when offered, always (451 without), or never"
     )
+    tls_verify: Literal["auto", "always", "never"] = _opt(
+        "auto",
+        "check the next hop's certificate (chain and name) when STARTTLS is used: auto (unless "
+        "next_hop is a loopback address), always, or never; failing: 451 4.7.5, nothing sent",
+    )
+    tls_ca_file: str = _opt(
+        "",
+        "PEM file of the CA(s) the next hop's certificate is checked against (a private CA); "
+        "empty: the system's CAs",
+        path=_path,
+    )
     next_hop_sessions: int = _opt(
         20,
         "SMTP sessions the next hop serves this node at once (Postfix: the reinjection "
@@ -238,6 +280,30 @@ class Policy:
     )
     sender_topics: dict[str, str] = _opt(
         {}, "envelope sender (address or @domain) -> topic, when X-Optgate-Topic is absent"
+    )
+    transactional_senders: tuple[str, ...] = _opt(
+        [],
+        "envelope senders whose mail without X-Optgate-Class is transactional (exempt from "
+        'opt-outs), e.g. ["noreply@shop.example"] for password resets and receipts',
+        parsed=SENDERS,
+    )
+    transactional_domains: tuple[str, ...] = _opt(
+        [],
+        "envelope sender domains (exact, subdomains not included) whose mail without "
+        "X-Optgate-Class is transactional",
+        parsed=DOMAINS,
+    )
+    transactional_networks: Networks = _opt(
+        [],
+        "client networks whose mail without X-Optgate-Class is transactional (the original "
+        "client: XFORWARD ADDR from a content filter's Postfix, else the connecting one)",
+        parsed=NETWORKS,
+    )
+    marketing_senders: tuple[str, ...] = _opt(
+        [],
+        "envelope senders whose mail without X-Optgate-Class stays marketing inside a "
+        "transactional domain or network (a newsletter sent from the shop's domain)",
+        parsed=SENDERS,
     )
 
 

@@ -19,6 +19,7 @@ import ipaddress
 import os
 import socket
 import sqlite3
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -41,6 +42,8 @@ from gateway.inbound.alignment import organisational
 from gateway.inbound.mailboxes import MAX_LOCAL_PART, Mailboxes, Role
 from gateway.keygen import PrivateKey, public_key_bytes, zone_line
 from gateway.keys import load_keys
+from gateway.relay_tls import client_context
+from gateway.server import advertised_size
 from gateway.signing import load_private_key, parse_key_entry
 from gateway.smtpclient import Broken, Connection
 from gateway.stores import load_audit_key, open_configured
@@ -289,10 +292,16 @@ async def _web_is_optgate(host: str, port: int) -> bool:
 
 
 async def _next_hop(config: Config, workers: int) -> Check:
-    """The next hop answers EHLO (and offers STARTTLS if that is required); it is not us;
-    it serves every connection the workers' pools may hold at once."""
+    """The next hop answers EHLO (and offers STARTTLS if that is required, with a
+    certificate that verifies where [relay] tls_verify checks it); it is not us; it
+    serves every connection the workers' pools may hold at once; its SIZE takes what
+    [smtp] max_message_size lets in."""
     name, where = "next hop", config.relay.next_hop
     host, port = where
+    try:
+        tls = client_context(config.relay)
+    except ConfigError as exc:
+        return Check(Status.FAIL, name, str(exc))
     client = aiosmtplib.SMTP(
         hostname=host,
         port=port,
@@ -300,10 +309,17 @@ async def _next_hop(config: Config, workers: int) -> Check:
         start_tls=False,
         local_hostname=config.smtp.hostname or socket.gethostname(),
     )
+    tls_failed = ""
     try:
         greeting = await client.connect()
         reply = await client.ehlo()
         starttls = client.supports_extension("starttls")
+        size = client.esmtp_extensions.get("size", "")
+        if starttls and tls is not None and config.relay.starttls != "never":
+            try:
+                await client.starttls(tls_context=tls, server_hostname=host)
+            except (aiosmtplib.SMTPException, ssl.SSLError) as exc:
+                tls_failed = str(exc) or type(exc).__name__
         with contextlib.suppress(aiosmtplib.SMTPException, OSError):
             await client.quit()
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
@@ -319,8 +335,30 @@ async def _next_hop(config: Config, workers: int) -> Check:
         return Check(
             Status.FAIL, name, f"{where} offers no STARTTLS, and [relay] starttls = required"
         )
+    if tls_failed:
+        return Check(
+            Status.FAIL,
+            name,
+            f"{where}: its certificate does not verify ({tls_failed}): every copy would get "
+            "451 4.7.5; set [relay] tls_ca_file to its CA, or tls_verify = never",
+        )
     server = reply.message.splitlines()[0] if reply.message else "?"
-    return await _sessions(config, workers, f"{where} answers EHLO ({server})")
+    sessions = await _sessions(config, workers, f"{where} answers EHLO ({server})")
+    own = config.smtp.max_message_size
+    hop = int(size) if size.strip().isdigit() and int(size) > 0 else None
+    agreed = advertised_size(own, hop)
+    if sessions.status is Status.FAIL or hop is None or (own and agreed >= own):
+        return sessions
+    also = f"; {sessions.detail}" if sessions.status is Status.WARN else ""
+    return Check(
+        Status.WARN,
+        name,
+        f"{where} takes at most {hop} bytes (SIZE), [smtp] max_message_size is "
+        f"{own or 'unlimited'}: "
+        f"optgate offers {agreed} (room for the footer) and refuses larger mail at MAIL "
+        f"FROM; set [smtp] max_message_size = {agreed}, or raise the next hop's limit "
+        f"(Postfix: message_size_limit){also}",
+    )
 
 
 async def _session(config: Config) -> Connection | None:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from gateway import mime
 from gateway.errors import BadControlHeader
-from gateway.policy import MessageClass, Verdict
+from gateway.policy import IP, ClassRules, MessageClass, Verdict
+from gateway.xforward import Forwarded
 from suppression.address import Address
 from suppression.errors import OptgateError
 from suppression.model import check_name
@@ -24,11 +25,13 @@ class Envelope:
     rcpt_tos: tuple[str, ...]
     content: bytes
     mail_options: tuple[str, ...] = ()
+    client: Forwarded | None = None  # the original client (XFORWARD, else the session's)
 
 
 @dataclass(frozen=True, slots=True)
 class Classified:
-    """A message's class, topic and identity, from its control headers (or its offer)."""
+    """A message's class, topic and identity, from its control headers, else its
+    envelope (or its offer)."""
 
     kind: MessageClass
     topic: str
@@ -37,6 +40,7 @@ class Classified:
     campaign: str | None = None  # X-Optgate-Campaign: the Feedback-ID's first field
     partner: str | None = None  # a partner offer's partner: its partner:NAME scope applies
     audience: str | None = None  # a partner offer's audience topic: its consent applies too
+    class_by: str = "header"  # what gave the class: header, sender, domain, network, default, offer
 
     @property
     def feedback_id(self) -> str:
@@ -62,13 +66,23 @@ def header_values(content: bytes, names: Collection[str]) -> dict[str, str]:
 
 
 def classify_headers(
-    content: bytes, mail_from: str, default_topic: str, sender_topics: Mapping[str, str]
+    content: bytes,
+    mail_from: str,
+    default_topic: str,
+    sender_topics: Mapping[str, str],
+    classes: ClassRules | None = None,
+    client: IP | None = None,
 ) -> Classified:
-    """Class and topic from X-Optgate-* headers, else the sender rules, else the default."""
+    """Class and topic from X-Optgate-* headers, else the envelope rules (``classes`` by
+    sender, domain, client network; ``sender_topics``), else the defaults."""
     headers = header_values(
         content, ("x-optgate-class", "x-optgate-topic", "x-optgate-campaign", "message-id")
     )
-    raw_class = headers.get("x-optgate-class", "").lower() or "marketing"
+    raw_class = headers.get("x-optgate-class", "").lower()
+    by = "header"
+    if not raw_class:
+        by_envelope, by = (classes or ClassRules()).classify(mail_from, client)
+        raw_class = by_envelope.value
     try:
         kind = MessageClass(raw_class)
     except ValueError:
@@ -92,7 +106,8 @@ def classify_headers(
         except OptgateError as exc:
             raise BadControlHeader(str(exc), "X-Optgate-Campaign", campaign) from None
     message_id = headers.get("message-id", "")
-    return Classified(kind, topic, message_id, ledger_key(message_id, content), campaign)
+    key = ledger_key(message_id, content)
+    return Classified(kind, topic, message_id, key, campaign, class_by=by)
 
 
 def ledger_key(message_id: str, content: bytes) -> str:

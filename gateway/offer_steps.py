@@ -59,6 +59,7 @@ class ClassifyOffer:
             f"offer-{offer.id}",
             partner=offer.partner,
             audience=offer.topic,
+            class_by="offer",
         )
         text, html = (
             template.replace("{partner}", offer.partner).replace("{company}", run.company)

@@ -17,6 +17,7 @@ from gateway.keys import load_keys
 from gateway.pipeline import verdict
 from gateway.policy import MessageClass, Rules
 from gateway.relay import Outcome, Relay
+from gateway.relay_tls import client_context
 from gateway.tokens import Claims, Confirmation, TokenSigner
 from suppression.address import Address
 from suppression.model import now
@@ -80,6 +81,7 @@ async def send_mail(config: Config, to: str, message: bytes) -> Outcome:
         local_hostname=config.smtp.hostname or socket.getfqdn(),
         idle_seconds=config.relay.idle_seconds,
         busy_seconds=config.relay.busy_seconds,
+        tls=client_context(config.relay),
     )
     try:
         return await relay.send(config.unsubscribe.confirm_from, to, message)

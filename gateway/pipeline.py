@@ -16,7 +16,7 @@ from gateway.message import Decision, Envelope, purpose_of, sender_topic
 from gateway.metrics import Metrics
 from gateway.outcomes import Reply, Result
 from gateway.pipelines import OUTBOUND
-from gateway.policy import MessageClass, Rules, Verdict, decide, scopes_for
+from gateway.policy import IP, ClassRules, MessageClass, Rules, Verdict, decide, scopes_for
 from gateway.signing import Signer
 from gateway.steps import Branding, Mail, NextHop, Services, Verp, decisions, run
 from gateway.tokens import TokenSigner
@@ -50,6 +50,7 @@ class Pipeline:
         sender_topics: Mapping[str, str],
         ledger_window: timedelta,
         metrics: Metrics,
+        classes: ClassRules | None = None,
         resend_uncertain: bool = False,
         dkim: Signer | None = None,
         verp: Verp | None = None,
@@ -67,10 +68,15 @@ class Pipeline:
             sender_topics=sender_topics,
             ledger_window=ledger_window,
             signing=self._signing,
+            classes=classes or ClassRules(),
             resend_uncertain=resend_uncertain,
             dkim=dkim,
             verp=verp,
         )
+
+    def envelope_class(self, mail_from: str, client: IP | None) -> tuple[MessageClass, str]:
+        """The class a message from this sender and client has without a header."""
+        return self.services.classes.classify(mail_from, client)
 
     def sender_topic(self, mail_from: str) -> str:
         """The topic a message from this envelope sender has without a header."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -18,6 +19,37 @@ class MessageClass(StrEnum):
     MARKETING = "marketing"
     TRANSACTIONAL = "transactional"
     PARTNER = "partner"
+
+
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class ClassRules:
+    """The class of a message without ``X-Optgate-Class``, from its envelope ([policy]
+    transactional_senders, _domains, _networks, marketing_senders), so that applications
+    need no new header. The most specific rule wins: the sender address (a
+    marketing_senders entry over the rest), then its domain, then the client's network;
+    none: marketing."""
+
+    transactional_senders: Collection[str] = frozenset()
+    transactional_domains: Collection[str] = frozenset()
+    transactional_networks: tuple[Network, ...] = ()
+    marketing_senders: Collection[str] = frozenset()
+
+    def classify(self, mail_from: str, client: IP | None) -> tuple[MessageClass, str]:
+        """The class and the rule that gave it: sender, domain, network or default."""
+        sender = mail_from.strip().lower()
+        if sender in self.marketing_senders:
+            return MessageClass.MARKETING, "sender"
+        if sender in self.transactional_senders:
+            return MessageClass.TRANSACTIONAL, "sender"
+        if sender and sender.rpartition("@")[2] in self.transactional_domains:
+            return MessageClass.TRANSACTIONAL, "domain"
+        if client is not None and any(client in net for net in self.transactional_networks):
+            return MessageClass.TRANSACTIONAL, "network"
+        return MessageClass.MARKETING, "default"
 
 
 @dataclass(frozen=True, slots=True)

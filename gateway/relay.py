@@ -12,13 +12,16 @@ grow, for up to ``busy_seconds``; only then does it get 451 4.4.5.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
 
-from gateway.smtpclient import Broken, Busy, Connection, Refused
+from gateway.smtpclient import Broken, Busy, Connection, Refused, TlsFailed
+from gateway.xforward import Forwarded
 
 log = structlog.get_logger("optgate.relay")
 
@@ -50,6 +53,8 @@ def _failure(exc: Exception) -> Outcome:
     """The outcome of a transaction that raised: the next hop's refusal, or 451."""
     if isinstance(exc, Refused):
         return Outcome(exc.reply.code, exc.reply.message)
+    if isinstance(exc, TlsFailed):  # fail closed: nothing went out unprotected
+        return Outcome(451, f"4.7.5 {exc}")
     return Outcome(451, f"next hop unavailable ({type(exc).__name__})")
 
 
@@ -75,39 +80,57 @@ class Relay:
         local_hostname: str,
         idle_seconds: float,
         busy_seconds: float,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._host, self._port, self._timeout = host, port, timeout
-        self._starttls = starttls
+        self._starttls, self._tls = starttls, tls  # tls None: certificates not checked
         self._local_hostname = local_hostname
         self._idle_seconds, self._busy_seconds = idle_seconds, busy_seconds
         self._idle: dict[Connection, asyncio.TimerHandle] = {}  # each with its closing
         self._waiters: deque[asyncio.Future[Connection]] = deque()  # copies the hop made wait
         self._slots = asyncio.Semaphore(size)
         self._extensions: frozenset[str] | None = None  # of the last connection opened
+        self._size: int | None = None  # its SIZE (None: no limit said)
 
     async def _connect(self) -> Connection:
-        client = await Connection.open(
-            self._host,
-            self._port,
-            seconds=self._timeout,
-            local_hostname=self._local_hostname,
-            starttls=self._starttls,
-        )
-        self._extensions = client.extensions
+        try:
+            client = await Connection.open(
+                self._host,
+                self._port,
+                seconds=self._timeout,
+                local_hostname=self._local_hostname,
+                starttls=self._starttls,
+                tls=self._tls,
+            )
+        except TlsFailed as exc:
+            log.warning(
+                "next_hop_tls_failed", next_hop=f"{self._host}:{self._port}", reason=exc.reason
+            )
+            raise
+        self._extensions, self._size = client.extensions, client.size_limit
         return client
 
-    async def offers_8bitmime(self) -> bool:
-        """Whether the next hop's EHLO offers 8BITMIME (RFC 6152). Learnt from the
-        connections the pool opens; the first call opens one (kept in the pool). A next
-        hop that cannot be reached counts as not offering it: 7bit always goes through."""
+    async def _learnt(self) -> frozenset[str] | None:
+        """The EHLO keywords of the last connection the pool opened; the first call opens
+        one (kept in the pool). None while the next hop cannot be reached."""
         if self._extensions is None:
             async with self._slots:
                 if self._extensions is None:
-                    try:
+                    with contextlib.suppress(*_FAILURES):
                         self._give_back(await self._connect())
-                    except _FAILURES:
-                        return False
-        return self._extensions is not None and "8BITMIME" in self._extensions
+        return self._extensions
+
+    async def offers_8bitmime(self) -> bool:
+        """Whether the next hop's EHLO offers 8BITMIME (RFC 6152). A next hop that cannot
+        be reached counts as not offering it: 7bit always goes through."""
+        extensions = await self._learnt()
+        return extensions is not None and "8BITMIME" in extensions
+
+    async def size_limit(self) -> int | None:
+        """The next hop's SIZE (RFC 1870) as its last EHLO said; None: no limit said, or
+        not reached yet."""
+        await self._learnt()
+        return self._size
 
     def _pooled(self) -> Connection | None:
         """An idle connection still in step, if there is one (the most recent first)."""
@@ -154,10 +177,18 @@ class Relay:
                 self._waiters.remove(waiter)
         return waiter.result() if not waiter.cancelled() else None
 
-    async def _started(self, mail_from: str, rcpt: str, options: Sequence[str]) -> Connection:
+    async def _started(
+        self,
+        mail_from: str,
+        rcpt: str,
+        options: Sequence[str],
+        size: int,
+        xforward: Forwarded | None,
+    ) -> Connection:
         """A connection at the 354 of a new transaction: a pooled one if one still works,
         else a new one. While the next hop is busy, the next connection another copy gives
-        back, or a new one after a pause, for up to ``busy_seconds`` (then Busy)."""
+        back, or a new one after a pause, for up to ``busy_seconds`` (then Busy). ``size``
+        and ``xforward``: as Connection.start takes them."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._busy_seconds
         pause = FIRST_PAUSE
@@ -167,7 +198,7 @@ class Relay:
             try:
                 if client is None:
                     client = await self._connect()
-                await client.start(mail_from, rcpt, options)
+                await client.start(mail_from, rcpt, options, size=size, xforward=xforward)
                 return client
             except Busy:
                 if client is not None:
@@ -201,7 +232,7 @@ class Relay:
         """Relay one copy to one recipient; never raises for SMTP or network errors."""
         async with self._slots:
             try:
-                client = await self._started(mail_from, rcpt, options)
+                client = await self._started(mail_from, rcpt, options, len(data), None)
             except Busy:
                 return self._busy()
             except _FAILURES as exc:
@@ -232,6 +263,7 @@ class Relay:
         data: bytes,
         commit: Commit,
         options: Sequence[str] = (),
+        xforward: Forwarded | None = None,
     ) -> Outcome | None:
         """Relay one copy with a commit point: ``commit(finish)`` runs after the content
         went out; it stores that the copy is sent and calls ``finish()`` straight after,
@@ -245,11 +277,12 @@ class Relay:
         A copy whose node dies before its commit was never delivered; one whose
         commit is stored is never sent again: each copy goes out at most once,
         and the only window for a loss is a death between the commit and the
-        write of five bytes. Never raises for SMTP or network errors.
+        write of five bytes. ``xforward``: the message's original client, passed on to a
+        next hop that offers XFORWARD. Never raises for SMTP or network errors.
         """
         async with self._slots:
             try:
-                client = await self._started(mail_from, rcpt, options)
+                client = await self._started(mail_from, rcpt, options, len(data), xforward)
             except Busy:
                 return self._busy()
             except _FAILURES as exc:

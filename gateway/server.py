@@ -6,7 +6,8 @@ import asyncio
 import ipaddress
 import mmap
 import traceback
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, AnyStr, cast
 
 import structlog
 from aiosmtpd.lmtp import LMTP
@@ -18,8 +19,9 @@ from gateway.inbound.receive import MIXED, NOT_INBOUND, Receiver, one_reply
 from gateway.inbound.trace import Client
 from gateway.message import Envelope as Message
 from gateway.pipeline import Pipeline
-from gateway.policy import MessageClass
+from gateway.relay import Relay
 from gateway.smtp_paths import NULL, POSTMASTER, parse_path
+from gateway.xforward import EHLO_LINE, BadXforward, Forwarded, parse_xforward
 from suppression.address import normalize
 from suppression.errors import InvalidAddress
 
@@ -35,6 +37,21 @@ NO_DOMAIN_SENDER = "501 5.1.7 A sender address needs a domain (<Postmaster> is a
 NULL_RECIPIENT = "501 5.1.3 The null path <> is a sender only"
 NEEDS_SMTPUTF8 = "553 5.6.7 Non-ASCII addresses need MAIL FROM with SMTPUTF8 (RFC 6531)"
 CANNOT_VRFY = "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
+TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+XFORWARD_IN_MAIL = "503 5.5.1 Error: MAIL transaction in progress"
+XFORWARD_UNKNOWN = '500 Error: command "XFORWARD" not recognized'
+XFORWARD_NO_EHLO = "503 5.5.1 Error: send EHLO first"
+# aiosmtpd's words for a message over the limit (at MAIL FROM SIZE=, after DATA), restated
+# with the enhanced status code (RFC 3463) a sending MTA bounces on
+_RESTATED = {
+    "552 Error: message size exceeds fixed maximum message size": TOO_BIG,
+    "552 Error: Too much mail data": TOO_BIG,
+}
+
+# bytes the rewrite may add to a message: footer parts, List-* and Feedback-ID fields,
+# DKIM signatures; a copy that still outgrows the next hop's SIZE is refused (552 5.3.4)
+REWRITE_MARGIN = 65536
+LEARN_SECONDS = 5.0  # an EHLO waits this long at most for the next hop's SIZE
 
 ANYONE: Networks = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
@@ -100,6 +117,57 @@ class SessionBoard:
         return SharedSessions(self._view[start : start + self.workers], worker)
 
 
+def advertised_size(own: int, next_hop: int | None) -> int:
+    """The SIZE the main listener offers and holds to: ``[smtp] max_message_size`` (0: none),
+    or the next hop's SIZE less the rewrite's margin when that is smaller."""
+    if next_hop is None:
+        return own
+    room = max(1, next_hop - REWRITE_MARGIN)
+    return min(own, room) if own else room
+
+
+class SizeLimit:
+    """The main listener's size limit, agreed with the next hop's SIZE on every EHLO (the
+    pool learns it from each connection it opens; the first EHLO may open one)."""
+
+    def __init__(self, own: int, relay: Relay) -> None:
+        self._own, self._relay = own, relay
+
+    async def __call__(self) -> int:
+        """The limit now; the own one while the next hop cannot be reached."""
+        try:
+            async with asyncio.timeout(LEARN_SECONDS):
+                hop = await self._relay.size_limit()
+        except TimeoutError:
+            hop = None
+        return advertised_size(self._own, hop)
+
+
+class GateEnvelope(Envelope):
+    """aiosmtpd's envelope with the transaction's XFORWARD attributes (reset with it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.xforward: Forwarded | None = None
+
+
+def forwarded(session: Session, envelope: Envelope) -> Forwarded | None:
+    """The message's original client: as XFORWARD said, else the connecting client."""
+    given = getattr(envelope, "xforward", None)
+    if isinstance(given, Forwarded):
+        return given
+    peer = session.peer
+    if isinstance(peer, tuple) and len(peer) >= 2 and isinstance(peer[0], str):
+        try:
+            port = int(peer[1])
+            return Forwarded.of_session(
+                peer[0], port, session.host_name or "", session.extended_smtp
+            )
+        except ValueError:
+            return None
+    return None
+
+
 def peer_client(session: Session) -> Client | None:
     """The connecting client's address and HELO name (for SPF and per-client limits)."""
     peer = session.peer
@@ -138,13 +206,70 @@ class GateSMTP(SMTP):
 
     Clients outside the allowed networks get 554 at connect, clients over the
     session limit 421; malformed paths in MAIL and RCPT get 501 (aiosmtpd's own
-    parser is the e-mail header parser, see gateway/smtp_paths.py).
+    parser is the e-mail header parser, see gateway/smtp_paths.py). ``size``: the
+    limit agreed with the next hop, asked for on every HELO / EHLO / LHLO (else
+    ``data_size_limit`` as given). XFORWARD is taken when the handler offers it.
     """
 
-    def __init__(self, handler: Any, admission: Admission, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        admission: Admission,
+        *,
+        size: Callable[[], Awaitable[int]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self._admission = admission
         self._admitted = False
+        self._size = size
+
+    def _create_envelope(self) -> Envelope:
+        return GateEnvelope()
+
+    async def push(self, status: AnyStr) -> bool:
+        """Send a reply; aiosmtpd's size refusals with their enhanced status code."""
+        if isinstance(status, str) and status in _RESTATED:
+            log.info("message_too_big", limit=self.data_size_limit)
+            return bool(await super().push(_RESTATED[status]))
+        return bool(await super().push(status))
+
+    async def _agree_size(self) -> None:
+        if self._size is not None:
+            self.data_size_limit = await self._size()
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        """HELO, under the size limit agreed now."""
+        await self._agree_size()
+        await super().smtp_HELO(hostname)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        """EHLO, offering (and holding to) the size limit agreed now."""
+        await self._agree_size()
+        await super().smtp_EHLO(hostname)
+
+    async def smtp_XFORWARD(self, arg: str | None) -> None:
+        """Postfix's XFORWARD (the original client, for the next hop's log), where offered:
+        501 for a malformed command, 503 inside a transaction; reset with the transaction."""
+        envelope = self.envelope
+        assert self.session is not None
+        assert envelope is not None
+        if not getattr(self.event_handler, "xforward", False):
+            await self.push(XFORWARD_UNKNOWN)
+        elif not self.session.extended_smtp:
+            await self.push(XFORWARD_NO_EHLO)
+        elif envelope.mail_from is not None:
+            await self.push(XFORWARD_IN_MAIL)
+        else:
+            try:
+                given = parse_xforward(arg or "")
+            except BadXforward as exc:
+                await self.push(f"501 5.5.4 Bad XFORWARD command: {exc}")
+                return
+            assert isinstance(envelope, GateEnvelope)
+            before = envelope.xforward
+            envelope.xforward = Forwarded.start(given) if before is None else before.update(given)
+            await self.push(OK)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Greet admitted clients; refuse the others with one line and close."""
@@ -193,6 +318,11 @@ class GateSMTP(SMTP):
 
 class GateLMTP(GateSMTP, LMTP):
     """The same admission in front of LMTP (LHLO, one reply per recipient after DATA)."""
+
+    async def smtp_LHLO(self, arg: str) -> None:
+        """LHLO, offering (and holding to) the size limit agreed now."""
+        await self._agree_size()
+        await super().smtp_LHLO(arg)
 
 
 def session_error(error: Exception) -> str:
@@ -253,7 +383,26 @@ class EnvelopeRules:
 
 
 class Handler(Pipelining, EnvelopeRules):
-    """SMTP events in, pipeline call (or the inbound receiver for its addresses), reply out."""
+    """SMTP events in, pipeline call (or the inbound receiver for its addresses), reply out.
+
+    It offers XFORWARD (every client the listener admits is in ``[smtp]
+    allowed_clients``): a content filter's Postfix names the original client, which
+    classifies by client network and is passed on to the next hop's log.
+    """
+
+    xforward = True
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """The EHLO (LHLO) reply with PIPELINING and XFORWARD."""
+        lines = await super().handle_EHLO(server, session, envelope, hostname, responses)
+        return [*lines[:-1], f"250-{EHLO_LINE}", lines[-1]]
 
     def __init__(
         self,
@@ -295,14 +444,21 @@ class Handler(Pipelining, EnvelopeRules):
         if envelope.rcpt_tos and inbound != self._inbound(envelope.rcpt_tos[0]):
             return MIXED
         if self._reject and not inbound:
-            topic = self._pipeline.sender_topic(envelope.mail_from or "")
-            [decision] = await self._pipeline.verdicts([address], MessageClass.MARKETING, topic)
+            mail_from = envelope.mail_from or ""
+            client = forwarded(session, envelope)
+            topic = self._pipeline.sender_topic(mail_from)
+            kind, by = self._pipeline.envelope_class(
+                mail_from, client.client_ip if client else None
+            )
+            [decision] = await self._pipeline.verdicts([address], kind, topic)
             if not decision.verdict.keep:
                 log.info(
                     "recipient",
                     verdict="reject",
                     reason=decision.verdict.reason,
                     topic=topic,
+                    kind=kind.value,
+                    class_by=by,
                     rcpt=decision.sha256[:16] or None,
                 )
                 return OPTED_OUT
@@ -334,6 +490,7 @@ class Handler(Pipelining, EnvelopeRules):
             tuple(envelope.rcpt_tos),
             content,
             tuple(o for o in envelope.mail_options if o.upper().startswith(("SMTPUTF8", "BODY="))),
+            forwarded(session, envelope),
         )
         result = await self._pipeline.process(message)
         if self._lmtp:  # one reply per recipient (RFC 2033)

@@ -32,9 +32,10 @@ from gateway.keys import load_keys, load_log_key
 from gateway.metrics import Metrics
 from gateway.optin import request_consent
 from gateway.pipeline import Pipeline
-from gateway.policy import Rules
+from gateway.policy import ClassRules, Rules
 from gateway.ratelimit import MINUTE, SharedLimiter
 from gateway.relay import Relay
+from gateway.relay_tls import client_context
 from gateway.server import (
     ANYONE,
     Admission,
@@ -43,6 +44,7 @@ from gateway.server import (
     Handler,
     InboundHandler,
     Sessions,
+    SizeLimit,
 )
 from gateway.signing import Signer
 from gateway.steps import Branding, NextHop, Verp
@@ -78,6 +80,12 @@ def build_pipeline(
         ),
         default_topic=config.policy.default_topic,
         sender_topics=config.policy.sender_topics,
+        classes=ClassRules(
+            frozenset(config.policy.transactional_senders),
+            frozenset(config.policy.transactional_domains),
+            config.policy.transactional_networks,
+            frozenset(config.policy.marketing_senders),
+        ),
         ledger_window=timedelta(hours=config.relay.ledger_hours),
         resend_uncertain=config.relay.uncertain == "resend",
         metrics=metrics,
@@ -273,10 +281,12 @@ async def _smtp(
     )
     kind = GateLMTP if config.smtp.lmtp else GateSMTP
     admission = Admission(config.smtp.allowed_clients, config.smtp.max_sessions, sessions)
+    size = SizeLimit(config.smtp.max_message_size, relay)
     server = await _listen(
         lambda: kind(
             handler,
             admission,
+            size=size,
             hostname=hostname,
             ident="optgate",
             data_size_limit=config.smtp.max_message_size,
@@ -313,6 +323,7 @@ def _relay(config: Config, hostname: str) -> Relay:
         local_hostname=hostname,
         idle_seconds=settings.idle_seconds,
         busy_seconds=settings.busy_seconds,
+        tls=client_context(settings),
     )
 
 

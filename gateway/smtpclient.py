@@ -17,8 +17,12 @@ from collections import deque
 from collections.abc import Sequence
 from typing import NamedTuple, cast
 
+import structlog
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
+from gateway.xforward import Forwarded
+
+log = structlog.get_logger("optgate.relay")
 # the replies that let MAIL, RCPT and DATA go on
 _GO_AHEAD = ((250,), (250, 251), (354,))
 MAX_REPLY = 65536  # bytes of one reply (RFC 5321 allows 512 per line; some send many lines)
@@ -41,6 +45,22 @@ class Refused(Exception):
 
 class Broken(Exception):
     """The connection ended, or the next hop spoke something that is not SMTP."""
+
+
+class TlsFailed(Broken):
+    """STARTTLS to the next hop failed: its certificate did not verify, or the handshake."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"TLS to the next hop failed: {reason}")
+        self.reason = reason
+
+
+def unverified_tls() -> ssl.SSLContext:
+    """TLS without checking the next hop's certificate (a loopback next hop, or opted out)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 class Busy(Broken):
@@ -151,12 +171,20 @@ def _wire(data: bytes) -> bytes:
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
+def _forwarded(reply: Reply) -> None:
+    """An XFORWARD reply: the copy goes on whatever it says (as Postfix's client does), a
+    refusal is logged."""
+    if reply.code != 250:
+        log.warning("xforward_refused", code=reply.code)
+
+
 class Connection:
     """An open, greeted SMTP connection, STARTTLS done where wanted."""
 
     def __init__(self, protocol: _Replies, seconds: float) -> None:
         self._protocol, self._seconds = protocol, seconds
         self.extensions: frozenset[str] = frozenset()  # EHLO keywords, upper case
+        self.parameters: dict[str, str] = {}  # EHLO keyword -> the rest of its line
 
     async def _reply(self) -> Reply:
         """The next reply, within the timeout (TimeoutError)."""
@@ -165,12 +193,20 @@ class Connection:
 
     @classmethod
     async def open(
-        cls, host: str, port: int, *, seconds: float, local_hostname: str, starttls: str
+        cls,
+        host: str,
+        port: int,
+        *,
+        seconds: float,
+        local_hostname: str,
+        starttls: str,
+        tls: ssl.SSLContext | None = None,
     ) -> Connection:
         """Connect, read the greeting, EHLO; STARTTLS when offered, unless ``starttls`` is
-        ``never`` (the next hop's certificate is not checked); Broken when it is
-        ``required`` and not offered, or when the next hop refuses the session;
-        Busy when it refuses the connection or answers 421.
+        ``never``; Broken when it is ``required`` and not offered, or when the next hop
+        refuses the session; Busy when it refuses the connection or answers 421. ``tls``
+        checks the next hop's certificate as it says (None: not at all); a failed check
+        or handshake is TlsFailed, and nothing is sent.
         ``seconds`` bounds the connect and each reply."""
         loop = asyncio.get_running_loop()
         try:
@@ -186,17 +222,19 @@ class Connection:
                 await connection._command(b"STARTTLS", 220)
                 if not protocol.idle:  # replies sent ahead in plain text: injected
                     raise Broken("next hop sent data ahead of the TLS handshake")
-                context = ssl.create_default_context()
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
                 assert protocol.transport is not None
-                protocol.transport = await loop.start_tls(
-                    protocol.transport,
-                    protocol,
-                    context,
-                    server_hostname=host,
-                    ssl_handshake_timeout=seconds,
-                )
+                try:
+                    protocol.transport = await loop.start_tls(
+                        protocol.transport,
+                        protocol,
+                        tls or unverified_tls(),
+                        server_hostname=host,
+                        ssl_handshake_timeout=seconds,
+                    )
+                except ssl.SSLCertVerificationError as exc:
+                    raise TlsFailed(f"certificate not verified ({exc.verify_message})") from None
+                except ssl.SSLError as exc:
+                    raise TlsFailed(f"handshake failed ({exc.reason or exc})") from None
                 await connection._hello(local_hostname)
             elif starttls == "required":
                 raise Broken("next hop does not offer STARTTLS, which [relay] starttls requires")
@@ -214,11 +252,19 @@ class Connection:
         self._write(b"EHLO " + name.encode("idna") + b"\r\n")
         reply = await self._reply()
         if reply.code == 250:
-            lines = reply.message.split("\n")[1:]
-            self.extensions = frozenset(line.split(" ", 1)[0].upper() for line in lines if line)
+            words = [line.split(None, 1) for line in reply.message.split("\n")[1:] if line.strip()]
+            self.parameters = {w[0].upper(): w[1] if len(w) > 1 else "" for w in words}
+            self.extensions = frozenset(self.parameters)
             return
         await self._command(b"HELO " + name.encode("idna"), 250)
-        self.extensions = frozenset()
+        self.extensions, self.parameters = frozenset(), {}
+
+    @property
+    def size_limit(self) -> int | None:
+        """The largest message the next hop takes (its EHLO's SIZE, RFC 1870); None: no limit
+        said (no SIZE, SIZE alone or SIZE 0)."""
+        value = self.parameters.get("SIZE", "").strip()
+        return int(value) if value.isdigit() and int(value) > 0 else None
 
     def _write(self, data: bytes) -> None:
         transport = self._protocol.transport
@@ -242,40 +288,74 @@ class Connection:
         transport = self._protocol.transport
         return transport is not None and not transport.is_closing() and self._protocol.idle
 
-    async def start(self, sender: str, recipient: str, options: Sequence[str] = ()) -> None:
-        """MAIL, RCPT and DATA (in one write when PIPELINING is offered), up to the 354.
+    async def start(
+        self,
+        sender: str,
+        recipient: str,
+        options: Sequence[str] = (),
+        *,
+        size: int = 0,
+        xforward: Forwarded | None = None,
+    ) -> None:
+        """XFORWARD (when the next hop offers it; its refusal stops nothing), MAIL, RCPT and
+        DATA (in one write when PIPELINING is offered), up to the 354.
 
+        ``size``: the copy's length, said as SIZE= when the next hop offers SIZE; a copy
+        over the next hop's SIZE is refused here (552 5.3.4) and nothing is sent.
         Refused carries the first reply that was not a go-ahead. Every reply of a
         pipelined group is read before that, so the connection stays in step. A 421
         is Busy instead: the next hop is closing the session, the copy may go on another.
         """
+        limit = self.size_limit
+        if limit is not None and size > limit:
+            raise Refused(
+                Reply(552, f"5.3.4 message of {size} bytes exceeds the next hop's {limit}")
+            )
         try:
-            await self._start(sender, recipient, options)
+            await self._start(sender, recipient, options, size, xforward)
         except Refused as exc:
             if exc.reply.code != BUSY:
                 raise
             self.close()
             raise Busy(f"next hop is busy: {exc}") from None
 
-    async def _start(self, sender: str, recipient: str, options: Sequence[str]) -> None:
+    async def _start(
+        self,
+        sender: str,
+        recipient: str,
+        options: Sequence[str],
+        size: int,
+        xforward: Forwarded | None,
+    ) -> None:
         utf8 = any(option.upper() == "SMTPUTF8" for option in options)
         encoding = "utf-8" if utf8 else "ascii"
         if "8BITMIME" not in self.extensions:  # the copy was made 7bit (RFC 6152 §3)
             options = [o for o in options if not o.upper().startswith("BODY=")]
+        if "SIZE" in self.extensions and size:
+            options = [*options, f"SIZE={size}"]
         mail = b" ".join(
             [b"MAIL FROM:" + _address(sender, encoding)]
             + [option.encode("ascii") for option in options]
         )
-        commands = (mail, b"RCPT TO:" + _address(recipient, encoding), b"DATA")
+        forward: list[bytes] = []
+        if xforward is not None and "XFORWARD" in self.extensions:
+            forward = xforward.commands(frozenset(self.parameters["XFORWARD"].upper().split()))
+        commands = (*forward, mail, b"RCPT TO:" + _address(recipient, encoding), b"DATA")
         if "PIPELINING" not in self.extensions:
-            for command, wanted in zip(commands, _GO_AHEAD, strict=True):
+            for command in forward:
+                self._write(command + b"\r\n")
+                _forwarded(await self._reply())
+            for command, wanted in zip(commands[len(forward) :], _GO_AHEAD, strict=True):
                 await self._command(command, *wanted)
             return
         self._write(b"".join(command + b"\r\n" for command in commands))
         replies = [await self._reply() for _ in commands]
+        for reply in replies[: len(forward)]:
+            _forwarded(reply)
+        replies = replies[len(forward) :]
         for reply, wanted in zip(replies, _GO_AHEAD, strict=True):
             if reply.code not in wanted:
-                if replies[2].code == 354:  # a DATA the next hop took in spite of it
+                if replies[-1].code == 354:  # a DATA the next hop took in spite of it
                     # closing ends the transaction; RFC 2920's single "." instead could
                     # deliver an empty message to a recipient a confused next hop kept
                     self.close()

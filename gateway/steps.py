@@ -34,11 +34,12 @@ from gateway.message import (
 )
 from gateway.metrics import Metrics
 from gateway.outcomes import ALREADY, DROPPED, UNCERTAIN, Reply, Result, of_copy
-from gateway.policy import MessageClass, Rules, decide, scopes_for
+from gateway.policy import ClassRules, MessageClass, Rules, decide, scopes_for
 from gateway.relay import Commit, Outcome
 from gateway.rewrite import Footer, Links, Prepared, prepare, strip_headers
 from gateway.signing import Signer, for_next_hop
 from gateway.tokens import Claims, TokenSigner
+from gateway.xforward import Forwarded
 from suppression.address import Address, normalize
 from suppression.errors import InvalidAddress
 from suppression.model import Ledger, Send, now
@@ -74,8 +75,10 @@ class NextHop(Protocol):
         data: bytes,
         commit: Commit,
         options: Sequence[str] = (),
+        xforward: Forwarded | None = None,
     ) -> Outcome | None:
-        """Relay one copy with a commit point before its final "."."""
+        """Relay one copy with a commit point before its final "." (``xforward``: the
+        message's original client, for the next hop's log)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,7 @@ class Services:
     sender_topics: Mapping[str, str]
     ledger_window: timedelta
     signing: Executor  # DKIM runs here, off the event loop
+    classes: ClassRules = field(default_factory=ClassRules)  # mail without X-Optgate-Class
     resend_uncertain: bool = False
     dkim: Signer | None = None
     verp: Verp | None = None
@@ -229,8 +233,10 @@ async def run(steps: Steps, mail: Mail, services: Services) -> Mail:
 
 
 class Classify:
-    """Class, topic, campaign and ledger key from the X-Optgate-* headers (else the sender
-    rules, else the default topic); a bad control header answers every recipient 550."""
+    """Class, topic, campaign and ledger key from the X-Optgate-* headers, else the
+    envelope: the class by sender, domain and original client's network ([policy]
+    transactional_*, marketing_senders), the topic by sender, else the defaults; a bad
+    control header answers every recipient 550."""
 
     name = "classify"
 
@@ -243,6 +249,8 @@ class Classify:
                 envelope.mail_from,
                 services.default_topic,
                 services.sender_topics,
+                services.classes,
+                envelope.client.client_ip if envelope.client else None,
             )
         except BadControlHeader as exc:
             # the value is the sender's: logged as its keyed digest (gateway/logs.py)
@@ -510,7 +518,12 @@ class RelayHeld:
             return True
 
         outcome = await services.next_hop.send_committed(
-            copy.sender, copy.decision.raw, copy.data, hold, mail.envelope.mail_options
+            copy.sender,
+            copy.decision.raw,
+            copy.data,
+            hold,
+            mail.envelope.mail_options,
+            mail.envelope.client,
         )
         if outcome is None:  # hold() never declines
             raise AssertionError("a held copy was abandoned")
@@ -566,6 +579,7 @@ class Record:
                 reason=reason,
                 topic=message.topic,
                 kind=message.kind.value,
+                class_by=message.class_by,
                 message_id=message.message_id,
                 rcpt=d.sha256[:16] or None,
             )

@@ -62,6 +62,8 @@ trap 'rm -rf "$WORK"' EXIT
 RESULTS=$WORK/results.jsonl
 
 [ -n "$STORE" ] || STORE=sqlite:///$WORK/bench.db
+# the store's audit chain is keyed with the tests' key: optgate serve gets it as a file
+.venv/bin/python -c "import sys; from pathlib import Path; from tests.support.keys import AUDIT_KEY; p = Path(sys.argv[1]); p.write_text(AUDIT_KEY.hex()); p.chmod(0o600)" "$WORK/audit.key"
 .venv/bin/python - "$STORE" <<'EOF'
 import asyncio, sys
 from tests.support.keys import AUDIT_KEY

@@ -150,9 +150,11 @@ PATHS = {
     ("inbound", "keep_raw"),
     ("partners", "tls_cert"),
     ("partners", "tls_key"),
+    ("relay", "tls_ca_file"),
 }
 CHOICES = {
     ("relay", "starttls"): "never",
+    ("relay", "tls_verify"): "never",
     ("relay", "uncertain"): "resend",
     ("policy", "action"): "reject",
     ("dkim", "canonicalization"): "simple/simple",
@@ -170,7 +172,19 @@ RESOLVERS = {
     ("inbound", "dns_servers"): (
         "10.1.0.1, [2001:db8::1]:5353",
         ["10.1.0.1:53", "[2001:db8::1]:5353"],
-    )
+    ),
+}
+
+SENDER_LISTS = {  # addresses or domains, lower-cased at load
+    ("policy", "transactional_senders"): (
+        "noreply@shop.example, Billing@Shop.Example",
+        ["noreply@shop.example", "billing@shop.example"],
+    ),
+    ("policy", "marketing_senders"): ("news@shop.example", ["news@shop.example"]),
+    ("policy", "transactional_domains"): (
+        "@Shop.example, mail.shop.example",
+        ["shop.example", "mail.shop.example"],
+    ),
 }
 
 
@@ -183,6 +197,8 @@ def test_every_key_has_an_environment_override(section: str, key: str, kind: Any
         given = value = "192.0.2.1:2525"
     if (section, key) in RESOLVERS:
         given, value = RESOLVERS[section, key]
+    if (section, key) in SENDER_LISTS:
+        given, value = SENDER_LISTS[section, key]
     if (section, key) in PATHS:
         value = str(Path.cwd() / given)  # a relative path in the environment: from here
     if kind is bool and value == getattr(getattr(Config(), section), key):
@@ -307,12 +323,15 @@ NETWORK_OPTIONS = {
     ("web", "trusted_proxies"),
     ("inbound", "allowed_clients"),
     ("inbound", "trusted_relays"),
+    ("policy", "transactional_networks"),
 }
 BAD_VALUES: dict[str, list[Any]] = {
     "host:port": ["localhost", "host:", "host:port", "host:65536", "host:-1", "[::1]"],
     "networks": [["10.0.0.0/33"], ["not a network"], ["127.0.0.0/8", "10.0.0.1/8/2"], [""]],
     "resolvers": [["not-an-ip"], ["dns.example:53"], ["10.0.0.1:port"], ["[::1]"]],
     "choice": ["sometimes", "", "DROP"],
+    "addresses": [["noreply"], ["@shop.example"], ["no reply@shop.example"], ["a@localhost"]],
+    "domains": [["shop"], ["shop..example"], ["shop example"], [""]],
 }
 
 
@@ -326,6 +345,8 @@ def typed_options() -> list[tuple[str, str, str]]:
             found.append((*where, "networks"))
         elif where in RESOLVERS:
             found.append((*where, "resolvers"))
+        elif where in SENDER_LISTS:
+            found.append((*where, "domains" if where[1].endswith("domains") else "addresses"))
         elif option.choices:
             found.append((*where, "choice"))
     return found
@@ -334,7 +355,8 @@ def typed_options() -> list[tuple[str, str, str]]:
 def test_the_typed_options_are_all_tested() -> None:
     typed = {(o.section, o.key) for o in options() if o.parsed or o.choices}
     assert typed == {(section, key) for section, key, _ in typed_options()}
-    assert len(typed) == 16  # 6 host:port, 4 network lists, the resolvers, 5 choices
+    # 6 host:port, 5 network lists, the resolvers, 6 choices, 3 sender lists
+    assert len(typed) == 21
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from gateway.config import Config, load
 from gateway.doctor import Check, Status, failed, run_checks
 from gateway.keygen import NewKey, generate, keygen, private_pem, record_value, zone_strings
 from gateway.keys import load_keys
+from gateway.server import advertised_size
 from gateway.service import running
 from suppression.opening import open_store
 from suppression.sql.tables import MIGRATIONS
@@ -31,6 +32,7 @@ from tests.support.backends import postgres_database
 from tests.support.dns import DnsServer, dns_server
 from tests.support.keys import AUDIT_KEY
 from tests.support.smtp import sink
+from tests.support.tls import PrivateCA
 
 DOMAIN = "shop.test"
 SPF = ("shop.test", "TXT")
@@ -406,6 +408,28 @@ async def test_cli_prints_one_line_per_check_and_exits_1_on_a_fail(
     assert [line.startswith("PASS  ") for line in lines].count(False) == len(fails) == code
     if code:
         assert fails[0].startswith("FAIL  next hop: 127.0.0.1:")
+
+
+async def test_a_next_hop_whose_size_is_smaller_than_ours_is_reported(setup: Setup) -> None:
+    async with sink(size=10_240_000) as postfix_like:  # Postfix's message_size_limit
+        setup.settings["relay"]["next_hop"] = f"127.0.0.1:{postfix_like.port}"
+        found = by_name(await setup.checks())["next hop"]
+    assert found.status is Status.WARN
+    assert "takes at most 10240000 bytes (SIZE)" in found.detail
+    assert "max_message_size is 26214400" in found.detail
+    assert f"set [smtp] max_message_size = {advertised_size(26214400, 10240000)}" in found.detail
+
+
+async def test_a_next_hop_certificate_that_does_not_verify_fails(setup: Setup) -> None:
+    ca = PrivateCA.make(setup.tmp / "ca")
+    async with sink(tls=ca.server_context("127.0.0.1")) as secure:
+        setup.settings["relay"] = {"next_hop": f"127.0.0.1:{secure.port}", "tls_verify": "always"}
+        unknown = by_name(await setup.checks())["next hop"]
+        setup.settings["relay"]["tls_ca_file"] = str(ca.cert_file)
+        known = by_name(await setup.checks())["next hop"]
+    assert unknown.status is Status.FAIL
+    assert "certificate does not verify" in unknown.detail
+    assert known.status is Status.PASS, known.detail
 
 
 @contextlib.asynccontextmanager

@@ -31,6 +31,7 @@ from gateway.relay import Commit, Outcome
 from gateway.service import build_pipeline
 from gateway.steps import Mail, Services, Step, Steps, run
 from gateway.tokens import TokenSigner
+from gateway.xforward import Forwarded
 from suppression.address import normalize
 from suppression.model import PARTNER_OFFERS, Consent, ImportItem, Reason, Send, now
 from suppression.opening import open_store
@@ -48,6 +49,8 @@ GONE = "gone@example.com"  # consented, then unsubscribed (global)
 STRANGER = "stranger@example.com"  # no consent
 DEALS = "deals@example.com"  # consented to partner offers and to the topic "deals"
 TOKEN_KEY = bytes(range(32, 64))
+RESETS = f"noreply@{DOMAIN}"  # [policy] transactional_senders: password resets, no header
+APP_SERVER = Forwarded.start({"ADDR": "10.1.2.3"})  # in [policy] transactional_networks
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +76,7 @@ class Given:
     data: bytes
     options: tuple[str, ...]
     ledger_at_end: str | None  # the ledger's state of the copy when its "." went out
+    client: Forwarded | None = None  # the original client, for the next hop's XFORWARD
 
 
 @dataclass
@@ -101,6 +105,7 @@ class ScriptedHop:
         data: bytes,
         commit: Commit,
         options: Sequence[str] = (),
+        xforward: Forwarded | None = None,
     ) -> Outcome | None:
         answer = self.script.get(rcpt, "250")
         if answer in ("451", "554"):
@@ -112,7 +117,7 @@ class ScriptedHop:
 
         if not await commit(finish) or not ended:
             return None
-        self.given.append(Given(mail_from, rcpt, data, tuple(options), ended[0]))
+        self.given.append(Given(mail_from, rcpt, data, tuple(options), ended[0], xforward))
         if answer == "lost":
             return Outcome(451, "no reply after the end of data (TimeoutError)", True)
         return Outcome(250, "2.0.0 queued")
@@ -166,7 +171,13 @@ async def fresh(tmp_path: Path) -> AsyncIterator[World]:
     write_private(tmp_path / "dkim.pem", private_pem(key))
     # the sender's domain, and the company's (partner offers are From it)
     keys = ",".join(f"{d}:{SELECTOR}:ed25519:{tmp_path / 'dkim.pem'}" for d in DKIM_DOMAINS)
-    config = gateway_config(tmp_path, 9, dkim_keys=keys)
+    config = gateway_config(
+        tmp_path,
+        9,
+        dkim_keys=keys,
+        policy_transactional_senders=RESETS,
+        policy_transactional_networks="10.0.0.0/8",
+    )
     path = tmp_path / "pipeline.db"
     store = await open_store(f"sqlite:///{path}", audit_key=AUDIT_KEY)
     consents = [
@@ -221,6 +232,9 @@ class Case:
     before: Mapping[str, str | None] = field(default_factory=dict)  # the ledger had
     script: Mapping[str, str] = field(default_factory=dict)
     links: bool = True  # each copy carries its recipient's unsubscribe links
+    sender: str = SENDER  # the envelope sender
+    client: Forwarded | None = None  # the original client (XFORWARD, else the session's)
+    class_by: str = "default"  # what classify took the class from
 
 
 TRANSACTIONAL = {"X-Optgate-Class": "transactional"}
@@ -240,6 +254,37 @@ CASES = (
         {FAN: None, GONE: None},
         headers=TRANSACTIONAL,
         links=False,
+        class_by="header",
+    ),
+    Case(
+        "transactional by envelope sender: no header, exempt from the opt-out, no links",
+        (GONE, STRANGER, FAN),
+        ("relayed", "relayed", "relayed"),
+        (GONE, STRANGER, FAN),
+        {FAN: None, GONE: None, STRANGER: None},
+        sender=RESETS,
+        links=False,
+        class_by="sender",
+    ),
+    Case(
+        "the class header wins over a transactional sender",
+        (FAN, GONE),
+        ("relayed", "dropped"),
+        (FAN,),
+        {FAN: None},
+        headers={"X-Optgate-Class": "marketing"},
+        sender=RESETS,
+        class_by="header",
+    ),
+    Case(
+        "transactional by the original client's network (XFORWARD ADDR)",
+        (FAN, STRANGER),
+        ("relayed", "relayed"),
+        (FAN, STRANGER),
+        {FAN: None, STRANGER: None},
+        client=APP_SERVER,
+        links=False,
+        class_by="network",
     ),
     Case(
         "a retry: the delivered copy is not sent again",
@@ -291,7 +336,7 @@ def content(case: Case) -> bytes:
 async def outbound(world: World, case: Case, steps: Steps) -> Mail:
     """Run a case: the ledger as it was before, the script, the steps."""
     data = content(case)
-    envelope = Envelope(SENDER, case.rcpts, data, ("BODY=8BITMIME",))
+    envelope = Envelope(case.sender, case.rcpts, data, ("BODY=8BITMIME",), case.client)
     classified = await pipelines.OUTBOUND[0](Mail(envelope), world.services)
     if case.before and classified.message is not None:
         key = classified.message.ledger_key
@@ -315,12 +360,15 @@ def check(world: World, case: Case, mail: Mail) -> None:
         else:
             assert reply[:3] == expected
     assert [g.rcpt for g in world.hop.given] == list(case.given)
+    if mail.message is not None:
+        assert mail.message.class_by == case.class_by
     # only the copies that go out are rendered: never one the ledger says went before
     rendered = {c.decision.raw for c in mail.copies if c.data}
     assert rendered == set(case.given) | {r for r, w in case.script.items() if w != "lost"}
     for given in world.hop.given:
         assert given.ledger_at_end == "held", "the copy was not held before its final '.'"
         assert given.options == ("BODY=8BITMIME",)
+        assert given.client == case.client, "the original client was not passed on"
         assert world.verifies(given.data), "not signed after the rewrite"
         copy = message_from_bytes(given.data, policy=default)
         assert copy["X-Optgate-Topic"] is None
@@ -334,7 +382,7 @@ def check(world: World, case: Case, mail: Mail) -> None:
             assert f"/u/{token}".encode() in given.data.split(b"\r\n\r\n", 1)[1]  # footer
         else:
             assert copy["List-Unsubscribe"] is None
-            assert given.sender == SENDER
+            assert given.sender == case.sender
     key = mail.message.ledger_key if mail.message else ""
     assert world.ledger(key) == dict(case.ledger)
 

@@ -44,7 +44,7 @@ LOOPBACK = "127.0.0.1"
 # 127.0.0.1:10025 and relays to 127.0.0.1:10026).
 SNIPPET_FILTER_DESTINATION = "[127.0.0.1]:10025"
 SNIPPET_REINJECT_LISTENER = "127.0.0.1:10026"
-SNIPPET_SUBMISSION_SERVICE = re.compile(r"^smtp(?=\s+inet\s)")
+SNIPPET_SUBMISSION_SERVICE = re.compile(r"^submission(?=\s+inet\s)")
 
 # Queue subdirectories that hold messages (defer/, bounce/, trace/ hold logs).
 MESSAGE_QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")

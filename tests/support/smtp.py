@@ -16,6 +16,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.config import Config, load
 from gateway.server import Pipelining
+from gateway.xforward import EHLO_LINE
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Received:
     data: bytes
     mail_options: list[str]
     tls: bool = False
+    xforward: list[str] = field(default_factory=list)  # the transaction's XFORWARD arguments
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Sink(Pipelining):
     arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
     pipelining: bool = True  # offer PIPELINING, as Postfix does
     eight_bit: bool = True  # offer 8BITMIME (RFC 6152), as aiosmtpd and Postfix do
+    xforward: bool = False  # offer XFORWARD (Postfix's), as the guide's reinjection port does
 
     async def handle_EHLO(
         self,
@@ -53,6 +56,8 @@ class Sink(Pipelining):
         """optgate's own EHLO reply (with PIPELINING), or aiosmtpd's plain one."""
         if not self.eight_bit:
             responses = [line for line in responses if line[4:].upper() != "8BITMIME"]
+        if self.xforward:
+            responses = [*responses[:-1], f"250-{EHLO_LINE}", responses[-1]]
         if self.pipelining:
             return await super().handle_EHLO(server, session, envelope, hostname, responses)
         session.host_name = hostname
@@ -73,6 +78,7 @@ class Sink(Pipelining):
                 envelope.original_content or b"",
                 list(envelope.mail_options),
                 session.ssl is not None,
+                list(getattr(envelope, "xforward", [])),
             )
         )
         async with self.arrived:
@@ -89,6 +95,22 @@ class Sink(Pipelining):
             await self.arrived.wait_for(lambda: len(self.messages) >= count)
 
 
+class RecordingSMTP(SMTP):
+    """aiosmtpd's SMTP that takes XFORWARD (when its Sink offers it) and keeps the
+    arguments with the transaction."""
+
+    async def smtp_XFORWARD(self, arg: str) -> None:
+        """Record the command for the transaction's message."""
+        if not getattr(self.event_handler, "xforward", False):
+            await self.push('500 Error: command "XFORWARD" not recognized')
+            return
+        assert self.envelope is not None
+        if not hasattr(self.envelope, "xforward"):
+            self.envelope.xforward = []  # type: ignore[attr-defined]
+        self.envelope.xforward.append(arg)  # type: ignore[attr-defined]
+        await self.push("250 2.0.0 Ok")
+
+
 @contextlib.asynccontextmanager
 async def sink(
     port: int = 0,
@@ -96,22 +118,28 @@ async def sink(
     *,
     pipelining: bool = True,
     eight_bit: bool = True,
+    size: int | None = None,
+    xforward: bool = False,
+    host: str = "127.0.0.1",
 ) -> AsyncIterator[Sink]:
     """A recording SMTP server on a loopback port (default: a free one), in this event loop.
 
-    With ``tls`` it offers STARTTLS and refuses mail without it.
+    With ``tls`` it offers STARTTLS and refuses mail without it; ``size``: its SIZE
+    (aiosmtpd's 33554432 unless given); ``xforward``: it offers and records XFORWARD.
     """
-    recorder = Sink(pipelining=pipelining, eight_bit=eight_bit)
+    recorder = Sink(pipelining=pipelining, eight_bit=eight_bit, xforward=xforward)
     loop = asyncio.get_running_loop()
+    limits: dict[str, Any] = {} if size is None else {"data_size_limit": size}
     server = await loop.create_server(
-        lambda: SMTP(
+        lambda: RecordingSMTP(
             recorder,
             enable_SMTPUTF8=True,
             hostname="sink.test",
             tls_context=tls,
             require_starttls=tls is not None,
+            **limits,
         ),
-        "127.0.0.1",
+        host,
         port,
     )
     recorder.port = server.sockets[0].getsockname()[1]
