@@ -13,16 +13,19 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Callable, Iterator
-from itertools import chain
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain, islice
+from operator import itemgetter
 from typing import BinaryIO, NamedTuple
 
 from suppression import vendors
 from suppression.fields import (
     ADDRESS_KEYS,
-    ROW_DEFAULTS,
+    Addresses,
     DigestKind,
     Layout,
+    Record,
     Row,
     address_row,
     loads,
@@ -41,6 +44,7 @@ from suppression.textio import (
     numbered,
     significant,
     split_fields,
+    whole,
 )
 
 READ_FORMATS: tuple[str, ...] = (
@@ -59,6 +63,11 @@ READ_FORMATS: tuple[str, ...] = (
 
 _PEEK_LINES = 1000  # lines of a block auto-detection looks at for the first records
 _PEEK_BLOCKS = 4  # blocks auto-detection reads at most
+_RECORDS_A_BLOCK = 10_000  # CSV records of an address alone taken at a time
+_FIRST_CHAR = itemgetter(0)
+# a cell beginning with one of these goes a record at a time: ' (neutralised by a writer),
+# @ (a domain), # (a comment in a plain list)
+_RUN_STARTS = frozenset("'@#")
 _DIGEST = {"sha256": re.compile(r"[0-9a-f]{64}"), "md5": re.compile(r"[0-9a-f]{32}")}
 _HEADER_WORD = re.compile(r"(?=.*[g-z_ .-])[a-z_][a-z0-9_ .-]*")  # not all hex: sha256, hash
 _FIELD_END = re.compile(r"[,;\t]")
@@ -85,19 +94,28 @@ class _Fit(NamedTuple):
 class Reading:
     """The rows of a stream in a format; ``format`` names the one detected once the first
     row was asked for. ``keep_extra``: give rows their other named fields (consent
-    evidence); without, a CSV of the usual layout is read by index, which is faster."""
+    evidence); without, a CSV of the usual layout is read by index, which is faster, and
+    ``records`` gives its rows a block at a time (fields.Addresses)."""
 
     def __init__(self, stream: BinaryIO, fmt: str, source: str, keep_extra: bool = True) -> None:
         if fmt not in READ_FORMATS:
             raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(READ_FORMATS)}")
         self.format = fmt
         self.source = source
-        self._rows = self._read(stream, keep_extra)
+        self._records = self._read(stream, keep_extra)
 
     def __iter__(self) -> Iterator[Row]:
-        return self._rows
+        for record in self._records:
+            if isinstance(record, Addresses):
+                yield from record.rows()
+            else:
+                yield record
 
-    def _read(self, stream: BinaryIO, keep_extra: bool) -> Iterator[Row]:
+    def records(self) -> Iterator[Record]:
+        """The rows, those of an address alone in blocks where the reader makes blocks."""
+        return self._records
+
+    def _read(self, stream: BinaryIO, keep_extra: bool) -> Iterator[Record]:
         found = blocks(stream, self.source)
         if self.format in ("auto", "ses", "mailgun", "postmark"):
             fit = _detect(found)
@@ -109,6 +127,8 @@ class Reading:
         self.format = _SHOWN.get(reader, reader)
         if reader == "csv":
             yield from _read_csv(found, self.source, keep_extra)
+        elif reader == "plain":
+            yield from _read_plain(found, self.source)
         elif explicit and reader in _DIGEST:  # asked for: every line must be a digest
             kind: DigestKind = "sha256" if reader == "sha256" else "md5"
             yield from _read_digests(found, self.source, kind, strict=True)
@@ -255,15 +275,22 @@ def _digest_of(value: str) -> DigestKind | None:
 # Line formats ---------------------------------------------------------------
 
 
-def _read_plain(found: Blocks, source: str) -> Iterator[Row]:
-    checked = False
-    for line, text in numbered(found, source):
-        value = text.strip()
-        if value and value[0] != "#":
-            if not checked:
-                _check_plain(line, value, source)
-                checked = True
-            yield address_row(line, value)
+def _read_plain(found: Blocks, source: str) -> Iterator[Record]:
+    """One address a line, a block at a time; blank and ``#`` lines are skipped."""
+    first = True
+    for block in whole(found, source):
+        values = list(map(str.strip, lines_of(block)))
+        if first:
+            at = next((i for i, value in enumerate(values) if value and value[0] != "#"), None)
+            if at is None:
+                continue
+            _check_plain(block.line + at, values[at], source)
+            first = False
+        if "" in values or not _RUN_STARTS.isdisjoint(map(_FIRST_CHAR, values)):
+            kept = enumerate(values, block.line)
+            yield from _runs((line, v) for line, v in kept if v and v[0] != "#")
+        else:
+            yield Addresses(values, range(block.line, block.line + len(values)))
 
 
 def _check_plain(line: int, value: str, source: str) -> None:
@@ -322,7 +349,7 @@ def _header(fields: list[str]) -> list[str] | None:
     return names if any(name in ADDRESS_KEYS for name in names) else None
 
 
-def _read_csv(found: Blocks, source: str, keep_extra: bool) -> Iterator[Row]:
+def _read_csv(found: Blocks, source: str, keep_extra: bool) -> Iterator[Record]:
     """CSV with a header naming the address column, or addresses in the first column."""
     stream = CsvRecords(found, source)
     records = iter(stream)
@@ -347,21 +374,61 @@ def _read_csv(found: Blocks, source: str, keep_extra: bool) -> Iterator[Row]:
             yield address_row(line, value)
 
 
-def _addresses(stream: CsvRecords, column: int) -> Iterator[Row]:
-    """The rows of a CSV whose only column that counts is the address: the csv module's
-    records made into Rows in one loop (the layout of most files, on its own path)."""
-    reader, start, new, rest = stream.reader, stream.start, tuple.__new__, ROW_DEFAULTS
-    before = reader.line_num
-    try:
-        for fields in reader:
-            at, before = start + before, reader.line_num
-            value = fields[column].strip() if len(fields) > column else ""
-            if value:
-                if value[0] == "'":
-                    value = restored(value)
-                yield new(Row, (at, value, "address", *rest))
-    except csv.Error as exc:
-        raise stream.error(exc, start + before) from None
+def _addresses(stream: CsvRecords, column: int) -> Iterator[Record]:
+    """The rows of a CSV whose only column that counts is the address, a block of records
+    at a time (the layout of most files, on its own path): the csv module's records taken
+    and their address fields trimmed by C loops, unless the block has records of more
+    than one line, blank ones, cells a writer neutralised or domains (then one record at
+    a time)."""
+    reader, start, field = stream.reader, stream.start, itemgetter(column)
+    while True:
+        before = reader.line_num
+        records: list[list[str]] = []
+        try:  # append as read: the records before a broken one say where it starts
+            deque(map(records.append, islice(reader, _RECORDS_A_BLOCK)), 0)
+        except csv.Error as exc:
+            raise stream.error(exc, start + before + _lines_spanned(records)) from None
+        if not records:
+            return
+        values = None
+        if reader.line_num - before == len(records) and min(map(len, records)) > column:
+            values = list(map(str.strip, map(field, records)))
+        if values and "" not in values and _RUN_STARTS.isdisjoint(map(_FIRST_CHAR, values)):
+            yield Addresses(values, range(start + before, start + before + len(values)))
+        else:
+            yield from _runs(_cells(records, column, start + before))
+
+
+def _lines_spanned(records: list[list[str]]) -> int:
+    """The lines the csv module read for these records (a quoted line break is one more)."""
+    return len(records) + sum(field.count("\n") for fields in records for field in fields)
+
+
+def _cells(records: list[list[str]], column: int, line: int) -> Iterator[tuple[int, str]]:
+    """The non-empty address cells of records, restored, and the line each record is on."""
+    for fields in records:
+        value = fields[column].strip() if len(fields) > column else ""
+        if value:
+            yield line, restored(value)
+        line += _lines_spanned([fields])
+
+
+def _runs(cells: Iterable[tuple[int, str]]) -> Iterator[Record]:
+    """(line, value) pairs as Addresses, but for a domain (``@example.com``): a Row of its
+    own between them."""
+    values: list[str] = []
+    lines: list[int] = []
+    for line, value in cells:
+        if value[0] == "@":
+            if values:
+                yield Addresses(values, lines)
+                values, lines = [], []
+            yield address_row(line, value)
+        else:
+            values.append(value)
+            lines.append(line)
+    if values:
+        yield Addresses(values, lines)
 
 
 def _check_csv(line: int, value: str, source: str) -> None:
@@ -375,7 +442,6 @@ def _check_csv(line: int, value: str, source: str) -> None:
 _READERS: dict[str, Reader] = {
     "jsonl": _read_jsonl,
     "json": _read_json,
-    "plain": _read_plain,
     "sha256": lambda found, source: _read_digests(found, source, "sha256"),
     "md5": lambda found, source: _read_digests(found, source, "md5"),
     "sendgrid": vendors.read_sendgrid,

@@ -29,6 +29,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from itertools import chain, repeat
+from typing import cast
 
 from suppression.errors import StoreError
 from suppression.model import BatchResult, ConsentItem, ImportRows, now
@@ -116,7 +117,10 @@ class SuppressionRun:
             keys = segment.keys
             if kind != "sha256":
                 keys = [stored(key, kind) for key in keys]
-            addresses = [address or "" for address in segment.addresses]
+            # "" for no address (the staging column is NOT NULL; most segments have none)
+            addresses = cast("list[str]", segment.addresses)
+            if None in segment.addresses:
+                addresses = [address or "" for address in segment.addresses]
             if segment.created is None or segment.evidence is None:
                 plain += chain.from_iterable(zip(keys, repeat(number), addresses, strict=False))
                 continue
