@@ -318,6 +318,25 @@ def test_ses_pages_one_after_another_and_bare_arrays() -> None:
     ]
 
 
+def test_json_document_records_keep_the_line_they_start_on_and_paging_is_skipped() -> None:
+    assert [row.line for row in rows(SES_CLI, "ses")] == [3, 8]
+    data = (
+        b'{"paging": {"next": {"url": "https://x/?items=1", "items": ["no@example.com"]}},\n'
+        b' "items": [\n  {"address": "a@example.com", "created_at": 1700000000},\n'
+        b'  {"address": "b@example.com"}]}\n'
+    )
+    assert [(row.line, row.value) for row in rows(data, "mailgun")] == [
+        (3, "a@example.com"),
+        (4, "b@example.com"),
+    ]
+
+
+def test_a_json_record_over_a_mebibyte_is_refused() -> None:
+    data = b'{"items": [\n{"address": "a@example.com", "x": "' + b"y" * (3 << 20) + b'"}]}'
+    with pytest.raises(FormatError, match=r"^list\.txt:2: a JSON record over 1024 KiB$"):
+        rows(data, "mailgun")
+
+
 def test_ses_document_on_one_long_line_is_read_in_pieces() -> None:
     summaries = [
         {"EmailAddress": f"user{i}@example.com", "Reason": "BOUNCE", "LastUpdateTime": 1700000000}
@@ -398,7 +417,7 @@ def test_sendgrid_invalid_emails_are_told_from_a_generic_csv() -> None:
             b'{"SuppressedDestinationSummaries": [\n"a@example.com" "b@example.com"]}',
             "ses",
             2,
-            ", ]",
+            "invalid JSON: after array element, I expect ',' or ']'",
         ),
     ],
 )
