@@ -48,7 +48,7 @@ _REASONS = {
     "erased": ("erased",),  # an erased person's tombstone (optgate's own export)
 }
 _REASON_WORDS = {word: reason for reason, words in _REASONS.items() for word in words}
-# CSV cells that start with one of these are written with a ' before them (writers.py);
+# CSV cells that start with one of these are written with a ' before them (formats/write.py);
 # the readers take that ' off again
 NEUTRALISED = frozenset("=+-@\t\r|'")
 

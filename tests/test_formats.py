@@ -11,19 +11,19 @@ from datetime import UTC, datetime
 
 import pytest
 
-from suppression import formats
 from suppression.fields import Addresses, Row
-from suppression.formats import READ_FORMATS, Reading
-from suppression.model import Consent
-from suppression.textio import FormatError
-from suppression.writers import (
-    WRITE_FORMATS,
+from suppression.formats import READ_FORMATS, WRITE_FORMATS
+from suppression.formats import read as reader
+from suppression.formats.read import Reading
+from suppression.formats.write import (
     ExportRecord,
     WriteSummary,
     neutralised,
     write_consents,
     write_records,
 )
+from suppression.model import Consent
+from suppression.textio import FormatError
 
 SHA = hashlib.sha256(b"jane@example.com").hexdigest()
 MD5 = hashlib.md5(b"jane@example.com", usedforsecurity=False).hexdigest()
@@ -452,7 +452,7 @@ def test_address_blocks_keep_every_line(
     """A CSV of the usual layout is read a block of records at a time (fields.Addresses)
     when the extra fields are not kept: the same rows on the same lines as record by
     record, across blank lines, quoted line breaks, neutralised cells and domains."""
-    monkeypatch.setattr(formats, "_RECORDS_A_BLOCK", block)
+    monkeypatch.setattr(reader, "_RECORDS_A_BLOCK", block)
     reading = Reading(io.BytesIO(ODD_CSV), "csv", "list.csv", keep_extra=keep_extra)
     found = [
         (line, value)
@@ -470,7 +470,7 @@ def test_address_blocks_keep_every_line(
 def test_a_broken_record_after_whole_blocks_names_its_line(
     monkeypatch: pytest.MonkeyPatch, block: int
 ) -> None:
-    monkeypatch.setattr(formats, "_RECORDS_A_BLOCK", block)
+    monkeypatch.setattr(reader, "_RECORDS_A_BLOCK", block)
     data = b'email\na@example.com\n"b\nx"\nc@example.com\n"d@example.com\n'
     with pytest.raises(FormatError, match=r"list.csv:6: unterminated quoted field"):
         list(Reading(io.BytesIO(data), "csv", "list.csv", keep_extra=False).records())

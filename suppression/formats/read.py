@@ -1,11 +1,11 @@
-"""Streaming readers for bulk suppression and consent files, and the detection of layouts.
+"""Streaming readers for bulk suppression and consent files.
 
 ``Reading`` turns a byte stream into ``Row`` values in flat memory (one block
 and one record at a time) and names the format it read, detected from the
-first records for ``auto`` (and for ``ses``, ``mailgun`` and ``postmark``,
-which each have several layouts). Besides plain lists, CSV (optgate's own
-export among them), JSON lines and digest lists it reads the ESPs' exports
-(suppression/vendors.py).
+first records for ``auto`` (formats/detect.py). Besides plain lists, CSV
+(optgate's own export among them), JSON lines and digest lists it reads the
+ESPs' exports (suppression/vendors.py). Rows of an address alone come a block
+at a time from ``records`` (fields.Addresses).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain, islice
 from operator import itemgetter
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO
 
 from suppression import vendors
 from suppression.fields import (
@@ -29,12 +29,12 @@ from suppression.fields import (
     Row,
     address_row,
     loads,
-    reason_of,
     restored,
 )
+from suppression.formats import READ_FORMATS
+from suppression.formats.detect import DIGESTS, HEADER_WORD, detect, digest_of, variant
 from suppression.jsondoc import element, element_row, read_documents
 from suppression.textio import (
-    Block,
     Blocks,
     CsvRecords,
     FormatError,
@@ -42,53 +42,17 @@ from suppression.textio import (
     first_field,
     lines_of,
     numbered,
-    significant,
-    split_fields,
     whole,
 )
 
-READ_FORMATS: tuple[str, ...] = (
-    "auto",
-    "csv",
-    "jsonl",
-    "plain",
-    "sha256",
-    "md5",
-    "sendgrid",
-    "mailchimp",
-    "ses",
-    "mailgun",
-    "postmark",
-)
-
-_PEEK_LINES = 1000  # lines of a block auto-detection looks at for the first records
-_PEEK_BLOCKS = 4  # blocks auto-detection reads at most
 _RECORDS_A_BLOCK = 10_000  # CSV records of an address alone taken at a time
 _FIRST_CHAR = itemgetter(0)
 # a cell beginning with one of these goes a record at a time: ' (neutralised by a writer),
 # @ (a domain), # (a comment in a plain list)
 _RUN_STARTS = frozenset("'@#")
-_DIGEST = {"sha256": re.compile(r"[0-9a-f]{64}"), "md5": re.compile(r"[0-9a-f]{32}")}
-_HEADER_WORD = re.compile(r"(?=.*[g-z_ .-])[a-z_][a-z0-9_ .-]*")  # not all hex: sha256, hash
 _FIELD_END = re.compile(r"[,;\t]")
-_UNIX_TIME = re.compile(r"\d{9,10}(?:\.\d+)?")
-_RFC2822 = re.compile(r"(?:mon|tue|wed|thu|fri|sat|sun), \d")
-# the array key of each vendor's JSON answer, and the format it names
-_DOCUMENT_KEYS = {
-    vendors.SES_SUMMARIES: "ses",
-    "items": "mailgun",
-    "Suppressions": "postmark",
-}
-_DOCUMENT = re.compile(r'"(' + "|".join(_DOCUMENT_KEYS) + r')"\s*:\s*\[')
 
 Reader = Callable[[Blocks, str], Iterator[Row]]
-
-
-class _Fit(NamedTuple):
-    """The reader a file needs (a key of _READERS), and the blocks already looked at."""
-
-    reader: str
-    blocks: Blocks
 
 
 class Reading:
@@ -118,8 +82,8 @@ class Reading:
     def _read(self, stream: BinaryIO, keep_extra: bool) -> Iterator[Record]:
         found = blocks(stream, self.source)
         if self.format in ("auto", "ses", "mailgun", "postmark"):
-            fit = _detect(found)
-            reader = fit.reader if self.format == "auto" else _variant(self.format, fit.reader)
+            fit = detect(found)
+            reader = fit.reader if self.format == "auto" else variant(self.format, fit.reader)
             found = fit.blocks
         else:
             reader = self.format
@@ -129,150 +93,11 @@ class Reading:
             yield from _read_csv(found, self.source, keep_extra)
         elif reader == "plain":
             yield from _read_plain(found, self.source)
-        elif explicit and reader in _DIGEST:  # asked for: every line must be a digest
+        elif explicit and reader in DIGESTS:  # asked for: every line must be a digest
             kind: DigestKind = "sha256" if reader == "sha256" else "md5"
             yield from _read_digests(found, self.source, kind, strict=True)
         else:
-            yield from _READERS[reader](found, self.source)
-
-
-def _variant(fmt: str, detected: str) -> str:
-    """The layout of a vendor's format: the one detected if it is that vendor's."""
-    own = {
-        "ses": ("ses-csv", "ses-text", "ses-json", "jsonl", "json"),
-        "mailgun": ("mailgun", "mailgun-json"),
-        "postmark": ("postmark", "postmark-json"),
-    }[fmt]
-    if detected in own:
-        return detected
-    return {"ses": "ses-csv", "mailgun": "mailgun", "postmark": "postmark"}[fmt]
-
-
-# Detection ----------------------------------------------------------------
-
-
-def _detect(found: Blocks) -> _Fit:
-    """Guess the reader from the first two records; the blocks read are given back."""
-    head: list[Block] = []
-    records: list[str] = []
-    for block in found:
-        head.append(block)
-        lines = lines_of(block)[:_PEEK_LINES]
-        records += [text.strip() for text in lines if significant(text)]
-        if len(records) >= 2 or len(head) >= _PEEK_BLOCKS:
-            break
-    text = head[0].text if head else ""
-    return _Fit(_guess(records[:2], text), chain(head, found))
-
-
-def _guess(records: list[str], text: str) -> str:
-    if not records:
-        return "plain"
-    first = records[0]
-    second = records[1] if len(records) > 1 else ""
-    if first.startswith(("{", "[")):
-        return _guess_json(first, text)
-    if isinstance(_json_or_none(first), str):
-        return "jsonl"
-    if first.startswith(vendors.SES_TEXT + "\t") or second.startswith(vendors.SES_TEXT + "\t"):
-        return "ses-text"
-    fields = split_fields(first)
-    names = [name.strip().lower() for name in fields]
-    return _guess_header(names, fields, second) or _guess_list(names, fields, second)
-
-
-def _guess_header(names: list[str], fields: list[str], second: str) -> str | None:
-    """A vendor's export, from its header (and its first record where that is needed)."""
-    layout = frozenset(names)
-    if _is_mailchimp(names):
-        return "mailchimp"
-    sendgrid = vendors.SENDGRID_LAYOUTS.get(layout)
-    if sendgrid and (sendgrid != "invalid" or _sendgrid_invalid(names, second)):
-        return "sendgrid"
-    mailgun = vendors.MAILGUN_LAYOUTS.get(layout)
-    if mailgun and (mailgun != "complained" or _rfc2822(names, second)):
-        return "mailgun"
-    if frozenset(n.replace(" ", "") for n in names) >= vendors.POSTMARK_COLUMNS:
-        return "postmark"
-    if _is_ses_csv(fields):
-        return "ses-csv"
-    return None
-
-
-def _guess_list(names: list[str], fields: list[str], second: str) -> str:
-    digest = _digest_kind(names[0], second)
-    if digest:
-        return digest
-    if any(name in ADDRESS_KEYS for name in names) or len(fields) > 1:
-        return "csv"
-    return "plain"
-
-
-def _guess_json(first: str, text: str) -> str:
-    """A JSON object per line, or one JSON document (an ESP's answer) over many lines."""
-    value = _json_or_none(first)
-    found = _DOCUMENT.search(text)
-    if isinstance(value, dict):
-        key = next((k for k in value if k in _DOCUMENT_KEYS), None)
-        return f"{_DOCUMENT_KEYS[key]}-json" if key else "jsonl"
-    if value is not None and not isinstance(value, list):
-        return "jsonl"
-    if first.startswith("{") and found:
-        return f"{_DOCUMENT_KEYS[found.group(1)]}-json"
-    return "jsonl" if first.endswith("}") else "json"
-
-
-def _json_or_none(text: str) -> object:
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _record(names: list[str], second: str) -> dict[str, str]:
-    return dict(zip(names, (value.strip() for value in split_fields(second)), strict=False))
-
-
-def _sendgrid_invalid(names: list[str], second: str) -> bool:
-    """SendGrid's invalid emails: unix times, and a reason that is none of our words."""
-    record = _record(names, second)
-    return bool(_UNIX_TIME.fullmatch(record.get("created", ""))) and not reason_of(
-        record.get("reason")
-    )
-
-
-def _rfc2822(names: list[str], second: str) -> bool:
-    return bool(_RFC2822.match(_record(names, second).get("created_at", "").lower()))
-
-
-def _is_mailchimp(names: list[str]) -> bool:
-    marks = ("unsub_", "clean_", "member_rating", "optin_time", "leid", "euid")
-    return "email address" in names and any(name.startswith(marks) for name in names)
-
-
-def _is_ses_csv(fields: list[str]) -> bool:
-    """``emailAddress,reason`` or a first record like ``user@example.com,BOUNCE``."""
-    names = [name.strip().lower() for name in fields]
-    return names == ["emailaddress", "reason"] or (
-        len(fields) == 2 and fields[1].strip() in ("BOUNCE", "COMPLAINT")
-    )
-
-
-def _digest_kind(first: str, second: str) -> str | None:
-    """sha256 or md5 when the first record, or the one after a header word, is a digest."""
-    kind = _digest_of(first)
-    if kind is None and _HEADER_WORD.fullmatch(first):
-        kind = _digest_of(first_field(second).lower())
-    return kind
-
-
-def _digest_of(value: str) -> DigestKind | None:
-    if _DIGEST["sha256"].fullmatch(value):
-        return "sha256"
-    return "md5" if _DIGEST["md5"].fullmatch(value) else None
-
-
-# Line formats ---------------------------------------------------------------
+            yield from READERS[reader](found, self.source)
 
 
 def _read_plain(found: Blocks, source: str) -> Iterator[Record]:
@@ -304,7 +129,7 @@ def _read_digests(
     found: Blocks, source: str, kind: DigestKind, strict: bool = False
 ) -> Iterator[Row]:
     """One digest per line (first field of a CSV line); a header word first is skipped."""
-    pattern = _DIGEST[kind]
+    pattern = DIGESTS[kind]
     header_allowed = True
     for line, text in numbered(found, source):
         value = first_field(text).lower()
@@ -312,7 +137,7 @@ def _read_digests(
             continue
         if header_allowed:
             header_allowed = False
-            if _HEADER_WORD.fullmatch(value):
+            if HEADER_WORD.fullmatch(value):
                 continue
         if strict and not pattern.fullmatch(value):
             raise FormatError(source, line, f"not a {kind} digest")
@@ -434,12 +259,12 @@ def _runs(cells: Iterable[tuple[int, str]]) -> Iterator[Record]:
 def _check_csv(line: int, value: str, source: str) -> None:
     if value.startswith("{"):
         raise FormatError(source, line, "looks like JSON lines; use --format jsonl")
-    kind = _digest_of(value.lower())
+    kind = digest_of(value.lower())
     if kind:
         raise FormatError(source, line, f"looks like {kind} digests; use --format {kind}")
 
 
-_READERS: dict[str, Reader] = {
+READERS: dict[str, Reader] = {
     "jsonl": _read_jsonl,
     "json": _read_json,
     "sha256": lambda found, source: _read_digests(found, source, "sha256"),
