@@ -5,15 +5,16 @@ connection and lock, and appends to its audit chain through ``_audit``.
 
 Suppressions are staged in a private temporary database ATTACHed to the writer
 connection (``ATTACH ''``: SQLite deletes its file when it is detached or the
-process dies; no journal, no fsync), each batch in one short transaction that
-touches only that database. ``commit`` takes the write lock once and adds
-everything with one ``INSERT ... SELECT ... ORDER BY key``: SQLite sorts the
-run in bounded memory (spilling to temporary files) and then fills the
-primary key in order, which costs a fraction of inserting batches of random
-keys, each batch touching pages all over the index. A row is staged as its
-key, address and the number of its "shape" (kind, scope, reason, source),
-since every value bound costs time, a thousand rows to a statement; times
-and evidence go in only for the rows that have them.
+process dies; no journal, no fsync), each batch in statements that touch only
+that database, run on the connection's thread while the importer reads the
+next batch (SQLite runs them without the GIL). ``commit`` takes the write lock
+once and adds everything with one ``INSERT ... SELECT ... ORDER BY key``:
+SQLite sorts the run in bounded memory (spilling to temporary files) and then
+fills the primary key in order, which costs a fraction of inserting batches of
+random keys, each batch touching pages all over the index. A row is staged as
+its key, address and the number of its "shape" (kind, scope, reason, source),
+since every value bound costs time, 10,000 rows to a statement; times and
+evidence go in only for the rows that have them.
 
 The run's audit event carries the row sum of what it added (statecheck), made
 while staging for the event number the chain's head promised when the run
