@@ -24,7 +24,8 @@ from gateway.inbound.diagnosis import judge, status_of
 from gateway.progress import shown
 from gateway.stores import opened
 from suppression.errors import OptgateError
-from suppression.formats import Reading
+from suppression.formats.read import Reading
+from suppression.formats.write import ExportRecord, WriteSummary, write_consents, write_records
 from suppression.importing import (
     ConsentOptions,
     Summary,
@@ -36,7 +37,6 @@ from suppression.model import Reason, check_name
 from suppression.scope import Scope
 from suppression.store import Store
 from suppression.textio import FormatError
-from suppression.writers import ExportRecord, WriteSummary, write_consents, write_records
 
 T = TypeVar("T")
 EXPORT_PAGE = 5000

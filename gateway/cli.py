@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from gateway.config import Config, load
 from gateway.errors import EXITING, exit_for
-from suppression.formats import READ_FORMATS
+from suppression.formats import CONSENT_FORMATS, READ_FORMATS, WRITE_FORMATS
 from suppression.model import Reason
 from suppression.partners import TRANSITIONS
-from suppression.writers import CONSENT_FORMATS, WRITE_FORMATS
 
 Handler = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, int]]
 if TYPE_CHECKING:  # (not subscriptable at run time)

@@ -12,6 +12,7 @@ from gateway.actions import known_partner
 from gateway.admin import opened_store
 from gateway.bulk import output_file
 from gateway.config import Config
+from suppression.formats.write import ExportRecord, write_records
 from suppression.model import Reason, check_name, now
 from suppression.partners import (
     Partner,
@@ -19,7 +20,6 @@ from suppression.partners import (
     new_credential,
 )
 from suppression.scope import Scope
-from suppression.writers import ExportRecord, write_records
 
 
 async def partner_add(args: argparse.Namespace, config: Config) -> int:

@@ -75,9 +75,8 @@ def store_figures(work: Path, rows: int, server: str) -> None:
     write_csv(small, rows // 4)
     sqlite_url, small_url = f"sqlite:///{work / 'import.db'}", f"sqlite:///{work / 'small.db'}"
     with database(server) as pg_url:
-        imports = {
-            name: rows / store_import(url, source)[0] for name, url in backends(sqlite_url, pg_url)
-        }
+        urls = backends(sqlite_url, pg_url)
+        imports = {name: rows / store_import(url, source).wall for name, url in urls}
         store_import(small_url, small)
         for label, url, count, csv in (
             ("small", small_url, rows // 4, small),
@@ -87,7 +86,7 @@ def store_figures(work: Path, rows: int, server: str) -> None:
             env = {**os.environ, "OPTGATE_STORE_STATE_DIR": str(csv.with_name(f"{csv.stem}-state"))}
             with database(server) as destination:
                 started = time.perf_counter()
-                _, rss = run_child([str(OPTGATE), "store", "copy", url, destination], env)
+                rss = run_child([str(OPTGATE), "store", "copy", url, destination], env).rss
                 seconds = time.perf_counter() - started
             print(
                 f"store copy sqlite -> postgresql, {count:,} suppressions ({label}): "

@@ -8,7 +8,8 @@ error (FormatError), since a wrong time would be kept as if it were right.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import MappingProxyType
@@ -47,7 +48,7 @@ _REASONS = {
     "erased": ("erased",),  # an erased person's tombstone (optgate's own export)
 }
 _REASON_WORDS = {word: reason for reason, words in _REASONS.items() for word in words}
-# CSV cells that start with one of these are written with a ' before them (writers.py);
+# CSV cells that start with one of these are written with a ' before them (formats/write.py);
 # the readers take that ' off again
 NEUTRALISED = frozenset("=+-@\t\r|'")
 
@@ -77,6 +78,25 @@ def address_row(line: int, value: str) -> Row:
     """A Row of an address alone, made as fast as a tuple (NamedTuple's own constructor
     takes three times as long: this is the row of most files)."""
     return _new(Row, (line, value, "address", *ROW_DEFAULTS))
+
+
+@dataclass(frozen=True, slots=True)
+class Addresses:
+    """Records that are an address alone (the rows of most files) as one column: a reader
+    that can makes one of these per block of records rather than a Row each, and the
+    importer validates and hashes the block in C loops (address.normal_forms). ``values``
+    trimmed and restored, none empty nor a domain (``@example.com`` is a Row); ``lines``
+    the line of each (a range when each record is one line)."""
+
+    values: list[str]
+    lines: Sequence[int]
+
+    def rows(self) -> Iterator[Row]:
+        """The records as Rows."""
+        return map(address_row, self.lines, self.values)
+
+
+Record = Row | Addresses  # what a reader's records() gives
 
 
 def restored(value: str) -> str:

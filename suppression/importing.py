@@ -27,11 +27,19 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import repeat
 from typing import Protocol, TypeVar
 
-from suppression.address import identity, is_digest, normal_form, normalize_domain
+from suppression.address import (
+    identities,
+    identity,
+    is_digest,
+    normal_form,
+    normal_forms,
+    normalize_domain,
+)
 from suppression.errors import InvalidAddress, OptgateError
-from suppression.fields import ROW_DEFAULTS, Row
+from suppression.fields import ROW_DEFAULTS, Addresses, Record, Row
 from suppression.model import (
     BatchResult,
     Consent,
@@ -70,6 +78,10 @@ class Rows(Protocol):
 
     def __iter__(self) -> Iterator[Row]:
         """The rows."""
+
+    def records(self) -> Iterator[Record]:
+        """The rows, those of an address alone in blocks (fields.Addresses) where the
+        reader makes blocks."""
 
 
 class RowError(FormatError):
@@ -263,12 +275,24 @@ class SuppressionRows:
         shown = address if options.keep_addresses else None
         return Shape("sha256", scope, reason, kept), key, shown, row.created, evidence
 
-    def batches(self, rows: Iterable[Row]) -> Iterator[list[ImportRows]]:
-        """The rows in batches of BATCH valid ones; invalid rows are noted as they come."""
+    def batches(self, records: Iterable[Record]) -> Iterator[list[ImportRows]]:
+        """The rows in batches of about BATCH valid ones; invalid rows are noted as they come."""
         summary, plain, keep, size = self._summary, self.plain, self._options.keep_addresses, 0
         sha256, batch = hashlib.sha256, []
         segment: ImportRows | None = None
-        for row in rows:
+        for row in records:
+            if isinstance(row, Addresses):
+                normals = self._valid(row)
+                if segment is None or segment.shape is not plain:
+                    segment = ImportRows(plain)
+                    batch.append(segment)
+                segment.keys += identities(normals)
+                segment.addresses += normals if keep else repeat(None, len(normals))
+                size += len(normals)
+                if size >= BATCH:
+                    yield batch
+                    batch, size, segment = [], 0, None
+                continue
             summary.read += 1
             try:
                 if row[2] == "address" and row[3:] == ROW_DEFAULTS and row[1][:1] != "@":
@@ -296,11 +320,25 @@ class SuppressionRows:
                 summary.note_invalid(row[0])
                 continue
             size += 1
-            if size == BATCH:
+            if size >= BATCH:
                 yield batch
                 batch, size, segment = [], 0, None
         if batch:
             yield batch
+
+    def _valid(self, block: Addresses) -> list[str]:
+        """The normal forms of a block's valid addresses; the invalid ones are noted."""
+        self._summary.read += len(block.values)
+        found = normal_forms(block.values)
+        if None not in found:
+            return found  # type: ignore[return-value]  # no None in it
+        valid = []
+        for line, value in zip(block.lines, found, strict=True):
+            if value is None:
+                self._summary.note_invalid(line)
+            else:
+                valid.append(value)
+        return valid
 
 
 def _refuse_subscriber(row: Row, source: str) -> None:
@@ -330,7 +368,7 @@ async def import_suppressions(
     summary = summary or Summary(reading.format)
     rows = SuppressionRows(options, reading.source, summary)
     async with store.suppression_import(actor=actor, note=note) as run:
-        for batch in rows.batches(reading):
+        for batch in rows.batches(reading.records()):
             summary.format = note["format"] = reading.format
             await run.add(batch)
         summary.format = note["format"] = reading.format

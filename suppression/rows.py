@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
+from itertools import repeat
 from typing import Any
 
 from suppression.address import Address
@@ -27,6 +28,7 @@ from suppression.model import (
 from suppression.statecheck import MODULUS, Sum
 from suppression.statecheck import _time as statecheck_time
 
+_digest = type(hashlib.sha256()).digest
 SUPPRESSION_COLUMNS = "key, kind, scope, reason, source, created, address, evidence, event"
 CONSENT_COLUMNS = (
     "sha256, purpose, granted, source, created, policy_version, address, evidence, event"
@@ -234,9 +236,10 @@ class ImportSum:
         for segment in segments:
             kind, scope, reason, source = segment.shape
             head, tail = self.parts(kind, reason, scope, source, None)
-            if segment.created is None:
-                for key in segment.keys:
-                    total += number(sha256((head + key + tail).encode()).digest(), "big")
+            if segment.created is None:  # in C loops: a row's text, its hash, the number
+                keys = map(str.encode, segment.keys)
+                texts = zip(repeat(head.encode()), keys, repeat(tail.encode()))
+                total += sum(map(number, map(_digest, map(sha256, map(b"".join, texts)))))
                 continue
             for key, created in zip(segment.keys, segment.created, strict=True):
                 own = self.parts(kind, reason, scope, source, created)[1] if created else tail

@@ -136,6 +136,53 @@ def test_fast_path_and_email_validator_agree_on_generated_addresses() -> None:
     assert invalid > 1000
 
 
+def test_normal_forms_of_a_block_are_each_addresses_normal_form() -> None:
+    """normal_forms checks whole blocks at once and halves those with a bad address: in
+    blocks clean and dirty, long and short, it answers what normal_form answers."""
+    rng = random.Random(20261203)
+    texts = [generated(rng) for _ in range(4000)]
+    texts += [f"user.{n}@example{n % 7}.com" for n in range(3000)]
+    texts += ["postmaster", "a@b.com\nc@d.com", "@example.com", "x" * 64 + "@a.bc"]
+    rng.shuffle(texts)
+    start = 0
+    for size in (1, 9, 64, 1000, 3000, 10_000):
+        block = texts[start : start + size]
+        start += size
+        assert addr.normal_forms(block) == [fast_path(text) for text in block]
+    clean = [f"User.{n}@Example{n % 7}.com " for n in range(500)]
+    assert addr.normal_forms(clean) == [fast_path(text) for text in clean]
+    assert addr.identities(["jane@example.com"]) == [identity("jane@example.com")]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        "a@b.com\nc@d.com",
+        "a..b@example.com",
+        ".a@example.com",
+        "a.@example.com",
+        "a@example.test",
+        "a@ex--ample.com",
+        "a@-example.com",
+        "a@example-.com",
+        "x" * 65 + "@a.bc",
+        "a@" + ("b" * 63 + ".") * 4 + "com",
+        "a@b@example.com",
+        "a b@example.com",
+        "é@example.com",
+        "@example.com",
+        "a@example.c",
+        "a@example.com.",
+        "postmaster",
+        "",
+    ],
+)
+def test_one_odd_address_in_a_clean_block_is_found(odd: str) -> None:
+    block = [f"user{n}@example.com" for n in range(30)]
+    block.insert(17, odd)
+    assert addr.normal_forms(block) == [fast_path(text) for text in block]
+
+
 @pytest.mark.parametrize(
     ("a_label", "u_label"),
     [

@@ -11,18 +11,19 @@ from datetime import UTC, datetime
 
 import pytest
 
-from suppression.fields import Row
-from suppression.formats import READ_FORMATS, Reading
-from suppression.model import Consent
-from suppression.textio import FormatError
-from suppression.writers import (
-    WRITE_FORMATS,
+from suppression.fields import Addresses, Row
+from suppression.formats import READ_FORMATS, WRITE_FORMATS
+from suppression.formats import read as reader
+from suppression.formats.read import Reading
+from suppression.formats.write import (
     ExportRecord,
     WriteSummary,
     neutralised,
     write_consents,
     write_records,
 )
+from suppression.model import Consent
+from suppression.textio import FormatError
 
 SHA = hashlib.sha256(b"jane@example.com").hexdigest()
 MD5 = hashlib.md5(b"jane@example.com", usedforsecurity=False).hexdigest()
@@ -317,6 +318,25 @@ def test_ses_pages_one_after_another_and_bare_arrays() -> None:
     ]
 
 
+def test_json_document_records_keep_the_line_they_start_on_and_paging_is_skipped() -> None:
+    assert [row.line for row in rows(SES_CLI, "ses")] == [3, 8]
+    data = (
+        b'{"paging": {"next": {"url": "https://x/?items=1", "items": ["no@example.com"]}},\n'
+        b' "items": [\n  {"address": "a@example.com", "created_at": 1700000000},\n'
+        b'  {"address": "b@example.com"}]}\n'
+    )
+    assert [(row.line, row.value) for row in rows(data, "mailgun")] == [
+        (3, "a@example.com"),
+        (4, "b@example.com"),
+    ]
+
+
+def test_a_json_record_over_a_mebibyte_is_refused() -> None:
+    data = b'{"items": [\n{"address": "a@example.com", "x": "' + b"y" * (3 << 20) + b'"}]}'
+    with pytest.raises(FormatError, match=r"^list\.txt:2: a JSON record over 1024 KiB$"):
+        rows(data, "mailgun")
+
+
 def test_ses_document_on_one_long_line_is_read_in_pieces() -> None:
     summaries = [
         {"EmailAddress": f"user{i}@example.com", "Reason": "BOUNCE", "LastUpdateTime": 1700000000}
@@ -397,7 +417,7 @@ def test_sendgrid_invalid_emails_are_told_from_a_generic_csv() -> None:
             b'{"SuppressedDestinationSummaries": [\n"a@example.com" "b@example.com"]}',
             "ses",
             2,
-            ", ]",
+            "invalid JSON: after array element, I expect ',' or ']'",
         ),
     ],
 )
@@ -407,6 +427,64 @@ def test_errors_name_source_and_line(data: bytes, fmt: str, line: int, message: 
     assert str(caught.value).startswith(f"upload.csv:{line}: ")
     assert (caught.value.source, caught.value.line) == ("upload.csv", line)
     assert message in caught.value.message
+
+
+ODD_CSV = (
+    b'email,note\na@example.com,1\n\n"b@example.com",2\n"c\n@example.com",3\n'
+    b"'=d@example.com,4\n@example.org,5\ne@example.com,6\nf@example.com,7\n"
+)
+ODD_ROWS = [
+    (2, "a@example.com"),
+    (4, "b@example.com"),
+    (5, "c\n@example.com"),
+    (7, "=d@example.com"),
+    (8, "@example.org"),
+    (9, "e@example.com"),
+    (10, "f@example.com"),
+]
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 10_000])
+@pytest.mark.parametrize("keep_extra", [False, True])
+def test_address_blocks_keep_every_line(
+    monkeypatch: pytest.MonkeyPatch, block: int, keep_extra: bool
+) -> None:
+    """A CSV of the usual layout is read a block of records at a time (fields.Addresses)
+    when the extra fields are not kept: the same rows on the same lines as record by
+    record, across blank lines, quoted line breaks, neutralised cells and domains."""
+    monkeypatch.setattr(reader, "_RECORDS_A_BLOCK", block)
+    reading = Reading(io.BytesIO(ODD_CSV), "csv", "list.csv", keep_extra=keep_extra)
+    found = [
+        (line, value)
+        for record in reading.records()
+        for line, value in (
+            zip(record.lines, record.values, strict=True)
+            if isinstance(record, Addresses)
+            else [(record.line, record.value)]
+        )
+    ]
+    assert found == ODD_ROWS
+
+
+@pytest.mark.parametrize("block", [1, 2, 10_000])
+def test_a_broken_record_after_whole_blocks_names_its_line(
+    monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    monkeypatch.setattr(reader, "_RECORDS_A_BLOCK", block)
+    data = b'email\na@example.com\n"b\nx"\nc@example.com\n"d@example.com\n'
+    with pytest.raises(FormatError, match=r"list.csv:6: unterminated quoted field"):
+        list(Reading(io.BytesIO(data), "csv", "list.csv", keep_extra=False).records())
+
+
+def test_plain_lists_are_read_in_blocks_of_addresses() -> None:
+    data = b"# list\na@example.com\n\n@example.org\n#x\nb@example.com\nc@example.com\n"
+    records = list(Reading(io.BytesIO(data), "plain", "list.txt").records())
+    assert records[0] == Addresses(["a@example.com"], [2])
+    assert isinstance(records[1], Row)
+    assert (records[1].line, records[1].value) == (4, "@example.org")
+    assert records[2] == Addresses(["b@example.com", "c@example.com"], [6, 7])
+    clean = list(Reading(io.BytesIO(b"a@example.com\nb@example.com\n"), "plain", "x").records())
+    assert clean == [Addresses(["a@example.com", "b@example.com"], range(1, 3))]
 
 
 def test_format_error_comes_while_iterating() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from suppression import importing
 from suppression.address import identity, normalize
-from suppression.fields import Row
+from suppression.fields import Addresses, Record, Row
 from suppression.importing import (
     ConsentOptions,
     RowError,
@@ -46,11 +46,15 @@ def small_batches(monkeypatch: pytest.MonkeyPatch) -> int:
 class Given:
     """Rows as a reader gives them."""
 
-    rows: Iterable[Row]
+    rows: Iterable[Record]
     source: str = "list.csv"
     format: str = "csv"
 
     def __iter__(self) -> Iterator[Row]:
+        for record in self.rows:
+            yield from record.rows() if isinstance(record, Addresses) else [record]
+
+    def records(self) -> Iterator[Record]:
         return iter(self.rows)
 
 
@@ -77,7 +81,7 @@ async def state(store: Store) -> tuple[object, ...]:
     )
 
 
-async def run(store: Store, rows: Iterable[Row], **options: object) -> Summary:
+async def run(store: Store, rows: Iterable[Record], **options: object) -> Summary:
     return await import_suppressions(
         store,
         Given(rows),
@@ -157,6 +161,21 @@ async def test_invalid_rows_are_reported_by_line_and_skipped(
         "duplicates 0"
     )
     assert await keys(store) == {sha(f"ok{i}@example.com") for i in (1, 2, 3)}
+
+
+async def test_invalid_rows_of_a_block_of_addresses_are_reported_by_line(store: Store) -> None:
+    """A reader's block of addresses (fields.Addresses) is validated at once: its invalid
+    rows are counted and named by line like rows one at a time, in the same order."""
+    values = [f"ok{i}@example.com" for i in range(40)]
+    values[3], values[25], values[26] = "bad", "y@example.test", "a..b@example.com"
+    lines = list(range(2, 42))
+    block = Addresses(values, lines)
+    summary = await run(store, [block, Row(50, "@example.org", "address"), block])
+    assert (summary.read, summary.invalid, summary.added) == (81, 6, 38)
+    assert summary.duplicates == 37
+    assert summary.invalid_lines == [5, 27, 28, 5, 27]
+    wanted = {sha(v) for i, v in enumerate(values) if i not in (3, 25, 26)}
+    assert await keys(store) == wanted | {identity("@example.org")}
 
 
 async def test_a_file_of_invalid_rows_only_is_told_apart(store: Store) -> None:

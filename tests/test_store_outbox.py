@@ -334,6 +334,9 @@ class Given:
     def __iter__(self) -> Iterator[Row]:
         return iter(self.rows)
 
+    def records(self) -> Iterator[Row]:
+        return iter(self.rows)
+
 
 async def test_an_event_by_hash_alone_gets_the_address_the_store_keeps(backend: Backend) -> None:
     store = backend.store

@@ -36,11 +36,11 @@ from suppression.address import Address, normalize
 from suppression.apikeys import ApiKey, split_key
 from suppression.audit import parse_head
 from suppression.errors import OptgateError
+from suppression.formats.write import consent_object
 from suppression.model import Reason, Source, Suppression, check_name
 from suppression.scope import GLOBAL, Scope
 from suppression.sql.integration import SuppressionFilter, decode_cursor, stored_cursor_of
 from suppression.store import Store
-from suppression.writers import consent_object
 
 log = structlog.get_logger("optgate.api")
 OPERATION = web.RequestKey("operation", str)

@@ -21,11 +21,10 @@ from typing import Literal, TextIO, TypeVar
 
 from suppression.address import md5_identity
 from suppression.fields import NEUTRALISED
+from suppression.formats import CONSENT_FORMATS, WRITE_FORMATS
 from suppression.model import Consent
 
 T = TypeVar("T")
-WRITE_FORMATS: tuple[str, ...] = ("csv", "jsonl", "sha256", "md5")
-CONSENT_FORMATS: tuple[str, ...] = ("csv", "jsonl")
 SUPPRESSION_COLUMNS = ("email", "sha256", "scope", "reason", "source", "created", "evidence")
 CONSENT_COLUMNS = (
     "email",
