@@ -1,9 +1,12 @@
-"""Fixtures shared by the end-to-end tests: a recording next hop and a running gateway."""
+"""Fixtures shared by the end-to-end tests (a recording next hop, a running gateway) and the
+test tiers' hooks (tests/support/tiers.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +15,60 @@ from gateway.service import Running, running
 from tests.support.backends import backend  # noqa: F401 - the shared store fixture
 from tests.support.people import seed
 from tests.support.smtp import Sink, gateway_config, sink
+from tests.support.tiers import assign, forbidding_io, is_pure, needs
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by the tiers settled here
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    untiered = assign(items)
+    import os
+
+    if os.environ.get("TIER_AUDIT"):
+        for item in items:
+            if item.nodeid in set(untiered):
+                item.add_marker("pure")
+        untiered = []
+    if untiered:
+        shown = "\n  ".join(untiered[:20])
+        raise pytest.UsageError(
+            f"{len(untiered)} tests have no tier (tests/support/tiers.py):\n  {shown}"
+        )
+    if os.geteuid() != 0:
+        for item in items:
+            if item.get_closest_marker("root"):
+                item.add_marker(pytest.mark.skip(reason="tier root: run as root"))
+
+
+def _guarded(item: pytest.Item) -> Generator[None, Any, Any]:
+    """Run one phase of a test; a pure test fails if it reached for a socket or a process."""
+    if not is_pure(item):
+        return (yield)
+    with forbidding_io() as violations:
+        try:
+            return (yield)
+        finally:
+            if violations and os.environ.get("TIER_AUDIT"):
+                import json
+
+                with open(os.environ["TIER_AUDIT"], "a") as out:
+                    out.write(json.dumps([item.nodeid, list(violations)]) + "\n")
+            if violations:
+                pytest.fail("marked pure, but: " + "; ".join(violations[:3]), pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, Any, Any]:
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, Any, Any]:
+    return (yield from _guarded(item))
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +81,7 @@ def state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+@needs("sockets")
 async def next_hop() -> AsyncIterator[Sink]:
     async with sink() as recorder:
         yield recorder
@@ -35,6 +93,7 @@ def config(tmp_path: Path, next_hop: Sink) -> Config:
 
 
 @pytest.fixture
+@needs("sockets")
 async def gate(config: Config) -> AsyncIterator[Running]:
     await seed(config)
     async with running(config) as running_gate:

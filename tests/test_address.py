@@ -19,6 +19,8 @@ from suppression.address import (
 )
 from suppression.errors import InvalidAddress
 
+pytestmark = pytest.mark.pure
+
 ATEXT = string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-"
 NOT_ATEXT = ' ()<>[]:;@\\,"\t'
 LABELS = (

@@ -24,8 +24,11 @@ from gateway.wording import LANGUAGES, WORDS
 from suppression.errors import ConfigError
 from suppression.store import Store, open_store
 from tests.support.keys import AUDIT_KEY
+from tests.support.tiers import needs
 from tests.test_rewrite import body_text_parts, content
 from tests.test_web import JANE, SETTINGS, Site, seed, site_for
+
+pytestmark = pytest.mark.pure
 
 LINKS = Links("https://unsub.example.com/u/TOKEN", "unsubscribe+t@example.com")
 POSTAL = "Shop & Co GmbH, Hauptstr. 1, 10115 Berlin"
@@ -311,6 +314,7 @@ def test_bad_wording_is_a_clear_error(tmp_path: Path, toml: str, message: str) -
 
 
 @pytest.fixture
+@needs("sockets")
 async def named_site(tmp_path: Path) -> AsyncIterator[Site]:
     store: Store = await open_store(f"sqlite:///{tmp_path / 'optgate.db'}", audit_key=AUDIT_KEY)
     await seed(store)

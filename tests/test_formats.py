@@ -24,6 +24,8 @@ from suppression.writers import (
     write_records,
 )
 
+pytestmark = pytest.mark.pure
+
 SHA = hashlib.sha256(b"jane@example.com").hexdigest()
 MD5 = hashlib.md5(b"jane@example.com", usedforsecurity=False).hexdigest()
 T0 = datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)  # unix 1700000000

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,13 +11,18 @@ from gateway.inbound.imap import KEYWORD, Imap, parse_url
 from gateway.inbound.sources import SourceError
 from tests.support.dovecot import Dovecot, private_dovecot
 from tests.support.postfix import free_port
+from tests.support.tiers import needs
 from tests.test_ingest_sources import corpus_sample
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a private Dovecot needs root")
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.sockets,
+]
 PROCESSED = {"\\Seen", KEYWORD}
 
 
 @pytest.fixture(scope="module")
+@needs("root", "sockets")
 def dovecot() -> Iterator[Dovecot]:
     with private_dovecot() as server:
         yield server

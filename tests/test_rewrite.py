@@ -7,11 +7,9 @@ import email
 import email.policy
 import html
 import json
-import os
 import quopri
 import random
 import re
-from collections.abc import Iterator
 from email.message import EmailMessage, Message
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,9 @@ import pytest
 from gateway import mime
 from gateway import rewrite as rewrite_module
 from gateway.rewrite import PLACEHOLDER, FooterTemplates, Links, Prepared, prepare
+from tests.support import corpus
+
+pytestmark = pytest.mark.pure
 
 LINK_ID = "AV4xj4zWSLJDo-gX6qMwngDhg0g_KGe6rfUiCZ8MISF3BTayWmVT8QABbmV3c2xldHRlcoqsgLWisrglYxkA9V"
 URL = f"https://optgate.example.com/u/{LINK_ID}"
@@ -893,52 +894,22 @@ def test_non_ascii_list_id_is_encoded() -> None:
 # --- the shared corpus -----------------------------------------------------------------
 
 
-def corpus_root() -> Path | None:
-    beside = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-    if beside.is_dir():
-        return beside
-    configured = os.environ.get("OPTGATE_CORPUS")
-    return Path(configured) if configured and Path(configured).is_dir() else None
-
-
-_FIRST_HEADER = re.compile(
-    rb"(From [^\n]*\n)?[\x21-\x39\x3b-\x7e]+:[^\n]*\n([\x21-\x39\x3b-\x7e]+:|[ \t])"
-)
-
-
-def corpus_messages() -> Iterator[Path]:
-    root = corpus_root()
-    if root is None:
-        return
-    for path in sorted(root.rglob("*")):
-        if (
-            path.suffix in (".eml", ".msg", ".txt", ".message")
-            and path.is_file()
-            and _FIRST_HEADER.match(path.read_bytes().replace(b"\r\n", b"\n"))
-        ):
-            yield path
-
-
-CORPUS = list(corpus_messages())
-CORPUS_ROOT = corpus_root() or Path()
+CORPUS = corpus.messages()
 
 
 def test_corpus_is_there() -> None:
-    if corpus_root() is None:
-        pytest.skip("no corpus: set OPTGATE_CORPUS to the shared e-mail corpus")
+    corpus.require()
     assert len(CORPUS) > 900
 
 
-@pytest.mark.parametrize(
-    "path", CORPUS, ids=[p.relative_to(CORPUS_ROOT).as_posix() for p in CORPUS]
-)
+@pytest.mark.parametrize("path", CORPUS, ids=corpus.ids(CORPUS))
 def test_corpus_message(path: Path) -> None:
     original = path.read_bytes()
     prepared, out = rewrite(original)
     check_rewrite(original, prepared, out)
     check_bytes(original, prepared, out)
     expected = path.with_suffix(".json")
-    if path.parent.parent.name == "stalwart-mail-parser" and expected.exists():
+    if path.parent.parent.name == corpus.STALWART_PARSER and expected.exists():
         check_against_stalwart(original, prepared, json.loads(expected.read_text()))
 
 

@@ -32,9 +32,8 @@ from hypothesis import strategies as st
 from gateway.config import Topic
 from gateway.footers import Footers
 from gateway.rewrite import prepare
+from tests.support import corpus
 from tests.test_rewrite import (
-    CORPUS,
-    CORPUS_ROOT,
     LINKS,
     URL,
     body_text_parts,
@@ -45,6 +44,8 @@ from tests.test_rewrite import (
     reader_sees,
     rewrite,
 )
+
+pytestmark = pytest.mark.pure
 
 EXAMPLES = int(os.environ.get("OPTGATE_FUZZ_EXAMPLES", "300"))
 LINE = re.compile(rb"\r\n|\r|\n")
@@ -239,8 +240,6 @@ def test_generated_messages_with_localised_footers(
     check_localised(case[0], language)
 
 
-@pytest.mark.parametrize(
-    "path", CORPUS, ids=[p.relative_to(CORPUS_ROOT).as_posix() for p in CORPUS]
-)
+@pytest.mark.parametrize("path", corpus.messages(), ids=corpus.ids(corpus.messages()))
 def test_corpus_messages_with_a_french_footer(path: Path) -> None:
     check_localised(path.read_bytes(), "fr")

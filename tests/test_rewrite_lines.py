@@ -26,6 +26,8 @@ from tests.test_rewrite import (
     rewrite,
 )
 
+pytestmark = pytest.mark.pure
+
 ENCODINGS = ("7bit", "8bit", "binary", "quoted-printable", "base64")
 LENGTHS = (900, 969, 998, 999, 1162, 4000, 10_000)
 LINE = re.compile(rb"\r\n|\r|\n")

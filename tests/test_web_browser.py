@@ -10,7 +10,10 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from suppression.store import Store, open_store
 from tests.support.keys import AUDIT_KEY
+from tests.support.tiers import needs
 from tests.test_web import JANE, Site, seed, site_for
+
+pytestmark = [pytest.mark.browser, pytest.mark.sockets]
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -23,6 +26,7 @@ ARGS = [
 
 
 @pytest.fixture
+@needs("browser")
 def chromium() -> Path:
     if not CHROMIUM.exists():
         pytest.fail(
@@ -44,6 +48,7 @@ async def browser(chromium: Path) -> AsyncIterator[Browser]:
 
 
 @pytest.fixture
+@needs("sockets")
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
     store: Store = await open_store(f"sqlite:///{tmp_path / 'optgate.db'}", audit_key=AUDIT_KEY)
     try:
