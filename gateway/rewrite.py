@@ -38,7 +38,10 @@ from email.header import Header
 from email.message import Message
 from typing import Protocol
 
+from markupsafe import Markup
+
 from gateway import mime
+from gateway.templating import ENVIRONMENT, URL_MARK
 
 PLACEHOLDER = "{{optgate_unsubscribe_url}}"
 CONTROL_HEADERS = ("x-optgate-class", "x-optgate-topic", "x-optgate-campaign")
@@ -744,10 +747,11 @@ def _footer_part(pieces: FooterPieces, boundary: bytes, eol: bytes) -> list[Segm
     """A multipart/alternative with the footer as text and as HTML, both quoted-printable."""
     text = [*pieces.text]
     text[0] = text[0].lstrip("\n")
-    page = [*pieces.html]
-    lang = f' lang="{html.escape(pieces.language)}"' if pieces.language else ""
-    page[0] = f'<!DOCTYPE html><html{lang}><head><meta charset="utf-8"></head><body>{page[0]}'
-    page[-1] += "</body></html>"
+    footer = Markup(URL_MARK.join(pieces.html))  # noqa: S704 - HTML already (FooterPieces)
+    document = ENVIRONMENT.get_template("footer_part.html").render(
+        language=pieces.language, footer=footer
+    )
+    page = document.split(URL_MARK)
     language = f"Content-Language: {pieces.language}".encode("ascii") if pieces.language else b""
     language_field = language + eol if language else b""
     segments: list[Segment] = [
