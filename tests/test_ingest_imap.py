@@ -14,10 +14,7 @@ from tests.support.postfix import free_port
 from tests.support.tiers import needs
 from tests.test_ingest_sources import corpus_sample
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.sockets,
-]
+pytestmark = pytest.mark.pure  # the tests of the private Dovecot get root and sockets from it
 PROCESSED = {"\\Seen", KEYWORD}
 
 
@@ -137,6 +134,7 @@ def test_untrusted_certificate_is_refused(dovecot: Dovecot, tmp_path: Path) -> N
             Imap(url, dovecot.password, None)
 
 
+@pytest.mark.sockets
 def test_unreachable_server() -> None:
     url = parse_url(f"imaps://someone@127.0.0.1:{free_port()}/INBOX")
     with pytest.raises(
