@@ -15,19 +15,12 @@ from gateway.service import Running, running
 from tests.support.backends import backend  # noqa: F401 - the shared store fixture
 from tests.support.people import seed
 from tests.support.smtp import Sink, gateway_config, sink
-from tests.support.tiers import assign, forbidding_io, is_pure, needs
+from tests.support.tiers import TIERS, assign, forbidding_io, is_pure, needs, watching_io
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by the tiers settled here
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     untiered = assign(items)
-    import os
-
-    if os.environ.get("TIER_AUDIT"):
-        for item in items:
-            if item.nodeid in set(untiered):
-                item.add_marker("pure")
-        untiered = []
     if untiered:
         shown = "\n  ".join(untiered[:20])
         raise pytest.UsageError(
@@ -39,36 +32,64 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(pytest.mark.skip(reason="tier root: run as root"))
 
 
-def _guarded(item: pytest.Item) -> Generator[None, Any, Any]:
-    """Run one phase of a test; a pure test fails if it reached for a socket or a process."""
+UNUSED = pytest.StashKey[list[str]]()  # --tiers-audit: sockets tests that used no socket
+USED = pytest.StashKey[bool]()  # --tiers-audit: this test opened a socket or a process
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--tiers-audit",
+        action="store_true",
+        help="list the tests whose only tier is sockets but that opened no socket or process",
+    )
+
+
+def _guarded(item: pytest.Item, phase: str) -> Generator[None, Any, Any]:
+    """Run one phase of a test; a pure test fails if it reached for a socket or a process
+    (with --tiers-audit, a sockets test that never did is listed)."""
     if not is_pure(item):
-        return (yield)
+        if not (item.config.getoption("--tiers-audit") and _only_sockets(item)):
+            return (yield)
+        with watching_io() as used:
+            try:
+                return (yield)
+            finally:
+                item.stash[USED] = item.stash.get(USED, False) or bool(used)
+                if phase == "teardown" and not item.stash[USED]:
+                    item.config.stash.setdefault(UNUSED, []).append(item.nodeid)
     with forbidding_io() as violations:
         try:
             return (yield)
         finally:
-            if violations and os.environ.get("TIER_AUDIT"):
-                import json
-
-                with open(os.environ["TIER_AUDIT"], "a") as out:
-                    out.write(json.dumps([item.nodeid, list(violations)]) + "\n")
             if violations:
                 pytest.fail("marked pure, but: " + "; ".join(violations[:3]), pytrace=False)
 
 
+def _only_sockets(item: pytest.Item) -> bool:
+    return {mark.name for mark in item.iter_markers() if mark.name in TIERS} == {"sockets"}
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    unused = config.stash.get(UNUSED, [])
+    if config.getoption("--tiers-audit"):
+        terminalreporter.write_sep("=", f"tier sockets, but no socket or process: {len(unused)}")
+        for nodeid in unused:
+            terminalreporter.write_line(nodeid)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, Any, Any]:
-    return (yield from _guarded(item))
+    return (yield from _guarded(item, "setup"))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
-    return (yield from _guarded(item))
+    return (yield from _guarded(item, "call"))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, Any, Any]:
-    return (yield from _guarded(item))
+    return (yield from _guarded(item, "teardown"))
 
 
 @pytest.fixture(autouse=True)

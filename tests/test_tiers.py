@@ -116,6 +116,11 @@ SUITE = """
 
     def test_on_each_store(store):
         pass
+
+
+    @pytest.mark.sockets
+    def test_marked_sockets_but_quiet():
+        pass
 """
 
 
@@ -142,14 +147,17 @@ def test_tiers_come_from_marks_fixtures_and_parameters_and_pure_is_enforced(
     assert "test_binds FAILED" in pure.stdout, pure.stdout
     assert "marked pure, but: bind a socket" in pure.stdout
     assert "test_on_each_store[sqlite] PASSED" in pure.stdout
-    assert "1 failed, 1 passed, 3 deselected" in pure.stdout
-    sockets = run_suite(tmp_path, "-m", "sockets", "-v", *markers)
+    assert "1 failed, 1 passed, 4 deselected" in pure.stdout
+    sockets = run_suite(tmp_path, "-m", "sockets", "-v", "--tiers-audit", *markers)
     assert "test_binds_as_a_sockets_test PASSED" in sockets.stdout, sockets.stdout
     assert "test_uses_the_listener PASSED" in sockets.stdout
-    assert "2 passed, 3 deselected" in sockets.stdout
+    assert "3 passed, 3 deselected" in sockets.stdout
+    lines = sockets.stdout.splitlines()
+    heading = next(i for i, line in enumerate(lines) if "but no socket or process: 1 " in line)
+    assert lines[heading + 1] == "tests/test_suite.py::test_marked_sockets_but_quiet"
     postgres = run_suite(tmp_path, "-m", "postgres", "--collect-only", "-q", *markers)
     assert "test_on_each_store[postgres]" in postgres.stdout
-    assert "1/5 tests collected" in postgres.stdout, postgres.stdout
+    assert "1/6 tests collected" in postgres.stdout, postgres.stdout
     (tmp_path / "tests" / "test_bare.py").write_text("def test_without_a_tier():\n    pass\n")
     bare = subprocess.run(  # noqa: S603 - this Python's pytest on files written here
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",

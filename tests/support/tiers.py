@@ -144,6 +144,30 @@ _DOORS: list[tuple[Any, str, str]] = [
 _NOTHING = object()
 
 
+def _watch(violations: Violations, what: str, real: Callable[..., Any]) -> Callable[..., Any]:
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        violations.record(what)
+        return real(*args, **kwargs)
+
+    return watched
+
+
+@contextmanager
+def _replaced(replacements: list[tuple[Any, str, Callable[..., Any]]]) -> Iterator[None]:
+    # what each owner held itself (a class may inherit the attribute: then it held nothing)
+    saved = [(owner, name, vars(owner).get(name, _NOTHING)) for owner, name, _ in replacements]
+    try:
+        for owner, name, replacement in replacements:
+            setattr(owner, name, replacement)
+        yield
+    finally:
+        for owner, name, original in saved:
+            if original is _NOTHING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+
+
 @contextmanager
 def forbidding_io() -> Iterator[Violations]:
     """Sockets, processes and real sleeps closed for the duration; what was tried."""
@@ -153,15 +177,15 @@ def forbidding_io() -> Iterator[Violations]:
         (time, "sleep", _sleeper(violations, time.sleep)),
         (asyncio, "sleep", _sleeper(violations, asyncio.sleep)),
     ]
-    # what each owner held itself (a class may inherit the attribute: then it held nothing)
-    saved = [(owner, name, vars(owner).get(name, _NOTHING)) for owner, name, _ in replacements]
-    try:
-        for owner, name, replacement in replacements:
-            setattr(owner, name, replacement)
+    with _replaced(replacements):
         yield violations
-    finally:
-        for owner, name, original in saved:
-            if original is _NOTHING:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, original)
+
+
+@contextmanager
+def watching_io() -> Iterator[Violations]:
+    """Sockets and processes open as ever, each use recorded (``--tiers-audit``)."""
+    used = Violations()
+    with _replaced(
+        [(owner, name, _watch(used, what, getattr(owner, name))) for owner, name, what in _DOORS]
+    ):
+        yield used
