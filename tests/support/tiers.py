@@ -7,7 +7,8 @@ parameters (``pytest.param("postgres", marks=pytest.mark.postgres)``). ``pure`` 
 tests use the PostgreSQL backend parameter puts those in ``postgres`` and the SQLite ones in
 ``pure``. A test left with no tier is a collection error. While a pure test runs (its
 fixtures included), opening or binding a socket, starting a process and sleeping for real
-fail it.
+fail it; with ``--tiers-audit``, a test whose only tier is sockets and that did none of
+that is listed at the end.
 """
 
 from __future__ import annotations
