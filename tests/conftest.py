@@ -15,7 +15,14 @@ from gateway.service import Running, running
 from tests.support.backends import backend  # noqa: F401 - the shared store fixture
 from tests.support.people import seed
 from tests.support.smtp import Sink, gateway_config, sink
-from tests.support.tiers import TIERS, assign, forbidding_io, is_pure, needs, watching_io
+from tests.support.tiers import (
+    TIERS,
+    assign,
+    forbidding_io,
+    needs,
+    socket_free_tier,
+    watching_io,
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by the tiers settled here
@@ -45,9 +52,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _guarded(item: pytest.Item, phase: str) -> Generator[None, Any, Any]:
-    """Run one phase of a test; a pure test fails if it reached for a socket or a process
-    (with --tiers-audit, a sockets test that never did is listed)."""
-    if not is_pure(item):
+    """Run one phase of a test; a pure or corpus test fails if it reached for a socket or a
+    process (with --tiers-audit, a sockets test that never did is listed)."""
+    tier = socket_free_tier(item)
+    if tier is None:
         if not (item.config.getoption("--tiers-audit") and _only_sockets(item)):
             return (yield)
         with watching_io() as used:
@@ -62,7 +70,7 @@ def _guarded(item: pytest.Item, phase: str) -> Generator[None, Any, Any]:
             return (yield)
         finally:
             if violations:
-                pytest.fail("marked pure, but: " + "; ".join(violations[:3]), pytrace=False)
+                pytest.fail(f"marked {tier}, but: " + "; ".join(violations[:3]), pytrace=False)
 
 
 def _only_sockets(item: pytest.Item) -> bool:

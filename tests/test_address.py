@@ -115,6 +115,7 @@ def generated(rng: random.Random) -> str:
     return text
 
 
+@pytest.mark.corpus
 def test_fast_path_and_email_validator_agree_on_generated_addresses() -> None:
     rng = random.Random(20241128)
     fast_hits = slow_valid = invalid = 0

@@ -221,6 +221,7 @@ def share(tally: Tally, expected: str, corpus: str | None = None) -> tuple[int, 
     return sum(tally.correct[key] for key in keys), sum(tally.total[key] for key in keys)
 
 
+@pytest.mark.corpus
 def test_corpus_scores() -> None:
     corpus.require()
     tally = score()
@@ -608,6 +609,7 @@ def fuzzed(raw: bytes, seed: int) -> Iterator[bytes]:
     yield raw.replace(b"--", b"", 3)
 
 
+@pytest.mark.corpus
 def test_truncated_and_garbled_corpus_files_never_raise() -> None:
     corpus.require()
     paths = [case.path for case in cases()]

@@ -319,6 +319,7 @@ def test_ses_pages_one_after_another_and_bare_arrays() -> None:
     ]
 
 
+@pytest.mark.corpus
 def test_ses_document_on_one_long_line_is_read_in_pieces() -> None:
     summaries = [
         {"EmailAddress": f"user{i}@example.com", "Reason": "BOUNCE", "LastUpdateTime": 1700000000}
@@ -813,6 +814,7 @@ class _Lines(io.RawIOBase):
         return size
 
 
+@pytest.mark.corpus
 def test_reading_two_million_lines_keeps_memory_flat() -> None:
     tracemalloc.start()
     try:

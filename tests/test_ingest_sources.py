@@ -144,6 +144,7 @@ def test_locked_mbox_is_refused(tmp_path: Path) -> None:
     open_local(path).close()
 
 
+@pytest.mark.corpus
 def test_big_mbox_is_listed_without_loading_it(tmp_path: Path) -> None:
     path = tmp_path / "big.mbox"
     attachment = b"QUJD" * 19 + b"\n"  # an 80-byte base64 line

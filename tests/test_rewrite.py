@@ -842,6 +842,7 @@ def test_8bit_without_charset_is_kept_and_extended() -> None:
     assert prepared.footer_parts == 1
 
 
+@pytest.mark.corpus
 def test_random_mutations_keep_the_invariants() -> None:
     seed = msg(MIXED, crlf=True)
     rng = random.Random(1234)
@@ -902,7 +903,7 @@ def test_corpus_is_there() -> None:
     assert len(CORPUS) > 900
 
 
-@pytest.mark.parametrize("path", CORPUS, ids=corpus.ids(CORPUS))
+@pytest.mark.parametrize("path", corpus.sweep(CORPUS))
 def test_corpus_message(path: Path) -> None:
     original = path.read_bytes()
     prepared, out = rewrite(original)

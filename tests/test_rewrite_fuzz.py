@@ -186,6 +186,7 @@ def messages(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
     return data, body.attachments
 
 
+@pytest.mark.corpus
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -228,6 +229,7 @@ def check_localised(original: bytes, language: str) -> None:
         part.get_payload(decode=True)
 
 
+@pytest.mark.corpus
 @settings(
     max_examples=EXAMPLES // 2,
     deadline=None,
@@ -240,6 +242,6 @@ def test_generated_messages_with_localised_footers(
     check_localised(case[0], language)
 
 
-@pytest.mark.parametrize("path", corpus.messages(), ids=corpus.ids(corpus.messages()))
+@pytest.mark.parametrize("path", corpus.sweep(corpus.messages()))
 def test_corpus_messages_with_a_french_footer(path: Path) -> None:
     check_localised(path.read_bytes(), "fr")

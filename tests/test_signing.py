@@ -331,7 +331,7 @@ def test_corpus_is_there() -> None:
     assert (DATA / "2048_testkey.key").is_file()
 
 
-@pytest.mark.parametrize("path", MESSAGES, ids=corpus.ids(MESSAGES))
+@pytest.mark.parametrize("path", corpus.sweep(MESSAGES))
 def test_corpus_message_dual_signed_verifies(path: Path) -> None:
     message, domain = signable(path)
     pairs = (corpus_rsa(domain), corpus_ed25519(domain))

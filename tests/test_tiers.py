@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.tiers import TIERS, ForbiddenInPureTest, forbidding_io, needs
+from tests.support.tiers import SOCKET_FREE, TIERS, ForbiddenInPureTest, forbidding_io, needs
 
 pytestmark = pytest.mark.pure
 
@@ -21,13 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = ("-o", "asyncio_mode=auto", "-o", "asyncio_default_fixture_loop_scope=function")
 
 
-def test_every_collected_test_has_a_tier_and_pure_stands_alone(
+def test_every_collected_test_has_a_tier_and_pure_and_corpus_stand_alone(
     request: pytest.FixtureRequest,
 ) -> None:
     for item in request.session.items:
         tiers = {mark.name for mark in item.iter_markers() if mark.name in TIERS}
         assert tiers, item.nodeid
-        assert "pure" not in tiers or tiers == {"pure"}, item.nodeid
+        for tier in SOCKET_FREE:
+            assert tier not in tiers or tiers == {tier}, item.nodeid
 
 
 def test_the_tiers_are_the_registered_markers() -> None:
@@ -38,6 +39,8 @@ def test_the_tiers_are_the_registered_markers() -> None:
 def test_a_fixture_cannot_bring_pure_or_an_unknown_tier() -> None:
     with pytest.raises(ValueError, match="pure"):
         needs("pure")
+    with pytest.raises(ValueError, match="corpus"):
+        needs("corpus")
     with pytest.raises(ValueError, match="sockts"):
         needs("sockts")
 
@@ -119,6 +122,17 @@ SUITE = """
         pass
 
 
+    @pytest.mark.parametrize("n", [1, pytest.param(2, marks=pytest.mark.corpus)])
+    def test_sweep(n):
+        if n == 2:
+            test_binds()
+
+
+    @pytest.mark.corpus
+    def test_corpus_with_the_listener(listener):
+        pass
+
+
     @pytest.mark.sockets
     def test_marked_sockets_but_quiet():
         pass
@@ -148,17 +162,23 @@ def test_tiers_come_from_marks_fixtures_and_parameters_and_pure_is_enforced(
     assert "test_binds FAILED" in pure.stdout, pure.stdout
     assert "marked pure, but: bind a socket" in pure.stdout
     assert "test_on_each_store[sqlite] PASSED" in pure.stdout
-    assert "1 failed, 1 passed, 4 deselected" in pure.stdout
+    assert "test_sweep[1] PASSED" in pure.stdout
+    assert "1 failed, 2 passed, 6 deselected" in pure.stdout
+    sweep = run_suite(tmp_path, "-m", "corpus", "-v", *markers)
+    assert "test_sweep[2] FAILED" in sweep.stdout, sweep.stdout
+    assert "marked corpus, but: bind a socket" in sweep.stdout
+    assert "1 failed, 8 deselected" in sweep.stdout  # with the listener it is a sockets test
     sockets = run_suite(tmp_path, "-m", "sockets", "-v", "--tiers-audit", *markers)
     assert "test_binds_as_a_sockets_test PASSED" in sockets.stdout, sockets.stdout
     assert "test_uses_the_listener PASSED" in sockets.stdout
-    assert "3 passed, 3 deselected" in sockets.stdout
+    assert "test_corpus_with_the_listener PASSED" in sockets.stdout
+    assert "4 passed, 5 deselected" in sockets.stdout
     lines = sockets.stdout.splitlines()
     heading = next(i for i, line in enumerate(lines) if "but no socket or process: 1 " in line)
     assert lines[heading + 1] == "tests/test_suite.py::test_marked_sockets_but_quiet"
     postgres = run_suite(tmp_path, "-m", "postgres", "--collect-only", "-q", *markers)
     assert "test_on_each_store[postgres]" in postgres.stdout
-    assert "1/6 tests collected" in postgres.stdout, postgres.stdout
+    assert "1/9 tests collected" in postgres.stdout, postgres.stdout
     (tmp_path / "tests" / "test_bare.py").write_text("def test_without_a_tier():\n    pass\n")
     bare = subprocess.run(  # noqa: S603 - this Python's pytest on files written here
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",

@@ -107,6 +107,19 @@ def relative(file: Path) -> str:
     return file.relative_to(ROOT or Path()).as_posix()
 
 
+def sweep(paths: Iterable[Path]) -> list[Any]:
+    """Parameters for a test over many corpus files: the first file of each folder stays in
+    the test's own tier (pure: one message of every source and kind, CRLF and malformed
+    ones included), the rest are tier ``corpus``; each is named by its path under the root."""
+    folders: set[Path] = set()
+    params = []
+    for file in paths:
+        marks = [pytest.mark.corpus] if file.parent in folders else []
+        folders.add(file.parent)
+        params.append(pytest.param(file, marks=marks, id=relative(file)))
+    return params
+
+
 def ids(paths: Iterable[Path]) -> list[str]:
     """Test ids for corpus files: their paths under the root."""
     return [relative(p) for p in paths]

@@ -5,10 +5,12 @@ its fixtures declare (``@needs(...)`` under ``@pytest.fixture``) and those of fi
 parameters (``pytest.param("postgres", marks=pytest.mark.postgres)``). ``pure`` means
 "nothing else": it is dropped where another tier applies, so a module marked pure whose
 tests use the PostgreSQL backend parameter puts those in ``postgres`` and the SQLite ones in
-``pure``. A test left with no tier is a collection error. While a pure test runs (its
-fixtures included), opening or binding a socket, starting a process and sleeping for real
-fail it; with ``--tiers-audit``, a test whose only tier is sockets and that did none of
-that is listed at the end.
+``pure``. ``corpus`` is pure's slow sibling (sweeps of the whole shared corpus, Hypothesis
+and other big-data tests): it beats pure and, like pure, gives way to every tier that
+needs the machine. A test left with no tier is a collection error. While a pure or corpus
+test runs (its fixtures included), opening or binding a socket, starting a process and
+sleeping for real fail it; with ``--tiers-audit``, a test whose only tier is sockets and
+that did none of that is listed at the end.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from typing import Any, TypeVar
 import pytest
 
 # as registered in pyproject.toml, where each is described
-TIERS = ("pure", "sockets", "postgres", "postfix", "browser", "root")
+TIERS = ("pure", "corpus", "sockets", "postgres", "postfix", "browser", "root")
+# the tiers whose tests run with sockets, processes and real sleeps closed
+SOCKET_FREE = ("pure", "corpus")
 
 _HOME = str(Path(__file__).resolve().parents[2]) + "/"
 
@@ -39,7 +43,7 @@ LONGEST_SLEEP = 0.05
 
 def needs(*tiers: str) -> Callable[[F], F]:
     """Declare the tiers a fixture brings to every test that uses it (under @pytest.fixture)."""
-    unknown = set(tiers) - set(TIERS) | ({"pure"} & set(tiers))
+    unknown = set(tiers) - set(TIERS) | (set(SOCKET_FREE) & set(tiers))
     if unknown:
         raise ValueError(f"not a tier a fixture can bring: {sorted(unknown)}")
 
@@ -68,8 +72,10 @@ def assign(items: Iterable[pytest.Item]) -> list[str]:
         tiers = {mark.name for mark in item.iter_markers() if mark.name in TIERS}
         if isinstance(item, pytest.Function):
             tiers |= _fixture_tiers(item)
-        if len(tiers) > 1:
-            tiers.discard("pure")
+        if tiers - set(SOCKET_FREE):  # the machine is needed: not socket-free after all
+            tiers -= set(SOCKET_FREE)
+        elif len(tiers) > 1:
+            tiers.discard("pure")  # a corpus sweep in a pure module
         settled.append((item, tiers))
     # a module's or class's mark is shared by its tests; each test now carries its own
     for item, _ in settled:
@@ -84,8 +90,9 @@ def assign(items: Iterable[pytest.Item]) -> list[str]:
     return untiered
 
 
-def is_pure(item: pytest.Item) -> bool:
-    return item.get_closest_marker("pure") is not None
+def socket_free_tier(item: pytest.Item) -> str | None:
+    """``pure`` or ``corpus`` for a test that runs with the doors closed, else None."""
+    return next((t for t in SOCKET_FREE if item.get_closest_marker(t) is not None), None)
 
 
 class Violations(list[str]):
