@@ -27,7 +27,6 @@ bytes: parts that cannot be changed safely are left alone and named in
 
 from __future__ import annotations
 
-import binascii
 import hashlib
 import html
 import re
@@ -801,7 +800,7 @@ def _qp_segments(raw: bytes | None, slices: list[bytes], fill: _Fill, eol: bytes
         return [head, _QPFill(fill, eol, soft_after=bool(tail)), tail]
     segments: list[Segment] = []
     for index, piece in enumerate(slices):
-        encoded = mime.qp_encode(piece, eol)
+        encoded = mime.qp_encode(piece, eol, text_cr=raw is not None)  # decoded: CRs are text
         last = index == len(slices) - 1
         if encoded and not encoded.endswith(b"\n") and not last:
             encoded = mime.qp_soft_break(encoded, eol)
@@ -820,9 +819,9 @@ def _encoded_cut(raw: bytes, slices: list[bytes]) -> int | None:
     if not slices[1]:
         return len(raw)
     cut = raw.lower().rfind(b"</body")
-    if cut < 0 or binascii.a2b_qp(raw[cut:]) != slices[1]:
+    if cut < 0 or mime.decode_body(raw[cut:], "quoted-printable") != slices[1]:
         return None
-    return cut if binascii.a2b_qp(raw[:cut]) == slices[0] else None
+    return cut if mime.decode_body(raw[:cut], "quoted-printable") == slices[0] else None
 
 
 @dataclass(frozen=True, slots=True)

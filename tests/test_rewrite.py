@@ -157,8 +157,12 @@ def check_rewrite(original: bytes, prepared: Prepared, out: bytes) -> None:
     skipped = skipped_paths(prepared)
     for path in texts_in:
         assert path in prepared.footer_paths or path in skipped or skipped_structure(prepared)
+    # a changed part reads as before plus the footer, as sent: a lone CR or LF is CRLF then
+    sent_in, sent_out = parse(as_sent(original)), parse(as_sent(out))
+    sent_texts_in = body_text_parts(sent_in)
+    sent_texts_out = body_text_parts(children(sent_out)[0] if prepared.footer_part else sent_out)
     for path in prepared.footer_paths:
-        check_changed_part(texts_in[path], texts_out[path])
+        check_changed_part(sent_texts_in[path], sent_texts_out[path])
     # Every other part decodes to exactly what it was.
     parts_in, parts_out = list(parsed_in.walk()), list(body_out.walk())
     assert len(parts_in) == len(parts_out)
@@ -180,6 +184,11 @@ def check_rewrite(original: bytes, prepared: Prepared, out: bytes) -> None:
         cte = str(texts_out[path].get("content-transfer-encoding", "7bit")).strip().lower()
         if cte != str(texts_in[path].get("content-transfer-encoding", "7bit")).strip().lower():
             assert cte == "quoted-printable"  # the only change a part's header may see
+
+
+def as_sent(data: bytes) -> bytes:
+    """A message as the SMTP client sends it (aiosmtplib's rule): every line break CRLF."""
+    return re.sub(rb"\r\n|\r|\n", b"\r\n", data)
 
 
 def decoded(part: Message) -> bytes | None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import Topic
@@ -193,6 +193,13 @@ def messages(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(messages())
+@example(  # found by Hypothesis: a lone CR after a long line (tests/test_rewrite_lines.py)
+    (
+        b"From: Shop <news@shop.example>\nMIME-Version: 1.0\nContent-Type: text/html\n"
+        b"Content-Transfer-Encoding: 8bit\n\n" + b"x" * 1000 + b"\n\r0\n",
+        [],
+    )
+)
 def test_every_generated_message_keeps_the_invariants(case: tuple[bytes, list[bytes]]) -> None:
     original, attachments = case
     prepared, out = rewrite(original)
