@@ -16,7 +16,7 @@ from yarl import URL
 from gateway import actions, logs, optouts
 from gateway.config import Config
 from gateway.demo import run_demo
-from gateway.doctor import failed, run_checks
+from gateway.doctor import failed, print_report, run_checks
 from gateway.keygen import config_line, keygen
 from gateway.keys import load_keys, load_log_key, make_key_file
 from gateway.optin import request_consent
@@ -219,8 +219,7 @@ async def doctor(args: argparse.Namespace, config: Config) -> int:
     from gateway.workers import default_count  # forks and event loops: only here
 
     checks = await run_checks(config, workers=args.workers or default_count())
-    for check in checks:
-        print(check.line())
+    print_report(checks)
     return 1 if failed(checks) else 0
 
 

@@ -26,12 +26,11 @@ from markupsafe import Markup
 from gateway import languages
 from gateway.config import Config, Topic
 from gateway.rewrite import FooterPieces, FooterTemplates
-from gateway.templating import ENVIRONMENT
+from gateway.templating import ENVIRONMENT, URL_MARK
 from gateway.wording import FOOTER_KEYS, LANGUAGES, WORDS
 from suppression.errors import ConfigError, OptgateError
 from suppression.model import check_name
 
-URL_MARK = "\ue000optgate-url\ue001"  # where the recipient's URL goes; private-use characters
 _PLACEHOLDERS = {"topic": "", "company": ""}
 _LANGUAGE = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{1,8})*")
 _CONFIG_KEYS = {"footer_reason": "reason", "footer_unsubscribe": "unsubscribe"}

@@ -352,10 +352,13 @@ def transfer_encoding(cte: str) -> str | None:
     return _TRANSFER_ENCODINGS.get(re.sub(r"[\s_-]", "", cte.lower()))
 
 
+_LONE_CR = re.compile(rb"\r(?!\n)")
+
+
 def decode_body(raw: bytes, cte: str) -> bytes | None:
     """The decoded body for a :func:`transfer_encoding` result; None for bad base64."""
-    if cte == "quoted-printable":
-        return binascii.a2b_qp(raw)
+    if cte == "quoted-printable":  # a bare CR in the encoded text is a line break when sent
+        return binascii.a2b_qp(_LONE_CR.sub(b"\n", raw))
     if cte == "base64":
         try:
             return binascii.a2b_base64(raw.translate(None, b" \t\r\n"), strict_mode=True)
@@ -395,10 +398,20 @@ def _ascii_compatible_codec(charset: str) -> str | None:
     return name
 
 
-def qp_encode(data: bytes, eol: bytes) -> bytes:
-    """Quoted-printable text with ``eol`` line breaks and lines of at most 76 characters."""
-    data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+def qp_encode(data: bytes, eol: bytes, *, text_cr: bool = False) -> bytes:
+    """Quoted-printable text with ``eol`` line breaks and lines of at most 76 characters.
+
+    A CR without an LF is a line break, as it becomes on the wire (``data`` as it would
+    be sent), or with ``text_cr`` a character of the text, written ``=0D`` (``data``
+    decoded from an encoding that carried it so).
+    """
+    data = data.replace(b"\r\n", b"\n")
+    if text_cr and b"\r" in data:  # each line alone: a CR is data there, encoded
+        lines = data.split(b"\n")
+        encoded = b"\n".join(binascii.b2a_qp(line, quotetabs=False, istext=False) for line in lines)
+    else:
+        data = data.replace(b"\r", b"\n")
+        encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
     return encoded if eol == b"\n" else encoded.replace(b"\n", eol)
 
 

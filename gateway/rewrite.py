@@ -27,7 +27,6 @@ bytes: parts that cannot be changed safely are left alone and named in
 
 from __future__ import annotations
 
-import binascii
 import hashlib
 import html
 import re
@@ -38,7 +37,10 @@ from email.header import Header
 from email.message import Message
 from typing import Protocol
 
+from markupsafe import Markup
+
 from gateway import mime
+from gateway.templating import ENVIRONMENT, URL_MARK
 
 PLACEHOLDER = "{{optgate_unsubscribe_url}}"
 CONTROL_HEADERS = ("x-optgate-class", "x-optgate-topic", "x-optgate-campaign")
@@ -744,10 +746,11 @@ def _footer_part(pieces: FooterPieces, boundary: bytes, eol: bytes) -> list[Segm
     """A multipart/alternative with the footer as text and as HTML, both quoted-printable."""
     text = [*pieces.text]
     text[0] = text[0].lstrip("\n")
-    page = [*pieces.html]
-    lang = f' lang="{html.escape(pieces.language)}"' if pieces.language else ""
-    page[0] = f'<!DOCTYPE html><html{lang}><head><meta charset="utf-8"></head><body>{page[0]}'
-    page[-1] += "</body></html>"
+    footer = Markup(URL_MARK.join(pieces.html))  # noqa: S704 - HTML already (FooterPieces)
+    document = ENVIRONMENT.get_template("footer_part.html").render(
+        language=pieces.language, footer=footer
+    )
+    page = document.split(URL_MARK)
     language = f"Content-Language: {pieces.language}".encode("ascii") if pieces.language else b""
     language_field = language + eol if language else b""
     segments: list[Segment] = [
@@ -797,7 +800,7 @@ def _qp_segments(raw: bytes | None, slices: list[bytes], fill: _Fill, eol: bytes
         return [head, _QPFill(fill, eol, soft_after=bool(tail)), tail]
     segments: list[Segment] = []
     for index, piece in enumerate(slices):
-        encoded = mime.qp_encode(piece, eol)
+        encoded = mime.qp_encode(piece, eol, text_cr=raw is not None)  # decoded: CRs are text
         last = index == len(slices) - 1
         if encoded and not encoded.endswith(b"\n") and not last:
             encoded = mime.qp_soft_break(encoded, eol)
@@ -816,9 +819,9 @@ def _encoded_cut(raw: bytes, slices: list[bytes]) -> int | None:
     if not slices[1]:
         return len(raw)
     cut = raw.lower().rfind(b"</body")
-    if cut < 0 or binascii.a2b_qp(raw[cut:]) != slices[1]:
+    if cut < 0 or mime.decode_body(raw[cut:], "quoted-printable") != slices[1]:
         return None
-    return cut if binascii.a2b_qp(raw[:cut]) == slices[0] else None
+    return cut if mime.decode_body(raw[:cut], "quoted-printable") == slices[0] else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+# where the recipient's URL goes in a rendered footer, which is then split there: private-use
+# characters no template or configured word holds
+URL_MARK = "\ue000optgate-url\ue001"
+
 ENVIRONMENT = Environment(
     loader=PackageLoader("gateway", "templates"),
     autoescape=select_autoescape(("html",), default_for_string=True),

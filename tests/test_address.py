@@ -19,6 +19,8 @@ from suppression.address import (
 )
 from suppression.errors import InvalidAddress
 
+pytestmark = pytest.mark.pure
+
 ATEXT = string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-"
 NOT_ATEXT = ' ()<>[]:;@\\,"\t'
 LABELS = (
@@ -113,6 +115,7 @@ def generated(rng: random.Random) -> str:
     return text
 
 
+@pytest.mark.corpus
 def test_fast_path_and_email_validator_agree_on_generated_addresses() -> None:
     rng = random.Random(20241128)
     fast_hits = slow_valid = invalid = 0

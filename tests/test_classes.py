@@ -18,6 +18,8 @@ from gateway.service import running
 from tests.support.people import FAN, GONE, STRANGER, seed
 from tests.support.smtp import gateway_config, message, send, sink
 
+pytestmark = pytest.mark.pure
+
 RULES = ClassRules(
     transactional_senders=frozenset({"noreply@shop.example"}),
     transactional_domains=frozenset({"billing.example"}),
@@ -49,6 +51,7 @@ def test_the_most_specific_rule_classifies(
     assert RULES.classify(mail_from, ip) == (kind, by)
 
 
+@pytest.mark.sockets
 async def test_a_password_reset_without_the_header_reaches_a_person_without_consent(
     tmp_path: Path,
 ) -> None:
@@ -84,6 +87,7 @@ async def test_a_password_reset_without_the_header_reaches_a_person_without_cons
     )
 
 
+@pytest.mark.sockets
 async def test_the_client_network_is_the_original_clients(tmp_path: Path) -> None:
     async with sink() as hop:
         config = gateway_config(tmp_path, hop.port, policy_transactional_networks="10.0.0.0/8")
@@ -102,6 +106,7 @@ async def test_the_client_network_is_the_original_clients(tmp_path: Path) -> Non
     assert b"Message-ID: <2@s>" in copy.data
 
 
+@pytest.mark.sockets
 async def test_reject_mode_does_not_refuse_a_transactional_sender_at_rcpt(tmp_path: Path) -> None:
     async with sink() as hop:
         config = gateway_config(

@@ -22,9 +22,10 @@ import pytest
 
 from gateway.inbound import parsing
 from gateway.inbound.classify import Classification, Finding, Kind, classify
-from tests.test_rewrite import CORPUS, corpus_root
+from tests.support import corpus
 
-ROOT = corpus_root() or Path()
+pytestmark = pytest.mark.pure
+
 ACTS = frozenset({Kind.UNSUBSCRIBE, Kind.HARD_BOUNCE, Kind.SOFT_BOUNCE, Kind.COMPLAINT})
 NOT_ABOUT_THE_ADDRESS = (" policy", " message", " sender")
 HARD_BAR = 0.95
@@ -103,14 +104,12 @@ def bounceparser_class(test: dict[str, object]) -> str:
 
 
 def cases() -> Iterator[Case]:
-    sisimai = json.loads((ROOT / "sisimai-set-of-emails" / "expected.json").read_text())
+    sisimai = corpus.expected(corpus.SISIMAI)
     for name, entry in sorted(sisimai["files"].items()):
         if entry["expected"] is not None:
             classes = tuple(sisimai_class(label) for label in entry["expected"]) or ("none",)
             yield Case("sisimai", f"sisimai-set-of-emails/{name}", classes)
-    bounceparser = json.loads(
-        (ROOT / "mail-deliverystatus-bounceparser" / "expected.json").read_text()
-    )
+    bounceparser = corpus.expected(corpus.BOUNCEPARSER)
     for name, entry in sorted(bounceparser.items()):
         if entry["tests"]:
             test = entry["tests"][0]
@@ -122,9 +121,9 @@ def cases() -> Iterator[Case]:
                 (expected,) * max(1, len(addresses)),
                 addresses if expected == "hard" else (),
             )
-    mimekit = json.loads((ROOT / "mimekit" / "expected.json").read_text())
+    mimekit = corpus.expected(corpus.MIMEKIT)
     hard = {"delivery-status.txt", "delivery-status-no-blank-line.txt", "bounce.txt"}
-    for path in sorted((ROOT / "mimekit" / "messages").iterdir()):
+    for path in corpus.files(corpus.MIMEKIT, "messages/*"):
         entry = mimekit.get(f"messages/{path.name}", {})
         if entry.get("kind") == "dsn":
             groups = [group for group in entry["dsn_groups"] if "Reporting-MTA" not in group]
@@ -139,12 +138,12 @@ def cases() -> Iterator[Case]:
             yield Case("mimekit", f"mimekit/messages/{path.name}", ("complaint",), (recipient,))
         else:  # an MDN, or ordinary MIME
             yield Case("mimekit", f"mimekit/messages/{path.name}", ("none",))
-    arf = json.loads((ROOT / "email-arf" / "expected.json").read_text())
+    arf = corpus.expected(corpus.EMAIL_ARF)
     for name, entry in sorted(arf.items()):
         if name.startswith("messages/"):
             expected = {"abuse": "complaint", "opt-out": "unsubscribe"}[entry["feedback_type"]]
             yield Case("email-arf", f"email-arf/{name}", (expected,))
-    for path in sorted((ROOT / "stalwart-mail-auth" / "arf").glob("*.eml")):
+    for path in corpus.files(corpus.STALWART_AUTH, "arf/*.eml"):
         report = json.loads(path.with_suffix(".json").read_text())
         expected = "complaint" if report["feedback_type"] == "Abuse" else "none"
         rcpt = report["original_rcpt_to"]
@@ -188,7 +187,7 @@ def score() -> Tally:
     for case in cases():
         if case.path in EXCLUDED:
             continue
-        raw = (ROOT / case.path).read_bytes()
+        raw = corpus.read(case.path)
         findings = list(classify(raw).findings)
         for expected in case.expected:
             tally.total[case.corpus, expected] += 1
@@ -222,15 +221,15 @@ def share(tally: Tally, expected: str, corpus: str | None = None) -> tuple[int, 
     return sum(tally.correct[key] for key in keys), sum(tally.total[key] for key in keys)
 
 
+@pytest.mark.corpus
 def test_corpus_scores() -> None:
-    if corpus_root() is None:
-        pytest.skip("no corpus: set OPTGATE_CORPUS to the shared e-mail corpus")
+    corpus.require()
     tally = score()
     classes = ("hard", "soft", "bounce", "complaint", "unsubscribe", "none")
     print("\nclassification scores (correct / labelled), excluded files:", len(EXCLUDED))
-    for corpus in sorted({key[0] for key in tally.total}):
-        shares = [(name, *share(tally, name, corpus)) for name in classes]
-        print(f"  {corpus:13}", "  ".join(f"{n} {c}/{t}" for n, c, t in shares if t))
+    for folder in sorted({key[0] for key in tally.total}):
+        shares = [(name, *share(tally, name, folder)) for name in classes]
+        print(f"  {folder:13}", "  ".join(f"{n} {c}/{t}" for n, c, t in shares if t))
     for name in classes:
         correct, total = share(tally, name)
         print(f"  all {name:11} {correct}/{total} = {correct / total:.1%}")
@@ -244,8 +243,7 @@ def test_corpus_scores() -> None:
 
 
 def test_excluded_files_exist_and_are_labelled() -> None:
-    if corpus_root() is None:
-        pytest.skip("no corpus: set OPTGATE_CORPUS to the shared e-mail corpus")
+    corpus.require()
     labelled = {case.path for case in cases()}
     assert set(EXCLUDED) <= labelled
 
@@ -253,10 +251,10 @@ def test_excluded_files_exist_and_are_labelled() -> None:
 # --- not bounces, whatever address they reach --------------------------------------------
 
 NOT_BOUNCES = [
-    *sorted((ROOT / "sisimai-set-of-emails" / "maildir-bsd").glob("rfc3834-*.eml")),
-    *sorted((ROOT / "sisimai-set-of-emails" / "not-bounce").glob("*.eml")),
+    *corpus.files(corpus.SISIMAI, "maildir-bsd/rfc3834-*.eml"),
+    *corpus.files(corpus.SISIMAI, "not-bounce/*.eml"),
     *(
-        ROOT / "mail-deliverystatus-bounceparser" / "corpus" / name
+        corpus.path(corpus.BOUNCEPARSER) / "corpus" / name
         for name in (
             "aol-vacation.msg",
             "autoreply.msg",
@@ -283,16 +281,15 @@ def test_auto_replies_and_challenges_are_never_acted_on(path: Path, rcpt_to: str
     if rcpt_to == "unsubscribe@example.com" and path.name in PEOPLE:
         assert classify(path.read_bytes(), rcpt_to=rcpt_to).findings[0].kind is Kind.UNSUBSCRIBE
         return
-    if corpus_root() is None:
-        pytest.skip("no corpus: set OPTGATE_CORPUS to the shared e-mail corpus")
+    corpus.require()
     findings = classify(path.read_bytes(), rcpt_to=rcpt_to).findings
     assert [f for f in findings if f.kind in ACTS] == []
 
 
 ORDINARY = [
     path
-    for path in CORPUS
-    if path.relative_to(ROOT).parts[0]
+    for path in corpus.messages()
+    if corpus.relative(path).split("/")[0]
     in ("stalwart-mail-parser", "spamscope-mail-parser", "dkimpy", "stalwart-mail-auth")
     and "arf" not in path.parts
     and path.name != "mail_malformed_2.eml"  # a real DSN (4.2.2 mailbox full): a soft bounce
@@ -300,8 +297,7 @@ ORDINARY = [
 
 
 def test_ordinary_mail_is_no_bounce_even_at_the_bounce_address() -> None:
-    if corpus_root() is None:
-        pytest.skip("no corpus: set OPTGATE_CORPUS to the shared e-mail corpus")
+    corpus.require()
     assert len(ORDINARY) > 50
     acted = [
         (path.name, finding)
@@ -428,9 +424,8 @@ def test_null_and_daemon_senders_unsubscribe_nobody(sender: str) -> None:
 
 
 def test_an_apple_mail_unsubscribe_is_one_despite_auto_submitted() -> None:
-    if corpus_root() is None:
-        pytest.skip("no corpus: set OPTGATE_CORPUS to the shared e-mail corpus")
-    raw = (ROOT / "sisimai-set-of-emails" / "maildir-bsd" / "arf-26.eml").read_bytes()
+    corpus.require()
+    raw = corpus.read(f"{corpus.SISIMAI}/maildir-bsd/arf-26.eml")
     assert only(classify(raw)) == Finding(
         Kind.UNSUBSCRIBE, "example@icloud.com", (), None, "unsubscribe mail", True
     )
@@ -614,13 +609,13 @@ def fuzzed(raw: bytes, seed: int) -> Iterator[bytes]:
     yield raw.replace(b"--", b"", 3)
 
 
+@pytest.mark.corpus
 def test_truncated_and_garbled_corpus_files_never_raise() -> None:
-    if corpus_root() is None:
-        pytest.skip("no corpus: set OPTGATE_CORPUS to the shared e-mail corpus")
+    corpus.require()
     paths = [case.path for case in cases()]
     unreadable = []
     for number, path in enumerate(paths):
-        raw = (ROOT / path).read_bytes()
+        raw = corpus.read(path)
         for variant in fuzzed(raw, number):
             result = classify(variant)
             assert result.findings

@@ -31,8 +31,10 @@ import pytest
 
 from gateway import cli
 from suppression import importing
-from tests.support.backends import POSTGRES
+from tests.support.backends import BACKENDS, POSTGRES
 from tests.support.digests import content_digests
+
+pytestmark = pytest.mark.pure
 
 OPTGATE = Path(sys.prefix) / "bin" / "optgate"
 BASH = shutil.which("bash") or "/bin/bash"
@@ -850,7 +852,7 @@ def postgres_databases(count: int) -> Iterator[list[str]]:
         asyncio.run(admin('DROP DATABASE IF EXISTS "{}" WITH (FORCE)'))
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=BACKENDS)
 def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[str]]:
     """The URLs of three new stores of one backend."""
     if request.param == "sqlite":
@@ -978,6 +980,7 @@ def _prepared(url: str, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("command", ["suppress", "consent"])
+@pytest.mark.sockets
 def test_an_import_killed_midway_keeps_nothing(
     stores: list[str], tmp_path: Path, command: str
 ) -> None:
@@ -1002,6 +1005,7 @@ def test_an_import_killed_midway_keeps_nothing(
     assert verified.returncode == 0, verified.stdout
 
 
+@pytest.mark.sockets
 def test_an_import_killed_in_its_merge_keeps_nothing(tmp_path: Path) -> None:
     """Killed once the merge writes pages to the WAL (staging writes none there): the
     transaction never committed, SQLite rolls it back, nothing of it stays."""
@@ -1437,6 +1441,7 @@ def test_actor_without_a_passwd_entry(
 # the real console script ---------------------------------------------------------------
 
 
+@pytest.mark.sockets
 def test_console_script_exit_codes(db: Path) -> None:
     version = console(db, "--version")
     assert version.returncode == 0
@@ -1452,6 +1457,7 @@ def test_console_script_exit_codes(db: Path) -> None:
     assert "invalid choice: 'xml'" in usage.stderr
 
 
+@pytest.mark.sockets
 def test_console_script_import_from_stdin_and_bad_files(db: Path, tmp_path: Path) -> None:
     piped = console(db, "suppress", "import", "-", stdin="p1@example.com\nbad\np2@example.com\n")
     assert piped.returncode == 0, piped.stderr
@@ -1470,6 +1476,7 @@ def test_console_script_import_from_stdin_and_bad_files(db: Path, tmp_path: Path
     assert count(db, "suppression") == 2
 
 
+@pytest.mark.sockets
 def test_console_script_bad_configuration(db: Path, tmp_path: Path) -> None:
     config = write(tmp_path / "optgate.toml", '[policy]\naction = "bounce"\n')
     result = console(db, "--config", config, "suppress", "check", "a@example.com")
@@ -1492,6 +1499,7 @@ def read_only_prefix() -> tuple[str, ...]:
     return prefix
 
 
+@pytest.mark.sockets
 def test_console_script_read_only_database(db: Path, tmp_path: Path) -> None:
     prefix = read_only_prefix()
     assert console(db, "suppress", "add", "before@example.com").returncode == 0
@@ -1575,6 +1583,8 @@ def test_a_file_without_the_schema_is_missing_too(
         assert sorted(p.name for p in tmp_path.glob(f"{name}*")) == [name], "no WAL made"
 
 
+@pytest.mark.postgres
+@pytest.mark.sockets
 async def test_a_postgresql_database_without_the_schema_is_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1681,6 +1691,7 @@ def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Machine:
     return Machine(env, prefix, varlib / "optgate", Path("/var/lib/optgate"))
 
 
+@pytest.mark.sockets
 def test_every_command_from_any_directory_uses_the_one_state_directory(
     machine: Machine, tmp_path: Path
 ) -> None:
@@ -1719,6 +1730,7 @@ def test_every_command_from_any_directory_uses_the_one_state_directory(
     assert expected in shown["state_dir"]["from"]
 
 
+@pytest.mark.sockets
 async def test_serve_on_a_fresh_machine_makes_the_state_directory(
     machine: Machine, tmp_path: Path
 ) -> None:
@@ -1801,6 +1813,7 @@ def test_config_show_hides_a_database_password(
     assert 'url = "postgresql://optgate@db.internal/optgate"  # env OPTGATE_STORE_URL' in result.out
 
 
+@pytest.mark.sockets
 def test_config_example_fed_back_loads_to_the_defaults(tmp_path: Path) -> None:
     example = console_with({}, "config", "example")
     assert example.returncode == 0, example.stderr
@@ -1819,6 +1832,7 @@ def test_config_example_fed_back_loads_to_the_defaults(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["suppress", "consent"])
+@pytest.mark.sockets
 def test_export_into_a_closed_pipe_ends_quietly(db: Path, tmp_path: Path, kind: str) -> None:
     rows = "".join(f"user{i}@example.com\n" for i in range(30_000))  # far beyond a pipe's 64 KiB
     many = write(tmp_path / "many.txt", rows)
@@ -1836,6 +1850,7 @@ def test_export_into_a_closed_pipe_ends_quietly(db: Path, tmp_path: Path, kind: 
     assert done.stderr == "", "no BrokenPipeError traceback"
 
 
+@pytest.mark.sockets
 def test_a_reader_gone_before_the_first_line_ends_quietly(db: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPTGATE_")}
     env["OPTGATE_STORE_URL"] = f"sqlite:///{db}"
@@ -1971,6 +1986,7 @@ def test_a_partner_scope_must_name_a_known_partner(
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["suppress", "--help"]])
+@pytest.mark.sockets
 def test_version_and_help_import_none_of_the_heavy_modules(argv: list[str]) -> None:
     probe = (
         "import sys\n"

@@ -16,6 +16,8 @@ from gateway import cli, configshow, statedir
 from gateway.config import Config, HostPort, effective, load, options, sections
 from suppression.errors import ConfigError
 
+pytestmark = pytest.mark.pure
+
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from suppression.address import identity, normalize
 from suppression.copying import Digest
@@ -26,6 +27,8 @@ from suppression.sql.tables import TABLES
 from tests.support.backends import postgres_database
 from tests.support.keys import AUDIT_KEY
 from tests.support.serving import OPTGATE
+
+pytestmark = pytest.mark.pure
 
 ANN = normalize("Ann@Example.com")
 BOB = normalize("bob@example.org")
@@ -146,6 +149,8 @@ async def count(url: str, table: str) -> int:
         await conn.close()
 
 
+@pytest.mark.postgres
+@pytest.mark.sockets
 async def test_sqlite_to_postgres_and_back_keeps_every_record(tmp_path: Path) -> None:
     source = f"sqlite:///{tmp_path / 'source.db'}"
     back = f"sqlite:///{tmp_path / 'back.db'}"
@@ -180,6 +185,8 @@ async def test_sqlite_to_postgres_and_back_keeps_every_record(tmp_path: Path) ->
     assert await snapshot(back) == before
 
 
+@pytest.mark.postgres
+@pytest.mark.sockets
 async def test_a_non_empty_destination_is_refused_and_left_alone(tmp_path: Path) -> None:
     source = f"sqlite:///{tmp_path / 'source.db'}"
     await fill(source)
@@ -200,6 +207,7 @@ async def test_a_non_empty_destination_is_refused_and_left_alone(tmp_path: Path)
     assert into_itself.err == "optgate: source and destination are the same store\n"
 
 
+@pytest.mark.sockets
 async def test_a_table_copy_does_not_know_stops_it_before_any_write(tmp_path: Path) -> None:
     source_db, destination_db = tmp_path / "source.db", tmp_path / "destination.db"
     await fill(f"sqlite:///{source_db}")
@@ -211,6 +219,8 @@ async def test_a_table_copy_does_not_know_stops_it_before_any_write(tmp_path: Pa
     assert not destination_db.exists()
 
 
+@pytest.mark.postgres
+@pytest.mark.sockets
 async def test_a_destination_that_differs_is_rolled_back(tmp_path: Path) -> None:
     source = f"sqlite:///{tmp_path / 'source.db'}"
     await fill(source)
@@ -237,6 +247,8 @@ async def test_a_destination_that_differs_is_rolled_back(tmp_path: Path) -> None
         assert [await count(pg, t.name) for t in TABLES] == [0] * len(TABLES)
 
 
+@pytest.mark.postgres
+@pytest.mark.sockets
 async def test_a_row_the_destination_cannot_hold_is_a_clear_error(tmp_path: Path) -> None:
     source_db = tmp_path / "source.db"
     await fill(f"sqlite:///{source_db}")
@@ -251,6 +263,8 @@ async def test_a_row_the_destination_cannot_hold_is_a_clear_error(tmp_path: Path
         assert await count(pg, "suppression") == 0
 
 
+@pytest.mark.postgres
+@pytest.mark.sockets
 async def test_tables_name_every_table_and_column_of_both_schemas(tmp_path: Path) -> None:
     """A table or column added to a migration needs its entry in TABLES, or copies lose it."""
     expected = {t.name: set(t.names) for t in TABLES}

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.sockets
+
 
 def test_demo_prints_each_verdict_and_what_was_added(tmp_path: Path) -> None:
     optgate = Path(sys.executable).with_name("optgate")

@@ -22,6 +22,8 @@ import yaml
 from gateway.config import Config, load
 from suppression.errors import ConfigError
 
+pytestmark = pytest.mark.pure
+
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 COMPOSE = DEPLOY / "docker" / "compose.yaml"

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway import cli, doctor
+from gateway import cli
 from gateway.config import Config, load
 from gateway.doctor import Check, Status, failed, run_checks
+from gateway.doctor import dns as doctor_dns
 from gateway.keygen import NewKey, generate, keygen, private_pem, record_value, zone_strings
 from gateway.keys import load_keys
 from gateway.server import advertised_size
@@ -32,7 +33,10 @@ from tests.support.backends import postgres_database
 from tests.support.dns import DnsServer, dns_server
 from tests.support.keys import AUDIT_KEY
 from tests.support.smtp import sink
+from tests.support.tiers import needs
 from tests.support.tls import PrivateCA
+
+pytestmark = pytest.mark.sockets
 
 DOMAIN = "shop.test"
 SPF = ("shop.test", "TXT")
@@ -97,6 +101,7 @@ class Setup:
 
 
 @pytest.fixture
+@needs("sockets")
 async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     rsa_key = keygen(DOMAIN, "s1", "rsa", out=tmp_path / "s1.pem")
     ed_key = keygen(DOMAIN, "s2", "ed25519", out=tmp_path / "s2.pem")
@@ -305,6 +310,7 @@ async def test_one_broken_thing_is_named(
     assert failed(checks) == (status == "FAIL")
 
 
+@pytest.mark.postgres
 async def test_a_new_postgresql_database_without_a_key_yet_is_not_a_failure(
     setup: Setup,
 ) -> None:
@@ -396,7 +402,7 @@ async def test_cli_prints_one_line_per_check_and_exits_1_on_a_fail(
 ) -> None:
     for name in [n for n in os.environ if n.startswith("OPTGATE_")]:
         monkeypatch.delenv(name)
-    monkeypatch.setattr(doctor, "system_resolver", setup.dns.resolver)
+    monkeypatch.setattr(doctor_dns, "system_resolver", setup.dns.resolver)
     if breakage:
         breakage(setup)
     path = setup.write()

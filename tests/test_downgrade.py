@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import os
 import re
 from email.message import Message
 from pathlib import Path
@@ -23,11 +22,14 @@ from gateway.config import Config
 from gateway.downgrade import to_seven_bit
 from gateway.keygen import generate, private_pem, record_value, write_private
 from gateway.service import running
+from tests.support import corpus
 from tests.support.people import FAN, SENDER, seed
 from tests.support.postfix import PostfixPorts, postfix_available, private_postfix
 from tests.support.smtp import gateway_config, send, sink
-from tests.test_rewrite import CORPUS, children
+from tests.test_rewrite import children
 from tests.test_signing import run_opendkim
+
+pytestmark = pytest.mark.pure
 
 DOMAIN, SELECTOR = "sender.example", "s1"
 LINE = re.compile(rb"\r\n|\r|\n")
@@ -140,7 +142,7 @@ def test_multipart_signed_is_left_alone() -> None:
     assert to_seven_bit(signed) == signed
 
 
-@pytest.mark.parametrize("path", CORPUS[::3], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", corpus.sweep(corpus.messages()[::3]))
 def test_corpus_messages_decode_as_before(path: Path) -> None:
     original = path.read_bytes()
     check_seven_bit(original, to_seven_bit(original))
@@ -166,6 +168,7 @@ def signed_config(tmp_path: Path, next_port: int, listen_port: int = 0) -> tuple
 
 
 @pytest.mark.parametrize("eight_bit", [True, False], ids=["8bitmime", "no-8bitmime"])
+@pytest.mark.sockets
 async def test_the_relay_sends_7bit_only_to_a_next_hop_without_8bitmime(
     tmp_path: Path, eight_bit: bool
 ) -> None:
@@ -188,7 +191,9 @@ async def test_the_relay_sends_7bit_only_to_a_next_hop_without_8bitmime(
     assert dkim.verify(copy.data, dnsfunc=dns)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix needs root")
+@pytest.mark.sockets
+@pytest.mark.postfix
+@pytest.mark.root
 async def test_dkim_survives_a_postfix_that_converts_8bit_for_its_next_hop(
     tmp_path: Path,
 ) -> None:

@@ -14,6 +14,8 @@ from tests.support.dialogue import dialogue
 from tests.support.people import SENDER
 from tests.support.smtp import Sink, message
 
+pytestmark = pytest.mark.pure
+
 TRANSACTIONAL = {"X-Optgate-Class": "transactional"}  # no consent needed: relayed if valid
 
 # (RCPT TO argument, needs SMTPUTF8, the recipient the next hop must get or None: refused)

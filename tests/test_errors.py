@@ -43,6 +43,8 @@ from suppression.errors import (
 from suppression.partners import UnknownPartner
 from suppression.scope import InvalidScope
 
+pytestmark = pytest.mark.pure
+
 GATEWAY = Path(__file__).parent.parent / "gateway"
 
 

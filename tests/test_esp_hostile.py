@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
 from tests.support.esp import (
@@ -27,6 +28,8 @@ from tests.support.esp import (
     sns_host,
     sns_notification,
 )
+
+pytestmark = pytest.mark.sockets
 
 KEY = b"key-hostile"
 HOSTILE: tuple[Any, ...] = (None, 7, -1.5, True, [], {}, "", "x" * 5000, "\ud800@example.com")

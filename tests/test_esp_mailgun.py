@@ -25,6 +25,9 @@ from tests.support.esp import (
     mailgun_event,
     mailgun_failed,
 )
+from tests.support.tiers import needs
+
+pytestmark = pytest.mark.pure
 
 KEY = b"key-7d5bd9b5c8c1d86a1b7e1b8a1f6e5c2d"
 PARENT = b"key-parent-0123456789abcdef"
@@ -54,6 +57,7 @@ class Rig:
 
 
 @pytest.fixture
+@needs("sockets")
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     config = esp_config(tmp_path, mailgun_signing_keys=KEY.decode())
     async with esp_site(config) as site:
@@ -125,6 +129,7 @@ async def test_forged_stale_and_replayed_notifications_change_nothing(rig: Rig) 
     assert await rig.site.scopes(JANE) == {}  # the replay did not undo the operator's lift
 
 
+@pytest.mark.sockets
 async def test_a_subaccounts_parent_signature_verifies_with_the_parent_key(tmp_path: Path) -> None:
     config = esp_config(tmp_path, mailgun_signing_keys=f"{KEY.decode()},{PARENT.decode()}")
     async with esp_site(config) as site:
@@ -141,6 +146,8 @@ async def test_a_subaccounts_parent_signature_verifies_with_the_parent_key(tmp_p
         assert await site.scopes(JANE) == {"global": Reason.BOUNCED}
 
 
+@pytest.mark.postgres
+@pytest.mark.sockets
 async def test_a_token_is_accepted_once_across_nodes_sharing_postgresql(tmp_path: Path) -> None:
     async with postgres_database() as url:
         config = esp_config(tmp_path, store_url=url, mailgun_signing_keys=KEY.decode())

@@ -20,6 +20,9 @@ from tests.support.esp import (
     postmark_bounce,
     postmark_subscription_change,
 )
+from tests.support.tiers import needs
+
+pytestmark = pytest.mark.pure
 
 BOUNCES = "bounces:s3cret-one"
 CHANGES = "changes:s3cret-two"
@@ -33,6 +36,7 @@ def basic(credentials: str) -> dict[str, str]:
 
 
 @pytest.fixture
+@needs("sockets")
 async def site(tmp_path: Path) -> AsyncIterator[EspSite]:
     config = esp_config(tmp_path, postmark_credentials=f"{BOUNCES},{CHANGES}")
     async with esp_site(config) as running:

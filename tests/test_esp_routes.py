@@ -28,6 +28,8 @@ from tests.support.esp import (
 )
 from tests.support.smtp import gateway_config
 
+pytestmark = pytest.mark.pure
+
 KEY = b"key-routes"
 JANE = "jane@example.com"
 
@@ -36,6 +38,7 @@ def signed(event: dict[str, object]) -> dict[str, object]:
     return mailgun_body(KEY, event, timestamp=int(time.time()), token=secrets.token_hex(25))
 
 
+@pytest.mark.sockets
 async def test_a_body_over_max_body_is_413_and_changes_nothing(tmp_path: Path) -> None:
     config = esp_config(tmp_path, mailgun_signing_keys=KEY.decode(), max_body="2000")
     async with esp_site(config) as site:
@@ -57,6 +60,7 @@ async def test_a_body_over_max_body_is_413_and_changes_nothing(tmp_path: Path) -
         assert (await site.post("/hooks/mailgun", signed(event)))[0] == 200
 
 
+@pytest.mark.sockets
 async def test_hooks_live_under_the_path_of_base_url(tmp_path: Path) -> None:
     base_url = {"unsubscribe_base_url": "https://example.com/optgate/"}
     config = esp_config(tmp_path, other=base_url, mailgun_signing_keys=KEY.decode())
@@ -67,6 +71,7 @@ async def test_hooks_live_under_the_path_of_base_url(tmp_path: Path) -> None:
             assert response.status == 404
 
 
+@pytest.mark.sockets
 async def test_the_web_rate_limit_spares_the_hooks(tmp_path: Path) -> None:
     limit = {"web_rate_limit": "2"}
     config = esp_config(tmp_path, other=limit, mailgun_signing_keys=KEY.decode())
@@ -83,6 +88,7 @@ async def test_the_web_rate_limit_spares_the_hooks(tmp_path: Path) -> None:
         assert 429 in pages  # the link pages are limited as before
 
 
+@pytest.mark.sockets
 async def test_logs_and_answers_never_hold_an_address(tmp_path: Path) -> None:
     config = esp_config(tmp_path, mailgun_signing_keys=KEY.decode(), postmark_credentials="u:p")
     async with esp_site(config) as site:
@@ -112,6 +118,7 @@ async def test_logs_and_answers_never_hold_an_address(tmp_path: Path) -> None:
         assert "jane" not in repr(answers).lower()
 
 
+@pytest.mark.sockets
 async def test_optgate_serve_takes_esp_webhooks_on_its_web_listener(tmp_path: Path) -> None:
     config = gateway_config(tmp_path, 9, esp_mailgun_signing_keys=KEY.decode())
     async with running(config, parts=("web",)) as gate, aiohttp.ClientSession() as http:

@@ -26,6 +26,9 @@ from tests.support.esp import (
     sendgrid_event,
     sendgrid_events,
 )
+from tests.support.tiers import needs
+
+pytestmark = pytest.mark.pure
 
 ADDRESSES = {
     kind: f"{kind}@example.com"
@@ -47,6 +50,7 @@ class Rig:
 
 
 @pytest.fixture
+@needs("sockets")
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     key = SendGridKey()
     config = esp_config(

@@ -30,6 +30,9 @@ from tests.support.esp import (
     sns_host,
     sns_notification,
 )
+from tests.support.tiers import needs
+
+pytestmark = pytest.mark.pure
 
 JANE = "jane@example.com"  # mailed by optgate (the send ledger)
 RICHARD = "richard@example.com"  # mailed too
@@ -56,6 +59,7 @@ class Rig:
 
 
 @pytest.fixture
+@needs("sockets")
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     config = esp_config(tmp_path, ses_topics=f'["{TOPIC}"]')
     async with sns_host() as sns, esp_site(config, sns=sns.client()) as site:

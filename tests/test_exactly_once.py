@@ -17,6 +17,9 @@ from tests.support.dialog_client import transaction
 from tests.support.faults import FaultyHop, faulty_hop
 from tests.support.people import FAN, SENDER, seed
 from tests.support.smtp import gateway_config, message
+from tests.support.tiers import needs
+
+pytestmark = pytest.mark.pure
 
 
 async def test_ledger_states_delivered_unsettled_and_removed(backend: Backend) -> None:
@@ -37,6 +40,7 @@ async def test_ledger_states_delivered_unsettled_and_removed(backend: Backend) -
 
 
 @pytest.fixture
+@needs("sockets")
 async def hop() -> AsyncIterator[FaultyHop]:
     async with faulty_hop() as faulty:
         yield faulty

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.support.exactly_once import fault_run, kill_run
+
+pytestmark = pytest.mark.sockets
 
 
 async def test_faulty_next_hop_loses_and_duplicates_nothing(tmp_path: Path) -> None:

@@ -22,8 +22,11 @@ from playwright.async_api import Browser, FloatRect, Locator, Page, async_playwr
 from gateway.config import Topic
 from gateway.footers import Footers
 from gateway.rewrite import Footer, FooterTemplates, Links, prepare
+from tests.support.tiers import needs
 from tests.test_rewrite import body_text_parts, content
 from tests.test_web_browser import ARGS, chromium  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.browser
 
 ARTIFACTS = Path(
     os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts")
@@ -105,6 +108,7 @@ def after() -> Footer:
 
 
 @pytest.fixture
+@needs("browser")
 async def browser(chromium: Path) -> AsyncIterator[Browser]:  # noqa: F811 - uses the fixture
     ARTIFACTS.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before the browser
     async with async_playwright() as playwright:

@@ -25,8 +25,11 @@ from suppression.errors import ConfigError
 from suppression.opening import open_store
 from suppression.store import Store
 from tests.support.keys import AUDIT_KEY
+from tests.support.tiers import needs
 from tests.test_rewrite import body_text_parts, content
 from tests.test_web import JANE, SETTINGS, Site, seed, site_for
+
+pytestmark = pytest.mark.pure
 
 LINKS = Links("https://unsub.example.com/u/TOKEN", "unsubscribe+t@example.com")
 POSTAL = "Shop & Co GmbH, Hauptstr. 1, 10115 Berlin"
@@ -194,6 +197,26 @@ def test_legacy_templates_replace_the_built_in_footer_with_the_display_name() ->
     assert text.endswith("-- \nOur newsletter: https://unsub.example.com/u/TOKEN\n")
 
 
+def test_a_message_without_a_body_part_gets_a_whole_html_document_in_its_language() -> None:
+    image = (
+        b"Subject: s\nContent-Language: de\nContent-Type: image/png\n"
+        b"Content-Transfer-Encoding: base64\n\niVBORw0KGgo=\n"
+    )
+    prepared = prepare(image, footer=footers().topic("news"), list_id=None, feedback_id=None)
+    assert prepared.footer_part
+    links = Links("https://unsub.example.com/u/T?a=1&b=2", "unsubscribe+t@example.com")
+    parsed = email.message_from_bytes(prepared.render(links), policy=email.policy.default)
+    part = next(p for p in parsed.walk() if p.get_content_type() == "text/html")
+    page = content(part)
+    pieces = footers().pieces("news", "de")
+    assert pieces.language == "de"
+    assert page == (
+        '<!DOCTYPE html><html lang="de"><head><meta charset="utf-8"></head><body>'
+        + "https://unsub.example.com/u/T?a=1&amp;b=2".join(pieces.html)
+        + "</body></html>"
+    )
+
+
 # --- text parts whose charset lacks the footer's characters -------------------------------
 
 
@@ -312,6 +335,7 @@ def test_bad_wording_is_a_clear_error(tmp_path: Path, toml: str, message: str) -
 
 
 @pytest.fixture
+@needs("sockets")
 async def named_site(tmp_path: Path) -> AsyncIterator[Site]:
     store: Store = await open_store(f"sqlite:///{tmp_path / 'optgate.db'}", audit_key=AUDIT_KEY)
     await seed(store)

@@ -25,6 +25,8 @@ from suppression.formats.write import (
 from suppression.model import Consent
 from suppression.textio import FormatError
 
+pytestmark = pytest.mark.pure
+
 SHA = hashlib.sha256(b"jane@example.com").hexdigest()
 MD5 = hashlib.md5(b"jane@example.com", usedforsecurity=False).hexdigest()
 T0 = datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)  # unix 1700000000
@@ -337,6 +339,7 @@ def test_a_json_record_over_a_mebibyte_is_refused() -> None:
         rows(data, "mailgun")
 
 
+@pytest.mark.corpus
 def test_ses_document_on_one_long_line_is_read_in_pieces() -> None:
     summaries = [
         {"EmailAddress": f"user{i}@example.com", "Reason": "BOUNCE", "LastUpdateTime": 1700000000}
@@ -889,6 +892,7 @@ class _Lines(io.RawIOBase):
         return size
 
 
+@pytest.mark.corpus
 def test_reading_two_million_lines_keeps_memory_flat() -> None:
     tracemalloc.start()
     try:

@@ -28,6 +28,8 @@ from suppression.store import Store
 from suppression.textio import FormatError
 from tests.support.backends import Backend
 
+pytestmark = pytest.mark.pure
+
 T0 = datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
 
 

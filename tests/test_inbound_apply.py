@@ -23,8 +23,10 @@ from suppression.address import normalize
 from suppression.model import Reason, Send, now
 from suppression.scope import GLOBAL, Scope
 from suppression.store import Store
-from tests.support.backends import postgres_database
+from tests.support.backends import BACKENDS, postgres_database
 from tests.support.tokens import claimed
+
+pytestmark = pytest.mark.pure
 
 JANE = "jane@example.com"  # the recipient a token names
 REPORTED = "someone-else@example.net"  # what a report writes, when it is not Jane
@@ -74,7 +76,7 @@ async def store_url(kind: str, tmp_path: Path) -> AsyncIterator[str]:
         yield f"sqlite:///{tmp_path / 'optgate.db'}"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=BACKENDS)
 async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
     async with store_url(request.param, tmp_path) as url:
         config = load(

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import smtplib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 from gateway.config import Config
 from gateway.inbound.apply import apply
@@ -32,12 +29,11 @@ from suppression.errors import InvalidAddress
 from suppression.model import Reason, Send, now
 from suppression.opening import open_store
 from suppression.store import Store
+from tests.support import corpus
 from tests.support.keys import AUDIT_KEY
 from tests.support.smtp import Sink, gateway_config
-from tests.test_rewrite import corpus_root
 
-ROOT = corpus_root()
-pytestmark = pytest.mark.skipif(ROOT is None, reason="the shared corpus is not beside the repo")
+pytestmark = corpus.needed
 DOMAIN = "in.example.com"
 BOUNCE, FBL = f"bounce@{DOMAIN}", f"fbl@{DOMAIN}"
 
@@ -64,16 +60,15 @@ def _crlf(path: Path) -> bytes:
 
 
 def samples() -> Iterator[Sample]:
-    assert ROOT is not None
-    sisimai = ROOT / "sisimai-set-of-emails"
-    for name, label in json.loads((sisimai / "expected.json").read_text())["files"].items():
+    sisimai = corpus.path(corpus.SISIMAI)
+    for name, label in corpus.expected(corpus.SISIMAI)["files"].items():
         expected = label.get("expected")
         if name.startswith("maildir-dos") or expected is None:
             continue  # the CRLF twins repeat maildir-bsd
         quiet = expected == [] or all(e["reason"] == "vacation" for e in expected)
         yield Sample(name, _crlf(sisimai / name), quiet)
-    parser = ROOT / "mail-deliverystatus-bounceparser"
-    for name, label in json.loads((parser / "expected.json").read_text()).items():
+    parser = corpus.path(corpus.BOUNCEPARSER)
+    for name, label in corpus.expected(corpus.BOUNCEPARSER).items():
         if not label["tests"]:
             continue
         test = label["tests"][0]
@@ -82,7 +77,7 @@ def samples() -> Iterator[Sample]:
         yield Sample(name, _crlf(parser / "corpus" / name), False, bounced)
 
 
-SAMPLES = list(samples()) if ROOT is not None else []
+SAMPLES = list(samples()) if corpus.ROOT is not None else []
 
 
 async def suppressed(store: Store) -> set[tuple[str, str, Reason]]:

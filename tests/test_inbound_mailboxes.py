@@ -11,6 +11,8 @@ from gateway.config import Inbound
 from gateway.inbound.mailboxes import Mailboxes, Role
 from suppression.errors import ConfigError
 
+pytestmark = pytest.mark.pure
+
 TOKEN = "a" * 40
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import mailbox
-import os
 import stat
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -25,16 +24,16 @@ from suppression.address import normalize
 from suppression.model import Send, now
 from suppression.opening import open_store
 from tests import test_cli
+from tests.support import corpus
 from tests.support.dovecot import Dovecot, private_dovecot
 from tests.support.keys import AUDIT_KEY
 from tests.support.postfix import free_port
 from tests.support.smtp import Sink, gateway_config
+from tests.support.tiers import needs
 from tests.test_cli import Run, count, one_line_error, reasons
-from tests.test_rewrite import corpus_root
 
-CORPUS = corpus_root()
 db, optgate = test_cli.db, test_cli.optgate  # the fixtures: a fresh store, the CLI in-process
-pytestmark = pytest.mark.skipif(CORPUS is None, reason="no corpus: set OPTGATE_CORPUS")
+pytestmark = [pytest.mark.pure, corpus.needed]
 
 # sisimai's real bounces and reports, with the recipient each one is about
 HARD_BOUNCES = {
@@ -62,16 +61,14 @@ EXPECTED = {address: "bounced" for address in HARD_BOUNCES.values()}
 EVERY_ADDRESS = [*HARD_BOUNCES.values(), OPT_OUT[1]]
 
 
-def corpus(name: str) -> bytes:
-    assert CORPUS is not None
-    raw = (CORPUS / "sisimai-set-of-emails" / name).read_bytes()
-    return raw.split(b"\n", 1)[1] if raw.startswith(b"From ") else raw
+def sisimai(name: str) -> bytes:
+    return corpus.delivered(f"{corpus.SISIMAI}/{name}")
 
 
 def messages() -> list[bytes]:
     """16 messages: 10 hard bounces, a soft bounce, two ARF reports, two auto-replies, garbage."""
     names = [*HARD_BOUNCES, SOFT_BOUNCE, OPT_OUT[0], ABUSE, *NOT_BOUNCES]
-    return [corpus(name) for name in names] + [GARBAGE]
+    return [sisimai(name) for name in names] + [GARBAGE]
 
 
 SUMMARY = (
@@ -111,6 +108,7 @@ async def mailed_everyone(url: str) -> None:
 
 
 @pytest.fixture
+@needs("sockets")
 def hop(db: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sink]:
     """The next hop the confirmation links go through: a recording sink on its own thread."""
     recorder = Sink()
@@ -194,7 +192,7 @@ def test_mbox_of_corpus_mail(
 def test_a_held_opt_out_waits_for_the_next_hop(
     optgate: Run, keyed: Path, hop: Sink, tmp_path: Path
 ) -> None:
-    path = make_mbox(tmp_path / "optout.mbox", [corpus(OPT_OUT[0])])
+    path = make_mbox(tmp_path / "optout.mbox", [sisimai(OPT_OUT[0])])
     hop.fail_next.append("451 4.3.0 Try again later")
     first = optgate("ingest", str(path))
     assert first.code == 1, first  # the link could not go out: left unmarked for the next run
@@ -248,7 +246,7 @@ def test_limit_and_a_message_too_big(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    big = corpus(NOT_BOUNCES[0]) + b"x" * 80_000
+    big = sisimai(NOT_BOUNCES[0]) + b"x" * 80_000
     path = make_mbox(tmp_path / "inbound.mbox", [*messages()[:3], big, *messages()[3:5]])
     monkeypatch.setenv("OPTGATE_INBOUND_MAX_MESSAGE_SIZE", "50000")
 
@@ -330,9 +328,8 @@ def test_bad_options(
 
 
 @pytest.fixture(scope="module")
+@needs("root", "sockets")
 def dovecot() -> Iterator[Dovecot]:
-    if os.geteuid() != 0:
-        pytest.skip("a private Dovecot needs root")
     with private_dovecot() as server:
         yield server
 
@@ -410,6 +407,7 @@ def test_imap_wrong_password(
     assert count(db, "audit") == 0
 
 
+@pytest.mark.sockets
 def test_imap_server_unreachable(optgate: Run, db: Path, tmp_path: Path) -> None:
     result = optgate("ingest", f"imaps://u@127.0.0.1:{free_port()}/INBOX", "--password-env", "PATH")
     assert result.code == 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,13 +11,15 @@ from gateway.inbound.imap import KEYWORD, Imap, parse_url
 from gateway.inbound.sources import SourceError
 from tests.support.dovecot import Dovecot, private_dovecot
 from tests.support.postfix import free_port
+from tests.support.tiers import needs
 from tests.test_ingest_sources import corpus_sample
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a private Dovecot needs root")
+pytestmark = pytest.mark.pure  # the tests of the private Dovecot get root and sockets from it
 PROCESSED = {"\\Seen", KEYWORD}
 
 
 @pytest.fixture(scope="module")
+@needs("root", "sockets")
 def dovecot() -> Iterator[Dovecot]:
     with private_dovecot() as server:
         yield server
@@ -133,6 +134,7 @@ def test_untrusted_certificate_is_refused(dovecot: Dovecot, tmp_path: Path) -> N
             Imap(url, dovecot.password, None)
 
 
+@pytest.mark.sockets
 def test_unreachable_server() -> None:
     url = parse_url(f"imaps://someone@127.0.0.1:{free_port()}/INBOX")
     with pytest.raises(

@@ -20,25 +20,21 @@ from gateway.inbound.sources import (
     mark_status,
     open_local,
 )
-from tests.test_rewrite import corpus_root
+from tests.support import corpus
 
-CORPUS = corpus_root()
-pytestmark = pytest.mark.skipif(CORPUS is None, reason="no corpus: set OPTGATE_CORPUS")
+pytestmark = [pytest.mark.pure, corpus.needed]
 
 
 def corpus_sample() -> list[bytes]:
     """Bounces, ARF reports and auto-replies, LF and CRLF, as delivered (no From_ line)."""
-    assert CORPUS is not None
-    sisimai = CORPUS / "sisimai-set-of-emails"
     paths = [
-        *sorted((sisimai / "maildir-bsd").glob("*.eml"))[:40:4],  # arf-*, then MTA bounces
-        *sorted((sisimai / "maildir-bsd").glob("rfc3464-0*.eml"))[:4],
-        *sorted((sisimai / "maildir-dos").glob("*.eml"))[:3],  # CRLF
-        *sorted((sisimai / "not-bounce").glob("*.eml")),  # auto-replies
+        *corpus.files(corpus.SISIMAI, "maildir-bsd/*.eml")[:40:4],  # arf-*, then MTA bounces
+        *corpus.files(corpus.SISIMAI, "maildir-bsd/rfc3464-0*.eml")[:4],
+        *corpus.files(corpus.SISIMAI, "maildir-dos/*.eml")[:3],  # CRLF
+        *corpus.files(corpus.SISIMAI, "not-bounce/*.eml"),  # auto-replies
     ]
-    messages = [p.read_bytes() for p in paths]
-    assert len(messages) >= 18
-    return [m.split(b"\n", 1)[1] if m.startswith(b"From ") else m for m in messages]
+    assert len(paths) >= 18
+    return [corpus.delivered(p) for p in paths]
 
 
 def mangled(raw: bytes) -> bytes:
@@ -98,7 +94,7 @@ def test_mbox_marking_twice_changes_nothing(tmp_path: Path) -> None:
     assert path.read_bytes() == before
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="only root gives files away")
+@pytest.mark.root
 def test_mbox_rewrite_keeps_owner_and_mode(tmp_path: Path) -> None:
     path = tmp_path / "unsubscribe"
     make_mbox(path, corpus_sample()[:2])
@@ -148,6 +144,7 @@ def test_locked_mbox_is_refused(tmp_path: Path) -> None:
     open_local(path).close()
 
 
+@pytest.mark.corpus
 def test_big_mbox_is_listed_without_loading_it(tmp_path: Path) -> None:
     path = tmp_path / "big.mbox"
     attachment = b"QUJD" * 19 + b"\n"  # an 80-byte base64 line

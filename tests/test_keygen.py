@@ -16,6 +16,8 @@ from gateway import cli
 from gateway.keygen import ZONE_STRING, keygen, public_key_bytes
 from suppression.errors import OptgateError
 
+pytestmark = pytest.mark.pure
+
 DOMAIN, SELECTOR = "shop.test", "s1"
 MESSAGE = (
     b"From: News <news@shop.test>\r\n"

@@ -17,6 +17,8 @@ from gateway.cli import main
 from gateway.keys import LOG_KEY, load_keys, load_log_key
 from suppression.errors import ConfigError
 
+pytestmark = pytest.mark.pure
+
 ADDRESS = "jane.doe@example.com"
 IDENTITY = hashlib.sha256(ADDRESS.encode()).hexdigest()
 

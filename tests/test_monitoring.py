@@ -17,6 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.service import Running
 from tests.support.api import call
 
+pytestmark = pytest.mark.pure
+
 DEPLOY = Path(__file__).parents[1] / "deploy"
 RULES = DEPLOY / "prometheus" / "optgate-rules.yml"
 RULE_TESTS = DEPLOY / "prometheus" / "optgate-rules.test.yml"
@@ -33,12 +35,14 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.sockets
 def test_the_rules_pass_promtool_check() -> None:
     checked = promtool("check", "rules", RULES.name)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS" in checked.stdout
 
 
+@pytest.mark.sockets
 def test_the_rules_unit_tests_pass() -> None:
     tested = promtool("test", "rules", RULE_TESTS.name)
     assert tested.returncode == 0, tested.stdout + tested.stderr

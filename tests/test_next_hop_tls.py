@@ -17,6 +17,8 @@ from tests.support.people import FAN, SENDER, seed
 from tests.support.smtp import gateway_config, message, send, sink
 from tests.support.tls import PrivateCA
 
+pytestmark = pytest.mark.pure
+
 
 @pytest.mark.parametrize(
     ("setting", "host", "checked"),
@@ -36,6 +38,7 @@ def test_certificates_are_checked_unless_the_next_hop_is_loopback(
     assert verifies(setting, host) is checked
 
 
+@pytest.mark.sockets
 async def test_a_certificate_from_the_configured_ca_is_verified_and_mail_goes_out(
     tmp_path: Path,
 ) -> None:
@@ -55,6 +58,7 @@ async def test_a_certificate_from_the_configured_ca_is_verified_and_mail_goes_ou
     "why",
     ["another CA", "the system CAs", "another name"],
 )
+@pytest.mark.sockets
 async def test_a_certificate_that_does_not_verify_is_451_and_nothing_is_sent(
     tmp_path: Path, why: str
 ) -> None:
@@ -79,6 +83,7 @@ async def test_a_certificate_that_does_not_verify_is_451_and_nothing_is_sent(
     assert "@" not in repr(failed)
 
 
+@pytest.mark.sockets
 async def test_the_opt_out_and_a_loopback_next_hop_go_unverified(tmp_path: Path) -> None:
     ca = PrivateCA.make(tmp_path / "ca")
     for setting in ("never", "auto"):  # auto: 127.0.0.1 is loopback, as today
@@ -103,6 +108,7 @@ def outward_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
+@pytest.mark.sockets
 async def test_a_next_hop_off_loopback_is_verified_by_default(tmp_path: Path) -> None:
     address = outward_address()
     if address is None:

@@ -9,11 +9,14 @@ import re
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from gateway.service import running
 from tests.support.backends import postgres_database
 from tests.support.people import FAN, SENDER, seed
 from tests.support.smtp import gateway_config, message, send, sink
+
+pytestmark = [pytest.mark.postgres, pytest.mark.sockets]
 
 
 async def test_one_click_on_node_a_stops_the_next_message_through_node_b(tmp_path: Path) -> None:

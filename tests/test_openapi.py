@@ -7,6 +7,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from referencing import Registry, Resource
@@ -23,6 +24,8 @@ from suppression.address import normalize
 from suppression.model import Send, now
 from suppression.partners import Partner
 from tests.support.api import api_key, call
+
+pytestmark = pytest.mark.pure
 
 DOCUMENT = schema.document()
 

@@ -18,6 +18,8 @@ from suppression.address import normalize
 from suppression.model import ImportItem, Reason
 from tests.support.smtp import gateway_config, sink
 
+pytestmark = pytest.mark.sockets
+
 
 async def test_request_mails_a_signed_confirm_link_and_records_no_consent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

@@ -34,6 +34,9 @@ from tests.support.senders import (
     zone,
 )
 from tests.support.smtp import Received, Sink, gateway_config, message, send, sink
+from tests.support.tiers import needs
+
+pytestmark = pytest.mark.sockets
 
 DOMAIN = INBOUND_DOMAIN
 LINK = re.compile(r"https://unsub\.example\.com(/r/[A-Za-z0-9_-]{43})")
@@ -94,6 +97,7 @@ class Gate:
 
 
 @pytest.fixture
+@needs("sockets")
 async def hop() -> AsyncIterator[Sink]:
     async with sink() as recorder:
         yield recorder

@@ -27,6 +27,8 @@ from suppression.scope import GLOBAL, Scope
 from suppression.store import Holder
 from tests.support.backends import Backend
 
+pytestmark = pytest.mark.pure
+
 NEWS = Scope.topic("news")
 ACME = Scope.partner("acme")
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)

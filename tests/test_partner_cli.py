@@ -8,6 +8,8 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from gateway.actions import shown
 from suppression.address import normalize
 from suppression.model import PARTNER_OFFERS, Consent, ImportItem, Reason, now
@@ -16,6 +18,8 @@ from suppression.partners import CopyState, check_credential
 from tests import test_cli
 from tests.support.keys import AUDIT_KEY
 from tests.test_cli import Run, sql
+
+pytestmark = pytest.mark.pure
 
 # the fixtures of the CLI tests: a fresh store in OPTGATE_STORE_URL, optgate run in-process
 db, optgate = test_cli.db, test_cli.optgate

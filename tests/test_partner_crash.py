@@ -17,6 +17,7 @@ from contextlib import closing
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from gateway.config import load
 from suppression.address import normalize
@@ -31,6 +32,8 @@ from tests.support.partners import (
     until_done,
 )
 from tests.support.smtp import gateway_env, message
+
+pytestmark = pytest.mark.sockets
 
 AUDIENCE = [f"reader.{i:04d}@example.net" for i in range(2000)]
 BATCH = 50
@@ -134,6 +137,7 @@ async def test_sigkill_mid_fanout_and_a_restart_deliver_each_recipient_once(
         await exactly_once(next_hop, config.store.url, killed)
 
 
+@pytest.mark.postgres
 async def test_two_nodes_share_a_job_and_one_killed_loses_nothing(tmp_path: Path) -> None:
     async with postgres_database() as url:
         with DumpSink(tmp_path / "sink") as next_hop:

@@ -34,6 +34,8 @@ from suppression.scope import Scope
 from tests.support.partners import add_partner, consenting, submit, until_done
 from tests.support.smtp import Sink, gateway_config, self_signed
 
+pytestmark = pytest.mark.pure
+
 FANS = ["ann@example.com", "bob@example.com", "cy@example.com"]
 GONE = "gone@example.com"  # consented, then unsubscribed from everything
 NOT_ACME = "listed@example.com"  # on acme's own md5 suppression list

@@ -21,6 +21,8 @@ from suppression.partners import (
 from suppression.store import Store
 from tests.support.backends import Backend
 
+pytestmark = pytest.mark.pure
+
 LEASE = timedelta(minutes=5)
 
 

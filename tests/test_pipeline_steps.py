@@ -41,6 +41,8 @@ from suppression.store import Store
 from tests.support.keys import AUDIT_KEY
 from tests.support.smtp import gateway_config, message
 
+pytestmark = pytest.mark.pure
+
 DOMAIN, SELECTOR = "sender.example", "s1"
 SENDER = f"news@{DOMAIN}"
 DKIM_DOMAINS = (DOMAIN, "example.com")

@@ -20,6 +20,8 @@ from suppression.model import (
     Suppression,
 )
 
+pytestmark = pytest.mark.pure
+
 T0 = datetime(2024, 3, 5, 14, 30, tzinfo=UTC)
 T1 = datetime(2024, 6, 7, 9, 0, tzinfo=UTC)
 KEY = "a" * 64

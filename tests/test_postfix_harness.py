@@ -11,7 +11,6 @@ deploy/postfix/*.snippet.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import smtplib
 import threading
@@ -33,6 +32,8 @@ from tests.support.postfix import (
     private_postfix,
 )
 
+pytestmark = [pytest.mark.postfix, pytest.mark.root, pytest.mark.sockets]
+
 SENDER = "news@shop.example"
 RECIPIENT = "alice@customer.example"
 DELIVERY_TIMEOUT = 30.0
@@ -40,8 +41,6 @@ DELIVERY_TIMEOUT = 30.0
 
 @pytest.fixture(autouse=True)
 def _postfix_required() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("a private Postfix needs root")
     assert postfix_available(), (
         "Postfix is not installed: echo 'postfix postfix/main_mailer_type select "
         "No configuration' | debconf-set-selections && apt-get install -y postfix"

@@ -9,7 +9,6 @@ envelope sender is what Postfix really delivered.
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,11 @@ from tests.support.reports import dsn
 from tests.support.senders import request, signed, zone
 from tests.support.smtp import gateway_config, message, send, sink
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix needs root")
+pytestmark = [
+    pytest.mark.postfix,
+    pytest.mark.root,
+    pytest.mark.sockets,
+]
 
 DOMAIN = "in.example.com"  # the inbound domain the snippets are written for
 SNIPPET_LMTP = "127.0.0.1:10027"

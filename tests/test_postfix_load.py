@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -34,7 +33,7 @@ from tests.support.postfix import PostfixPorts, postfix_available, private_postf
 from tests.support.serving import optgate_serve
 from tests.support.smtp import gateway_config, gateway_env
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix needs root")
+pytestmark = [pytest.mark.postfix, pytest.mark.root, pytest.mark.sockets]
 
 MESSAGES = 300
 SESSIONS = 20

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import os
 import re
 import smtplib
 from pathlib import Path
@@ -24,7 +23,11 @@ from tests.support.people import BOUNCED, FAN, GONE, SENDER, STRANGER, seed
 from tests.support.postfix import PostfixPorts, free_ports, postfix_available, private_postfix
 from tests.support.smtp import gateway_config, gateway_env, message, send, sink
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix needs root")
+pytestmark = [
+    pytest.mark.postfix,
+    pytest.mark.root,
+    pytest.mark.sockets,
+]
 
 
 @pytest.fixture(autouse=True)

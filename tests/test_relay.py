@@ -23,6 +23,8 @@ from suppression.scope import Scope
 from tests.support.people import BOUNCED, FAN, GONE, SENDER, STRANGER, seed
 from tests.support.smtp import Sink, gateway_config, message, send, sink
 
+pytestmark = pytest.mark.pure
+
 
 def parsed(data: bytes) -> email.message.EmailMessage:
     result = email.message_from_bytes(data, policy=email.policy.default)
@@ -127,6 +129,7 @@ async def test_permanent_next_hop_refusal_carries_its_reason(gate: Running, next
     assert "relay says no" in sent.reply
 
 
+@pytest.mark.sockets
 async def test_next_hop_down_gives_451(tmp_path: Path) -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
@@ -300,6 +303,7 @@ async def test_sessions_beyond_the_limit_get_421_and_a_freed_slot_is_reused(
         third_writer.close()
 
 
+@pytest.mark.sockets
 async def test_relay_uses_starttls_when_the_next_hop_offers_it(tmp_path: Path) -> None:
     from tests.support.smtp import self_signed
 
@@ -312,6 +316,7 @@ async def test_relay_uses_starttls_when_the_next_hop_offers_it(tmp_path: Path) -
     assert [m.tls for m in secure.messages] == [True]
 
 
+@pytest.mark.sockets
 async def test_with_starttls_never_a_hop_that_requires_tls_refuses_and_the_sender_is_told(
     tmp_path: Path,
 ) -> None:

@@ -25,6 +25,8 @@ from gateway.relay import Outcome, Relay
 from gateway.smtpclient import Connection
 from gateway.workers import shared_pool
 
+pytestmark = pytest.mark.sockets
+
 MESSAGE = b"Subject: hello\r\n\r\nbody\r\n"
 RCPT = "someone@rcpt.example"
 

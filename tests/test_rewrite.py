@@ -7,11 +7,9 @@ import email
 import email.policy
 import html
 import json
-import os
 import quopri
 import random
 import re
-from collections.abc import Iterator
 from email.message import EmailMessage, Message
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,9 @@ import pytest
 from gateway import mime
 from gateway import rewrite as rewrite_module
 from gateway.rewrite import PLACEHOLDER, FooterTemplates, Links, Prepared, prepare
+from tests.support import corpus
+
+pytestmark = pytest.mark.pure
 
 LINK_ID = "AV4xj4zWSLJDo-gX6qMwngDhg0g_KGe6rfUiCZ8MISF3BTayWmVT8QABbmV3c2xldHRlcoqsgLWisrglYxkA9V"
 URL = f"https://optgate.example.com/u/{LINK_ID}"
@@ -156,8 +157,12 @@ def check_rewrite(original: bytes, prepared: Prepared, out: bytes) -> None:
     skipped = skipped_paths(prepared)
     for path in texts_in:
         assert path in prepared.footer_paths or path in skipped or skipped_structure(prepared)
+    # a changed part reads as before plus the footer, as sent: a lone CR or LF is CRLF then
+    sent_in, sent_out = parse(as_sent(original)), parse(as_sent(out))
+    sent_texts_in = body_text_parts(sent_in)
+    sent_texts_out = body_text_parts(children(sent_out)[0] if prepared.footer_part else sent_out)
     for path in prepared.footer_paths:
-        check_changed_part(texts_in[path], texts_out[path])
+        check_changed_part(sent_texts_in[path], sent_texts_out[path])
     # Every other part decodes to exactly what it was.
     parts_in, parts_out = list(parsed_in.walk()), list(body_out.walk())
     assert len(parts_in) == len(parts_out)
@@ -179,6 +184,11 @@ def check_rewrite(original: bytes, prepared: Prepared, out: bytes) -> None:
         cte = str(texts_out[path].get("content-transfer-encoding", "7bit")).strip().lower()
         if cte != str(texts_in[path].get("content-transfer-encoding", "7bit")).strip().lower():
             assert cte == "quoted-printable"  # the only change a part's header may see
+
+
+def as_sent(data: bytes) -> bytes:
+    """A message as the SMTP client sends it (aiosmtplib's rule): every line break CRLF."""
+    return re.sub(rb"\r\n|\r|\n", b"\r\n", data)
 
 
 def decoded(part: Message) -> bytes | None:
@@ -841,6 +851,7 @@ def test_8bit_without_charset_is_kept_and_extended() -> None:
     assert prepared.footer_parts == 1
 
 
+@pytest.mark.corpus
 def test_random_mutations_keep_the_invariants() -> None:
     seed = msg(MIXED, crlf=True)
     rng = random.Random(1234)
@@ -893,52 +904,22 @@ def test_non_ascii_list_id_is_encoded() -> None:
 # --- the shared corpus -----------------------------------------------------------------
 
 
-def corpus_root() -> Path | None:
-    beside = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-    if beside.is_dir():
-        return beside
-    configured = os.environ.get("OPTGATE_CORPUS")
-    return Path(configured) if configured and Path(configured).is_dir() else None
-
-
-_FIRST_HEADER = re.compile(
-    rb"(From [^\n]*\n)?[\x21-\x39\x3b-\x7e]+:[^\n]*\n([\x21-\x39\x3b-\x7e]+:|[ \t])"
-)
-
-
-def corpus_messages() -> Iterator[Path]:
-    root = corpus_root()
-    if root is None:
-        return
-    for path in sorted(root.rglob("*")):
-        if (
-            path.suffix in (".eml", ".msg", ".txt", ".message")
-            and path.is_file()
-            and _FIRST_HEADER.match(path.read_bytes().replace(b"\r\n", b"\n"))
-        ):
-            yield path
-
-
-CORPUS = list(corpus_messages())
-CORPUS_ROOT = corpus_root() or Path()
+CORPUS = corpus.messages()
 
 
 def test_corpus_is_there() -> None:
-    if corpus_root() is None:
-        pytest.skip("no corpus: set OPTGATE_CORPUS to the shared e-mail corpus")
+    corpus.require()
     assert len(CORPUS) > 900
 
 
-@pytest.mark.parametrize(
-    "path", CORPUS, ids=[p.relative_to(CORPUS_ROOT).as_posix() for p in CORPUS]
-)
+@pytest.mark.parametrize("path", corpus.sweep(CORPUS))
 def test_corpus_message(path: Path) -> None:
     original = path.read_bytes()
     prepared, out = rewrite(original)
     check_rewrite(original, prepared, out)
     check_bytes(original, prepared, out)
     expected = path.with_suffix(".json")
-    if path.parent.parent.name == "stalwart-mail-parser" and expected.exists():
+    if path.parent.parent.name == corpus.STALWART_PARSER and expected.exists():
         check_against_stalwart(original, prepared, json.loads(expected.read_text()))
 
 

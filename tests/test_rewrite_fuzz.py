@@ -26,15 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import Topic
 from gateway.footers import Footers
 from gateway.rewrite import prepare
+from tests.support import corpus
 from tests.test_rewrite import (
-    CORPUS,
-    CORPUS_ROOT,
     LINKS,
     URL,
     body_text_parts,
@@ -45,6 +44,8 @@ from tests.test_rewrite import (
     reader_sees,
     rewrite,
 )
+
+pytestmark = pytest.mark.pure
 
 EXAMPLES = int(os.environ.get("OPTGATE_FUZZ_EXAMPLES", "300"))
 LINE = re.compile(rb"\r\n|\r|\n")
@@ -185,12 +186,20 @@ def messages(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
     return data, body.attachments
 
 
+@pytest.mark.corpus
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(messages())
+@example(  # found by Hypothesis: a lone CR after a long line (tests/test_rewrite_lines.py)
+    (
+        b"From: Shop <news@shop.example>\nMIME-Version: 1.0\nContent-Type: text/html\n"
+        b"Content-Transfer-Encoding: 8bit\n\n" + b"x" * 1000 + b"\n\r0\n",
+        [],
+    )
+)
 def test_every_generated_message_keeps_the_invariants(case: tuple[bytes, list[bytes]]) -> None:
     original, attachments = case
     prepared, out = rewrite(original)
@@ -227,6 +236,7 @@ def check_localised(original: bytes, language: str) -> None:
         part.get_payload(decode=True)
 
 
+@pytest.mark.corpus
 @settings(
     max_examples=EXAMPLES // 2,
     deadline=None,
@@ -239,8 +249,6 @@ def test_generated_messages_with_localised_footers(
     check_localised(case[0], language)
 
 
-@pytest.mark.parametrize(
-    "path", CORPUS, ids=[p.relative_to(CORPUS_ROOT).as_posix() for p in CORPUS]
-)
+@pytest.mark.parametrize("path", corpus.sweep(corpus.messages()))
 def test_corpus_messages_with_a_french_footer(path: Path) -> None:
     check_localised(path.read_bytes(), "fr")

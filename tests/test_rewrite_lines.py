@@ -26,6 +26,8 @@ from tests.test_rewrite import (
     rewrite,
 )
 
+pytestmark = pytest.mark.pure
+
 ENCODINGS = ("7bit", "8bit", "binary", "quoted-printable", "base64")
 LENGTHS = (900, 969, 998, 999, 1162, 4000, 10_000)
 LINE = re.compile(rb"\r\n|\r|\n")
@@ -135,3 +137,30 @@ def test_malformed_quoted_printable_with_long_lines_is_re_encoded() -> None:
     assert longest(out.split(b"\n\n", 1)[1]) <= 76
     assert content(parse(out)) == "<html><body>" + "q" * 2000 + HTML_FOOTER + "</body></html>\n"
     check_rewrite(original, prepared, out)
+
+
+# A lone CR: a line break once sent, so one in an unencoded part may become a line break of
+# the quoted-printable copy; an encoded one (=0D) is text and stays text.
+LONE_CR = b"x" * 1000 + b"\n\r0\n"  # Hypothesis's example: a long line, then a lone CR
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "text/html"])
+def test_a_lone_cr_after_a_long_line_reads_as_sent(ctype: str) -> None:
+    original = (
+        f"Content-Type: {ctype}\nContent-Transfer-Encoding: 8bit\n\n".encode("ascii") + LONE_CR
+    )
+    prepared, out = rewrite(original)
+    check_rewrite(original, prepared, out)  # failed here: "\n\r0" became "\n\n0"
+    assert b"Content-Transfer-Encoding: quoted-printable" in out  # for the long line
+    assert content(body_text_parts(parse(out))["1"]).startswith("x" * 1000 + "\n\n0\n")
+
+
+def test_an_encoded_cr_stays_text_when_the_part_is_encoded_anew() -> None:
+    # a raw line over 998 octets: the part is encoded anew, not copied
+    original = b"Content-Transfer-Encoding: quoted-printable\n\n" + b"x" * 1000 + b"\n=0D0\n"
+    prepared, out = rewrite(original)
+    check_rewrite(original, prepared, out)
+    text = body_text_parts(parse(out))["1"].get_payload(decode=True)
+    assert isinstance(text, bytes)
+    assert text.startswith(b"x" * 1000 + b"\n\r0\n")  # was "\n\n0\n": the CR a line break
+    assert longest(out) <= 998

@@ -7,6 +7,8 @@ import pytest
 from suppression.errors import OptgateError
 from suppression.scope import GLOBAL, InvalidScope, Scope
 
+pytestmark = pytest.mark.pure
+
 
 @pytest.mark.parametrize(
     ("text", "scope"),

@@ -9,6 +9,8 @@ from gateway.config import Config
 from gateway.inbound.alignment import Modes, aligned, domain_of, modes, organisational
 from gateway.inbound.trace import Client, Pass, received_client, trusted_passes
 
+pytestmark = pytest.mark.pure
+
 LOOPBACK = Config().inbound.trusted_relays  # 127.0.0.0/8 and ::1/128
 
 

@@ -41,7 +41,10 @@ from gateway.config import Dkim
 from gateway.rewrite import prepare
 from gateway.signing import Algorithm, DkimKey, Signer, parse_key_entry, sender_domain
 from suppression.errors import ConfigError
-from tests.test_rewrite import CORPUS, CORPUS_ROOT, FEEDBACK_ID, FOOTER, LINKS, LIST_ID
+from tests.support import corpus
+from tests.test_rewrite import FEEDBACK_ID, FOOTER, LINKS, LIST_ID
+
+pytestmark = pytest.mark.pure
 
 CANONS = ("relaxed/relaxed", "simple/simple")
 FROZEN = 1_700_000_000
@@ -57,9 +60,10 @@ STANDARD = (  # the issue's list, written out again here rather than imported
     "list-unsubscribe-post",
 )
 OVERSIGNED = (b"from", b"list-unsubscribe", b"list-unsubscribe-post")
-DATA = CORPUS_ROOT / "dkimpy" / "data"
-VECTORS = CORPUS_ROOT / "stalwart-mail-auth" / "dkim"  # DNS records, a blank line, a message
-MESSAGES = CORPUS + sorted(VECTORS.glob("*.txt"))  # the vectors: signed mail, List-Unsubscribe
+DATA = corpus.path(corpus.DKIMPY) / "data"
+VECTORS = corpus.path(corpus.STALWART_AUTH) / "dkim"  # DNS records, a blank line, a message
+# every message, and the vectors: signed mail, List-Unsubscribe
+MESSAGES = corpus.messages() + corpus.files(corpus.STALWART_AUTH, "dkim/*.txt")
 VECTOR_CLOCK = 1667843664  # 005.txt's signature expires soon after
 SAMPLES = (  # byte-identity: short and long, LF and CRLF, with and without earlier signatures
     "dkimpy/data/rfc6376.msg",
@@ -286,9 +290,7 @@ def frozen_time(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("canon", CANONS)
 @pytest.mark.parametrize("name", SAMPLES)
 def test_rsa_2048_signature_is_byte_identical_to_dkimpy(name: str, canon: str) -> None:
-    if not CORPUS:
-        pytest.skip("no corpus")
-    message = rewritten(CORPUS_ROOT / name)
+    message = rewritten(corpus.require() / name)
     domain = sender_domain(message)
     assert domain is not None
     pair = corpus_rsa(domain)
@@ -325,14 +327,11 @@ def test_odd_whitespace_bodies_are_byte_identical_to_dkimpy(canon: str) -> None:
 
 
 def test_corpus_is_there() -> None:
-    if not CORPUS:
-        pytest.skip("no corpus: set OPTGATE_CORPUS to the shared e-mail corpus")
+    corpus.require()
     assert (DATA / "2048_testkey.key").is_file()
 
 
-@pytest.mark.parametrize(
-    "path", MESSAGES, ids=[p.relative_to(CORPUS_ROOT).as_posix() for p in MESSAGES]
-)
+@pytest.mark.parametrize("path", corpus.sweep(MESSAGES))
 def test_corpus_message_dual_signed_verifies(path: Path) -> None:
     message, domain = signable(path)
     pairs = (corpus_rsa(domain), corpus_ed25519(domain))
@@ -353,16 +352,15 @@ def test_corpus_message_dual_signed_verifies(path: Path) -> None:
 
 
 def test_corpus_messages_left_unsigned_are_the_unreadable_ones() -> None:
-    if not CORPUS:
-        pytest.skip("no corpus")
-    unreadable = {
-        p.relative_to(CORPUS_ROOT).as_posix() for p in MESSAGES if not parses(signable(p)[0])
-    }
+    corpus.require()
+    unreadable = {corpus.relative(p) for p in MESSAGES if not parses(signable(p)[0])}
     # a line without a colon inside the header block
     assert unreadable == {"mimekit/messages/issue358.txt"}
 
 
-@pytest.mark.parametrize("path", sorted(VECTORS.glob("*.txt")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", corpus.files(corpus.STALWART_AUTH, "dkim/*.txt"), ids=lambda p: p.name
+)
 def test_an_unchanged_copy_keeps_the_senders_signatures_valid(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -393,7 +391,7 @@ def opendkim_copies(path: Path, message: bytes, domain: str) -> Iterator[tuple[s
     if max(len(name) + len(value) for name, value in headers) > OPENDKIM_MAX_FIELD:
         return  # mimekit/messages/stack-overflow.txt: a 138 KB To field
     has_date = any(name.lower() == b"date" for name, _ in headers)
-    stem = path.relative_to(CORPUS_ROOT).as_posix().replace("/", "__")
+    stem = corpus.relative(path).replace("/", "__")
     for canon in CANONS:
         for pair in (corpus_rsa(domain), corpus_ed25519(domain)):
             signed = Signer([pair.key], canonicalization=canon).sign(message)
@@ -405,9 +403,9 @@ def opendkim_copies(path: Path, message: bytes, domain: str) -> Iterator[tuple[s
             )
 
 
+@pytest.mark.sockets
 def test_opendkim_verifies_every_corpus_message(tmp_path: Path) -> None:
-    if not CORPUS:
-        pytest.skip("no corpus")
+    corpus.require()
     assert shutil.which(OPENDKIM), "opendkim-testmsg missing: apt-get install opendkim-tools"
     copies: dict[str, bytes] = {}
     records: dict[str, str] = {}
@@ -639,8 +637,7 @@ def test_parse_key_entry_errors_name_the_entry(tmp_path: Path, entry: str, says:
 
 
 def test_dkimpy_1024_bit_test_key_is_refused() -> None:
-    if not DATA.is_dir():
-        pytest.skip("no corpus")
+    corpus.require()
     entry = f"example.com:test:rsa:{DATA / 'test.private'}"
     with pytest.raises(ConfigError, match="1024 bits"):
         parse_key_entry(entry)

@@ -17,6 +17,8 @@ from gateway.service import running
 from tests.support.people import FAN, SENDER, seed
 from tests.support.smtp import gateway_config, message, send, sink
 
+pytestmark = pytest.mark.pure
+
 HOP_SIZE = 200_000
 AGREED = HOP_SIZE - REWRITE_MARGIN
 
@@ -41,6 +43,7 @@ def session(port: int) -> smtplib.SMTP:
     return client
 
 
+@pytest.mark.sockets
 async def test_optgate_offers_the_next_hops_size_and_refuses_more_at_mail_from(
     tmp_path: Path,
 ) -> None:
@@ -71,6 +74,7 @@ async def test_optgate_offers_the_next_hops_size_and_refuses_more_at_mail_from(
     assert [o for o in copy.mail_options if o.startswith("SIZE=")] == [f"SIZE={len(copy.data)}"]
 
 
+@pytest.mark.sockets
 async def test_a_copy_over_the_next_hops_size_is_refused_before_anything_is_sent() -> None:
     async with sink(size=1000) as hop:
         relay = Relay(
@@ -96,6 +100,7 @@ async def test_a_copy_over_the_next_hops_size_is_refused_before_anything_is_sent
     assert len(hop.messages) == 1
 
 
+@pytest.mark.sockets
 async def test_the_limit_follows_the_next_hop_on_later_ehlos(tmp_path: Path) -> None:
     """A next hop that is down at start: the own limit; once it answers, its SIZE."""
     async with sink(size=HOP_SIZE) as hop:

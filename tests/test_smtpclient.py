@@ -12,6 +12,8 @@ import pytest
 from gateway.relay import Outcome, Relay
 from tests.support.smtp import sink
 
+pytestmark = pytest.mark.sockets
+
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 MESSAGE = b"Subject: hello\r\n\r\n.a line that starts with a dot\r\nbye\r\n"
 EHLO = b"250-hop.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.support.soak import soak
+
+pytestmark = pytest.mark.sockets
 
 SECONDS = 60
 RSS_GROWTH_KIB = 8 * 1024  # both workers, the last third against the second

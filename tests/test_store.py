@@ -21,6 +21,8 @@ from suppression.store import Store
 from tests.support.backends import Backend, postgres_database, postgres_sql
 from tests.support.keys import AUDIT_KEY
 
+pytestmark = pytest.mark.pure
+
 
 def item(text: str, reason: Reason = Reason.MANUAL) -> ImportItem:
     address = normalize(text)
@@ -360,6 +362,7 @@ async def test_holder_shows_a_hash_its_suppressions_and_current_consents(backend
     assert (nobody.address, nobody.suppressions, nobody.consents) == (None, (), ())
 
 
+@pytest.mark.postgres
 async def test_postgres_reopening_keeps_data_and_a_newer_schema_is_refused() -> None:
     async with postgres_database() as url:
         store = await open_store(url, audit_key=AUDIT_KEY)
@@ -375,6 +378,7 @@ async def test_postgres_reopening_keeps_data_and_a_newer_schema_is_refused() -> 
             await open_store(url, audit_key=AUDIT_KEY)
 
 
+@pytest.mark.postgres
 async def test_postgres_nodes_never_fork_the_audit_chain() -> None:
     async with postgres_database() as url:
         first, second = (
@@ -399,6 +403,7 @@ async def test_postgres_nodes_never_fork_the_audit_chain() -> None:
             await second.close()
 
 
+@pytest.mark.postgres
 async def test_postgres_bulk_import_and_ledger_match_sqlite_semantics() -> None:
     async with postgres_database() as url:
         store = await open_store(url, audit_key=AUDIT_KEY)
@@ -415,6 +420,7 @@ async def test_postgres_bulk_import_and_ledger_match_sqlite_semantics() -> None:
             await store.close()
 
 
+@pytest.mark.sockets
 async def test_unreachable_postgres_is_a_clear_error_without_the_password() -> None:
     with pytest.raises(StoreError, match="cannot open PostgreSQL store") as caught:
         await open_store("postgresql://optgate:s3cret@127.0.0.1:1/optgate", audit_key=AUDIT_KEY)
@@ -422,6 +428,7 @@ async def test_unreachable_postgres_is_a_clear_error_without_the_password() -> N
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.postgres
 async def test_postgres_permission_denied_is_a_clear_error() -> None:
     async with postgres_database() as url:
         await (await open_store(url, audit_key=AUDIT_KEY)).close()

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from suppression.model import HeldRequest
 from suppression.opening import open_store
 from tests.support.backends import Backend
 from tests.support.keys import AUDIT_KEY
+
+pytestmark = pytest.mark.pure
 
 # ``backend`` (tests/support/backends.py, via conftest): each test on SQLite and PostgreSQL
 T0 = datetime(2026, 3, 1, 10, 0, 5, tzinfo=UTC)

@@ -20,6 +20,8 @@ from suppression.store import Store
 from tests.support.backends import Backend
 from tests.support.keys import AUDIT_KEY
 
+pytestmark = pytest.mark.pure
+
 PERSON = "Erin.Example@Example.org"
 RULES = Rules(require_consent=True, consent_versions={})
 

@@ -21,6 +21,8 @@ from suppression.scope import GLOBAL
 from suppression.sql.integration import SuppressionFilter, decode_cursor, stored_cursor_of
 from tests.support.backends import Backend
 
+pytestmark = pytest.mark.pure
+
 A, B = "a@example.com", "b@example.com"
 
 

@@ -16,6 +16,8 @@ from gateway.tokens import Claims, Confirmation, TokenSigner, is_short, key_id
 from suppression.scope import GLOBAL, Scope
 from tests.support.tokens import claimed
 
+pytestmark = pytest.mark.pure
+
 OLD_KEY = b"old-key-0123456789abcdef"
 NEW_KEY = b"new-key-fedcba9876543210"
 ADDRESS = b"jane.doe@example.com"

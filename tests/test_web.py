@@ -33,7 +33,10 @@ from suppression.opening import open_store
 from suppression.scope import GLOBAL
 from suppression.store import Store
 from tests.support.keys import AUDIT_KEY
+from tests.support.tiers import needs
 from tests.support.tokens import claimed
+
+pytestmark = pytest.mark.pure
 
 JANE = normalize("jane@example.com")  # consented to news and deals; the store keeps her address
 HIDDEN = normalize("hidden@example.org")  # consented to news; the store keeps only the hash
@@ -135,6 +138,7 @@ async def site_for(store: Store, settings: WebSettings = SETTINGS) -> AsyncItera
 
 
 @pytest.fixture
+@needs("sockets")
 async def site(store: Store) -> AsyncIterator[Site]:
     async with site_for(store) as running:
         yield running
@@ -555,6 +559,7 @@ async def test_a_confirmation_link_older_than_a_revocation_changes_nothing(site:
 # --- rate limiting, client IP, headers ---------------------------------------------------------
 
 
+@pytest.mark.sockets
 async def test_rate_limit_answers_429_but_never_refuses_a_genuine_one_click(store: Store) -> None:
     async with site_for(store, replace(SETTINGS, rate_limit=3)) as site:
         page = f"/u/{site.token(JANE)}"
@@ -575,6 +580,7 @@ async def test_rate_limit_answers_429_but_never_refuses_a_genuine_one_click(stor
         assert not await site.keeps(JANE, "news")
 
 
+@pytest.mark.sockets
 async def test_behind_a_trusted_proxy_the_forwarded_client_counts(store: Store) -> None:
     settings = replace(SETTINGS, rate_limit=2, trusted_proxies=nets("127.0.0.0/8"))
     async with site_for(store, settings) as site:
@@ -620,6 +626,7 @@ async def test_limiters_share_their_counts_and_start_again_each_window(store: St
     assert one.retry_after() == 60
 
 
+@pytest.mark.sockets
 async def test_security_headers_on_every_answer(store: Store) -> None:
     async with site_for(store, replace(SETTINGS, rate_limit=5)) as site:
         token = site.token(JANE)
@@ -651,6 +658,7 @@ async def test_unknown_paths_are_404(site: Site, path: str) -> None:
     assert "There is no page at this address." in page
 
 
+@pytest.mark.sockets
 async def test_link_routes_live_under_the_path_of_base_url(store: Store) -> None:
     settings = replace(SETTINGS, base_url="https://example.com/mail/optgate/")
     async with site_for(store, settings) as site:
@@ -665,6 +673,7 @@ async def test_link_routes_live_under_the_path_of_base_url(store: Store) -> None
 # --- monitoring -----------------------------------------------------------------------------
 
 
+@pytest.mark.sockets
 async def test_healthz_follows_the_store(tmp_path: Path) -> None:
     store = await open_store(f"sqlite:///{tmp_path / 'health.db'}", audit_key=AUDIT_KEY)
     async with site_for(store) as site:
@@ -740,6 +749,7 @@ def test_bad_settings_name_the_key(change: dict[str, Any], message: str) -> None
         replace(SETTINGS, **change)
 
 
+@pytest.mark.sockets
 async def test_the_company_name_is_escaped(store: Store) -> None:
     async with site_for(store, replace(SETTINGS, company="<i>Shop</i> & Co")) as site:
         _, page = await site.call("GET", f"/u/{site.token(JANE)}")
@@ -748,6 +758,7 @@ async def test_the_company_name_is_escaped(store: Store) -> None:
     assert not re.search(r"<(script|img|iframe|link rel=\"stylesheet\")", page)
 
 
+@pytest.mark.sockets
 async def test_pages_carry_the_configured_note_and_postal_address(tmp_path: Path) -> None:
     from gateway.config import load
     from gateway.web import WebSettings

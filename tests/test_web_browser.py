@@ -11,7 +11,10 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from suppression.opening import open_store
 from suppression.store import Store
 from tests.support.keys import AUDIT_KEY
+from tests.support.tiers import needs
 from tests.test_web import JANE, Site, seed, site_for
+
+pytestmark = [pytest.mark.browser, pytest.mark.sockets]
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -24,6 +27,7 @@ ARGS = [
 
 
 @pytest.fixture
+@needs("browser")
 def chromium() -> Path:
     if not CHROMIUM.exists():
         pytest.fail(
@@ -45,6 +49,7 @@ async def browser(chromium: Path) -> AsyncIterator[Browser]:
 
 
 @pytest.fixture
+@needs("sockets")
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
     store: Store = await open_store(f"sqlite:///{tmp_path / 'optgate.db'}", audit_key=AUDIT_KEY)
     try:

@@ -41,6 +41,8 @@ from tests.support.receiver import Got, Receiver
 from tests.support.serving import OPTGATE, optgate_serve
 from tests.support.smtp import Sink, gateway_config, gateway_env
 
+pytestmark = pytest.mark.pure
+
 FAST = {
     "webhooks_retry_seconds": "1",
     "webhooks_timeout": "1",
@@ -334,6 +336,7 @@ async def test_events_survive_an_optgate_killed_mid_delivery(
     assert sent == {normalize(p).sha256 for p in people}
 
 
+@pytest.mark.sockets
 async def test_an_esp_notification_makes_its_event_too(tmp_path: Path) -> None:
     from tests.support.esp import esp_config, esp_site, postmark_bounce
 

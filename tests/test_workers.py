@@ -30,6 +30,8 @@ from tests.support.people import FAN, SENDER, seed
 from tests.support.serving import alive, optgate_serve
 from tests.support.smtp import Sink, gateway_env, message, send, sink
 
+pytestmark = pytest.mark.pure
+
 MESSAGES = 40  # each on its own connection: the kernel spreads them over the workers
 
 
@@ -130,6 +132,7 @@ async def held_next_hop() -> AsyncIterator[tuple[Sink, asyncio.Event, asyncio.Ev
         yield recorder, arrived, release
 
 
+@pytest.mark.sockets
 async def test_sigterm_drains_the_message_in_flight_then_stops_every_worker(
     tmp_path: Path,
 ) -> None:

@@ -16,6 +16,8 @@ from gateway.xforward import BadXforward, Forwarded, parse_xforward
 from tests.support.people import FAN, SENDER, seed
 from tests.support.smtp import gateway_config, message, sink
 
+pytestmark = pytest.mark.pure
+
 
 def test_attributes_are_decoded_from_xtext_and_checked() -> None:
     given = parse_xforward(
@@ -85,6 +87,7 @@ def test_commands_carry_only_what_the_next_hop_offers_within_512_octets() -> Non
     ]
 
 
+@pytest.mark.sockets
 async def test_optgate_takes_xforward_and_passes_it_on_once_per_transaction(
     tmp_path: Path,
 ) -> None:
@@ -124,6 +127,7 @@ async def test_optgate_takes_xforward_and_passes_it_on_once_per_transaction(
     assert "HELO=postfix.test" in own
 
 
+@pytest.mark.sockets
 async def test_a_next_hop_without_xforward_gets_none(tmp_path: Path) -> None:
     async with sink() as hop:
         config = gateway_config(tmp_path, hop.port)
@@ -141,6 +145,7 @@ async def test_a_next_hop_without_xforward_gets_none(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("pipelining", [True, False])
+@pytest.mark.sockets
 async def test_a_refused_xforward_does_not_stop_the_copy(pipelining: bool) -> None:
     """As Postfix's client: the next hop's log lacks the client, the copy still goes."""
     seen: list[bytes] = []

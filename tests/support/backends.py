@@ -99,7 +99,15 @@ def postgres_query(url: str) -> Callable[[str], list[tuple[Any, ...]]]:
     return query
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+# the parameter of every fixture over both stores: the SQLite one is pure unless the test
+# needs more, the PostgreSQL one needs the server (tests/support/tiers.py)
+BACKENDS = [
+    pytest.param("sqlite", marks=pytest.mark.pure),
+    pytest.param("postgres", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "postgres":
         async with postgres_database() as url:
