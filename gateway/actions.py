@@ -1,6 +1,6 @@
 """The administrative operations that only read (or audit a read), one function each.
 
-The command line (gateway/admin.py) and the REST API (gateway/api/) call the
+The command line (gateway/cli/admin.py) and the REST API (gateway/api/) call the
 same functions: they parse their own input, call one of these, and show the
 result their own way (lines or JSON, exit codes or HTTP statuses). A result is
 a frozen dataclass; ``as_json`` where both show the same JSON. What changes a
@@ -18,9 +18,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from gateway.message import purpose_of
-from gateway.policy import MessageClass, Rules, Verdict, decide, scopes_for
-from gateway.stores import read_anchor, write_anchor
+from gateway.outbound.message import purpose_of
+from gateway.outbound.policy import MessageClass, Rules, Verdict, decide, scopes_for
+from gateway.runtime.stores import read_anchor, write_anchor
 from suppression.address import Address, normalize
 from suppression.errors import OptgateError
 from suppression.model import (

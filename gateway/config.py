@@ -12,7 +12,7 @@ type and values that do not parse are errors that name the key.
 Paths: a relative path in a config file is relative to that file's directory,
 one in an environment variable to the current directory; ``load`` makes both
 absolute. The embedded store and the token key file default to the state
-directory (``gateway/statedir.py``).
+directory (``gateway/runtime/statedir.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from gateway import statedir
+from gateway.runtime import statedir
 from suppression.errors import ConfigError
 
 Resolve = Callable[[str, Path], str]  # a value and the directory it is relative to

@@ -74,7 +74,7 @@ def make_key_file(path: Path, option: str = "[unsubscribe] key_file") -> bool:
 
 
 def load_log_key(path: Path, *, create: bool = False) -> bytes:
-    """The key of the digests in log lines (gateway/logs.py): the key file's ``log:`` line.
+    """The key of the digests in log lines (gateway/runtime/logs.py): the key file's ``log:`` line.
 
     ``create`` (``optgate serve``): a file without one gets one appended. When several
     nodes share the file, the first line in it wins: each node appends, then reads, so

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""DKIM signing benchmark: dkimpy's ``dkim.sign`` against ``gateway.signing.Signer``.
+"""DKIM signing benchmark: dkimpy's ``dkim.sign`` against ``gateway.outbound.signing.Signer``.
 
     .venv/bin/python scripts/bench_dkim.py [--rounds 300] [--size 4096]
 
@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from gateway.config import Unsubscribe
-from gateway.footers import Footers
-from gateway.rewrite import Links, prepare
-from gateway.signing import DkimKey, Signer
+from gateway.outbound.footers import Footers
+from gateway.outbound.rewrite import Links, prepare
+from gateway.outbound.signing import DkimKey, Signer
 
 DOMAIN = "news.example.com"
 BAR = 8.0

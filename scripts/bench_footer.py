@@ -16,8 +16,8 @@ import argparse
 import time
 from collections.abc import Callable
 
-from gateway.footers import Footers
-from gateway.rewrite import Links, prepare
+from gateway.outbound.footers import Footers
+from gateway.outbound.rewrite import Links, prepare
 from gateway.templating import ENVIRONMENT
 
 MESSAGE = (

@@ -25,8 +25,8 @@ from pathlib import Path
 import aiohttp
 
 from gateway.config import Config, load
-from gateway.service import running
-from gateway.stores import opened
+from gateway.runtime.service import running
+from gateway.runtime.stores import opened
 from suppression.apikeys import new_key
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.config import load
-from gateway.service import running
+from gateway.runtime.service import running
 from suppression.address import normalize
 from suppression.model import PARTNER_OFFERS, Consent, now
 from suppression.opening import open_store

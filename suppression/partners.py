@@ -5,7 +5,7 @@ A row moves ``todo -> claimed -> sent | suppressed | failed`` (a temporary
 failure puts it back to ``todo`` with a later ``until``). ``claimed`` carries an
 owner and a lease (``until``): a node that dies loses its claims when the lease
 ends and another node takes them over. ``sent`` is committed before the final
-"." of the copy's SMTP transaction goes to the next hop (see gateway/fanout.py),
+"." of the copy's SMTP transaction goes to the next hop (see gateway/partners/fanout.py),
 so a row is never delivered twice.
 """
 

@@ -179,7 +179,7 @@ class ConsentImport(Protocol):
 
 
 class Lookups(Protocol):
-    """The relay's per-message facts and its send ledger (gateway/pipeline.py)."""
+    """The relay's per-message facts and its send ledger (gateway/outbound/pipeline.py)."""
 
     async def lookup_many(
         self,
@@ -265,7 +265,7 @@ class InboundFacts(Protocol):
 
 
 class RateLimits(Protocol):
-    """Per-source rate limits (gateway/ratelimit.py), for every node at once."""
+    """Per-source rate limits (gateway/runtime/ratelimit.py), for every node at once."""
 
     async def take_rate(
         self, buckets: Sequence[tuple[str, int]], *, window: int, at: datetime
@@ -277,7 +277,7 @@ class RateLimits(Protocol):
 
 
 class HeldRequests(Protocol):
-    """Opt-outs by mail held for a confirmation link (gateway/held.py)."""
+    """Opt-outs by mail held for a confirmation link (gateway/web/held.py)."""
 
     async def hold_request(self, request: HeldRequest, *, actor: str) -> HeldRequest:
         """Keep a request until its link is used (audited); the one on record if its
@@ -296,7 +296,7 @@ class HeldRequests(Protocol):
 
 
 class OfferQueue(Protocol):
-    """Partners, offers and their fan-out (suppression/partners.py, gateway/fanout.py)."""
+    """Partners, offers and their fan-out (suppression/partners.py, gateway/partners/fanout.py)."""
 
     async def add_partner(self, partner: Partner, *, actor: str) -> None:
         """Register a partner (credential hashed); an existing name is an error. Audited."""
@@ -413,11 +413,11 @@ class Store(
 
 
 class Partnering(OfferQueue, Lookups, Protocol):
-    """The partner fan-out (gateway/fanout.py): offers, and the relay's facts and ledger."""
+    """The partner fan-out (gateway/partners/fanout.py): offers, the relay's facts, the ledger."""
 
 
 class Confirmations(HeldRequests, RateLimits, OptOuts, Protocol):
-    """Opt-outs held for a mailed link (gateway/held.py): counted, held, then applied."""
+    """Opt-outs held for a mailed link (gateway/web/held.py): counted, held, then applied."""
 
 
 class InboundApply(InboundFacts, OptOuts, Protocol):

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gateway.config import Config
-from gateway.service import Running, running
+from gateway.runtime.service import Running, running
 from tests.support.backends import backend  # noqa: F401 - the shared store fixture
 from tests.support.people import seed
 from tests.support.smtp import Sink, gateway_config, sink

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.service import Running, running
+from gateway.runtime.service import Running, running
 from tests.support.people import FAN, SENDER
 from tests.support.smtp import Sink, gateway_config, message, send
 

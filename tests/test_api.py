@@ -8,8 +8,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from gateway.config import Config
-from gateway.service import Running, running
-from gateway.stores import opened
+from gateway.runtime.service import Running, running
+from gateway.runtime.stores import opened
 from suppression.address import normalize
 from suppression.model import Consent, Send, now
 from tests.support.api import api_key, call, within_one_minute

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import Config
-from gateway.service import Running
-from gateway.stores import opened
+from gateway.runtime.service import Running
+from gateway.runtime.stores import opened
 from tests.support.api import api_key, call
 
 OK = "ok@example.com"

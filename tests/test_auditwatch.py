@@ -9,9 +9,9 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from gateway import auditwatch
 from gateway.config import Config
-from gateway.service import running
+from gateway.runtime import auditwatch
+from gateway.runtime.service import running
 from tests.support.people import GONE, seed
 
 

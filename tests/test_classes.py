@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.policy import ClassRules, MessageClass
-from gateway.service import running
+from gateway.outbound.policy import ClassRules, MessageClass
+from gateway.runtime.service import running
 from tests.support.people import FAN, GONE, STRANGER, seed
 from tests.support.smtp import gateway_config, message, send, sink
 

@@ -29,7 +29,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from gateway import cli
+from gateway.cli import main as cli
 from suppression import importing
 from tests.support.backends import BACKENDS, POSTGRES
 from tests.support.digests import content_digests
@@ -1917,7 +1917,7 @@ def test_report_compliance_json(optgate: Run, db: Path) -> None:
     from datetime import timedelta
 
     from gateway.config import load
-    from gateway.stores import open_configured
+    from gateway.runtime.stores import open_configured
     from suppression.address import normalize
     from suppression.model import ImportItem, Reason, Send, now
 
@@ -1996,7 +1996,7 @@ def test_version_and_help_import_none_of_the_heavy_modules(argv: list[str]) -> N
         "except SystemExit:\n"
         "    pass\n"
         "heavy = {'aiosmtpd', 'asyncpg', 'aiohttp', 'aiosqlite', 'uvloop', 'dkim', 'dns',\n"
-        "         'gateway.admin', 'gateway.service', 'cryptography', 'structlog'}\n"
+        "         'gateway.cli.admin', 'gateway.runtime.service', 'cryptography', 'structlog'}\n"
         "print(sorted(heavy & {m.split('.')[0] for m in sys.modules} |\n"
         "             heavy & set(sys.modules)), file=sys.stderr)\n"
     )

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
-from gateway import cli, configshow, statedir
+from gateway.cli import configshow
+from gateway.cli import main as cli
 from gateway.config import Config, HostPort, effective, load, options, sections
+from gateway.runtime import statedir
 from suppression.errors import ConfigError
 
 pytestmark = pytest.mark.pure

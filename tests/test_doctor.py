@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway import cli
+from gateway.cli import main as cli
 from gateway.config import Config, load
 from gateway.doctor import Check, Status, failed, run_checks
 from gateway.doctor import dns as doctor_dns
 from gateway.keygen import NewKey, generate, keygen, private_pem, record_value, zone_strings
 from gateway.keys import load_keys
-from gateway.server import advertised_size
-from gateway.service import running
+from gateway.runtime.service import running
+from gateway.smtp.server import advertised_size
 from suppression.opening import open_store
 from suppression.sql.tables import MIGRATIONS
 from tests.support.backends import postgres_database

@@ -1,6 +1,6 @@
 """8bit parts made 7bit before signing when the next hop lacks 8BITMIME (RFC 6152).
 
-Unit tests of gateway.downgrade on hand-written messages and the corpus, then the
+Unit tests of gateway.outbound.downgrade on hand-written messages and the corpus, then the
 relay against a sink without 8BITMIME, then the whole way through a real Postfix
 that converts 8-bit mail itself (its next hop lacks 8BITMIME too), verified with
 OpenDKIM's opendkim-testmsg.
@@ -19,9 +19,9 @@ import dkim
 import pytest
 
 from gateway.config import Config
-from gateway.downgrade import to_seven_bit
 from gateway.keygen import generate, private_pem, record_value, write_private
-from gateway.service import running
+from gateway.outbound.downgrade import to_seven_bit
+from gateway.runtime.service import running
 from tests.support import corpus
 from tests.support.people import FAN, SENDER, seed
 from tests.support.postfix import PostfixPorts, postfix_available, private_postfix

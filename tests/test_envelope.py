@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import PathError
-from gateway.service import Running
-from gateway.smtp_paths import parse_path
+from gateway.runtime.service import Running
+from gateway.smtp.paths import parse_path
 from suppression.address import identity, normalize
 from tests.support.dialogue import dialogue
 from tests.support.people import SENDER

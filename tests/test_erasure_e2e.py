@@ -17,9 +17,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway import cli
+from gateway.cli import main as cli
 from gateway.config import Config
-from gateway.service import Running, running
+from gateway.runtime.service import Running, running
 from suppression.address import normalize
 from tests.support.people import SENDER, seed
 from tests.support.reports import dsn, person

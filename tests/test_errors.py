@@ -169,7 +169,7 @@ def test_a_bug_is_no_exit_code_but_a_traceback() -> None:
 
 
 def test_the_cli_ends_by_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from gateway import cli
+    from gateway.cli import main as cli
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[smtp]\nlisten = 25\n", encoding="utf-8")

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from gateway import cli
-from gateway.service import running
-from gateway.stores import open_configured
+from gateway.cli import main as cli
+from gateway.runtime.service import running
+from gateway.runtime.stores import open_configured
 from suppression.address import normalize
 from suppression.model import Reason, Send, now
 from tests.support.esp import (

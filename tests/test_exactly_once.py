@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Config
-from gateway.service import Running, running
+from gateway.runtime.service import Running, running
 from suppression.address import normalize
 from suppression.model import Ledger, Send, now
 from tests.support.backends import Backend

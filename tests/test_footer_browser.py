@@ -20,8 +20,8 @@ import pytest
 from playwright.async_api import Browser, FloatRect, Locator, Page, async_playwright
 
 from gateway.config import Topic
-from gateway.footers import Footers
-from gateway.rewrite import Footer, FooterTemplates, Links, prepare
+from gateway.outbound.footers import Footers
+from gateway.outbound.rewrite import Footer, FooterTemplates, Links, prepare
 from tests.support.tiers import needs
 from tests.test_rewrite import body_text_parts, content
 from tests.test_web_browser import ARGS, chromium  # noqa: F401 - the fixture

@@ -16,10 +16,10 @@ import pytest
 
 from gateway import languages
 from gateway.config import Topic, load
-from gateway.footers import Footers
-from gateway.rewrite import Links, prepare
+from gateway.outbound.footers import Footers
+from gateway.outbound.rewrite import Links, prepare
 from gateway.tokens import Confirmation
-from gateway.web import WebSettings
+from gateway.web.endpoint import WebSettings
 from gateway.wording import LANGUAGES, WORDS
 from suppression.errors import ConfigError
 from suppression.opening import open_store

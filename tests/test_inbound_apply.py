@@ -17,7 +17,7 @@ from gateway.config import Config, load
 from gateway.inbound.apply import Applied, apply
 from gateway.inbound.model import Classification, Finding, Kind
 from gateway.keys import load_keys
-from gateway.stores import open_configured
+from gateway.runtime.stores import open_configured
 from gateway.tokens import Claims, TokenSigner
 from suppression.address import normalize
 from suppression.model import Reason, Send, now

@@ -21,8 +21,8 @@ from gateway.inbound.apply import apply
 from gateway.inbound.classify import classify
 from gateway.inbound.model import Kind
 from gateway.keys import load_keys
-from gateway.service import running
-from gateway.stores import open_configured
+from gateway.runtime.service import running
+from gateway.runtime.stores import open_configured
 from gateway.tokens import TokenSigner
 from suppression.address import normalize
 from suppression.errors import InvalidAddress

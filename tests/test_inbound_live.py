@@ -18,8 +18,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway.config import Config
-from gateway.service import Running, running
-from gateway.stores import open_configured
+from gateway.runtime.service import Running, running
+from gateway.runtime.stores import open_configured
 from suppression.address import normalize
 from suppression.model import Reason
 from tests.support.people import FAN, SENDER, seed

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
+from gateway.cli.ingest import Ingest, arrived
 from gateway.inbound.classify import classify
 from gateway.inbound.imap import KEYWORD, Imap, parse_url
-from gateway.inbound.optouts import OptOuts
-from gateway.ingest import Ingest, arrived
+from gateway.inbound.mailed_optouts import OptOuts
 from gateway.keys import load_keys
-from gateway.stores import open_configured
+from gateway.runtime.stores import open_configured
 from gateway.tokens import TokenSigner
 from suppression.address import normalize
 from suppression.model import Send, now

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from gateway import cli
+from gateway.cli import main as cli
 from gateway.keygen import ZONE_STRING, keygen, public_key_bytes
 from suppression.errors import OptgateError
 

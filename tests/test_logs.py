@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from gateway import logs
-from gateway.cli import main
+from gateway.cli.main import main
 from gateway.keys import LOG_KEY, load_keys, load_log_key
+from gateway.runtime import logs
 from suppression.errors import ConfigError
 
 pytestmark = pytest.mark.pure

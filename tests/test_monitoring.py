@@ -14,7 +14,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.service import Running
+from gateway.runtime.service import Running
 from tests.support.api import call
 
 pytestmark = pytest.mark.pure

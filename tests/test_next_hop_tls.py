@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.relay_tls import verifies
-from gateway.service import running
+from gateway.runtime.service import running
+from gateway.smtp.tls import verifies
 from suppression.errors import ConfigError
 from tests.support.people import FAN, SENDER, seed
 from tests.support.smtp import gateway_config, message, send, sink

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.service import running
+from gateway.runtime.service import running
 from tests.support.backends import postgres_database
 from tests.support.people import FAN, SENDER, seed
 from tests.support.smtp import gateway_config, message, send, sink

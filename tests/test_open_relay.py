@@ -14,7 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway.config import Config
-from gateway.service import Running, running
+from gateway.runtime.service import Running, running
 from tests.support.partners import AUDIENCE, add_partner, submit
 from tests.support.people import FAN, seed
 from tests.support.smtp import Sink, gateway_config, message

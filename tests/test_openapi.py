@@ -13,13 +13,13 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from gateway.admin_web import API_APP, make_admin_app
 from gateway.api import schema
 from gateway.api.routes import PREFIX, ROUTES, Api, registered
 from gateway.config import Config
-from gateway.metrics import Metrics
-from gateway.service import Running
-from gateway.stores import opened
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.service import Running
+from gateway.runtime.stores import opened
+from gateway.web.admin import API_APP, make_admin_app
 from suppression.address import normalize
 from suppression.model import Send, now
 from suppression.partners import Partner

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from gateway.cli.main import main
 from gateway.keys import load_keys
-from gateway.stores import open_configured
+from gateway.runtime.stores import open_configured
 from gateway.tokens import Confirmation, TokenSigner
 from suppression.address import normalize
 from suppression.model import ImportItem, Reason
@@ -87,7 +87,7 @@ async def test_no_request_to_an_address_that_bounced(
 async def test_web_api_requests_consent_for_key_holders_only(tmp_path: Path) -> None:
     import aiohttp
 
-    from gateway.service import running
+    from gateway.runtime.service import running
 
     async with sink() as hop:
         config = gateway_config(tmp_path, hop.port, web_api_keys="k-one, k-two")
@@ -112,7 +112,7 @@ async def test_web_api_requests_consent_for_key_holders_only(tmp_path: Path) -> 
 async def test_web_api_is_off_without_keys(tmp_path: Path) -> None:
     import aiohttp
 
-    from gateway.service import running
+    from gateway.runtime.service import running
 
     async with sink() as hop:
         config = gateway_config(tmp_path, hop.port)

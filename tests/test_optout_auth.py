@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 
 from gateway.config import Config
-from gateway.service import Running, running
-from gateway.stores import open_configured
+from gateway.runtime.service import Running, running
+from gateway.runtime.stores import open_configured
 from suppression.address import normalize
 from suppression.model import Consent, Reason, now
 from tests.support.dns import DnsServer, dns_server

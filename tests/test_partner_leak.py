@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Config
-from gateway.service import Running, running
-from gateway.stores import open_configured
+from gateway.runtime.service import Running, running
+from gateway.runtime.stores import open_configured
 from suppression.address import normalize
 from suppression.model import ImportItem, Reason
 from tests.support.partners import add_partner, consenting, submit, until_done

@@ -21,10 +21,10 @@ import aiohttp
 import pytest
 
 from gateway.config import Config, Partners
-from gateway.fanout import compose
 from gateway.keys import load_keys
-from gateway.service import Running, running
-from gateway.stores import open_configured
+from gateway.partners.fanout import compose
+from gateway.runtime.service import Running, running
+from gateway.runtime.stores import open_configured
 from gateway.tokens import TokenSigner
 from suppression.address import normalize
 from suppression.errors import ConfigError

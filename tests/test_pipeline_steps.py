@@ -19,19 +19,19 @@ from typing import Any
 import dkim
 import pytest
 
-from gateway import pipelines
 from gateway.config import Config
-from gateway.fanout import FanOut
 from gateway.keygen import generate, private_pem, record_value, write_private
-from gateway.message import Envelope
-from gateway.metrics import Metrics
-from gateway.outcomes import ALREADY, DROPPED, RELAYED, UNCERTAIN
-from gateway.pipeline import Pipeline
-from gateway.relay import Commit, Outcome
-from gateway.service import build_pipeline
-from gateway.steps import Mail, Services, Step, Steps, run
+from gateway.outbound import pipelines
+from gateway.outbound.message import Envelope
+from gateway.outbound.pipeline import Pipeline
+from gateway.outbound.steps import Mail, Services, Step, Steps, run
+from gateway.partners.fanout import FanOut
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.service import build_pipeline
+from gateway.smtp.outcomes import ALREADY, DROPPED, RELAYED, UNCERTAIN
+from gateway.smtp.relay import Commit, Outcome
+from gateway.smtp.xforward import Forwarded
 from gateway.tokens import TokenSigner
-from gateway.xforward import Forwarded
 from suppression.address import normalize
 from suppression.model import PARTNER_OFFERS, Consent, ImportItem, Reason, Send, now
 from suppression.opening import open_store

@@ -1,4 +1,4 @@
-"""gateway.policy.decide: a pure table from (facts, class, purpose, rules) to keep / drop."""
+"""policy.decide: a pure table from (facts, class, purpose, rules) to keep / drop."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway.optouts import HARD_REASONS, UNVERIFIED_SOURCES
-from gateway.policy import MessageClass, Rules, decide, scopes_for, version_key
+from gateway.outbound.policy import MessageClass, Rules, decide, scopes_for, version_key
 from suppression.model import (
     Consent,
     Facts,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.service import running
-from gateway.stores import open_configured
+from gateway.runtime.service import running
+from gateway.runtime.stores import open_configured
 from suppression.address import normalize
 from suppression.model import Reason
 from tests.support.dns import dns_server

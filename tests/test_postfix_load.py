@@ -28,7 +28,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.doctor import Status, run_checks
-from gateway.server import REWRITE_MARGIN
+from gateway.smtp.server import REWRITE_MARGIN
 from tests.support.postfix import PostfixPorts, postfix_available, private_postfix
 from tests.support.serving import optgate_serve
 from tests.support.smtp import gateway_config, gateway_env

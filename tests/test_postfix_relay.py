@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load
-from gateway.server import REWRITE_MARGIN
-from gateway.service import running
+from gateway.runtime.service import running
+from gateway.smtp.server import REWRITE_MARGIN
 from tests.support.people import BOUNCED, FAN, GONE, SENDER, STRANGER, seed
 from tests.support.postfix import PostfixPorts, free_ports, postfix_available, private_postfix
 from tests.support.smtp import gateway_config, gateway_env, message, send, sink

@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 from gateway.config import Config
-from gateway.service import Running
-from gateway.stores import opened
+from gateway.runtime.service import Running
+from gateway.runtime.stores import opened
 from suppression.address import normalize
 from suppression.model import ImportItem, Reason, Send, now
 from tests.support.people import FAN, SENDER

@@ -14,8 +14,8 @@ import structlog
 
 from gateway.config import Config
 from gateway.keys import load_keys
-from gateway.service import Running, running
-from gateway.stores import open_configured
+from gateway.runtime.service import Running, running
+from gateway.runtime.stores import open_configured
 from gateway.tokens import TokenSigner
 from suppression.address import normalize
 from suppression.model import Consent, ImportItem, Reason, now
@@ -258,7 +258,7 @@ async def test_compliance_report_finds_mail_relayed_after_an_opt_out(
     import asyncio
     from datetime import timedelta
 
-    from gateway.cli import main
+    from gateway.cli.main import main
 
     monkeypatch.setenv("OPTGATE_STORE_URL", config.store.url)
     monkeypatch.setenv("OPTGATE_STORE_AUDIT_KEY_FILE", config.store.audit_key_file)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from gateway.relay import Relay
+from gateway.smtp.relay import Relay
 from tests.support.smtp import Sink, message
 
 

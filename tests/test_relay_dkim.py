@@ -9,7 +9,7 @@ import dkim
 import pytest
 
 from gateway.keygen import generate, private_pem, record_value, write_private
-from gateway.service import Running, running
+from gateway.runtime.service import Running, running
 from tests.support.people import FAN, SENDER, seed
 from tests.support.smtp import Sink, gateway_config, message, send
 

@@ -21,9 +21,9 @@ from structlog.testing import capture_logs
 
 from gateway.config import Relay as RelaySettings
 from gateway.config import load
-from gateway.relay import Outcome, Relay
-from gateway.smtpclient import Connection
-from gateway.workers import shared_pool
+from gateway.runtime.workers import shared_pool
+from gateway.smtp.client import Connection
+from gateway.smtp.relay import Outcome, Relay
 
 pytestmark = pytest.mark.sockets
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from gateway import mime
-from gateway import rewrite as rewrite_module
-from gateway.rewrite import PLACEHOLDER, FooterTemplates, Links, Prepared, prepare
+from gateway.outbound import mime
+from gateway.outbound import rewrite as rewrite_module
+from gateway.outbound.rewrite import PLACEHOLDER, FooterTemplates, Links, Prepared, prepare
 from tests.support import corpus
 
 pytestmark = pytest.mark.pure
@@ -247,7 +247,7 @@ def check_lines(original: bytes, out: bytes) -> None:
 def reader_sees(message: Message, url: str) -> bool:
     """Whether every reader sees ``url``, whichever alternative their client shows.
 
-    Written apart from gateway.mime.shown, on the stdlib's parse: a text/plain or
+    Written apart from gateway.outbound.mime.shown, on the stdlib's parse: a text/plain or
     text/html part shown inline has it; a multipart/alternative has it in every
     alternative that holds text; multipart/related in its root; any other multipart in
     one of its parts; multipart/signed and multipart/encrypted count as unseen.

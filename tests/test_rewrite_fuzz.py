@@ -30,8 +30,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import Topic
-from gateway.footers import Footers
-from gateway.rewrite import prepare
+from gateway.outbound.footers import Footers
+from gateway.outbound.rewrite import prepare
 from tests.support import corpus
 from tests.test_rewrite import (
     LINKS,

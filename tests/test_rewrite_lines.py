@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from gateway.rewrite import FooterTemplates, Links, prepare
+from gateway.outbound.rewrite import FooterTemplates, Links, prepare
 from tests.test_rewrite import (
     FOOTER,
     HTML_FOOTER,

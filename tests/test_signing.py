@@ -1,4 +1,4 @@
-"""DKIM signing (gateway.signing): byte-identical to dkimpy, verified by dkimpy and OpenDKIM.
+"""DKIM signing: byte-identical to dkimpy, verified by dkimpy and OpenDKIM.
 
 The corpus tests rewrite each message of the shared corpus as the relay does,
 sign it, and verify it. OpenDKIM's ``opendkim-testmsg`` looks its keys up in
@@ -38,8 +38,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from gateway.config import Dkim
-from gateway.rewrite import prepare
-from gateway.signing import Algorithm, DkimKey, Signer, parse_key_entry, sender_domain
+from gateway.outbound.rewrite import prepare
+from gateway.outbound.signing import Algorithm, DkimKey, Signer, parse_key_entry, sender_domain
 from suppression.errors import ConfigError
 from tests.support import corpus
 from tests.test_rewrite import FEEDBACK_ID, FOOTER, LINKS, LIST_ID

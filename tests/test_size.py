@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.relay import Relay
-from gateway.server import REWRITE_MARGIN, advertised_size
-from gateway.service import running
+from gateway.runtime.service import running
+from gateway.smtp.relay import Relay
+from gateway.smtp.server import REWRITE_MARGIN, advertised_size
 from tests.support.people import FAN, SENDER, seed
 from tests.support.smtp import gateway_config, message, send, sink
 

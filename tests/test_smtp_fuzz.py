@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from gateway.config import Config
 from gateway.errors import TRY_LATER
-from gateway.service import Running, running
+from gateway.runtime.service import Running, running
 from tests.support.dialogue import Dialogue, Reply, dialogue
 from tests.support.people import FAN, SENDER, seed
 from tests.support.smtp import Sink, gateway_config, message

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from gateway.relay import Outcome, Relay
+from gateway.smtp.relay import Outcome, Relay
 from tests.support.smtp import sink
 
 pytestmark = pytest.mark.sockets

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.policy import MessageClass, Rules, decide, scopes_for
+from gateway.outbound.policy import MessageClass, Rules, decide, scopes_for
 from suppression.address import normalize
 from suppression.audit import GENESIS, event_body, plain_link
 from suppression.errors import StoreError

@@ -16,8 +16,8 @@ import pytest
 from playwright.async_api import Browser
 
 from gateway.config import Config
-from gateway.service import Running
-from gateway.stores import open_configured
+from gateway.runtime.service import Running
+from gateway.runtime.stores import open_configured
 from suppression.address import normalize
 from suppression.model import Reason
 from tests.support.people import FAN, SENDER

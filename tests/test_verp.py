@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gateway.config import Config
 from gateway.keys import load_keys
-from gateway.service import running
+from gateway.runtime.service import running
 from gateway.tokens import TokenSigner
 from suppression.address import normalize
 from suppression.scope import Scope

@@ -19,13 +19,13 @@ import structlog
 from aiohttp import web
 
 from gateway.config import Network, load
-from gateway.metrics import Metrics
-from gateway.pages import mask
-from gateway.pipeline import verdict
-from gateway.policy import MessageClass, Rules
-from gateway.ratelimit import SharedLimiter
+from gateway.outbound.pipeline import verdict
+from gateway.outbound.policy import MessageClass, Rules
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.ratelimit import SharedLimiter
 from gateway.tokens import Claims, TokenSigner
-from gateway.web import SECURITY_HEADERS, WebSettings, client_ip, make_app
+from gateway.web.endpoint import SECURITY_HEADERS, WebSettings, client_ip, make_app
+from gateway.web.pages import mask
 from suppression.address import Address, normalize
 from suppression.errors import ConfigError
 from suppression.model import Consent, ImportItem, Reason, now
@@ -761,7 +761,7 @@ async def test_the_company_name_is_escaped(store: Store) -> None:
 @pytest.mark.sockets
 async def test_pages_carry_the_configured_note_and_postal_address(tmp_path: Path) -> None:
     from gateway.config import load
-    from gateway.web import WebSettings
+    from gateway.web.endpoint import WebSettings
 
     config = load(
         None,
@@ -785,7 +785,7 @@ async def test_pages_carry_the_configured_note_and_postal_address(tmp_path: Path
 async def test_a_confirmation_link_expires_after_a_week_but_opt_out_links_do_not(
     site: Site,
 ) -> None:
-    from gateway.web import CONFIRM_MAX_AGE
+    from gateway.web.endpoint import CONFIRM_MAX_AGE
 
     old = int(time.time()) - CONFIRM_MAX_AGE - 60
     events = await site.events()

@@ -24,11 +24,11 @@ import aiohttp
 import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from gateway import webhooks
 from gateway.config import Config, load
 from gateway.keys import load_keys
-from gateway.service import running
-from gateway.stores import opened
+from gateway.runtime import webhooks
+from gateway.runtime.service import running
+from gateway.runtime.stores import opened
 from gateway.tokens import Claims, Confirmation, TokenSigner
 from suppression.address import normalize
 from suppression.errors import ConfigError

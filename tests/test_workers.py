@@ -22,8 +22,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.config import load
 from gateway.keys import load_keys
+from gateway.runtime.workers import bind, cpu_plan
 from gateway.tokens import Claims, TokenSigner
-from gateway.workers import bind, cpu_plan
 from suppression.address import normalize
 from suppression.scope import GLOBAL
 from tests.support.people import FAN, SENDER, seed

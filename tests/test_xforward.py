@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.service import running
-from gateway.smtpclient import Connection
-from gateway.xforward import BadXforward, Forwarded, parse_xforward
+from gateway.runtime.service import running
+from gateway.smtp.client import Connection
+from gateway.smtp.xforward import BadXforward, Forwarded, parse_xforward
 from tests.support.people import FAN, SENDER, seed
 from tests.support.smtp import gateway_config, message, sink
 

@@ -2,7 +2,7 @@
 REST API: bearer keys from ``[web] api_keys``.
 
 ``POST /api/consent-requests`` with ``{"address": ..., "purpose": ...}`` mails a
-double opt-in confirmation link (gateway/optin.py ``request_consent``, which
+double opt-in confirmation link (gateway/web/optin.py ``request_consent``, which
 ``POST /api/v1/consent-requests`` on the admin listener calls too); nothing counts
 as consent until the recipient confirms.
 """
@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from gateway.errors import http_answer
-from gateway.relay import Outcome
+from gateway.smtp.relay import Outcome
 from suppression.address import Address, normalize
 from suppression.errors import OptgateError
 from suppression.model import check_name

@@ -27,11 +27,11 @@ from gateway.api import schema
 from gateway.api.problems import Problem, bad_request, forbidden, unauthorized
 from gateway.config import Config
 from gateway.errors import http_answer, http_status
-from gateway.metrics import Metrics
-from gateway.optin import request_consent
 from gateway.optouts import ApiConsent, Recipient, SuppressionEvent
-from gateway.policy import Rules
-from gateway.ratelimit import SharedLimiter
+from gateway.outbound.policy import Rules
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.ratelimit import SharedLimiter
+from gateway.web.optin import request_consent
 from suppression.address import Address, normalize
 from suppression.apikeys import ApiKey, split_key
 from suppression.audit import parse_head

@@ -30,13 +30,13 @@ from gateway.doctor.report import Check, Status
 from gateway.inbound.mailboxes import MAX_LOCAL_PART, Mailboxes, Role
 from gateway.keygen import PrivateKey
 from gateway.keys import load_keys
-from gateway.relay_tls import client_context
-from gateway.server import advertised_size
-from gateway.signing import load_private_key, parse_key_entry
-from gateway.smtpclient import Broken, Connection
-from gateway.stores import load_audit_key, open_configured
+from gateway.outbound.signing import load_private_key, parse_key_entry
+from gateway.runtime.stores import load_audit_key, open_configured
+from gateway.smtp.client import Broken, Connection
+from gateway.smtp.server import advertised_size
+from gateway.smtp.tls import client_context
 from gateway.tokens import SHORT_TOKEN_CHARS
-from gateway.web import SECURITY_HEADERS
+from gateway.web.endpoint import SECURITY_HEADERS
 from suppression.errors import ConfigError, OptgateError, StoreMissing
 from suppression.opening import require_store
 from suppression.sql.tables import MIGRATIONS

@@ -8,7 +8,7 @@ bounces and complaints that come by mail. The 200 comes after the store committe
 an event type optgate does not act on is ignored with a 200 (vendors retry anything
 else). A refusal changes nothing: 400 / 401 / 403 / 413, one log line without an
 address, and ``optgate_esp_notifications_total{vendor, outcome}``. A store failure
-releases the replay key and is 503 (the errors middleware of gateway/web.py), so the
+releases the replay key and is 503 (the errors middleware of gateway/web/endpoint.py), so the
 vendor's retry is taken.
 """
 
@@ -30,7 +30,7 @@ from gateway.esp.sendgrid import SendGrid, group_topics, public_key
 from gateway.esp.ses import Ses
 from gateway.esp.sns import SnsClient
 from gateway.inbound.apply import Applied, apply
-from gateway.metrics import Metrics
+from gateway.runtime.metrics import Metrics
 from gateway.tokens import TokenSigner
 from suppression.model import Source, now
 from suppression.store import InboundApply

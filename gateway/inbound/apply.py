@@ -7,7 +7,7 @@ nobody vouches for it: a bounce or complaint is recorded with an ``unverified-*`
 source (marketing heeds it, transactional mail does not, and the person may lift
 it by a mailed link), and an opt-out by mail counts at once only for its
 authenticated author, else it is held for a confirmation link
-(gateway/inbound/optouts.py). Every change is audited with the inbound message's
+(gateway/inbound/mailed_optouts.py). Every change is audited with the inbound message's
 Message-ID and digest, and a second application of the same message changes
 nothing: suppressions exist already, a held request is found again, and a soft
 bounce is counted once per (recipient, message digest).
@@ -27,8 +27,8 @@ from gateway import optouts
 from gateway.config import Config
 from gateway.errors import InvalidToken
 from gateway.inbound.authentication import Authentication, Origin
+from gateway.inbound.mailed_optouts import OptOuts
 from gateway.inbound.model import Classification, Finding, Kind
-from gateway.inbound.optouts import OptOuts
 from gateway.keys import load_keys
 from gateway.optouts import InboundNote, Recipient
 from gateway.tokens import Confirmation, TokenSigner, is_short
@@ -231,7 +231,7 @@ class _Context:
         return Target(sha256, None, scope, "token", short.issued)
 
     async def _by_mail(self, finding: Finding, target: Target) -> Applied:
-        """An opt-out by mail that no token vouches for (gateway/inbound/optouts.py)."""
+        """An opt-out by mail that no token vouches for (gateway/inbound/mailed_optouts.py)."""
         holder = await self.store.holder(target.sha256)
         if optouts.in_scope(holder.suppressions, GLOBAL):
             self._log(finding, "already", target)

@@ -21,9 +21,9 @@ from gateway.inbound.apply import apply
 from gateway.inbound.authentication import Origin
 from gateway.inbound.classify import classify
 from gateway.inbound.mailboxes import Mailboxes, Role
-from gateway.inbound.optouts import OptOuts
+from gateway.inbound.mailed_optouts import OptOuts
 from gateway.inbound.trace import Client
-from gateway.metrics import Metrics
+from gateway.runtime.metrics import Metrics
 from gateway.tokens import TokenSigner
 from suppression.store import Mailbox
 

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 
 from gateway.config import Config
-from gateway.stores import opened
+from gateway.runtime.stores import opened
 from suppression.apikeys import new_key
 
 

@@ -30,11 +30,11 @@ from gateway.config import Config, load
 from gateway.esp.routes import Hooks
 from gateway.esp.sns import SIGNED, SnsClient
 from gateway.keys import load_keys
-from gateway.metrics import Metrics
-from gateway.service import minute_limiter
-from gateway.stores import open_configured
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.service import minute_limiter
+from gateway.runtime.stores import open_configured
 from gateway.tokens import Claims, TokenSigner
-from gateway.web import WebSettings, make_app
+from gateway.web.endpoint import WebSettings, make_app
 from suppression.address import normalize
 from suppression.model import Reason, Send, now
 from suppression.store import Store

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.config import Config, load
-from gateway.service import running
-from gateway.stores import open_configured
+from gateway.runtime.service import running
+from gateway.runtime.stores import open_configured
 from suppression.address import normalize
 from suppression.model import Consent, now
 from tests.support.dialog_client import transaction

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from gateway.config import Config
-from gateway.stores import open_configured
+from gateway.runtime.stores import open_configured
 from suppression.address import normalize
 from suppression.model import PARTNER_OFFERS, Consent, now
 from suppression.partners import OfferStatus, Partner, hash_credential, new_credential

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.config import Config
-from gateway.stores import open_configured
+from gateway.runtime.stores import open_configured
 from suppression.address import normalize
 from suppression.model import Consent, ImportItem, Reason, now
 

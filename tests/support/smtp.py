@@ -15,8 +15,8 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.config import Config, load
-from gateway.server import Pipelining
-from gateway.xforward import EHLO_LINE
+from gateway.smtp.server import Pipelining
+from gateway.smtp.xforward import EHLO_LINE
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The ``optgate`` command line: one module per group of commands."""

@@ -1,0 +1,1 @@
+"""The outbound steps: classify, decide, rewrite, sign (pure where they can be)."""

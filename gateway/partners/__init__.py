@@ -1,0 +1,1 @@
+"""Partner offers: the submission listener and the fan-out that mails them."""

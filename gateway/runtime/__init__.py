@@ -1,0 +1,1 @@
+"""The running service: workers, logs, metrics, the store, shared limits, webhooks."""

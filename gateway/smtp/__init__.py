@@ -1,0 +1,1 @@
+"""The SMTP edges: the listener, its paths, the next-hop client and relay, replies."""

@@ -1,0 +1,1 @@
+"""The web listeners: the unsubscribe endpoint, its pages, held changes, the admin side."""
