@@ -1990,9 +1990,9 @@ def test_a_partner_scope_must_name_a_known_partner(
 def test_version_and_help_import_none_of_the_heavy_modules(argv: list[str]) -> None:
     probe = (
         "import sys\n"
-        "from gateway import cli\n"
+        "from gateway.cli.main import main\n"
         "try:\n"
-        f"    cli.main({argv!r})\n"
+        f"    main({argv!r})\n"
         "except SystemExit:\n"
         "    pass\n"
         "heavy = {'aiosmtpd', 'asyncpg', 'aiohttp', 'aiosqlite', 'uvloop', 'dkim', 'dns',\n"
