@@ -69,7 +69,7 @@ import asyncio, sys
 from tests.support.keys import AUDIT_KEY
 from suppression.address import normalize
 from suppression.model import ImportItem, Reason
-from suppression.store import open_store
+from suppression.opening import open_store
 
 async def seed(url: str) -> None:
     store = await open_store(url, audit_key=AUDIT_KEY)
