@@ -185,6 +185,7 @@ class Connection:
         self._protocol, self._seconds = protocol, seconds
         self.extensions: frozenset[str] = frozenset()  # EHLO keywords, upper case
         self.parameters: dict[str, str] = {}  # EHLO keyword -> the rest of its line
+        self.forwards: frozenset[str] = frozenset()  # the XFORWARD attributes it takes
 
     async def _reply(self) -> Reply:
         """The next reply, within the timeout (TimeoutError)."""
@@ -255,9 +256,10 @@ class Connection:
             words = [line.split(None, 1) for line in reply.message.split("\n")[1:] if line.strip()]
             self.parameters = {w[0].upper(): w[1] if len(w) > 1 else "" for w in words}
             self.extensions = frozenset(self.parameters)
+            self.forwards = frozenset(self.parameters.get("XFORWARD", "").upper().split())
             return
         await self._command(b"HELO " + name.encode("idna"), 250)
-        self.extensions, self.parameters = frozenset(), {}
+        self.extensions, self.parameters, self.forwards = frozenset(), {}, frozenset()
 
     @property
     def size_limit(self) -> int | None:
@@ -338,8 +340,8 @@ class Connection:
             + [option.encode("ascii") for option in options]
         )
         forward: list[bytes] = []
-        if xforward is not None and "XFORWARD" in self.extensions:
-            forward = xforward.commands(frozenset(self.parameters["XFORWARD"].upper().split()))
+        if xforward is not None and self.forwards:
+            forward = xforward.commands(self.forwards)
         commands = (*forward, mail, b"RCPT TO:" + _address(recipient, encoding), b"DATA")
         if "PIPELINING" not in self.extensions:
             for command in forward:

@@ -10,6 +10,7 @@ attribute to ``[UNAVAILABLE]``, each command then updates the ones it names.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -135,21 +136,26 @@ class Forwarded:
     def commands(self, offered: frozenset[str]) -> list[bytes]:
         """XFORWARD commands for a next hop that offers the attributes ``offered`` (its EHLO
         line's words), each within the 512 octets of an SMTP command line."""
-        words = [
-            f"{name}={_xtext(value)}".encode("ascii")
-            for name, value in self.attributes
-            if name in offered
-        ]
-        commands: list[bytes] = []
-        line = b"XFORWARD"
-        for word in words:
-            if len(line) + 1 + len(word) > MAX_COMMAND:
-                commands.append(line)
-                line = b"XFORWARD"
-            line += b" " + word
-        if line != b"XFORWARD":
+        return list(_commands(self.attributes, offered))
+
+
+@functools.lru_cache(maxsize=1024)  # every copy of a message, and a client's next messages
+def _commands(
+    attributes: tuple[tuple[str, str], ...], offered: frozenset[str]
+) -> tuple[bytes, ...]:
+    words = [
+        f"{name}={_xtext(value)}".encode("ascii") for name, value in attributes if name in offered
+    ]
+    commands: list[bytes] = []
+    line = b"XFORWARD"
+    for word in words:
+        if len(line) + 1 + len(word) > MAX_COMMAND:
             commands.append(line)
-        return commands
+            line = b"XFORWARD"
+        line += b" " + word
+    if line != b"XFORWARD":
+        commands.append(line)
+    return tuple(commands)
 
 
 def _xtext(value: str) -> str:
