@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 
 from gateway.config import Config
 from gateway.runtime.service import Running, running
+from tests.support.clients import on_client_thread
 from tests.support.partners import AUDIENCE, add_partner, submit
 from tests.support.people import FAN, seed
 from tests.support.smtp import Sink, gateway_config, message
@@ -78,7 +79,7 @@ async def _relay_attempt(source: str, port: int, rcpt: str) -> tuple[int, bytes]
                     return code, text
             return 250, b""
 
-    return await asyncio.to_thread(work)
+    return await on_client_thread(work)
 
 
 async def test_nobody_outside_the_client_networks_relays(gate: Running, next_hop: Sink) -> None:
@@ -131,7 +132,7 @@ async def test_password_guessing_from_many_addresses_gets_nowhere(
         return codes
 
     with capture_logs() as logs:
-        results = await asyncio.gather(*(asyncio.to_thread(guess, source, 3) for source in SOURCES))
+        results = await asyncio.gather(*(on_client_thread(guess, source, 3) for source in SOURCES))
     codes = [code for per_source in results for code in per_source]
     assert 235 not in codes
     checked = [e for e in logs if e["event"] == "partner_auth"]

@@ -22,6 +22,7 @@ from gateway.runtime.stores import open_configured
 from suppression.address import normalize
 from suppression.model import PARTNER_OFFERS, Consent, now
 from suppression.partners import OfferStatus, Partner, hash_credential, new_credential
+from tests.support.clients import on_client_thread
 
 AUDIENCE = "offer@partners.example.com"
 
@@ -150,7 +151,7 @@ async def submit(
         finally:
             client.close()
 
-    return await asyncio.to_thread(work)
+    return await on_client_thread(work)
 
 
 async def statuses(config: Config, partner: str = "acme") -> list[OfferStatus]:

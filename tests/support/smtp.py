@@ -17,6 +17,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway.config import Config, load
 from gateway.smtp.server import Pipelining
 from gateway.smtp.xforward import EHLO_LINE
+from tests.support.clients import on_client_thread
 
 
 @dataclass
@@ -208,7 +209,7 @@ async def send(
                 return Sent({}, exc.smtp_code, text)
             return Sent(refused, 250, "")
 
-    return await asyncio.to_thread(work)
+    return await on_client_thread(work)
 
 
 def message(

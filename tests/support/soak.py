@@ -21,6 +21,7 @@ from pathlib import Path
 import aiohttp
 
 from gateway.config import load
+from tests.support.clients import on_client_thread
 from tests.support.people import FAN, GONE, SENDER, STRANGER, seed
 from tests.support.reports import dsn
 from tests.support.serving import Served, optgate_serve
@@ -128,7 +129,7 @@ class _Traffic:
                     pass
 
         for raw in GARBAGE:
-            await asyncio.to_thread(work, raw)
+            await on_client_thread(work, raw)
         self.report.replies["garbage"] += len(GARBAGE)
 
     async def web_requests(self, http: aiohttp.ClientSession) -> None:
