@@ -3,7 +3,8 @@
     .venv/bin/python scripts/kills.py [--messages 2000] [--kills 32] [--every 0.4]
 
 The clients keep sending (LMTP, retrying 4xx and broken connections) while the
-supervisor and its worker are killed --kills times, --every seconds after each start.
+supervisor and its worker are killed --kills times: the k-th once k/(kills+1) of the
+messages' transactions were answered, and at least --every seconds after its start.
 Exit 1 unless 0 lost and 0 duplicated (tests/test_faults.py runs 4 kills in CI).
 """
 

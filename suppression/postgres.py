@@ -397,6 +397,13 @@ class PostgresStore(SqlStore):
             for key in found
         }
 
+    async def hold_sends(self, sends: Sequence[Send], then: Callable[[], None]) -> None:
+        """The relay's commit point: ``sends`` committed, then ``then()`` (a death between
+        the server's commit and its answer here leaves a copy uncertain that never went
+        out: the window is a network round trip, as for any client of a remote store)."""
+        await self.record_sends(sends)
+        then()
+
     async def record_sends(self, sends: Sequence[Send]) -> None:
         """Remember delivered copies (the send ledger) in one transaction: SEND_UPSERT's
         rows in one statement (unnest), not one each."""

@@ -54,6 +54,9 @@ T = TypeVar("T")
 MMAP_BYTES = 1 << 36
 # how long the commit point may wait for another process's write lock (it blocks the loop)
 COMMIT_POINT_WAIT_MS = 500
+# how long the relay's commit point waits for the write lock on the loop before it leaves
+# the copies' rows to the ledger's thread
+HOLD_WAIT_MS = 10
 CACHE_KIB = 32768
 
 
@@ -192,6 +195,14 @@ def _immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     db.execute("COMMIT")
 
 
+def _write_sends(db: sqlite3.Connection, sends: Sequence[Send]) -> None:
+    """Send ledger rows in one transaction (state ``unsent``: the row removed)."""
+    kept, gone = ledger_rows(sends)
+    with _immediate(db):
+        db.executemany(_sqlite(SEND_UPSERT), [_args(row) for row in kept])
+        db.executemany(_sqlite(SEND_FORGET), gone)
+
+
 class GroupCommit:
     """Writes rows on a thread, one transaction for all that arrived meanwhile.
 
@@ -229,6 +240,83 @@ class GroupCommit:
                     waiter.set_result(None)
 
 
+Held = tuple[Sequence[Send], Callable[[], None], asyncio.Future[None]]
+
+
+class LoopCommit:
+    """The relay's commit point: the held rows of every copy that reached it in one turn
+    of the event loop, committed in one transaction on the loop's own thread (a WAL
+    append, no fsync), each copy's ``then`` (its final ".") called straight after, with
+    no other task in between. When another writer holds the lock longer than
+    HOLD_WAIT_MS, the rows go through the ledger's thread instead (``fallback``); a
+    death between that commit and the "." leaves a copy uncertain that never went out.
+    """
+
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        fallback: GroupCommit,
+        write: Callable[[sqlite3.Connection, Sequence[Send]], None],
+    ) -> None:
+        self._db, self._fallback, self._write = db, fallback, write
+        self._waiting: list[Held] = []
+        self._late: set[asyncio.Task[None]] = set()
+
+    async def add(self, rows: Sequence[Send], then: Callable[[], None]) -> None:
+        """Queue rows; ``then()`` runs once they are committed; wait for both."""
+        loop = asyncio.get_running_loop()
+        if not self._waiting:
+            loop.call_soon(self._commit)
+        waiter = loop.create_future()
+        self._waiting.append((rows, then, waiter))
+        await waiter
+
+    def _commit(self) -> None:
+        held, self._waiting = self._waiting, []
+        rows = [row for sends, _, _ in held for row in sends]
+        try:
+            self._write(self._db, rows)
+        except sqlite3.OperationalError as exc:
+            if not _locked(exc):
+                _fail(held, exc)
+                return
+            task = asyncio.get_running_loop().create_task(self._through_thread(held, rows))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+        except sqlite3.Error as exc:
+            _fail(held, exc)
+        else:
+            _finish(held)
+
+    async def _through_thread(self, held: list[Held], rows: list[Send]) -> None:
+        try:
+            await self._fallback.add(rows)
+        except Exception as exc:  # each waiter gets the error
+            _fail(held, exc)
+        else:
+            _finish(held)
+
+
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    return exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _finish(held: Sequence[Held]) -> None:
+    """Every copy's "." first (its row is committed: a cancelled waiter too), then the
+    waiters."""
+    for _, then, _ in held:
+        then()
+    for _, _, waiter in held:
+        if not waiter.done():
+            waiter.set_result(None)
+
+
+def _fail(held: Sequence[Held], exc: BaseException) -> None:
+    for _, _, waiter in held:
+        if not waiter.done():
+            waiter.set_exception(exc)
+
+
 class SQLiteStore(SqlStore):
     """Store on one SQLite database file."""
 
@@ -257,6 +345,12 @@ class SQLiteStore(SqlStore):
         self._commit_db.execute("PRAGMA wal_autocheckpoint = 0")
         self._ledger_thread = ThreadPoolExecutor(1, thread_name_prefix="optgate-ledger")
         self._ledger = GroupCommit(self._record_sends, self._ledger_thread)
+        # the relay's commit point (hold_sends), on the loop's thread: no checkpoint there,
+        # and a short wait for the lock before the rows take the ledger's thread
+        self._hold_db = _connect(path, "NORMAL")
+        self._hold_db.execute(f"PRAGMA busy_timeout = {HOLD_WAIT_MS}")
+        self._hold_db.execute("PRAGMA wal_autocheckpoint = 0")
+        self._holding = LoopCommit(self._hold_db, self._ledger, _write_sends)
 
     @classmethod
     async def open(cls, path: str, audit_key: bytes, *, create: bool = True) -> SQLiteStore:
@@ -327,6 +421,7 @@ class SQLiteStore(SqlStore):
         self._ledger_thread.shutdown()
         self._ledger_db.close()
         self._commit_db.close()
+        self._hold_db.close()
         self._hot.close()
         await self._db.close()
 
@@ -500,10 +595,12 @@ class SQLiteStore(SqlStore):
                 await self._ledger.add(sends)
 
     def _record_sends(self, sends: Sequence[Send]) -> None:
-        kept, gone = ledger_rows(sends)
-        with _immediate(self._ledger_db) as db:
-            db.executemany(_sqlite(SEND_UPSERT), [_args(row) for row in kept])
-            db.executemany(_sqlite(SEND_FORGET), gone)
+        _write_sends(self._ledger_db, sends)
+
+    async def hold_sends(self, sends: Sequence[Send], then: Callable[[], None]) -> None:
+        """The relay's commit point (LoopCommit): ``sends`` committed, then ``then()``."""
+        with self._writing_errors():
+            await self._holding.add(sends, then)
 
     async def take_rate(
         self, buckets: Sequence[tuple[str, int]], *, window: int, at: datetime

@@ -194,6 +194,10 @@ class Lookups(Protocol):
         """Write send ledger rows (one per message and recipient, the last wins); a row in
         state ``unsent`` is removed instead (suppression/sql/ledger.py)."""
 
+    async def hold_sends(self, sends: Sequence[Send], then: Callable[[], None]) -> None:
+        """The relay's commit point: ``sends`` (rows in state ``held``) committed, then
+        ``then()`` (a copy's final ".") called straight after, with no other task between."""
+
 
 class OptOuts(Protocol):
     """What every opt-out channel changes and reads (web, inbound, CLI, partners, API)."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -37,6 +39,61 @@ async def test_ledger_states_delivered_unsettled_and_removed(backend: Backend) -
     await store.record_sends([Send("m1", fan.sha256, "marketing", "marketing", at, None, "unsent")])
     facts = (await store.lookup_many([fan], ["global"], "marketing", ledger))[fan.sha256]
     assert (facts.delivered, facts.uncertain) == (False, False)
+
+
+def _held(message: str, n: int) -> Send:
+    return Send(message, f"{n:064x}", "marketing", "marketing", now(), None, "held")
+
+
+async def test_a_held_row_is_committed_before_its_end_goes_out(backend: Backend) -> None:
+    """The commit point: when a copy's "." goes out (``then``), its held row is already
+    readable by another connection; concurrent copies each get theirs, once."""
+    seen: dict[int, list[tuple[object, ...]]] = {}
+
+    def then(n: int) -> Callable[[], None]:
+        def end() -> None:
+            rows = backend.query(f"SELECT state FROM send WHERE sha256 = '{n:064x}'")
+            seen.setdefault(n, []).extend(rows)
+
+        return end
+
+    await asyncio.gather(*(backend.store.hold_sends([_held("m1", n)], then(n)) for n in range(20)))
+    assert seen == {n: [("held",)] for n in range(20)}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_a_held_row_waits_for_another_writer_then_ends(backend: Backend) -> None:
+    """Another process holding SQLite's write lock: the commit point leaves the rows to
+    the ledger's thread (the loop is not blocked), and the "." still follows the commit."""
+    path = backend.url.removeprefix("sqlite:///")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    states: list[list[tuple[object, ...]]] = []
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    ticking = asyncio.create_task(tick())
+    holding = asyncio.create_task(
+        backend.store.hold_sends(
+            [_held("m1", 1)],
+            lambda: states.append(backend.query("SELECT state FROM send")),
+        )
+    )
+    for _ in range(10):  # 0.1 s
+        await asyncio.sleep(0.01)
+    assert not holding.done()
+    assert states == []
+    other.execute("COMMIT")
+    other.close()
+    await asyncio.wait_for(holding, 10)
+    ticking.cancel()
+    assert states == [[("held",)]]
+    assert ticks >= 5  # the loop ran on while the lock was held
 
 
 @pytest.fixture

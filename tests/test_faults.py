@@ -25,7 +25,7 @@ async def test_faulty_next_hop_loses_and_duplicates_nothing(tmp_path: Path) -> N
 
 
 async def test_sigkills_under_load_lose_and_duplicate_nothing(tmp_path: Path) -> None:
-    figures = await kill_run(300, 4, tmp_path)
+    figures = await kill_run(300, 4, tmp_path, every=0.1)
     print("\n".join(figures.lines()))
     assert figures.kills == 4
     assert figures.lost == 0

@@ -513,8 +513,7 @@ class RelayHeld:
         message, sha = mail.classified, copy.decision.sha256
 
         async def hold(finish: Finish) -> bool:
-            await services.store.record_sends([ledger_row(message, sha, HELD)])
-            finish()
+            await services.store.hold_sends([ledger_row(message, sha, HELD)], finish)
             return True
 
         outcome = await services.next_hop.send_committed(

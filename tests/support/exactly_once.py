@@ -40,7 +40,7 @@ class Figures:
     refused: int = 0  # told 5xx, never arrived
     uncertain: int = 0  # told the reply was lost (arrived: uncertain_arrived of them)
     uncertain_arrived: int = 0
-    lost: int = 0  # told 2xx (not uncertain), never arrived
+    lost: int = 0  # told 2xx (uncertain too: "not sent again"), never arrived
     given_up: int = 0  # still deferred when the client gave up (GIVE_UP), never arrived
     duplicated: int = 0  # arrived more than once
     refused_but_delivered: int = 0  # told 5xx, arrived anyway
@@ -126,6 +126,7 @@ async def drive(send: Send, messages: int, hop: FaultyHop, seed: int) -> Figures
             if said == "uncertain":
                 figures.uncertain += 1
                 figures.uncertain_arrived += arrived >= 1
+                figures.lost += arrived == 0  # held, but its "." never went out
             elif said == "refused":
                 figures.refused += arrived == 0
                 figures.refused_but_delivered += arrived >= 1
@@ -164,14 +165,21 @@ def free_port() -> int:
 async def kill_run(
     messages: int, kills: int, folder: Path, every: float = 0.4, seed: int = 1
 ) -> Figures:
-    """``messages`` through `optgate serve` (LMTP), SIGKILLed ``kills`` times, ``every``
-    seconds apart, while the clients keep sending (to a next hop that never fails)."""
+    """``messages`` through `optgate serve` (LMTP), SIGKILLed ``kills`` times while the
+    clients keep sending (to a next hop that never fails): the k-th kill once k/(kills+1)
+    of the messages' transactions were answered, and at least ``every`` seconds after
+    the start before it, so every kill lands under load however fast the machine is."""
     async with faulty_hop(0.0, seed) as hop:
         port = free_port()
         env = gateway_env(folder, hop.port, port, smtp_lmtp="true")
         await consented(load(None, env))
         done = asyncio.Event()
+        answered = asyncio.Condition()
+        transactions = 0
         killed = 0
+
+        def due() -> bool:  # the next kill's share of the transactions answered (or the end)
+            return done.is_set() or transactions >= messages * (killed + 1) // (kills + 1)
 
         async def killer() -> None:
             nonlocal killed
@@ -182,16 +190,25 @@ async def kill_run(
                         return
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(done.wait(), every)
-                    killed += 1  # leaving the block SIGKILLs the supervisor and its worker
+                    async with answered:
+                        await answered.wait_for(due)
+                    killed += not done.is_set()  # leaving the block SIGKILLs the tree
 
         async def send(mail_from: str, rcpts: list[str], data: bytes) -> list[str]:
-            return await transaction(port, mail_from, rcpts, data, lmtp=True)
+            nonlocal transactions
+            replies = await transaction(port, mail_from, rcpts, data, lmtp=True)
+            async with answered:
+                transactions += 1
+                answered.notify_all()
+            return replies
 
         serving = asyncio.create_task(killer())
         try:
             figures = await drive(send, messages, hop, seed)
         finally:
             done.set()
+            async with answered:
+                answered.notify_all()
             await serving
         figures.kills = killed
         return figures
