@@ -123,7 +123,10 @@ async def test_a_lost_reply_is_uncertain_and_not_sent_again(gate: Running, hop: 
     assert "uncertain" in first
     assert again.startswith("250"), again
     assert sum(hop.delivered.values()) == 1
-    assert gate.metrics.registry.get_sample_value("optgate_uncertain_total") == 1
+    registry = gate.metrics.registry
+    assert registry.get_sample_value("optgate_uncertain_total") == 1
+    assert registry.get_sample_value("optgate_uncertain_skipped_total") == 1
+    assert registry.get_sample_value("optgate_already_delivered_total") == 0
 
 
 async def test_a_refused_or_deferred_copy_is_sent_again(gate: Running, hop: FaultyHop) -> None:

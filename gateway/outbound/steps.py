@@ -584,7 +584,7 @@ class Record:
             )
         skipped = [c.decision for c in mail.copies if c.skipped]
         for d in skipped:
-            metrics.already_delivered.inc()
+            (metrics.already_delivered if d.delivered else metrics.uncertain_skipped).inc()
             log.info(
                 "already_delivered" if d.delivered else "uncertain_skipped",
                 message_id=message.message_id,

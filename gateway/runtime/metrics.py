@@ -47,6 +47,11 @@ class Metrics:
             "Copies not sent again: the ledger has this message delivered to the recipient",
             registry=r,
         )
+        self.uncertain_skipped = Counter(
+            "optgate_uncertain_skipped",
+            "Copies not sent again: the ledger has this message uncertain for the recipient",
+            registry=r,
+        )
         self.uncertain = Counter(
             "optgate_uncertain",
             "Copies sent whose reply after the final dot was lost (recorded as uncertain)",
