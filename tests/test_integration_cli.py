@@ -3,7 +3,10 @@ subprocesses beside a running `optgate serve`, on both stores. A key added is pr
 once and only its digest is kept; it works on the `[api] listen` of the server within its
 scopes and stops at `api-key revoke`. A delivery that keeps failing is listed by
 `webhooks list --failed`, sent again by `webhooks retry`, and signed with the old and the
-new secret after `webhooks rotate`."""
+new secret after `webhooks rotate`. The opt-out channels tests/test_webhooks.py leaves
+out (a mail to unsubscribe@, an ARF complaint, the unsubscribe page's button, `optgate
+suppress add`, and a bounce by mail) each deliver their suppression.added event to a real
+endpoint."""
 
 from __future__ import annotations
 
@@ -17,16 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 
+from suppression.address import normalize
 from suppression.apikeys import split_key
 from tests.support.api import call
 from tests.support.backends import BACKENDS, postgres_database
+from tests.support.people import SENDER
 from tests.support.receiver import Receiver
+from tests.support.reports import arf, dsn, person
 from tests.support.serving import OPTGATE, Served, optgate_serve
-from tests.support.smtp import Sink, gateway_env
+from tests.support.smtp import Sink, gateway_env, message, send
+from tests.test_inbound_live import DOMAIN, FBL, UNSUBSCRIBE, authentic
+from tests.test_unsubscribe_e2e import links
 
 pytestmark = pytest.mark.sockets
 
@@ -53,9 +62,17 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
 
 @pytest.fixture
 def env(tmp_path: Path, next_hop: Sink, store_url: str) -> dict[str, str]:
-    """The OPTGATE_* variables of the server and of every command (webhooks give up at 2 s)."""
+    """The OPTGATE_* variables of the server and of every command (webhooks give up at 2 s;
+    mail to DOMAIN is inbound, its MTA's Authentication-Results trusted)."""
     return gateway_env(
-        tmp_path, next_hop.port, 0, store_url=store_url, webhooks_give_up_after="2", **FAST
+        tmp_path,
+        next_hop.port,
+        0,
+        store_url=store_url,
+        webhooks_give_up_after="2",
+        inbound_domains=DOMAIN,
+        inbound_authserv_ids=f"mx.{DOMAIN}",
+        **FAST,
     )
 
 
@@ -213,3 +230,67 @@ async def test_a_failed_delivery_is_listed_retried_and_signed_with_both_secrets(
             assert none_left.out == "0 failed deliveries due again\n"
     finally:
         await receiver.stop()
+
+
+WRITER, COMPLAINER, READER, BOUNCER, TYPED = (
+    f"{who}@example.com" for who in ("writer", "complainer", "reader", "bouncer", "typed")
+)
+
+
+async def test_each_opt_out_channel_delivers_its_suppression_added_event(
+    env: dict[str, str], next_hop: Sink
+) -> None:
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        async with serving(env) as served:
+            _, smtp = served.address("smtp")
+            _, web = served.address("web")
+            for who in (WRITER, COMPLAINER, READER, BOUNCER):
+                consented = await optgate(env, "consent", "add", who, "--purpose", "marketing")
+                assert consented.code == 0, consented.err
+            added = await optgate(
+                env, "webhooks", "add", receiver.url, "--events", "suppression.added"
+            )
+            [secret] = SECRET.findall(added.out)
+            sent = await send(smtp, SENDER, [COMPLAINER, READER, BOUNCER], message())
+            assert sent.code == 250
+            [complained], [read] = next_hop.to(COMPLAINER), next_hop.to(READER)
+            [bounced] = next_hop.to(BOUNCER)
+
+            # an authenticated mail to unsubscribe@, an ARF complaint about a copy
+            written = authentic(person(sender=WRITER, to=UNSUBSCRIBE))
+            assert (await send(smtp, WRITER, [UNSUBSCRIBE], written)).code == 250
+            report = arf(complained.data, to=FBL)
+            assert (await send(smtp, "fbl@isp.example", [FBL], report)).code == 250
+            # a hard bounce to a copy's VERP sender
+            verp = bounced.mail_from
+            bounce = dsn(bounced.data, to=verp, recipient=BOUNCER, status="5.1.1", diagnostic="550")
+            assert (await send(smtp, "", [verp], bounce)).code == 250
+            # the unsubscribe page of a copy's footer link, then its button
+            _, footer = links(read.data)
+            page = re.sub(r"^https://[^/]+", f"http://127.0.0.1:{web}", footer)
+            async with aiohttp.ClientSession() as http:
+                async with http.get(page) as shown:
+                    assert shown.status == 200
+                async with http.post(page, data={"via": "page"}) as pressed:
+                    assert pressed.status == 200
+            # and the command line
+            assert (await optgate(env, "suppress", "add", TYPED)).code == 0
+
+            got = await receiver.wait(lambda got: len({g.id for g in got}) >= 5)
+    finally:
+        await receiver.stop()
+    events: dict[str, tuple[str, str]] = {}
+    for delivery in got:
+        Verifier(secret).verify(delivery.body, delivery.headers())
+        event = delivery.event
+        assert event["type"] == "suppression.added"
+        events[event["data"]["key"]] = (event["data"]["source"], event["data"]["reason"])
+    assert events == {
+        normalize(WRITER).sha256: ("mailbox", "unsubscribed"),
+        normalize(COMPLAINER).sha256: ("complaint", "complained"),
+        normalize(READER).sha256: ("web", "unsubscribed"),
+        normalize(BOUNCER).sha256: ("bounce", "bounced"),
+        normalize(TYPED).sha256: ("cli", "manual"),
+    }
