@@ -18,6 +18,7 @@ from suppression.address import normalize
 from suppression.model import Reason
 from tests.support.esp import (
     CERT_PATH,
+    CHINA_HOST,
     REGION_HOST,
     TOPIC,
     EspSite,
@@ -165,6 +166,13 @@ async def test_the_certificate_is_fetched_once_and_cached(rig: Rig) -> None:
     assert rig.fetches() == [f"{REGION_HOST} {CERT_PATH}"]
 
 
+async def test_a_certificate_of_a_china_region_is_fetched_from_its_cn_host(rig: Rig) -> None:
+    cert_url = f"https://{CHINA_HOST}{CERT_PATH}"
+    status, answer = await rig.send(rig.notification(ses_bounce(JANE)), cert_url=cert_url)
+    assert (status, answer["suppressed"]) == (200, 1)
+    assert rig.fetches() == [f"{CHINA_HOST} {CERT_PATH}"]
+
+
 @pytest.mark.parametrize(
     "cert_url",
     [
@@ -176,6 +184,8 @@ async def test_the_certificate_is_fetched_once_and_cached(rig: Rig) -> None:
         f"https://{REGION_HOST}/SimpleNotificationService-1.txt",
         "https://sns.amazonaws.com/SimpleNotificationService-1.pem",
         "https://s3.amazonaws.com/sns.eu-west-1.amazonaws.com/cert.pem",
+        f"https://{CHINA_HOST}.evil.example{CERT_PATH}",
+        f"https://evilsns.us-east-1.amazonaws.com{CERT_PATH}",
     ],
 )
 async def test_a_certificate_off_the_sns_hosts_is_refused_unfetched(
@@ -193,7 +203,14 @@ def test_the_sns_host_rule() -> None:
     assert sns_url(f"https://{REGION_HOST}{CERT_PATH}") is not None
     assert sns_url("https://sns.us-gov-west-1.amazonaws.com/x.pem") is not None
     assert sns_url("https://SNS.EU-WEST-1.AMAZONAWS.COM/x.pem") is not None
+    assert sns_url(f"https://{CHINA_HOST}/x.pem") is not None
+    assert sns_url("https://sns.cn-northwest-1.amazonaws.com.cn/x.pem") is not None
     for bad in (
+        f"https://{CHINA_HOST}.evil.example/x.pem",
+        "https://sns.x.amazonaws.com.cn.evil.example/x.pem",
+        "https://evilsns.us-east-1.amazonaws.com/x.pem",
+        "https://sns.cn-north-1.amazonaws.cn/x.pem",
+        "https://sns.cn-north-1.amazonaws.com.cnx/x.pem",
         "https://sns.eu-west-1.amazonaws.com.cn.evil/x",
         "ftp://sns.eu-west-1.amazonaws.com/x",
         "not a url",

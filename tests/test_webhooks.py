@@ -25,6 +25,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 
 from gateway.config import Config, load
+from gateway.config import Webhooks as Settings
 from gateway.keys import load_keys
 from gateway.runtime import webhooks
 from gateway.runtime.service import running
@@ -107,6 +108,41 @@ def test_a_rotation_signs_with_both_secrets_until_it_ends() -> None:
     later = webhooks.signed_headers(rotating, delivery, body, after)
     ts = int(after.timestamp())
     assert later["webhook-signature"] == webhooks.signature(fresh, "evt_x_0", ts, body)
+
+
+def schedule(settings: Settings, jitter: float) -> list[float]:
+    """The waits of a delivery failing every attempt, each made when due, until dead."""
+    created = at = now()
+    waits: list[float] = []
+    while (due := webhooks.retry_at(settings, created, at, len(waits) + 1, jitter)) is not None:
+        waits.append((due - at).total_seconds())
+        at = due
+    return waits
+
+
+def test_the_retry_schedule_at_the_defaults_gives_up_24_hours_after_the_event() -> None:
+    settings = Settings()
+    assert (settings.retry_seconds, settings.give_up_after) == (5, 86400)
+    waits = schedule(settings, 1.0)
+    # 5 s, doubling, then an hour apart
+    assert waits[:12] == [5, 10, 20, 40, 80, 160, 320, 640, 1280, 2560, 3600, 3600]
+    assert set(waits[10:]) == {3600}
+    # the first attempt, 32 retries, the last 84,315 s (23 h 25 min 15 s) after the event;
+    # its failure would wait until 87,915 s: past 24 h, so it is dead
+    assert len(waits) == 32
+    assert sum(waits) == 84315
+    created = now()
+    last = created + timedelta(seconds=84315)
+    assert webhooks.retry_at(settings, created, last, 33, 1.0) is None
+    # a wait that ends at 24 h exactly is still made; one second later is not
+    day = created + timedelta(seconds=86400)
+    assert webhooks.retry_at(settings, created, day - timedelta(hours=1), 20, 1.0) == day
+    assert webhooks.retry_at(settings, created, day - timedelta(seconds=3599), 20, 1.0) is None
+    # with the jitter at either end, every attempt stays within the 24 h
+    for jitter in (1 - webhooks.JITTER, 1 + webhooks.JITTER):
+        jittered = schedule(settings, jitter)
+        assert 86400 - 3600 * jitter < sum(jittered) <= 86400
+        assert max(jittered) == pytest.approx(3600 * jitter)
 
 
 def test_the_settings_that_cannot_work_are_refused() -> None:

@@ -5,9 +5,10 @@ and .../http-notification-json.html: the signature is SHA1withRSA (version 1) or
 SHA256withRSA (version 2) over "Key\\nvalue\\n" for the signed keys of the message
 type, in that order (Subject only when present). The certificate comes from
 ``SigningCertURL``, which optgate fetches only over HTTPS, only from
-``sns.<region>.amazonaws.com`` and only a ``.pem`` path; anything else is refused
-unfetched. A ``SubscriptionConfirmation`` is confirmed by GETting its
-``SubscribeURL`` (the same host rule) after its signature verified.
+``sns.<region>.amazonaws.com`` (``.com.cn`` in the China regions: the AWS SDKs' pattern)
+and only a ``.pem`` path; anything else is refused unfetched. A
+``SubscriptionConfirmation`` is confirmed by GETting its ``SubscribeURL`` (the same host
+rule) after its signature verified.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ from gateway.esp.common import (
 
 log = structlog.get_logger("optgate.esp")
 
-HOST = re.compile(r"sns\.[a-z0-9-]{3,}\.amazonaws\.com")
+# the AWS SDKs' SigningCertURL host pattern, ^sns\.[a-zA-Z0-9\-]{3,}\.amazonaws\.com(\.cn)?$
+# (matched in full against the lower-cased host)
+HOST = re.compile(r"sns\.[a-z0-9-]{3,}\.amazonaws\.com(\.cn)?")
 # SNS retries an HTTP/S delivery for at most 3,600 s (a hard limit: sns-message-delivery-
 # retries.html), so a genuine message is never older than that, plus clock drift
 MAX_AGE = 3600 + 300

@@ -46,6 +46,8 @@ POLL_SECONDS = 1.0
 LOOK_SECONDS = 30.0  # how often the backlog gauge is refreshed and old deliveries pruned
 MAX_WAIT = 3600.0  # seconds: retries are never further apart
 READ_LIMIT = 64 * 1024  # of an endpoint's answer, read and dropped
+JITTER = 0.1  # of each retry's wait, either way: endpoints that come back are not met by
+# every retry at once
 
 
 def signature(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
@@ -72,10 +74,19 @@ def signed_headers(hook: Webhook, delivery: Delivery, body: bytes, at: datetime)
 
 
 def backoff(settings: Settings, attempts: int) -> float:
-    """Seconds before the next attempt after ``attempts`` failed ones (with 10% jitter, so
-    endpoints that come back are not met by every retry at once)."""
-    wait = min(settings.retry_seconds * 2.0 ** max(attempts - 1, 0), MAX_WAIT)
-    return wait * random.uniform(0.9, 1.1)
+    """Seconds before the next attempt after ``attempts`` failed ones (before jitter):
+    retry_seconds, doubling, at most MAX_WAIT."""
+    return min(settings.retry_seconds * 2.0 ** max(attempts - 1, 0), MAX_WAIT)
+
+
+def retry_at(
+    settings: Settings, created: datetime, failed: datetime, attempts: int, jitter: float
+) -> datetime | None:
+    """When a delivery of an event made at ``created`` is tried again after its
+    ``attempts``-th attempt failed at ``failed`` (the wait times ``jitter``); None once
+    that is past give_up_after from the event: dead."""
+    due = failed + timedelta(seconds=backoff(settings, attempts) * jitter)
+    return None if due > created + timedelta(seconds=settings.give_up_after) else due
 
 
 def check(settings: Settings) -> None:
@@ -169,13 +180,11 @@ class Deliverer:
         await self._failed(hook, delivery, status)
 
     async def _failed(self, hook: Webhook, delivery: Delivery, status: str) -> None:
-        at = self._clock()
         attempts = delivery.attempts + 1
-        due = at + timedelta(seconds=backoff(self._settings, attempts))
-        give_up = delivery.created + timedelta(seconds=self._settings.give_up_after)
-        dead = due > give_up
-        await self._store.undelivered(self.owner, delivery.id, status, None if dead else due)
-        outcome = "dead" if dead else "failed"
+        jitter = random.uniform(1 - JITTER, 1 + JITTER)
+        due = retry_at(self._settings, delivery.created, self._clock(), attempts, jitter)
+        await self._store.undelivered(self.owner, delivery.id, status, due)
+        outcome = "dead" if due is None else "failed"
         self._metrics.webhook_deliveries.labels(outcome).inc()
         log.warning(
             "webhook_failed",

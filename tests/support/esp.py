@@ -41,6 +41,7 @@ from suppression.store import Store
 from tests.support.tokens import claimed
 
 REGION_HOST = "sns.eu-west-1.amazonaws.com"
+CHINA_HOST = "sns.cn-north-1.amazonaws.com.cn"  # the China regions' SNS hosts end in .cn
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:ses-feedback"
 CERT_PATH = "/SimpleNotificationService-0000000000000000000000000000000.pem"
 
@@ -111,7 +112,7 @@ class Loopback(AbstractResolver):
 @dataclass
 class SnsHost:
     """A local HTTPS server that answers for SNS hosts: certificate files and
-    SubscribeURLs, under a test CA's certificate for sns.*.amazonaws.com."""
+    SubscribeURLs, under a test CA's certificate for sns.*.amazonaws.com(.cn)."""
 
     port: int
     ca_pem: bytes
@@ -165,7 +166,10 @@ def _material() -> _Material:
     issuer = ("optgate test CA", ca_key)
     server_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     server = _certificate(
-        "sns.amazonaws.com", server_key, issuer, dns=(REGION_HOST, "*.amazonaws.com")
+        "sns.amazonaws.com",
+        server_key,
+        issuer,
+        dns=(REGION_HOST, "*.amazonaws.com", CHINA_HOST, "*.amazonaws.com.cn"),
     )
     signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     signing = _certificate("sns.amazonaws.com", signing_key, issuer)
