@@ -658,6 +658,8 @@ def test_json_summaries(optgate: Run, tmp_path: Path) -> None:
         "present": 0,
         "invalid": 1,
         "invalid_lines": [4],
+        "unknown_partner_rows": 0,
+        "unknown_partner_scopes": [],
         "duplicates": 1,
         "policy_blocks_skipped": 0,
     }
@@ -804,6 +806,7 @@ def test_rows_keep_their_scope_and_a_conflicting_option_is_refused(
         refused.err, "scoped.csv:4: the row's scope partner:acme is not --scope topic:news"
     )
     assert count(db, "suppression") == 0
+    assert optgate("partner", "add", "acme").code == 0
     assert optgate("suppress", "import", path).code == 0
     assert {(r["email"], r["scope"]) for r in exported(optgate)} == {
         ("a@example.com", "topic:news"),
@@ -901,6 +904,8 @@ def test_export_then_import_gives_the_same_state(
         monkeypatch.setenv("OPTGATE_STORE_URL", stores[number])
         monkeypatch.setenv("OPTGATE_STORE_AUDIT_ANCHOR_FILE", str(tmp_path / f"{number}.head"))
         assert optgate("store", "migrate").code == 0
+        if optgate("partner", "list").out.startswith("no partners"):  # partner:acme rows
+            assert optgate("partner", "add", "acme").code == 0
         return stores[number]
 
     source = use(0)
@@ -936,6 +941,44 @@ def test_export_then_import_gives_the_same_state(
         assert asyncio.run(content_digests(target)) == original, fmt
         assert optgate("store", "verify").code == 0
     assert "\n'=cmd@example.com," in (tmp_path / "s.csv").read_text().replace("\r", "")
+
+
+@pytest.mark.sockets
+def test_a_rows_partner_scope_must_name_a_known_partner(stores: list[str], tmp_path: Path) -> None:
+    """The known partners are read once; a row for another one is an invalid row (its
+    line and scope in the summary), a file of nothing else exits 1."""
+    env = _environment(stores[0], tmp_path)
+
+    def optgate_run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: S603 - our own console script
+            [str(OPTGATE), *argv], env=env, capture_output=True, text=True, check=False
+        )
+
+    assert optgate_run("store", "migrate").returncode == 0
+    assert optgate_run("partner", "add", "acme").returncode == 0
+    rows = (
+        "email,scope\na@example.com,partner:acme\nb@example.com,partner:nobody\n"
+        "c@example.com,global\nd@example.com,partner:nobody\ne@example.com,partner:ghost\n"
+    )
+    mixed = optgate_run("suppress", "import", write(tmp_path / "mixed.csv", rows))
+    assert (mixed.returncode, mixed.stderr) == (0, "")
+    assert mixed.stdout == (
+        "format csv: read 5, added 2, already present 0, invalid 3 (lines 3, 5, 6; "
+        "3 name no known partner: partner:nobody, partner:ghost), duplicates 0\n"
+    )
+    export = optgate_run("suppress", "export")
+    assert {(r["email"], r["scope"]) for r in csv.DictReader(io.StringIO(export.stdout))} == {
+        ("a@example.com", "partner:acme"),
+        ("c@example.com", "global"),
+    }
+
+    nobody = write(tmp_path / "nobody.csv", "email,scope\nx@example.com,partner:nobody\n")
+    only = optgate_run("suppress", "import", nobody, "--json")
+    assert only.returncode == 1, only
+    summary = json.loads(only.stdout)
+    assert (summary["read"], summary["added"], summary["invalid_lines"]) == (1, 0, [2])
+    assert summary["unknown_partner_rows"] == 1
+    assert summary["unknown_partner_scopes"] == ["partner:nobody"]
 
 
 # kills -------------------------------------------------------------------------------------
