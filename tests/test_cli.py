@@ -31,8 +31,12 @@ import pytest
 
 from gateway.cli import main as cli
 from suppression import importing
+from suppression.address import normalize
+from suppression.model import HeldRequest, now
+from suppression.opening import open_store
 from tests.support.backends import BACKENDS, POSTGRES
 from tests.support.digests import content_digests
+from tests.support.keys import AUDIT_KEY
 
 pytestmark = pytest.mark.pure
 
@@ -1304,6 +1308,72 @@ def test_subject_erase_keeps_the_hash_and_forgets_the_rest(
     assert all(s["address"] is None and s["evidence"] is None for s in shown["suppressions"])
     assert all(c["address"] is None and c["evidence"] is None for c in shown["consents"])
     assert "erase" in [e["action"] for e in shown["events"]]
+
+
+def _seed_held_records(url: str, person: str) -> None:
+    """What a running gateway would store about ``person``: a held opt-out by mail, a soft
+    bounce, an offer of partner acme planned for its audience (``person`` consented)."""
+
+    async def seed() -> None:
+        store = await open_store(url, audit_key=AUDIT_KEY)
+        try:
+            key = normalize(person).sha256
+            held = HeldRequest("5" * 64, key, "unsubscribe", "global", now(), '{"channel": "x"}')
+            await store.hold_request(held, actor="test")
+            await store.record_soft_bounce(key, "6" * 64, at=now(), actor="test", detail={})
+            await store.add_offer("acme", None, b"Subject: offer\r\n\r\nhi\r\n", actor="t")
+            assert await store.plan_offers() == 1
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+
+
+@pytest.mark.sockets
+def test_subject_show_lists_everything_erase_clears(stores: list[str], tmp_path: Path) -> None:
+    """show lists the held request, soft bounce, webhook event, offer copy and kept inbound
+    message beside the rows; after erase no plaintext or kept message is left to list."""
+    person = "held.person@example.com"
+    env = _environment(stores[0], tmp_path)
+    (tmp_path / "audit.key").write_text(AUDIT_KEY.hex() + "\n")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    env["OPTGATE_INBOUND_KEEP_RAW"] = str(kept)
+    (kept / "in-1.eml").write_bytes(f"From: <{person.upper()}>\r\n\r\nstop\r\n".encode())
+    (kept / "in-2.eml").write_bytes(b"From: <other@example.com>\r\n\r\nstop\r\n")
+
+    def run(*argv: str) -> str:
+        done = subprocess.run(  # noqa: S603 - our own console script
+            [str(OPTGATE), *argv], env=env, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done
+        return done.stdout
+
+    run("store", "migrate")
+    run("partner", "add", "acme")
+    run("consent", "add", person, "--purpose", "partner-offers", "--policy-version", "1")
+    run("webhooks", "add", "http://127.0.0.1:9/hook", "--events", "all", "--include-address")
+    run("suppress", "add", person, "--scope", "topic:news")
+    _seed_held_records(stores[0], person)
+
+    shown = json.loads(run("subject", "show", person))
+    assert [h["action"] for h in shown["held_requests"]] == ["unsubscribe"]
+    assert [b["message"] for b in shown["soft_bounces"]] == ["6" * 64]
+    events = shown["webhook_events"]
+    assert [e["type"] for e in events] == ["suppression.added"]
+    assert {e["address"] for e in events} == {person}
+    assert [(c["partner"], c["state"]) for c in shown["offer_copies"]] == [("acme", "todo")]
+    assert shown["kept_messages"] == [str(kept / "in-1.eml")]
+
+    run("subject", "erase", person)
+    after = json.loads(run("subject", "show", person))
+    del after["address"]  # the address asked about
+    assert person not in json.dumps(after)
+    assert after["kept_messages"] == []
+    assert (kept / "in-2.eml").exists()
+    assert all(e["address"] is None for e in after["webhook_events"])
+    tombstones = [s for s in after["suppressions"] if s["scope"] == "global"]
+    assert [(s["reason"], s["kind"]) for s in tombstones] == [("erased", "sha256")]
 
 
 def test_no_plaintext_address_in_the_audit_log(optgate: Run, db: Path, tmp_path: Path) -> None:
