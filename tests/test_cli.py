@@ -8,6 +8,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -1587,6 +1588,53 @@ def test_console_script_import_from_stdin_and_bad_files(db: Path, tmp_path: Path
     assert truncated.returncode == 2
     one_line_error(truncated.stderr, "cut.csv:3: unterminated quoted field")
     assert count(db, "suppression") == 2
+
+
+def _redraws(argv: list[str], env: dict[str, str]) -> tuple[int, list[tuple[float, str]]]:
+    """Run a command with stderr on a terminal (a pty): its exit code, and each line it
+    drew there with the time it came."""
+    leader, follower = os.openpty()
+    started = time.monotonic()
+    process = subprocess.Popen(  # noqa: S603 - our own console script
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=follower
+    )
+    os.close(follower)
+    drawn: list[tuple[float, str]] = []
+    with contextlib.suppress(OSError):  # EIO: the process closed the terminal
+        while data := os.read(leader, 4096):
+            at = time.monotonic() - started
+            drawn += [(at, part) for part in data.decode().split("\r\x1b[K") if part.strip()]
+    os.close(leader)
+    return process.wait(timeout=60), drawn
+
+
+@pytest.mark.sockets
+def test_the_progress_line_shows_the_write_and_is_never_silent_for_long(
+    stores: list[str], tmp_path: Path
+) -> None:
+    """500,000 rows: the line counts the rows read, then says the store is being written
+    and redraws while it is (the merge is a good part of the time), twice a second; 2 s
+    of slack for a loaded machine."""
+    env = _environment(stores[0], tmp_path)
+    subprocess.run([str(OPTGATE), "store", "migrate"], env=env, check=True, capture_output=True)  # noqa: S603
+    rows = tmp_path / "rows.csv"
+    rows.write_text("email\n" + "".join(f"w{n:07d}@example.com\n" for n in range(500_000)))
+    code, drawn = _redraws([str(OPTGATE), "suppress", "import", str(rows)], env)
+    assert code == 0, drawn
+    lines = [line.strip() for _, line in drawn]
+    assert any(
+        re.fullmatch(
+            r"[\d,]+ rows, [\d,]+ rows/s, \d+% read, about \d+ s left to read, then the write", line
+        )
+        for line in lines
+    ), lines
+    writing = [line for line in lines if "writing to the store" in line]
+    assert len(writing) >= 2, lines  # drawn while it wrote, and once at the end
+    assert re.fullmatch(
+        r"500,000 rows read; writing to the store: \d+ s so far \(\d+ s in all\)", writing[0]
+    )
+    times = [at for at, _ in drawn]
+    assert max(b - a for a, b in itertools.pairwise(times)) < 2.0, drawn
 
 
 @pytest.mark.sockets
