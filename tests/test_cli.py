@@ -986,6 +986,112 @@ def test_a_rows_partner_scope_must_name_a_known_partner(stores: list[str], tmp_p
     assert summary["unknown_partner_scopes"] == ["partner:nobody"]
 
 
+# restoring an older backup, as deploy/README.md says -------------------------------------
+
+DEPLOY_README = Path(__file__).resolve().parent.parent / "deploy" / "README.md"
+
+
+def backup_blocks() -> list[str]:
+    """The shell blocks (indented four spaces) of deploy/README.md's Backups section."""
+    section = DEPLOY_README.read_text().split("## Backups", 1)[1].split("\n## ", 1)[0]
+    blocks, block = [], []
+    for line in [*section.splitlines(), ""]:
+        if line.startswith("    ") and not line.startswith("    -"):
+            block.append(line[4:])
+        elif block and line.strip() == "":
+            blocks.append("\n".join(block))
+            block = []
+    return blocks
+
+
+def _copy_store(url: str, to: str) -> None:
+    """``to`` made a copy of the store at ``url`` (SQLite's backup API; a PostgreSQL
+    database made from the other as its template)."""
+    if url.startswith("sqlite"):
+        source, target = (Path(u.removeprefix("sqlite:///")) for u in (url, to))
+        for stale in (target, target.with_name(target.name + "-wal")):
+            stale.unlink(missing_ok=True)
+        with closing(sqlite3.connect(source)) as a, closing(sqlite3.connect(target)) as b:
+            a.backup(b)
+        return
+
+    async def admin() -> None:
+        conn = await asyncpg.connect(POSTGRES, timeout=5)
+        try:
+            name, copy = (u.rsplit("/", 1)[1] for u in (url, to))
+            await conn.execute(f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{copy}" TEMPLATE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(admin())
+
+
+@pytest.mark.sockets
+def test_restoring_an_older_backup_as_the_deploy_readme_says(
+    stores: list[str], tmp_path: Path
+) -> None:
+    """The Backups section's own commands, run by bash: an older backup restored fails
+    verify (the anchor is newer); re-anchored it passes; the erasures since the backup,
+    kept as a list of hashes, are made again, and nobody erased is back."""
+    live, saved = stores[0], stores[1]
+    state, backup, bin_dir = tmp_path / "state", tmp_path / "backup", tmp_path / "bin"
+    for folder in (state, backup, bin_dir):
+        folder.mkdir()
+    (bin_dir / "optgate").symlink_to(OPTGATE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTGATE_")}
+    env |= {"OPTGATE_STORE_URL": live, "OPTGATE_STORE_STATE_DIR": str(state)}
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+
+    def shell(script: str) -> subprocess.CompletedProcess[str]:
+        script = script.replace("/var/lib/optgate", str(state)).replace("/backup", str(backup))
+        return subprocess.run(  # noqa: S603 - bash running the README's commands
+            [BASH, "-euo", "pipefail", "-c", script],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    def ok(script: str) -> str:
+        done = shell(script)
+        assert done.returncode == 0, (script, done.stdout, done.stderr)
+        return done.stdout
+
+    ok("optgate store migrate")
+    ok("optgate suppress add ann@example.com bob@example.com")
+    ok("optgate consent add cat@example.com --purpose news --policy-version 1")
+    ok("optgate store verify")
+    _copy_store(live, saved)  # the backup
+    for person in ("bob", "cat"):
+        ok(f"optgate subject erase {person}@example.com")
+    ok("optgate suppress add dan@example.com && optgate subject erase dan@example.com")
+    ok("optgate store verify")  # the anchor: the newer head
+    [keep_list] = [b for b in backup_blocks() if "> /backup/erased-hashes.txt" in b]
+    ok(keep_list)
+    assert len((backup / "erased-hashes.txt").read_text().split()) == 3
+
+    _copy_store(saved, live)  # the restore
+    refused = shell("optgate store verify")
+    assert refused.returncode == 1
+    assert "before the head" in refused.stdout, refused.stdout
+    assert "its newest events were removed" in refused.stdout
+    [reanchor] = [b for b in backup_blocks() if b.startswith("mv ")]
+    assert "audit log intact" in ok(reanchor)
+    assert (state / "optgate-audit.head").exists()
+    assert any(backup.glob("optgate-audit.head.before-restore-*"))
+    [erase_again] = [b for b in backup_blocks() if "while read -r address" in b]
+    ok(erase_again)
+
+    exported = ok("optgate suppress export; optgate consent export")
+    for person in ("bob", "cat", "dan"):
+        assert f"{person}@example.com" not in exported, exported
+        key = hashlib.sha256(f"{person}@example.com".encode()).hexdigest()
+        assert f",{key},global,erased," in exported, (person, exported)
+    assert "ann@example.com" in exported
+    assert "audit log intact" in ok("optgate store verify")
+
+
 # kills -------------------------------------------------------------------------------------
 
 
