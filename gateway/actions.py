@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from gateway.optouts import kept_messages
 from gateway.outbound.message import purpose_of
 from gateway.outbound.policy import MessageClass, Rules, Verdict, decide, scopes_for
 from gateway.runtime.stores import read_anchor, write_anchor
@@ -111,9 +112,14 @@ def _jsonable(record: Any) -> dict[str, Any]:
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in data.items()}
 
 
-async def subject_access(store: Store, address: Address, *, actor: str) -> dict[str, Any]:
-    """Every record about an address, as JSON; the access is audited."""
+async def subject_access(
+    store: Store, address: Address, *, actor: str, keep_raw: str
+) -> dict[str, Any]:
+    """Every record about an address, as JSON: what the store holds and the kept inbound
+    messages ([inbound] keep_raw) that hold it, all that ``subject erase`` clears or
+    deletes; the access is audited."""
     record = await store.subject(address)
+    kept = await asyncio.to_thread(kept_messages, Path(keep_raw), address) if keep_raw else []
     await store.audit(actor=actor, action="subject-access", subject=address.sha256)
     return {
         "address": address.normalized,
@@ -132,6 +138,11 @@ async def subject_access(store: Store, address: Address, *, actor: str) -> dict[
         "events": [
             {"seq": e.seq, "at": e.at.isoformat(), **json.loads(e.body)} for e in record.events
         ],
+        "held_requests": [_jsonable(h) for h in record.held],
+        "soft_bounces": [_jsonable(b) for b in record.soft_bounces],
+        "webhook_events": [_jsonable(d) for d in record.deliveries],
+        "offer_copies": [_jsonable(c) for c in record.offer_copies],
+        "kept_messages": [str(path) for path in kept],
     }
 
 

@@ -501,12 +501,16 @@ async def erase(store: OptOuts, address: Address, *, actor: str, keep_raw: str) 
     return Erased(address.sha256, erased.cleared, erased.revoked, files)
 
 
+def kept_messages(folder: Path, address: Address) -> list[Path]:
+    """The kept inbound messages ([inbound] keep_raw) that hold the address, by name."""
+    needle = address.normalized.encode()
+    found = folder.glob("*.eml") if folder.is_dir() else ()
+    return sorted(path for path in found if needle in path.read_bytes().lower())
+
+
 def erase_kept(folder: Path, address: Address) -> int:
     """Delete the kept inbound messages ([inbound] keep_raw) that hold the address."""
-    needle = address.normalized.encode()
-    deleted = 0
-    for path in folder.glob("*.eml") if folder.is_dir() else ():
-        if needle in path.read_bytes().lower():
-            path.unlink()
-            deleted += 1
-    return deleted
+    kept = kept_messages(folder, address)
+    for path in kept:
+        path.unlink()
+    return len(kept)

@@ -3,7 +3,8 @@
 What a row may be, and what follows:
 
 * **invalid**: its address (or digest) is not one: typos, ``not-an-address``,
-  a domain that cannot exist. Real lists hold such dirt; the row is counted
+  a domain that cannot exist; or its scope names a partner the store does not
+  know (the summary says which). Real lists hold such dirt; the row is counted
   and skipped, its line named in the summary (the first five), and the import
   goes on. A file whose every row is invalid adds nothing (the CLI exits 1).
 * **refused**: the row says something the import must not guess about: a
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import repeat
@@ -88,6 +89,14 @@ class RowError(FormatError):
     """A row the import refuses: nothing of the import is kept."""
 
 
+class NoSuchPartner(OptgateError):
+    """A row's scope names a partner the store does not know: the row is invalid."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"scope {scope}: no such partner")
+        self.scope = scope
+
+
 @dataclass
 class Summary:
     """What an import read and did."""
@@ -100,6 +109,8 @@ class Summary:
     duplicates: int = 0
     policy: int = 0  # bounces skipped as policy blocks
     invalid_lines: list[int] = field(default_factory=list)
+    unknown_partners: int = 0  # of the invalid rows, those whose scope names no partner
+    unknown_scopes: list[str] = field(default_factory=list)  # the first few such scopes
     writing: bool = False  # every row is read; the store is being written
 
     def note_invalid(self, line: int) -> None:
@@ -107,6 +118,13 @@ class Summary:
         self.invalid += 1
         if len(self.invalid_lines) < SHOWN_INVALID:
             self.invalid_lines.append(line)
+
+    def note_unknown(self, line: int, scope: str) -> None:
+        """Count an invalid row whose scope names no known partner."""
+        self.note_invalid(line)
+        self.unknown_partners += 1
+        if scope not in self.unknown_scopes and len(self.unknown_scopes) < SHOWN_INVALID:
+            self.unknown_scopes.append(scope)
 
     def count(self, result: BatchResult) -> None:
         """Add a batch's (or a run's) counts."""
@@ -128,6 +146,8 @@ class Summary:
             "present": self.present,
             "invalid": self.invalid,
             "invalid_lines": self.invalid_lines,
+            "unknown_partner_rows": self.unknown_partners,
+            "unknown_partner_scopes": self.unknown_scopes,
             "duplicates": self.duplicates,
             "policy_blocks_skipped": self.policy,
         }
@@ -135,7 +155,11 @@ class Summary:
     def __str__(self) -> str:
         lines = ", ".join(map(str, self.invalid_lines))
         more = ", ..." if self.invalid > len(self.invalid_lines) else ""
-        where = f" (lines {lines}{more})" if self.invalid else ""
+        unknown = ""
+        if self.unknown_partners:
+            scopes = ", ".join(self.unknown_scopes)
+            unknown = f"; {self.unknown_partners} name no known partner: {scopes}"
+        where = f" (lines {lines}{more}{unknown})" if self.invalid else ""
         policy = f", policy blocks skipped {self.policy}" if self.policy else ""
         return (
             f"format {self.format}: read {self.read}, added {self.added}, "
@@ -187,17 +211,29 @@ def _batches(
 
 
 class _Scopes:
-    """Scopes of rows, parsed once per distinct value; the store's text of each."""
+    """Scopes of rows, parsed once per distinct value; the store's text of each. A scope
+    naming a partner not in ``partners`` (None: not checked) is NoSuchPartner."""
 
-    def __init__(self, given: Scope | None, source: str) -> None:
-        self._given, self._source = given, source
+    def __init__(self, given: Scope | None, source: str, partners: Collection[str] | None) -> None:
+        self._given, self._source, self._partners = given, source, partners
         self._known: dict[str | None, str] = {None: str(given or GLOBAL)}
+        self._unknown: set[str] = set()
 
     def of(self, row: Row) -> str:
         scope = self._known.get(row.scope)
         if scope is None:
-            scope = self._known[row.scope] = str(self._check(row))
+            scope = self._known[row.scope] = self._text(row)
+        if scope in self._unknown:
+            raise NoSuchPartner(scope)
         return scope
+
+    def _text(self, row: Row) -> str:
+        scope = self._check(row)
+        text = str(scope)
+        partners = self._partners
+        if scope.kind == "partner" and partners is not None and scope.name not in partners:
+            self._unknown.add(text)
+        return text
 
     def _check(self, row: Row) -> Scope:
         try:
@@ -236,16 +272,22 @@ class SuppressionRows:
     columns. Any other row is converted field by field (``convert``).
     """
 
-    def __init__(self, options: SuppressionOptions, source: str, summary: Summary) -> None:
+    def __init__(
+        self,
+        options: SuppressionOptions,
+        source: str,
+        summary: Summary,
+        partners: Collection[str] | None = None,
+    ) -> None:
         self._options, self._source, self._summary = options, source, summary
-        self._scopes = _Scopes(options.scope, source)
+        self._scopes = _Scopes(options.scope, source, partners)
         self.plain = Shape(
             "sha256", str(options.scope or GLOBAL), options.reason or Reason.IMPORTED, "import"
         )
 
     def convert(self, row: Row) -> Converted | None:
         """One row: (shape, key, address, time, evidence); None for a policy block (counted);
-        InvalidAddress, RowError."""
+        InvalidAddress, NoSuchPartner, RowError."""
         options, source = self._options, self._source
         if row.status is not None and not options.allow_subscribed:
             _refuse_subscriber(row, source)
@@ -319,6 +361,9 @@ class SuppressionRows:
             except InvalidAddress:
                 summary.note_invalid(row[0])
                 continue
+            except NoSuchPartner as exc:
+                summary.note_unknown(row[0], exc.scope)
+                continue
             size += 1
             if size >= BATCH:
                 yield batch
@@ -363,10 +408,12 @@ async def import_suppressions(
 ) -> Summary:
     """Read every row into one run and commit it; any error leaves the store unchanged.
 
-    ``summary`` (when given) is filled as the rows are read, for a progress display.
+    ``summary`` (when given) is filled as the rows are read, for a progress display. The
+    partners are read once: a row in the scope of one the store does not know is invalid.
     """
     summary = summary or Summary(reading.format)
-    rows = SuppressionRows(options, reading.source, summary)
+    partners = {partner.name for partner in await store.partners()}
+    rows = SuppressionRows(options, reading.source, summary, partners)
     async with store.suppression_import(actor=actor, note=note) as run:
         for batch in rows.batches(reading.records()):
             summary.format = note["format"] = reading.format

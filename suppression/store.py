@@ -33,6 +33,24 @@ from suppression.statecheck import ChainReport
 
 
 @dataclass(frozen=True, slots=True)
+class SoftBounce:
+    """A soft bounce counted against an address: the reporting message's digest, when."""
+
+    message: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OfferCopy:
+    """An address's copy of a partner's offer (the fan-out's row)."""
+
+    offer: int
+    partner: str
+    state: str
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class SubjectRecord:
     """Everything the store holds about one address."""
 
@@ -40,6 +58,10 @@ class SubjectRecord:
     consents: tuple[Consent, ...]
     events: tuple[AuditEvent, ...]
     sends: tuple[Send, ...]  # the send ledger: what was sent, when, on which topic
+    held: tuple[HeldRequest, ...]  # opt-outs and lifts waiting for their mailed link
+    soft_bounces: tuple[SoftBounce, ...]
+    deliveries: tuple[Delivery, ...]  # webhook outbox events about the address
+    offer_copies: tuple[OfferCopy, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -31,8 +32,12 @@ import pytest
 
 from gateway.cli import main as cli
 from suppression import importing
+from suppression.address import normalize
+from suppression.model import HeldRequest, now
+from suppression.opening import open_store
 from tests.support.backends import BACKENDS, POSTGRES
 from tests.support.digests import content_digests
+from tests.support.keys import AUDIT_KEY
 
 pytestmark = pytest.mark.pure
 
@@ -658,6 +663,8 @@ def test_json_summaries(optgate: Run, tmp_path: Path) -> None:
         "present": 0,
         "invalid": 1,
         "invalid_lines": [4],
+        "unknown_partner_rows": 0,
+        "unknown_partner_scopes": [],
         "duplicates": 1,
         "policy_blocks_skipped": 0,
     }
@@ -804,6 +811,7 @@ def test_rows_keep_their_scope_and_a_conflicting_option_is_refused(
         refused.err, "scoped.csv:4: the row's scope partner:acme is not --scope topic:news"
     )
     assert count(db, "suppression") == 0
+    assert optgate("partner", "add", "acme").code == 0
     assert optgate("suppress", "import", path).code == 0
     assert {(r["email"], r["scope"]) for r in exported(optgate)} == {
         ("a@example.com", "topic:news"),
@@ -901,6 +909,8 @@ def test_export_then_import_gives_the_same_state(
         monkeypatch.setenv("OPTGATE_STORE_URL", stores[number])
         monkeypatch.setenv("OPTGATE_STORE_AUDIT_ANCHOR_FILE", str(tmp_path / f"{number}.head"))
         assert optgate("store", "migrate").code == 0
+        if optgate("partner", "list").out.startswith("no partners"):  # partner:acme rows
+            assert optgate("partner", "add", "acme").code == 0
         return stores[number]
 
     source = use(0)
@@ -936,6 +946,150 @@ def test_export_then_import_gives_the_same_state(
         assert asyncio.run(content_digests(target)) == original, fmt
         assert optgate("store", "verify").code == 0
     assert "\n'=cmd@example.com," in (tmp_path / "s.csv").read_text().replace("\r", "")
+
+
+@pytest.mark.sockets
+def test_a_rows_partner_scope_must_name_a_known_partner(stores: list[str], tmp_path: Path) -> None:
+    """The known partners are read once; a row for another one is an invalid row (its
+    line and scope in the summary), a file of nothing else exits 1."""
+    env = _environment(stores[0], tmp_path)
+
+    def optgate_run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: S603 - our own console script
+            [str(OPTGATE), *argv], env=env, capture_output=True, text=True, check=False
+        )
+
+    assert optgate_run("store", "migrate").returncode == 0
+    assert optgate_run("partner", "add", "acme").returncode == 0
+    rows = (
+        "email,scope\na@example.com,partner:acme\nb@example.com,partner:nobody\n"
+        "c@example.com,global\nd@example.com,partner:nobody\ne@example.com,partner:ghost\n"
+    )
+    mixed = optgate_run("suppress", "import", write(tmp_path / "mixed.csv", rows))
+    assert (mixed.returncode, mixed.stderr) == (0, "")
+    assert mixed.stdout == (
+        "format csv: read 5, added 2, already present 0, invalid 3 (lines 3, 5, 6; "
+        "3 name no known partner: partner:nobody, partner:ghost), duplicates 0\n"
+    )
+    export = optgate_run("suppress", "export")
+    assert {(r["email"], r["scope"]) for r in csv.DictReader(io.StringIO(export.stdout))} == {
+        ("a@example.com", "partner:acme"),
+        ("c@example.com", "global"),
+    }
+
+    nobody = write(tmp_path / "nobody.csv", "email,scope\nx@example.com,partner:nobody\n")
+    only = optgate_run("suppress", "import", nobody, "--json")
+    assert only.returncode == 1, only
+    summary = json.loads(only.stdout)
+    assert (summary["read"], summary["added"], summary["invalid_lines"]) == (1, 0, [2])
+    assert summary["unknown_partner_rows"] == 1
+    assert summary["unknown_partner_scopes"] == ["partner:nobody"]
+
+
+# restoring an older backup, as deploy/README.md says -------------------------------------
+
+DEPLOY_README = Path(__file__).resolve().parent.parent / "deploy" / "README.md"
+
+
+def backup_blocks() -> list[str]:
+    """The shell blocks (indented four spaces) of deploy/README.md's Backups section."""
+    section = DEPLOY_README.read_text().split("## Backups", 1)[1].split("\n## ", 1)[0]
+    blocks, block = [], []
+    for line in [*section.splitlines(), ""]:
+        if line.startswith("    ") and not line.startswith("    -"):
+            block.append(line[4:])
+        elif block and line.strip() == "":
+            blocks.append("\n".join(block))
+            block = []
+    return blocks
+
+
+def _copy_store(url: str, to: str) -> None:
+    """``to`` made a copy of the store at ``url`` (SQLite's backup API; a PostgreSQL
+    database made from the other as its template)."""
+    if url.startswith("sqlite"):
+        source, target = (Path(u.removeprefix("sqlite:///")) for u in (url, to))
+        for stale in (target, target.with_name(target.name + "-wal")):
+            stale.unlink(missing_ok=True)
+        with closing(sqlite3.connect(source)) as a, closing(sqlite3.connect(target)) as b:
+            a.backup(b)
+        return
+
+    async def admin() -> None:
+        conn = await asyncpg.connect(POSTGRES, timeout=5)
+        try:
+            name, copy = (u.rsplit("/", 1)[1] for u in (url, to))
+            await conn.execute(f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{copy}" TEMPLATE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(admin())
+
+
+@pytest.mark.sockets
+def test_restoring_an_older_backup_as_the_deploy_readme_says(
+    stores: list[str], tmp_path: Path
+) -> None:
+    """The Backups section's own commands, run by bash: an older backup restored fails
+    verify (the anchor is newer); re-anchored it passes; the erasures since the backup,
+    kept as a list of hashes, are made again, and nobody erased is back."""
+    live, saved = stores[0], stores[1]
+    state, backup, bin_dir = tmp_path / "state", tmp_path / "backup", tmp_path / "bin"
+    for folder in (state, backup, bin_dir):
+        folder.mkdir()
+    (bin_dir / "optgate").symlink_to(OPTGATE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTGATE_")}
+    env |= {"OPTGATE_STORE_URL": live, "OPTGATE_STORE_STATE_DIR": str(state)}
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+
+    def shell(script: str) -> subprocess.CompletedProcess[str]:
+        script = script.replace("/var/lib/optgate", str(state)).replace("/backup", str(backup))
+        return subprocess.run(  # noqa: S603 - bash running the README's commands
+            [BASH, "-euo", "pipefail", "-c", script],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    def ok(script: str) -> str:
+        done = shell(script)
+        assert done.returncode == 0, (script, done.stdout, done.stderr)
+        return done.stdout
+
+    ok("optgate store migrate")
+    ok("optgate suppress add ann@example.com bob@example.com")
+    ok("optgate consent add cat@example.com --purpose news --policy-version 1")
+    ok("optgate store verify")
+    _copy_store(live, saved)  # the backup
+    for person in ("bob", "cat"):
+        ok(f"optgate subject erase {person}@example.com")
+    ok("optgate suppress add dan@example.com && optgate subject erase dan@example.com")
+    ok("optgate store verify")  # the anchor: the newer head
+    [keep_list] = [b for b in backup_blocks() if "> /backup/erased-hashes.txt" in b]
+    ok(keep_list)
+    assert len((backup / "erased-hashes.txt").read_text().split()) == 3
+
+    _copy_store(saved, live)  # the restore
+    refused = shell("optgate store verify")
+    assert refused.returncode == 1
+    assert "before the head" in refused.stdout, refused.stdout
+    assert "its newest events were removed" in refused.stdout
+    [reanchor] = [b for b in backup_blocks() if b.startswith("mv ")]
+    assert "audit log intact" in ok(reanchor)
+    assert (state / "optgate-audit.head").exists()
+    assert any(backup.glob("optgate-audit.head.before-restore-*"))
+    [erase_again] = [b for b in backup_blocks() if "while read -r address" in b]
+    ok(erase_again)
+
+    exported = ok("optgate suppress export; optgate consent export")
+    for person in ("bob", "cat", "dan"):
+        assert f"{person}@example.com" not in exported, exported
+        key = hashlib.sha256(f"{person}@example.com".encode()).hexdigest()
+        assert f",{key},global,erased," in exported, (person, exported)
+    assert "ann@example.com" in exported
+    assert "audit log intact" in ok("optgate store verify")
 
 
 # kills -------------------------------------------------------------------------------------
@@ -1263,6 +1417,72 @@ def test_subject_erase_keeps_the_hash_and_forgets_the_rest(
     assert "erase" in [e["action"] for e in shown["events"]]
 
 
+def _seed_held_records(url: str, person: str) -> None:
+    """What a running gateway would store about ``person``: a held opt-out by mail, a soft
+    bounce, an offer of partner acme planned for its audience (``person`` consented)."""
+
+    async def seed() -> None:
+        store = await open_store(url, audit_key=AUDIT_KEY)
+        try:
+            key = normalize(person).sha256
+            held = HeldRequest("5" * 64, key, "unsubscribe", "global", now(), '{"channel": "x"}')
+            await store.hold_request(held, actor="test")
+            await store.record_soft_bounce(key, "6" * 64, at=now(), actor="test", detail={})
+            await store.add_offer("acme", None, b"Subject: offer\r\n\r\nhi\r\n", actor="t")
+            assert await store.plan_offers() == 1
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+
+
+@pytest.mark.sockets
+def test_subject_show_lists_everything_erase_clears(stores: list[str], tmp_path: Path) -> None:
+    """show lists the held request, soft bounce, webhook event, offer copy and kept inbound
+    message beside the rows; after erase no plaintext or kept message is left to list."""
+    person = "held.person@example.com"
+    env = _environment(stores[0], tmp_path)
+    (tmp_path / "audit.key").write_text(AUDIT_KEY.hex() + "\n")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    env["OPTGATE_INBOUND_KEEP_RAW"] = str(kept)
+    (kept / "in-1.eml").write_bytes(f"From: <{person.upper()}>\r\n\r\nstop\r\n".encode())
+    (kept / "in-2.eml").write_bytes(b"From: <other@example.com>\r\n\r\nstop\r\n")
+
+    def run(*argv: str) -> str:
+        done = subprocess.run(  # noqa: S603 - our own console script
+            [str(OPTGATE), *argv], env=env, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done
+        return done.stdout
+
+    run("store", "migrate")
+    run("partner", "add", "acme")
+    run("consent", "add", person, "--purpose", "partner-offers", "--policy-version", "1")
+    run("webhooks", "add", "http://127.0.0.1:9/hook", "--events", "all", "--include-address")
+    run("suppress", "add", person, "--scope", "topic:news")
+    _seed_held_records(stores[0], person)
+
+    shown = json.loads(run("subject", "show", person))
+    assert [h["action"] for h in shown["held_requests"]] == ["unsubscribe"]
+    assert [b["message"] for b in shown["soft_bounces"]] == ["6" * 64]
+    events = shown["webhook_events"]
+    assert [e["type"] for e in events] == ["suppression.added"]
+    assert {e["address"] for e in events} == {person}
+    assert [(c["partner"], c["state"]) for c in shown["offer_copies"]] == [("acme", "todo")]
+    assert shown["kept_messages"] == [str(kept / "in-1.eml")]
+
+    run("subject", "erase", person)
+    after = json.loads(run("subject", "show", person))
+    del after["address"]  # the address asked about
+    assert person not in json.dumps(after)
+    assert after["kept_messages"] == []
+    assert (kept / "in-2.eml").exists()
+    assert all(e["address"] is None for e in after["webhook_events"])
+    tombstones = [s for s in after["suppressions"] if s["scope"] == "global"]
+    assert [(s["reason"], s["kind"]) for s in tombstones] == [("erased", "sha256")]
+
+
 def test_no_plaintext_address_in_the_audit_log(optgate: Run, db: Path, tmp_path: Path) -> None:
     people = ["p1@example.com", "p2@example.com", "p3@example.com"]
     optgate("suppress", "add", people[0])
@@ -1474,6 +1694,53 @@ def test_console_script_import_from_stdin_and_bad_files(db: Path, tmp_path: Path
     assert truncated.returncode == 2
     one_line_error(truncated.stderr, "cut.csv:3: unterminated quoted field")
     assert count(db, "suppression") == 2
+
+
+def _redraws(argv: list[str], env: dict[str, str]) -> tuple[int, list[tuple[float, str]]]:
+    """Run a command with stderr on a terminal (a pty): its exit code, and each line it
+    drew there with the time it came."""
+    leader, follower = os.openpty()
+    started = time.monotonic()
+    process = subprocess.Popen(  # noqa: S603 - our own console script
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=follower
+    )
+    os.close(follower)
+    drawn: list[tuple[float, str]] = []
+    with contextlib.suppress(OSError):  # EIO: the process closed the terminal
+        while data := os.read(leader, 4096):
+            at = time.monotonic() - started
+            drawn += [(at, part) for part in data.decode().split("\r\x1b[K") if part.strip()]
+    os.close(leader)
+    return process.wait(timeout=60), drawn
+
+
+@pytest.mark.sockets
+def test_the_progress_line_shows_the_write_and_is_never_silent_for_long(
+    stores: list[str], tmp_path: Path
+) -> None:
+    """500,000 rows: the line counts the rows read, then says the store is being written
+    and redraws while it is (the merge is a good part of the time), twice a second; 2 s
+    of slack for a loaded machine."""
+    env = _environment(stores[0], tmp_path)
+    subprocess.run([str(OPTGATE), "store", "migrate"], env=env, check=True, capture_output=True)  # noqa: S603
+    rows = tmp_path / "rows.csv"
+    rows.write_text("email\n" + "".join(f"w{n:07d}@example.com\n" for n in range(500_000)))
+    code, drawn = _redraws([str(OPTGATE), "suppress", "import", str(rows)], env)
+    assert code == 0, drawn
+    lines = [line.strip() for _, line in drawn]
+    assert any(
+        re.fullmatch(
+            r"[\d,]+ rows, [\d,]+ rows/s, \d+% read, about \d+ s left to read, then the write", line
+        )
+        for line in lines
+    ), lines
+    writing = [line for line in lines if "writing to the store" in line]
+    assert len(writing) >= 2, lines  # drawn while it wrote, and once at the end
+    assert re.fullmatch(
+        r"500,000 rows read; writing to the store: \d+ s so far \(\d+ s in all\)", writing[0]
+    )
+    times = [at for at, _ in drawn]
+    assert max(b - a for a, b in itertools.pairwise(times)) < 2.0, drawn
 
 
 @pytest.mark.sockets

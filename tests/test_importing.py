@@ -23,6 +23,7 @@ from suppression.importing import (
     import_suppressions,
 )
 from suppression.model import Reason
+from suppression.partners import Partner
 from suppression.scope import GLOBAL, Scope
 from suppression.store import Store
 from suppression.textio import FormatError
@@ -274,6 +275,7 @@ async def test_the_chain_vouches_for_what_an_import_added_whatever_came_between(
 
 
 async def test_each_row_keeps_its_scope_reason_source_time_and_evidence(store: Store) -> None:
+    await store.add_partner(Partner("acme", "x", False, T0), actor="test")
     evidence = '{"channel": "one-click", "ip": "192.0.2.1"}'
     rows = [
         Row(

@@ -304,7 +304,9 @@ async def consent_requests(api: Api, call: Call) -> web.Response:
 
 async def show_subject(api: Api, call: Call) -> web.Response:
     """GET /subjects/{address}: every record about an address (audited as an access)."""
-    shown = await actions.subject_access(api.store, _address(call), actor=call.actor)
+    shown = await actions.subject_access(
+        api.store, _address(call), actor=call.actor, keep_raw=api.config.inbound.keep_raw
+    )
     return web.Response(
         body=json.dumps(shown, default=str).encode(), content_type="application/json"
     )

@@ -159,7 +159,9 @@ async def subject_show(args: argparse.Namespace, config: Config) -> int:
     """optgate subject show: every record about an address, as JSON."""
     address = normalize(args.address)
     async with opened_store(config) as store:
-        shown = await actions.subject_access(store, address, actor=args.actor)
+        shown = await actions.subject_access(
+            store, address, actor=args.actor, keep_raw=config.inbound.keep_raw
+        )
     print(json.dumps(shown, indent=2, default=str))
     return 0
 

@@ -1,9 +1,13 @@
-"""An import's progress on a terminal: rows read, rows a second, time left.
+"""An import's progress on a terminal: rows read, rows a second, time left to read;
+then the write.
 
 One line on stderr, redrawn twice a second by a task that runs whenever the
-import awaits the store (every batch); the time left comes from the bytes
-read out of the file's size (a pipe has none: rows and rate only). Nothing
-is drawn when stderr is not a terminal.
+import awaits the store (every batch, and all through the final write, which
+runs on the store's thread or server); the time left to read comes from the
+bytes read out of the file's size (a pipe has none: rows and rate only). The
+write that follows (the sorted merge: on 1,000,000 rows as long as the reading)
+has no estimate: its line says how long it has run. Nothing is drawn when
+stderr is not a terminal.
 """
 
 from __future__ import annotations
@@ -37,19 +41,25 @@ class Progress:
         self._out, self._summary = out, summary
         self._position, self._size = _where(handle)
         self._start = time.monotonic()
+        self._writing: float | None = None  # when the write began
 
     def line(self) -> str:
         """What the line says now."""
-        elapsed = max(time.monotonic() - self._start, 1e-6)
+        at = time.monotonic()
+        elapsed = max(at - self._start, 1e-6)
         read = self._summary.read
         if self._summary.writing:
-            return f"{read:,} rows read; writing them to the store, {elapsed:.0f} s so far"
+            self._writing = self._writing or at
+            return (
+                f"{read:,} rows read; writing to the store: {at - self._writing:.0f} s "
+                f"so far ({elapsed:.0f} s in all)"
+            )
         text = f"{read:,} rows, {read / elapsed:,.0f} rows/s"
         if self._position and self._size:
             done = min(self._position() / self._size, 1.0)
             if done > 0:
                 left = elapsed * (1 - done) / done
-                text += f", {done:.0%}, about {left:.0f} s left"
+                text += f", {done:.0%} read, about {left:.0f} s left to read, then the write"
         return text
 
     def draw(self) -> None:

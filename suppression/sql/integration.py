@@ -161,7 +161,7 @@ def _hook(row: Row, sql: Sql) -> Webhook:
     )
 
 
-def _delivery(row: Row, sql: Sql) -> Delivery:
+def delivery(row: Row, sql: Sql) -> Delivery:
     ident, hook, uid, kind, data, address, created, state, attempts, due, status, done = row
     return Delivery(
         int(ident),
@@ -422,7 +422,7 @@ class Integration(Driver):
 
         async def work(tx: Transaction) -> list[Delivery]:
             rows = await tx.fetch(_CLAIM.format(lock=tx.lock), owner, until, at, limit)
-            return sorted((_delivery(row, tx) for row in rows), key=lambda d: d.id)
+            return sorted((delivery(row, tx) for row in rows), key=lambda d: d.id)
 
         return await self._sql_write(work)
 
@@ -476,7 +476,7 @@ class Integration(Driver):
                 *args,
                 limit,
             )
-            return [_delivery(row, sql) for row in rows]
+            return [delivery(row, sql) for row in rows]
 
         return await self._sql_read(work)
 

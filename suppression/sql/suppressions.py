@@ -6,15 +6,18 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 
 from suppression.address import Address
+from suppression.held_rows import HELD_COLUMNS, to_held
 from suppression.model import (
     AuditEvent,
     BatchResult,
+    HeldRequest,
     ImportItem,
     OptOutCheck,
     Reason,
     Suppression,
     now,
 )
+from suppression.outbox import Delivery
 from suppression.rows import (
     CONSENT_COLUMNS,
     EVENT_COLUMNS,
@@ -35,10 +38,10 @@ from suppression.rows import (
 from suppression.sql.audit import head
 from suppression.sql.consents import insert_consents
 from suppression.sql.driver import Driver, Sql, Transaction
-from suppression.sql.integration import ERASE_OUTBOX
+from suppression.sql.integration import DELIVERY_COLUMNS, ERASE_OUTBOX, delivery
 from suppression.sql.tables import SUPPRESSION
 from suppression.statecheck import removed_detail, rows_detail
-from suppression.store import Erasure, Holder, SubjectRecord
+from suppression.store import Erasure, Holder, OfferCopy, SoftBounce, SubjectRecord
 
 _COMPLIANCE = (
     "SELECT s.key, s.scope, s.reason, s.source, s.created, count(d.sha256), max(d.at) "
@@ -184,7 +187,13 @@ class Suppressions(Driver):
                 seqs,
             )
             events = [to_event(row, sql.time) for row in rows]
-            return SubjectRecord(tuple(suppressions), tuple(consents), tuple(events), tuple(sends))
+            return SubjectRecord(
+                tuple(suppressions),
+                tuple(consents),
+                tuple(events),
+                tuple(sends),
+                *await _held_about(sql, address),
+            )
 
         return await self._sql_read(work)
 
@@ -253,3 +262,31 @@ class Suppressions(Driver):
         async with aclosing(self._sql_stream(statement)) as rows:
             async for row in rows:
                 yield to_event(row, self._parse)
+
+
+async def _held_about(
+    sql: Sql, address: Address
+) -> tuple[
+    tuple[HeldRequest, ...], tuple[SoftBounce, ...], tuple[Delivery, ...], tuple[OfferCopy, ...]
+]:
+    """The subject's held requests, soft bounces, webhook outbox events and offer copies."""
+    key = address.sha256
+    rows = await sql.fetch(
+        f"SELECT {HELD_COLUMNS} FROM held_request WHERE sha256 = $1 ORDER BY created", key
+    )
+    held = tuple(to_held(row, sql.time) for row in rows)
+    rows = await sql.fetch("SELECT message, at FROM soft_bounce WHERE sha256 = $1 ORDER BY at", key)
+    bounces = tuple(SoftBounce(message, sql.time(at)) for message, at in rows)
+    rows = await sql.fetch(
+        f"SELECT {DELIVERY_COLUMNS} FROM outbox WHERE key IN ($1, $2) ORDER BY id",
+        key,
+        address.md5,
+    )
+    deliveries = tuple(delivery(row, sql) for row in rows)
+    rows = await sql.fetch(
+        "SELECT c.offer, o.partner, c.state, c.until FROM offer_copy c "
+        "JOIN offer o ON o.id = c.offer WHERE c.sha256 = $1 ORDER BY c.offer",
+        key,
+    )
+    copies = tuple(OfferCopy(int(o), partner, state, sql.time(t)) for o, partner, state, t in rows)
+    return held, bounces, deliveries, copies
