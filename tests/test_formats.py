@@ -230,6 +230,17 @@ def test_digest_lists(data: bytes, fmt: str, expected: list[tuple[int, str, str]
     assert values(data) == expected
 
 
+def test_a_csv_keyed_by_a_digest_keeps_its_other_columns() -> None:
+    """A header naming a digest column and more is a CSV, not a digest list."""
+    data = f"sha256,scope,reason\n{SHA},topic:news,complained\n".encode()
+    assert detected(data) == "csv"
+    (row,) = rows(data)
+    assert (row.value, row.kind, row.scope) == (SHA, "sha256", "topic:news")
+    assert row.reason == "complained"
+    (only,) = rows(f"md5,reason\n{MD5},bounced\n".encode())
+    assert (only.value, only.kind, only.reason) == (MD5, "md5", "bounced")
+
+
 def test_detected_digest_list_leaves_bad_lines_to_the_importer() -> None:
     assert values(f"{SHA}\nnot-a-digest\n".encode()) == [
         (1, SHA, "sha256"),

@@ -95,6 +95,10 @@ def _guess_header(names: list[str], fields: list[str], second: str) -> str | Non
 
 
 def _guess_list(names: list[str], fields: list[str], second: str) -> str:
+    # a header naming a digest column beside others (sha256,scope,reason) is a CSV whose
+    # rows are keyed by the digest: its other columns count
+    if len(fields) > 1 and {"sha256", "md5"} & set(names):
+        return "csv"
     digest = _digest_kind(names[0], second)
     if digest:
         return digest

@@ -170,8 +170,12 @@ def _read_json(found: Blocks, source: str) -> Iterator[Row]:
 
 
 def _header(fields: list[str]) -> list[str] | None:
+    """The column names, when the record names an address or digest column."""
     names = [name.strip().lower() for name in fields]
-    return names if any(name in ADDRESS_KEYS for name in names) else None
+    return names if any(name in _KEY_COLUMNS for name in names) else None
+
+
+_KEY_COLUMNS = frozenset((*ADDRESS_KEYS, "sha256", "md5"))
 
 
 def _read_csv(found: Blocks, source: str, keep_extra: bool) -> Iterator[Record]:
