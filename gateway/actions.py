@@ -257,7 +257,7 @@ async def verify(store: Store, anchor: Path, expect: Sequence[tuple[int, str]]) 
     unrecorded = None
     if report.intact:
         try:
-            await asyncio.to_thread(write_anchor, anchor, report)
+            await asyncio.to_thread(write_anchor, anchor, (report.events, report.head))
         except OSError as exc:
             unrecorded = str(exc.strerror)
     return Verified(report, anchored, anchor, unrecorded)

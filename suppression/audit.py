@@ -13,13 +13,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 from suppression.model import AuditEvent
 
 GENESIS = "0" * 64
+
+Head = tuple[int, str]  # a chain's head: its newest event's sequence number and digest
+OnHead = Callable[[Head], None]  # told the head of each committed transaction that appended
 
 
 def event_body(
@@ -55,7 +58,12 @@ def plain_link(prev: str, body: str) -> str:
     return hashlib.sha256(f"{prev}\n{body}".encode()).hexdigest()
 
 
-def parse_head(text: str) -> tuple[int, str]:
+def head_text(head: Head) -> str:
+    """``SEQ:DIGEST``: what an anchor file holds, and what ``store verify --expect`` takes."""
+    return f"{head[0]}:{head[1]}"
+
+
+def parse_head(text: str) -> Head:
     """``SEQ:DIGEST`` as ``store verify`` prints it; ValueError if it is not one."""
     seq, sep, digest = text.strip().partition(":")
     if not sep or not seq.isdigit() or len(digest) != 64:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from suppression.audit import OnHead
 from suppression.errors import StoreError, StoreMissing
 from suppression.store import Store
 
@@ -42,21 +43,25 @@ async def require_store(url: str) -> None:
         await require_schema(url)
 
 
-async def open_store(url: str, *, audit_key: bytes, create: bool = True) -> Store:
+async def open_store(
+    url: str, *, audit_key: bytes, create: bool = True, on_head: OnHead | None = None
+) -> Store:
     """Open (and migrate) the store a URL names; ``audit_key`` keys its audit chain.
 
     ``create``: make a missing store (and a SQLite file's directory, 0700); without
     it a missing store, or a database without optgate's schema, is ``StoreMissing``.
+    ``on_head``: told the chain's head (seq, digest) after each committed transaction
+    that appended audit events (the gateway anchors it outside the store).
     """
     if url.startswith("sqlite://"):
         from suppression.sqlite import SQLiteStore
 
         path = await asyncio.to_thread(sqlite_file, url, create=create)
-        return await SQLiteStore.open(path, audit_key, create=create)
+        return await SQLiteStore.open(path, audit_key, create=create, on_head=on_head)
     if url.startswith(("postgresql://", "postgres://")):
         from suppression.postgres import PostgresStore
 
-        return await PostgresStore.open(url, audit_key, create=create)
+        return await PostgresStore.open(url, audit_key, create=create, on_head=on_head)
     raise StoreError(
         f"store url {url!r} is not supported: use sqlite:///PATH or postgresql://HOST/DATABASE"
     )

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from suppression.address import Address
+from suppression.audit import Head, OnHead
 from suppression.errors import StoreError, StoreMissing
 from suppression.held_rows import rate_slot, stale_slot, within_limits
 from suppression.model import Consent, Facts, Ledger, Send, Suppression
@@ -202,10 +203,13 @@ class PostgresStore(SqlStore):
 
     _parse = staticmethod(lambda value: value)
 
-    def __init__(self, pool: asyncpg.Pool, url: str, audit_key: bytes) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, url: str, audit_key: bytes, on_head: OnHead | None
+    ) -> None:
         self._pool = pool
         self._url = safe_url(url)
         self._key = audit_key
+        self._on_head = on_head
 
     @contextlib.contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
@@ -219,11 +223,18 @@ class PostgresStore(SqlStore):
 
     @classmethod
     async def open(
-        cls, url: str, audit_key: bytes, *, pool_size: int = POOL_SIZE, create: bool = True
+        cls,
+        url: str,
+        audit_key: bytes,
+        *,
+        pool_size: int = POOL_SIZE,
+        create: bool = True,
+        on_head: OnHead | None = None,
     ) -> PostgresStore:
         """Connect a pool and run pending migrations.
 
-        Without ``create`` a database without optgate's schema is ``StoreMissing``.
+        Without ``create`` a database without optgate's schema is ``StoreMissing``;
+        ``on_head`` is told the head of each committed transaction that appended.
         """
         try:
             pool = await asyncpg.create_pool(
@@ -239,7 +250,7 @@ class PostgresStore(SqlStore):
             raise StoreError(
                 f"cannot open PostgreSQL store {safe_url(url)}: {_one_line(exc)}"
             ) from None
-        store = cls(pool, url, audit_key)
+        store = cls(pool, url, audit_key, on_head)
         try:
             with store._errors("open"):
                 await store._migrate(create)
@@ -249,6 +260,7 @@ class PostgresStore(SqlStore):
         return store
 
     async def _migrate(self, create: bool) -> None:
+        rekeyed = None
         async with self._pool.acquire() as conn, conn.transaction():
             # nodes starting at once migrate one after another
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)
@@ -267,11 +279,14 @@ class PostgresStore(SqlStore):
                 if isinstance(step, Rekey):
                     await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
                     shown = f"PostgreSQL store {self._url}"
-                    await audit.rekey(_Transaction(conn, self._key), self._key, shown)
+                    tx = _Transaction(conn, self._key)
+                    await audit.rekey(tx, self._key, shown)
+                    rekeyed = tx.appended
                 else:
                     await conn.execute(step.ddl("postgresql"))
                 await conn.execute("DELETE FROM schema_version")
                 await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
+        self._committed(rekeyed)
 
     async def close(self) -> None:
         """Close every connection of the pool."""
@@ -289,7 +304,10 @@ class PostgresStore(SqlStore):
             async with self._pool.acquire() as conn, conn.transaction():
                 if chain:
                     await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
-                return await work(_Transaction(conn, self._key))
+                tx = _Transaction(conn, self._key)
+                result = await work(tx)
+        self._committed(tx.appended)
+        return result
 
     async def _sql_read(self, work: Callable[[Sql], Awaitable[T]]) -> T:
         with self._errors("read"):
@@ -320,8 +338,9 @@ class PostgresStore(SqlStore):
         subject: str | None,
         detail: Mapping[str, object],
         changed: Sequence[Suppression | Consent] = (),
-    ) -> int:
-        return await _Transaction(conn, self._key).audit(actor, action, subject, detail, changed)
+    ) -> Head:
+        tx = _Transaction(conn, self._key)
+        return await audit.append(tx, self._key, actor, action, subject, detail, changed)
 
     async def _insert_consents(self, conn: Any, consents: Sequence[Consent]) -> None:
         await insert_consents(_Transaction(conn, self._key), consents)

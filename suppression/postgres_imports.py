@@ -124,7 +124,7 @@ class SuppressionRun:
                 self._sum.at,
                 seq,
             )
-            added = _count(status)
+            added, appended = _count(status), None
             unique = staged
             if added != staged:
                 unique = int(
@@ -143,8 +143,9 @@ class SuppressionRun:
                     "sources": sorted(self._sources),
                     "rows": {"suppression": rows.as_json()},
                 }
-                await self._store._audit(conn, self._actor, "suppress", None, detail)
+                appended = await self._store._audit(conn, self._actor, "suppress", None, detail)
             await self._transaction.commit()
+        self._store._committed(appended)
         return BatchResult(added, unique - added, staged - unique, seq)
 
     async def _added(self, event: int) -> Sum:
@@ -207,6 +208,7 @@ class ConsentRun:
 
     async def commit(self) -> None:
         """Append the run's audit event (if it added anything) and commit."""
+        appended = None
         with self._store._errors("import into"):
             if self._rows.count:
                 detail = {
@@ -217,7 +219,12 @@ class ConsentRun:
                     "purposes": sorted(self._purposes),
                     "rows": {"consent": self._rows.as_json()},
                 }
-                event = await self._store._audit(self._conn, self._actor, "consent", None, detail)
-                if event != self._event:  # the lock is held: nobody else can append
-                    raise StoreError(f"audit chain moved in the import ({event}, {self._event})")
+                appended = await self._store._audit(
+                    self._conn, self._actor, "consent", None, detail
+                )
+                if appended[0] != self._event:  # the lock is held: nobody else can append
+                    raise StoreError(
+                        f"audit chain moved in the import ({appended[0]}, {self._event})"
+                    )
             await self._transaction.commit()
+        self._store._committed(appended)

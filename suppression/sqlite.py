@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from suppression.address import Address
+from suppression.audit import Head, OnHead
 from suppression.errors import StoreError, StoreMissing
 from suppression.held_rows import rate_slot, stale_slot, within_limits
 from suppression.model import Consent, Facts, Ledger, Send, Suppression
@@ -321,11 +322,17 @@ class SQLiteStore(SqlStore):
     """Store on one SQLite database file."""
 
     def __init__(
-        self, db: aiosqlite.Connection, hot: sqlite3.Connection, path: str, audit_key: bytes
+        self,
+        db: aiosqlite.Connection,
+        hot: sqlite3.Connection,
+        path: str,
+        audit_key: bytes,
+        on_head: OnHead | None,
     ) -> None:
         self._db = db
         self._path = path
         self._key = audit_key
+        self._on_head = on_head
         self._writing = asyncio.Lock()
         # the per-message work (lookups, the send ledger) has a connection and a
         # thread of its own: one thread hop each; in WAL mode reads never wait
@@ -353,10 +360,13 @@ class SQLiteStore(SqlStore):
         self._holding = LoopCommit(self._hold_db, self._ledger, _write_sends)
 
     @classmethod
-    async def open(cls, path: str, audit_key: bytes, *, create: bool = True) -> SQLiteStore:
+    async def open(
+        cls, path: str, audit_key: bytes, *, create: bool = True, on_head: OnHead | None = None
+    ) -> SQLiteStore:
         """Open the file, switch to WAL and run pending migrations.
 
-        Without ``create`` a file without optgate's schema is ``StoreMissing``.
+        Without ``create`` a file without optgate's schema is ``StoreMissing``;
+        ``on_head`` is told the head of each committed transaction that appended.
         """
         try:
             hot = _connect(path, "FULL")
@@ -364,7 +374,7 @@ class SQLiteStore(SqlStore):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {path}: {exc}") from None
         db = await aiosqlite.connect(path, isolation_level=None)
-        store = cls(db, hot, path, audit_key)
+        store = cls(db, hot, path, audit_key, on_head)
         try:
             await store._prepare(create)
         except (sqlite3.Error, StoreError) as exc:
@@ -466,7 +476,10 @@ class SQLiteStore(SqlStore):
     async def _sql_write(
         self, work: Callable[[Transaction], Awaitable[T]], *, chain: bool = True
     ) -> T:
-        return await self._write(lambda: work(_Transaction(self)))
+        tx = _Transaction(self)
+        result = await self._write(lambda: work(tx))
+        self._committed(tx.appended)
+        return result
 
     async def _sql_read(self, work: Callable[[_Sql], Awaitable[T]]) -> T:
         with self._reading():
@@ -494,8 +507,10 @@ class SQLiteStore(SqlStore):
         subject: str | None,
         detail: Mapping[str, object],
         changed: Sequence[Suppression | Consent] = (),
-    ) -> int:
-        return await _Transaction(self).audit(actor, action, subject, detail, changed)
+    ) -> Head:
+        return await audit.append(
+            _Transaction(self), self._key, actor, action, subject, detail, changed
+        )
 
     async def _insert_consents(self, consents: Sequence[Consent]) -> None:
         await insert_consents(_Transaction(self), consents)

@@ -33,6 +33,7 @@ from dataclasses import replace
 from itertools import chain, repeat
 from typing import cast
 
+from suppression.audit import Head
 from suppression.errors import StoreError
 from suppression.model import BatchResult, ConsentItem, ImportRows, now
 from suppression.rows import (
@@ -172,7 +173,7 @@ class SuppressionRun:
         await self.staged()
         staged = self._sum.count
 
-        async def work() -> BatchResult:
+        async def work() -> tuple[BatchResult, Head | None]:
             seq, _ = await store._head()
             await db.execute(f"PRAGMA threads = {SORT_THREADS}")
             await db.execute(f"PRAGMA main.cache_size = -{MERGE_CACHE_KIB}")
@@ -181,7 +182,7 @@ class SuppressionRun:
             finally:
                 await db.execute("PRAGMA threads = 0")
                 await db.execute(f"PRAGMA main.cache_size = -{CACHE_KIB}")
-            added = cursor.rowcount
+            added, appended = cursor.rowcount, None
             unique = staged if added == staged else await self._unique()
             if added:
                 fast = added == staged and seq == self._sum.event
@@ -194,10 +195,11 @@ class SuppressionRun:
                     "sources": sorted({shape[3] for shape in self._shapes}),
                     "rows": {"suppression": rows.as_json()},
                 }
-                await store._audit(self._actor, "suppress", None, detail)
-            return BatchResult(added, unique - added, staged - unique, seq)
+                appended = await store._audit(self._actor, "suppress", None, detail)
+            return BatchResult(added, unique - added, staged - unique, seq), appended
 
-        result: BatchResult = await store._write(work)
+        result, appended = await store._write(work)
+        store._committed(appended)
         return result
 
     def _merge(self, seq: int) -> tuple[str, Sequence[object]]:
@@ -308,6 +310,7 @@ class ConsentRun:
 
     async def commit(self) -> None:
         """Append the run's audit event (if it added anything) and commit."""
+        appended = None
         if self._rows.count:
             detail = {
                 **self._note,
@@ -317,8 +320,9 @@ class ConsentRun:
                 "purposes": sorted(self._purposes),
                 "rows": {"consent": self._rows.as_json()},
             }
-            event = await self._store._audit(self._actor, "consent", None, detail)
-            if event != self._event:  # the lock is held: nobody else can append
-                raise StoreError(f"audit chain moved in the import ({event}, {self._event})")
+            appended = await self._store._audit(self._actor, "consent", None, detail)
+            if appended[0] != self._event:  # the lock is held: nobody else can append
+                raise StoreError(f"audit chain moved in the import ({appended[0]}, {self._event})")
         await self._store._db.commit()
         self.committed = True
+        self._store._committed(appended)

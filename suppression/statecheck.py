@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from suppression.audit import ChainWalk
+from suppression.audit import ChainWalk, head_text
 from suppression.model import AuditEvent, Consent, Suppression
 
 MODULUS = 1 << 256
@@ -218,7 +218,7 @@ class ChainReport:
     @property
     def head_text(self) -> str:
         """``SEQ:DIGEST``: what to anchor, and what ``--expect`` takes."""
-        return f"{self.events}:{self.head}"
+        return head_text((self.events, self.head))
 
     @property
     def intact(self) -> bool:

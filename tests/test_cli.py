@@ -1571,6 +1571,128 @@ def test_store_verify_rebuilds_the_state_and_anchors_the_head(
     assert optgate("store", "verify", "--expect", "nonsense").code == 2
 
 
+def _behind_its_back(url: str, statement: str) -> list[tuple[Any, ...]]:
+    """Run SQL on a store with no optgate in between; its rows."""
+
+    async def run() -> list[tuple[Any, ...]]:
+        if url.startswith("sqlite"):
+            with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn, conn:
+                return conn.execute(statement).fetchall()
+        conn = await asyncpg.connect(url)
+        try:
+            return [tuple(row) for row in await conn.fetch(statement)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def _head(url: str) -> str:
+    """The store's chain head as ``SEQ:DIGEST``."""
+    [(seq, digest)] = _behind_its_back(
+        url, "SELECT seq, digest FROM audit ORDER BY seq DESC LIMIT 1"
+    )
+    return f"{seq}:{digest}"
+
+
+def _run(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    """The console script, as a shell runs it."""
+    return subprocess.run(  # noqa: S603 - our own console script
+        [str(OPTGATE), *argv], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.sockets
+def test_an_opt_out_cut_with_its_event_before_any_verify_is_caught(
+    stores: list[str], tmp_path: Path
+) -> None:
+    """The review's case: an opt-out added, then its row and its audit event deleted with
+    SQL before anything verified; the head its command anchored tells."""
+    url, env = stores[0], _environment(stores[0], tmp_path)
+    assert _run(env, "store", "migrate").returncode == 0
+    for address in ("kept@example.com", "cut@example.com"):
+        assert _run(env, "suppress", "add", address).returncode == 0
+    head = _head(url)
+    assert (tmp_path / "audit.head").read_text() == head + "\n"
+    seq = int(head.split(":")[0])
+    _behind_its_back(url, f"DELETE FROM audit WHERE seq = {seq}")
+    _behind_its_back(url, "DELETE FROM suppression WHERE address = 'cut@example.com'")
+    cut = _run(env, "store", "verify")
+    assert cut.returncode == 1, cut.stdout
+    assert cut.stdout == (
+        f"audit log BROKEN at event {seq}: the log ends at event {seq - 1}, before the head "
+        f"{seq} anchored before: its newest events were removed\n"
+    )
+
+
+@pytest.mark.sockets
+def test_every_command_that_audits_anchors_its_head_as_it_commits(
+    stores: list[str], tmp_path: Path
+) -> None:
+    """No verify in between: after each write the anchor is the store's head, one event
+    further (an import is one transaction); a command that changes nothing leaves it."""
+    url, env = stores[0], _environment(stores[0], tmp_path)
+    anchor = tmp_path / "audit.head"
+    assert _run(env, "store", "migrate").returncode == 0
+    rows = write(tmp_path / "rows.csv", "email\ni1@example.com\ni2@example.com\ni3@example.com\n")
+    writes = [
+        ("suppress", "add", "a@example.com"),
+        ("consent", "add", "c@example.com", "--purpose", "news"),
+        ("suppress", "remove", "a@example.com"),
+        ("suppress", "import", rows),
+        ("consent", "import", rows, "--purpose", "news"),
+    ]
+    seen = 0
+    for argv in writes:
+        assert _run(env, *argv).returncode == 0, argv
+        head = anchor.read_text().strip()
+        assert head == _head(url), argv
+        assert int(head.split(":")[0]) == seen + 1, argv
+        seen += 1
+    assert _run(env, "suppress", "import", rows).returncode == 0  # every row already there
+    assert anchor.read_text().strip() == _head(url)
+    assert int(anchor.read_text().split(":")[0]) == seen
+
+
+@pytest.mark.sockets
+def test_concurrent_writers_leave_the_highest_head_anchored(
+    stores: list[str], tmp_path: Path
+) -> None:
+    """Eight commands at once, each anchoring as it commits: the anchor ends at the head
+    the last of them committed, never a lower one written after it."""
+    url, env = stores[0], _environment(stores[0], tmp_path)
+    assert _run(env, "store", "migrate").returncode == 0
+    writers = [
+        subprocess.Popen(  # noqa: S603 - our own console script
+            [str(OPTGATE), "suppress", "add", f"w{n}@example.com"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for n in range(8)
+    ]
+    for writer in writers:
+        assert writer.wait(timeout=60) == 0, writer.stderr.read() if writer.stderr else ""
+    assert (tmp_path / "audit.head").read_text().strip() == _head(url)
+    assert _head(url).startswith("8:")
+    assert _run(env, "store", "verify").returncode == 0
+
+
+def test_a_failing_anchor_write_warns_and_keeps_the_change(
+    optgate: Run, db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The change is committed before its head is anchored: an anchor that cannot be
+    written is a warning (no address in it), not a failed command."""
+    (tmp_path / "not-a-directory").write_text("")
+    monkeypatch.setenv("OPTGATE_STORE_AUDIT_ANCHOR_FILE", str(tmp_path / "not-a-directory/head"))
+    added = optgate("suppress", "add", "kept@example.com")
+    assert added.code == 0, added.err
+    [warning] = [line for line in added.out.splitlines() if "audit_unanchored" in line]
+    assert "Not a directory" in warning
+    assert "@" not in warning
+    assert count(db, "suppression") == 1
+
+
 def test_store_migrate_makes_the_store_its_directory_and_the_key_files(
     optgate: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_directory: Path
 ) -> None:

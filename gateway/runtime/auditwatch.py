@@ -30,7 +30,7 @@ async def _verify(config: Config) -> ChainReport:
     async with opened(config) as store:
         report = await store.verify_chain([anchored] if anchored else [])
     if report.intact:
-        write_anchor(anchor, report)
+        write_anchor(anchor, (report.events, report.head))
     return report
 
 

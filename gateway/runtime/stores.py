@@ -1,20 +1,28 @@
-"""The configured store, opened with its audit key (a file outside the database)."""
+"""The configured store, opened with its audit key and its anchor (files outside the
+database): the head of every committed transaction that appends audit events is
+recorded in ``[store] audit_anchor_file`` as it commits, so that ``store verify``
+finds any of the newest events cut off, however recent."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import structlog
+
 from gateway.config import Config
 from gateway.keys import make_key_file
-from suppression.audit import parse_head
+from suppression.audit import Head, head_text, parse_head
 from suppression.errors import ConfigError
 from suppression.opening import open_store, require_store
-from suppression.statecheck import ChainReport
 from suppression.store import Store
+
+log = structlog.get_logger("optgate.audit")
 
 
 def load_audit_key(path: Path, *, create: bool) -> tuple[bytes, bool]:
@@ -49,7 +57,8 @@ async def open_configured(config: Config, *, create: bool = False) -> Store:
         if not create:
             await require_store(url)  # a missing store is the clearer error
         raise
-    store = await open_store(url, audit_key=key, create=create)
+    anchor = functools.partial(anchor_head, Path(config.store.audit_anchor_file))
+    store = await open_store(url, audit_key=key, create=create, on_head=anchor)
     try:
         lost = made and (await store.verify_chain()).broken_at is not None
     except BaseException:
@@ -75,8 +84,8 @@ async def opened(config: Config, *, create: bool = False) -> AsyncIterator[Store
         await store.close()
 
 
-def read_anchor(path: Path) -> tuple[int, str] | None:
-    """The head a verification recorded last (None if none was)."""
+def read_anchor(path: Path) -> Head | None:
+    """The head recorded last (None if none was)."""
     try:
         return parse_head(path.read_text())
     except FileNotFoundError:
@@ -85,11 +94,35 @@ def read_anchor(path: Path) -> tuple[int, str] | None:
         raise ConfigError(f"[store] audit_anchor_file {path}: {exc}") from None
 
 
-def write_anchor(path: Path, report: ChainReport) -> None:
-    """Record a verified head outside the store (atomically; never a shorter one)."""
+def _holds(path: Path, seq: int) -> bool:
+    """Whether the anchor holds a head of ``seq`` events or more."""
     anchored = read_anchor(path)
-    if anchored is not None and anchored[0] > report.events:
+    return anchored is not None and anchored[0] >= seq
+
+
+def write_anchor(path: Path, head: Head) -> None:
+    """Record a head outside the store, atomically, never over a longer one.
+
+    Several processes (nodes, too, if they share the file) write it: the anchor is
+    read again just before the rename, and a race between that read and the rename
+    may leave the slightly older head, which is still in the chain. No fsync: the
+    rename is atomic, and a power cut may only keep an older head, still valid.
+    """
+    if _holds(path, head[0]):
         return
-    spare = path.with_name(f".{path.name}.{os.getpid()}")
-    spare.write_text(report.head_text + "\n")
-    spare.replace(path)
+    spare = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        spare.write_text(head_text(head) + "\n")
+        if not _holds(path, head[0]):
+            spare.replace(path)
+    finally:
+        spare.unlink(missing_ok=True)
+
+
+def anchor_head(path: Path, head: Head) -> None:
+    """The store's hook: anchor the head a transaction just committed (a few syscalls on
+    a small file, inline). A failure is logged, never raised: the change is committed."""
+    try:
+        write_anchor(path, head)
+    except (OSError, ConfigError) as exc:
+        log.warning("audit_unanchored", anchor=str(path), head=head_text(head), problem=str(exc))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import cast
 
-from suppression.audit import GENESIS, Rekeying, event_body, link
+from suppression.audit import GENESIS, Head, Rekeying, event_body, link
 from suppression.errors import StoreError
 from suppression.model import Consent, Suppression, now
 from suppression.rows import (
@@ -37,9 +37,10 @@ async def append(
     subject: str | None,
     detail: Mapping[str, object],
     changed: Sequence[Suppression | Consent] = (),
-) -> int:
+) -> Head:
     """Append one chained audit event (inside the caller's transaction, which holds the
-    chain) and the webhook events of the rows it added or removed (``changed``)."""
+    chain) and the webhook events of the rows it added or removed (``changed``); the
+    chain's new head."""
     seq, prev = await head(sql)
     at = now()
     body = event_body(seq, at, actor, action, subject, detail)
@@ -66,13 +67,14 @@ async def append(
         detail=detail,
         changed=changed,
     )
-    return seq
+    return seq, digest
 
 
 class Chained:
     """The audit method of a backend's write transaction (a base before its Sql)."""
 
     _key: bytes  # the chain's key
+    appended: Head | None = None  # the head this transaction's last event made
 
     async def audit(
         self,
@@ -84,7 +86,8 @@ class Chained:
     ) -> int:
         """Append this transaction's event (suppression/sql/driver.py: Transaction.audit)."""
         sql = cast(Sql, self)
-        return await append(sql, self._key, actor, action, subject, detail, changed)
+        self.appended = await append(sql, self._key, actor, action, subject, detail, changed)
+        return self.appended[0]
 
 
 async def rekey(tx: Transaction, key: bytes, shown: str) -> None:

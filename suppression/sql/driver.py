@@ -15,6 +15,7 @@ from collections.abc import (
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from suppression.audit import Head, OnHead
 from suppression.model import Consent, Suppression
 from suppression.rows import Time
 from suppression.sql.schema import Table
@@ -69,6 +70,12 @@ class Driver:
     error mapping, for every hook, to StoreError."""
 
     _parse: Time  # a stored time as an aware datetime
+    _on_head: OnHead | None  # the hook given at opening (gateway/runtime/stores.py)
+
+    def _committed(self, head: Head | None) -> None:
+        """Tell the hook the head a committed transaction appended (None: it appended none)."""
+        if head is not None and self._on_head is not None:
+            self._on_head(head)
 
     async def _sql_write(
         self, work: Callable[[Transaction], Awaitable[T]], *, chain: bool = True
