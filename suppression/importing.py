@@ -52,7 +52,7 @@ from suppression.model import (
     now,
 )
 from suppression.scope import GLOBAL, Scope
-from suppression.store import Store
+from suppression.store import Admin
 from suppression.textio import FormatError
 
 T = TypeVar("T")
@@ -353,7 +353,7 @@ def _refuse_subscriber(row: Row, source: str) -> None:
 
 
 async def import_suppressions(
-    store: Store,
+    store: Admin,
     reading: Rows,
     *,
     options: SuppressionOptions,
@@ -451,7 +451,7 @@ def _consent_evidence(row: Row, extra: dict[str, str], source: str) -> str | Non
 
 
 async def import_consents(
-    store: Store,
+    store: Admin,
     reading: Rows,
     *,
     options: ConsentOptions,
