@@ -32,7 +32,7 @@ from suppression.model import (
 from suppression.partners import OfferStatus, Partner, UnknownPartner
 from suppression.rates import COMPLAINT_LIMIT, Counts
 from suppression.statecheck import ChainReport
-from suppression.store import Store
+from suppression.store import Checks, Listings, PartnerReports, Reports, SubjectAccess
 
 
 def utc(at: datetime) -> str:
@@ -90,7 +90,7 @@ class Checked:
         }
 
 
-async def check(store: Store, texts: Sequence[str], *, topic: str, rules: Rules) -> list[Checked]:
+async def check(store: Checks, texts: Sequence[str], *, topic: str, rules: Rules) -> list[Checked]:
     """Every address's suppressions and its marketing verdict on ``topic`` (one lookup)."""
     addresses = [normalize(text) for text in texts]
     kind = MessageClass.MARKETING
@@ -113,7 +113,7 @@ def _jsonable(record: Any) -> dict[str, Any]:
 
 
 async def subject_access(
-    store: Store, address: Address, *, actor: str, keep_raw: str
+    store: SubjectAccess, address: Address, *, actor: str, keep_raw: str
 ) -> dict[str, Any]:
     """Every record about an address, as JSON: what the store holds and the kept inbound
     messages ([inbound] keep_raw) that hold it, all that ``subject erase`` clears or
@@ -168,7 +168,7 @@ class Explained:
         }
 
 
-async def explain(store: Store, text: str, *, topic: str, rules: Rules) -> Explained:
+async def explain(store: Checks, text: str, *, topic: str, rules: Rules) -> Explained:
     """The verdict for a marketing message on a topic, and its reason in words."""
     [checked] = await check(store, [text], topic=topic, rules=rules)
     return Explained(text, checked.address, topic, checked.verdict)
@@ -194,7 +194,7 @@ class Compliance:
         }
 
 
-async def compliance(store: Store) -> Compliance:
+async def compliance(store: Reports) -> Compliance:
     """Was marketing mail relayed to anyone after they opted out? (one streamed pass)"""
     total = 0
     worst = timedelta(0)
@@ -250,7 +250,7 @@ class Verified:
         }
 
 
-async def verify(store: Store, anchor: Path, expect: Sequence[tuple[int, str]]) -> Verified:
+async def verify(store: Reports, anchor: Path, expect: Sequence[tuple[int, str]]) -> Verified:
     """Verify the chain against ``expect`` and the anchored head; record the new head."""
     anchored = read_anchor(anchor)
     report = await store.verify_chain([*expect, *([anchored] if anchored else [])])
@@ -317,7 +317,7 @@ class Rates:
         }
 
 
-async def rates(store: Store, start: datetime) -> Rates:
+async def rates(store: Listings, start: datetime) -> Rates:
     """Sent, unsubscribed, bounced and complained per topic and campaign since ``start``
     (opt-outs count for the last marketing copy their recipient got before them)."""
     return Rates(start, tuple(await store.rates(start)))
@@ -326,7 +326,7 @@ async def rates(store: Store, start: datetime) -> Rates:
 # --- partners -------------------------------------------------------------------------
 
 
-async def known_partner(store: Store, name: str) -> Partner:
+async def known_partner(store: PartnerReports, name: str) -> Partner:
     """The partner of that name; UnknownPartner when there is none."""
     partner = await store.partner(check_name(name, "partner"))
     if partner is None:
@@ -360,7 +360,7 @@ def partner_view(status: OfferStatus, k: int) -> dict[str, object]:
     }
 
 
-async def partner_report(store: Store, name: str, k: int) -> dict[str, Any]:
+async def partner_report(store: PartnerReports, name: str, k: int) -> dict[str, Any]:
     """A partner's offers with counts of at least k only (what the partner may be shown)."""
     partner = await known_partner(store, name)
     views = [partner_view(s, k) for s in await store.offer_statuses(partner.name)]

@@ -33,7 +33,7 @@ from suppression.opening import open_store, sqlite_path
 from suppression.postgres import safe_url
 from suppression.sql.schema import Kind, Table
 from suppression.sql.tables import TABLES
-from suppression.sqlite import _parse_time, _time
+from suppression.sqlite_values import parse_time, time_text
 
 _FAILURES = (OSError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError)
 Row = tuple[Any, ...]
@@ -68,7 +68,7 @@ class Mismatch(Exception):
 def _canonical(value: Any) -> Any:
     if isinstance(value, bytes | memoryview):
         return bytes(value).hex()
-    return _time(value) if isinstance(value, datetime) else value
+    return time_text(value) if isinstance(value, datetime) else value
 
 
 class Digest:
@@ -145,7 +145,7 @@ class SQLiteSide:
 
     async def read(self, table: Table) -> AsyncIterator[list[Row]]:
         """Rows converted from SQLite's storage (times as text, booleans as 0/1)."""
-        convert = _converters(table, {"time": _parse_time, "bool": bool})
+        convert = _converters(table, {"time": parse_time, "bool": bool})
         columns = ", ".join(f'"{n}"' for n in table.names)
         async with self._db.execute(
             f'SELECT {columns} FROM "{table.name}" ORDER BY {table.order}'
@@ -155,7 +155,7 @@ class SQLiteSide:
 
     async def write(self, table: Table, rows: list[Row]) -> None:
         """INSERT the rows as SQLite stores them."""
-        convert = _converters(table, {"time": _time, "bool": int})
+        convert = _converters(table, {"time": time_text, "bool": int})
         columns = ", ".join(f'"{n}"' for n in table.names)
         marks = ", ".join("?" * len(table.columns))
         await self._db.executemany(

@@ -53,7 +53,7 @@ from suppression.model import (
     now,
 )
 from suppression.scope import GLOBAL, Scope
-from suppression.store import Store
+from suppression.store import Admin, Importer
 from suppression.textio import FormatError
 
 T = TypeVar("T")
@@ -398,7 +398,7 @@ def _refuse_subscriber(row: Row, source: str) -> None:
 
 
 async def import_suppressions(
-    store: Store,
+    store: Importer,
     reading: Rows,
     *,
     options: SuppressionOptions,
@@ -498,7 +498,7 @@ def _consent_evidence(row: Row, extra: dict[str, str], source: str) -> str | Non
 
 
 async def import_consents(
-    store: Store,
+    store: Admin,
     reading: Rows,
     *,
     options: ConsentOptions,

@@ -27,6 +27,7 @@ from suppression.audit import Head, OnHead
 from suppression.errors import StoreError, StoreMissing
 from suppression.held_rows import rate_slot, stale_slot, within_limits
 from suppression.model import Consent, Facts, Ledger, Send, Suppression
+from suppression.postgres_common import AUDIT_LOCK, FAILURES, MIGRATE_LOCK, row_count
 from suppression.rows import (
     PAGE,
     SUPPRESSION_COLUMNS,
@@ -46,11 +47,6 @@ from suppression.sql.tables import MIGRATIONS
 from suppression.store import ConsentImport, SuppressionImport
 
 T = TypeVar("T")
-
-# advisory lock keys (any constants, unique to optgate): one serialises schema
-# migrations of nodes starting at once, one every append to the audit chain
-MIGRATE_LOCK = 0x6F707467_00000001
-AUDIT_LOCK = 0x6F707467_00000002
 
 # batches at least this big go through COPY into a temporary table
 COPY_THRESHOLD = 1000
@@ -90,11 +86,6 @@ def _arg(value: object) -> object:
     return _utc(value) if isinstance(value, datetime) else value
 
 
-def _count(status: str) -> int:
-    """Rows a command changed, from its status ("INSERT 0 5", "DELETE 2")."""
-    return int(status.rsplit(" ", 1)[-1])
-
-
 def safe_url(url: str) -> str:
     """The URL without its password, for messages and logs."""
     try:
@@ -112,9 +103,6 @@ def safe_url(url: str) -> str:
         return "postgresql://…"
 
 
-_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-
-
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
@@ -126,7 +114,7 @@ async def require_schema(url: str) -> None:
         conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
     except asyncpg.InvalidCatalogNameError:
         raise StoreMissing(safe_url(url), " (no such database: create it first)") from None
-    except (*_FAILURES, ValueError) as exc:
+    except (*FAILURES, ValueError) as exc:
         shown = safe_url(url)
         raise StoreError(f"cannot open PostgreSQL store {shown}: {_one_line(exc)}") from None
     try:
@@ -156,7 +144,7 @@ class _Sql:
                 yield row
 
     async def execute(self, statement: str, *args: object) -> int:
-        return _count(await self._conn.execute(statement, *map(_arg, args)))
+        return row_count(await self._conn.execute(statement, *map(_arg, args)))
 
     async def executemany(self, statement: str, rows: Iterable[Sequence[object]]) -> None:
         await self._conn.executemany(statement, [tuple(map(_arg, row)) for row in rows])
@@ -216,7 +204,7 @@ class PostgresStore(SqlStore):
         """Errors as StoreError (the one mapping)."""
         try:
             yield
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise StoreError(
                 f"cannot {doing} PostgreSQL store {self._url}: {_one_line(exc)}"
             ) from None
@@ -246,7 +234,7 @@ class PostgresStore(SqlStore):
             )
         except asyncpg.InvalidCatalogNameError:
             raise StoreMissing(safe_url(url), " (no such database: create it first)") from None
-        except (*_FAILURES, ValueError) as exc:
+        except (*FAILURES, ValueError) as exc:
             raise StoreError(
                 f"cannot open PostgreSQL store {safe_url(url)}: {_one_line(exc)}"
             ) from None
@@ -349,7 +337,7 @@ class PostgresStore(SqlStore):
         self, *, actor: str, note: Mapping[str, object]
     ) -> contextlib.AbstractAsyncContextManager[SuppressionImport]:
         """A suppression import run (suppression/postgres_imports.py)."""
-        from suppression import postgres_imports  # it builds on this module
+        from suppression import postgres_imports  # on first use: most commands never import
 
         return postgres_imports.suppression_run(self, actor, note)
 

@@ -1,7 +1,9 @@
 """The PostgreSQL store's import runs (suppression/store.py: SuppressionImport, ConsentImport).
 
 A part of PostgresStore in a module of its own: it uses the store's pool, error
-mapping and ``_audit``.
+mapping and ``_audit``. The store passes itself in (Pooled: what a run uses of
+it), so the dependency goes one way: suppression/postgres.py imports this
+module, never the other way round.
 
 A suppression run holds one connection and one transaction from start to end.
 Batches go by COPY into a temporary table of that transaction (ON COMMIT DROP:
@@ -19,11 +21,14 @@ import contextlib
 import itertools
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
+import asyncpg
+
+from suppression.audit import Head
 from suppression.errors import StoreError
-from suppression.model import BatchResult, ConsentItem, ImportRows, now
-from suppression.postgres import _FAILURES, AUDIT_LOCK, PostgresStore, _count
+from suppression.model import BatchResult, Consent, ConsentItem, ImportRows, now
+from suppression.postgres_common import AUDIT_LOCK, FAILURES, row_count
 from suppression.rows import (
     CONSENT_STATEMENT,
     PAGE,
@@ -39,8 +44,32 @@ from suppression.statecheck import Sum, consent_hash, suppression_hash
 _COLUMNS = ("n", "key", "kind", "scope", "address", "reason", "source", "evidence", "created")
 
 
+class Pooled(Protocol):
+    """What an import run uses of the PostgreSQL store (suppression/postgres.py's
+    PostgresStore)."""
+
+    _pool: asyncpg.Pool
+
+    def _errors(self, doing: str) -> contextlib.AbstractContextManager[None]:
+        """Errors as StoreError (the one mapping)."""
+
+    async def _head(self, conn: Any) -> tuple[int, str]:
+        """The audit chain's next event number and its head, on ``conn``."""
+
+    def _committed(self, head: Head | None) -> None:
+        """Tell the opening's hook the head a committed run appended."""
+
+    async def _audit(
+        self, conn: Any, actor: str, action: str, subject: str | None, detail: Mapping[str, object]
+    ) -> Head:
+        """Append an audit event in ``conn``'s transaction; the head it makes."""
+
+    async def _insert_consents(self, conn: Any, consents: Sequence[Consent]) -> None:
+        """Insert consent records in ``conn``'s transaction."""
+
+
 @contextlib.asynccontextmanager
-async def _transaction(store: PostgresStore) -> AsyncIterator[tuple[Any, Any]]:
+async def _transaction(store: Pooled) -> AsyncIterator[tuple[Any, Any]]:
     """A pooled connection and its open transaction, rolled back unless the run committed
     it; errors become StoreError."""
     with store._errors("import into"):
@@ -51,13 +80,13 @@ async def _transaction(store: PostgresStore) -> AsyncIterator[tuple[Any, Any]]:
                 yield conn, transaction
             finally:
                 if conn.is_in_transaction():  # not committed: an error, a run left early
-                    with contextlib.suppress(*_FAILURES):  # a lost connection rolls back too
+                    with contextlib.suppress(*FAILURES):  # a lost connection rolls back too
                         await transaction.rollback()
 
 
 @contextlib.asynccontextmanager
 async def suppression_run(
-    store: PostgresStore, actor: str, note: Mapping[str, object]
+    store: Pooled, actor: str, note: Mapping[str, object]
 ) -> AsyncIterator[SuppressionRun]:
     """The run's transaction and staging table; nothing stays unless it commits."""
     async with _transaction(store) as (conn, transaction):
@@ -76,7 +105,7 @@ class SuppressionRun:
 
     def __init__(
         self,
-        store: PostgresStore,
+        store: Pooled,
         conn: Any,
         transaction: Any,
         rows: ImportSum,
@@ -124,7 +153,7 @@ class SuppressionRun:
                 self._sum.at,
                 seq,
             )
-            added, appended = _count(status), None
+            added, appended = row_count(status), None
             unique = staged
             if added != staged:
                 unique = int(
@@ -160,7 +189,7 @@ class SuppressionRun:
 
 @contextlib.asynccontextmanager
 async def consent_run(
-    store: PostgresStore, actor: str, note: Mapping[str, object]
+    store: Pooled, actor: str, note: Mapping[str, object]
 ) -> AsyncIterator[ConsentRun]:
     """The run's transaction, holding the audit chain's lock throughout."""
     async with _transaction(store) as (conn, transaction):
@@ -174,7 +203,7 @@ class ConsentRun:
 
     def __init__(
         self,
-        store: PostgresStore,
+        store: Pooled,
         conn: Any,
         transaction: Any,
         event: int,

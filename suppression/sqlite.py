@@ -21,7 +21,7 @@ from collections.abc import (
     Sequence,
 )
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -36,8 +36,6 @@ from suppression.rows import (
     PAGE,
     SUPPRESSION_COLUMNS,
     stored_keys,
-    to_consent,
-    to_suppression,
 )
 from suppression.sql import audit
 from suppression.sql.consents import insert_consents
@@ -48,6 +46,14 @@ from suppression.sql.partners import MARK_SENT
 from suppression.sql.schema import AddColumn, Rekey, Table
 from suppression.sql.store import SqlStore
 from suppression.sql.tables import MIGRATIONS
+from suppression.sqlite_values import (
+    CACHE_KIB,
+    consent_of,
+    parse_time,
+    question_marks,
+    suppression_of,
+    time_text,
+)
 from suppression.store import ConsentImport, SuppressionImport
 
 T = TypeVar("T")
@@ -58,27 +64,6 @@ COMMIT_POINT_WAIT_MS = 500
 # how long the relay's commit point waits for the write lock on the loop before it leaves
 # the copies' rows to the ledger's thread
 HOLD_WAIT_MS = 10
-CACHE_KIB = 32768
-
-
-def _time(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
-def _suppression(row: Sequence[Any]) -> Suppression:
-    return to_suppression(row, _parse_time)
-
-
-def _consent(row: Sequence[Any]) -> Consent:
-    return to_consent(row, _parse_time)
-
-
-def _marks(count: int) -> str:
-    return ",".join("?" * count)
 
 
 @functools.lru_cache(maxsize=256)
@@ -95,7 +80,7 @@ def _sqlite(statement: str) -> str:
 def _arg(value: object) -> object:
     """An argument as SQLite stores it: times as UTC text, booleans as 0/1, lists as JSON."""
     if isinstance(value, datetime):
-        return _time(value)
+        return time_text(value)
     if isinstance(value, list | tuple):
         return json.dumps(list(value))
     return int(value) if isinstance(value, bool) else value
@@ -132,7 +117,7 @@ class _Sql:
         await self._db.executemany(_sqlite(statement), (_args(r) for r in rows))
 
     def time(self, value: Any) -> datetime:
-        return _parse_time(value)
+        return parse_time(value)
 
 
 class _Transaction(audit.Chained, _Sql):
@@ -384,7 +369,7 @@ class SQLiteStore(SqlStore):
             raise StoreError(f"cannot use SQLite store {path}: {exc}") from None
         return store
 
-    _parse = staticmethod(_parse_time)
+    _parse = staticmethod(parse_time)
 
     async def _prepare(self, create: bool) -> None:
         await self._db.execute("PRAGMA busy_timeout = 5000")
@@ -524,7 +509,7 @@ class SQLiteStore(SqlStore):
         self, *, actor: str, note: Mapping[str, object]
     ) -> contextlib.AbstractAsyncContextManager[SuppressionImport]:
         """A suppression import run (suppression/sqlite_imports.py)."""
-        from suppression import sqlite_imports  # it builds on this module
+        from suppression import sqlite_imports  # on first use: most commands never import
 
         return sqlite_imports.suppression_run(self, actor, note)
 
@@ -567,30 +552,32 @@ class SQLiteStore(SqlStore):
                 owners.setdefault(key, []).append(address.sha256)
         found: dict[str, list[Suppression]] = {a.sha256: [] for a in recipients}
         rows = self._hot.execute(
-            f"SELECT {SUPPRESSION_COLUMNS} FROM suppression WHERE key IN ({_marks(len(owners))})",
+            f"SELECT {SUPPRESSION_COLUMNS} FROM suppression "
+            f"WHERE key IN ({question_marks(len(owners))})",
             tuple(owners),
         ).fetchall()
         for row in rows:
             if row[2] in scopes:
-                record = _suppression(row)
+                record = suppression_of(row)
                 for owner in owners[row[0]]:
                     found[owner].append(record)
         consents: dict[str, Consent] = {}
         if purpose is not None:
             rows = self._hot.execute(
                 f"SELECT {CONSENT_COLUMNS} FROM consent "
-                f"WHERE sha256 IN ({_marks(len(found))}) AND purpose = ? ORDER BY created, id",
+                f"WHERE sha256 IN ({question_marks(len(found))}) AND purpose = ? "
+                "ORDER BY created, id",
                 (*found, purpose),
             ).fetchall()
             for row in rows:
-                consent = _consent(row)
+                consent = consent_of(row)
                 consents[consent.sha256] = consent
         done: dict[str, str | None] = {}
         if ledger is not None:
             rows = self._hot.execute(
                 f"SELECT sha256, state FROM send WHERE message = ? AND at >= ? "
-                f"AND sha256 IN ({_marks(len(found))})",
-                (ledger.message, _time(ledger.since), *found),
+                f"AND sha256 IN ({question_marks(len(found))})",
+                (ledger.message, time_text(ledger.since), *found),
             ).fetchall()
             done = {row[0]: row[1] for row in rows}
         return {

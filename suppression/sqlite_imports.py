@@ -1,7 +1,9 @@
 """The SQLite store's import runs (suppression/store.py: SuppressionImport, ConsentImport).
 
 A part of SQLiteStore in a module of its own: it works on the store's writer
-connection and lock, and appends to its audit chain through ``_audit``.
+connection and lock, and appends to its audit chain through ``_audit``. The
+store passes itself in (Writer: what a run uses of it), so the dependency goes
+one way: suppression/sqlite.py imports this module, never the other way round.
 
 Suppressions are staged in a private temporary database ATTACHed to the writer
 connection (``ATTACH ''``: SQLite deletes its file when it is detached or the
@@ -28,14 +30,16 @@ import asyncio
 import contextlib
 import itertools
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from itertools import chain, repeat
-from typing import cast
+from typing import Any, Protocol, TypeVar, cast
+
+import aiosqlite
 
 from suppression.audit import Head
 from suppression.errors import StoreError
-from suppression.model import BatchResult, ConsentItem, ImportRows, now
+from suppression.model import BatchResult, Consent, ConsentItem, ImportRows, now
 from suppression.rows import (
     CONSENT_STATEMENT,
     PAGE,
@@ -44,15 +48,16 @@ from suppression.rows import (
     new_consents,
     stored,
 )
-from suppression.sqlite import (
+from suppression.sqlite_values import (
     CACHE_KIB,
-    SQLiteStore,
-    _consent,
-    _marks,
-    _suppression,
-    _time,
+    consent_of,
+    question_marks,
+    suppression_of,
+    time_text,
 )
 from suppression.statecheck import Sum, consent_hash, suppression_hash
+
+T = TypeVar("T")
 
 Shape = tuple[str, str, str, str]  # kind, scope, reason, source
 _RUNS = itertools.count(1)  # names of attached run databases, unique in the process
@@ -67,9 +72,37 @@ _PLAIN = "INSERT INTO {0}.row (key, shape, address) VALUES "
 _TIMED = "INSERT INTO {0}.row (key, shape, address, created, evidence) VALUES "
 
 
+class Writer(Protocol):
+    """What an import run uses of the SQLite store (suppression/sqlite.py's SQLiteStore)."""
+
+    _db: aiosqlite.Connection  # the writer connection
+    _path: str  # for messages
+    _writing: asyncio.Lock  # the writer connection's users take turns
+
+    async def _write(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run ``work`` in one IMMEDIATE transaction (the lock taken)."""
+
+    async def _head(self) -> tuple[int, str]:
+        """The audit chain's next event number and its head."""
+
+    def _committed(self, head: Head | None) -> None:
+        """Tell the opening's hook the head a committed run appended."""
+
+    async def _audit(
+        self, actor: str, action: str, subject: str | None, detail: Mapping[str, object]
+    ) -> Head:
+        """Append an audit event in the open transaction; the head it makes."""
+
+    async def _insert_consents(self, consents: Sequence[Consent]) -> None:
+        """Insert consent records in the open transaction."""
+
+    async def _all(self, sql: str, params: Sequence[object], convert: Any) -> list[Any]:
+        """Every row of a query on the writer connection, converted."""
+
+
 @contextlib.asynccontextmanager
 async def suppression_run(
-    store: SQLiteStore, actor: str, note: Mapping[str, object]
+    store: Writer, actor: str, note: Mapping[str, object]
 ) -> AsyncIterator[SuppressionRun]:
     """Attach the run's staging database; detach (and so delete) it at the end."""
     name = f"import_{next(_RUNS)}"
@@ -101,7 +134,7 @@ class SuppressionRun:
     """Staged batches, written by ``commit``."""
 
     def __init__(
-        self, store: SQLiteStore, name: str, event: int, actor: str, note: Mapping[str, object]
+        self, store: Writer, name: str, event: int, actor: str, note: Mapping[str, object]
     ) -> None:
         self._store, self._name, self._actor, self._note = store, name, actor, note
         self._shapes: dict[Shape, int] = {}
@@ -140,7 +173,7 @@ class SuppressionRun:
             if segment.created is None or segment.evidence is None:
                 plain += chain.from_iterable(zip(keys, repeat(number), addresses, strict=False))
                 continue
-            times = [_time(when) if when else None for when in segment.created]
+            times = [time_text(when) if when else None for when in segment.created]
             timed += zip(keys, repeat(number), addresses, times, segment.evidence, strict=False)
         self._sum.add(segments)
         await self.staged()
@@ -211,7 +244,7 @@ class SuppressionRun:
             "INSERT OR IGNORE INTO main.suppression "
             "(key, scope, kind, address, reason, source, evidence, created, event) "
         )
-        at, name = _time(self._sum.at), self._name
+        at, name = time_text(self._sum.at), self._name
         if len(self._shapes) == 1:
             [(kind, scope, reason, source)] = self._shapes
             return (
@@ -244,13 +277,13 @@ class SuppressionRun:
         ) as cursor:
             while found := await cursor.fetchmany(PAGE):
                 for row in found:
-                    total.add(suppression_hash(_suppression(row)))
+                    total.add(suppression_hash(suppression_of(row)))
         return total
 
 
 @contextlib.asynccontextmanager
 async def consent_run(
-    store: SQLiteStore, actor: str, note: Mapping[str, object]
+    store: Writer, actor: str, note: Mapping[str, object]
 ) -> AsyncIterator[ConsentRun]:
     """One IMMEDIATE transaction for the whole run, rolled back unless it commits."""
     db = store._db
@@ -276,9 +309,7 @@ async def consent_run(
 class ConsentRun:
     """Batches appended inside the run's transaction, all pointing to its one event."""
 
-    def __init__(
-        self, store: SQLiteStore, event: int, actor: str, note: Mapping[str, object]
-    ) -> None:
+    def __init__(self, store: Writer, event: int, actor: str, note: Mapping[str, object]) -> None:
         self._store, self._event, self._actor, self._note = store, event, actor, note
         self._rows = Sum()
         self._granted = self._revoked = 0
@@ -294,9 +325,9 @@ class ConsentRun:
             chunk = hashes[start : start + PAGE]
             known += await self._store._all(
                 f"SELECT {CONSENT_STATEMENT} FROM consent WHERE sha256 IN "
-                f"({_marks(len(chunk))}) AND purpose IN ({_marks(len(purposes))})",
+                f"({question_marks(len(chunk))}) AND purpose IN ({question_marks(len(purposes))})",
                 (*chunk, *purposes),
-                _consent,
+                consent_of,
             )
         fresh, result = new_consents(items, known, self._event)
         if fresh:

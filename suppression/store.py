@@ -221,7 +221,16 @@ class Lookups(Protocol):
         ``then()`` (a copy's final ".") called straight after, with no other task between."""
 
 
-class OptOuts(Protocol):
+class Auditing(Protocol):
+    """An audit event of its own: a read that is audited (a subject access, a request)."""
+
+    async def audit(
+        self, *, actor: str, action: str, subject: str | None, detail: Mapping[str, object] = {}
+    ) -> int:
+        """Append an audit event that goes with no other change (e.g. a subject access)."""
+
+
+class OptOuts(Auditing, Protocol):
     """What every opt-out channel changes and reads (web, inbound, CLI, partners, API)."""
 
     async def suppress(
@@ -252,11 +261,6 @@ class OptOuts(Protocol):
 
     async def holder(self, sha256: str) -> Holder:
         """Suppressions and current consents of one identity hash."""
-
-    async def audit(
-        self, *, actor: str, action: str, subject: str | None, detail: Mapping[str, object] = {}
-    ) -> int:
-        """Append an audit event that goes with no other change (e.g. a subject access)."""
 
 
 class InboundFacts(Protocol):
@@ -321,17 +325,25 @@ class HeldRequests(Protocol):
         """Mark a request done (audited with ``detail``); False when it was done already."""
 
 
-class OfferQueue(Protocol):
-    """Partners, offers and their fan-out (suppression/partners.py, gateway/partners/fanout.py)."""
+class PartnerReports(Protocol):
+    """What partner reports and imports read (gateway/actions.py, suppression/importing.py):
+    the partners, their offers' counts."""
 
-    async def add_partner(self, partner: Partner, *, actor: str) -> None:
-        """Register a partner (credential hashed); an existing name is an error. Audited."""
+    async def partner(self, name: str) -> Partner | None:
+        """One partner, or None."""
 
     async def partners(self) -> list[Partner]:
         """Every partner, by name."""
 
-    async def partner(self, name: str) -> Partner | None:
-        """One partner, or None."""
+    async def offer_statuses(self, partner: str | None) -> list[OfferStatus]:
+        """Offers (of one partner, or all) with exact fan-out counts, oldest first."""
+
+
+class OfferQueue(PartnerReports, Protocol):
+    """Partners, offers and their fan-out (suppression/partners.py, gateway/partners/fanout.py)."""
+
+    async def add_partner(self, partner: Partner, *, actor: str) -> None:
+        """Register a partner (credential hashed); an existing name is an error. Audited."""
 
     async def disable_partner(self, name: str, *, actor: str) -> bool:
         """Refuse the partner from now on; False if it was already. Audited."""
@@ -346,9 +358,6 @@ class OfferQueue(Protocol):
 
     async def offer(self, offer_id: int) -> Offer | None:
         """One offer with its content."""
-
-    async def offer_statuses(self, partner: str | None) -> list[OfferStatus]:
-        """Offers (of one partner, or all) with exact fan-out counts, oldest first."""
 
     async def change_offer(self, offer_id: int, action: str, *, actor: str) -> OfferState:
         """pause / resume / cancel; the new state. Audited."""
@@ -384,7 +393,26 @@ class OfferQueue(Protocol):
         """(hash, plaintext if kept) of the people who opted out of a partner's offers."""
 
 
-class Admin(Protocol):
+class Subjects(Protocol):
+    """What the store holds about one address (a subject access, an address checked)."""
+
+    async def subject(self, address: Address) -> SubjectRecord:
+        """Every record about one address."""
+
+
+class Reports(Protocol):
+    """The reports the command line and the REST API both make (gateway/actions.py)."""
+
+    def compliance(self) -> AsyncIterator[OptOutCheck]:
+        """Every address opt-out with the count and last time of mail relayed after it."""
+
+    async def verify_chain(self, expect: Sequence[tuple[int, str]] = ()) -> ChainReport:
+        """Walk the audit log, check every link and rebuild the suppression and consent
+        state it vouches for against the tables (suppression/statecheck.py); ``expect``:
+        (seq, digest) heads anchored earlier that the chain must still hold."""
+
+
+class Admin(Subjects, Reports, Protocol):
     """The command line's imports, reports, exports and checks."""
 
     def suppression_import(
@@ -397,12 +425,6 @@ class Admin(Protocol):
     ) -> AbstractAsyncContextManager[ConsentImport]:
         """A consent import run; ``note`` goes in its audit event."""
 
-    def compliance(self) -> AsyncIterator[OptOutCheck]:
-        """Every address opt-out with the count and last time of mail relayed after it."""
-
-    async def subject(self, address: Address) -> SubjectRecord:
-        """Every record about one address."""
-
     def iter_suppressions(self, scope: str | None) -> AsyncIterator[Suppression]:
         """Stream suppressions (of one scope, or all)."""
 
@@ -411,11 +433,6 @@ class Admin(Protocol):
 
     def iter_events(self) -> AsyncGenerator[AuditEvent, None]:
         """Stream the audit log in sequence order."""
-
-    async def verify_chain(self, expect: Sequence[tuple[int, str]] = ()) -> ChainReport:
-        """Walk the audit log, check every link and rebuild the suppression and consent
-        state it vouches for against the tables (suppression/statecheck.py); ``expect``:
-        (seq, digest) heads anchored earlier that the chain must still hold."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -452,3 +469,26 @@ class InboundApply(InboundFacts, OptOuts, Protocol):
 
 class Mailbox(InboundFacts, Confirmations, Protocol):
     """The inbound listener (gateway/inbound/): findings applied, or held for a link."""
+
+
+class Importer(Admin, PartnerReports, Protocol):
+    """Imports and exports (suppression/importing.py, gateway/cli/bulk.py): the runs, and
+    the partners a row's scope must name."""
+
+
+class Checks(Lookups, Subjects, Protocol):
+    """Addresses checked (gateway/actions.py: check, explain): the relay's facts, and the
+    suppressions on record."""
+
+
+class SubjectAccess(Subjects, Auditing, Protocol):
+    """A data subject's access (gateway/actions.py): every record, the access audited."""
+
+
+class ConsentRequests(Lookups, Auditing, Protocol):
+    """Double opt-in requests (gateway/web/optin.py): the verdict, the request audited."""
+
+
+class RestApi(Lookups, OptOuts, Subjects, Reports, PartnerReports, ApiKeys, Listings, Protocol):
+    """The REST API (gateway/api/routes.py): its keys, the command line's operations
+    (checks, opt-outs, consents, subjects, reports) and the listings."""

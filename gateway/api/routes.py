@@ -40,7 +40,7 @@ from suppression.formats.write import consent_object
 from suppression.model import Reason, Source, Suppression, check_name
 from suppression.scope import GLOBAL, Scope
 from suppression.sql.integration import SuppressionFilter, decode_cursor, stored_cursor_of
-from suppression.store import Store
+from suppression.store import RestApi
 
 log = structlog.get_logger("optgate.api")
 OPERATION = web.RequestKey("operation", str)
@@ -54,7 +54,7 @@ class Api:
     """What every route shares."""
 
     config: Config
-    store: Store
+    store: RestApi
     metrics: Metrics
     limiter: SharedLimiter | None  # a minute's window; None: [api] rate_limit = 0
 

@@ -35,7 +35,7 @@ from suppression.importing import (
 )
 from suppression.model import Reason, check_name
 from suppression.scope import Scope
-from suppression.store import Store
+from suppression.store import Admin, Importer
 from suppression.textio import FormatError
 
 T = TypeVar("T")
@@ -107,7 +107,7 @@ async def _run_import(
     config: Config,
     handle: BinaryIO,
     summary: Summary,
-    run: Callable[[Store], Awaitable[Summary]],
+    run: Callable[[Importer], Awaitable[Summary]],
 ) -> None:
     """An import into the configured store with its progress shown; errors keep nothing."""
     async with opened(config) as store, shown(sys.stderr, summary, handle):
@@ -193,7 +193,7 @@ async def _paged(
     return WriteSummary(written, skipped)
 
 
-async def _suppression_records(store: Store, scope: Scope | None) -> AsyncIterator[ExportRecord]:
+async def _suppression_records(store: Admin, scope: Scope | None) -> AsyncIterator[ExportRecord]:
     found = store.iter_suppressions(str(scope) if scope else None)
     async with _ended(found):
         async for s in found:

@@ -25,7 +25,7 @@ from gateway.runtime.stores import open_configured
 from suppression.address import normalize
 from suppression.model import Consent, Reason, Source, now
 from suppression.scope import GLOBAL
-from suppression.store import Store
+from suppression.store import Lookups, OptOuts
 
 SENDER = "news@shop.example"
 PEOPLE = {
@@ -80,7 +80,7 @@ SCENARIOS = (
 )
 
 
-async def _seed(store: Store) -> None:
+async def _seed(store: OptOuts) -> None:
     everyone = ("fan@example.com", "gone@example.com", "bounced@example.com")
     await store.record_consents(
         [Consent(normalize(a).sha256, "marketing", True, "demo", now()) for a in everyone],
@@ -122,7 +122,7 @@ async def _scenario(
     config: Config,
     port: int,
     sink: _Sink,
-    store: Store,
+    store: Lookups,
     title: str,
     msg: EmailMessage,
     rcpts: list[str],

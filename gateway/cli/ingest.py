@@ -41,7 +41,7 @@ from gateway.runtime.stores import open_configured
 from gateway.tokens import TokenSigner
 from suppression.errors import ConfigError, OptgateError
 from suppression.model import now
-from suppression.store import Store
+from suppression.store import Mailbox
 
 log = structlog.get_logger("optgate.ingest")
 
@@ -122,7 +122,7 @@ class Ingest:
     """One run over a source: what every message shares."""
 
     source: Source
-    store: Store
+    store: Mailbox
     config: Config
     signer: TokenSigner
     dry_run: bool

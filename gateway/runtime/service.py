@@ -54,7 +54,7 @@ from gateway.web.endpoint import WebSettings, make_app
 from gateway.web.held import Held
 from gateway.web.optin import request_consent
 from suppression.errors import ConfigError
-from suppression.store import Store
+from suppression.store import Mailbox, RateLimits, Store
 
 log = structlog.get_logger("optgate.service")
 DRAIN_SECONDS = 30.0
@@ -203,7 +203,7 @@ async def _audit_watch(config: Config, metrics: Metrics) -> AsyncIterator[None]:
 
 
 def _receiver(
-    config: Config, store: Store, signer: TokenSigner, metrics: Metrics
+    config: Config, store: Mailbox, signer: TokenSigner, metrics: Metrics
 ) -> Receiver | None:
     """The inbound receiver, when [inbound] domains are configured."""
     mailboxes = Mailboxes.from_config(config.inbound)
@@ -389,7 +389,7 @@ async def _web(
         yield bound
 
 
-def minute_limiter(config: Config, store: Store) -> SharedLimiter:
+def minute_limiter(config: Config, store: RateLimits) -> SharedLimiter:
     """Per-minute limits counted in the store, sources keyed with the token key."""
     key = load_keys(Path(config.unsubscribe.key_file))[0]
     return SharedLimiter(store, key, window=MINUTE)

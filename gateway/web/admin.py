@@ -13,13 +13,13 @@ from aiohttp import web
 from gateway.api.routes import PREFIX, Api, make_api
 from gateway.runtime.metrics import Metrics
 from gateway.web.endpoint import anonymous, store_health
-from suppression.store import Store
+from suppression.store import OptOuts
 
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 API_APP = web.AppKey("api", web.Application)  # the mounted REST API (for its route list)
 
 
-def make_admin_app(*, store: Store, metrics: Metrics, api: Api | None = None) -> web.Application:
+def make_admin_app(*, store: OptOuts, metrics: Metrics, api: Api | None = None) -> web.Application:
     """The admin listener's application (with the REST API when ``api`` is given); run it
     without an access log."""
 

@@ -21,7 +21,7 @@ from gateway.smtp.tls import client_context
 from gateway.tokens import Claims, Confirmation, TokenSigner
 from suppression.address import Address
 from suppression.model import now
-from suppression.store import Store
+from suppression.store import ConsentRequests
 
 
 def confirmation(config: Config, address: Address, purpose: str, link: str) -> bytes:
@@ -44,7 +44,7 @@ def confirmation(config: Config, address: Address, purpose: str, link: str) -> b
 
 
 async def request_consent(
-    config: Config, store: Store, address: Address, purpose: str, actor: str
+    config: Config, store: ConsentRequests, address: Address, purpose: str, actor: str
 ) -> Outcome:
     """Mail a confirmation link to the address (via the next hop) and audit the request.
 
