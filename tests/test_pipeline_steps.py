@@ -22,9 +22,10 @@ import pytest
 from gateway.config import Config
 from gateway.keygen import generate, private_pem, record_value, write_private
 from gateway.outbound import pipelines
-from gateway.outbound.message import Envelope
+from gateway.outbound.message import Decision, Envelope
 from gateway.outbound.pipeline import Pipeline
-from gateway.outbound.steps import Mail, Services, Step, Steps, run
+from gateway.outbound.policy import Verdict
+from gateway.outbound.steps import Copy, Mail, Services, Step, Steps, evolve, run
 from gateway.partners.fanout import FanOut
 from gateway.runtime.metrics import Metrics
 from gateway.runtime.service import build_pipeline
@@ -582,3 +583,21 @@ async def test_offer_table_catches_a_dropped_or_swapped_step(
                 caught = True
                 break
     assert caught, f"the table passes {name}"
+
+
+def test_evolve_is_dataclasses_replace_for_the_steps_values() -> None:
+    """The steps copy their Mail and Copy values with steps.evolve: the same values as
+    dataclasses.replace gives, the original left as it was, an unknown field refused."""
+    keep = Verdict(True, "not-suppressed", "not suppressed")
+    decision = Decision("fan@example.com", normalize("fan@example.com"), keep)
+    copy = Copy(decision)
+    mail = Mail(Envelope(SENDER, ("fan@example.com",), b"x", (), APP_SERVER))
+    assert evolve(copy, skipped=True, data=b"y") == replace(copy, skipped=True, data=b"y")
+    assert evolve(mail, copies=(copy,)) == replace(mail, copies=(copy,))
+    assert evolve(mail) == mail
+    assert mail.copies == ()
+    assert mail.with_copies({}) is mail
+    with pytest.raises(TypeError, match="no field 'copy'"):
+        evolve(mail, copy=copy)
+    with pytest.raises(AttributeError):
+        evolve(mail).copies = ()  # type: ignore[misc]

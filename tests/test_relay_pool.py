@@ -267,3 +267,22 @@ def test_serve_gives_each_worker_its_share_and_warns_when_set_sizes_add_up_to_mo
         shared = shared_pool(set_size, 3)
     assert shared.relay.pool_size == 10  # an explicit size wins, with a warning
     assert [entry["event"] for entry in logs] == ["pool_exceeds_next_hop"]
+
+
+async def test_each_idle_connection_closes_after_its_own_idle_seconds() -> None:
+    """One timer serves the pool: a connection given back later is closed later, when it
+    has been idle for idle_seconds too, not with the older one."""
+    async with hop(4) as next_hop:
+        relay = pool(next_hop.port, 4, idle=0.6)
+        assert [o.code for o in await send_many(relay, 2)] == [250, 250]
+        assert next_hop.open == 2
+        await asyncio.sleep(0.3)
+        assert (await relay.send("s@sender.example", RCPT, MESSAGE)).code == 250  # one again
+        reused = time.monotonic()
+        await until(lambda: next_hop.open == 1, 3)  # the other one, idle since the start
+        assert time.monotonic() - reused < 0.5
+        await until(lambda: next_hop.open == 0, 3)
+        assert time.monotonic() - reused >= 0.5
+        assert next_hop.quits == 2
+        await relay.close()
+    assert next_hop.served == 2

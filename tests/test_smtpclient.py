@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from gateway.smtp.client import Reply, _Replies
 from gateway.smtp.relay import Outcome, Relay
 from tests.support.smtp import sink
 
@@ -334,3 +335,15 @@ async def test_a_refused_session_or_a_missing_required_starttls_is_temporary() -
         outcome = await plain.send("a@sender.example", "b@rcpt.example", MESSAGE)
     assert outcome == Outcome(451, "next hop unavailable (Broken)")
     assert hop.messages == []
+
+
+def test_replies_that_came_in_are_taken_in_order_without_a_wait() -> None:
+    """A pipelined group's replies in one write: each taken as it came, none waited for."""
+    replies = _Replies()
+    replies.data_received(b"250 2.0.0 Ok\r\n250-2.1.0 first\r\n250 2.1.0 second\r\n354 go")
+    assert replies.ready() == Reply(250, "2.0.0 Ok")
+    assert replies.ready() == Reply(250, "2.1.0 first\n2.1.0 second")
+    assert replies.ready() is None  # the 354 is not complete yet
+    replies.data_received(b" ahead\r\n")
+    assert replies.ready() == Reply(354, "go ahead")
+    assert replies.ready() is None

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -52,6 +52,32 @@ log = structlog.get_logger("optgate.relay")
 # Rewriting a message this large runs in a worker thread, off the event loop.
 OFFLOAD_BYTES = 256 * 1024
 Finish = Callable[[], None]
+V = TypeVar("V")
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def evolve(value: V, **changes: Any) -> V:
+    """``dataclasses.replace`` for the steps' frozen, slotted values (Mail, Copy) at under
+    two thirds of its cost: the new value's slots are set from ``changes`` or copied,
+    without replace's field scan and keyword ``__init__``. Each step of each message
+    copies its Mail; these classes have no ``__post_init__`` and only init fields, so
+    the result is the one replace gives."""
+    cls = type(value)
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = cls.__slots__  # type: ignore[attr-defined]
+    new = object.__new__(cls)
+    given = len(changes)
+    for name in names:
+        if name in changes:
+            given -= 1
+            object.__setattr__(new, name, changes[name])
+        else:
+            object.__setattr__(new, name, getattr(value, name))
+    if given:
+        unknown = sorted(set(changes) - set(names))
+        raise TypeError(f"{cls.__name__} has no field {unknown[0]!r}")
+    return new
 
 
 # --- what the steps work with -----------------------------------------------------------
@@ -203,9 +229,15 @@ class Mail:
         """The copies that go to the next hop, with their positions."""
         return [(i, c) for i, c in enumerate(self.copies) if c.sends]
 
-    def with_copies(self, changed: Mapping[int, Copy]) -> Mail:
-        """This Mail with the copies at the given positions replaced."""
-        return replace(self, copies=tuple(changed.get(i, c) for i, c in enumerate(self.copies)))
+    def with_copies(self, changed: Mapping[int, Copy], **also: Any) -> Mail:
+        """This Mail with the copies at the given positions replaced (itself when none are),
+        and the other fields in ``also``, in one copy."""
+        if not changed and not also:
+            return self
+        copies = self.copies
+        if changed:
+            copies = tuple(changed.get(i, c) for i, c in enumerate(copies))
+        return evolve(self, copies=copies, **also)
 
 
 class Step(Protocol):
@@ -257,7 +289,7 @@ class Classify:
             log.warning("message_refused", header=exc.header, value=exc.value)
             services.metrics.messages.labels("5xx").inc()
             code, _, text = smtp_reply(exc, Phase.DATA).partition(" ")
-            return replace(mail, result=Result((Reply(int(code), text),) * len(envelope.rcpt_tos)))
+            return evolve(mail, result=Result((Reply(int(code), text),) * len(envelope.rcpt_tos)))
         branding = services.branding
         rewrite = (
             None
@@ -269,7 +301,7 @@ class Classify:
             )
         )
         ledger = Ledger(message.ledger_key, now() - services.ledger_window)
-        return replace(mail, message=message, ledger=ledger, rewrite=rewrite)
+        return evolve(mail, message=message, ledger=ledger, rewrite=rewrite)
 
 
 def _parse(rcpt: str) -> Address | None:
@@ -348,7 +380,7 @@ class Decide:
             copies.append(Copy(d, duplicate=keep and d.sha256 in seen))
             if keep:
                 seen.add(d.sha256)
-        return replace(mail, copies=tuple(copies), lookup_seconds=seconds)
+        return evolve(mail, copies=tuple(copies), lookup_seconds=seconds)
 
 
 def skips(decision: Decision, resend_uncertain: bool) -> bool:
@@ -366,7 +398,7 @@ class SkipDelivered:
         """Mark the copies not sent again."""
         return mail.with_copies(
             {
-                i: replace(c, skipped=True)
+                i: evolve(c, skipped=True)
                 for i, c in mail.sending
                 if skips(c.decision, services.resend_uncertain)
             }
@@ -391,7 +423,7 @@ class Render:
             plain = strip_headers(envelope.content)
             return mail.with_copies(
                 {
-                    i: replace(c, data=plain, sender=_plain_sender(services, mail, c))
+                    i: evolve(c, data=plain, sender=_plain_sender(services, mail, c))
                     for i, c in sending
                 }
             )
@@ -406,8 +438,8 @@ class Render:
             sender = envelope.mail_from
             if services.verp is not None and sender:
                 sender = services.verp.sender(short)
-            changed[i] = replace(c, data=prepared.render(links), sender=sender)
-        return replace(mail.with_copies(changed), prepared=prepared)
+            changed[i] = evolve(c, data=prepared.render(links), sender=sender)
+        return mail.with_copies(changed, prepared=prepared)
 
 
 async def _prepare(content: bytes, message: Classified, rewrite: Rewrite) -> Prepared:
@@ -466,7 +498,7 @@ class Sign:
         for (i, c), (signed, ok) in zip(sending, done, strict=True):
             if services.dkim is not None and not ok:
                 log.warning("dkim_unsigned", message_id=message_id)
-            changed[i] = replace(c, data=signed)
+            changed[i] = evolve(c, data=signed)
         return mail.with_copies(changed)
 
 
@@ -492,9 +524,12 @@ def count_failure(services: Services, outcome: Outcome) -> None:
 async def relay_each(mail: Mail, send: Callable[[Copy], Awaitable[Outcome | None]]) -> Mail:
     """Every copy that goes out through ``send``, all at once, with its outcome."""
     sending = mail.sending
-    outcomes = await asyncio.gather(*(send(c) for _, c in sending))
+    if len(sending) == 1:  # no task of its own for the one copy (most messages)
+        outcomes: Sequence[Outcome | None] = [await send(sending[0][1])]
+    else:
+        outcomes = await asyncio.gather(*(send(c) for _, c in sending))
     return mail.with_copies(
-        {i: replace(c, outcome=o) for (i, c), o in zip(sending, outcomes, strict=True)}
+        {i: evolve(c, outcome=o) for (i, c), o in zip(sending, outcomes, strict=True)}
     )
 
 
@@ -608,7 +643,7 @@ class Record:
             reply=answer.code,
             ms=round(elapsed * 1000, 2),
         )
-        return replace(mail, result=result)
+        return evolve(mail, result=result)
 
 
 def replies(copies: Sequence[Copy], resend_uncertain: bool) -> Result:

@@ -133,6 +133,10 @@ class _Replies(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def ready(self) -> Reply | None:
+        """The next reply if it has come in already (None: not yet)."""
+        return self._replies.popleft() if self._replies else None
+
     async def reply(self) -> Reply:
         """The next reply; Broken when the connection ended before it."""
         while not self._replies:
@@ -188,7 +192,12 @@ class Connection:
         self.forwards: frozenset[str] = frozenset()  # the XFORWARD attributes it takes
 
     async def _reply(self) -> Reply:
-        """The next reply, within the timeout (TimeoutError)."""
+        """The next reply, within the timeout (TimeoutError). One that came in already (the
+        rest of a pipelined group's, as a next hop sends them in one write) is taken
+        without a timer: up to three of the five replies of a copy."""
+        reply = self._protocol.ready()
+        if reply is not None:
+            return reply
         async with asyncio.timeout(self._seconds):
             return await self._protocol.reply()
 

@@ -27,6 +27,7 @@ log = structlog.get_logger("optgate.relay")
 
 FIRST_PAUSE = 0.05  # seconds before a busy next hop is tried again; doubled each time
 LONGEST_PAUSE = 1.0
+EXPIRY_SLACK = 0.001  # seconds: the idle check again when a timer ran a little early
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +87,10 @@ class Relay:
         self._starttls, self._tls = starttls, tls  # tls None: certificates not checked
         self._local_hostname = local_hostname
         self._idle_seconds, self._busy_seconds = idle_seconds, busy_seconds
-        self._idle: dict[Connection, asyncio.TimerHandle] = {}  # each with its closing
+        # each idle connection with the loop time it went idle, the oldest first; one timer
+        # (not one per copy given back) closes those idle for idle_seconds
+        self._idle: dict[Connection, float] = {}
+        self._expiry: asyncio.TimerHandle | None = None
         self._waiters: deque[asyncio.Future[Connection]] = deque()  # copies the hop made wait
         self._slots = asyncio.Semaphore(size)
         self._extensions: frozenset[str] | None = None  # of the last connection opened
@@ -135,8 +139,7 @@ class Relay:
     def _pooled(self) -> Connection | None:
         """An idle connection still in step, if there is one (the most recent first)."""
         while self._idle:
-            client, closing = self._idle.popitem()
-            closing.cancel()
+            client, _ = self._idle.popitem()
             if client.usable:
                 return client
             client.close()
@@ -151,11 +154,24 @@ class Relay:
                 waiter.set_result(client)
                 return
         loop = asyncio.get_running_loop()
-        self._idle[client] = loop.call_later(self._idle_seconds, self._expire, client)
+        self._idle[client] = loop.time()
+        if self._expiry is None:
+            self._expiry = loop.call_later(self._idle_seconds, self._expire)
 
-    def _expire(self, client: Connection) -> None:
-        """Close a connection that sat idle for ``idle_seconds``."""
-        if self._idle.pop(client, None) is not None:
+    def _expire(self) -> None:
+        """Close the connections that sat idle for ``idle_seconds``; then wait for the
+        oldest of the others to have."""
+        self._expiry = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._idle:
+            client, since = next(iter(self._idle.items()))
+            if now - since < self._idle_seconds:
+                # a timer may run a clock tick early: never before the connection's time
+                due = max(since + self._idle_seconds, now + EXPIRY_SLACK)
+                self._expiry = loop.call_at(due, self._expire)
+                return
+            del self._idle[client]
             client.leave()
 
     async def _given_back(self, seconds: float) -> Connection | None:
@@ -326,7 +342,9 @@ class Relay:
 
     async def close(self) -> None:
         """Say goodbye on every idle connection."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         while self._idle:
-            client, closing = self._idle.popitem()
-            closing.cancel()
+            client, _ = self._idle.popitem()
             await client.quit()

@@ -106,37 +106,51 @@ class Forwarded:
 
     @classmethod
     def of_session(cls, addr: str, port: int, helo: str, esmtp: bool) -> Forwarded:
-        """A client that sent no XFORWARD is itself the original client."""
-        address = ipaddress.ip_address(addr)
-        mapped = getattr(address, "ipv4_mapped", None)
-        if mapped is not None:
-            address = mapped
-        shown = f"IPV6:{address}" if address.version == 6 else str(address)
-        plain = bool(helo) and len(helo) <= MAX_VALUE and all(0x21 <= ord(c) <= 0x7E for c in helo)
-        helo_ok = helo if plain else UNAVAILABLE
-        return cls.start(
-            {
-                "ADDR": shown,
-                "PORT": str(port),
-                "HELO": helo_ok,
-                "PROTO": "ESMTP" if esmtp else "SMTP",
-            }
-        )
+        """A client that sent no XFORWARD is itself the original client (every message of a
+        session asks again: the same value, from a cache)."""
+        return _of_session(addr, port, helo, esmtp)
 
     @property
     def client_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         """The original client's address, if known."""
-        value = dict(self.attributes).get("ADDR", UNAVAILABLE)
-        if value.upper() == UNAVAILABLE:
-            return None
-        address = ipaddress.ip_address(value[5:] if value.upper().startswith("IPV6:") else value)
-        mapped = getattr(address, "ipv4_mapped", None)
-        return mapped if mapped is not None else address
+        for name, value in self.attributes:
+            if name == "ADDR":
+                return _client_ip(value)
+        return None
 
     def commands(self, offered: frozenset[str]) -> list[bytes]:
         """XFORWARD commands for a next hop that offers the attributes ``offered`` (its EHLO
         line's words), each within the 512 octets of an SMTP command line."""
         return list(_commands(self.attributes, offered))
+
+
+@functools.lru_cache(maxsize=1024)  # every message of a session (the port is the session's)
+def _of_session(addr: str, port: int, helo: str, esmtp: bool) -> Forwarded:
+    address = ipaddress.ip_address(addr)
+    mapped = getattr(address, "ipv4_mapped", None)
+    if mapped is not None:
+        address = mapped
+    shown = f"IPV6:{address}" if address.version == 6 else str(address)
+    plain = bool(helo) and len(helo) <= MAX_VALUE and all(0x21 <= ord(c) <= 0x7E for c in helo)
+    helo_ok = helo if plain else UNAVAILABLE
+    return Forwarded.start(
+        {
+            "ADDR": shown,
+            "PORT": str(port),
+            "HELO": helo_ok,
+            "PROTO": "ESMTP" if esmtp else "SMTP",
+        }
+    )
+
+
+@functools.lru_cache(maxsize=1024)  # classify asks for every message
+def _client_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An ADDR value as an address (an IPv4-mapped one as IPv4); None if unavailable."""
+    if value.upper() == UNAVAILABLE:
+        return None
+    address = ipaddress.ip_address(value[5:] if value.upper().startswith("IPV6:") else value)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped if mapped is not None else address
 
 
 @functools.lru_cache(maxsize=1024)  # every copy of a message, and a client's next messages
