@@ -238,13 +238,8 @@ class LoopCommit:
     death between that commit and the "." leaves a copy uncertain that never went out.
     """
 
-    def __init__(
-        self,
-        db: sqlite3.Connection,
-        fallback: GroupCommit,
-        write: Callable[[sqlite3.Connection, Sequence[Send]], None],
-    ) -> None:
-        self._db, self._fallback, self._write = db, fallback, write
+    def __init__(self, db: sqlite3.Connection, fallback: GroupCommit) -> None:
+        self._db, self._fallback = db, fallback
         self._waiting: list[Held] = []
         self._late: set[asyncio.Task[None]] = set()
 
@@ -261,7 +256,7 @@ class LoopCommit:
         held, self._waiting = self._waiting, []
         rows = [row for sends, _, _ in held for row in sends]
         try:
-            self._write(self._db, rows)
+            _write_sends(self._db, rows)
         except sqlite3.OperationalError as exc:
             if not _locked(exc):
                 _fail(held, exc)
@@ -342,7 +337,7 @@ class SQLiteStore(SqlStore):
         self._hold_db = _connect(path, "NORMAL")
         self._hold_db.execute(f"PRAGMA busy_timeout = {HOLD_WAIT_MS}")
         self._hold_db.execute("PRAGMA wal_autocheckpoint = 0")
-        self._holding = LoopCommit(self._hold_db, self._ledger, _write_sends)
+        self._holding = LoopCommit(self._hold_db, self._ledger)
 
     @classmethod
     async def open(

@@ -53,7 +53,6 @@ log = structlog.get_logger("optgate.relay")
 OFFLOAD_BYTES = 256 * 1024
 Finish = Callable[[], None]
 V = TypeVar("V")
-_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 def evolve(value: V, **changes: Any) -> V:
@@ -63,9 +62,7 @@ def evolve(value: V, **changes: Any) -> V:
     copies its Mail; these classes have no ``__post_init__`` and only init fields, so
     the result is the one replace gives."""
     cls = type(value)
-    names = _FIELDS.get(cls)
-    if names is None:
-        names = _FIELDS[cls] = cls.__slots__  # type: ignore[attr-defined]
+    names: tuple[str, ...] = cls.__slots__  # type: ignore[attr-defined]
     new = object.__new__(cls)
     given = len(changes)
     for name in names:

@@ -126,10 +126,7 @@ class Forwarded:
 
 @functools.lru_cache(maxsize=1024)  # every message of a session (the port is the session's)
 def _of_session(addr: str, port: int, helo: str, esmtp: bool) -> Forwarded:
-    address = ipaddress.ip_address(addr)
-    mapped = getattr(address, "ipv4_mapped", None)
-    if mapped is not None:
-        address = mapped
+    address = _unmapped(addr)
     shown = f"IPV6:{address}" if address.version == 6 else str(address)
     plain = bool(helo) and len(helo) <= MAX_VALUE and all(0x21 <= ord(c) <= 0x7E for c in helo)
     helo_ok = helo if plain else UNAVAILABLE
@@ -148,7 +145,12 @@ def _client_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
     """An ADDR value as an address (an IPv4-mapped one as IPv4); None if unavailable."""
     if value.upper() == UNAVAILABLE:
         return None
-    address = ipaddress.ip_address(value[5:] if value.upper().startswith("IPV6:") else value)
+    return _unmapped(value[5:] if value.upper().startswith("IPV6:") else value)
+
+
+def _unmapped(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address (ValueError if it is none), an IPv4-mapped one as IPv4."""
+    address = ipaddress.ip_address(text)
     mapped = getattr(address, "ipv4_mapped", None)
     return mapped if mapped is not None else address
 
